@@ -1,0 +1,3 @@
+from overtrain.cli import main
+
+raise SystemExit(main())

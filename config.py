@@ -1,0 +1,301 @@
+"""YAML files mapped onto dataclasses, with dotted ``key=value`` overrides.
+
+One loader serves every stage: ``load_config(PretrainConfig, "configs/pretrain/demo.yaml",
+["run_dir=/tmp/x", "optim.lr=1e-3"])``. Unknown keys and wrongly typed values raise a
+``ConfigError`` that names the file (or "command line") and the dotted field, before any
+work starts. ``save_config`` writes the resolved config atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent
+CONFIG_ROOT = REPO_ROOT / "configs"
+
+
+class OvertrainError(ValueError):
+    """Bad user input (config, data, checkpoint, CLI): the CLI prints the message, no traceback."""
+
+
+class ConfigError(OvertrainError):
+    """A bad config: the message names the source and the field."""
+
+
+class DataError(OvertrainError):
+    """A missing, unreadable or mismatched data file: the message names the file."""
+
+
+class CheckpointError(OvertrainError):
+    """A missing, incomplete or incompatible checkpoint: the message names the path."""
+
+
+def data_root() -> Path:
+    """Where the real datasets live: ``$OVERTRAIN_DATA`` or ``../shared/data`` beside the repo."""
+    env = os.environ.get("OVERTRAIN_DATA")
+    if env:
+        return Path(env)
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+def expand_path(value: str | os.PathLike) -> str:
+    """Expand ``${OVERTRAIN_DATA}``, ``$VARS`` and ``~`` in a path-like config value."""
+    text = str(value)
+    if "${OVERTRAIN_DATA}" in text or "$OVERTRAIN_DATA" in text:
+        text = text.replace("${OVERTRAIN_DATA}", str(data_root())).replace("$OVERTRAIN_DATA", str(data_root()))
+    return os.path.expanduser(os.path.expandvars(text))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{where}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return parse_count(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(text: str) -> int:
+    """'4B' -> 4_000_000_000, '512M' -> 512_000_000, '1e6' -> 1_000_000, '2_000' -> 2000."""
+    s = str(text).strip().replace("_", "").lower()
+    if s and s[-1] in _SUFFIXES:
+        return int(round(float(s[:-1]) * _SUFFIXES[s[-1]]))
+    f = float(s)
+    if not f.is_integer():
+        raise ValueError(text)
+    return int(f)
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            field = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown key '{field}'{hint}; known keys here: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+    post = getattr(obj, "validate", None)
+    if callable(post):
+        try:
+            post()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {} if nxt is None or not isinstance(nxt, dict) else nxt
+            cur[k] = nxt
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def parse_overrides(pairs: Iterable[str]) -> list[tuple[str, Any]]:
+    """``["optim.lr=1e-3", "tags=[a,b]"]`` -> [("optim.lr", 0.001), ...] (values parsed as YAML)."""
+    out = []
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"command line: override '{pair}' is not of the form key=value")
+        key, raw = pair.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"command line: override '{pair}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config_path(name_or_path: str, kind: str) -> Path:
+    """A config path, or a bare name looked up in ``configs/<kind>/<name>.yaml``."""
+    p = Path(expand_path(name_or_path))
+    if p.is_file():
+        return p
+    hub = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
+    if hub.is_file():
+        return hub
+    if p.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"{name_or_path}: config file not found")
+    known = sorted(x.stem for x in (CONFIG_ROOT / kind).glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: no such file and no config named so in configs/{kind}/ (known: {', '.join(known)})")
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] = (), kind: str = "") -> T:
+    """Read YAML ``path`` (or a hub name under configs/<kind>/), apply dotted overrides, validate."""
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        p = resolve_config_path(str(path), kind) if kind else Path(path)
+        data = read_yaml(p)
+        where = str(p)
+    for key, value in parse_overrides(overrides):
+        set_dotted(data, key, value)
+    try:
+        return from_dict(cls, data, where="")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_config(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

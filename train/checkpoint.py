@@ -1,0 +1,136 @@
+"""Checkpoint layout and the model half of loading/saving.
+
+    RUN_DIR/checkpoints/step-00001234/
+        model.pt     model.state_dict(): OLMo keys, loadable by olmo.model.OLMo(olmo_config(spec))
+        model.yaml   the ModelSpec
+        meta.json    {"step", "tokens", "budget_tokens", "final", "lr_decayed", "kind", ...}
+        optim.pt     optimizer state (training checkpoints only)
+        state.pt     trainer state: schedule position, RNG states, data position (training only)
+    RUN_DIR/checkpoints/latest   text file naming the newest complete step directory
+
+A step directory is written under a temporary name and renamed when complete, so a directory
+named ``step-*`` is always whole. ``load_model`` accepts a step directory, a run directory (its
+final checkpoint, else the latest) or a ``checkpoints/`` directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from overtrain.config import CheckpointError, ConfigError, atomic_write_text, from_dict, to_dict
+from overtrain.train.model import ModelSpec, attach_shapes, build_model
+
+STEP_PREFIX = "step-"
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def write_checkpoint(ckpt_root: str | os.PathLike, step: int, files: dict[str, object], meta: dict, spec: ModelSpec) -> Path:
+    """Write ``files`` (name -> object for torch.save) + model.yaml + meta.json atomically."""
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, obj in files.items():
+        torch.save(obj, tmp / name)
+    (tmp / "model.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", final.name + "\n")
+    return final
+
+
+def list_checkpoints(ckpt_root: str | os.PathLike) -> list[Path]:
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX))
+
+
+def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
+    root = Path(ckpt_root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "meta.json").is_file():
+            return cand
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A step directory from a step dir, a checkpoints/ dir or a run dir (final, else latest)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    if (p / "meta.json").is_file() and (p / "model.pt").is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        cks = list_checkpoints(root)
+        if cks:
+            finals = [c for c in cks if _read_meta(c).get("final")]
+            return finals[-1] if finals else (latest_checkpoint(root) or cks[-1])
+    raise CheckpointError(f"{p}: no checkpoint here (expected model.pt + meta.json, or checkpoints/step-*/)")
+
+
+def _read_meta(step_dir: Path) -> dict:
+    try:
+        return json.loads((step_dir / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{step_dir / 'meta.json'}: unreadable checkpoint metadata ({e})") from None
+
+
+def read_spec(step_dir: str | os.PathLike) -> ModelSpec:
+    f = Path(step_dir) / "model.yaml"
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing (not an overtrain checkpoint?)")
+    try:
+        return from_dict(ModelSpec, yaml.safe_load(f.read_text()), where="")
+    except ConfigError as e:
+        raise CheckpointError(f"{f}: {e}") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expect: ModelSpec | None = None):
+    """(model, spec, meta) from a checkpoint; muP ``infshape``s are re-attached (torch.save drops them).
+
+    ``expect`` (optional) must agree with the checkpoint's architecture and vocabulary.
+    """
+    step_dir = resolve_checkpoint(path)
+    spec = read_spec(step_dir)
+    meta = _read_meta(step_dir)
+    if expect is not None:
+        keys = ("d_model", "n_layers", "head_dim", "mlp_ratio", "vocab_size", "embedding_size", "parametrization")
+        diff = {k: (getattr(spec, k), getattr(expect, k)) for k in keys if getattr(spec, k) != getattr(expect, k)}
+        if diff:
+            raise CheckpointError(f"{step_dir}: checkpoint model differs from the configured one: {diff} (checkpoint, config)")
+    model = build_model(spec, device="cpu", init=False)
+    try:
+        state = torch.load(step_dir / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError) as e:
+        raise CheckpointError(f"{step_dir / 'model.pt'}: cannot load model weights ({str(e).splitlines()[0]})") from None
+    attach_shapes(model, spec)
+    meta = dict(meta, path=str(step_dir))
+    return model.to(device), spec, meta
+
+
+def save_model_checkpoint(ckpt_root: str | os.PathLike, step: int, model, spec: ModelSpec, meta: dict, extra: dict | None = None) -> Path:
+    """Save weights (+ optional optimizer/trainer state under ``extra``) as a complete step directory."""
+    module = model.module if hasattr(model, "module") else model
+    module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
+    files = {"model.pt": module.state_dict()}
+    files.update(extra or {})
+    return write_checkpoint(ckpt_root, step, files, meta, spec)
