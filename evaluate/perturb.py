@@ -1,0 +1,209 @@
+"""Progressive sensitivity: C4 perplexity of theta + eps, eps ~ N(0, gamma^2 Sigma).
+
+Sigma is diagonal: each parameter's initialization variance (``init_stds``), so gamma = 1 adds
+noise as large as a fresh initialization. For one seed the unit noise eps/gamma is drawn once (on
+CPU, parameter by parameter in ``named_parameters`` order, from a generator seeded by the seed) and
+scaled by each gamma: the same noise direction at every gamma and on every device, so the curve
+over gamma is smooth and a (checkpoint, gamma, seed) row is reproducible anywhere.
+
+Rows (kind "perturb") go to results.jsonl as they are computed; rows already there for the same
+checkpoint contents, gamma, seed and evaluation tokens are skipped, so a killed study resumes
+without duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from overtrain.config import ConfigError, DataError, parse_overrides
+from overtrain.evaluate.core import perplexity
+from overtrain.evaluate.results import append_row, iter_rows
+from overtrain.train.checkpoint import load_model
+from overtrain.train.model import init_stds
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def unit_noise(model, stds: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
+    """eps / gamma for every parameter: N(0, std^2) elementwise, drawn on CPU (device-independent)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, p in model.named_parameters():
+        z = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        out[name] = z.mul_(stds[name]).to(device=p.device, dtype=p.dtype)
+    return out
+
+
+@torch.no_grad()
+def apply_noise(model, base: dict[str, torch.Tensor], noise: dict[str, torch.Tensor], gamma: float) -> None:
+    """Set every parameter to base + gamma * noise (gamma = 0 restores the checkpoint exactly)."""
+    for name, p in model.named_parameters():
+        p.copy_(base[name])
+        if gamma:
+            p.add_(noise[name], alpha=float(gamma))
+
+
+def _eval_tokens(n_tokens: int, seq_len: int, cap: int | None) -> int:
+    """Tokens ``perplexity`` will predict (mirrors ``core.windows``): the resume key of a row."""
+    n = (n_tokens - 1) // seq_len
+    if cap is not None:
+        n = min(n, max(1, cap // seq_len))
+    return n * seq_len
+
+
+def _done_keys(results: Path | None, sha: str) -> set[tuple]:
+    if results is None or not results.is_file():
+        return set()
+    return {
+        (float(r["gamma"]), int(r["noise_seed"]), r.get("c4_tokens"), r.get("seq_len"))
+        for _, r in iter_rows(results)
+        if r.get("kind") == "perturb" and r.get("checkpoint_sha256") == sha
+    }
+
+
+def perturb_checkpoint(
+    checkpoint: str | Path,
+    gammas: list[float],
+    seeds: list[int],
+    c4: str | Path | np.ndarray,
+    val_tokens: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    results: str | Path | None = None,
+    extra: dict | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """C4 perplexity change under weight noise for each (gamma, seed); returns the new rows.
+
+    ``c4`` is a prepared C4 directory or a token array; ``val_tokens`` caps the predicted tokens
+    (a fixed prefix, the same for base and perturbed); ``extra`` keys (e.g. grid axes) are copied
+    into every row. Rows are appended to ``results`` one by one when given.
+    """
+    gammas = [float(g) for g in gammas]
+    seeds = [int(s) for s in seeds]
+    if not gammas or not seeds:
+        raise ConfigError("perturb: --gammas and --seeds need at least one value each")
+    if any(g < 0 for g in gammas):
+        raise ConfigError(f"perturb: --gammas must be >= 0, got {gammas}")
+    # imported here: overtrain.evaluate.evaluate imports this module (file_sha256)
+    from overtrain.evaluate.evaluate import checkpoint_provenance, load_c4
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, spec, meta = load_model(checkpoint, device=device)
+    seq_len = seq_len or spec.max_sequence_length
+    if isinstance(c4, (str, Path)):
+        tokens = load_c4(c4, spec, val_tokens, seq_len)  # vocabulary-checked, the evaluated prefix only
+    elif len(c4) < seq_len + 1:
+        raise DataError(f"C4 tokens: {len(c4)} validation tokens, need at least {seq_len + 1}")
+    else:
+        tokens = c4
+    results = Path(results) if results is not None else None
+    prov = checkpoint_provenance(meta["path"], spec, meta)
+    sha = prov["checkpoint_sha256"]
+
+    def ppl() -> dict:
+        return perplexity(model, tokens, seq_len, batch_size=batch_size, max_tokens=val_tokens, vocab_size=spec.vocab_size)
+
+    t0 = time.time()
+    done = _done_keys(results, sha)
+    todo = [(s, g) for s in seeds for g in gammas if (g, s, _eval_tokens(len(tokens), seq_len, val_tokens), seq_len) not in done]
+    if not todo:
+        return []
+    base_eval = ppl()
+    common = {
+        "kind": "perturb",
+        "run_id": f"perturb-{sha[:12]}",
+        **prov,
+        "c4_ppl_base": base_eval["ppl"],
+        "c4_tokens": base_eval["tokens"],
+        "seq_len": seq_len,
+        **(extra or {}),
+    }
+    stds = init_stds(model, spec)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows: list[dict] = []
+    bar = tqdm(total=len(todo), desc="perturb", unit="eval", disable=None if progress else True)  # None: off when not a TTY
+    noise, noise_seed = None, None
+    for seed, gamma in todo:
+        if seed != noise_seed:
+            noise, noise_seed = unit_noise(model, stds, seed), seed
+        apply_noise(model, base, noise, gamma)
+        ev = ppl()  # also at gamma 0: checks the weights were restored exactly
+        row = dict(common, gamma=gamma, noise_seed=seed, c4_ppl=ev["ppl"], c4_ppl_change=ev["ppl"] - base_eval["ppl"],
+                   wall_s=time.time() - t0, time=time.time())
+        if results is not None:
+            append_row(results, row)
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(gamma=gamma, seed=seed, ppl=f"{ev['ppl']:.2f}")
+    bar.close()
+    apply_noise(model, base, noise or {}, 0.0)
+    return rows
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
+    parser.add_argument("--gammas", type=_floats, required=True, help="noise scales relative to init std, e.g. 0.01,0.02,0.05")
+    parser.add_argument("--seeds", type=_ints, default=[0], help="noise seeds, e.g. 0,1 (default 0)")
+    parser.add_argument("--c4", required=True, help="prepared C4 directory (its val.npy is the held-out set)")
+    parser.add_argument("--val-tokens", type=int, default=None, help="evaluate only this many predicted tokens (default: all)")
+    parser.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the model's context)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--results", default=None, help="append rows to this results.jsonl")
+    parser.add_argument("overrides", nargs="*", metavar="tags.KEY=VALUE", help="labels copied into every row's 'tags' (grid axes)")
+
+
+def parse_tags(overrides: list[str]) -> dict:
+    """``["tags.parametrization=sp"]`` -> {"parametrization": "sp"}; anything else is an error."""
+    tags = {}
+    for key, value in parse_overrides(overrides):
+        if not key.startswith("tags.") or key == "tags.":
+            raise ConfigError(f"command line: '{key}': perturb takes only tags.KEY=VALUE overrides (row labels)")
+        tags[key[len("tags."):]] = value
+    return tags
+
+
+def run(args: argparse.Namespace) -> int:
+    tags = parse_tags(args.overrides)
+    rows = perturb_checkpoint(
+        args.checkpoint, args.gammas, args.seeds, args.c4, val_tokens=args.val_tokens, seq_len=args.seq_len,
+        batch_size=args.batch_size, device=args.device, results=args.results, extra={"tags": tags} if tags else None,
+    )
+    if rows:
+        print(f"base C4 perplexity {rows[0]['c4_ppl_base']:.4f} on {rows[0]['c4_tokens']} tokens ({rows[0]['checkpoint']})")
+    for r in rows:
+        print(f"gamma {r['gamma']:<8g} seed {r['noise_seed']:<3d} C4 ppl {r['c4_ppl']:.4f}  change {r['c4_ppl_change']:+.4f}")
+    if not rows:
+        print("nothing to do: every (gamma, seed) is already in the results file")
+    if args.results:
+        print(f"rows appended to {args.results}")
+    return 0
