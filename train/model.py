@@ -1,22 +1,35 @@
 """OLMo models from ``ai2-olmo``, muP-parameterized with ``mup``.
 
 ``ModelSpec`` (configs/models/*.yaml) describes one model; ``build_model(spec)`` returns an
-``olmo.model.OLMo`` whose state dict ai2-olmo can load, with three muP changes applied as wraps:
+``olmo.model.OLMo`` whose state dict ai2-olmo can load, with muP (Yang et al. 2022, "Tensor
+Programs V", in the ``mup`` package's MuReadout formulation for Adam) applied as wraps:
 
-- the readout ``transformer.ff_out`` becomes ``ScaledReadout``: logits x output_mult / width_mult,
-  a plain float so ``torch.compile`` traces it (mup's ``MuReadout`` calls ``infshape`` in forward);
-- attention logits are scaled by 1/d_head (muP) instead of 1/sqrt(d_head) (standard);
-- base shapes come from the same architecture at ``base_d_model``; init follows muP
-  (hidden matrices std ~ 1/sqrt(width_mult)) and ``MuAdamW`` scales the per-group LR.
+- base shapes come from the same architecture at ``base_d_model`` (width_mult = d_model /
+  base_d_model); every parameter gets a mup ``infshape``;
+- init: hidden matrices std = init_std / sqrt(width_mult) (variance ~ 1/fan_in); input embedding
+  and readout std = init_std at every width;
+- the readout ``transformer.ff_out`` is a ``ScaledReadout``: logits = W (x * output_mult /
+  width_mult), the multiplier a plain float so ``torch.compile`` traces it (mup's ``MuReadout``
+  reads ``infshape`` in forward);
+- attention logits are scaled by 1/d_head instead of 1/sqrt(d_head);
+- ``mup.MuAdamW`` divides the LR (and multiplies the decoupled weight decay) of hidden matrices by
+  width_mult; embedding and readout keep the base LR.
 
-``parametrization: sp`` switches all three off (plain OLMo init, 1/sqrt(d_head), no readout
-multiplier, width_mult 1 everywhere), for comparisons such as the coordinate check.
+At ``d_model == base_d_model`` (and output_mult 1) a muP model equals the SP one except for the
+attention scale.
+
+``parametrization: sp`` is plain OLMo (``init_fn: normal``): init_std for every weight,
+1/sqrt(d_head), no readout multiplier, width_mult 1 everywhere (so ``MuAdamW`` is AdamW). This is
+the comparison the coordinate check uses to show what muP fixes.
+
+Parameter counts: "non-embedding" excludes the input embedding and the (untied) readout, the two
+vocabulary-sized matrices; the 15M/30M/90M model names refer to it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import types
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,13 +63,18 @@ class ModelSpec:
     readout_zero_init: bool = False
 
     def validate(self) -> None:
+        for key in ("d_model", "n_layers", "head_dim", "mlp_ratio", "max_sequence_length", "base_d_model"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be positive")
         for key in ("d_model", "base_d_model"):
             if getattr(self, key) % self.head_dim:
                 raise ValueError(f"{key}={getattr(self, key)} is not a multiple of head_dim={self.head_dim}")
         if self.embedding_size < self.vocab_size:
             raise ValueError(f"embedding_size={self.embedding_size} < vocab_size={self.vocab_size}")
-        if min(self.d_model, self.n_layers, self.head_dim, self.max_sequence_length) <= 0:
-            raise ValueError("d_model, n_layers, head_dim and max_sequence_length must be positive")
+        if self.init_std <= 0 or self.output_mult <= 0:
+            raise ValueError(f"init_std={self.init_std} and output_mult={self.output_mult} must be positive")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even (rotary embeddings)")
 
     @property
     def n_heads(self) -> int:
@@ -116,7 +134,8 @@ class ScaledReadout(MuReadout):
     """muP readout with its multiplier as a plain float (compile-friendly).
 
     Subclasses ``MuReadout`` only so that ``mup.set_base_shapes`` accepts an infinite fan-in with
-    finite fan-out here; forward never touches ``infshape``.
+    finite fan-out here; forward never touches ``infshape``. ``scale`` is not a buffer, so the
+    state dict is exactly OLMo's (``transformer.ff_out.weight``).
     """
 
     def __init__(self, in_features: int, out_features: int, scale: float, **kw):
@@ -131,34 +150,55 @@ class ScaledReadout(MuReadout):
             x = x * self.scale
         return F.linear(x, self.weight)
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale:g}"
 
-def _sdpa_scaled(scale: float):
-    """A replacement for ``OLMoBlock._scaled_dot_product_attention`` with a fixed softmax scale."""
 
-    def _sdpa(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, max_doc_len=None, cu_doc_lens=None):
-        if max_doc_len is not None or cu_doc_lens is not None:
-            raise NotImplementedError("document masking is not supported by overtrain models")
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+def readout_scale(spec: ModelSpec, d_model: int | None = None) -> float:
+    """The readout multiplier: output_mult / width_mult (muP), 1 (SP)."""
+    if spec.parametrization != "mup":
+        return 1.0
+    return spec.output_mult * spec.base_d_model / (d_model or spec.d_model)
 
-    return _sdpa
+
+def attention_scale(spec: ModelSpec) -> float:
+    """The softmax scale of attention logits q.k: 1/d_head (muP), 1/sqrt(d_head) (SP)."""
+    return 1.0 / spec.head_dim if spec.parametrization == "mup" else 1.0 / math.sqrt(spec.head_dim)
+
+
+def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, max_doc_len=None, cu_doc_lens=None, *, scale: float):
+    """``OLMoBlock._scaled_dot_product_attention`` with a fixed softmax scale.
+
+    Installed per block as ``functools.partial(_sdpa, scale=...)``: a module-level function, so
+    models stay picklable/deep-copyable, and ``torch.compile`` traces it like OLMo's own method.
+    """
+    if max_doc_len is not None or cu_doc_lens is not None:
+        raise NotImplementedError("document masking is not supported by overtrain models")
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 
 
 def _olmo(spec: ModelSpec, d_model: int, init_device: str):
+    """OLMo at width ``d_model`` with the muP/SP readout and attention scale; weights uninitialized."""
     from olmo.model import OLMo
 
     cfg = olmo_config(spec, d_model, init_device=init_device)
     model = OLMo(cfg, init_params=False)
-    mult = d_model / spec.base_d_model if spec.parametrization == "mup" else 1.0
-    readout_scale = spec.output_mult / mult if spec.parametrization == "mup" else 1.0
-    model.transformer.ff_out = ScaledReadout(d_model, spec.embedding_size, readout_scale, device=init_device)
-    attn_scale = 1.0 / spec.head_dim if spec.parametrization == "mup" else 1.0 / math.sqrt(spec.head_dim)
+    model.transformer.ff_out = ScaledReadout(d_model, spec.embedding_size, readout_scale(spec, d_model), device=init_device)
+    sdpa = functools.partial(_sdpa, scale=attention_scale(spec))
     for block in model.transformer.blocks:
-        block._scaled_dot_product_attention = types.MethodType(_sdpa_scaled(attn_scale), block)
+        block._scaled_dot_product_attention = sdpa
     return model
 
 
 def base_shapes(spec: ModelSpec):
-    """mup base shapes: the architecture at ``base_d_model`` and at twice that (the delta)."""
+    """mup base shapes: the architecture at ``base_d_model`` and at twice that (the delta).
+
+    Every dimension that changes with d_model (d_model, 3 x d_model, the MLP width, n_heads x
+    head_dim) is "infinite"; vocabulary dimensions are finite. So hidden matrices have two
+    infinite dims (muP init std ~ 1/sqrt(width_mult), Adam LR / width_mult) and the input
+    embedding and readout one (constant init std, unscaled LR; the readout's 1/width_mult
+    multiplier lives in ``ScaledReadout``).
+    """
     base = _olmo(spec, spec.base_d_model, "meta")
     delta = _olmo(spec, spec.base_d_model * 2, "meta")
     return make_base_shapes(get_shapes(base), get_shapes(delta))
@@ -167,6 +207,18 @@ def base_shapes(spec: ModelSpec):
 def init_stds(model, spec: ModelSpec) -> dict[str, float]:
     """The initialization std of every parameter (the Sigma of the perturbation study)."""
     return {name: init_stds_one(name, p, spec) for name, p in model.named_parameters()}
+
+
+def init_stds_one(name: str, p, spec: ModelSpec) -> float:
+    """One parameter's init std. muP (``mup``'s MuReadout formulation): hidden matrices (two
+    infinite dims) init_std / sqrt(width_mult), i.e. variance ~ 1/fan_in and init_std at the base
+    width; embedding and readout init_std at every width. SP: OLMo's ``init_fn: normal``, init_std
+    everywhere."""
+    if name == "transformer.ff_out.weight" and spec.readout_zero_init:
+        return 0.0
+    if spec.parametrization == "mup" and p.infshape.ninf() == 2:
+        return spec.init_std * p.infshape.width_mult() ** -0.5
+    return spec.init_std
 
 
 @torch.no_grad()
@@ -179,17 +231,16 @@ def init_weights(model, spec: ModelSpec, generator: torch.Generator | None = Non
             p.normal_(0.0, std, generator=generator)
 
 
-def init_stds_one(name: str, p, spec: ModelSpec) -> float:
-    if name == "transformer.ff_out.weight" and spec.readout_zero_init:
-        return 0.0
-    if spec.parametrization == "mup" and p.infshape.ninf() == 2:
-        return spec.init_std * p.infshape.width_mult() ** -0.5
-    return spec.init_std
-
-
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int | None = 0, init: bool = True):
-    """An initialized (muP or SP) OLMo on ``device`` with ``infshape`` set on every parameter."""
-    model = _olmo(spec, spec.d_model, "cpu")
+    """An initialized (muP or SP) OLMo on ``device`` with ``infshape`` set on every parameter.
+
+    Built on the meta device and materialized once (no throw-away default init). Initialization
+    draws on the CPU from ``seed``, so the weights do not depend on ``device``. ``init=False``
+    leaves them uninitialized (for ``load_state_dict``).
+    """
+    model = _olmo(spec, spec.d_model, "meta")
+    model.to_empty(device="cpu")
+    model.config.init_device = "cpu"  # the config is shared with the blocks; "meta" would leak to copies
     attach_shapes(model, spec)
     if init:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -198,7 +249,12 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int |
 
 
 def attach_shapes(model, spec: ModelSpec) -> None:
-    """(Re)attach mup ``infshape``s: needed after building and after ``torch.load`` (it drops them)."""
+    """(Re)attach mup ``infshape``s: needed after building and after ``torch.load`` (it drops them).
+
+    Accepts the bare model, a ``torch.compile`` wrapper or a DDP-wrapped one (mup matches the
+    ``module.`` prefix itself).
+    """
+    model = getattr(model, "_orig_mod", model)
     set_base_shapes(model, base_shapes(spec) if spec.parametrization == "mup" else None, rescale_params=False)
 
 
@@ -211,10 +267,13 @@ def count_params(spec: ModelSpec) -> dict[str, int]:
 
 
 def flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> int:
-    """Training FLOPs per token: 6 x (non-embedding + readout) params + attention (Chinchilla-style).
+    """Training FLOPs per token: 6 x (all params but the input embedding) + attention.
 
-    The input embedding is a lookup (no FLOPs); attention adds 12 x n_layers x d_model x seq_len
-    (forward QK^T and AV at 2 FLOPs each per multiply-add, times 3 for forward + backward).
+    The input embedding is a lookup (no FLOPs forward; its backward is a scatter-add); attention
+    adds 12 x n_layers x d_model x seq_len (forward QK^T and AV, 2 FLOPs per multiply-add, times 3
+    for forward + backward), as in PaLM's MFU formula. This is OLMo's own ``num_fwd_flops +
+    num_bck_flops`` except that OLMo charges 4 x |wte| backward FLOPs for the embedding too.
+    ``seq_len`` defaults to the model's context.
     """
     n = count_params(spec)
     readout = spec.d_model * spec.embedding_size

@@ -1,0 +1,149 @@
+"""Text generation from a checkpoint, for eyeballing models (e.g. GSM8k answers after fine-tuning).
+
+Greedy decoding or sampling (temperature, top-k, seeded), one prompt at a time with OLMo's
+key/value cache. Only real vocabulary ids are ever produced (the padded embedding rows are
+masked, as everywhere in evaluation), and decoding stops at EOS. The prompt is encoded as
+fine-tuning encodes contexts (``overtrain.finetune.encode``): EOS first (a document start), then
+the prompt's tokens. Greedy output equals ``transformers``' ``generate(do_sample=False)`` on the
+model's ``export-hf`` directory (tests/test_generate.py).
+
+    overtrain generate RUN_DIR --prompt "Question: ...\\nAnswer:" --max-new-tokens 128
+    overtrain generate RUN_DIR --task gsm8k --split test --n 3 --temperature 0.7 --top-k 50 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Sequence
+
+import torch
+
+from overtrain.config import ConfigError
+from overtrain.evaluate.core import autocast_for
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    vocab_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_ids: Sequence[int] = (),
+    precision: str = "auto",
+) -> list[int]:
+    """New token ids after ``prompt_ids`` (a stop id, if reached, is the last one).
+
+    ``temperature`` 0 is greedy (argmax); otherwise tokens are drawn from softmax(logits / T),
+    restricted to the ``top_k`` most likely ids when given, with ``generator`` for reproducibility.
+    """
+    if not prompt_ids:
+        raise ValueError("generation needs a non-empty prompt")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    past, out = None, []
+    with autocast_for(device, precision), warnings.catch_warnings():
+        # olmo's cached-attention path calls a deprecated torch API once per token
+        warnings.filterwarnings("ignore", message=r".*is_autocast_cpu_enabled", category=DeprecationWarning)
+        for _ in range(max_new_tokens):
+            res = model(ids, past_key_values=past, use_cache=True, last_logits_only=True)
+            past = res.attn_key_values
+            logits = res.logits[0, -1, :vocab_size].float()
+            nxt = int(_pick(logits, temperature, top_k, generator))
+            out.append(nxt)
+            if nxt in stop_ids:
+                break
+            ids = torch.tensor([[nxt]], dtype=torch.long, device=device)
+    model.train(was_training)
+    return out
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def prompt_ids_for(tokenizer, text: str, eos_id: int, max_len: int, max_new_tokens: int) -> tuple[list[int], int]:
+    """[EOS] + tokens(text), cut from the left so prompt + new tokens fit the context: (ids, tokens cut)."""
+    room = max_len - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {max_len}")
+    ids = [eos_id] + tokenizer.encode(text).ids
+    cut = max(0, len(ids) - room)
+    return ids[cut:], cut
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
+    src = parser.add_argument_group("prompts (one of)")
+    src.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable); '\\n' is a newline")
+    src.add_argument("--task", default=None, help="use the prompts of this task (configs/tasks/NAME.yaml or a path)")
+    parser.add_argument("--split", default="test", help="task split for --task (default test)")
+    parser.add_argument("--n", type=int, default=3, help="number of task examples for --task (default 3)")
+    parser.add_argument("--template", default=None, help="task prompt template (default: the task's)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
+    mode.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (> 0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.prompt) == bool(args.task):
+        raise ConfigError("give either --prompt (repeatable) or --task")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: must be at least 1")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature {args.temperature}: must be positive (or 0 / --greedy for argmax)")
+    if args.top_k is not None and args.temperature == 0:
+        raise ConfigError("--top-k applies to sampling: give --temperature T > 0 too")
+
+    from overtrain.train.checkpoint import load_model, resolve_checkpoint
+    from overtrain.train.tokenizer import load_tokenizer
+
+    resolve_checkpoint(args.checkpoint)  # a missing checkpoint fails before the task is read
+    items = [(p.replace("\\n", "\n"), None) for p in args.prompt]
+    if args.task:
+        from overtrain.finetune.tasks import load_task
+
+        examples = load_task(args.task, template=args.template).examples(args.split)[: max(args.n, 0)]
+        items = [(ex.prompt, ex.completion) for ex in examples]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, spec, meta = load_model(args.checkpoint, device=device)
+    if args.max_new_tokens >= spec.max_sequence_length:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})")
+    tok = load_tokenizer(spec.tokenizer)
+    gen = torch.Generator().manual_seed(args.seed)
+    mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}, top-k {args.top_k or 'all'}, seed {args.seed}"
+    print(f"# {meta['path']} ({spec.name}, {meta.get('kind', '?')}, step {meta.get('step')}); {mode}")
+    for i, (text, gold) in enumerate(items):
+        ids, cut = prompt_ids_for(tok, text, spec.eos_token_id, spec.max_sequence_length, args.max_new_tokens)
+        new = generate(model, ids, args.max_new_tokens, spec.vocab_size, args.temperature, args.top_k, gen, stop_ids=(spec.eos_token_id,))
+        stopped = bool(new) and new[-1] == spec.eos_token_id
+        print(f"\n=== prompt {i + 1}" + (f" (first {cut} tokens cut to fit the context)" if cut else ""))
+        print(text)
+        print(f"--- generated ({len(new)} tokens{', EOS' if stopped else ''})")
+        print(tok.decode(new[:-1] if stopped else new))
+        if gold is not None:
+            print(f"--- gold\n{gold}")
+    sys.stdout.flush()
+    return 0
