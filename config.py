@@ -12,6 +12,7 @@ import dataclasses
 import os
 import types
 import typing
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -28,7 +29,11 @@ class OvertrainError(ValueError):
 
 
 class ConfigError(OvertrainError):
-    """A bad config: the message names the source and the field."""
+    """A bad config: the message names the source and the field (``field``: its dotted key, if known)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class DataError(OvertrainError):
@@ -144,14 +149,22 @@ _SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
 
 def parse_count(text: str) -> int:
-    """'4B' -> 4_000_000_000, '512M' -> 512_000_000, '1e6' -> 1_000_000, '2_000' -> 2000."""
+    """'4B' -> 4_000_000_000, '1.5k' -> 1500, '1e6' -> 1_000_000, '2_000' -> 2000.
+
+    Exact (decimal arithmetic): a value that is not a whole number ('0.5', '1.0001k') raises
+    ValueError instead of being rounded.
+    """
     s = str(text).strip().replace("_", "").lower()
+    mult = 1
     if s and s[-1] in _SUFFIXES:
-        return int(round(float(s[:-1]) * _SUFFIXES[s[-1]]))
-    f = float(s)
-    if not f.is_integer():
-        raise ValueError(text)
-    return int(f)
+        s, mult = s[:-1], _SUFFIXES[s[-1]]
+    try:
+        d = Decimal(s) * mult
+    except InvalidOperation:
+        raise ValueError(f"not a count: {text!r}") from None
+    if not d.is_finite() or d != d.to_integral_value():
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(d)
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
@@ -170,8 +183,13 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             field = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"unknown key '{field}'{hint}; known keys here: {', '.join(fields)}")
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+            raise ConfigError(f"unknown key '{field}'{hint}; known keys here: {', '.join(fields)}", field)
+        path = f"{where}.{key}" if where else key
+        try:
+            kwargs[key] = _coerce(value, hints[key], path)
+        except ConfigError as e:
+            e.field = e.field or path
+            raise
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -272,17 +290,29 @@ def resolve_config_path(name_or_path: str, kind: str) -> Path:
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] = (), kind: str = "") -> T:
     """Read YAML ``path`` (or a hub name under configs/<kind>/), apply dotted overrides, validate."""
     data: dict = {}
-    where = "config"
+    where = "command line"
     if path is not None:
         p = resolve_config_path(str(path), kind) if kind else Path(path)
         data = read_yaml(p)
         where = str(p)
-    for key, value in parse_overrides(overrides):
+    overrides = list(overrides)
+    parsed = parse_overrides(overrides)
+    for key, value in parsed:
         set_dotted(data, key, value)
     try:
         return from_dict(cls, data, where="")
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {e}{_blame(e.field, overrides, parsed)}", e.field) from None
+
+
+def _blame(field: str | None, overrides: list[str], parsed: list[tuple[str, Any]]) -> str:
+    """A suffix naming the command-line override that set the bad field (or all, for cross-field errors)."""
+    if field is None:
+        return f" (with command-line overrides: {' '.join(overrides)})" if overrides else ""
+    for raw, (key, _) in zip(reversed(overrides), reversed(parsed)):  # the last setting wins
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            return f" (from command-line override '{raw}')"
+    return ""
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -290,11 +320,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_config(obj: Any, path: str | os.PathLike) -> None:

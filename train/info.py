@@ -22,5 +22,5 @@ def run(args) -> int:
           f"head_dim={info['head_dim']} context={info['context']} ({info['parametrization']}, width_mult={info['width_mult']:g})")
     print(f"  total parameters          {info['total_params']:>14,}")
     print(f"  non-embedding parameters  {info['non_embedding_params']:>14,}")
-    print(f"  training FLOPs per token  {info['flops_per_token']:>14,}")
+    print(f"  training FLOPs per token  {info['flops_per_token']:>14,}  (6N + attention at context {info['context']})")
     return 0
