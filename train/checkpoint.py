@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -86,6 +88,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{p}: no checkpoint here (expected model.pt + meta.json, or checkpoints/step-*/)")
 
 
+def read_meta(step_dir: str | os.PathLike) -> dict:
+    """A step directory's meta.json (CheckpointError naming the file if unreadable)."""
+    return _read_meta(Path(step_dir))
+
+
 def _read_meta(step_dir: Path) -> dict:
     try:
         return json.loads((step_dir / "meta.json").read_text())
@@ -134,3 +141,51 @@ def save_model_checkpoint(ckpt_root: str | os.PathLike, step: int, model, spec: 
     files = {"model.pt": module.state_dict()}
     files.update(extra or {})
     return write_checkpoint(ckpt_root, step, files, meta, spec)
+
+
+# ------------------------------------------------------------------------- training checkpoints
+
+
+def remove_stale_temps(ckpt_root: str | os.PathLike) -> None:
+    """Remove half-written (``.tmp-*``) and half-deleted (``.trash-*``) directories a killed
+    process left; they are never named ``step-*``, so nothing ever took them for checkpoints."""
+    root = Path(ckpt_root)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".trash-")) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def prune_checkpoints(ckpt_root: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints whose meta ``reasons`` is exactly
+    ``["periodic"]``; token-mark and final checkpoints are never deleted. Returns the deleted."""
+    periodic = [p for p in list_checkpoints(ckpt_root) if _read_meta(p).get("reasons") == ["periodic"]]
+    gone = periodic[: max(len(periodic) - keep_last, 0)]
+    for p in gone:
+        trash = p.with_name(f".trash-{p.name}")
+        os.replace(p, trash)  # never a half-deleted step-* directory
+        shutil.rmtree(trash)
+    return gone
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch and (this process's) CUDA RNG states, loadable with weights_only=True."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        # Only the current device: reading every GPU's would open a context on each of them.
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    tuplify = lambda x: tuple(tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x  # noqa: E731
+    random.setstate(tuplify(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,94 @@
+"""Exact resume: SIGKILL a CPU run after its first checkpoint, rerun the same command, and get the
+same losses, the same final loss and bit-identical parameters as an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from overtrain import cli
+from overtrain.config import REPO_ROOT, data_root, load_config
+from overtrain.train.checkpoint import latest_checkpoint
+from overtrain.train.pretrain import PretrainConfig, pretrain
+
+C4 = data_root() / "c4"
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c4") / "prepared"
+    argv = ["prepare-data", "--out", str(out), "--train", str(C4 / "c4-sample.00000-of-00001.json.gz"),
+            "--val", str(C4 / "c4-sample.01.json.gz"), "--max-docs", "40"]
+    assert cli.main(argv) == 0
+    return out
+
+
+def overrides(data_dir, run_dir):
+    kw = {"data.dir": data_dir, "run_dir": run_dir, "budget_tokens": STEPS * 128, "seq_len": 32, "global_batch_size": 4,
+          "micro_batch_size": 2, "eval.val_tokens": 256, "eval.every_steps": 5, "eval.batch_size": 8,
+          "log.every_steps": 1, "checkpoint.every_steps": 4, "checkpoint.keep_last": 2,
+          "schedule.warmup_tokens": 384, "device": "cpu"}
+    return [f"{k}={v}" for k, v in kw.items()]
+
+
+def trajectory(run_dir):
+    """Everything in metrics.jsonl except timings."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out.append({k: v for k, v in row.items() if k not in ("tokens_per_sec", "mfu")})
+    return out
+
+
+def test_sigkill_then_resume_is_exact(tmp_path, data_dir):
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "overtrain", "pretrain", "demo", *overrides(data_dir, killed)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while latest_checkpoint(killed / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    err = proc.communicate()[1].decode()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+    assert not (killed / "summary.json").exists()
+    at_kill = latest_checkpoint(killed / "checkpoints")
+    assert at_kill is not None and int(at_kill.name.split("-")[1]) < STEPS
+
+    half_written = killed / "checkpoints" / ".tmp-step-00000099-1"  # as a kill during a save leaves it
+    half_written.mkdir(exist_ok=True)
+
+    resumed = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {at_kill}" in resumed.stderr
+    assert not half_written.exists()
+
+    straight = tmp_path / "straight"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pretrain(load_config(PretrainConfig, "demo", overrides(data_dir, straight), kind="pretrain"))
+    finally:
+        torch.set_num_threads(n)
+
+    a, b = trajectory(killed), trajectory(straight)
+    assert a == b  # every step's loss, grad norm and LR, and every evaluation, exactly
+    assert [r["step"] for r in a if "loss" in r] == list(range(1, STEPS + 1))
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (killed, straight))
+    assert sa["resumes"] == 1 and sb["resumes"] == 0
+    assert sa["c4_val_ppl"] == sb["c4_val_ppl"] and sa["tokens_seen"] == sb["tokens_seen"]
+
+    final = f"checkpoints/step-{STEPS:08d}"
+    wa = torch.load(killed / final / "model.pt", weights_only=True)
+    wb = torch.load(straight / final / "model.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa = torch.load(killed / final / "optim.pt", weights_only=True)["state"]
+    ob = torch.load(straight / final / "optim.pt", weights_only=True)["state"]
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])

@@ -1,0 +1,105 @@
+"""Training metrics: ``metrics.jsonl`` in the run directory, plus optional wandb / TensorBoard.
+
+Rows are appended with ``overtrain.evaluate.results.append_row`` (one write + fsync per line).
+On resume, rows past the checkpoint's step (logged by the interrupted process after its last
+checkpoint) are dropped, so the file reads as one uninterrupted run. Only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from overtrain.config import ConfigError, atomic_write_text
+from overtrain.evaluate.results import append_row, iter_rows
+
+METRICS_FILE = "metrics.jsonl"
+
+# Dense bf16 peak FLOP/s per GPU, for MFU. Matched as substrings of torch.cuda.get_device_name().
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10
+    wandb: bool = False  # needs the `wandb` package
+    wandb_project: str = "overtrain"
+    tensorboard: bool = False  # needs the `tensorboard` package; writes RUN_DIR/tensorboard/
+    peak_flops: float = 0.0  # per device, for MFU; 0 = look the GPU up in PEAK_BF16_FLOPS
+
+    def validate(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError("log.every_steps must be >= 1")
+
+
+def check_backends(cfg: LogConfig, where: str) -> None:
+    """Fail before training when a requested logger is not installed."""
+    for flag in ("wandb", "tensorboard"):  # torch.utils.tensorboard needs the tensorboard package
+        if getattr(cfg, flag) and importlib.util.find_spec(flag) is None:
+            raise ConfigError(f"{where}: log.{flag}=true but the '{flag}' package is not installed (pip install {flag})")
+
+
+def peak_flops(device, override: float = 0.0) -> float | None:
+    """Peak bf16 FLOP/s of one CUDA device (None on CPU or an unknown GPU)."""
+    if override:
+        return override
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+def truncate_after(path: str | os.PathLike, step: int) -> None:
+    """Keep only rows with ``step <= step`` (atomically): a resumed run continues a clean log."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = [row for _, row in iter_rows(path) if row.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | os.PathLike, cfg: LogConfig, enabled: bool, run_name: str = "", config: dict | None = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self._wandb = self._tb = None
+        if not enabled:
+            return
+        if cfg.wandb:
+            import wandb
+
+            # A stable id from the run directory: a resumed run continues the same wandb run.
+            run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+            self._wandb = wandb.init(project=cfg.wandb_project, name=run_name or None, id=run_id, resume="allow",
+                                     config=config, dir=str(run_dir))
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        append_row(self.path, row)
+        step = row.get("step", 0)
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tb is not None:
+            self._tb.close()
