@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"overtrain {name}", description=COMMANDS[name][1])
-    add = getattr(module, f"add_arguments_{name.replace('-', '_')}", None) or module.add_arguments
-    run = getattr(module, f"run_{name.replace('-', '_')}", None) or module.run
+    # A module serving several commands defines add_arguments_<cmd>/run_<cmd> pairs; otherwise
+    # add_arguments/run (a function form such as finetune.run_finetune is not a CLI entry point).
+    add = getattr(module, f"add_arguments_{name.replace('-', '_')}", None)
+    run = getattr(module, f"run_{name.replace('-', '_')}", None) if add else None
+    add, run = add or module.add_arguments, run or module.run
     add(parser)
     args = parser.parse_intermixed_args(argv[1:])
     try:

@@ -8,7 +8,7 @@ ID perplexity of LM tasks, class scores of classification tasks) goes through
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -24,17 +24,41 @@ def autocast_for(device: torch.device | str, precision: str = "auto"):
     return nullcontext()
 
 
+@contextmanager
+def readout_at(model, mask: torch.Tensor):
+    """Inside, ``model(x).logits`` is (1, mask.sum(), V): the readout sees only positions where ``mask``.
+
+    The vocabulary-sized readout and softmax are most of a small model's compute; prompts and
+    padding need neither. A forward pre-hook on ``transformer.ff_out`` gathers the hidden states
+    (works under DDP and torch.compile wrappers); values at the kept positions are unchanged.
+    """
+    module = getattr(model, "module", model)
+    module = getattr(module, "_orig_mod", module)
+    hook = module.transformer.ff_out.register_forward_pre_hook(lambda _, args: (args[0][mask].unsqueeze(0),))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
 def token_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
     """log p(targets[b, t] | input_ids[b, :t+1]) as float32, shape (B, T).
 
-    ``targets`` may hold -100 (ignored positions); their log-prob is returned as 0.
+    ``targets`` may hold -100 (ignored positions); their log-prob is returned as 0 (and their
+    logits are never computed, see ``readout_at``).
     ``vocab_size`` masks the padded embedding rows out of the softmax (ids >= vocab_size never
     occur in data, so they should get no probability mass at evaluation).
     """
-    logits = model(input_ids).logits.float()
+    mask = targets >= 0
+    with readout_at(model, mask) if not bool(mask.all()) else nullcontext():
+        logits = model(input_ids).logits.float()
     if vocab_size is not None and vocab_size < logits.shape[-1]:
         logits = logits[..., :vocab_size]
     logp = torch.log_softmax(logits, dim=-1)
+    if logits.shape[:2] != targets.shape:  # gathered: (1, N, V) for the N kept positions
+        out = torch.zeros(targets.shape, dtype=torch.float32, device=logp.device)
+        out[mask] = logp[0].gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+        return out
     safe = targets.clamp(min=0)
     out = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return out.masked_fill(targets < 0, 0.0)

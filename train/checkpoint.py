@@ -16,6 +16,7 @@ final checkpoint, else the latest) or a ``checkpoints/`` directory.
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from overtrain.config import CheckpointError, ConfigError, atomic_write_text, from_dict, to_dict
+from overtrain.config import CheckpointError, ConfigError, atomic_write_text, from_dict, parse_count, to_dict
 from overtrain.train.model import ModelSpec, attach_shapes, build_model
 
 STEP_PREFIX = "step-"
@@ -74,7 +75,17 @@ def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A step directory from a step dir, a checkpoints/ dir or a run dir (final, else latest)."""
+    """A step directory from a step dir, a checkpoints/ dir or a run dir (final, else latest).
+
+    ``RUN_DIR@tokens=N`` names the first checkpoint at or past the token mark N, where a mark is
+    rounded to the nearest whole step as the trainer rounds budgets and marks (so the checkpoint
+    saved for mark N is found even when N is not a multiple of the tokens per step);
+    ``RUN_DIR@step=N`` the first checkpoint at or past step N.
+    """
+    text = str(path)
+    m = re.fullmatch(r"(.*)@(tokens|step)=([0-9.eEkKmMbBgGtT_]+)", text)
+    if m:
+        return _checkpoint_at(Path(m.group(1)), m.group(2), m.group(3), text)
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found")
@@ -86,6 +97,26 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             finals = [c for c in cks if _read_meta(c).get("final")]
             return finals[-1] if finals else (latest_checkpoint(root) or cks[-1])
     raise CheckpointError(f"{p}: no checkpoint here (expected model.pt + meta.json, or checkpoints/step-*/)")
+
+
+def _checkpoint_at(run: Path, key: str, value: str, text: str) -> Path:
+    try:
+        want = parse_count(value)
+    except ValueError:
+        raise CheckpointError(f"{text}: '{value}' is not a count") from None
+    root = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    cks = list_checkpoints(root)
+    if not cks:
+        raise CheckpointError(f"{text}: no checkpoints under {root}")
+    have = []
+    for c in cks:
+        meta = _read_meta(c)
+        got, step = int(meta.get(key, -1)), max(int(meta.get("step", 1)), 1)
+        slack = int(meta.get("tokens", 0)) / step / 2 if key == "tokens" else 0
+        have.append(got)
+        if got >= want - slack:
+            return c
+    raise CheckpointError(f"{text}: no checkpoint with {key} >= {want} under {root} (have {key}: {have})")
 
 
 def read_meta(step_dir: str | os.PathLike) -> dict:

@@ -1,0 +1,76 @@
+"""In-distribution (ID) metrics of a fine-tuning task, from ``continuation_logprobs``.
+
+Classification (PROTOCOL.md "Evaluation"; Springer et al. 2025):
+    score[i, c]   = mean over the tokens of choice c of log p(token | context_i, earlier tokens)
+                    (length-normalized log-likelihood of the class's label text)
+    p(c | i)      = softmax_c score[i, c]
+    id_ppl        = exp(mean_i -log p(gold_i | i))     a uniform model gives exactly n_classes
+    acc           = mean_i [argmax_c score[i, c] == gold_i]
+    label_token_acc: the Amuro & Char "TokenProb" prediction, argmax_c of the probability of the
+                    *first* token of choice c (ties go to the lower class index)
+LM tasks: id_ppl = exp(sum of target-token NLL / number of target tokens) (the standard LM loss).
+
+Log-probabilities are taken over the real vocabulary (``vocab_size``, 50280 for the OLMo
+tokenizer): the padded embedding rows 50280..50303 never occur in data and are masked out of
+the softmax, so a model with uniform logits has LM perplexity 50280, not 50304.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from overtrain.evaluate.core import continuation_logprobs
+from overtrain.finetune.encode import EncodedSplit
+
+
+def safe_exp(x: float) -> float:
+    """exp that returns inf instead of raising for a diverged model's huge losses."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+def class_logprobs(model, split: EncodedSplit, batch_size: int = 32, vocab_size: int | None = None, precision: str = "auto", pad_id: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(mean log-likelihood, first-token log-prob) of every choice for every example: two (N, C) arrays."""
+    n, c = len(split.examples), len(split.choices)
+    pairs = [(ex.context, choice) for ex in split.examples for choice in split.choices]
+    lps = continuation_logprobs(model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id)
+    mean = np.array([lp.mean() for lp in lps], dtype=np.float64).reshape(n, c)
+    first = np.array([lp[0] for lp in lps], dtype=np.float64).reshape(n, c)
+    return mean, first
+
+
+def classification_metrics_from_scores(mean: np.ndarray, first: np.ndarray, labels: np.ndarray) -> dict:
+    """The classification metrics from per-class scores (see module docstring)."""
+    shifted = mean - mean.max(axis=1, keepdims=True)  # stable log-softmax over classes
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    nll = -log_p[np.arange(len(labels)), labels]
+    mean_nll = float(nll.mean())
+    return {
+        "id_ppl": safe_exp(mean_nll),
+        "id_nll": mean_nll,
+        "acc": float((mean.argmax(axis=1) == labels).mean()),
+        "label_token_acc": float((first.argmax(axis=1) == labels).mean()),
+        "n": int(len(labels)),
+    }
+
+
+def lm_metrics(model, split: EncodedSplit, batch_size: int = 32, vocab_size: int | None = None, precision: str = "auto", pad_id: int = 1) -> dict:
+    pairs = [(ex.context, ex.completion) for ex in split.examples]
+    lps = continuation_logprobs(model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id)
+    nll = -sum(float(lp.sum()) for lp in lps)
+    tokens = sum(len(lp) for lp in lps)
+    loss = nll / tokens
+    return {"id_ppl": safe_exp(loss), "id_nll": loss, "acc": None, "label_token_acc": None,
+            "n": len(lps), "tokens": tokens}
+
+
+def task_metrics(model, split: EncodedSplit, batch_size: int = 32, vocab_size: int | None = None, precision: str = "auto", pad_id: int = 1) -> dict:
+    """ID metrics of one encoded split: id_ppl, id_nll, acc, label_token_acc (None for lm tasks), n."""
+    if not split.examples:
+        raise ValueError(f"task '{split.task}' split '{split.split}' has no examples to evaluate")
+    if split.type == "classification":
+        mean, first = class_logprobs(model, split, batch_size, vocab_size, precision, pad_id)
+        labels = np.array([ex.label for ex in split.examples])
+        return classification_metrics_from_scores(mean, first, labels)
+    return lm_metrics(model, split, batch_size, vocab_size, precision, pad_id)

@@ -1,0 +1,126 @@
+"""Task examples -> token sequences for fine-tuning and evaluation.
+
+Every example becomes a (context, completion) pair of token ids:
+
+    context    = [EOS] + tokens(prompt)      EOS marks a document start, as between C4 documents
+                                             in pre-training, and keeps the context non-empty
+    completion = tokens(completion)          classification: tokens(choices[label])
+
+Prompt and completion are tokenized separately (choices carry their leading space, e.g. " yes"),
+so the completion tokens are identical for every example and identical at training and scoring
+time. A pair must fit the model: len(context) + len(completion) - 1 <= max_len (the model input
+is the pair minus its last token). Too-long contexts lose tokens from the *left* (the end of the
+prompt, next to the answer, is kept) and are counted; a classification context is cut to fit
+its longest choice, so every class is scored against the same context. A completion longer than
+max_len - 1 (LM tasks only) is cut from the right and counted. Examples with an empty prompt or
+empty completion are skipped and counted.
+
+Training sequences: input = (context + completion)[:-1], target = -100 on context positions and
+padding, the completion tokens elsewhere, so the loss is on completion tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from overtrain.config import DataError
+
+
+@dataclass
+class EncodedExample:
+    id: str
+    context: list[int]
+    completion: list[int]
+    label: int | None  # gold class index (classification) or None (lm)
+
+
+@dataclass
+class EncodedSplit:
+    task: str
+    split: str
+    type: str  # "classification" | "lm"
+    examples: list[EncodedExample]
+    choices: list[list[int]] = field(default_factory=list)  # token ids of each class's completion
+    truncated: int = 0  # contexts cut from the left
+    completion_truncated: int = 0  # completions cut from the right (lm tasks)
+    skipped_empty: int = 0  # examples with an empty prompt or completion
+    total: int = 0  # examples in the split before caps and skips
+
+    def counts(self) -> dict:
+        return {"examples": len(self.examples), "truncated": self.truncated, "completion_truncated": self.completion_truncated,
+                "skipped_empty": self.skipped_empty, "total": self.total}
+
+
+def cap_examples(examples: Sequence, max_examples: int | None, seed: int = 0) -> list:
+    """A seeded random subset of at most ``max_examples`` (original order kept).
+
+    A fixed seed, independent of the run seed, so every checkpoint and LR sees the same subset;
+    random rather than the first N because some sources list examples grouped by class.
+    """
+    examples = list(examples)
+    if max_examples is None or max_examples <= 0 or len(examples) <= max_examples:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), max_examples))
+    return [examples[i] for i in keep]
+
+
+def encode_split(task, split: str, tokenizer, max_len: int, eos_id: int, max_examples: int | None = None, cap_seed: int = 0) -> EncodedSplit:
+    """Tokenize ``task.examples(split)`` (a Task from ``overtrain.finetune.tasks``) for a model of context ``max_len``."""
+    if max_len < 2:
+        raise DataError(f"model context {max_len} is too short for a prompt and a completion")
+    raw = task.examples(split)
+    choices = [tokenizer.encode(c).ids for c in task.choices] if task.type == "classification" else []
+    if task.type == "classification":
+        if len(choices) < 2:
+            raise DataError(f"task '{task.name}': a classification task needs at least 2 choices, has {len(task.choices)}")
+        for text, ids in zip(task.choices, choices):
+            if not ids:
+                raise DataError(f"task '{task.name}': choice {text!r} tokenizes to nothing")
+            if len(ids) > max_len - 1:
+                raise DataError(f"task '{task.name}': choice {text!r} has {len(ids)} tokens, longer than the context {max_len}")
+    out = EncodedSplit(task.name, split, task.type, [], choices, total=len(raw))
+    longest_choice = max((len(c) for c in choices), default=0)
+    for ex in cap_examples(raw, max_examples, cap_seed):
+        if task.type == "classification":
+            if ex.label is None or not 0 <= ex.label < len(choices):
+                raise DataError(f"task '{task.name}' split '{split}' example {ex.id}: label {ex.label!r} is outside the {len(choices)} declared classes")
+            completion = list(choices[ex.label])
+            room = max_len + 1 - longest_choice
+        else:
+            completion = tokenizer.encode(ex.completion).ids
+            if len(completion) > max_len - 1:
+                completion = completion[: max_len - 1]
+                out.completion_truncated += 1
+            room = max_len + 1 - len(completion)
+        if not ex.prompt.strip() or not completion:
+            out.skipped_empty += 1
+            continue
+        context = [eos_id] + tokenizer.encode(ex.prompt).ids
+        if len(context) > room:
+            context = context[len(context) - room :]
+            out.truncated += 1
+        out.examples.append(EncodedExample(str(ex.id), context, completion, ex.label))
+    return out
+
+
+def training_pair(ex: EncodedExample) -> tuple[list[int], list[int]]:
+    """(input_ids, targets) of one example: loss on completion tokens only."""
+    seq = ex.context + ex.completion
+    targets = [-100] * (len(ex.context) - 1) + ex.completion
+    return seq[:-1], targets
+
+
+def collate(examples: Sequence[EncodedExample], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, targets) tensors of a micro-batch; padding targets are -100."""
+    pairs = [training_pair(ex) for ex in examples]
+    width = max(len(x) for x, _ in pairs)
+    x = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    y = torch.full((len(pairs), width), -100, dtype=torch.long)
+    for i, (xi, yi) in enumerate(pairs):
+        x[i, : len(xi)] = torch.tensor(xi)
+        y[i, : len(yi)] = torch.tensor(yi)
+    return x.to(device), y.to(device)

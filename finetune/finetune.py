@@ -1,0 +1,343 @@
+"""``overtrain finetune CONFIG [key=value ...]``: fine-tune one checkpoint on one task, evaluate, record.
+
+    overtrain finetune configs/finetune/demo.yaml checkpoint=runs/tiny-32k task=rte lr=1e-3 run_dir=runs/ft
+
+One run: check every input (checkpoint, model and vocabulary, task, C4, step count), evaluate the
+base model (C4 perplexity; ID perplexity/accuracy on validation and test), train with the shared
+``train_step`` (loss on completion tokens only; MuAdamW or plain AdamW; warmup + decay from
+``overtrain.train.schedule``; optional L2 toward the pre-trained weights), evaluate again, and
+append one row to ``results.jsonl``. The row is written only after everything finished, so a
+killed run leaves no row. Weights are saved only with ``save_weights: true``.
+
+``run_finetune(cfg, ...)`` is the function form; ``overtrain sweep`` calls it once per LR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from overtrain.config import ConfigError, atomic_write_text, load_config, save_config, to_dict
+from overtrain.evaluate.evaluate import (
+    check_tokenizer,
+    checkpoint_provenance,
+    encode_task,
+    evaluate_encoded,
+    flatten_metrics,
+    load_c4,
+    pick_device,
+    resolve_checkpoint_ref,
+)
+from overtrain.evaluate.core import readout_at
+from overtrain.evaluate.results import append_row
+from overtrain.finetune.encode import EncodedSplit, collate
+from overtrain.train.checkpoint import load_model, save_model_checkpoint
+from overtrain.train.model import load_model_spec
+from overtrain.train.schedule import ScheduleConfig, lr_factor, warmup_steps
+from overtrain.train.step import remember_initial_lrs, train_step
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass
+class SweepConfig:
+    min_lr: float = 4e-6  # the paper's smallest fine-tuning LR
+    max_lr: float | None = None  # None: the task YAML's max_lr
+    n_lrs: int = 8  # geometric grid points (the paper's grid is unknown)
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = ""  # step dir, checkpoints/ dir, run dir, or RUN@tokens=N
+    task: str = ""  # a name in configs/tasks/ or a YAML path
+    template: str | None = None  # prompt template (None: the task's default)
+    task_overrides: list[str] = field(default_factory=list)  # key=value for the task YAML
+    model: str | None = None  # if set, the checkpoint must have this model config's architecture
+    run_dir: str = "runs/finetune"
+    c4: str | None = None  # prepared C4 dir (val.npy) for C4 perplexity; None: skip C4
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
+    # optimization
+    lr: float = 1e-4  # peak LR at the muP base width (MuAdamW scales hidden matrices)
+    epochs: float = 3.0
+    max_steps: int = 0  # > 0: exactly this many optimizer steps, overriding epochs
+    batch_size: int = 8  # examples per optimizer step
+    micro_batch_size: int = 8  # examples per forward (gradient accumulation)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.03, decay="linear"))
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # decoupled; not on the input embedding
+    grad_clip: float = 1.0
+    mup_optimizer: bool = True  # False: plain torch AdamW, one LR for every parameter
+    l2_to_pretrained: float = 0.0  # lambda of lambda * ||theta - theta_0||^2, added to each step's loss
+    # data
+    max_examples: dict[str, int] = field(default_factory=dict)  # per split cap (seeded subset)
+    cap_seed: int = 0
+    # evaluation
+    eval_batch_size: int = 32
+    c4_max_tokens: int = 1_048_576  # predicted C4 validation tokens (a fixed prefix)
+    eval_before: bool = True
+    save_weights: bool = False
+    log_every: int = 10
+    # sweep (overtrain sweep)
+    lrs: list[float] = field(default_factory=list)  # explicit grid; empty: geometric, see `sweep`
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tags: dict = field(default_factory=dict)  # copied into every results row (grid axes)
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be positive")
+        if self.batch_size <= 0 or self.micro_batch_size <= 0:
+            raise ValueError("batch_size and micro_batch_size must be positive")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.schedule.warmup_tokens:
+            raise ValueError("schedule.warmup_tokens is for pre-training; fine-tuning uses schedule.warmup_fraction")
+        if self.l2_to_pretrained < 0 or self.weight_decay < 0:
+            raise ValueError("l2_to_pretrained and weight_decay must be >= 0")
+        bad = set(self.max_examples) - {"train", "validation", "test"}
+        if bad:
+            raise ValueError(f"max_examples: unknown split(s) {sorted(bad)} (train, validation, test)")
+
+
+def load_finetune_config(path, overrides=()) -> FinetuneConfig:
+    return load_config(FinetuneConfig, path, overrides, kind="finetune")
+
+
+def config_hash(cfg: FinetuneConfig) -> str:
+    """Identity of everything that changes a run's result besides checkpoint, task, template, LR, seed."""
+    d = to_dict(cfg)
+    for k in ("checkpoint", "task", "template", "lr", "seed", "run_dir", "device", "lrs", "sweep", "tags", "log_every", "save_weights", "c4"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lm_loss`` with the readout computed only at completion tokens (same value, less compute)."""
+    mask = targets >= 0
+    with readout_at(model, mask):
+        logits = model(input_ids).logits[0]
+    return F.cross_entropy(logits.float(), targets[mask], reduction="sum"), mask.sum()
+
+
+def build_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW; with ``mup_optimizer`` muP's per-group LR scaling (``MuAdamW``). No decay on the embedding."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("wte.weight")]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n.endswith("wte.weight")]
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.mup_optimizer:
+        from mup import MuAdamW
+
+        opt = MuAdamW(groups, **kw)
+        opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+    else:
+        opt = torch.optim.AdamW(groups, **kw)
+    remember_initial_lrs(opt)
+    return opt
+
+
+def l2_to(model, lam: float):
+    """``extra_loss`` for train_step: lam * ||theta - theta_0||^2 with theta_0 the weights now."""
+    anchor = [p.detach().clone() for p in model.parameters()]
+
+    def extra() -> torch.Tensor:
+        return lam * sum(((p - p0) ** 2).sum() for p, p0 in zip(model.parameters(), anchor))
+
+    return extra
+
+
+def batch_plan(n_examples: int, cfg: FinetuneConfig) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps); the last batch of an epoch may be smaller."""
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
+    return per_epoch, total
+
+
+def step_examples(step: int, n: int, per_epoch: int, batch_size: int, seed: int) -> np.ndarray:
+    """Example indices of optimizer step ``step``: epoch e is a seeded permutation, cut in batches."""
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[k * batch_size : (k + 1) * batch_size]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, checked before any work starts."""
+
+    cfg: FinetuneConfig
+    step_dir: Path
+    model: torch.nn.Module
+    spec: object
+    meta: dict
+    task: object
+    encoded: dict[str, EncodedSplit]
+    c4: np.ndarray | None
+    device: torch.device
+    steps_per_epoch: int
+    total_steps: int
+
+
+def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepared:
+    """Resolve and check every input of a run; raises ConfigError/DataError/CheckpointError."""
+    from overtrain.evaluate import evaluate as ev  # load_task looked up at call time (tests patch it)
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint: required (checkpoint=PATH)")
+    if not cfg.task:
+        raise ConfigError("task: required (task=NAME)")
+    step_dir = resolve_checkpoint_ref(cfg.checkpoint)
+    device = pick_device(cfg.device)
+    expect = load_model_spec(cfg.model) if cfg.model else None
+    model, spec, meta = load_model(step_dir, device=device, expect=expect)
+    tok = check_tokenizer(spec, str(step_dir))
+    task = ev.load_task(cfg.task, cfg.task_overrides, template=cfg.template)
+    encoded = encode_task(task, ("train", "validation", "test"), tok, spec, cfg.max_examples, cfg.cap_seed)
+    if c4_tokens is None and cfg.c4:
+        c4_tokens = load_c4(cfg.c4, spec, cfg.c4_max_tokens, spec.max_sequence_length)
+    if cfg.schedule.final_lr > cfg.lr:
+        raise ConfigError(f"schedule.final_lr={cfg.schedule.final_lr} exceeds lr={cfg.lr}")
+    per_epoch, total = batch_plan(len(encoded["train"].examples), cfg)
+    if total < 2:
+        raise ConfigError(f"{total} optimizer step(s): the schedule decays to 0 at the last step, so a run needs at least 2 "
+                          f"({len(encoded['train'].examples)} train examples, batch_size={cfg.batch_size}, epochs={cfg.epochs})")
+    return Prepared(cfg, step_dir, model, spec, meta, task, encoded, c4_tokens, device, per_epoch, total)
+
+
+def evaluate_all(p: Prepared) -> dict:
+    """C4 perplexity and ID metrics on validation and test (the train split is never evaluated)."""
+    evals = {s: p.encoded[s] for s in ("validation", "test")}
+    return evaluate_encoded(p.model, p.spec, evals, p.c4, p.cfg.eval_batch_size, precision=p.cfg.precision)
+
+
+def train(p: Prepared, progress: bool = True) -> dict:
+    """The fine-tuning loop around ``train_step``; returns training statistics."""
+    cfg, model = p.cfg, p.model
+    torch.manual_seed(cfg.seed)
+    opt = build_optimizer(model, cfg)
+    extra = l2_to(model, cfg.l2_to_pretrained) if cfg.l2_to_pretrained > 0 else None
+    train_set = p.encoded["train"].examples
+    warm = warmup_steps(cfg.schedule, p.total_steps, 1)
+    final_ratio = cfg.schedule.final_lr / cfg.lr
+    log = Path(cfg.run_dir) / "train_log.jsonl"
+    log.unlink(missing_ok=True)
+    tokens, seen, losses, diverged = 0, 0, [], False
+    bar = tqdm(range(p.total_steps), desc=f"finetune {p.task.name} lr={cfg.lr:.2e}", disable=not (progress and sys.stderr.isatty()))
+    t0 = time.time()
+    for step in bar:
+        idx = step_examples(step, len(train_set), p.steps_per_epoch, cfg.batch_size, cfg.seed)
+        batch = [train_set[i] for i in idx]
+        micro = [collate(batch[i : i + cfg.micro_batch_size], p.spec.pad_token_id, p.device) for i in range(0, len(batch), cfg.micro_batch_size)]
+        factor = lr_factor(step, p.total_steps, warm, cfg.schedule.decay, final_ratio)
+        stats = train_step(model, opt, micro, factor, cfg.grad_clip, cfg.precision, loss_fn=completion_loss, extra_loss=extra)
+        seen += sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
+        tokens += stats.tokens
+        losses.append(stats.loss)
+        if step % cfg.log_every == 0 or step == p.total_steps - 1:
+            with open(log, "a") as f:
+                f.write(json.dumps({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": tokens}) + "\n")
+            bar.set_postfix(loss=f"{stats.loss:.3f}")
+        if not math.isfinite(stats.loss):
+            diverged = True  # a diverged run is a result (its metrics are NaN/inf), not an error
+            break
+    wall = time.time() - t0
+    return {"steps": step + 1, "train_tokens": tokens, "train_loss_first": losses[0], "train_loss_last": losses[-1],
+            "train_loss_last_epoch": float(np.mean(losses[-p.steps_per_epoch:])), "diverged": diverged, "train_seconds": wall,
+            "train_input_tokens": seen, "train_tokens_per_s": seen / max(wall, 1e-9),
+            "lr_decayed": not diverged}  # the schedule's factor at the last step is exactly final_lr / lr
+
+
+def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before: dict | None = None,
+                 prepared: Prepared | None = None, progress: bool = True) -> dict:
+    """Fine-tune, evaluate before/after, append the row to ``results`` (default RUN_DIR/results.jsonl); return it.
+
+    ``before``: base-model metrics already computed (``evaluate_all`` of the same checkpoint, task
+    and caps; the sweep passes them to avoid re-evaluating per LR).
+    """
+    t_start = time.time()
+    p = prepared or prepare(cfg)
+    cut = {s: e.truncated for s, e in p.encoded.items() if e.truncated}
+    if progress and cut:
+        print(f"finetune: prompts longer than the context ({p.spec.max_sequence_length}) cut from the left: {cut}", file=sys.stderr)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if before is None and cfg.eval_before:
+        before = evaluate_all(p)
+    stats = train(p, progress)
+    after = evaluate_all(p)
+    if cfg.save_weights:
+        save_model_checkpoint(run_dir / "checkpoints", stats["steps"], p.model, p.spec, {
+            "step": stats["steps"], "tokens": p.meta.get("tokens"), "budget_tokens": p.meta.get("budget_tokens"), "final": True,
+            "lr_decayed": stats["lr_decayed"], "kind": "finetune", "run_dir": str(run_dir), "seed": cfg.seed,
+            "base_checkpoint": str(p.step_dir), "task": p.task.name, "template": p.task.template, "lr": cfg.lr,
+            "finetune_tokens": stats["train_tokens"]})
+    row = make_row(p, stats, before, after, time.time() - t_start)
+    append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
+    atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
+    return row
+
+
+def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: float) -> dict:
+    cfg = p.cfg
+    row = {"kind": "finetune", "run_id": Path(cfg.run_dir).name, "run_dir": str(Path(cfg.run_dir).resolve()),
+           **checkpoint_provenance(p.step_dir, p.spec, p.meta), "checkpoint_ref": cfg.checkpoint,
+           "task": p.task.name, "task_type": p.task.type, "template": p.task.template, "lr": cfg.lr, "seed": cfg.seed,
+           "selected": False, "config_hash": config_hash(cfg),
+           "epochs": cfg.epochs, "batch_size": cfg.batch_size, "mup_optimizer": cfg.mup_optimizer,
+           "l2_to_pretrained": cfg.l2_to_pretrained, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule.decay,
+           "train_examples": len(p.encoded["train"].examples), "total_steps": p.total_steps}
+    row.update({k: stats[k] for k in ("steps", "train_tokens", "train_input_tokens", "train_loss_first", "train_loss_last", "train_loss_last_epoch", "diverged",
+                                     "train_seconds", "train_tokens_per_s")})
+    row["finetune_lr_decayed"] = stats["lr_decayed"]
+    m = flatten_metrics(after)
+    if "c4_ppl" in m:
+        m["c4_ppl_after"] = m.pop("c4_ppl")
+        m["c4_loss_after"] = m.pop("c4_loss")
+    row.update(m)
+    if before is not None:
+        row.update(flatten_metrics(before, "_before"))
+        row["id_ppl_before"] = row.get("test_id_ppl_before")
+    row["c4_tokens"] = after["c4"]["tokens"] if after.get("c4") else None
+    row["n_examples"] = {s: len(e.examples) for s, e in p.encoded.items()}
+    row["truncated"] = {s: e.truncated for s, e in p.encoded.items()}
+    row["completion_truncated"] = {s: e.completion_truncated for s, e in p.encoded.items()}
+    row["skipped_empty"] = {s: e.skipped_empty for s, e in p.encoded.items()}
+    row["split_info"] = getattr(p.task, "split_info", None)
+    row["tags"] = dict(cfg.tags)
+    row["wall_s"] = wall
+    row["time"] = time.time()
+    return row
+
+
+def add_arguments(p):
+    p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ (demo) or a YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides: checkpoint=, task=, lr=, run_dir=, seed=, template=, ...")
+    p.add_argument("--results", default=None, help="results file (default: RUN_DIR/results.jsonl)")
+
+
+def run(args) -> int:
+    cfg = load_finetune_config(args.config, args.overrides)
+    row = run_finetune(cfg, args.results)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    print(f"{row['task']} lr={row['lr']:.3g} steps={row['steps']} ({row['train_input_tokens']:,} tokens, "
+          f"{row['train_tokens']:,} of them completion tokens; {row['train_tokens_per_s']:.0f} tok/s){'  DIVERGED' if row['diverged'] else ''}")
+    for s in ("val", "test"):
+        print(f"  {s:<4} ID ppl {fmt(row.get(f'{s}_id_ppl_before'))} -> {fmt(row[f'{s}_id_ppl'])}   "
+              f"acc {fmt(row.get(f'{s}_acc_before'))} -> {fmt(row[f'{s}_acc'])}")
+    if "c4_ppl_after" in row:
+        print(f"  C4 ppl {fmt(row.get('c4_ppl_before'))} -> {fmt(row['c4_ppl_after'])}")
+    print(f"  row appended to {args.results or Path(cfg.run_dir) / RESULTS_FILE}")
+    return 0

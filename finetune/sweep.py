@@ -1,0 +1,155 @@
+"""``overtrain sweep CONFIG checkpoint=... task=... [lrs=[...]]``: the paper's LR sweep for one (checkpoint, task).
+
+For every LR of the grid (``lrs``, else geometric from ``sweep.min_lr`` = 4e-6 to ``sweep.max_lr``
+or the task YAML's ``max_lr``, ``sweep.n_lrs`` points) the checkpoint is fine-tuned from the same
+weights and evaluated on validation and test. Both regimes of the paper are recorded in
+RUN_DIR/results.jsonl:
+
+- fixed LR: one row per LR (``selected: false``);
+- tuned LR: a copy of the row whose *validation* ID perplexity is lowest, ``selected: true``
+  (plus ``selected_from``: the grid), reported on test. A diverged LR (NaN) never wins.
+
+The base model is evaluated once (a ``kind: "base"`` row; every fine-tuning row carries it as
+``*_before``). Resumable: LRs whose rows exist (same checkpoint content, task, template, seed,
+config hash) are skipped, and the selected row is written once per grid. Per-LR run dirs
+(RUN_DIR/lr-<lr>/) hold config.yaml and the training log; rows live only in RUN_DIR/results.jsonl.
+
+Function form for the grid runner::
+
+    run_sweep(config, overrides=(), progress=True) -> list[dict]
+
+``config`` is a finetune config name/path or a ``FinetuneConfig``; ``overrides`` are the same
+``key=value`` strings as the command line (checkpoint=, task=, run_dir=, c4=, lrs=[...], tags.x=...).
+Returns this sweep's rows: one per LR in grid order, then the selected row.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from overtrain.config import ConfigError
+from overtrain.evaluate.results import append_row, iter_rows
+from overtrain.finetune.finetune import (
+    RESULTS_FILE,
+    FinetuneConfig,
+    config_hash,
+    evaluate_all,
+    flatten_metrics,
+    load_finetune_config,
+    prepare,
+    run_finetune,
+)
+from overtrain.evaluate.evaluate import checkpoint_provenance
+
+
+def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
+    """The explicit ``lrs``, else ``n_lrs`` geometric points from ``sweep.min_lr`` to the maximum LR."""
+    if cfg.lrs:
+        lrs = [float(x) for x in cfg.lrs]
+    else:
+        top = cfg.sweep.max_lr or getattr(getattr(task, "spec", None), "max_lr", None)
+        if not top:
+            raise ConfigError(f"sweep: no maximum LR: set sweep.max_lr or max_lr in the task YAML of '{task.name}' (or give lrs=[...])")
+        if top < cfg.sweep.min_lr or cfg.sweep.n_lrs < 1:
+            raise ConfigError(f"sweep: need max_lr ({top}) >= min_lr ({cfg.sweep.min_lr}) and n_lrs >= 1")
+        n = cfg.sweep.n_lrs if top > cfg.sweep.min_lr else 1
+        lrs = [float(f"{x:.4g}") for x in np.geomspace(cfg.sweep.min_lr, top, n)]
+    if any(lr <= 0 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise ConfigError(f"lrs: need distinct positive learning rates, got {lrs}")
+    if min(lrs) < cfg.schedule.final_lr:
+        raise ConfigError(f"lrs: {min(lrs)} is below schedule.final_lr={cfg.schedule.final_lr}")
+    return lrs
+
+
+def _same_lr(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [r for _, r in iter_rows(path)] if path.is_file() else []
+
+
+def _key(row: dict) -> tuple:
+    return (row.get("checkpoint_sha256"), row.get("task"), row.get("template"), row.get("seed"), row.get("config_hash"))
+
+
+def select(rows: Sequence[dict]) -> dict:
+    """The row with the lowest validation ID perplexity (NaN/None count as +inf; ties: smaller LR)."""
+
+    def score(r):
+        v = r.get("val_id_ppl")
+        return (math.inf if v is None or not math.isfinite(v) else v, r["lr"])
+
+    return min(rows, key=score)
+
+
+def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = (), progress: bool = True) -> list[dict]:
+    """Fine-tune and evaluate every LR of the grid, then record the selected one (see module doc)."""
+    cfg = config if isinstance(config, FinetuneConfig) else load_finetune_config(config, overrides)
+    if isinstance(config, FinetuneConfig) and overrides:
+        raise ConfigError("run_sweep: give overrides with a config path, or apply them to the FinetuneConfig yourself")
+    p = prepare(cfg)  # every input checked before any work
+    lrs = lr_grid(cfg, p.task)
+    root = Path(cfg.run_dir)
+    results = root / RESULTS_FILE
+    prov = checkpoint_provenance(p.step_dir, p.spec, p.meta)
+    key = (prov["checkpoint_sha256"], p.task.name, p.task.template, cfg.seed, config_hash(cfg))
+    mine = [r for r in _rows(results) if _key(r) == key]
+    base_state = {k: v.detach().clone() for k, v in p.model.state_dict().items()}
+
+    before = None
+    base_rows = [r for r in mine if r.get("kind") == "base"]
+    if base_rows:
+        before = base_rows[-1]["metrics"]
+    elif cfg.eval_before:
+        t0 = time.time()
+        before = evaluate_all(p)
+        append_row(results, {"kind": "base", **prov, "checkpoint_ref": cfg.checkpoint, "task": p.task.name, "task_type": p.task.type,
+                             "template": p.task.template, "seed": cfg.seed, "config_hash": key[-1], **flatten_metrics(before),
+                             "metrics": before, "tags": dict(cfg.tags), "wall_s": time.time() - t0, "time": time.time()})
+
+    done = {r["lr"]: r for r in mine if r.get("kind") == "finetune" and not r.get("selected")}
+    out = []
+    for i, lr in enumerate(lrs):
+        have = next((r for d, r in done.items() if _same_lr(d, lr)), None)
+        if progress:
+            print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if have else ''}", file=sys.stderr, flush=True)
+        if have is not None:
+            out.append(have)
+            continue
+        p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
+        run_cfg = replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))
+        out.append(run_finetune(run_cfg, results, before=before, prepared=replace(p, cfg=run_cfg), progress=progress))
+
+    best = select(out)
+    grid = sorted(lrs)
+    chosen = next((r for r in mine if r.get("selected") and sorted(r.get("selected_from", [])) == grid), None)
+    if chosen is None:
+        chosen = {**best, "selected": True, "selected_from": grid, "selected_by": "val_id_ppl", "time": time.time()}
+        append_row(results, chosen)
+    return out + [chosen]
+
+
+def add_arguments(p):
+    p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, ...")
+
+
+def run(args) -> int:
+    rows = run_sweep(args.config, args.overrides)
+    chosen = rows[-1]
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    print(f"sweep {chosen['task']} on {chosen['checkpoint']} ({len(rows) - 1} LRs)")
+    for r in rows[:-1]:
+        mark = " *" if _same_lr(r["lr"], chosen["lr"]) else "  "
+        print(f"{mark} lr {r['lr']:<9.3g} val ID ppl {fmt(r.get('val_id_ppl'))}  test ID ppl {fmt(r.get('test_id_ppl'))}  "
+              f"test acc {fmt(r.get('test_acc'))}  C4 ppl {fmt(r.get('c4_ppl_after'))}{'  DIVERGED' if r.get('diverged') else ''}")
+    print(f"selected lr {chosen['lr']:.3g} by validation ID perplexity; rows in {Path(rows[-1]['run_dir']).parent / RESULTS_FILE}")
+    return 0
