@@ -183,6 +183,7 @@ class TaskSpec:
     skip_empty: bool = False  # skip (and count) records with an empty field instead of failing
     strip: bool = True  # strip surrounding whitespace from inputs and targets (not for code)
     dedup: bool = True  # drop train/validation examples whose input text occurs in a later split
+    max_lr: float | None = None  # top of this task's default LR sweep (geometric from 4e-6); paper: task-dependent, unknown
 
     def validate(self) -> None:
         # dict values are not typed by the config loader: coerce templates here

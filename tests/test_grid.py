@@ -1,0 +1,122 @@
+"""Grid planning: job counts for the paper's study, dependency checks, bad grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from overtrain.cli import main
+from overtrain.config import CONFIG_ROOT, ConfigError
+from overtrain.launch.grid import claim_results_dir, expand, load_grid, plan_summary
+
+PAPER = str(CONFIG_ROOT / "grids" / "paper.yaml")
+DEMO = str(CONFIG_ROOT / "grids" / "demo.yaml")
+
+
+def _write(tmp_path: Path, data: dict, name: str = "grid.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_paper_plan_job_counts():
+    spec = load_grid(PAPER, [f"results_dir=/tmp/overtrain-plan-test"])
+    jobs = expand(spec)
+    kinds = [j.kind for j in jobs]
+    n_tasks = len(spec.finetune.tasks)
+    assert n_tasks == 10
+    assert kinds.count("prepare") == 1
+    assert kinds.count("pretrain") == 3 * 6
+    assert kinds.count("sweep") == 3 * 6 * n_tasks
+    assert kinds.count("perturb") == 3 * 6
+    assert kinds.count("report") == 1
+    # dependency order: every job comes after what it needs
+    seen = set()
+    for j in jobs:
+        assert all(d in seen for d in j.after), j.id
+        seen.add(j.id)
+    # compute: pre-training dominates; 90M at 128B alone is 6 * ~0.15B params * 128B tokens ~ 1e20
+    s = plan_summary(spec, jobs)
+    pre = s["by_kind"]["pretrain"]
+    assert 1e20 < pre["flops"] < 1e22
+    assert s["gpu_hours"] > 100
+    budgets = sorted({j.info["tokens"] for j in jobs if j.kind == "pretrain"})
+    assert budgets == [4 * 10**9, 8 * 10**9, 16 * 10**9, 32 * 10**9, 64 * 10**9, 128 * 10**9]
+
+
+def test_plan_cli_json(capsys):
+    assert main(["grid", "plan", PAPER, "--json", "results_dir=/tmp/overtrain-plan-test"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 1 + 18 + 180 + 18 + 1
+    assert out["by_kind"]["pretrain"]["jobs"] == 18
+
+
+def test_axes_multiply_jobs_and_reach_commands(tmp_path):
+    spec = load_grid(DEMO, [f"results_dir={tmp_path}", "pretrain.axes={optim.lr: [0.001, 0.003]}",
+                            "finetune.axes={template: [default, instruction]}"])
+    jobs = expand(spec)
+    pre = [j for j in jobs if j.kind == "pretrain"]
+    sweeps = [j for j in jobs if j.kind == "sweep"]
+    assert len(pre) == 3 * 2
+    assert len(sweeps) == 3 * 2 * 2 * 2  # budgets x lr axis x tasks x templates
+    assert any("optim.lr=0.003" in j.argv for j in pre)
+    assert any("template=instruction" in j.argv for j in sweeps)
+    assert len({j.id for j in jobs}) == len(jobs)
+
+
+def test_intermediate_checkpoints_are_swept(tmp_path):
+    spec = load_grid(DEMO, [f"results_dir={tmp_path}", "pretrain.intermediate_tokens=[16K]"])
+    jobs = expand(spec)
+    inter = [j for j in jobs if j.kind == "sweep" and "@tokens=" in j.info["checkpoint"]]
+    assert len(inter) == 3 * 2  # every budget above 16K, both tasks
+    pre = next(j for j in jobs if j.kind == "pretrain")
+    assert "checkpoint.at_tokens=[16000]" in pre.argv
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"pretrain": {"models": ["olmo-7b"]}}, "unknown model 'olmo-7b'"),
+        ({"pretrain": {"budgets": ["lots"]}}, "'lots' is not a token count"),
+        ({"pretrain": {"modles": ["tiny"]}}, "unknown key 'pretrain.modles'"),
+        ({"extra_jobs": [{"id": "a", "command": ["info", "tiny"], "after": ["b"]}, {"id": "b", "command": ["info", "tiny"], "after": ["a"]}]}, "dependency cycle"),
+        ({"extra_jobs": [{"id": "a", "command": ["info", "tiny"], "after": ["nope"]}]}, "depends on 'nope'"),
+    ],
+)
+def test_bad_grids_fail_before_any_job(tmp_path, patch, message):
+    base = yaml.safe_load(Path(DEMO).read_text())
+    base["results_dir"] = str(tmp_path / "results")
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k].update(v)
+        else:
+            base[k] = v
+    path = _write(tmp_path, base)
+    with pytest.raises(ConfigError, match=message):
+        expand(load_grid(path))
+    assert not (tmp_path / "results").exists()
+    # and the CLI says it in one line, exit 2
+    assert main(["grid", "run", path]) == 2
+
+
+def test_results_dir_of_another_grid_is_refused(tmp_path):
+    a = load_grid(DEMO, [f"results_dir={tmp_path}"])
+    claim_results_dir(a, DEMO)
+    claim_results_dir(a, DEMO)  # same grid again: fine (resume)
+    b = load_grid(DEMO, [f"results_dir={tmp_path}", "pretrain.budgets=[64K]"])
+    with pytest.raises(ConfigError, match="different grid"):
+        claim_results_dir(b, "other.yaml")
+    claim_results_dir(b, "other.yaml", force=True)
+
+
+def test_slurm_files(tmp_path):
+    assert main(["grid", "slurm", PAPER, f"results_dir={tmp_path}", "--out", str(tmp_path / "slurm"), "--nodes", "2"]) == 0
+    files = sorted(p.name for p in (tmp_path / "slurm").iterdir())
+    assert "submit.sh" in files and "finetune_array.sbatch" in files
+    assert sum(f.startswith("pretrain_") for f in files) == 18
+    text = (tmp_path / "slurm" / "pretrain_olmo-90m_128B.sbatch").read_text()
+    assert "--nodes=2" in text and "torchrun" in text and "budget_tokens=128000000000" in text
+    assert len((tmp_path / "slurm" / "finetune_jobs.txt").read_text().splitlines()) == 180 + 18
