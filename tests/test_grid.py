@@ -120,3 +120,16 @@ def test_slurm_files(tmp_path):
     text = (tmp_path / "slurm" / "pretrain_olmo-90m_128B.sbatch").read_text()
     assert "--nodes=2" in text and "torchrun" in text and "budget_tokens=128000000000" in text
     assert len((tmp_path / "slurm" / "finetune_jobs.txt").read_text().splitlines()) == 180 + 18
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_ROOT / "grids" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ablation_grids_plan(path, tmp_path):
+    """Every ready-made ablation expands, and its axis reaches the commands of its jobs."""
+    spec = load_grid(str(path), [f"results_dir={tmp_path}"])
+    jobs = expand(spec)
+    axes = {**spec.pretrain.axes, **(spec.finetune.axes if spec.finetune else {})}
+    for key, values in axes.items():
+        for v in values:
+            assert any(f"{key}={v}" in j.argv for j in jobs), (key, v)
+    if spec.pretrain.intermediate_tokens:
+        assert any("@tokens=" in j.info.get("checkpoint", "") for j in jobs)
