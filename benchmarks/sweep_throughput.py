@@ -1,0 +1,149 @@
+"""A fine-tuning LR sweep: K learning rates stacked in one process vs run one after another.
+
+    .venv/bin/python benchmarks/sweep_throughput.py                 # GPU: OLMo-15M, K = 8
+    .venv/bin/python benchmarks/sweep_throughput.py --model tiny --k 3 --steps 3 --warmup 1 --seq-len 64   # CPU
+
+Both sides train the same K copies of one model (K LRs, geometric from 4e-6 to 1e-3, as the
+paper's sweep) on the same fine-tuning-shaped batches: ``--batch-size`` sequences of ``--seq-len``
+tokens per step, loss only on a completion (the last 10-30% of each sequence), through the
+fine-tuning loss ``completion_loss``:
+
+- one after another: per LR, the weights reloaded, ``finetune.build_optimizer`` (``mup.MuAdamW``)
+  and ``train_step``, as ``overtrain sweep`` runs today;
+- stacked: ``overtrain.finetune.stacked.StackedRun`` (``torch.func`` vmap over the K models).
+
+Printed: tokens/s (K x steps x tokens per step / seconds, setup included on both sides: per LR
+reloading the weights and building the optimizer; stacking the K copies and building K optimizers), the ratio stacked / one after another (target >= 3x for OLMo-15M on a
+GPU), and the largest difference between the two sides' losses at the last step (same
+weights, same data: they differ only by floating-point order; bf16 on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from overtrain.finetune.finetune import FinetuneConfig, build_optimizer, completion_loss
+from overtrain.finetune.stacked import StackedRun
+from overtrain.train.model import build_model, load_model_spec
+from overtrain.train.step import train_step, use_fused_adam
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_throughput import machine, sync  # noqa: E402
+
+
+def finetune_batches(spec, steps: int, batch: int, seq_len: int, device) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(steps):
+        x = torch.randint(0, spec.vocab_size, (batch, seq_len), generator=g)
+        y = torch.randint(0, spec.vocab_size, (batch, seq_len), generator=g)
+        for i in range(batch):
+            y[i, : int(seq_len * (0.7 + 0.2 * torch.rand((), generator=g)))] = -100
+        out.append([(x.to(device), y.to(device))])
+    return out
+
+
+def one_after_another(spec, base_state, lrs, batches, warmup, precision, device, fused) -> tuple[float, list[float]]:
+    model = build_model(spec, device=device, seed=0)
+    opt = build_optimizer(model, FinetuneConfig(lr=lrs[0]))
+    if fused:
+        use_fused_adam(opt)
+    for micro in batches[:warmup]:  # CUDA/cuBLAS start-up, not timed
+        train_step(model, opt, micro, 1.0, 1.0, precision, loss_fn=completion_loss)
+    timed = batches[warmup:]
+    sync(device)
+    t = time.perf_counter()
+    last = []
+    for lr in lrs:
+        model.load_state_dict(base_state)
+        opt = build_optimizer(model, FinetuneConfig(lr=lr))
+        if fused:
+            use_fused_adam(opt)
+        for micro in timed:
+            stats = train_step(model, opt, micro, 1.0, 1.0, precision, loss_fn=completion_loss)
+        last.append(stats.loss)
+    sync(device)
+    return time.perf_counter() - t, last
+
+
+def stacked(spec, model, lrs, batches, warmup, precision, device, fused) -> tuple[float, list[float]]:
+    cfg = FinetuneConfig()
+    kw = dict(betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+              precision=precision, loss_fn=completion_loss, mup=cfg.mup_optimizer, fused=fused)
+    warm = StackedRun(model, spec, lrs, **kw)
+    for micro in batches[:warmup]:
+        warm.step(micro, 1.0)
+    del warm
+    sync(device)
+    t = time.perf_counter()
+    run = StackedRun(model, spec, lrs, **kw)
+    for micro in batches[warmup:]:
+        loss, _ = run.step(micro, 1.0)
+    last = loss.tolist()
+    sync(device)
+    return time.perf_counter() - t, last
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="olmo-15m")
+    ap.add_argument("--k", default="8", help="number of LRs (comma-separated for several runs, e.g. 2,4,8)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per LR")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per step (the fine-tuning default)")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--fused", choices=("default", "on", "off"), default="default",
+                    help="AdamW kernel: default = each side as it runs by default (sweep: MuAdamW's default; "
+                         "stacked: fused on CUDA); on/off = the fused kernel on both sides / neither")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="There is a performance drop")  # CPU SDPA under vmap: a loop
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    spec = load_model_spec(args.model)
+    batches = finetune_batches(spec, args.warmup + args.steps, args.batch_size, args.seq_len, device)
+    tokens_per_step = args.batch_size * args.seq_len
+    model = build_model(spec, device=device, seed=0)
+    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"machine: {machine(device)}; {when}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"{spec.name}: {args.batch_size} x {args.seq_len} tokens per step, completion loss; {args.warmup} warmup + "
+          f"{args.steps} timed steps per LR; precision {args.precision}; AdamW kernel: {args.fused}")
+    print(f"{'K':>3}{'one after another tok/s':>25}{'stacked tok/s':>15}{'ratio':>8}{'max |loss diff|':>17}")
+    rows = []
+    for k in [int(v) for v in args.k.split(",")]:
+        lrs = [float(x) for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
+        fused_seq = {"default": False, "on": True, "off": False}[args.fused]
+        fused_stk = {"default": None, "on": True, "off": False}[args.fused]
+        t_seq, loss_seq = one_after_another(spec, base_state, lrs, batches, args.warmup, args.precision, device, fused_seq)
+        t_stk, loss_stk = stacked(spec, model, lrs, batches, args.warmup, args.precision, device, fused_stk)
+        work = k * args.steps * tokens_per_step
+        row = {"model": spec.name, "k": k, "lrs": lrs, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "fused": args.fused,
+               "sequential_tokens_per_s": work / t_seq, "stacked_tokens_per_s": work / t_stk, "ratio": t_seq / t_stk,
+               "max_loss_diff": max(abs(a - b) for a, b in zip(loss_seq, loss_stk))}
+        rows.append(row)
+        print(f"{k:>3}{row['sequential_tokens_per_s']:>25,.0f}{row['stacked_tokens_per_s']:>15,.0f}"
+              f"{row['ratio']:>7.2f}x{row['max_loss_diff']:>17.2e}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
