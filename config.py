@@ -47,9 +47,8 @@ class CheckpointError(OvertrainError):
 def data_root() -> Path:
     """Where the real datasets live: ``$OVERTRAIN_DATA`` or ``../shared/data`` beside the repo."""
     env = os.environ.get("OVERTRAIN_DATA")
-    if env:
-        return Path(env)
-    return REPO_ROOT.parent / "shared" / "data"
+    root = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return root.resolve()  # one spelling of every data path, also through a symlinked shared/
 
 
 def expand_path(value: str | os.PathLike) -> str:

@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_separate_val_files_exact_tokens_and_meta(tmp_path, ref):
     assert m["splits"]["train"]["documents"] == 970 and m["splits"]["train"]["dropped_val_duplicates"] == 30
     assert m["splits"]["train"]["tokens"] == sum(len(d) + 1 for d in kept)
     assert m["splits"]["val"]["documents"] == 30 and m["splits"]["val"]["tokens"] == len(_flat(ref["small"]))
-    assert [s["path"] for s in m["splits"]["val"]["sources"]] == [str(p) for p in SMALL]
+    assert [s["path"] for s in m["splits"]["val"]["sources"]] == [str(Path(p).resolve()) for p in SMALL]
     assert m["splits"]["train"]["sources"] == [{"path": str(BIG), "bytes": BIG.stat().st_size, "records": 1000}]
     assert m["holdout"]["rule"] == "separate source" and m["created"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "train.npy", "val.npy"]
