@@ -9,21 +9,15 @@ import sys
 import pytest
 import torch
 
-from overtrain import cli
-from overtrain.config import REPO_ROOT, data_root, load_config
+from overtrain.config import REPO_ROOT, load_config
 from overtrain.train.checkpoint import load_model
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
-C4 = data_root() / "c4"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("c4") / "prepared"
-    argv = ["prepare-data", "--out", str(out), "--train", str(C4 / "c4-sample.00000-of-00001.json.gz"),
-            "--val", str(C4 / "c4-sample.01.json.gz"), "--max-docs", "40"]
-    assert cli.main(argv) == 0
-    return out
+def data_dir(small_c4):
+    return small_c4
 
 
 def overrides(data_dir, run_dir, micro):

@@ -35,14 +35,7 @@ def completion_batches(steps=4, micro=2, seq=20, seed=0):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These ops are tiny: on a shared 2-core machine OpenMP's second thread costs more than it
-    # gives (the module runs in ~5 s with one thread, 15-25 s with two under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

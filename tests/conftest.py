@@ -1,0 +1,30 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from overtrain import cli
+from overtrain.config import data_root
+
+C4 = data_root() / "c4"
+
+
+@pytest.fixture(scope="module")
+def small_c4(tmp_path_factory):
+    """A prepared C4 dir from real data: 40 training documents, 10 held-out validation ones."""
+    out = tmp_path_factory.mktemp("c4") / "prepared"
+    argv = ["prepare-data", "--out", str(out), "--train", str(C4 / "c4-sample.00000-of-00001.json.gz"),
+            "--val", str(C4 / "c4-sample.01.json.gz"), "--max-docs", "40"]
+    assert cli.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model ops are small: on a 2-core machine a second OpenMP thread costs more than it gives."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
