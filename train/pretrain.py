@@ -44,7 +44,7 @@ from overtrain.config import (
     save_config,
     to_dict,
 )
-from overtrain.evaluate.core import perplexity
+from overtrain.evaluate.core import lm_loss, perplexity
 from overtrain.train import dist
 from overtrain.train.checkpoint import (
     latest_checkpoint,
@@ -60,7 +60,7 @@ from overtrain.train.loader import WindowLoader
 from overtrain.train.metrics import METRICS_FILE, LogConfig, MetricsLogger, check_backends, peak_flops, truncate_after
 from overtrain.train.model import ModelSpec, build_model, count_params, flops_per_token, load_model_spec
 from overtrain.train.schedule import Schedule, ScheduleConfig
-from overtrain.train.step import remember_initial_lrs, train_step
+from overtrain.train.step import remember_initial_lrs, train_step, use_fused_adam
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -394,7 +394,11 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
     if info.is_main:
         truncate_after(run_dir / METRICS_FILE, start_step)
 
+    if device.type == "cuda":
+        use_fused_adam(opt)  # one kernel per step instead of several per parameter list
     train_model = torch.compile(model) if cfg.compile else model
+    # Compiling the loss too fuses the 50K-way cross-entropy: no fp32 logits are materialized.
+    loss_fn = torch.compile(lm_loss) if cfg.compile else None
     train_model = dist.wrap(train_model, info, device)
     loader = WindowLoader(plan.train_tokens, plan.seq_len, cfg.global_batch_size, cfg.micro_batch_size,
                           cfg.seed, info.rank, info.world_size, source=cfg.data.dir)
@@ -468,7 +472,7 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
         t0 = time.perf_counter()
         batches = loader.micro_batches(step, device)
         factor = plan.schedule(step)
-        stats = train_step(train_model, opt, batches, factor, cfg.optim.grad_clip, cfg.precision)
+        stats = train_step(train_model, opt, batches, factor, cfg.optim.grad_clip, cfg.precision, loss_fn=loss_fn)
         dt = time.perf_counter() - t0  # stats.loss is a .item(): the step is finished on the device
         train_time += dt
         window_t += dt
