@@ -16,6 +16,16 @@ Printed: tokens/s (K x steps x tokens per step / seconds, setup included on both
 reloading the weights and building the optimizer; stacking the K copies and building K optimizers), the ratio stacked / one after another (target >= 3x for OLMo-15M on a
 GPU), and the largest difference between the two sides' losses at the last step (same
 weights, same data: they differ only by floating-point order; bf16 on CUDA).
+
+``--end-to-end`` times the real thing instead: ``run_sweep`` with ``stacked=False`` and
+``stacked=True`` on RTE (real data, ``--steps`` optimizer steps of ``--batch-size`` examples per
+LR, 64 validation/test examples evaluated per LR, no C4), from a freshly initialized checkpoint of
+``--model`` written to a temporary directory. Printed: wall seconds of each whole sweep (prepare,
+training, evaluation, rows), the ratio, the training-only ratio (the rows' ``train_seconds``), and
+the largest relative difference of validation ID perplexity between the two sweeps' rows.
+
+    .venv/bin/python benchmarks/sweep_throughput.py --end-to-end --k 8 --steps 20        # GPU
+    .venv/bin/python benchmarks/sweep_throughput.py --end-to-end --model tiny --k 3 --steps 4 --threads 1   # CPU
 """
 
 from __future__ import annotations
@@ -93,6 +103,41 @@ def stacked(spec, model, lrs, batches, warmup, precision, device, fused) -> tupl
     return time.perf_counter() - t, last
 
 
+def end_to_end(args, device) -> list[dict]:
+    """Time ``run_sweep`` one LR after another vs stacked, on real RTE data (see the module doc)."""
+    import tempfile
+
+    from overtrain.finetune.sweep import run_sweep
+    from overtrain.train.checkpoint import save_model_checkpoint
+
+    spec = load_model_spec(args.model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = {"step": 1, "tokens": 0, "budget_tokens": 0, "final": True, "lr_decayed": True, "kind": "pretrain"}
+        ckpt = save_model_checkpoint(Path(tmp) / "checkpoints", 1, build_model(spec, seed=0), spec, meta)
+        print(f"{'K':>3}{'one after another s':>21}{'stacked s':>11}{'ratio':>8}{'training ratio':>16}{'max val ppl rel diff':>22}")
+        for k in [int(v) for v in args.k.split(",")]:
+            lrs = [float(f"{x:.4g}") for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
+            times, out = {}, {}
+            for stacked in (False, True):
+                cfg = FinetuneConfig(checkpoint=str(ckpt), task="rte", run_dir=f"{tmp}/k{k}-{stacked}", lrs=lrs, max_steps=args.steps,
+                                     batch_size=args.batch_size, micro_batch_size=args.batch_size, precision=args.precision,
+                                     device=str(device), eval_before=False, max_examples={"validation": 64, "test": 64}, stacked=stacked)
+                sync(device)
+                t = time.perf_counter()
+                out[stacked] = run_sweep(cfg, progress=False)[:-1]
+                sync(device)
+                times[stacked] = time.perf_counter() - t
+            train_s = {m: sum(r["train_seconds"] for r in out[m]) for m in out}
+            diff = max(abs(a["val_id_ppl"] / b["val_id_ppl"] - 1) for a, b in zip(out[False], out[True]))
+            row = {"mode": "end-to-end", "model": spec.name, "k": k, "lrs": lrs, "steps": args.steps, "batch_size": args.batch_size,
+                   "sequential_s": times[False], "stacked_s": times[True], "ratio": times[False] / times[True],
+                   "training_ratio": train_s[False] / train_s[True], "max_val_ppl_rel_diff": diff}
+            rows.append(row)
+            print(f"{k:>3}{times[False]:>21.2f}{times[True]:>11.2f}{row['ratio']:>7.2f}x{row['training_ratio']:>15.2f}x{diff:>22.2e}", flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="olmo-15m")
@@ -108,19 +153,28 @@ def main() -> int:
                          "stacked: fused on CUDA); on/off = the fused kernel on both sides / neither")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--end-to-end", action="store_true", help="time run_sweep(stacked=False) vs run_sweep(stacked=True) on RTE")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="There is a performance drop")  # CPU SDPA under vmap: a loop
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if args.end_to_end:
+        print(f"machine: {machine(device)}; {when}")
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+        print(f"{args.model}: run_sweep on RTE, {args.steps} steps x {args.batch_size} examples per LR, 64 val + 64 test examples; precision {args.precision}")
+        rows = end_to_end(args, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}, indent=2) + "\n")
+        return 0
     spec = load_model_spec(args.model)
     batches = finetune_batches(spec, args.warmup + args.steps, args.batch_size, args.seq_len, device)
     tokens_per_step = args.batch_size * args.seq_len
     model = build_model(spec, device=device, seed=0)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"machine: {machine(device)}; {when}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"{spec.name}: {args.batch_size} x {args.seq_len} tokens per step, completion loss; {args.warmup} warmup + "

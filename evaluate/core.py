@@ -128,7 +128,7 @@ def perplexity(
         torch.distributed.all_reduce(count)
     model.train(was_training)
     mean = (nll / count).item()
-    return {"loss": mean, "ppl": math.exp(mean), "tokens": int(count.item())}
+    return {"loss": mean, "ppl": math.exp(mean) if mean < 709.0 else math.inf, "tokens": int(count.item())}
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> torch.Tensor:

@@ -9,7 +9,8 @@ base model (C4 perplexity; ID perplexity/accuracy on validation and test), train
 append one row to ``results.jsonl``. The row is written only after everything finished, so a
 killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
-``run_finetune(cfg, ...)`` is the function form; ``overtrain sweep`` calls it once per LR.
+``run_finetune(cfg, ...)`` is the function form; ``overtrain sweep`` calls it once per LR, or, with
+``stacked: true``, trains all LRs at once and records each through the same ``finish_run``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class FinetuneConfig:
     log_every: int = 10
     # sweep (overtrain sweep)
     lrs: list[float] = field(default_factory=list)  # explicit grid; empty: geometric, see `sweep`
+    stacked: bool = False  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tags: dict = field(default_factory=dict)  # copied into every results row (grid axes)
 
@@ -117,9 +119,12 @@ def load_finetune_config(path, overrides=()) -> FinetuneConfig:
 
 
 def config_hash(cfg: FinetuneConfig) -> str:
-    """Identity of everything that changes a run's result besides checkpoint, task, template, LR, seed."""
+    """Identity of everything that changes a run's result besides checkpoint, task, template, LR, seed.
+
+    (``stacked`` is left out: it changes only the floating-point summation order.)
+    """
     d = to_dict(cfg)
-    for k in ("checkpoint", "task", "template", "lr", "seed", "run_dir", "device", "lrs", "sweep", "tags", "log_every", "save_weights", "c4"):
+    for k in ("checkpoint", "task", "template", "lr", "seed", "run_dir", "device", "lrs", "stacked", "sweep", "tags", "log_every", "save_weights", "c4"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -222,41 +227,80 @@ def evaluate_all(p: Prepared) -> dict:
     return evaluate_encoded(p.model, p.spec, evals, p.c4, p.cfg.eval_batch_size, precision=p.cfg.precision)
 
 
+def step_batch(p: Prepared, step: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+    """Optimizer step ``step``'s micro-batches on the device, and its input tokens (context + completion).
+
+    The examples are fixed by the step and ``cfg.seed`` alone (``step_examples``), so every LR of
+    a sweep, sequential or stacked, trains on the same batches in the same order.
+    """
+    cfg, train_set = p.cfg, p.encoded["train"].examples
+    batch = [train_set[i] for i in step_examples(step, len(train_set), p.steps_per_epoch, cfg.batch_size, cfg.seed)]
+    micro = [collate(batch[i : i + cfg.micro_batch_size], p.spec.pad_token_id, p.device) for i in range(0, len(batch), cfg.micro_batch_size)]
+    return micro, sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
+
+
+def schedule_factor(p: Prepared, lr: float):
+    """``step -> LR factor`` for peak ``lr``: warmup, then decay to ``schedule.final_lr`` (a ratio that depends on lr)."""
+    sched, total = p.cfg.schedule, p.total_steps
+    warm = warmup_steps(sched, total, 1)
+    return lambda step: lr_factor(step, total, warm, sched.decay, sched.final_lr / lr)
+
+
+def open_train_log(cfg: FinetuneConfig) -> Path:
+    """The run's train_log.jsonl, emptied: a rerun logs afresh."""
+    log = Path(cfg.run_dir) / "train_log.jsonl"
+    log.unlink(missing_ok=True)
+    return log
+
+
+def log_step(log: Path, cfg: FinetuneConfig, step: int, total: int, record: dict) -> bool:
+    """Append ``record`` to the training log every ``log_every`` steps and at the last; True if written."""
+    if step % cfg.log_every and step != total - 1:
+        return False
+    with open(log, "a") as f:
+        f.write(json.dumps({"step": step, **record}) + "\n")
+    return True
+
+
+def train_stats(losses: list[float], tokens: int, seen: int, wall: float, steps_per_epoch: int) -> dict:
+    """A run's training statistics from its per-step losses; a non-finite last loss means it diverged."""
+    diverged = not math.isfinite(losses[-1])  # a diverged run is a result (its metrics are NaN/inf), not an error
+    return {"steps": len(losses), "train_tokens": tokens, "train_loss_first": losses[0], "train_loss_last": losses[-1],
+            "train_loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])), "diverged": diverged, "train_seconds": wall,
+            "train_input_tokens": seen, "train_tokens_per_s": seen / max(wall, 1e-9),
+            "lr_decayed": not diverged}  # the schedule's factor at the last step is exactly final_lr / lr
+
+
 def train(p: Prepared, progress: bool = True) -> dict:
     """The fine-tuning loop around ``train_step``; returns training statistics."""
     cfg, model = p.cfg, p.model
     torch.manual_seed(cfg.seed)
     opt = build_optimizer(model, cfg)
     extra = l2_to(model, cfg.l2_to_pretrained) if cfg.l2_to_pretrained > 0 else None
-    train_set = p.encoded["train"].examples
-    warm = warmup_steps(cfg.schedule, p.total_steps, 1)
-    final_ratio = cfg.schedule.final_lr / cfg.lr
-    log = Path(cfg.run_dir) / "train_log.jsonl"
-    log.unlink(missing_ok=True)
-    tokens, seen, losses, diverged = 0, 0, [], False
+    factor = schedule_factor(p, cfg.lr)
+    log = open_train_log(cfg)
+    tokens, seen, losses = 0, 0, []
     bar = tqdm(range(p.total_steps), desc=f"finetune {p.task.name} lr={cfg.lr:.2e}", disable=not (progress and sys.stderr.isatty()))
     t0 = time.time()
     for step in bar:
-        idx = step_examples(step, len(train_set), p.steps_per_epoch, cfg.batch_size, cfg.seed)
-        batch = [train_set[i] for i in idx]
-        micro = [collate(batch[i : i + cfg.micro_batch_size], p.spec.pad_token_id, p.device) for i in range(0, len(batch), cfg.micro_batch_size)]
-        factor = lr_factor(step, p.total_steps, warm, cfg.schedule.decay, final_ratio)
-        stats = train_step(model, opt, micro, factor, cfg.grad_clip, cfg.precision, loss_fn=completion_loss, extra_loss=extra)
-        seen += sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
+        micro, n_input = step_batch(p, step)
+        stats = train_step(model, opt, micro, factor(step), cfg.grad_clip, cfg.precision, loss_fn=completion_loss, extra_loss=extra)
+        seen += n_input
         tokens += stats.tokens
         losses.append(stats.loss)
-        if step % cfg.log_every == 0 or step == p.total_steps - 1:
-            with open(log, "a") as f:
-                f.write(json.dumps({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": tokens}) + "\n")
+        if log_step(log, cfg, step, p.total_steps, {"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": tokens}):
             bar.set_postfix(loss=f"{stats.loss:.3f}")
         if not math.isfinite(stats.loss):
-            diverged = True  # a diverged run is a result (its metrics are NaN/inf), not an error
             break
-    wall = time.time() - t0
-    return {"steps": step + 1, "train_tokens": tokens, "train_loss_first": losses[0], "train_loss_last": losses[-1],
-            "train_loss_last_epoch": float(np.mean(losses[-p.steps_per_epoch:])), "diverged": diverged, "train_seconds": wall,
-            "train_input_tokens": seen, "train_tokens_per_s": seen / max(wall, 1e-9),
-            "lr_decayed": not diverged}  # the schedule's factor at the last step is exactly final_lr / lr
+    return train_stats(losses, tokens, seen, time.time() - t0, p.steps_per_epoch)
+
+
+def start_run(cfg: FinetuneConfig) -> Path:
+    """Create the run directory and write its resolved config.yaml."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
 
 
 def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before: dict | None = None,
@@ -271,12 +315,21 @@ def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before:
     cut = {s: e.truncated for s, e in p.encoded.items() if e.truncated}
     if progress and cut:
         print(f"finetune: prompts longer than the context ({p.spec.max_sequence_length}) cut from the left: {cut}", file=sys.stderr)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    start_run(cfg)
     if before is None and cfg.eval_before:
         before = evaluate_all(p)
     stats = train(p, progress)
+    return finish_run(p, stats, before, results, time.time() - t_start)
+
+
+def finish_run(p: Prepared, stats: dict, before: dict | None, results: str | Path | None, elapsed: float, extra: dict | None = None) -> dict:
+    """Evaluate ``p.model`` (the fine-tuned weights), save them if asked, append and return the run's row.
+
+    ``elapsed``: the run's seconds so far (the row's ``wall_s`` adds this evaluation); ``extra``:
+    keys added to the row. Shared by ``run_finetune`` and the stacked sweep, so both record alike.
+    """
+    t0 = time.time()
+    cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
     after = evaluate_all(p)
     if cfg.save_weights:
         save_model_checkpoint(run_dir / "checkpoints", stats["steps"], p.model, p.spec, {
@@ -284,7 +337,7 @@ def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before:
             "lr_decayed": stats["lr_decayed"], "kind": "finetune", "run_dir": str(run_dir), "seed": cfg.seed,
             "base_checkpoint": str(p.step_dir), "task": p.task.name, "template": p.task.template, "lr": cfg.lr,
             "finetune_tokens": stats["train_tokens"]})
-    row = make_row(p, stats, before, after, time.time() - t_start)
+    row = {**make_row(p, stats, before, after, elapsed + time.time() - t0), **(extra or {})}
     append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
     return row

@@ -14,12 +14,22 @@ The base model is evaluated once (a ``kind: "base"`` row; every fine-tuning row 
 config hash) are skipped, and the selected row is written once per grid. Per-LR run dirs
 (RUN_DIR/lr-<lr>/) hold config.yaml and the training log; rows live only in RUN_DIR/results.jsonl.
 
+``stacked: true`` trains every LR still lacking a row in one pass (``finetune.stacked.StackedRun``:
+K copies of the model, one per LR, each step one batched computation) instead of one after
+another. Everything else is the sequential path's: the same batches (``step_batch``), schedule
+(``schedule_factor`` per LR), seed, clipping, L2 to the pre-trained weights and optimizer; each
+model is then loaded into the model and recorded by the same ``finish_run`` (rows add
+``stacked: true`` and ``stack_size``; ``train_seconds`` is the stack's training time / K). The
+rows equal the sequential ones up to floating-point order (tests/test_sweep.py). A diverged LR
+keeps its weights from the step whose loss was not finite, as the sequential loop stops there.
+Rows are appended only after the whole stack has trained, so a killed stack leaves no row.
+
 Function form for the grid runner::
 
     run_sweep(config, overrides=(), progress=True) -> list[dict]
 
 ``config`` is a finetune config name/path or a ``FinetuneConfig``; ``overrides`` are the same
-``key=value`` strings as the command line (checkpoint=, task=, run_dir=, c4=, lrs=[...], tags.x=...).
+``key=value`` strings as the command line (checkpoint=, task=, run_dir=, c4=, lrs=[...], stacked=true, tags.x=...).
 Returns this sweep's rows: one per LR in grid order, then the selected row.
 """
 
@@ -33,20 +43,32 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from overtrain.config import ConfigError
 from overtrain.evaluate.results import append_row, iter_rows
+from overtrain.evaluate.evaluate import checkpoint_provenance
 from overtrain.finetune.finetune import (
     RESULTS_FILE,
     FinetuneConfig,
+    Prepared,
+    completion_loss,
     config_hash,
     evaluate_all,
+    finish_run,
     flatten_metrics,
     load_finetune_config,
+    log_step,
+    open_train_log,
     prepare,
     run_finetune,
+    schedule_factor,
+    start_run,
+    step_batch,
+    train_stats,
 )
-from overtrain.evaluate.evaluate import checkpoint_provenance
+from overtrain.finetune.stacked import StackedRun, first_nonfinite
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
@@ -90,6 +112,69 @@ def select(rows: Sequence[dict]) -> dict:
     return min(rows, key=score)
 
 
+def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: bool = True) -> list[tuple[dict, dict]]:
+    """Train one model per config (``cfgs[k].lr``; everything else ``p.cfg``'s) at once from ``p.model``'s weights.
+
+    Returns per config (training stats as ``finetune.train``'s, final weights): the weights of a
+    diverged model are those after its first non-finite step, where the sequential loop stops.
+    Each config's run dir gets its own train_log.jsonl.
+    """
+    cfg = p.cfg
+    torch.manual_seed(cfg.seed)
+    run = StackedRun(p.model, p.spec, [c.lr for c in cfgs], betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                     grad_clip=cfg.grad_clip, precision=cfg.precision, loss_fn=completion_loss, mup=cfg.mup_optimizer,
+                     l2_to_pretrained=cfg.l2_to_pretrained)
+    factors = [schedule_factor(p, c.lr) for c in cfgs]
+    logs = [open_train_log(c) for c in cfgs]
+    losses, tokens, seen = [], [], []  # per step: K losses; cumulative target and input tokens
+    stopped: dict[int, dict] = {}  # model -> its weights at divergence
+    bar = tqdm(range(p.total_steps), desc=f"sweep {p.task.name} stacked x{run.K}", disable=not (progress and sys.stderr.isatty()))
+    t0 = time.time()
+    for step in bar:
+        micro, n_input = step_batch(p, step)
+        loss, grad_norm = run.step(micro, [f(step) for f in factors])
+        n_target = torch.stack([(y >= 0).sum() for _, y in micro]).sum()
+        values = torch.cat([loss, grad_norm.to(loss), n_target.to(loss)[None]]).tolist()  # one wait for the device per step
+        loss_k, norm_k, n_target = values[: run.K], values[run.K : 2 * run.K], values[-1]
+        losses.append(loss_k)
+        tokens.append((tokens[-1] if tokens else 0) + int(n_target))
+        seen.append((seen[-1] if seen else 0) + n_input)
+        for k, c in enumerate(cfgs):
+            if k in stopped:
+                continue
+            log_step(logs[k], c, step, p.total_steps, {"loss": loss_k[k], "lr": run.optimizers[k].param_groups[0]["lr"],
+                                                        "grad_norm": norm_k[k], "tokens": tokens[-1]})
+            if not math.isfinite(loss_k[k]):
+                stopped[k] = {n: t.clone() for n, t in run.state_dict(k).items()}
+        bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in loss_k))
+        if len(stopped) == run.K:
+            break
+    share = (time.time() - t0) / run.K  # each model's share of the stack's training time
+
+    out = []
+    for k in range(run.K):
+        stop = first_nonfinite(losses, k)
+        n = len(losses) if stop is None else stop + 1
+        stats = train_stats([row[k] for row in losses[:n]], tokens[n - 1], seen[n - 1], share, p.steps_per_epoch)
+        out.append((stats, stopped[k] if k in stopped else run.state_dict(k)))
+    return out
+
+
+def sweep_stacked(p: Prepared, cfgs: Sequence[FinetuneConfig], before: dict | None, results: Path, progress: bool = True) -> list[dict]:
+    """Train ``cfgs`` (one per LR) in one stack from ``p.model``'s weights, then evaluate and record each; returns their rows."""
+    t0 = time.time()
+    for c in cfgs:
+        start_run(c)
+    trained = train_stacked_lrs(p, cfgs, progress)
+    setup = (time.time() - t0) / len(cfgs) - trained[0][0]["train_seconds"]  # stacking, optimizers, run dirs: per model
+    rows = []
+    for c, (stats, weights) in zip(cfgs, trained):
+        p.model.load_state_dict(weights)
+        rows.append(finish_run(replace(p, cfg=c), stats, before, results, setup + stats["train_seconds"],
+                               extra={"stacked": True, "stack_size": len(cfgs)}))
+    return rows
+
+
 def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = (), progress: bool = True) -> list[dict]:
     """Fine-tune and evaluate every LR of the grid, then record the selected one (see module doc)."""
     cfg = config if isinstance(config, FinetuneConfig) else load_finetune_config(config, overrides)
@@ -116,17 +201,24 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
                              "metrics": before, "tags": dict(cfg.tags), "wall_s": time.time() - t0, "time": time.time()})
 
     done = {r["lr"]: r for r in mine if r.get("kind") == "finetune" and not r.get("selected")}
-    out = []
-    for i, lr in enumerate(lrs):
-        have = next((r for d, r in done.items() if _same_lr(d, lr)), None)
+    rows = {lr: next((r for d, r in done.items() if _same_lr(d, lr)), None) for lr in lrs}
+    run_cfg = lambda lr: replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))  # noqa: E731
+    todo = [lr for lr in lrs if rows[lr] is None]
+    if cfg.stacked and todo:
         if progress:
-            print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if have else ''}", file=sys.stderr, flush=True)
-        if have is not None:
-            out.append(have)
-            continue
+            print(f"sweep {p.task.name}: {len(todo)} of {len(lrs)} LRs in one stacked pass ({', '.join(f'{lr:.3g}' for lr in todo)})",
+                  file=sys.stderr, flush=True)
         p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
-        run_cfg = replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))
-        out.append(run_finetune(run_cfg, results, before=before, prepared=replace(p, cfg=run_cfg), progress=progress))
+        rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
+    else:
+        for i, lr in enumerate(lrs):
+            if progress:
+                print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if rows[lr] else ''}", file=sys.stderr, flush=True)
+            if rows[lr] is None:
+                p.model.load_state_dict(base_state)
+                c = run_cfg(lr)
+                rows[lr] = run_finetune(c, results, before=before, prepared=replace(p, cfg=c), progress=progress)
+    out = [rows[lr] for lr in lrs]
 
     best = select(out)
     grid = sorted(lrs)
@@ -139,7 +231,7 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
 
 def add_arguments(p):
     p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ or a YAML path")
-    p.add_argument("overrides", nargs="*", help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, ...")
+    p.add_argument("overrides", nargs="*", help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, stacked=true, ...")
 
 
 def run(args) -> int:

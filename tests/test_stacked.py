@@ -35,7 +35,7 @@ def completion_batches(steps=4, micro=2, seq=20, seed=0):
     return out
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.filterwarnings("ignore:There is a performance drop"), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
