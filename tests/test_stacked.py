@@ -9,7 +9,6 @@ from overtrain.train.model import build_model, load_model_spec
 from overtrain.train.step import train_step, use_fused_adam
 
 # The CPU SDPA kernel has no vmap batching rule; torch falls back to a loop (correct, slower).
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
 
 LRS = [1e-4, 1e-3, 3e-2]
 FACTORS = [0.5, 1.0, 0.7, 0.0]  # warmup, peak, decay, and the final step's LR of exactly 0
