@@ -330,5 +330,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move a finished directory ``tmp`` to ``out``, replacing an old ``out`` only at this moment."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_config(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -45,7 +45,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from overtrain.config import ConfigError, DataError, expand_path, parse_count
+from overtrain.config import ConfigError, DataError, expand_path, parse_count, replace_dir
 from overtrain.train.tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 
 SPLITS = ("train", "val")
@@ -555,7 +555,7 @@ def prepare(args) -> dict:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         _write_json(tmp / "meta.json", meta)  # last: its presence marks the directory finished
-        _swap_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -571,16 +571,6 @@ def _write_json(path: Path, obj: dict) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def run(args) -> int:

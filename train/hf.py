@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from overtrain.config import CheckpointError, ConfigError, from_dict, to_dict
+from overtrain.config import CheckpointError, ConfigError, from_dict, replace_dir, to_dict
 from overtrain.train.checkpoint import load_model, save_model_checkpoint, step_dir_name
 from overtrain.train.model import ModelSpec, attention_scale, build_model, readout_scale
 from overtrain.train.tokenizer import DEFAULT_TOKENIZER, EOS_TOKEN, tokenizer_path
@@ -164,16 +164,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"{out}: exists and is not a directory")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` directory to ``out``, replacing an old ``out`` only now."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _tmp_dir(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -259,7 +249,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwri
         provenance = {"source": str(src), "spec": to_dict(spec), "meta": meta,
                       "folded": {"readout": readout, "query": query}, "dtype": dtype}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-        _publish(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -431,7 +421,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
         step_dir = save_model_checkpoint(tmp / "checkpoints", step, model, spec, meta)
         if tok_name is None:
             shutil.copyfile(tok_json, step_dir / "tokenizer.json")
-        _publish(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
