@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from overtrain.train.loader import WindowLoader, epoch_permutation
+from overtrain.train.loader import Prefetcher, WindowLoader, epoch_permutation
 
 L = 8
 
@@ -81,3 +81,17 @@ def test_bad_batch_shapes_are_errors():
         WindowLoader(corpus(), L, global_batch=8, micro_batch=3, seed=0, world_size=2)
     with pytest.raises(ValueError, match="fewer than one window"):
         WindowLoader(corpus(L), L, global_batch=1, micro_batch=1, seed=0)
+
+
+def test_prefetcher_yields_exactly_the_loaders_batches():
+    tokens = np.arange(5000, dtype=np.uint16)
+    loader = WindowLoader(tokens, 16, 8, 4, seed=3)
+    pre = Prefetcher(loader, stop=6, device="cpu")
+    try:
+        for step in [0, 1, 2, 4, 5]:  # consecutive, then a jump (as after a resume)
+            got, want = pre.micro_batches(step), loader.micro_batches(step)
+            assert len(got) == len(want) == 2
+            for (gx, gy), (wx, wy) in zip(got, want):
+                assert torch.equal(gx, wx) and torch.equal(gy, wy)
+    finally:
+        pre.close()

@@ -94,3 +94,31 @@ class WindowLoader:
         for chunk in rows.split(self.micro_batch):
             out.append((chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()))
         return out
+
+
+class Prefetcher:
+    """Builds step s+1's micro-batches on a background thread while step s trains.
+
+    Batches are a pure function of the step, so prefetching changes no result (resume and DDP
+    equality tests run through it); it hides the memmap gather and host-to-device copy.
+    """
+
+    def __init__(self, loader: WindowLoader, stop: int, device: torch.device | str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.loader, self.stop, self.device = loader, stop, torch.device(device)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._pending: dict[int, object] = {}
+
+    def _submit(self, step: int):
+        return self._pool.submit(self.loader.micro_batches, step, self.device)
+
+    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        future = self._pending.pop(step, None) or self._submit(step)
+        self._pending.clear()  # a non-consecutive request (never in the loop) drops stale work
+        if step + 1 < self.stop:
+            self._pending[step + 1] = self._submit(step + 1)
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -56,7 +56,7 @@ from overtrain.train.checkpoint import (
     set_rng_state,
     step_dir_name,
 )
-from overtrain.train.loader import WindowLoader
+from overtrain.train.loader import Prefetcher, WindowLoader
 from overtrain.train.metrics import METRICS_FILE, LogConfig, MetricsLogger, check_backends, peak_flops, truncate_after
 from overtrain.train.model import ModelSpec, build_model, count_params, flops_per_token, load_model_spec
 from overtrain.train.schedule import Schedule, ScheduleConfig
@@ -402,6 +402,7 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
     train_model = dist.wrap(train_model, info, device)
     loader = WindowLoader(plan.train_tokens, plan.seq_len, cfg.global_batch_size, cfg.micro_batch_size,
                           cfg.seed, info.rank, info.world_size, source=cfg.data.dir)
+    prefetch = Prefetcher(loader, plan.steps, device)  # next step's batch is read while this one trains
 
     params = count_params(spec)
     fpt = flops_per_token(spec, plan.seq_len)
@@ -470,7 +471,7 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
     window_t, window_tokens = 0.0, 0
     for step in range(start_step, plan.steps):
         t0 = time.perf_counter()
-        batches = loader.micro_batches(step, device)
+        batches = prefetch.micro_batches(step)
         factor = plan.schedule(step)
         stats = train_step(train_model, opt, batches, factor, cfg.optim.grad_clip, cfg.precision, loss_fn=loss_fn)
         dt = time.perf_counter() - t0  # stats.loss is a .item(): the step is finished on the device
@@ -509,6 +510,7 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
         if reasons:
             checkpoint(done, reasons)
     bar.close()
+    prefetch.close()
 
     if last_eval is None:  # resumed after the final checkpoint: its meta holds the final evaluation
         last_eval = {k: resumed_meta[k] for k in ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")}
