@@ -343,5 +343,25 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def config_digest(obj: Any, exclude: Iterable[str] = ()) -> str:
+    """A short content hash of a config (dataclass or dict) without the ``exclude`` top-level keys."""
+    import hashlib
+    import json
+
+    d = to_dict(obj)
+    for k in exclude:
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig`` to a temporary name, then rename: a figure is either whole or absent."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
 def save_config(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

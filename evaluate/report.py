@@ -28,7 +28,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from overtrain.config import ConfigError, DataError, atomic_write_text
+from overtrain.config import ConfigError, DataError, atomic_savefig, atomic_write_text
 from overtrain.evaluate.results import iter_rows, results_files
 
 FT_KINDS = ("finetune",)
@@ -570,10 +569,7 @@ def _finish(ax, curves: list[Curve], legend: bool = True, turn_entry: bool | Non
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
 
 
 def figures(rep: Report, out: Path) -> list[Path]:

@@ -15,7 +15,6 @@ killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from overtrain.config import ConfigError, atomic_write_text, load_config, save_config, to_dict
+from overtrain.config import ConfigError, atomic_write_text, config_digest, load_config, save_config
 from overtrain.evaluate.evaluate import (
     check_tokenizer,
     checkpoint_provenance,
@@ -123,10 +122,8 @@ def config_hash(cfg: FinetuneConfig) -> str:
 
     (``stacked`` is left out: it changes only the floating-point summation order.)
     """
-    d = to_dict(cfg)
-    for k in ("checkpoint", "task", "template", "lr", "seed", "run_dir", "device", "lrs", "stacked", "sweep", "tags", "log_every", "save_weights", "c4"):
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return config_digest(cfg, exclude=("checkpoint", "task", "template", "lr", "seed", "run_dir", "device", "lrs", "stacked",
+                                       "sweep", "tags", "log_every", "save_weights", "c4"))
 
 
 def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,6 @@ in the job's run directory name and, via ``tags.*``, in every results row.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -38,6 +37,7 @@ from overtrain.config import (
     CONFIG_ROOT,
     ConfigError,
     atomic_write_text,
+    config_digest,
     expand_path,
     load_config,
     parse_count,
@@ -332,11 +332,7 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir and the report switch."""
-    d = to_dict(spec)
-    d.pop("results_dir", None)
-    d.pop("report", None)
-    d.pop("hardware", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return config_digest(spec, exclude=("results_dir", "report", "hardware"))
 
 
 def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from overtrain.config import ConfigError, DataError, atomic_write_text, data_root
+from overtrain.config import ConfigError, DataError, atomic_savefig, atomic_write_text, data_root
 from overtrain.evaluate.core import windows
 from overtrain.train.model import ModelSpec, build_model, check_vocab, load_model_spec
 from overtrain.train.step import remember_initial_lrs, train_step
@@ -216,11 +216,8 @@ def plot(summary: dict, path: str | os.PathLike, title: str) -> None:
     verdict = "PASS" if summary["passed"] else f"FAIL ({len(summary['failing'])} layers grow)"
     fig.suptitle(f"{title}: max slope {summary['max_slope']:.2f} (tolerance {summary['tolerance']}) {verdict}")
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / (4 * steps + 1.5), 1))
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def coord_check(spec: ModelSpec, out_dir, widths=None, steps: int = 4, lr: float = 3e-3, seeds: int = 1,
