@@ -100,9 +100,9 @@ def perturb_checkpoint(
     if any(g < 0 for g in gammas):
         raise ConfigError(f"perturb: --gammas must be >= 0, got {gammas}")
     # imported here: overtrain.evaluate.evaluate imports this module (file_sha256)
-    from overtrain.evaluate.evaluate import checkpoint_provenance, load_c4
+    from overtrain.evaluate.evaluate import checkpoint_provenance, load_c4, pick_device
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device) if device else "auto")
     model, spec, meta = load_model(checkpoint, device=device)
     seq_len = seq_len or spec.max_sequence_length
     if isinstance(c4, (str, Path)):
