@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # (or torchvision resolved alone) pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-matrix demo bench clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,18 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The suite under every thread count and CPU kernel family: torch's own kernels (ATEN_CPU_CAPABILITY),
+# MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS) and numpy's OpenBLAS (OPENBLAS_CORETYPE) at AVX-512, AVX2
+# (as on older AMD EPYC) and the portable baseline, so no test depends on summation order.
+KERNELS := avx512,AVX512,SkylakeX avx2,AVX2,Haswell default,SSE4_2,Prescott
+test-matrix: install
+	for k in $(KERNELS); do for threads in 1 2; do \
+	  set -- $$(echo $$k | tr , ' '); \
+	  echo "== ATEN_CPU_CAPABILITY=$$1 MKL_ENABLE_INSTRUCTIONS=$$2 OPENBLAS_CORETYPE=$$3 threads=$$threads"; \
+	  ATEN_CPU_CAPABILITY=$$1 MKL_ENABLE_INSTRUCTIONS=$$2 OPENBLAS_CORETYPE=$$3 OVERTRAIN_TEST_THREADS=$$threads \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider tests || exit 1; \
+	done; done
 
 demo: install
 	$(BIN)/python -m overtrain grid run configs/grids/demo.yaml --report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,6 +11,19 @@ from overtrain import cli
 from overtrain.config import data_root
 
 C4 = data_root() / "c4"
+
+
+def pytest_configure(config):
+    """OVERTRAIN_TEST_THREADS=N runs the suite with N intra-op threads (``make test-matrix``).
+
+    Results must not depend on the thread count or on the CPU kernels (ATEN_CPU_CAPABILITY,
+    MKL_ENABLE_INSTRUCTIONS): floats that come out of different summation orders are compared
+    with tolerances derived from their precision, never exactly.
+    """
+    threads = os.environ.get("OVERTRAIN_TEST_THREADS")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = threads  # the CLI and DDP subprocesses the tests start
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="module")
