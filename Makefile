@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # (or torchvision resolved alone) pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-matrix demo bench clean
+.PHONY: install lint test test-matrix demo bench clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip uninstall -y -q torchvision
 	touch $@
 
-test: install
+# Static checks first (seconds): formatting, lint, and the one-way layers of DESIGN.md.
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 # The suite under every thread count and CPU kernel family: torch's own kernels (ATEN_CPU_CAPABILITY),

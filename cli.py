@@ -10,17 +10,17 @@ import argparse
 import importlib
 import sys
 
-from overtrain.config import OvertrainError
+from .core.config import OvertrainError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare-data": ("overtrain.train.data", "tokenize C4 (hub or local files) into OLMo memmap .npy files"),
+    "prepare-data": ("overtrain.data.c4", "tokenize C4 (hub or local files) into OLMo memmap .npy files"),
     "info": ("overtrain.train.info", "parameters and training FLOPs per token of a model config"),
     "coord-check": ("overtrain.train.coord_check", "muP coordinate check over widths (plot + JSON)"),
     "pretrain": ("overtrain.train.pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)"),
     "finetune": ("overtrain.finetune.finetune", "fine-tune a checkpoint on a task, evaluate, append results"),
     "sweep": ("overtrain.finetune.sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR"),
-    "evaluate": ("overtrain.evaluate.evaluate", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
+    "evaluate": ("overtrain.evaluate.evaluator", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
     "perturb": ("overtrain.evaluate.perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise"),
     "report": ("overtrain.evaluate.report", "tables and plots from results.jsonl files"),
     "grid": ("overtrain.launch.grid", "plan or run a whole study described by a grid YAML"),
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from overtrain import __version__
+        from . import __version__
 
         print(__version__)
         return 0

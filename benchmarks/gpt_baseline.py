@@ -2,7 +2,7 @@
 
 nanoGPT-style, written for speed and nothing else: fused QKV, ``F.scaled_dot_product_attention``
 (causal), RoPE, SwiGLU, LayerNorm without affine, no biases, untied embedding and readout, no muP
-multipliers, fused AdamW. Same parameter shapes as ``overtrain.train.model.build_model(spec)``
+multipliers, fused AdamW. Same parameter shapes as ``overtrain.core.model.build_model(spec)``
 (checked by ``check_same_shape``), so the same FLOPs per token: a speed ratio against it is the
 cost of the OLMo/muP/``train_step`` path, not of a different model.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from overtrain.evaluate.core import autocast_for
+from overtrain.core.likelihood import autocast_for
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +48,16 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, d_model: int, n_layers: int, n_heads: int, hidden: int, vocab: int, context: int, rope_theta: float = 10_000):
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        hidden: int,
+        vocab: int,
+        context: int,
+        rope_theta: float = 10_000,
+    ):
         super().__init__()
         self.wte = nn.Embedding(vocab, d_model)
         self.blocks = nn.ModuleList(Block(d_model, n_heads, hidden) for _ in range(n_layers))
@@ -73,7 +81,15 @@ def from_spec(spec, device="cpu") -> GPT:
     """The baseline of the same shape as ``build_model(spec)`` (a ``ModelSpec``)."""
     # OLMo's SwiGLU: ff_proj is mlp_ratio x d_model wide, half of it gates.
     hidden = spec.mlp_ratio * spec.d_model // 2
-    return GPT(spec.d_model, spec.n_layers, spec.n_heads, hidden, spec.embedding_size, spec.max_sequence_length, spec.rope_theta).to(device)
+    return GPT(
+        spec.d_model,
+        spec.n_layers,
+        spec.n_heads,
+        hidden,
+        spec.embedding_size,
+        spec.max_sequence_length,
+        spec.rope_theta,
+    ).to(device)
 
 
 def check_same_shape(gpt: GPT, olmo) -> None:
@@ -91,8 +107,13 @@ def make_optimizer(model: GPT, lr: float = 3e-4, weight_decay: float = 0.1) -> t
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("wte")]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not n.startswith("wte"))]
     fused = next(model.parameters()).device.type in _get_fused_kernels_supported_devices()
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=fused,
+    )
 
 
 def train_step(model, optimizer, micro_batches, precision: str = "auto", grad_clip: float = 1.0) -> torch.Tensor:

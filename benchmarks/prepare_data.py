@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from overtrain.config import data_root
-from overtrain.train import data as prep
-from overtrain.train.tokenizer import load_tokenizer
+from overtrain.core.config import data_root
+from overtrain.data import c4 as prep
+from overtrain.data.tokenizer import load_tokenizer
 
 
 def cpu_seconds() -> float:
@@ -51,8 +51,9 @@ def bare_tokens_per_sec(texts: list[str], method: str) -> tuple[float, float]:
 def prepare_tokens_per_sec(train: Path, val: Path, out: Path, workers: int) -> tuple[float, float, int]:
     p = argparse.ArgumentParser()
     prep.add_arguments(p)
-    args = p.parse_args(["--train", str(train), "--val", str(val), "--out", str(out), "--overwrite",
-                         "--workers", str(workers)])
+    args = p.parse_args(
+        ["--train", str(train), "--val", str(val), "--out", str(out), "--overwrite", "--workers", str(workers)]
+    )
     t, c = time.perf_counter(), cpu_seconds()
     meta = prep.prepare(args)  # joins its worker processes before returning: their CPU time counts
     dt, dc = time.perf_counter() - t, cpu_seconds() - c
@@ -93,13 +94,19 @@ def main() -> int:
                 record(f"w{w}", *rates)
 
     base, base_cpu = best["encode_batch"], best["encode_batch/cpu"]
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} (other processes compete for the CPUs)")
-    print(f"text: {len(texts):,} C4 documents, {sum(map(len, texts)):,} chars, {tokens:,} tokens "
-          f"(with EOS); best of {a.trials}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
+        f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} (other processes compete for the CPUs)"
+    )
+    print(
+        f"text: {len(texts):,} C4 documents, {sum(map(len, texts)):,} chars, {tokens:,} tokens "
+        f"(with EOS); best of {a.trials}"
+    )
     print(f"{'what':<36}{'tokens/s':>11}{'ratio':>7}{'tokens/CPU-s':>14}{'ratio':>7}")
-    rows = [("bare encode_batch (1 thread)", "encode_batch"),
-            ("bare encode_batch_fast (1 thread)", "encode_batch_fast")]
+    rows = [
+        ("bare encode_batch (1 thread)", "encode_batch"),
+        ("bare encode_batch_fast (1 thread)", "encode_batch_fast"),
+    ]
     rows += [(f"prepare-data --workers {w}", f"w{w}") for w in workers]
     for label, key in rows:
         wall, cpu = best[key], best[key + "/cpu"]
@@ -107,8 +114,10 @@ def main() -> int:
     if 1 in workers:
         for w in workers:
             if w > 1:
-                print(f"scaling --workers {w} / --workers 1: {best[f'w{w}'] / best['w1']:.2f} x wall-clock rate "
-                      f"(ideal {w}); CPU efficiency {best[f'w{w}/cpu'] / best['w1/cpu']:.2f} (ideal 1)")
+                print(
+                    f"scaling --workers {w} / --workers 1: {best[f'w{w}'] / best['w1']:.2f} x wall-clock rate "
+                    f"(ideal {w}); CPU efficiency {best[f'w{w}/cpu'] / best['w1/cpu']:.2f} (ideal 1)"
+                )
     return 0
 
 

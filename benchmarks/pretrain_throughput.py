@@ -7,7 +7,7 @@
 
 For each model, eager and ``torch.compile`` (of the model; and, overtrain only, of model + loss):
 tokens/s on this device, MFU (FLOPs/token
-from ``overtrain.train.model.flops_per_token``, the same figure as ``overtrain info``; peak from
+from ``overtrain.core.model.flops_per_token``, the same figure as ``overtrain info``; peak from
 ``--peak-tflops``, H100 bf16 dense 989 by default), peak device memory, for
 
 - overtrain: ``build_model`` (OLMo + muP) + ``pretrain.build_optimizer`` (``mup.MuAdamW``, as
@@ -20,7 +20,7 @@ Inputs are random tokens already on the device (the loader is measured on its ow
 micro-batches of ``--micro-batch`` sequences of ``--seq-len`` per step. Timing: ``--warmup``
 steps (compilation happens there), then ``--steps`` timed steps between two device syncs.
 
-Data loader: ``overtrain.train.loader.WindowLoader.micro_batches`` (window gather from the memmap,
+Data loader: ``overtrain.data.loader.WindowLoader.micro_batches`` (window gather from the memmap,
 pinned copy to the device) for a global batch of 256 sequences, alone, in tokens/s, over a
 prepared C4 directory (``--data``) or a synthetic token file of ``--loader-tokens`` tokens; printed
 as a multiple of each model's fastest training tokens/s (target >= 20x).
@@ -44,13 +44,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpt_baseline  # noqa: E402
-
-from overtrain.config import parse_count  # noqa: E402
-from overtrain.evaluate.core import lm_loss  # noqa: E402
-from overtrain.train.loader import WindowLoader  # noqa: E402
-from overtrain.train.model import build_model, count_params, flops_per_token, load_model_spec  # noqa: E402
+from overtrain.core.config import parse_count  # noqa: E402
+from overtrain.core.likelihood import lm_loss  # noqa: E402
+from overtrain.core.model import build_model, count_params, flops_per_token, load_model_spec  # noqa: E402
+from overtrain.core.step import train_step, use_fused_adam  # noqa: E402
+from overtrain.data.loader import WindowLoader  # noqa: E402
 from overtrain.train.pretrain import OptimConfig, build_optimizer  # noqa: E402
-from overtrain.train.step import train_step, use_fused_adam  # noqa: E402
 
 H100_BF16_TFLOPS = 989.0
 
@@ -64,8 +63,10 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"CPU {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"load average {load:.1f}), torch {torch.__version__}")
+    return (
+        f"CPU {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"load average {load:.1f}), torch {torch.__version__}"
+    )
 
 
 def free(device: torch.device) -> None:
@@ -121,17 +122,27 @@ def measure(spec, impl: str, compiled: str, args, device) -> dict:
     tokens = args.accum * args.micro_batch * args.seq_len
     tps = tokens / seconds
     fpt = flops_per_token(spec, args.seq_len)
-    row = {"model": spec.name, "impl": impl, "compile": compiled, "fused_adamw": bool(args.fused) if impl == "overtrain" else True,
-           "seq_len": args.seq_len, "micro_batch": args.micro_batch, "accum": args.accum, "precision": args.precision,
-           "step_s": seconds, "tokens_per_s": tps, "flops_per_token": fpt,
-           "mfu": fpt * tps / (args.peak_tflops * 1e12) if args.peak_tflops else None,
-           "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    row = {
+        "model": spec.name,
+        "impl": impl,
+        "compile": compiled,
+        "fused_adamw": bool(args.fused) if impl == "overtrain" else True,
+        "seq_len": args.seq_len,
+        "micro_batch": args.micro_batch,
+        "accum": args.accum,
+        "precision": args.precision,
+        "step_s": seconds,
+        "tokens_per_s": tps,
+        "flops_per_token": fpt,
+        "mfu": fpt * tps / (args.peak_tflops * 1e12) if args.peak_tflops else None,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
     return row
 
 
 def loader_tokens(args, tmp: Path) -> np.ndarray:
     if args.data:
-        from overtrain.train.data import open_prepared
+        from overtrain.data.c4 import open_prepared
 
         return open_prepared(args.data).tokens("train")
     n = parse_count(args.loader_tokens)
@@ -161,16 +172,23 @@ def measure_loader(args, device) -> dict:
         sync(device)
         seconds = time.perf_counter() - t
         del batches, loader, tokens
-    return {"impl": "loader", "source": args.data or f"synthetic memmap, {parse_count(args.loader_tokens):,} tokens",
-            "global_batch": global_batch, "seq_len": args.seq_len, "steps": steps,
-            "tokens_per_s": steps * global_batch * args.seq_len / seconds}
+    return {
+        "impl": "loader",
+        "source": args.data or f"synthetic memmap, {parse_count(args.loader_tokens):,} tokens",
+        "global_batch": global_batch,
+        "seq_len": args.seq_len,
+        "steps": steps,
+        "tokens_per_s": steps * global_batch * args.seq_len / seconds,
+    }
 
 
 # ------------------------------------------------------------------------- 8-GPU estimate
 
 # Published single-GPU anchors for GPT-2 124M at context 1024 (see benchmarks/README.md).
-ANCHORS = {"H100": {"tok_s": 470e3, "peak": 989e12, "busbw": 450e9, "source": "llm.c GPT-2 124M"},
-           "A100": {"tok_s": 107e3, "peak": 312e12, "busbw": 230e9, "source": "nanoGPT GPT-2 124M"}}
+ANCHORS = {
+    "H100": {"tok_s": 470e3, "peak": 989e12, "busbw": 450e9, "source": "llm.c GPT-2 124M"},
+    "A100": {"tok_s": 107e3, "peak": 312e12, "busbw": 230e9, "source": "nanoGPT GPT-2 124M"},
+}
 
 
 def gpt2_124m_flops_per_token(seq_len: int = 1024) -> int:
@@ -179,8 +197,16 @@ def gpt2_124m_flops_per_token(seq_len: int = 1024) -> int:
     return 6 * (layers * 12 * d * d + d * vocab) + 12 * layers * d * seq_len
 
 
-def ddp_estimate(spec, gpu: str, gpus: int = 8, global_batch: int = 256, seq_len: int = 1024, bucket_mb: float = 25.0,
-                 interference: float = 0.1, small_allreduce_s: float = 30e-6) -> dict:
+def ddp_estimate(
+    spec,
+    gpu: str,
+    gpus: int = 8,
+    global_batch: int = 256,
+    seq_len: int = 1024,
+    bucket_mb: float = 25.0,
+    interference: float = 0.1,
+    small_allreduce_s: float = 30e-6,
+) -> dict:
     """Scaling efficiency of DDP for ``spec`` on ``gpus`` GPUs of kind ``gpu`` (an estimate).
 
     Compute: the anchor's tokens/s scaled by FLOPs/token (the anchor's MFU carried over).
@@ -203,20 +229,33 @@ def ddp_estimate(spec, gpu: str, gpus: int = 8, global_batch: int = 256, seq_len
     t_last = ring * last / a["busbw"]
     rest = t_all - t_last
     exposed = t_last + max(0.0, rest - backward) + interference * min(rest, backward) + 2 * small_allreduce_s
-    return {"model": spec.name, "gpu": gpu, "gpus": gpus, "single_gpu_tok_s": tok_s, "mfu": tok_s * fpt / a["peak"],
-            "step_compute_ms": compute * 1e3, "grad_mb": grad_bytes / 2**20, "allreduce_ms": t_all * 1e3,
-            "exposed_ms": exposed * 1e3, "efficiency": compute / (compute + exposed),
-            "cluster_tok_s": global_batch * seq_len / (compute + exposed)}
+    return {
+        "model": spec.name,
+        "gpu": gpu,
+        "gpus": gpus,
+        "single_gpu_tok_s": tok_s,
+        "mfu": tok_s * fpt / a["peak"],
+        "step_compute_ms": compute * 1e3,
+        "grad_mb": grad_bytes / 2**20,
+        "allreduce_ms": t_all * 1e3,
+        "exposed_ms": exposed * 1e3,
+        "efficiency": compute / (compute + exposed),
+        "cluster_tok_s": global_batch * seq_len / (compute + exposed),
+    }
 
 
 def print_ddp_estimate(models: list[str]) -> list[dict]:
     rows = [ddp_estimate(load_model_spec(m), gpu) for gpu in ANCHORS for m in models]
     print("8-GPU DDP estimate (global batch 256 x 1024; anchors scaled by FLOPs/token; fp32 grads, ring all-reduce)")
-    print(f"{'model':<10}{'gpu':<6}{'1-GPU tok/s':>13}{'MFU':>6}{'step ms':>9}{'grads MB':>10}{'allred ms':>11}"
-          f"{'exposed ms':>12}{'efficiency':>12}{'8-GPU tok/s':>13}")
+    print(
+        f"{'model':<10}{'gpu':<6}{'1-GPU tok/s':>13}{'MFU':>6}{'step ms':>9}{'grads MB':>10}{'allred ms':>11}"
+        f"{'exposed ms':>12}{'efficiency':>12}{'8-GPU tok/s':>13}"
+    )
     for r in rows:
-        print(f"{r['model']:<10}{r['gpu']:<6}{r['single_gpu_tok_s']:>13,.0f}{r['mfu']:>6.0%}{r['step_compute_ms']:>9.1f}"
-              f"{r['grad_mb']:>10.0f}{r['allreduce_ms']:>11.2f}{r['exposed_ms']:>12.2f}{r['efficiency']:>12.1%}{r['cluster_tok_s']:>13,.0f}")
+        print(
+            f"{r['model']:<10}{r['gpu']:<6}{r['single_gpu_tok_s']:>13,.0f}{r['mfu']:>6.0%}{r['step_compute_ms']:>9.1f}"
+            f"{r['grad_mb']:>10.0f}{r['allreduce_ms']:>11.2f}{r['exposed_ms']:>12.2f}{r['efficiency']:>12.1%}{r['cluster_tok_s']:>13,.0f}"
+        )
     return rows
 
 
@@ -237,9 +276,13 @@ def print_grid_time(plan_path: str, estimates: list[dict], flat_mfus=(0.2,), swe
         elif job["kind"] in other:
             other[job["kind"]] += job["flops"]
     out = {"pretrain_flops": by_model, **{f"{k}_flops": v for k, v in other.items()}, "hours": {}}
-    print(f"\ngrid {plan.get('grid')}: pre-training {sum(by_model.values()):.3e} FLOPs "
-          f"({', '.join(f'{m} {f:.2e}' for m, f in by_model.items())}); sweeps {other['sweep']:.3e}; perturbation {other['perturb']:.3e}")
-    print(f"{'gpu':<6}{'pre-training MFU':<26}{'pre-training h':>15}{'sweep MFU':>11}{'sweeps h':>10}{'total h':>9}{'days':>6}")
+    print(
+        f"\ngrid {plan.get('grid')}: pre-training {sum(by_model.values()):.3e} FLOPs "
+        f"({', '.join(f'{m} {f:.2e}' for m, f in by_model.items())}); sweeps {other['sweep']:.3e}; perturbation {other['perturb']:.3e}"
+    )
+    print(
+        f"{'gpu':<6}{'pre-training MFU':<26}{'pre-training h':>15}{'sweep MFU':>11}{'sweeps h':>10}{'total h':>9}{'days':>6}"
+    )
     for gpu, a in ANCHORS.items():
         eff = {e["model"]: e for e in estimates if e["gpu"] == gpu}
         options = [("anchor (" + ", ".join(f"{eff[m]['mfu']:.0%}" for m in by_model if m in eff) + ")", None)]
@@ -252,7 +295,9 @@ def print_grid_time(plan_path: str, estimates: list[dict], flat_mfus=(0.2,), swe
             for smfu in sweep_mfus:
                 sweeps = (other["sweep"] + other["perturb"]) / (8 * a["peak"] * smfu) / 3600
                 out["hours"][f"{gpu} {label} sweep {smfu:.0%}"] = pre + sweeps
-                print(f"{gpu:<6}{label:<26}{pre:>15.1f}{smfu:>11.0%}{sweeps:>10.1f}{pre + sweeps:>9.1f}{(pre + sweeps) / 24:>6.1f}")
+                print(
+                    f"{gpu:<6}{label:<26}{pre:>15.1f}{smfu:>11.0%}{sweeps:>10.1f}{pre + sweeps:>9.1f}{(pre + sweeps) / 24:>6.1f}"
+                )
     return out
 
 
@@ -269,9 +314,15 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     ap.add_argument("--compile", choices=("off", "on", "both"), default="both")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="bf16 autocast (CUDA only) or fp32")
-    ap.add_argument("--fused", action="store_true", help="overtrain side: fused AdamW kernel (train.step.use_fused_adam)")
-    ap.add_argument("--peak-tflops", type=float, default=None,
-                    help=f"peak TFLOP/s per device for MFU (default {H100_BF16_TFLOPS:g}, H100 bf16 dense, on CUDA; none on CPU)")
+    ap.add_argument(
+        "--fused", action="store_true", help="overtrain side: fused AdamW kernel (train.step.use_fused_adam)"
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help=f"peak TFLOP/s per device for MFU (default {H100_BF16_TFLOPS:g}, H100 bf16 dense, on CUDA; none on CPU)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--data", default=None, help="prepared C4 directory for the loader (default: a synthetic memmap)")
@@ -279,8 +330,11 @@ def main() -> int:
     ap.add_argument("--loader-steps", type=int, default=20)
     ap.add_argument("--no-loader", action="store_true")
     ap.add_argument("--ddp-estimate", action="store_true", help="print the 8x A100 / 8x H100 DDP estimate and exit")
-    ap.add_argument("--grid-plan", default=None, help="with --ddp-estimate: `overtrain grid plan GRID --json` output; "
-                                                       "prints the grid's wall time on 8 GPUs")
+    ap.add_argument(
+        "--grid-plan",
+        default=None,
+        help="with --ddp-estimate: `overtrain grid plan GRID --json` output; prints the grid's wall time on 8 GPUs",
+    )
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
 
@@ -295,7 +349,11 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -316,9 +374,13 @@ def main() -> int:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"machine: {machine(device)}; {when}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"step: {args.accum} x {args.micro_batch} sequences x {args.seq_len} tokens, {args.precision}; "
-          f"{args.warmup} warmup + {args.steps} timed steps; MFU vs {args.peak_tflops or '-'} TFLOP/s")
-    print(f"{'model':<10}{'impl':<11}{'compile':<12}{'tokens/s':>12}{'step ms':>10}{'MFU':>7}{'peak GB':>9}{'vs baseline':>13}")
+    print(
+        f"step: {args.accum} x {args.micro_batch} sequences x {args.seq_len} tokens, {args.precision}; "
+        f"{args.warmup} warmup + {args.steps} timed steps; MFU vs {args.peak_tflops or '-'} TFLOP/s"
+    )
+    print(
+        f"{'model':<10}{'impl':<11}{'compile':<12}{'tokens/s':>12}{'step ms':>10}{'MFU':>7}{'peak GB':>9}{'vs baseline':>13}"
+    )
     rows = []
     for spec in specs:
         baseline = None
@@ -335,18 +397,25 @@ def main() -> int:
                 mem = f"{r['peak_mem_gb']:.2f}" if r["peak_mem_gb"] is not None else "-"
                 ratio = r.get("ratio_vs_baseline")
                 ratio = "1.00x" if impl == "baseline" else (f"{ratio:.2f}x" if ratio else "-")
-                print(f"{spec.name:<10}{impl:<11}{compiled:<12}{r['tokens_per_s']:>12,.0f}"
-                      f"{r['step_s'] * 1e3:>10.1f}{mfu:>7}{mem:>9}{ratio:>13}", flush=True)
+                print(
+                    f"{spec.name:<10}{impl:<11}{compiled:<12}{r['tokens_per_s']:>12,.0f}"
+                    f"{r['step_s'] * 1e3:>10.1f}{mfu:>7}{mem:>9}{ratio:>13}",
+                    flush=True,
+                )
 
     if not args.no_loader:
         lr = measure_loader(args, device)
         rows.append(lr)
-        print(f"loader: {lr['tokens_per_s']:,.0f} tokens/s ({lr['source']}; global batch {lr['global_batch']} x {lr['seq_len']}, to {device})")
+        print(
+            f"loader: {lr['tokens_per_s']:,.0f} tokens/s ({lr['source']}; global batch {lr['global_batch']} x {lr['seq_len']}, to {device})"
+        )
         for spec in specs:
             best = max(r["tokens_per_s"] for r in rows if r.get("model") == spec.name and r["impl"] == "overtrain")
             ratio = lr["tokens_per_s"] / best
             lr.setdefault("ratio_vs_training", {})[spec.name] = ratio
-            print(f"  loader / {spec.name} training: {ratio:,.1f}x (target >= 20x){'' if ratio >= 20 else '  BELOW TARGET'}")
+            print(
+                f"  loader / {spec.name} training: {ratio:,.1f}x (target >= 20x){'' if ratio >= 20 else '  BELOW TARGET'}"
+            )
 
     if args.json:
         out = {"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}

@@ -40,17 +40,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.step import train_step, use_fused_adam
 from overtrain.finetune.finetune import FinetuneConfig, build_optimizer, completion_loss
 from overtrain.finetune.stacked import StackedRun
-from overtrain.train.model import build_model, load_model_spec
-from overtrain.train.step import train_step, use_fused_adam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_throughput import machine, sync  # noqa: E402
 
 
-def finetune_batches(spec, steps: int, batch: int, seq_len: int, device) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+def finetune_batches(
+    spec, steps: int, batch: int, seq_len: int, device
+) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(steps):
@@ -87,8 +88,16 @@ def one_after_another(spec, base_state, lrs, batches, warmup, precision, device,
 
 def stacked(spec, model, lrs, batches, warmup, precision, device, fused) -> tuple[float, list[float]]:
     cfg = FinetuneConfig()
-    kw = dict(betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-              precision=precision, loss_fn=completion_loss, mup=cfg.mup_optimizer, fused=fused)
+    kw = dict(
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        precision=precision,
+        loss_fn=completion_loss,
+        mup=cfg.mup_optimizer,
+        fused=fused,
+    )
     warm = StackedRun(model, spec, lrs, **kw)
     for micro in batches[:warmup]:
         warm.step(micro, 1.0)
@@ -107,22 +116,35 @@ def end_to_end(args, device) -> list[dict]:
     """Time ``run_sweep`` one LR after another vs stacked, on real RTE data (see the module doc)."""
     import tempfile
 
+    from overtrain.core.checkpoint import save_model_checkpoint
     from overtrain.finetune.sweep import run_sweep
-    from overtrain.train.checkpoint import save_model_checkpoint
 
     spec = load_model_spec(args.model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         meta = {"step": 1, "tokens": 0, "budget_tokens": 0, "final": True, "lr_decayed": True, "kind": "pretrain"}
         ckpt = save_model_checkpoint(Path(tmp) / "checkpoints", 1, build_model(spec, seed=0), spec, meta)
-        print(f"{'K':>3}{'one after another s':>21}{'stacked s':>11}{'ratio':>8}{'training ratio':>16}{'max val ppl rel diff':>22}")
+        print(
+            f"{'K':>3}{'one after another s':>21}{'stacked s':>11}{'ratio':>8}{'training ratio':>16}{'max val ppl rel diff':>22}"
+        )
         for k in [int(v) for v in args.k.split(",")]:
             lrs = [float(f"{x:.4g}") for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
             times, out = {}, {}
             for stacked in (False, True):
-                cfg = FinetuneConfig(checkpoint=str(ckpt), task="rte", run_dir=f"{tmp}/k{k}-{stacked}", lrs=lrs, max_steps=args.steps,
-                                     batch_size=args.batch_size, micro_batch_size=args.batch_size, precision=args.precision,
-                                     device=str(device), eval_before=False, max_examples={"validation": 64, "test": 64}, stacked=stacked)
+                cfg = FinetuneConfig(
+                    checkpoint=str(ckpt),
+                    task="rte",
+                    run_dir=f"{tmp}/k{k}-{stacked}",
+                    lrs=lrs,
+                    max_steps=args.steps,
+                    batch_size=args.batch_size,
+                    micro_batch_size=args.batch_size,
+                    precision=args.precision,
+                    device=str(device),
+                    eval_before=False,
+                    max_examples={"validation": 64, "test": 64},
+                    stacked=stacked,
+                )
                 sync(device)
                 t = time.perf_counter()
                 out[stacked] = run_sweep(cfg, progress=False)[:-1]
@@ -130,11 +152,24 @@ def end_to_end(args, device) -> list[dict]:
                 times[stacked] = time.perf_counter() - t
             train_s = {m: sum(r["train_seconds"] for r in out[m]) for m in out}
             diff = max(abs(a["val_id_ppl"] / b["val_id_ppl"] - 1) for a, b in zip(out[False], out[True]))
-            row = {"mode": "end-to-end", "model": spec.name, "k": k, "lrs": lrs, "steps": args.steps, "batch_size": args.batch_size,
-                   "sequential_s": times[False], "stacked_s": times[True], "ratio": times[False] / times[True],
-                   "training_ratio": train_s[False] / train_s[True], "max_val_ppl_rel_diff": diff}
+            row = {
+                "mode": "end-to-end",
+                "model": spec.name,
+                "k": k,
+                "lrs": lrs,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "sequential_s": times[False],
+                "stacked_s": times[True],
+                "ratio": times[False] / times[True],
+                "training_ratio": train_s[False] / train_s[True],
+                "max_val_ppl_rel_diff": diff,
+            }
             rows.append(row)
-            print(f"{k:>3}{times[False]:>21.2f}{times[True]:>11.2f}{row['ratio']:>7.2f}x{row['training_ratio']:>15.2f}x{diff:>22.2e}", flush=True)
+            print(
+                f"{k:>3}{times[False]:>21.2f}{times[True]:>11.2f}{row['ratio']:>7.2f}x{row['training_ratio']:>15.2f}x{diff:>22.2e}",
+                flush=True,
+            )
     return rows
 
 
@@ -148,26 +183,41 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--fused", choices=("default", "on", "off"), default="default",
-                    help="AdamW kernel: default = each side as it runs by default (sweep: MuAdamW's default; "
-                         "stacked: fused on CUDA); on/off = the fused kernel on both sides / neither")
+    ap.add_argument(
+        "--fused",
+        choices=("default", "on", "off"),
+        default="default",
+        help="AdamW kernel: default = each side as it runs by default (sweep: MuAdamW's default; "
+        "stacked: fused on CUDA); on/off = the fused kernel on both sides / neither",
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--end-to-end", action="store_true", help="time run_sweep(stacked=False) vs run_sweep(stacked=True) on RTE")
+    ap.add_argument(
+        "--end-to-end", action="store_true", help="time run_sweep(stacked=False) vs run_sweep(stacked=True) on RTE"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="There is a performance drop")  # CPU SDPA under vmap: a loop
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if args.end_to_end:
         print(f"machine: {machine(device)}; {when}")
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-        print(f"{args.model}: run_sweep on RTE, {args.steps} steps x {args.batch_size} examples per LR, 64 val + 64 test examples; precision {args.precision}")
+        print(
+            f"{args.model}: run_sweep on RTE, {args.steps} steps x {args.batch_size} examples per LR, 64 val + 64 test examples; precision {args.precision}"
+        )
         rows = end_to_end(args, device)
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}, indent=2) + "\n")
+            Path(args.json).write_text(
+                json.dumps({"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}, indent=2)
+                + "\n"
+            )
         return 0
     spec = load_model_spec(args.model)
     batches = finetune_batches(spec, args.warmup + args.steps, args.batch_size, args.seq_len, device)
@@ -177,25 +227,44 @@ def main() -> int:
 
     print(f"machine: {machine(device)}; {when}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"{spec.name}: {args.batch_size} x {args.seq_len} tokens per step, completion loss; {args.warmup} warmup + "
-          f"{args.steps} timed steps per LR; precision {args.precision}; AdamW kernel: {args.fused}")
+    print(
+        f"{spec.name}: {args.batch_size} x {args.seq_len} tokens per step, completion loss; {args.warmup} warmup + "
+        f"{args.steps} timed steps per LR; precision {args.precision}; AdamW kernel: {args.fused}"
+    )
     print(f"{'K':>3}{'one after another tok/s':>25}{'stacked tok/s':>15}{'ratio':>8}{'max |loss diff|':>17}")
     rows = []
     for k in [int(v) for v in args.k.split(",")]:
         lrs = [float(x) for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
         fused_seq = {"default": False, "on": True, "off": False}[args.fused]
         fused_stk = {"default": None, "on": True, "off": False}[args.fused]
-        t_seq, loss_seq = one_after_another(spec, base_state, lrs, batches, args.warmup, args.precision, device, fused_seq)
+        t_seq, loss_seq = one_after_another(
+            spec, base_state, lrs, batches, args.warmup, args.precision, device, fused_seq
+        )
         t_stk, loss_stk = stacked(spec, model, lrs, batches, args.warmup, args.precision, device, fused_stk)
         work = k * args.steps * tokens_per_step
-        row = {"model": spec.name, "k": k, "lrs": lrs, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "fused": args.fused,
-               "sequential_tokens_per_s": work / t_seq, "stacked_tokens_per_s": work / t_stk, "ratio": t_seq / t_stk,
-               "max_loss_diff": max(abs(a - b) for a, b in zip(loss_seq, loss_stk))}
+        row = {
+            "model": spec.name,
+            "k": k,
+            "lrs": lrs,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "steps": args.steps,
+            "fused": args.fused,
+            "sequential_tokens_per_s": work / t_seq,
+            "stacked_tokens_per_s": work / t_stk,
+            "ratio": t_seq / t_stk,
+            "max_loss_diff": max(abs(a - b) for a, b in zip(loss_seq, loss_stk)),
+        }
         rows.append(row)
-        print(f"{k:>3}{row['sequential_tokens_per_s']:>25,.0f}{row['stacked_tokens_per_s']:>15,.0f}"
-              f"{row['ratio']:>7.2f}x{row['max_loss_diff']:>17.2e}", flush=True)
+        print(
+            f"{k:>3}{row['sequential_tokens_per_s']:>25,.0f}{row['stacked_tokens_per_s']:>15,.0f}"
+            f"{row['ratio']:>7.2f}x{row['max_loss_diff']:>17.2e}",
+            flush=True,
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"machine": machine(device), "date": when, "command": sys.argv, "rows": rows}, indent=2) + "\n"
+        )
     return 0
 
 

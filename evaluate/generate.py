@@ -3,7 +3,7 @@
 Greedy decoding or sampling (temperature, top-k, seeded), one prompt at a time with OLMo's
 key/value cache. Only real vocabulary ids are ever produced (the padded embedding rows are
 masked, as everywhere in evaluation), and decoding stops at EOS. The prompt is encoded as
-fine-tuning encodes contexts (``overtrain.finetune.encode``): EOS first (a document start), then
+fine-tuning encodes contexts (``overtrain.data.encode``): EOS first (a document start), then
 the prompt's tokens. Greedy output equals ``transformers``' ``generate(do_sample=False)`` on the
 model's ``export-hf`` directory (tests/test_generate.py).
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from overtrain.config import ConfigError
-from overtrain.evaluate.core import autocast_for
+from ..core.config import ConfigError
+from ..core.likelihood import autocast_for
 
 
 @torch.no_grad()
@@ -117,27 +117,42 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.temperature == 0:
         raise ConfigError("--top-k applies to sampling: give --temperature T > 0 too")
 
-    from overtrain.train.checkpoint import load_model, resolve_checkpoint
-    from overtrain.train.tokenizer import load_tokenizer
+    from ..core.checkpoint import load_model, resolve_checkpoint
+    from ..data.tokenizer import load_tokenizer
 
     resolve_checkpoint(args.checkpoint)  # a missing checkpoint fails before the task is read
     items = [(p.replace("\\n", "\n"), None) for p in args.prompt]
     if args.task:
-        from overtrain.finetune.tasks import load_task
+        from ..data.tasks import load_task
 
         examples = load_task(args.task, template=args.template).examples(args.split)[: max(args.n, 0)]
         items = [(ex.prompt, ex.completion) for ex in examples]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, spec, meta = load_model(args.checkpoint, device=device)
     if args.max_new_tokens >= spec.max_sequence_length:
-        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})")
+        raise ConfigError(
+            f"--max-new-tokens {args.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})"
+        )
     tok = load_tokenizer(spec.tokenizer)
     gen = torch.Generator().manual_seed(args.seed)
-    mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}, top-k {args.top_k or 'all'}, seed {args.seed}"
+    mode = (
+        "greedy"
+        if args.temperature == 0
+        else f"temperature {args.temperature:g}, top-k {args.top_k or 'all'}, seed {args.seed}"
+    )
     print(f"# {meta['path']} ({spec.name}, {meta.get('kind', '?')}, step {meta.get('step')}); {mode}")
     for i, (text, gold) in enumerate(items):
         ids, cut = prompt_ids_for(tok, text, spec.eos_token_id, spec.max_sequence_length, args.max_new_tokens)
-        new = generate(model, ids, args.max_new_tokens, spec.vocab_size, args.temperature, args.top_k, gen, stop_ids=(spec.eos_token_id,))
+        new = generate(
+            model,
+            ids,
+            args.max_new_tokens,
+            spec.vocab_size,
+            args.temperature,
+            args.top_k,
+            gen,
+            stop_ids=(spec.eos_token_id,),
+        )
         stopped = bool(new) and new[-1] == spec.eos_token_id
         print(f"\n=== prompt {i + 1}" + (f" (first {cut} tokens cut to fit the context)" if cut else ""))
         print(text)

@@ -14,7 +14,6 @@ without duplicates.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 
@@ -22,19 +21,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from overtrain.config import ConfigError, DataError, parse_overrides
-from overtrain.evaluate.core import perplexity
-from overtrain.evaluate.results import append_row, iter_rows
-from overtrain.train.checkpoint import load_model
-from overtrain.train.model import init_stds
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from ..core.checkpoint import checkpoint_provenance, load_model
+from ..core.config import ConfigError, DataError, parse_overrides
+from ..core.dist import resolve_device
+from ..core.likelihood import perplexity
+from ..core.model import init_stds
+from ..core.results import append_row, iter_rows
+from ..data.c4 import load_c4
 
 
 def unit_noise(model, stds: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
@@ -99,10 +92,7 @@ def perturb_checkpoint(
         raise ConfigError("perturb: --gammas and --seeds need at least one value each")
     if any(g < 0 for g in gammas):
         raise ConfigError(f"perturb: --gammas must be >= 0, got {gammas}")
-    # imported here: overtrain.evaluate.evaluate imports this module (file_sha256)
-    from overtrain.evaluate.evaluate import checkpoint_provenance, load_c4, pick_device
-
-    device = pick_device(str(device) if device else "auto")
+    device = resolve_device(device or "auto")
     model, spec, meta = load_model(checkpoint, device=device)
     seq_len = seq_len or spec.max_sequence_length
     if isinstance(c4, (str, Path)):
@@ -116,11 +106,18 @@ def perturb_checkpoint(
     sha = prov["checkpoint_sha256"]
 
     def ppl() -> dict:
-        return perplexity(model, tokens, seq_len, batch_size=batch_size, max_tokens=val_tokens, vocab_size=spec.vocab_size)
+        return perplexity(
+            model, tokens, seq_len, batch_size=batch_size, max_tokens=val_tokens, vocab_size=spec.vocab_size
+        )
 
     t0 = time.time()
     done = _done_keys(results, sha)
-    todo = [(s, g) for s in seeds for g in gammas if (g, s, _eval_tokens(len(tokens), seq_len, val_tokens), seq_len) not in done]
+    todo = [
+        (s, g)
+        for s in seeds
+        for g in gammas
+        if (g, s, _eval_tokens(len(tokens), seq_len, val_tokens), seq_len) not in done
+    ]
     if not todo:
         return []
     base_eval = ppl()
@@ -136,15 +133,24 @@ def perturb_checkpoint(
     stds = init_stds(model, spec)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows: list[dict] = []
-    bar = tqdm(total=len(todo), desc="perturb", unit="eval", disable=None if progress else True)  # None: off when not a TTY
+    bar = tqdm(
+        total=len(todo), desc="perturb", unit="eval", disable=None if progress else True
+    )  # None: off when not a TTY
     noise, noise_seed = None, None
     for seed, gamma in todo:
         if seed != noise_seed:
             noise, noise_seed = unit_noise(model, stds, seed), seed
         apply_noise(model, base, noise, gamma)
         ev = ppl()  # also at gamma 0: checks the weights were restored exactly
-        row = dict(common, gamma=gamma, noise_seed=seed, c4_ppl=ev["ppl"], c4_ppl_change=ev["ppl"] - base_eval["ppl"],
-                   wall_s=time.time() - t0, time=time.time())
+        row = dict(
+            common,
+            gamma=gamma,
+            noise_seed=seed,
+            c4_ppl=ev["ppl"],
+            c4_ppl_change=ev["ppl"] - base_eval["ppl"],
+            wall_s=time.time() - t0,
+            time=time.time(),
+        )
         if results is not None:
             append_row(results, row)
         rows.append(row)
@@ -171,15 +177,21 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
-    parser.add_argument("--gammas", type=_floats, required=True, help="noise scales relative to init std, e.g. 0.01,0.02,0.05")
+    parser.add_argument(
+        "--gammas", type=_floats, required=True, help="noise scales relative to init std, e.g. 0.01,0.02,0.05"
+    )
     parser.add_argument("--seeds", type=_ints, default=[0], help="noise seeds, e.g. 0,1 (default 0)")
     parser.add_argument("--c4", required=True, help="prepared C4 directory (its val.npy is the held-out set)")
-    parser.add_argument("--val-tokens", type=int, default=None, help="evaluate only this many predicted tokens (default: all)")
+    parser.add_argument(
+        "--val-tokens", type=int, default=None, help="evaluate only this many predicted tokens (default: all)"
+    )
     parser.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the model's context)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--results", default=None, help="append rows to this results.jsonl")
-    parser.add_argument("overrides", nargs="*", metavar="tags.KEY=VALUE", help="labels copied into every row's 'tags' (grid axes)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="tags.KEY=VALUE", help="labels copied into every row's 'tags' (grid axes)"
+    )
 
 
 def parse_tags(overrides: list[str]) -> dict:
@@ -188,20 +200,32 @@ def parse_tags(overrides: list[str]) -> dict:
     for key, value in parse_overrides(overrides):
         if not key.startswith("tags.") or key == "tags.":
             raise ConfigError(f"command line: '{key}': perturb takes only tags.KEY=VALUE overrides (row labels)")
-        tags[key[len("tags."):]] = value
+        tags[key[len("tags.") :]] = value
     return tags
 
 
 def run(args: argparse.Namespace) -> int:
     tags = parse_tags(args.overrides)
     rows = perturb_checkpoint(
-        args.checkpoint, args.gammas, args.seeds, args.c4, val_tokens=args.val_tokens, seq_len=args.seq_len,
-        batch_size=args.batch_size, device=args.device, results=args.results, extra={"tags": tags} if tags else None,
+        args.checkpoint,
+        args.gammas,
+        args.seeds,
+        args.c4,
+        val_tokens=args.val_tokens,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        device=args.device,
+        results=args.results,
+        extra={"tags": tags} if tags else None,
     )
     if rows:
-        print(f"base C4 perplexity {rows[0]['c4_ppl_base']:.4f} on {rows[0]['c4_tokens']} tokens ({rows[0]['checkpoint']})")
+        print(
+            f"base C4 perplexity {rows[0]['c4_ppl_base']:.4f} on {rows[0]['c4_tokens']} tokens ({rows[0]['checkpoint']})"
+        )
     for r in rows:
-        print(f"gamma {r['gamma']:<8g} seed {r['noise_seed']:<3d} C4 ppl {r['c4_ppl']:.4f}  change {r['c4_ppl_change']:+.4f}")
+        print(
+            f"gamma {r['gamma']:<8g} seed {r['noise_seed']:<3d} C4 ppl {r['c4_ppl']:.4f}  change {r['c4_ppl_change']:+.4f}"
+        )
     if not rows:
         print("nothing to do: every (gamma, seed) is already in the results file")
     if args.results:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from overtrain.config import ConfigError, DataError, atomic_savefig, atomic_write_text
-from overtrain.evaluate.results import iter_rows, results_files
+from ..core.config import ConfigError, DataError, atomic_savefig, atomic_write_text
+from ..core.results import iter_rows, results_files
 
 FT_KINDS = ("finetune",)
 ID_KEYS = ("test_id_ppl", "val_id_ppl")
@@ -203,9 +203,17 @@ class Report:
         keys = {s for s, _ in self.base} | {s for s, _ in self.fixed} | set(self.noise)
         return sorted(keys)
 
-    def find(self, metric: str, task: str | None = None, setting: str | None = None, series: Series | None = None) -> list[Curve]:
-        return [c for c in self.curves if c.metric == metric and (task is None or c.task == task)
-                and (setting is None or c.setting == setting) and (series is None or c.series == series)]
+    def find(
+        self, metric: str, task: str | None = None, setting: str | None = None, series: Series | None = None
+    ) -> list[Curve]:
+        return [
+            c
+            for c in self.curves
+            if c.metric == metric
+            and (task is None or c.task == task)
+            and (setting is None or c.setting == setting)
+            and (series is None or c.series == series)
+        ]
 
 
 def load_rows(sources: list[str]) -> tuple[list[tuple[str, dict]], list[Path], list[str]]:
@@ -239,13 +247,19 @@ def _model_name(row: dict) -> str | None:
     return None if params is None else f"{fmt_tokens(params)} params"
 
 
-def aggregate(rows: list[tuple[str, dict]], group_by: list[str], tolerance: float, files: list[Path] | None = None) -> Report:
+def aggregate(
+    rows: list[tuple[str, dict]], group_by: list[str], tolerance: float, files: list[Path] | None = None
+) -> Report:
     rep = Report(group_by, tolerance, files or [])
     if group_by:
         missing = [k for k in group_by if all(lookup(r, k) is None for _, r in rows)]
         if missing:
-            keys = sorted({k for _, r in rows for k in r} | {f"tags.{k}" for _, r in rows for k in (r.get("tags") or {})})
-            raise ConfigError(f"command line: --group-by {', '.join(missing)}: no results row has this key (keys: {', '.join(keys)})")
+            keys = sorted(
+                {k for _, r in rows for k in r} | {f"tags.{k}" for _, r in rows for k in (r.get("tags") or {})}
+            )
+            raise ConfigError(
+                f"command line: --group-by {', '.join(missing)}: no results row has this key (keys: {', '.join(keys)})"
+            )
     params_of: dict[str, int] = {}  # model -> non-embedding parameters (any row that says), to sort by size
     for _, row in rows:
         n, name = _num(row.get("non_embedding_params")), _model_name(row)
@@ -300,20 +314,32 @@ def aggregate(rows: list[tuple[str, dict]], group_by: list[str], tolerance: floa
         rep.fixed.setdefault((series, task), {})[tokens] = {lr: _cell(g, (lr,)) for lr, g in sorted(by_lr.items())}
         chosen = [r for r in rs if r.get("selected") is True]
         if not chosen:  # no flagged row: select by validation ID perplexity here
-            scored = [(c.val_id_ppl, lr) for lr, c in rep.fixed[series, task][tokens].items() if c.val_id_ppl is not None]
+            scored = [
+                (c.val_id_ppl, lr) for lr, c in rep.fixed[series, task][tokens].items() if c.val_id_ppl is not None
+            ]
             if not scored:
                 continue
             chosen = by_lr[min(scored)[1]]
             computed += 1
-        rep.tuned.setdefault((series, task), {})[tokens] = _cell(chosen, tuple(sorted({float(r["lr"]) for r in chosen})))
+        rep.tuned.setdefault((series, task), {})[tokens] = _cell(
+            chosen, tuple(sorted({float(r["lr"]) for r in chosen}))
+        )
     if mixed:
-        rep.notes.append(f"some cells average rows that differ in {', '.join(sorted(mixed))} (different fine-tuning "
-                         "configs?): pass --group-by to compare them apart")
+        rep.notes.append(
+            f"some cells average rows that differ in {', '.join(sorted(mixed))} (different fine-tuning "
+            "configs?): pass --group-by to compare them apart"
+        )
     if computed:
-        rep.notes.append(f"{computed} (checkpoint, task) cells had no row flagged 'selected': tuned LR = lowest val_id_ppl")
+        rep.notes.append(
+            f"{computed} (checkpoint, task) cells had no row flagged 'selected': tuned LR = lowest val_id_ppl"
+        )
 
     for (series, gamma, tokens), deltas in noise_rows.items():
-        rep.noise.setdefault(series, {}).setdefault(gamma, {})[tokens] = (float(np.mean(deltas)), float(np.std(deltas)), len(deltas))
+        rep.noise.setdefault(series, {}).setdefault(gamma, {})[tokens] = (
+            float(np.mean(deltas)),
+            float(np.std(deltas)),
+            len(deltas),
+        )
 
     _build_curves(rep)
     _judge(rep)
@@ -331,7 +357,9 @@ def _cell(rows: list[dict], lrs: tuple[float, ...]) -> Cell:
     )
 
 
-def _curve(rep: Report, series: Series, metric: str, task: str | None, setting: str, value: float | None, points: dict) -> None:
+def _curve(
+    rep: Report, series: Series, metric: str, task: str | None, setting: str, value: float | None, points: dict
+) -> None:
     pts = sorted((x, y) for x, y in points.items() if y is not None)
     if not pts:
         return
@@ -364,9 +392,15 @@ METRIC_WORDS = {"id": "ID perplexity", "c4": "C4 perplexity"}
 
 
 def _describe_turn(c: Curve, group_by: list[str]) -> str:
-    where = f"turns at {fmt_tokens(c.turn_tokens)} tokens" if c.interior else f"is worse from the smallest budget ({fmt_tokens(c.x[0])}) on"
-    return (f"{where} for {c.series.label(group_by)} ({fmt_num(c.y[c.turn])} at {fmt_tokens(c.turn_tokens)} → "
-            f"{fmt_num(c.y[-1])} at {fmt_tokens(c.x[-1])}, {c.worse_by:+.1%})")
+    where = (
+        f"turns at {fmt_tokens(c.turn_tokens)} tokens"
+        if c.interior
+        else f"is worse from the smallest budget ({fmt_tokens(c.x[0])}) on"
+    )
+    return (
+        f"{where} for {c.series.label(group_by)} ({fmt_num(c.y[c.turn])} at {fmt_tokens(c.turn_tokens)} → "
+        f"{fmt_num(c.y[-1])} at {fmt_tokens(c.x[-1])}, {c.worse_by:+.1%})"
+    )
 
 
 def _judge(rep: Report) -> None:
@@ -377,24 +411,37 @@ def _judge(rep: Report) -> None:
         turned = [c for c in tuned if c.turn is not None]
         budgets = sorted({x for c in tuned for x in c.x})
         if len(budgets) < 2:
-            why = (f"fully decayed checkpoints at {len(budgets)} budget only" if budgets else
-                   "no tuned-LR result for fully decayed checkpoints (no 'selected' rows, no val_id_ppl)")
+            why = (
+                f"fully decayed checkpoints at {len(budgets)} budget only"
+                if budgets
+                else "no tuned-LR result for fully decayed checkpoints (no 'selected' rows, no val_id_ppl)"
+            )
             text = f"**{task}**: cannot tell: {why}."
             rep.verdicts[task] = {"shows": None, "curves": [], "text": text}
             continue
         if turned:
             parts = [f"{METRIC_WORDS[c.metric]} after fine-tuning {_describe_turn(c, rep.group_by)}" for c in turned]
-            calm = [METRIC_WORDS[m] for m in ("id", "c4") if not any(c.metric == m for c in turned) and any(c.metric == m for c in tuned)]
+            calm = [
+                METRIC_WORDS[m]
+                for m in ("id", "c4")
+                if not any(c.metric == m for c in turned) and any(c.metric == m for c in tuned)
+            ]
             tail = f" {' and '.join(calm)} keeps improving (or stays within {tol})." if calm else ""
             text = f"**{task}**: catastrophic overtraining. " + "; ".join(parts) + "." + tail
         else:
-            text = (f"**{task}**: no catastrophic overtraining up to {fmt_tokens(budgets[-1])} tokens: with the tuned LR, "
-                    f"ID and C4 perplexity after fine-tuning keep improving (or stay within {tol}).")
+            text = (
+                f"**{task}**: no catastrophic overtraining up to {fmt_tokens(budgets[-1])} tokens: with the tuned LR, "
+                f"ID and C4 perplexity after fine-tuning keep improving (or stay within {tol})."
+            )
         fixed = []
         several = len({c.series for c in tuned}) > 1
         for c in sorted(rep.find("c4", task), key=lambda c: (c.series, c.value or 0)):
             if c.value is not None and not c.series.intermediate:
-                turn = f"turns at {fmt_tokens(c.turn_tokens)}" if c.interior else ("worse from the start" if c.turn is not None else "no turn")
+                turn = (
+                    f"turns at {fmt_tokens(c.turn_tokens)}"
+                    if c.interior
+                    else ("worse from the start" if c.turn is not None else "no turn")
+                )
                 fixed.append(f"{c.setting} {turn}" + (f" ({c.series.label(rep.group_by)})" if several else ""))
         if fixed:
             text += " Fixed LRs, C4 perplexity: " + "; ".join(fixed) + "."
@@ -408,8 +455,20 @@ def _judge(rep: Report) -> None:
 def summary_table(rep: Report) -> tuple[list[str], list[list]]:
     """CSV header and rows: one per (series, tokens, task); checkpoints without fine-tuning get task ''."""
     lrs = sorted({lr for per in rep.fixed.values() for cells in per.values() for lr in cells})
-    header = [*rep.group_by, "model", "non_embedding_params", "pretrain_tokens", "lr_decayed", "run_budget_tokens", "task",
-              "base_c4_ppl", "tuned_lr", "tuned_id_ppl", "tuned_c4_ppl", "tuned_acc"]
+    header = [
+        *rep.group_by,
+        "model",
+        "non_embedding_params",
+        "pretrain_tokens",
+        "lr_decayed",
+        "run_budget_tokens",
+        "task",
+        "base_c4_ppl",
+        "tuned_lr",
+        "tuned_id_ppl",
+        "tuned_c4_ppl",
+        "tuned_acc",
+    ]
     for lr in lrs:
         header += [f"id_ppl@lr={fmt_lr(lr)}", f"c4_ppl@lr={fmt_lr(lr)}", f"acc@lr={fmt_lr(lr)}"]
     out = []
@@ -419,8 +478,21 @@ def summary_table(rep: Report) -> tuple[list[str], list[list]]:
     for s, t, task in sorted(keys):
         tuned = rep.tuned.get((s, task), {}).get(t)
         cells = rep.fixed.get((s, task), {}).get(t, {})
-        row = [*s.group, s.model, s.params or "", int(t), not s.intermediate, s.run_budget or "", task, rep.base.get((s, t))]
-        row += [";".join(fmt_lr(x) for x in tuned.lrs), tuned.id_ppl, tuned.c4_ppl, tuned.acc] if tuned else ["", None, None, None]
+        row = [
+            *s.group,
+            s.model,
+            s.params or "",
+            int(t),
+            not s.intermediate,
+            s.run_budget or "",
+            task,
+            rep.base.get((s, t)),
+        ]
+        row += (
+            [";".join(fmt_lr(x) for x in tuned.lrs), tuned.id_ppl, tuned.c4_ppl, tuned.acc]
+            if tuned
+            else ["", None, None, None]
+        )
         for lr in lrs:
             c = cells.get(lr)
             row += [c.id_ppl, c.c4_ppl, c.acc] if c else [None, None, None]
@@ -429,7 +501,17 @@ def summary_table(rep: Report) -> tuple[list[str], list[list]]:
 
 
 def perturb_table(rep: Report) -> tuple[list[str], list[list]]:
-    header = [*rep.group_by, "model", "pretrain_tokens", "lr_decayed", "gamma", "base_c4_ppl", "c4_ppl_change_mean", "c4_ppl_change_std", "n_seeds"]
+    header = [
+        *rep.group_by,
+        "model",
+        "pretrain_tokens",
+        "lr_decayed",
+        "gamma",
+        "base_c4_ppl",
+        "c4_ppl_change_mean",
+        "c4_ppl_change_std",
+        "n_seeds",
+    ]
     out = []
     for s, per_gamma in sorted(rep.noise.items()):
         for gamma, pts in sorted(per_gamma.items()):
@@ -462,28 +544,45 @@ def markdown(rep: Report, figures: list[Path]) -> str:
     tol = _pct(rep.tolerance)
     md = ["# Catastrophic overtraining report", ""]
     md += [f"Inputs: {', '.join(str(f) for f in rep.files)}." if rep.files else "", *[f"- {n}" for n in rep.notes], ""]
-    md += ["## Verdict", "",
-           f"With the fine-tuning LR tuned per checkpoint, a curve *turns* at the budget minimizing it when the largest "
-           f"budget is worse by more than {tol}. Fully decayed checkpoints only; \"(int.)\" marks intermediate ones.", ""]
+    md += [
+        "## Verdict",
+        "",
+        f"With the fine-tuning LR tuned per checkpoint, a curve *turns* at the budget minimizing it when the largest "
+        f'budget is worse by more than {tol}. Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
+        "",
+    ]
     md += [f"- {v['text']}" for v in rep.verdicts.values()] or ["- no fine-tuning rows."]
     shows = [t for t, v in rep.verdicts.items() if v["shows"]]
     not_shows = [t for t, v in rep.verdicts.items() if v["shows"] is False]
     if shows or not_shows:
-        md += ["", f"Catastrophic overtraining: {', '.join(shows) or 'none'}. Not observed: {', '.join(not_shows) or 'none'}."]
+        md += [
+            "",
+            f"Catastrophic overtraining: {', '.join(shows) or 'none'}. Not observed: {', '.join(not_shows) or 'none'}.",
+        ]
     noise = [c for c in rep.find("noise") if not c.series.intermediate and len(c.x) > 1]
     if noise:
         grows = sum(c.y[-1] > c.y[0] for c in noise)
-        md += ["", f"Noise sensitivity (C4 perplexity increase under weight noise) is larger at the largest budget than at the "
-                   f"smallest for {grows} of {len(noise)} (model, gamma) curves."]
+        md += [
+            "",
+            f"Noise sensitivity (C4 perplexity increase under weight noise) is larger at the largest budget than at the "
+            f"smallest for {grows} of {len(noise)} (model, gamma) curves.",
+        ]
     turns = [c for c in rep.curves if c.interior and c.metric != "noise"]
     if turns:
         md += ["", "Inflections (marked on the figures):", ""]
-        md += [f"- {c.task or 'base'} {METRIC_WORDS.get(c.metric, 'base C4 perplexity')}, {c.setting}: {_describe_turn(c, gb)}" for c in turns]
+        md += [
+            f"- {c.task or 'base'} {METRIC_WORDS.get(c.metric, 'base C4 perplexity')}, {c.setting}: {_describe_turn(c, gb)}"
+            for c in turns
+        ]
 
     base_series = sorted({s for s, _ in rep.base})
     if base_series:
         md += ["", "## Base models: C4 perplexity", ""]
-        rows = [[*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base[s, t])] for s in base_series for t in sorted(t for ss, t in rep.base if ss == s)]
+        rows = [
+            [*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base[s, t])]
+            for s in base_series
+            for t in sorted(t for ss, t in rep.base if ss == s)
+        ]
         md.append(_md_table([*gb, "model", "tokens", "C4 ppl"], rows))
 
     for task in rep.tasks:
@@ -498,7 +597,16 @@ def markdown(rep: Report, figures: list[Path]) -> str:
             for t in sorted(per):
                 tuned = rep.tuned.get((s, task), {}).get(t)
                 r = [*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base.get((s, t)))]
-                r += [",".join(fmt_lr(x) for x in tuned.lrs), fmt_num(tuned.id_ppl), fmt_num(tuned.c4_ppl), fmt_num(tuned.acc, 3)] if tuned else ["", "", "", ""]
+                r += (
+                    [
+                        ",".join(fmt_lr(x) for x in tuned.lrs),
+                        fmt_num(tuned.id_ppl),
+                        fmt_num(tuned.c4_ppl),
+                        fmt_num(tuned.acc, 3),
+                    ]
+                    if tuned
+                    else ["", "", "", ""]
+                )
                 for lr in lrs:
                     c = per[t].get(lr)
                     r += [fmt_num(c.id_ppl), fmt_num(c.c4_ppl)] if c else ["", ""]
@@ -511,8 +619,10 @@ def markdown(rep: Report, figures: list[Path]) -> str:
         rows = []
         for s, per in sorted(rep.noise.items()):
             for t in sorted({t for pts in per.values() for t in pts}):
-                rows.append([*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base.get((s, t)))]
-                            + [fmt_num(per[g][t][0]) if t in per.get(g, {}) else "" for g in gammas])
+                rows.append(
+                    [*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base.get((s, t)))]
+                    + [fmt_num(per[g][t][0]) if t in per.get(g, {}) else "" for g in gammas]
+                )
         md.append(_md_table([*gb, "model", "tokens", "base C4", *[f"γ={g:g}" for g in gammas]], rows))
 
     if figures:
@@ -542,17 +652,42 @@ def _token_axis(ax, xs) -> None:
 
 def _mark_turn(ax, c: Curve, color) -> None:
     if c.interior:
-        ax.plot([c.turn_tokens], [c.y[c.turn]], marker="o", markersize=15, markerfacecolor="none", markeredgecolor="red",
-                markeredgewidth=2, linestyle="none", zorder=5)
-        ax.annotate(f"turn {fmt_tokens(c.turn_tokens)}", (c.turn_tokens, c.y[c.turn]), textcoords="offset points",
-                    xytext=(0, -18), ha="center", fontsize=8, color="red")
+        ax.plot(
+            [c.turn_tokens],
+            [c.y[c.turn]],
+            marker="o",
+            markersize=15,
+            markerfacecolor="none",
+            markeredgecolor="red",
+            markeredgewidth=2,
+            linestyle="none",
+            zorder=5,
+        )
+        ax.annotate(
+            f"turn {fmt_tokens(c.turn_tokens)}",
+            (c.turn_tokens, c.y[c.turn]),
+            textcoords="offset points",
+            xytext=(0, -18),
+            ha="center",
+            fontsize=8,
+            color="red",
+        )
 
 
 def _turn_legend_handle():
     from matplotlib.lines import Line2D
 
-    return Line2D([], [], marker="o", markersize=10, markerfacecolor="none", markeredgecolor="red", markeredgewidth=2,
-                  linestyle="none", label="turn (inflection)")
+    return Line2D(
+        [],
+        [],
+        marker="o",
+        markersize=10,
+        markerfacecolor="none",
+        markeredgecolor="red",
+        markeredgewidth=2,
+        linestyle="none",
+        label="turn (inflection)",
+    )
 
 
 def _finish(ax, curves: list[Curve], legend: bool = True, turn_entry: bool | None = None) -> None:
@@ -618,20 +753,33 @@ def figures(rep: Report, out: Path) -> list[Path]:
                 for c in curves:
                     tuned = c.value is None
                     color = "black" if tuned else lr_color[c.setting]
-                    label = ("tuned LR" if tuned else f"LR {fmt_lr(c.value)}") + (" (intermediate)" if c.series.intermediate else "")
+                    label = ("tuned LR" if tuned else f"LR {fmt_lr(c.value)}") + (
+                        " (intermediate)" if c.series.intermediate else ""
+                    )
                     style = _style(c.series)
                     if tuned and not c.series.intermediate:
                         style["linestyle"] = "--"  # dashed: the fixed-LR line it coincides with stays visible
-                    ax.plot(c.x, c.y, marker="s" if tuned else "o", color=color, linewidth=2.0 if tuned else 1.3,
-                            label=label, zorder=4 if tuned else 3, **style)
+                    ax.plot(
+                        c.x,
+                        c.y,
+                        marker="s" if tuned else "o",
+                        color=color,
+                        linewidth=2.0 if tuned else 1.3,
+                        label=label,
+                        zorder=4 if tuned else 3,
+                        **style,
+                    )
                     if not c.series.intermediate:
                         _mark_turn(ax, c, color)
                 _token_axis(ax, [x for c in curves for x in c.x])
                 ax.set_ylabel(f"{METRIC_WORDS[metric]} after fine-tuning")
                 ax.set_title(f"{task}: {METRIC_WORDS[metric]} ({series.label(gb)})", fontsize=10)
                 if curves:  # one legend per row, right of the C4 panel
-                    row_turns = any(c.interior and not c.series.intermediate for c in rep.curves
-                                    if c.task == task and c.series in related and c.metric in ("id", "c4"))
+                    row_turns = any(
+                        c.interior and not c.series.intermediate
+                        for c in rep.curves
+                        if c.task == task and c.series in related and c.metric in ("id", "c4")
+                    )
                     _finish(ax, curves, legend=col == 1, turn_entry=row_turns)
         fig.tight_layout()
         paths.append(_save(fig, out / f"finetune_{_slug(task)}.png"))
@@ -647,10 +795,19 @@ def figures(rep: Report, out: Path) -> list[Path]:
             curves = [c for c in noise if (c.series.group, c.series.params, c.series.model) == key]
             for c in sorted(curves, key=lambda c: (c.series.intermediate, c.value)):
                 g = c.value
-                ax.plot(c.x, c.y, marker="o", color=g_color[g], label=f"γ = {g:g}" + (" (intermediate)" if c.series.intermediate else ""), **_style(c.series))
+                ax.plot(
+                    c.x,
+                    c.y,
+                    marker="o",
+                    color=g_color[g],
+                    label=f"γ = {g:g}" + (" (intermediate)" if c.series.intermediate else ""),
+                    **_style(c.series),
+                )
             _token_axis(ax, [x for c in curves for x in c.x])
             ax.set_ylabel("C4 perplexity increase under noise")
-            ax.set_title("Noise sensitivity: " + ", ".join([key[2], *[f"{k}={v}" for k, v in zip(gb, key[0])]]), fontsize=10)
+            ax.set_title(
+                "Noise sensitivity: " + ", ".join([key[2], *[f"{k}={v}" for k, v in zip(gb, key[0])]]), fontsize=10
+            )
             _finish(ax, curves)
         fig.tight_layout()
         paths.append(_save(fig, out / "noise_sensitivity.png"))
@@ -670,7 +827,9 @@ def _slug(text: str) -> str:
 # Entry points
 
 
-def make_report(sources: list[str], out: str | Path, group_by: list[str] = (), tolerance: float = 0.01) -> tuple[Report, str, list[Path]]:
+def make_report(
+    sources: list[str], out: str | Path, group_by: list[str] = (), tolerance: float = 0.01
+) -> tuple[Report, str, list[Path]]:
     """Read results, write report.md / summary.csv / perturb.csv / PNGs into ``out``; (report, markdown, figure paths)."""
     if tolerance < 0:
         raise ConfigError(f"command line: --tolerance must be >= 0, got {tolerance}")
@@ -694,10 +853,20 @@ def make_report(sources: list[str], out: str | Path, group_by: list[str] = (), t
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", help="results.jsonl files, directories holding them, or glob patterns")
     parser.add_argument("--out", required=True, help="output directory (report.md, summary.csv, perturb.csv, *.png)")
-    parser.add_argument("--group-by", nargs="+", action="extend", default=[], metavar="KEY",
-                        help="compare by these row keys (e.g. parametrization, template, tags.optim_lr; commas allowed)")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="relative worsening beyond which a curve counts as turned (default 0.01 = 1%%)")
+    parser.add_argument(
+        "--group-by",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY",
+        help="compare by these row keys (e.g. parametrization, template, tags.optim_lr; commas allowed)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="relative worsening beyond which a curve counts as turned (default 0.01 = 1%%)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@
 One run: check every input (checkpoint, model and vocabulary, task, C4, step count), evaluate the
 base model (C4 perplexity; ID perplexity/accuracy on validation and test), train with the shared
 ``train_step`` (loss on completion tokens only; MuAdamW or plain AdamW; warmup + decay from
-``overtrain.train.schedule``; optional L2 toward the pre-trained weights), evaluate again, and
+``overtrain.core.schedule``; optional L2 toward the pre-trained weights), evaluate again, and
 append one row to ``results.jsonl``. The row is written only after everything finished, so a
 killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
@@ -28,24 +28,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from overtrain.config import ConfigError, atomic_write_text, config_digest, load_config, save_config
-from overtrain.evaluate.evaluate import (
-    check_tokenizer,
-    checkpoint_provenance,
-    encode_task,
-    evaluate_encoded,
-    flatten_metrics,
-    load_c4,
-    pick_device,
-    resolve_checkpoint_ref,
-)
-from overtrain.evaluate.core import readout_at
-from overtrain.evaluate.results import append_row
-from overtrain.finetune.encode import EncodedSplit, collate
-from overtrain.train.checkpoint import load_model, save_model_checkpoint
-from overtrain.train.model import load_model_spec
-from overtrain.train.schedule import ScheduleConfig, lr_factor, warmup_steps
-from overtrain.train.step import remember_initial_lrs, train_step
+from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint, save_model_checkpoint
+from ..core.config import ConfigError, atomic_write_text, config_digest, load_config, save_config
+from ..core.dist import resolve_device
+from ..core.likelihood import readout_at
+from ..core.model import load_model_spec
+from ..core.results import append_row
+from ..core.schedule import ScheduleConfig, lr_factor, warmup_steps
+from ..core.step import remember_initial_lrs, train_step
+from ..data.c4 import load_c4
+from ..data.encode import EncodedSplit, collate, encode_task
+from ..data.tasks import load_task
+from ..data.tokenizer import check_tokenizer
+from ..evaluate.evaluator import evaluate_encoded, flatten_metrics
 
 RESULTS_FILE = "results.jsonl"
 
@@ -122,8 +117,25 @@ def config_hash(cfg: FinetuneConfig) -> str:
 
     (``stacked`` is left out: it changes only the floating-point summation order.)
     """
-    return config_digest(cfg, exclude=("checkpoint", "task", "template", "lr", "seed", "run_dir", "device", "lrs", "stacked",
-                                       "sweep", "tags", "log_every", "save_weights", "c4"))
+    return config_digest(
+        cfg,
+        exclude=(
+            "checkpoint",
+            "task",
+            "template",
+            "lr",
+            "seed",
+            "run_dir",
+            "device",
+            "lrs",
+            "stacked",
+            "sweep",
+            "tags",
+            "log_every",
+            "save_weights",
+            "c4",
+        ),
+    )
 
 
 def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +150,11 @@ def build_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     """AdamW; with ``mup_optimizer`` muP's per-group LR scaling (``MuAdamW``). No decay on the embedding."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("wte.weight")]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n.endswith("wte.weight")]
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.mup_optimizer:
         from mup import MuAdamW
@@ -194,18 +210,17 @@ class Prepared:
 
 def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepared:
     """Resolve and check every input of a run; raises ConfigError/DataError/CheckpointError."""
-    from overtrain.evaluate import evaluate as ev  # load_task looked up at call time (tests patch it)
 
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: required (checkpoint=PATH)")
     if not cfg.task:
         raise ConfigError("task: required (task=NAME)")
-    step_dir = resolve_checkpoint_ref(cfg.checkpoint)
-    device = pick_device(cfg.device)
+    step_dir = resolve_checkpoint(cfg.checkpoint)
+    device = resolve_device(cfg.device)
     expect = load_model_spec(cfg.model) if cfg.model else None
     model, spec, meta = load_model(step_dir, device=device, expect=expect)
     tok = check_tokenizer(spec, str(step_dir))
-    task = ev.load_task(cfg.task, cfg.task_overrides, template=cfg.template)
+    task = load_task(cfg.task, cfg.task_overrides, template=cfg.template)
     encoded = encode_task(task, ("train", "validation", "test"), tok, spec, cfg.max_examples, cfg.cap_seed)
     if c4_tokens is None and cfg.c4:
         c4_tokens = load_c4(cfg.c4, spec, cfg.c4_max_tokens, spec.max_sequence_length)
@@ -213,8 +228,10 @@ def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepare
         raise ConfigError(f"schedule.final_lr={cfg.schedule.final_lr} exceeds lr={cfg.lr}")
     per_epoch, total = batch_plan(len(encoded["train"].examples), cfg)
     if total < 2:
-        raise ConfigError(f"{total} optimizer step(s): the schedule decays to 0 at the last step, so a run needs at least 2 "
-                          f"({len(encoded['train'].examples)} train examples, batch_size={cfg.batch_size}, epochs={cfg.epochs})")
+        raise ConfigError(
+            f"{total} optimizer step(s): the schedule decays to 0 at the last step, so a run needs at least 2 "
+            f"({len(encoded['train'].examples)} train examples, batch_size={cfg.batch_size}, epochs={cfg.epochs})"
+        )
     return Prepared(cfg, step_dir, model, spec, meta, task, encoded, c4_tokens, device, per_epoch, total)
 
 
@@ -232,7 +249,10 @@ def step_batch(p: Prepared, step: int) -> tuple[list[tuple[torch.Tensor, torch.T
     """
     cfg, train_set = p.cfg, p.encoded["train"].examples
     batch = [train_set[i] for i in step_examples(step, len(train_set), p.steps_per_epoch, cfg.batch_size, cfg.seed)]
-    micro = [collate(batch[i : i + cfg.micro_batch_size], p.spec.pad_token_id, p.device) for i in range(0, len(batch), cfg.micro_batch_size)]
+    micro = [
+        collate(batch[i : i + cfg.micro_batch_size], p.spec.pad_token_id, p.device)
+        for i in range(0, len(batch), cfg.micro_batch_size)
+    ]
     return micro, sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
 
 
@@ -262,10 +282,18 @@ def log_step(log: Path, cfg: FinetuneConfig, step: int, total: int, record: dict
 def train_stats(losses: list[float], tokens: int, seen: int, wall: float, steps_per_epoch: int) -> dict:
     """A run's training statistics from its per-step losses; a non-finite last loss means it diverged."""
     diverged = not math.isfinite(losses[-1])  # a diverged run is a result (its metrics are NaN/inf), not an error
-    return {"steps": len(losses), "train_tokens": tokens, "train_loss_first": losses[0], "train_loss_last": losses[-1],
-            "train_loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])), "diverged": diverged, "train_seconds": wall,
-            "train_input_tokens": seen, "train_tokens_per_s": seen / max(wall, 1e-9),
-            "lr_decayed": not diverged}  # the schedule's factor at the last step is exactly final_lr / lr
+    return {
+        "steps": len(losses),
+        "train_tokens": tokens,
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
+        "train_loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
+        "diverged": diverged,
+        "train_seconds": wall,
+        "train_input_tokens": seen,
+        "train_tokens_per_s": seen / max(wall, 1e-9),
+        "lr_decayed": not diverged,
+    }  # the schedule's factor at the last step is exactly final_lr / lr
 
 
 def train(p: Prepared, progress: bool = True) -> dict:
@@ -277,15 +305,27 @@ def train(p: Prepared, progress: bool = True) -> dict:
     factor = schedule_factor(p, cfg.lr)
     log = open_train_log(cfg)
     tokens, seen, losses = 0, 0, []
-    bar = tqdm(range(p.total_steps), desc=f"finetune {p.task.name} lr={cfg.lr:.2e}", disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(
+        range(p.total_steps),
+        desc=f"finetune {p.task.name} lr={cfg.lr:.2e}",
+        disable=not (progress and sys.stderr.isatty()),
+    )
     t0 = time.time()
     for step in bar:
         micro, n_input = step_batch(p, step)
-        stats = train_step(model, opt, micro, factor(step), cfg.grad_clip, cfg.precision, loss_fn=completion_loss, extra_loss=extra)
+        stats = train_step(
+            model, opt, micro, factor(step), cfg.grad_clip, cfg.precision, loss_fn=completion_loss, extra_loss=extra
+        )
         seen += n_input
         tokens += stats.tokens
         losses.append(stats.loss)
-        if log_step(log, cfg, step, p.total_steps, {"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": tokens}):
+        if log_step(
+            log,
+            cfg,
+            step,
+            p.total_steps,
+            {"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": tokens},
+        ):
             bar.set_postfix(loss=f"{stats.loss:.3f}")
         if not math.isfinite(stats.loss):
             break
@@ -300,8 +340,13 @@ def start_run(cfg: FinetuneConfig) -> Path:
     return run_dir
 
 
-def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before: dict | None = None,
-                 prepared: Prepared | None = None, progress: bool = True) -> dict:
+def run_finetune(
+    cfg: FinetuneConfig,
+    results: str | Path | None = None,
+    before: dict | None = None,
+    prepared: Prepared | None = None,
+    progress: bool = True,
+) -> dict:
     """Fine-tune, evaluate before/after, append the row to ``results`` (default RUN_DIR/results.jsonl); return it.
 
     ``before``: base-model metrics already computed (``evaluate_all`` of the same checkpoint, task
@@ -311,7 +356,10 @@ def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before:
     p = prepared or prepare(cfg)
     cut = {s: e.truncated for s, e in p.encoded.items() if e.truncated}
     if progress and cut:
-        print(f"finetune: prompts longer than the context ({p.spec.max_sequence_length}) cut from the left: {cut}", file=sys.stderr)
+        print(
+            f"finetune: prompts longer than the context ({p.spec.max_sequence_length}) cut from the left: {cut}",
+            file=sys.stderr,
+        )
     start_run(cfg)
     if before is None and cfg.eval_before:
         before = evaluate_all(p)
@@ -319,7 +367,9 @@ def run_finetune(cfg: FinetuneConfig, results: str | Path | None = None, before:
     return finish_run(p, stats, before, results, time.time() - t_start)
 
 
-def finish_run(p: Prepared, stats: dict, before: dict | None, results: str | Path | None, elapsed: float, extra: dict | None = None) -> dict:
+def finish_run(
+    p: Prepared, stats: dict, before: dict | None, results: str | Path | None, elapsed: float, extra: dict | None = None
+) -> dict:
     """Evaluate ``p.model`` (the fine-tuned weights), save them if asked, append and return the run's row.
 
     ``elapsed``: the run's seconds so far (the row's ``wall_s`` adds this evaluation); ``extra``:
@@ -329,11 +379,27 @@ def finish_run(p: Prepared, stats: dict, before: dict | None, results: str | Pat
     cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
     after = evaluate_all(p)
     if cfg.save_weights:
-        save_model_checkpoint(run_dir / "checkpoints", stats["steps"], p.model, p.spec, {
-            "step": stats["steps"], "tokens": p.meta.get("tokens"), "budget_tokens": p.meta.get("budget_tokens"), "final": True,
-            "lr_decayed": stats["lr_decayed"], "kind": "finetune", "run_dir": str(run_dir), "seed": cfg.seed,
-            "base_checkpoint": str(p.step_dir), "task": p.task.name, "template": p.task.template, "lr": cfg.lr,
-            "finetune_tokens": stats["train_tokens"]})
+        save_model_checkpoint(
+            run_dir / "checkpoints",
+            stats["steps"],
+            p.model,
+            p.spec,
+            {
+                "step": stats["steps"],
+                "tokens": p.meta.get("tokens"),
+                "budget_tokens": p.meta.get("budget_tokens"),
+                "final": True,
+                "lr_decayed": stats["lr_decayed"],
+                "kind": "finetune",
+                "run_dir": str(run_dir),
+                "seed": cfg.seed,
+                "base_checkpoint": str(p.step_dir),
+                "task": p.task.name,
+                "template": p.task.template,
+                "lr": cfg.lr,
+                "finetune_tokens": stats["train_tokens"],
+            },
+        )
     row = {**make_row(p, stats, before, after, elapsed + time.time() - t0), **(extra or {})}
     append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
@@ -342,15 +408,44 @@ def finish_run(p: Prepared, stats: dict, before: dict | None, results: str | Pat
 
 def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: float) -> dict:
     cfg = p.cfg
-    row = {"kind": "finetune", "run_id": Path(cfg.run_dir).name, "run_dir": str(Path(cfg.run_dir).resolve()),
-           **checkpoint_provenance(p.step_dir, p.spec, p.meta), "checkpoint_ref": cfg.checkpoint,
-           "task": p.task.name, "task_type": p.task.type, "template": p.task.template, "lr": cfg.lr, "seed": cfg.seed,
-           "selected": False, "config_hash": config_hash(cfg),
-           "epochs": cfg.epochs, "batch_size": cfg.batch_size, "mup_optimizer": cfg.mup_optimizer,
-           "l2_to_pretrained": cfg.l2_to_pretrained, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule.decay,
-           "train_examples": len(p.encoded["train"].examples), "total_steps": p.total_steps}
-    row.update({k: stats[k] for k in ("steps", "train_tokens", "train_input_tokens", "train_loss_first", "train_loss_last", "train_loss_last_epoch", "diverged",
-                                     "train_seconds", "train_tokens_per_s")})
+    row = {
+        "kind": "finetune",
+        "run_id": Path(cfg.run_dir).name,
+        "run_dir": str(Path(cfg.run_dir).resolve()),
+        **checkpoint_provenance(p.step_dir, p.spec, p.meta),
+        "checkpoint_ref": cfg.checkpoint,
+        "task": p.task.name,
+        "task_type": p.task.type,
+        "template": p.task.template,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "selected": False,
+        "config_hash": config_hash(cfg),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "mup_optimizer": cfg.mup_optimizer,
+        "l2_to_pretrained": cfg.l2_to_pretrained,
+        "weight_decay": cfg.weight_decay,
+        "schedule": cfg.schedule.decay,
+        "train_examples": len(p.encoded["train"].examples),
+        "total_steps": p.total_steps,
+    }
+    row.update(
+        {
+            k: stats[k]
+            for k in (
+                "steps",
+                "train_tokens",
+                "train_input_tokens",
+                "train_loss_first",
+                "train_loss_last",
+                "train_loss_last_epoch",
+                "diverged",
+                "train_seconds",
+                "train_tokens_per_s",
+            )
+        }
+    )
     row["finetune_lr_decayed"] = stats["lr_decayed"]
     m = flatten_metrics(after)
     if "c4_ppl" in m:
@@ -374,7 +469,11 @@ def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: f
 
 def add_arguments(p):
     p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ (demo) or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides: checkpoint=, task=, lr=, run_dir=, seed=, template=, ...")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted key=value overrides: checkpoint=, task=, lr=, run_dir=, seed=, template=, ...",
+    )
     p.add_argument("--results", default=None, help="results file (default: RUN_DIR/results.jsonl)")
 
 
@@ -382,11 +481,15 @@ def run(args) -> int:
     cfg = load_finetune_config(args.config, args.overrides)
     row = run_finetune(cfg, args.results)
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-    print(f"{row['task']} lr={row['lr']:.3g} steps={row['steps']} ({row['train_input_tokens']:,} tokens, "
-          f"{row['train_tokens']:,} of them completion tokens; {row['train_tokens_per_s']:.0f} tok/s){'  DIVERGED' if row['diverged'] else ''}")
+    print(
+        f"{row['task']} lr={row['lr']:.3g} steps={row['steps']} ({row['train_input_tokens']:,} tokens, "
+        f"{row['train_tokens']:,} of them completion tokens; {row['train_tokens_per_s']:.0f} tok/s){'  DIVERGED' if row['diverged'] else ''}"
+    )
     for s in ("val", "test"):
-        print(f"  {s:<4} ID ppl {fmt(row.get(f'{s}_id_ppl_before'))} -> {fmt(row[f'{s}_id_ppl'])}   "
-              f"acc {fmt(row.get(f'{s}_acc_before'))} -> {fmt(row[f'{s}_acc'])}")
+        print(
+            f"  {s:<4} ID ppl {fmt(row.get(f'{s}_id_ppl_before'))} -> {fmt(row[f'{s}_id_ppl'])}   "
+            f"acc {fmt(row.get(f'{s}_acc_before'))} -> {fmt(row[f'{s}_acc'])}"
+        )
     if "c4_ppl_after" in row:
         print(f"  C4 ppl {fmt(row.get('c4_ppl_before'))} -> {fmt(row['c4_ppl_after'])}")
     print(f"  row appended to {args.results or Path(cfg.run_dir) / RESULTS_FILE}")

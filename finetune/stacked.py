@@ -34,14 +34,14 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state
 
-from overtrain.evaluate.core import autocast_for, lm_loss
-from overtrain.finetune.finetune import FinetuneConfig, build_optimizer
-from overtrain.train.step import set_lr_factor, use_fused_adam
+from ..core.likelihood import autocast_for, lm_loss
+from ..core.step import set_lr_factor, use_fused_adam
+from .finetune import FinetuneConfig, build_optimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -60,7 +60,7 @@ class _Bound:
     """One model of the stack as something ``loss_fn(model, x, y)`` can call.
 
     ``module`` is the (meta-device) template whose parameters are swapped for this model's
-    (vmapped) slices; hooks such as ``overtrain.evaluate.core.readout_at`` find the template's
+    (vmapped) slices; hooks such as ``overtrain.core.likelihood.readout_at`` find the template's
     modules through ``.module``, so the fine-tuning ``completion_loss`` works unchanged.
     """
 
@@ -82,15 +82,26 @@ class StackedRun:
     each model's loss on the last micro-batch, unnormalized, as ``finetune.l2_to`` does.
     """
 
-    def __init__(self, model: torch.nn.Module, spec, lrs: Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, grad_clip: float | None = 1.0, precision: str = "auto",
-                 loss_fn: Callable | None = None, mup: bool = True, fused: bool | None = None,
-                 l2_to_pretrained: float = 0.0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec,
+        lrs: Sequence[float],
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        grad_clip: float | None = 1.0,
+        precision: str = "auto",
+        loss_fn: Callable | None = None,
+        mup: bool = True,
+        fused: bool | None = None,
+        l2_to_pretrained: float = 0.0,
+    ):
         if not lrs or any(not (lr > 0) for lr in lrs):
             raise ValueError(f"lrs: need at least one positive learning rate, got {list(lrs)}")
         named = dict(model.named_parameters())
         if mup and any(not hasattr(p, "infshape") for p in named.values()):
-            from overtrain.train.model import attach_shapes
+            from ..core.model import attach_shapes
 
             attach_shapes(model, spec)
         self.K = len(lrs)
@@ -116,7 +127,9 @@ class StackedRun:
             self.views.append(views)
         self.optimizers = []
         for lr, views in zip(lrs, self.views):
-            cfg = FinetuneConfig(lr=float(lr), betas=tuple(betas), eps=eps, weight_decay=weight_decay, mup_optimizer=mup)
+            cfg = FinetuneConfig(
+                lr=float(lr), betas=tuple(betas), eps=eps, weight_decay=weight_decay, mup_optimizer=mup
+            )
             opt = build_optimizer(_Named(views), cfg)
             if fused:
                 use_fused_adam(opt)
@@ -137,7 +150,9 @@ class StackedRun:
             total = total + ((p - self.anchor[n]) ** 2).reshape(self.K, -1).sum(1)
         return self.l2 * total
 
-    def step(self, micro_batches: Sequence[Batch], lr_factor: float | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, micro_batches: Sequence[Batch], lr_factor: float | Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step of every model; returns (loss, grad_norm), each a (K,) tensor on the device.
 
         ``lr_factor``: the schedule's factor, one for all models or one per model. Returns
@@ -147,7 +162,9 @@ class StackedRun:
         factors = [float(lr_factor)] * self.K if isinstance(lr_factor, (int, float)) else [float(f) for f in lr_factor]
         if len(factors) != self.K:
             raise ValueError(f"lr_factor: {len(factors)} factors for {self.K} models")
-        batches = [(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in micro_batches]
+        batches = [
+            (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in micro_batches
+        ]
         count = torch.stack([(y >= 0).sum() for _, y in batches]).sum().to(torch.float64).clamp(min=1.0)
         denom = count.to(torch.float32)
 
@@ -190,11 +207,23 @@ class StackedRun:
         return out
 
 
-def train_stacked(model: torch.nn.Module, spec, lrs: Sequence[float], batches: Sequence[Sequence[Batch]],
-                  lr_factors: Sequence[float | Sequence[float]], betas=(0.9, 0.999), eps: float = 1e-8,
-                  weight_decay: float = 0.0, grad_clip: float | None = 1.0, precision: str = "auto",
-                  loss_fn: Callable | None = None, mup: bool = True, fused: bool | None = None,
-                  l2_to_pretrained: float = 0.0, progress: bool = False) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
+def train_stacked(
+    model: torch.nn.Module,
+    spec,
+    lrs: Sequence[float],
+    batches: Sequence[Sequence[Batch]],
+    lr_factors: Sequence[float | Sequence[float]],
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    precision: str = "auto",
+    loss_fn: Callable | None = None,
+    mup: bool = True,
+    fused: bool | None = None,
+    l2_to_pretrained: float = 0.0,
+    progress: bool = False,
+) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
     """Train len(lrs) copies of ``model`` for len(batches) steps; returns (K state dicts, losses[step][k]).
 
     ``batches[s]`` is step s's list of (input_ids, targets) micro-batches (targets -100 = ignored),
@@ -205,13 +234,29 @@ def train_stacked(model: torch.nn.Module, spec, lrs: Sequence[float], batches: S
     """
     if len(lr_factors) != len(batches):
         raise ValueError(f"lr_factors: {len(lr_factors)} factors for {len(batches)} steps")
-    run = StackedRun(model, spec, lrs, betas=betas, eps=eps, weight_decay=weight_decay, grad_clip=grad_clip,
-                     precision=precision, loss_fn=loss_fn, mup=mup, fused=fused, l2_to_pretrained=l2_to_pretrained)
+    run = StackedRun(
+        model,
+        spec,
+        lrs,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        precision=precision,
+        loss_fn=loss_fn,
+        mup=mup,
+        fused=fused,
+        l2_to_pretrained=l2_to_pretrained,
+    )
     from tqdm.auto import tqdm
 
     losses = []
-    for micro, factor in tqdm(list(zip(batches, lr_factors)), desc=f"stacked x{run.K}", unit="step",
-                              disable=not (progress and sys.stderr.isatty())):
+    for micro, factor in tqdm(
+        list(zip(batches, lr_factors)),
+        desc=f"stacked x{run.K}",
+        unit="step",
+        disable=not (progress and sys.stderr.isatty()),
+    ):
         loss, _ = run.step(micro, factor)
         losses.append(loss)
     rows = torch.stack(losses).tolist() if losses else []

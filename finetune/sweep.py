@@ -38,18 +38,18 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from overtrain.config import ConfigError
-from overtrain.evaluate.results import append_row, iter_rows
-from overtrain.evaluate.evaluate import checkpoint_provenance
-from overtrain.finetune.finetune import (
+from ..core.checkpoint import checkpoint_provenance
+from ..core.config import ConfigError
+from ..core.results import append_row, iter_rows
+from .finetune import (
     RESULTS_FILE,
     FinetuneConfig,
     Prepared,
@@ -68,7 +68,7 @@ from overtrain.finetune.finetune import (
     step_batch,
     train_stats,
 )
-from overtrain.finetune.stacked import StackedRun, first_nonfinite
+from .stacked import StackedRun, first_nonfinite
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
@@ -78,7 +78,9 @@ def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
     else:
         top = cfg.sweep.max_lr or getattr(getattr(task, "spec", None), "max_lr", None)
         if not top:
-            raise ConfigError(f"sweep: no maximum LR: set sweep.max_lr or max_lr in the task YAML of '{task.name}' (or give lrs=[...])")
+            raise ConfigError(
+                f"sweep: no maximum LR: set sweep.max_lr or max_lr in the task YAML of '{task.name}' (or give lrs=[...])"
+            )
         if top < cfg.sweep.min_lr or cfg.sweep.n_lrs < 1:
             raise ConfigError(f"sweep: need max_lr ({top}) >= min_lr ({cfg.sweep.min_lr}) and n_lrs >= 1")
         n = cfg.sweep.n_lrs if top > cfg.sweep.min_lr else 1
@@ -121,20 +123,36 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
     """
     cfg = p.cfg
     torch.manual_seed(cfg.seed)
-    run = StackedRun(p.model, p.spec, [c.lr for c in cfgs], betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                     grad_clip=cfg.grad_clip, precision=cfg.precision, loss_fn=completion_loss, mup=cfg.mup_optimizer,
-                     l2_to_pretrained=cfg.l2_to_pretrained)
+    run = StackedRun(
+        p.model,
+        p.spec,
+        [c.lr for c in cfgs],
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        precision=cfg.precision,
+        loss_fn=completion_loss,
+        mup=cfg.mup_optimizer,
+        l2_to_pretrained=cfg.l2_to_pretrained,
+    )
     factors = [schedule_factor(p, c.lr) for c in cfgs]
     logs = [open_train_log(c) for c in cfgs]
     losses, tokens, seen = [], [], []  # per step: K losses; cumulative target and input tokens
     stopped: dict[int, dict] = {}  # model -> its weights at divergence
-    bar = tqdm(range(p.total_steps), desc=f"sweep {p.task.name} stacked x{run.K}", disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(
+        range(p.total_steps),
+        desc=f"sweep {p.task.name} stacked x{run.K}",
+        disable=not (progress and sys.stderr.isatty()),
+    )
     t0 = time.time()
     for step in bar:
         micro, n_input = step_batch(p, step)
         loss, grad_norm = run.step(micro, [f(step) for f in factors])
         n_target = torch.stack([(y >= 0).sum() for _, y in micro]).sum()
-        values = torch.cat([loss, grad_norm.to(loss), n_target.to(loss)[None]]).tolist()  # one wait for the device per step
+        values = torch.cat(
+            [loss, grad_norm.to(loss), n_target.to(loss)[None]]
+        ).tolist()  # one wait for the device per step
         loss_k, norm_k, n_target = values[: run.K], values[run.K : 2 * run.K], values[-1]
         losses.append(loss_k)
         tokens.append((tokens[-1] if tokens else 0) + int(n_target))
@@ -142,8 +160,18 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         for k, c in enumerate(cfgs):
             if k in stopped:
                 continue
-            log_step(logs[k], c, step, p.total_steps, {"loss": loss_k[k], "lr": run.optimizers[k].param_groups[0]["lr"],
-                                                        "grad_norm": norm_k[k], "tokens": tokens[-1]})
+            log_step(
+                logs[k],
+                c,
+                step,
+                p.total_steps,
+                {
+                    "loss": loss_k[k],
+                    "lr": run.optimizers[k].param_groups[0]["lr"],
+                    "grad_norm": norm_k[k],
+                    "tokens": tokens[-1],
+                },
+            )
             if not math.isfinite(loss_k[k]):
                 stopped[k] = {n: t.clone() for n, t in run.state_dict(k).items()}
         bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in loss_k))
@@ -160,7 +188,9 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
     return out
 
 
-def sweep_stacked(p: Prepared, cfgs: Sequence[FinetuneConfig], before: dict | None, results: Path, progress: bool = True) -> list[dict]:
+def sweep_stacked(
+    p: Prepared, cfgs: Sequence[FinetuneConfig], before: dict | None, results: Path, progress: bool = True
+) -> list[dict]:
     """Train ``cfgs`` (one per LR) in one stack from ``p.model``'s weights, then evaluate and record each; returns their rows."""
     t0 = time.time()
     for c in cfgs:
@@ -170,8 +200,16 @@ def sweep_stacked(p: Prepared, cfgs: Sequence[FinetuneConfig], before: dict | No
     rows = []
     for c, (stats, weights) in zip(cfgs, trained):
         p.model.load_state_dict(weights)
-        rows.append(finish_run(replace(p, cfg=c), stats, before, results, setup + stats["train_seconds"],
-                               extra={"stacked": True, "stack_size": len(cfgs)}))
+        rows.append(
+            finish_run(
+                replace(p, cfg=c),
+                stats,
+                before,
+                results,
+                setup + stats["train_seconds"],
+                extra={"stacked": True, "stack_size": len(cfgs)},
+            )
+        )
     return rows
 
 
@@ -196,9 +234,24 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     elif cfg.eval_before:
         t0 = time.time()
         before = evaluate_all(p)
-        append_row(results, {"kind": "base", **prov, "checkpoint_ref": cfg.checkpoint, "task": p.task.name, "task_type": p.task.type,
-                             "template": p.task.template, "seed": cfg.seed, "config_hash": key[-1], **flatten_metrics(before),
-                             "metrics": before, "tags": dict(cfg.tags), "wall_s": time.time() - t0, "time": time.time()})
+        append_row(
+            results,
+            {
+                "kind": "base",
+                **prov,
+                "checkpoint_ref": cfg.checkpoint,
+                "task": p.task.name,
+                "task_type": p.task.type,
+                "template": p.task.template,
+                "seed": cfg.seed,
+                "config_hash": key[-1],
+                **flatten_metrics(before),
+                "metrics": before,
+                "tags": dict(cfg.tags),
+                "wall_s": time.time() - t0,
+                "time": time.time(),
+            },
+        )
 
     done = {r["lr"]: r for r in mine if r.get("kind") == "finetune" and not r.get("selected")}
     rows = {lr: next((r for d, r in done.items() if _same_lr(d, lr)), None) for lr in lrs}
@@ -206,14 +259,21 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     todo = [lr for lr in lrs if rows[lr] is None]
     if cfg.stacked and todo:
         if progress:
-            print(f"sweep {p.task.name}: {len(todo)} of {len(lrs)} LRs in one stacked pass ({', '.join(f'{lr:.3g}' for lr in todo)})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"sweep {p.task.name}: {len(todo)} of {len(lrs)} LRs in one stacked pass ({', '.join(f'{lr:.3g}' for lr in todo)})",
+                file=sys.stderr,
+                flush=True,
+            )
         p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
         rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
     else:
         for i, lr in enumerate(lrs):
             if progress:
-                print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if rows[lr] else ''}", file=sys.stderr, flush=True)
+                print(
+                    f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if rows[lr] else ''}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if rows[lr] is None:
                 p.model.load_state_dict(base_state)
                 c = run_cfg(lr)
@@ -231,7 +291,11 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
 
 def add_arguments(p):
     p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ or a YAML path")
-    p.add_argument("overrides", nargs="*", help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, stacked=true, ...")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, stacked=true, ...",
+    )
 
 
 def run(args) -> int:
@@ -241,7 +305,11 @@ def run(args) -> int:
     print(f"sweep {chosen['task']} on {chosen['checkpoint']} ({len(rows) - 1} LRs)")
     for r in rows[:-1]:
         mark = " *" if _same_lr(r["lr"], chosen["lr"]) else "  "
-        print(f"{mark} lr {r['lr']:<9.3g} val ID ppl {fmt(r.get('val_id_ppl'))}  test ID ppl {fmt(r.get('test_id_ppl'))}  "
-              f"test acc {fmt(r.get('test_acc'))}  C4 ppl {fmt(r.get('c4_ppl_after'))}{'  DIVERGED' if r.get('diverged') else ''}")
-    print(f"selected lr {chosen['lr']:.3g} by validation ID perplexity; rows in {Path(rows[-1]['run_dir']).parent / RESULTS_FILE}")
+        print(
+            f"{mark} lr {r['lr']:<9.3g} val ID ppl {fmt(r.get('val_id_ppl'))}  test ID ppl {fmt(r.get('test_id_ppl'))}  "
+            f"test acc {fmt(r.get('test_acc'))}  C4 ppl {fmt(r.get('c4_ppl_after'))}{'  DIVERGED' if r.get('diverged') else ''}"
+        )
+    print(
+        f"selected lr {chosen['lr']:.3g} by validation ID perplexity; rows in {Path(rows[-1]['run_dir']).parent / RESULTS_FILE}"
+    )
     return 0

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from overtrain.config import (
+from ..core.config import (
     CONFIG_ROOT,
     ConfigError,
     atomic_write_text,
@@ -170,7 +169,7 @@ def _results_path(spec: GridSpec, rel: str) -> Path:
 
 def validate_names(spec: GridSpec, where: str) -> None:
     """Unknown model, task or budget: an error before any job starts."""
-    from overtrain.train.model import load_model_spec
+    from ..core.model import load_model_spec
 
     for m in spec.pretrain.models:
         try:
@@ -185,7 +184,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
             raise ConfigError(f"{where}: pretrain.budgets: '{b}' is not a token count (e.g. 4B, 512M, 100K)") from None
     if spec.finetune is not None:
         try:
-            from overtrain.finetune.tasks import list_tasks
+            from ..data.tasks import list_tasks
 
             known = set(list_tasks())
         except ImportError:  # tasks module not installed: skip the check
@@ -193,8 +192,13 @@ def validate_names(spec: GridSpec, where: str) -> None:
         for t in spec.finetune.tasks:
             if known and t not in known and not Path(expand_path(t)).is_file():
                 raise ConfigError(f"{where}: finetune.tasks: unknown task '{t}' (known: {', '.join(sorted(known))})")
-    for stage, path in (("pretrain.config", spec.pretrain.config), ("finetune.config", spec.finetune.config if spec.finetune else None)):
-        if path and not (Path(expand_path(path)).is_file() or (Path.cwd() / path).is_file() or (CONFIG_ROOT.parent / path).is_file()):
+    for stage, path in (
+        ("pretrain.config", spec.pretrain.config),
+        ("finetune.config", spec.finetune.config if spec.finetune else None),
+    ):
+        if path and not (
+            Path(expand_path(path)).is_file() or (Path.cwd() / path).is_file() or (CONFIG_ROOT.parent / path).is_file()
+        ):
             raise ConfigError(f"{where}: {stage}: config file '{path}' not found")
 
 
@@ -208,7 +212,7 @@ def _config_path(path: str) -> str:
 
 def expand(spec: GridSpec) -> list[Job]:
     """All jobs of the grid, in a valid dependency order."""
-    from overtrain.train.model import flops_per_token, load_model_spec
+    from ..core.model import flops_per_token, load_model_spec
 
     root = Path(expand_path(spec.results_dir))
     jobs: list[Job] = []
@@ -231,16 +235,30 @@ def expand(spec: GridSpec) -> list[Job]:
         tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
         run_id = f"{model}_{_fmt_tokens(tokens)}{tag}"
         run_dir = root / "pretrain" / run_id
-        argv = ["pretrain", pre_cfg, f"model={model}", f"budget_tokens={tokens}", f"run_dir={run_dir}", f"data.dir={data_dir}"]
+        argv = [
+            "pretrain",
+            pre_cfg,
+            f"model={model}",
+            f"budget_tokens={tokens}",
+            f"run_dir={run_dir}",
+            f"data.dir={data_dir}",
+        ]
         # Token marks come from the grid alone (a base config's own marks would not be swept).
         marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens]
         argv.append(_ov("checkpoint.at_tokens", marks))
         argv += list(pre.overrides) + [_ov(k, v) for k, v in axes.items()]
         mspec = load_model_spec(model)
         jobs.append(
-            Job(f"pretrain/{run_id}", "pretrain", argv, list(data_after), run_dir / "summary.json",
-                flops=float(flops_per_token(mspec)) * tokens, nproc=pre.gpus,
-                info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks})
+            Job(
+                f"pretrain/{run_id}",
+                "pretrain",
+                argv,
+                list(data_after),
+                run_dir / "summary.json",
+                flops=float(flops_per_token(mspec)) * tokens,
+                nproc=pre.gpus,
+                info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks},
+            )
         )
     pre_jobs = [j for j in jobs if j.kind == "pretrain"]
 
@@ -264,9 +282,16 @@ def expand(spec: GridSpec) -> list[Job]:
                 argv += list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
                 argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
                 jobs.append(
-                    Job(f"sweep/{sid}", "sweep", argv, [pj.id], root / "state" / f"sweep__{sid}.done", mark_done=True,
+                    Job(
+                        f"sweep/{sid}",
+                        "sweep",
+                        argv,
+                        [pj.id],
+                        root / "state" / f"sweep__{sid}.done",
+                        mark_done=True,
                         flops=float(flops_per_token(mspec)) * ft.train_tokens_estimate * n_lrs,
-                        info={"task": task, "checkpoint": ck, "run_dir": str(sdir)})
+                        info={"task": task, "checkpoint": ck, "run_dir": str(sdir)},
+                    )
                 )
 
     if spec.perturb is not None and spec.perturb.gammas:
@@ -274,13 +299,33 @@ def expand(spec: GridSpec) -> list[Job]:
         for pj in pre_jobs:
             mspec = load_model_spec(pj.info["model"])
             pdir = root / "perturb" / pj.id.split("/", 1)[1]
-            argv = ["perturb", pj.info["run_dir"], "--gammas", ",".join(str(g) for g in pt.gammas),
-                    "--seeds", ",".join(str(s) for s in pt.seeds), "--c4", str(data_dir),
-                    "--val-tokens", str(pt.val_tokens), "--results", str(pdir / "results.jsonl")]
+            argv = [
+                "perturb",
+                pj.info["run_dir"],
+                "--gammas",
+                ",".join(str(g) for g in pt.gammas),
+                "--seeds",
+                ",".join(str(s) for s in pt.seeds),
+                "--c4",
+                str(data_dir),
+                "--val-tokens",
+                str(pt.val_tokens),
+                "--results",
+                str(pdir / "results.jsonl"),
+            ]
             argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in pj.info["axes"].items()]
             fwd = float(flops_per_token(mspec)) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
-            jobs.append(Job(f"perturb/{pdir.name}", "perturb", argv, [pj.id], root / "state" / f"perturb__{pdir.name}.done",
-                            flops=fwd, mark_done=True))
+            jobs.append(
+                Job(
+                    f"perturb/{pdir.name}",
+                    "perturb",
+                    argv,
+                    [pj.id],
+                    root / "state" / f"perturb__{pdir.name}.done",
+                    flops=fwd,
+                    mark_done=True,
+                )
+            )
 
     for ej in spec.extra_jobs:
         done = _results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
@@ -288,7 +333,9 @@ def expand(spec: GridSpec) -> list[Job]:
 
     if spec.report:
         every = [j.id for j in jobs]
-        jobs.append(Job("report", "report", ["report", str(root), "--out", str(root / "report")], every, None))  # always rerun
+        jobs.append(
+            Job("report", "report", ["report", str(root), "--out", str(root / "report")], every, None)
+        )  # always rerun
     return toposort(jobs)
 
 
@@ -311,7 +358,7 @@ def toposort(jobs: list[Job]) -> list[Job]:
         if s == 2:
             return
         if s == 1:
-            cycle = path[path.index(j.id):] + [j.id]
+            cycle = path[path.index(j.id) :] + [j.id]
             raise ConfigError(f"grid: dependency cycle: {' -> '.join(cycle)}")
         state[j.id] = 1
         for d in j.after:
@@ -348,8 +395,12 @@ def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Pa
                 f"('{old.get('name')}' from {old.get('grid_file')}); use another results_dir, or --force"
             )
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, json.dumps({"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp,
-                                          "spec": to_dict(spec)}, indent=2))
+    atomic_write_text(
+        marker,
+        json.dumps(
+            {"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp, "spec": to_dict(spec)}, indent=2
+        ),
+    )
     return root
 
 
@@ -369,9 +420,14 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
     total = sum(j.flops for j in jobs)
     for k in kinds.values():
         k["gpu_hours"] = gpu_hours(k["flops"], spec.hardware)
-    return {"grid": spec.name, "jobs": len(jobs), "by_kind": kinds, "flops": total,
-            "gpu_hours": gpu_hours(total, spec.hardware),
-            "hardware": to_dict(spec.hardware)}
+    return {
+        "grid": spec.name,
+        "jobs": len(jobs),
+        "by_kind": kinds,
+        "flops": total,
+        "gpu_hours": gpu_hours(total, spec.hardware),
+        "hardware": to_dict(spec.hardware),
+    }
 
 
 def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
@@ -388,8 +444,10 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
     print(f"grid '{spec.name}': {s['jobs']} jobs")
     for kind, k in s["by_kind"].items():
         print(f"  {kind:<9} {k['jobs']:>5} jobs  {k['flops']:.3e} FLOPs  {k['gpu_hours']:>10.1f} GPU-hours")
-    print(f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
-          f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)")
+    print(
+        f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
+        f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)"
+    )
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -398,7 +456,16 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
 def _command(job: Job, gpus: int) -> list[str]:
     nproc = job.nproc or gpus
     if job.kind == "pretrain" and nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "overtrain", *job.argv]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "overtrain",
+            *job.argv,
+        ]
     return [sys.executable, "-m", "overtrain", *job.argv]
 
 
@@ -458,7 +525,13 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             log.flush()
             print(f"  start {j.id}" + (f" (GPU {gpu})" if gpu is not None else ""), flush=True)
-            running[j.id] = (j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), gpu, log)
+            running[j.id] = (
+                j,
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                time.time(),
+                gpu,
+                log,
+            )
             pending.remove(j)
             if j.kind in EXCLUSIVE:
                 exclusive_running = True
@@ -540,31 +613,50 @@ def write_slurm(spec: GridSpec, jobs: list[Job], out: Path, nodes: int, gpus: in
     pre = [j for j in jobs if j.kind == "pretrain"]
     for j in pre:
         p = out / f"pretrain_{j.id.split('/', 1)[1]}.sbatch"
-        atomic_write_text(p, SLURM_PRETRAIN.format(name=f"pt-{j.id.split('/', 1)[1]}", nodes=nodes, gpus=gpus, cpus=8 * gpus,
-                                                   time=time_limit, logs=logs, args=shlex.join(j.argv)))
+        atomic_write_text(
+            p,
+            SLURM_PRETRAIN.format(
+                name=f"pt-{j.id.split('/', 1)[1]}",
+                nodes=nodes,
+                gpus=gpus,
+                cpus=8 * gpus,
+                time=time_limit,
+                logs=logs,
+                args=shlex.join(j.argv),
+            ),
+        )
         written.append(p)
     array = [j for j in jobs if j.kind in ("sweep", "perturb")]
     if array:
         joblist = out / "finetune_jobs.txt"
         atomic_write_text(joblist, "".join(shlex.join(j.argv) + "\n" for j in array))
         p = out / "finetune_array.sbatch"
-        atomic_write_text(p, SLURM_ARRAY.format(name=f"{spec.name}-ft", last=len(array) - 1, time=time_limit, logs=logs,
-                                                joblist=joblist, path=p))
+        atomic_write_text(
+            p,
+            SLURM_ARRAY.format(
+                name=f"{spec.name}-ft", last=len(array) - 1, time=time_limit, logs=logs, joblist=joblist, path=p
+            ),
+        )
         written += [joblist, p]
     prep = [j for j in jobs if j.kind == "prepare"]
-    lines = ["#!/bin/bash", f"# Submit the whole grid '{spec.name}' in dependency order.", "set -euo pipefail", "cd \"$(dirname \"$0\")\""]
+    lines = [
+        "#!/bin/bash",
+        f"# Submit the whole grid '{spec.name}' in dependency order.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+    ]
     dep = ""
     if prep:
         lines.append(f"python -m overtrain {shlex.join(prep[0].argv)}")
     ids = []
     for j in pre:
-        lines.append(f"id=$(sbatch --parsable pretrain_{j.id.split('/', 1)[1]}.sbatch); ids=\"$ids:$id\"")
+        lines.append(f'id=$(sbatch --parsable pretrain_{j.id.split("/", 1)[1]}.sbatch); ids="$ids:$id"')
         ids.append(j.id)
     if array:
         dep = "--dependency=afterok$ids " if pre else ""
         lines.append(f"sbatch {dep}finetune_array.sbatch")
     submit = out / "submit.sh"
-    atomic_write_text(submit, "ids=\"\"\n".join(["\n".join(lines[:4]) + "\n", "\n".join(lines[4:]) + "\n"]))
+    atomic_write_text(submit, 'ids=""\n'.join(["\n".join(lines[:4]) + "\n", "\n".join(lines[4:]) + "\n"]))
     os.chmod(submit, 0o755)
     written.append(submit)
     return written
@@ -574,7 +666,11 @@ def write_slurm(spec: GridSpec, jobs: list[Job], out: Path, nodes: int, gpus: in
 
 
 def add_arguments(p) -> None:
-    p.add_argument("action", choices=["plan", "run", "slurm"], help="plan: list jobs and compute; run: run them here; slurm: write sbatch files")
+    p.add_argument(
+        "action",
+        choices=["plan", "run", "slurm"],
+        help="plan: list jobs and compute; run: run them here; slurm: write sbatch files",
+    )
     p.add_argument("grid", help="grid YAML (a path, or a name in configs/grids/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the grid file")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible CUDA devices, 0 on CPU)")

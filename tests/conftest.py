@@ -6,9 +6,8 @@ import os
 
 import pytest
 import torch
-
 from overtrain import cli
-from overtrain.config import data_root
+from overtrain.core.config import data_root
 
 C4 = data_root() / "c4"
 
@@ -30,8 +29,17 @@ def pytest_configure(config):
 def small_c4(tmp_path_factory):
     """A prepared C4 dir from real data: 40 training documents, 10 held-out validation ones."""
     out = tmp_path_factory.mktemp("c4") / "prepared"
-    argv = ["prepare-data", "--out", str(out), "--train", str(C4 / "c4-sample.00000-of-00001.json.gz"),
-            "--val", str(C4 / "c4-sample.01.json.gz"), "--max-docs", "40"]
+    argv = [
+        "prepare-data",
+        "--out",
+        str(out),
+        "--train",
+        str(C4 / "c4-sample.00000-of-00001.json.gz"),
+        "--val",
+        str(C4 / "c4-sample.01.json.gz"),
+        "--max-docs",
+        "40",
+    ]
     assert cli.main(argv) == 0
     return out
 

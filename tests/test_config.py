@@ -5,8 +5,7 @@ from typing import Literal
 
 import pytest
 import yaml
-
-from overtrain.config import ConfigError, atomic_write_text, load_config, parse_count, save_config
+from overtrain.core.config import ConfigError, atomic_write_text, load_config, parse_count, save_config
 
 
 @dataclass
@@ -39,26 +38,40 @@ def write(tmp_path, data, name="run.yaml"):
 
 def test_unknown_keys_name_file_and_dotted_field_with_suggestion(tmp_path):
     p = write(tmp_path, {"run_dir": "x", "budget_tokem": 5})
-    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key 'budget_tokem' \(did you mean 'budget_tokens'\?\)") as e:
+    with pytest.raises(
+        ConfigError, match=r"run\.yaml: unknown key 'budget_tokem' \(did you mean 'budget_tokens'\?\)"
+    ) as e:
         load_config(Run, p)
     assert e.value.field == "budget_tokem"
     p = write(tmp_path, {"run_dir": "x", "optim": {"warmup_step": 5}})
-    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key 'optim\.warmup_step' \(did you mean 'warmup_steps'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"run\.yaml: unknown key 'optim\.warmup_step' \(did you mean 'warmup_steps'\?\)"
+    ):
         load_config(Run, p)
 
 
 def test_errors_from_overrides_blame_the_command_line(tmp_path):
     p = write(tmp_path, {"run_dir": "x"})
-    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key 'optim\.lrr' \(did you mean 'lr'\?\).* \(from command-line override 'optim\.lrr=1'\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run\.yaml: unknown key 'optim\.lrr' \(did you mean 'lr'\?\).* \(from command-line override 'optim\.lrr=1'\)$",
+    ):
         load_config(Run, p, ["optim.lrr=1"])
-    with pytest.raises(ConfigError, match=r"run\.yaml: seed: expected an integer, got 'abc' \(from command-line override 'seed=abc'\)$"):
+    with pytest.raises(
+        ConfigError, match=r"run\.yaml: seed: expected an integer, got 'abc' \(from command-line override 'seed=abc'\)$"
+    ):
         load_config(Run, p, ["seed=2", "seed=abc"])
     with pytest.raises(ConfigError, match=r"bad\.yaml: seed: expected an integer, got 'abc'$"):  # the file's fault
         load_config(Run, write(tmp_path, {"run_dir": "x", "seed": "abc"}, "bad.yaml"), ["optim.lr=1"])
     # A cross-field (validate) error names the file and the overrides in play.
-    with pytest.raises(ConfigError, match=r"run\.yaml: budget_tokens=-3 must be >= 0 \(with command-line overrides: budget_tokens=-3\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run\.yaml: budget_tokens=-3 must be >= 0 \(with command-line overrides: budget_tokens=-3\)$",
+    ):
         load_config(Run, p, ["budget_tokens=-3"])
-    with pytest.raises(ConfigError, match=r"^command line: unknown key 'rundir'.* \(from command-line override 'rundir=x'\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^command line: unknown key 'rundir'.* \(from command-line override 'rundir=x'\)$"
+    ):
         load_config(Run, None, ["rundir=x"])
 
 
@@ -88,14 +101,27 @@ def test_missing_required_field_and_bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_config(Run, tmp_path / "bad.yaml")
-    with pytest.raises(ConfigError, match=r"olmo-15x: no such file and no config named so in configs/models/ \(known: .*olmo-15m"):
+    with pytest.raises(
+        ConfigError, match=r"olmo-15x: no such file and no config named so in configs/models/ \(known: .*olmo-15m"
+    ):
         load_config(Run, "olmo-15x", kind="models")
 
 
 def test_dotted_overrides_are_typed_and_nested(tmp_path):
     p = write(tmp_path, {"run_dir": "x", "optim": {"lr": 0.1, "warmup_steps": 7}})
     cfg = load_config(
-        Run, p, ["optim.lr=1e-3", "budget_tokens=4B", "seed=3", "--device=cpu", "compile=yes", "tags=[a, b]", "optim.betas=[0.8,0.9]", "run_dir=/tmp/r"]
+        Run,
+        p,
+        [
+            "optim.lr=1e-3",
+            "budget_tokens=4B",
+            "seed=3",
+            "--device=cpu",
+            "compile=yes",
+            "tags=[a, b]",
+            "optim.betas=[0.8,0.9]",
+            "run_dir=/tmp/r",
+        ],
     )
     assert cfg.optim.lr == 1e-3 and cfg.optim.warmup_steps == 7  # a sibling from the file survives
     assert cfg.budget_tokens == 4_000_000_000 and cfg.seed == 3 and cfg.device == "cpu" and cfg.compile is True
@@ -108,8 +134,18 @@ def test_dotted_overrides_are_typed_and_nested(tmp_path):
 
 @pytest.mark.parametrize(
     "text,value",
-    [("4B", 4 * 10**9), ("128b", 128 * 10**9), ("512M", 512 * 10**6), ("1.5k", 1500), ("1e6", 10**6),
-     ("2_000", 2000), ("1.1B", 1_100_000_000), ("0.25T", 250 * 10**9), (" 42 ", 42), (7, 7)],
+    [
+        ("4B", 4 * 10**9),
+        ("128b", 128 * 10**9),
+        ("512M", 512 * 10**6),
+        ("1.5k", 1500),
+        ("1e6", 10**6),
+        ("2_000", 2000),
+        ("1.1B", 1_100_000_000),
+        ("0.25T", 250 * 10**9),
+        (" 42 ", 42),
+        (7, 7),
+    ],
 )
 def test_parse_count(text, value):
     assert parse_count(text) == value and isinstance(parse_count(text), int)
@@ -128,7 +164,7 @@ def test_save_config_round_trip_is_atomic(tmp_path, monkeypatch):
     assert load_config(Run, path) == cfg  # tuples, None, nested dataclasses survive
     assert sorted(x.name for x in path.parent.iterdir()) == ["config.yaml"]  # no temp file left
 
-    import overtrain.config as config
+    import overtrain.core.config as config
 
     def crash(src, dst):
         raise OSError("disk full")

@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
 from overtrain.cli import main
-from overtrain.config import data_root
+from overtrain.core.config import data_root
+from overtrain.core.model import load_model_spec
+from overtrain.data.tokenizer import load_tokenizer
 from overtrain.train.coord_check import DEFAULT_DATA, c4_batch, log_slope, read_texts, summarize
-from overtrain.train.model import load_model_spec
-from overtrain.train.tokenizer import load_tokenizer
 
 # 4 widths (1 to 8 heads of 16), 3 steps on 2 x 32 real tokens: ~5 s per parametrization on 2 cores.
 # LR 3e-3 (the CLI default): SP's hidden activations grow like width^1..2 by step 3 while muP's stay flat.
@@ -65,9 +64,12 @@ def test_slope_criterion_and_tolerance():
     assert log_slope(widths, [3, 3, 3, 3]) == pytest.approx(0)
     assert log_slope(widths, [1, 2, 4, 8]) == pytest.approx(1)
     assert log_slope(widths, [1, 2, float("nan"), 8]) == float("inf")  # diverged: fails
-    recs = [dict(seed=0, width=w, t=t, module=m, l1=v)
-            for t in (1, 2) for w in widths
-            for m, v in (("transformer.wte", 1.0), ("transformer.blocks.0.ff_out", w**0.5), ("transformer.ff_out", 1 / w))]
+    recs = [
+        dict(seed=0, width=w, t=t, module=m, l1=v)
+        for t in (1, 2)
+        for w in widths
+        for m, v in (("transformer.wte", 1.0), ("transformer.blocks.0.ff_out", w**0.5), ("transformer.ff_out", 1 / w))
+    ]
     losses = [dict(seed=0, width=w, t=t, loss=1.0) for t in (1, 2) for w in widths]
     strict = summarize(recs, losses, widths, 2, tolerance=0.25)
     assert strict["failing"] == ["transformer.blocks.0.ff_out"] and strict["max_slope"] == pytest.approx(0.5)

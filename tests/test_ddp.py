@@ -8,11 +8,9 @@ import sys
 
 import pytest
 import torch
-
-from overtrain.config import REPO_ROOT, load_config
-from overtrain.train.checkpoint import load_model
+from overtrain.core.checkpoint import load_model
+from overtrain.core.config import REPO_ROOT, load_config
 from overtrain.train.pretrain import PretrainConfig, pretrain
-
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +20,21 @@ def data_dir(small_c4):
 
 def overrides(data_dir, run_dir, micro):
     # 6 steps of 4 sequences x 32 tokens; warmup then decay so the LR varies across steps.
-    kw = {"data.dir": data_dir, "run_dir": run_dir, "budget_tokens": 6 * 128, "seq_len": 32, "global_batch_size": 4,
-          "micro_batch_size": micro, "eval.val_tokens": 256, "eval.every_steps": 3, "eval.batch_size": 8,
-          "log.every_steps": 1, "checkpoint.every_steps": 3, "schedule.warmup_tokens": 256, "device": "cpu"}
+    kw = {
+        "data.dir": data_dir,
+        "run_dir": run_dir,
+        "budget_tokens": 6 * 128,
+        "seq_len": 32,
+        "global_batch_size": 4,
+        "micro_batch_size": micro,
+        "eval.val_tokens": 256,
+        "eval.every_steps": 3,
+        "eval.batch_size": 8,
+        "log.every_steps": 1,
+        "checkpoint.every_steps": 3,
+        "schedule.warmup_tokens": 256,
+        "device": "cpu",
+    }
     return [f"{k}={v}" for k, v in kw.items()]
 
 

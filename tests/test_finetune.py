@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from overtrain.cli import main
-from overtrain.config import CheckpointError, ConfigError, DataError, data_root
-from overtrain.evaluate.core import lm_loss
-from overtrain.evaluate.results import read_rows
+from overtrain.core.checkpoint import save_model_checkpoint
+from overtrain.core.config import CheckpointError, ConfigError, DataError, data_root
+from overtrain.core.likelihood import lm_loss
+from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.results import read_rows
+from overtrain.data.encode import collate
 from overtrain.finetune import finetune as ft
-from overtrain.finetune.encode import collate
-from overtrain.train.checkpoint import save_model_checkpoint
-from overtrain.train.model import build_model, load_model_spec
 from tolerances import loglik_rtol
 
 # A few examples, a few steps, a small C4 prefix: seconds on CPU.
@@ -25,13 +24,33 @@ SMALL = ["max_examples={train: 24, validation: 8, test: 8}", "c4_max_tokens=256"
 def make_checkpoint(root: Path, spec=None, step: int = 10) -> Path:
     spec = spec or load_model_spec("tiny")
     model = build_model(spec, seed=0)
-    meta = {"step": step, "tokens": step * 4096, "budget_tokens": step * 4096, "final": True, "lr_decayed": True, "kind": "pretrain"}
+    meta = {
+        "step": step,
+        "tokens": step * 4096,
+        "budget_tokens": step * 4096,
+        "final": True,
+        "lr_decayed": True,
+        "kind": "pretrain",
+    }
     return save_model_checkpoint(root / "checkpoints", step, model, spec, meta)
 
 
 def make_c4(out: Path) -> Path:
     c4 = data_root() / "c4"
-    assert main(["prepare-data", "--train", str(c4 / "c4-sample.02.json.gz"), "--val", str(c4 / "c4-sample.01.json.gz"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--train",
+                str(c4 / "c4-sample.02.json.gz"),
+                "--val",
+                str(c4 / "c4-sample.01.json.gz"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -49,14 +68,26 @@ def test_finetune_cli_runs_evaluates_and_records(env, capsys):
     run_dir = env["root"] / "run"
     assert main(["finetune", "demo", *overrides(env, run_dir, "lr=0.1", "seed=3", "save_weights=true")]) == 0
     (row,) = read_rows(run_dir / "results.jsonl")
-    assert row["kind"] == "finetune" and row["task"] == "rte" and row["template"] == "default" and row["selected"] is False
+    assert (
+        row["kind"] == "finetune" and row["task"] == "rte" and row["template"] == "default" and row["selected"] is False
+    )
     assert row["lr"] == 0.1 and row["seed"] == 3 and row["model"] == "tiny" and row["pretrain_tokens"] == 40960
     assert row["lr_decayed"] is True and row["checkpoint"] == str(env["ckpt"].resolve())
     assert row["steps"] == 3 and row["train_examples"] == 24 and row["train_tokens"] == 24  # one label token each
     assert row["n_examples"] == {"train": 24, "validation": 8, "test": 8}
     assert sum(row["truncated"].values()) > 0  # RTE prompts exceed the tiny model's 128-token context
-    for key in ("val_id_ppl", "test_id_ppl", "val_acc", "test_acc", "val_label_token_acc", "c4_ppl_before", "c4_ppl_after",
-                "val_id_ppl_before", "test_id_ppl_before", "id_ppl_before"):
+    for key in (
+        "val_id_ppl",
+        "test_id_ppl",
+        "val_acc",
+        "test_acc",
+        "val_label_token_acc",
+        "c4_ppl_before",
+        "c4_ppl_after",
+        "val_id_ppl_before",
+        "test_id_ppl_before",
+        "id_ppl_before",
+    ):
         assert isinstance(row[key], float), key
     assert row["c4_ppl_after"] != row["c4_ppl_before"] and row["c4_tokens"] == 256
     # The loss is on the label token only: from ~ln(50304) at init it drops fast at this LR.
@@ -68,8 +99,25 @@ def test_finetune_cli_runs_evaluates_and_records(env, capsys):
     # The saved weights evaluate to exactly the row's after-metrics; the base checkpoint to its before-metrics.
     out = env["root"] / "eval.jsonl"
     for ckpt in (run_dir, env["ckpt"]):
-        assert main(["evaluate", str(ckpt), "--tasks", "rte", "--c4", str(env["c4"]), "--c4-max-tokens", "256", "--max-examples", "8",
-                     "--results", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(ckpt),
+                    "--tasks",
+                    "rte",
+                    "--c4",
+                    str(env["c4"]),
+                    "--c4-max-tokens",
+                    "256",
+                    "--max-examples",
+                    "8",
+                    "--results",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     after, base = read_rows(out)
     assert after["kind"] == "eval" and after["checkpoint_kind"] == "finetune" and base["kind"] == "base"
     # The same weights and examples in other batch shapes: perplexities agree on the log scale to

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from test_hf import c4_docs, hf_model, make_checkpoint  # noqa: E402  (also sets up transformers)
-
 from overtrain.cli import main as cli
+from overtrain.core.checkpoint import load_model
+from overtrain.data.tokenizer import load_tokenizer
 from overtrain.evaluate.generate import generate, prompt_ids_for
-from overtrain.train.checkpoint import load_model
 from overtrain.train.hf import export_hf
-from overtrain.train.tokenizer import load_tokenizer
+from test_hf import c4_docs, hf_model, make_checkpoint  # noqa: E402  (also sets up transformers)
 
 NEW = 24
 
@@ -35,8 +33,12 @@ def test_greedy_matches_transformers(run):
     theirs = hf_model(export)
     for ids in prompts(spec):
         ours = generate(model, ids, NEW, spec.vocab_size, stop_ids=(spec.eos_token_id,))
-        ref = theirs.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                              max_new_tokens=NEW, do_sample=False)[0, len(ids):].tolist()
+        ref = theirs.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=NEW,
+            do_sample=False,
+        )[0, len(ids) :].tolist()
         assert ours == ref
         assert len(set(ours)) > 3  # not a degenerate repetition: the match says something
 
@@ -59,10 +61,31 @@ def test_cli(run, capsys):
     assert cli(["generate", str(path), "--prompt", "The weather today", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
     assert "=== prompt 1" in out and "The weather today" in out and "greedy" in out
-    assert cli(["generate", str(path), "--task", "rte", "--n", "1", "--temperature", "0.8", "--top-k", "20", "--max-new-tokens", "3"]) == 0
+    assert (
+        cli(
+            [
+                "generate",
+                str(path),
+                "--task",
+                "rte",
+                "--n",
+                "1",
+                "--temperature",
+                "0.8",
+                "--top-k",
+                "20",
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "--- gold" in out and "Answer:" in out and "temperature 0.8, top-k 20" in out
-    for bad, msg in [([], "either --prompt"), (["--prompt", "x", "--top-k", "5"], "--top-k applies to sampling"),
-                     (["--prompt", "x", "--max-new-tokens", "256"], "below the model's context")]:
+    for bad, msg in [
+        ([], "either --prompt"),
+        (["--prompt", "x", "--top-k", "5"], "--top-k applies to sampling"),
+        (["--prompt", "x", "--max-new-tokens", "256"], "below the model's context"),
+    ]:
         assert cli(["generate", str(path), *bad]) == 2
         assert msg in capsys.readouterr().err

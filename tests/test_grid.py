@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from overtrain.cli import main
-from overtrain.config import CONFIG_ROOT, ConfigError
+from overtrain.core.config import CONFIG_ROOT, ConfigError
 from overtrain.launch.grid import claim_results_dir, expand, load_grid, plan_summary
 
 PAPER = str(CONFIG_ROOT / "grids" / "paper.yaml")
@@ -23,7 +22,7 @@ def _write(tmp_path: Path, data: dict, name: str = "grid.yaml") -> str:
 
 
 def test_paper_plan_job_counts():
-    spec = load_grid(PAPER, [f"results_dir=/tmp/overtrain-plan-test"])
+    spec = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
     jobs = expand(spec)
     kinds = [j.kind for j in jobs]
     n_tasks = len(spec.finetune.tasks)
@@ -55,8 +54,14 @@ def test_plan_cli_json(capsys):
 
 
 def test_axes_multiply_jobs_and_reach_commands(tmp_path):
-    spec = load_grid(DEMO, [f"results_dir={tmp_path}", "pretrain.axes={optim.lr: [0.001, 0.003]}",
-                            "finetune.axes={template: [default, instruction]}"])
+    spec = load_grid(
+        DEMO,
+        [
+            f"results_dir={tmp_path}",
+            "pretrain.axes={optim.lr: [0.001, 0.003]}",
+            "finetune.axes={template: [default, instruction]}",
+        ],
+    )
     jobs = expand(spec)
     pre = [j for j in jobs if j.kind == "pretrain"]
     sweeps = [j for j in jobs if j.kind == "sweep"]
@@ -82,7 +87,15 @@ def test_intermediate_checkpoints_are_swept(tmp_path):
         ({"pretrain": {"models": ["olmo-7b"]}}, "unknown model 'olmo-7b'"),
         ({"pretrain": {"budgets": ["lots"]}}, "'lots' is not a token count"),
         ({"pretrain": {"modles": ["tiny"]}}, "unknown key 'pretrain.modles'"),
-        ({"extra_jobs": [{"id": "a", "command": ["info", "tiny"], "after": ["b"]}, {"id": "b", "command": ["info", "tiny"], "after": ["a"]}]}, "dependency cycle"),
+        (
+            {
+                "extra_jobs": [
+                    {"id": "a", "command": ["info", "tiny"], "after": ["b"]},
+                    {"id": "b", "command": ["info", "tiny"], "after": ["a"]},
+                ]
+            },
+            "dependency cycle",
+        ),
         ({"extra_jobs": [{"id": "a", "command": ["info", "tiny"], "after": ["nope"]}]}, "depends on 'nope'"),
     ],
 )
@@ -113,7 +126,9 @@ def test_results_dir_of_another_grid_is_refused(tmp_path):
 
 
 def test_slurm_files(tmp_path):
-    assert main(["grid", "slurm", PAPER, f"results_dir={tmp_path}", "--out", str(tmp_path / "slurm"), "--nodes", "2"]) == 0
+    assert (
+        main(["grid", "slurm", PAPER, f"results_dir={tmp_path}", "--out", str(tmp_path / "slurm"), "--nodes", "2"]) == 0
+    )
     files = sorted(p.name for p in (tmp_path / "slurm").iterdir())
     assert "submit.sh" in files and "finetune_array.sbatch" in files
     assert sum(f.startswith("pretrain_") for f in files) == 18

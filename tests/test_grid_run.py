@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import yaml
-
-from overtrain.config import data_root
-from overtrain.evaluate.results import read_rows
+from overtrain.core.config import data_root
+from overtrain.core.results import read_rows
 
 
 def _grid(tmp_path: Path) -> Path:
@@ -21,14 +20,31 @@ def _grid(tmp_path: Path) -> Path:
     grid = {
         "name": "kill-test",
         "results_dir": str(tmp_path / "results"),
-        "prepare": {"train": [str(c4 / "c4-sample.00000-of-00001.json.gz")],
-                    "val": [str(c4 / "c4-sample.01.json.gz"), str(c4 / "c4-sample.02.json.gz")],
-                    "out": "data/c4"},
-        "pretrain": {"config": "configs/pretrain/demo.yaml", "models": ["tiny"], "budgets": ["8K", "16K"],
-                     "overrides": ["global_batch_size=8", "micro_batch_size=8", "seq_len=64", "schedule.warmup_tokens=1K",
-                                   "eval.every_steps=1000", "eval.val_tokens=2K", "checkpoint.every_steps=1000"]},
-        "finetune": {"config": "configs/finetune/demo.yaml", "tasks": ["rte"], "lrs": [1.0e-4, 1.0e-3],
-                     "overrides": ["max_examples={train: 16, validation: 16, test: 16}", "c4_max_tokens=1024"]},
+        "prepare": {
+            "train": [str(c4 / "c4-sample.00000-of-00001.json.gz")],
+            "val": [str(c4 / "c4-sample.01.json.gz"), str(c4 / "c4-sample.02.json.gz")],
+            "out": "data/c4",
+        },
+        "pretrain": {
+            "config": "configs/pretrain/demo.yaml",
+            "models": ["tiny"],
+            "budgets": ["8K", "16K"],
+            "overrides": [
+                "global_batch_size=8",
+                "micro_batch_size=8",
+                "seq_len=64",
+                "schedule.warmup_tokens=1K",
+                "eval.every_steps=1000",
+                "eval.val_tokens=2K",
+                "checkpoint.every_steps=1000",
+            ],
+        },
+        "finetune": {
+            "config": "configs/finetune/demo.yaml",
+            "tasks": ["rte"],
+            "lrs": [1.0e-4, 1.0e-3],
+            "overrides": ["max_examples={train: 16, validation: 16, test: 16}", "c4_max_tokens=1024"],
+        },
         "perturb": {"gammas": [0.5], "seeds": [0], "val_tokens": 1024},
         "hardware": {"name": "CPU", "peak_tflops": 0.1, "mfu": 0.3},
     }
@@ -39,8 +55,16 @@ def _grid(tmp_path: Path) -> Path:
 
 def _run(grid: Path, cwd: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "overtrain", "grid", "run", str(grid)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "overtrain", "grid", "run", str(grid)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from overtrain.cli import main as cli
-from overtrain.config import CheckpointError, ConfigError, data_root
+from overtrain.core.checkpoint import load_model, save_model_checkpoint
+from overtrain.core.config import CheckpointError, ConfigError, data_root
+from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.step import remember_initial_lrs, train_step
+from overtrain.data.tokenizer import load_tokenizer
 from overtrain.train import hf as hf_mod  # first: makes transformers importable beside a broken torchvision
-from overtrain.train.checkpoint import load_model, save_model_checkpoint
-from overtrain.train.model import build_model, load_model_spec
-from overtrain.train.step import remember_initial_lrs, train_step
-from overtrain.train.tokenizer import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -37,7 +36,7 @@ def c4_docs(n: int = 10) -> list[str]:
         return [json.loads(line)["text"] for line in f][:n]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def c4_tokens(n_docs: int = 10) -> np.ndarray:
     """C4 documents tokenized as prepare-data does: EOS after every document (read-only: cached)."""
     tok = load_tokenizer()
@@ -61,8 +60,16 @@ def make_checkpoint(root: Path, parametrization: str = "mup", kind: str = "pretr
     for i in range(steps):
         w = tokens[i * SEQ : (i + 1) * SEQ + 1].unsqueeze(0)
         train_step(model, opt, [(w[:, :-1], w[:, 1:])], lr_factor=1.0)
-    meta = {"step": steps, "tokens": steps * SEQ, "budget_tokens": steps * SEQ, "final": True, "lr_decayed": False,
-            "kind": kind, "run_dir": str(root), "seed": 0}
+    meta = {
+        "step": steps,
+        "tokens": steps * SEQ,
+        "budget_tokens": steps * SEQ,
+        "final": True,
+        "lr_decayed": False,
+        "kind": kind,
+        "run_dir": str(root),
+        "seed": 0,
+    }
     save_model_checkpoint(root / "checkpoints", steps, model, spec, meta)
     return root
 
@@ -90,7 +97,13 @@ def runs(tmp_path_factory):
 def test_export_reproduces_logits(runs, tmp_path, case):
     out = tmp_path / "export"
     assert cli(["export-hf", str(runs[case]), str(out)]) == 0
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
         assert (out / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
     config = json.loads((out / "config.json").read_text())

@@ -2,7 +2,7 @@
 on an export agree with the framework's own class scores and C4 perplexity.
 
 RTE requests are the framework's (configs/tasks/rte.yaml; its test split is GLUE's validation
-set): context = [EOS] + tokens(prompt) (``overtrain.finetune.encode``), given to lm-eval as the
+set): context = [EOS] + tokens(prompt) (``overtrain.data.encode``), given to lm-eval as the
 text "<|endoftext|>" + prompt, which its tokenizer maps to the same ids (asserted).
 """
 
@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from test_hf import c4_tokens, hf_model, make_checkpoint  # noqa: E402  (also sets up transformers)
-
-from overtrain.evaluate.core import perplexity, windows
-from overtrain.evaluate.metrics import class_logprobs
-from overtrain.finetune.encode import encode_split
-from overtrain.finetune.tasks import load_task
-from overtrain.train.checkpoint import load_model
+from overtrain.core.checkpoint import load_model
+from overtrain.core.likelihood import perplexity, windows
+from overtrain.data.encode import encode_split
+from overtrain.data.tasks import load_task
+from overtrain.data.tokenizer import EOS_TOKEN, load_tokenizer
+from overtrain.evaluate.task_metrics import class_logprobs
 from overtrain.train.hf import export_hf
-from overtrain.train.tokenizer import EOS_TOKEN, load_tokenizer
+from test_hf import c4_tokens, hf_model, make_checkpoint  # noqa: E402  (also sets up transformers)
 
 N_EXAMPLES = 20
 

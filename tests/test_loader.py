@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-
-from overtrain.train.loader import Prefetcher, WindowLoader, epoch_permutation
+from overtrain.data.loader import Prefetcher, WindowLoader, epoch_permutation
 
 L = 8
 
@@ -36,7 +35,9 @@ def test_windows_are_stride_L_with_one_token_overlap():
 
 def test_permutation_matches_numpy_definition():
     for seed, epoch, n in [(0, 0, 37), (3, 5, 1000), (12345, 1, 7)]:
-        np.testing.assert_array_equal(epoch_permutation(seed, epoch, n), np.random.default_rng([seed, epoch]).permutation(n))
+        np.testing.assert_array_equal(
+            epoch_permutation(seed, epoch, n), np.random.default_rng([seed, epoch]).permutation(n)
+        )
 
 
 def test_order_depends_on_seed_only():
@@ -67,7 +68,9 @@ def test_epochs_cover_every_window_once_and_are_reshuffled():
 def test_ranks_take_disjoint_contiguous_shares_of_the_global_batch(world):
     tokens = corpus()
     one = WindowLoader(tokens, L, global_batch=8, micro_batch=2, seed=7)
-    ranks = [WindowLoader(tokens, L, global_batch=8, micro_batch=2, seed=7, rank=r, world_size=world) for r in range(world)]
+    ranks = [
+        WindowLoader(tokens, L, global_batch=8, micro_batch=2, seed=7, rank=r, world_size=world) for r in range(world)
+    ]
     for step in (0, 3, 9):
         parts = [rows_of(r, step) for r in ranks]
         assert all(len(p) == 8 // world for p in parts)

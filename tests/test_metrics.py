@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from overtrain.config import DataError
-from overtrain.evaluate.evaluate import check_tokenizer, encode_task, evaluate_encoded, load_task
-from overtrain.evaluate.metrics import class_logprobs, classification_metrics_from_scores, task_metrics
-from overtrain.finetune.encode import EncodedSplit, collate, encode_split, training_pair
-from overtrain.train.model import build_model, load_model_spec
+from overtrain.core.config import DataError
+from overtrain.core.model import build_model, load_model_spec
+from overtrain.data.encode import EncodedSplit, collate, encode_split, encode_task, training_pair
+from overtrain.data.tasks import load_task
+from overtrain.data.tokenizer import check_tokenizer
+from overtrain.evaluate.evaluator import evaluate_encoded
+from overtrain.evaluate.task_metrics import class_logprobs, classification_metrics_from_scores, task_metrics
 from tolerances import loglik_rtol
 
 SPEC = load_model_spec("tiny")
@@ -59,11 +60,15 @@ def brute_classification(model, split: EncodedSplit):
         z = sum(math.exp(s) for s in mean[i])
         nll.append(-math.log(math.exp(mean[i, ex.label]) / z))
     labels = np.array([ex.label for ex in split.examples])
-    return mean, first, {
-        "id_nll": sum(nll) / len(nll),
-        "acc": float(np.mean([int(np.argmax(mean[i])) == ex.label for i, ex in enumerate(split.examples)])),
-        "label_token_acc": float(np.mean(first.argmax(1) == labels)),
-    }
+    return (
+        mean,
+        first,
+        {
+            "id_nll": sum(nll) / len(nll),
+            "acc": float(np.mean([int(np.argmax(mean[i])) == ex.label for i, ex in enumerate(split.examples)])),
+            "label_token_acc": float(np.mean(first.argmax(1) == labels)),
+        },
+    )
 
 
 @pytest.mark.parametrize("task", ["rte", "trec"])
@@ -148,7 +153,7 @@ def test_left_truncation_keeps_the_prompt_end_and_is_counted():
     for ex in split.examples:
         full = [SPEC.eos_token_id] + TOK.encode(raw[ex.id].prompt).ids
         assert len(ex.context) + longest - 1 <= SPEC.max_sequence_length
-        assert ex.context == full[len(full) - len(ex.context):]  # a suffix: cut from the left
+        assert ex.context == full[len(full) - len(ex.context) :]  # a suffix: cut from the left
         n_cut += len(ex.context) < len(full)
     assert n_cut == split.truncated
 
@@ -157,7 +162,7 @@ class FakeTask:
     """The Task interface (DESIGN.md) over hand-made examples, for malformed-input cases."""
 
     def __init__(self, examples, choices=(" yes", " no"), type_="classification"):
-        from overtrain.finetune.tasks import Example
+        from overtrain.data.tasks import Example
 
         self.name, self.type, self.template, self.choices = "fake", type_, "default", list(choices)
         self._ex = [Example(str(i), p, c, lab) for i, (p, c, lab) in enumerate(examples)]
@@ -175,16 +180,24 @@ def test_training_pairs_put_loss_on_completion_only():
         assert inp == (ex.context + ex.completion)[:-1]
         n_ctx = len(ex.context) - 1
         assert tgt[:n_ctx] == [-100] * n_ctx and tgt[n_ctx:] == ex.completion == TOK.encode(task.choices[ex.label]).ids
-        assert y[row, len(tgt):].eq(-100).all() and x[row, len(inp):].eq(SPEC.pad_token_id).all()
+        assert y[row, len(tgt) :].eq(-100).all() and x[row, len(inp) :].eq(SPEC.pad_token_id).all()
     assert int((y >= 0).sum()) == 2  # one label token each
 
 
 def test_bad_examples_are_errors_or_counted_skips():
     with pytest.raises(DataError, match="label 5 is outside"):
         encode_split(FakeTask([("p", " yes", 5)]), "train", TOK, 128, SPEC.eos_token_id)
-    split = encode_split(FakeTask([("   ", "x", None), ("ok", "", None), ("fine", " text", None)], (), "lm"), "train", TOK, 128, SPEC.eos_token_id)
+    split = encode_split(
+        FakeTask([("   ", "x", None), ("ok", "", None), ("fine", " text", None)], (), "lm"),
+        "train",
+        TOK,
+        128,
+        SPEC.eos_token_id,
+    )
     assert split.skipped_empty == 2 and len(split.examples) == 1
     long = encode_split(FakeTask([("q", " word" * 300, None)], (), "lm"), "train", TOK, 64, SPEC.eos_token_id)
-    assert long.completion_truncated == 1 and len(long.examples[0].completion) == 63 and len(long.examples[0].context) == 2
+    assert (
+        long.completion_truncated == 1 and len(long.examples[0].completion) == 63 and len(long.examples[0].context) == 2
+    )
     with pytest.raises(DataError, match="no usable examples"):
         encode_task(FakeTask([("", " yes", 0)]), ["test"], TOK, SPEC)

@@ -1,16 +1,14 @@
 """Models: sizes and FLOPs against independent counts, muP mechanics against hand computations."""
 
 import json
-import math
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from overtrain.cli import main
-from overtrain.config import ConfigError
-from overtrain.train.model import (
+from overtrain.core.config import ConfigError
+from overtrain.core.model import (
     attach_shapes,
     build_model,
     count_params,
@@ -66,7 +64,9 @@ def test_flops_per_token_matches_olmos_own_count(name):
     # the scatter-add it is. Everything else must agree exactly.
     expected = olmo.num_fwd_flops + olmo.num_bck_flops - 4 * olmo.transformer.wte.weight.numel()
     assert flops_per_token(spec) == expected
-    assert flops_per_token(spec, seq_len=2048) - flops_per_token(spec) == 12 * spec.n_layers * spec.d_model * (2048 - spec.max_sequence_length)
+    assert flops_per_token(spec, seq_len=2048) - flops_per_token(spec) == 12 * spec.n_layers * spec.d_model * (
+        2048 - spec.max_sequence_length
+    )
 
 
 def test_info_cli_json_and_text(capsys):
@@ -85,7 +85,10 @@ def test_bad_model_config_names_file_and_field(capsys):
     assert main(["info", "tiny", "d_model=70"]) == 2  # not a multiple of head_dim 16
     err = capsys.readouterr().err
     assert "d_model=70" in err and "head_dim" in err
-    with pytest.raises(ConfigError, match=r"tiny\.yaml: unknown key 'd_modle' \(did you mean 'd_model'\?\).*command-line override 'd_modle=64'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tiny\.yaml: unknown key 'd_modle' \(did you mean 'd_model'\?\).*command-line override 'd_modle=64'",
+    ):
         load_model_spec("tiny", ["d_modle=64"])
 
 
@@ -225,7 +228,9 @@ def test_torch_compile_traces_whole_model_without_graph_breaks():
     torch.testing.assert_close(grads, ref_grads)
 
 
-@pytest.mark.skipif(not os.environ.get("OVERTRAIN_SLOW_TESTS"), reason="inductor on CPU takes ~20 s; set OVERTRAIN_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("OVERTRAIN_SLOW_TESTS"), reason="inductor on CPU takes ~20 s; set OVERTRAIN_SLOW_TESTS=1"
+)
 def test_torch_compile_inductor():
     torch._dynamo.reset()
     spec = tiny()

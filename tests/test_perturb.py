@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from overtrain.cli import main
-from overtrain.config import data_root
+from overtrain.core.checkpoint import save_model_checkpoint
+from overtrain.core.config import data_root
+from overtrain.core.model import build_model, init_stds, load_model_spec
+from overtrain.core.results import read_rows
+from overtrain.data.tokenizer import eos_token_id, load_tokenizer
 from overtrain.evaluate.perturb import apply_noise, perturb_checkpoint, unit_noise
-from overtrain.evaluate.results import read_rows
-from overtrain.train.checkpoint import save_model_checkpoint
-from overtrain.train.model import build_model, init_stds, load_model_spec
-from overtrain.train.tokenizer import eos_token_id, load_tokenizer
 
 SEQ = 64
 
@@ -23,7 +22,13 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("perturb")
     spec = load_model_spec("tiny", ["base_d_model=32"])
     model = build_model(spec, seed=0)
-    ckpt = save_model_checkpoint(tmp / "checkpoints", 0, model, spec, {"step": 0, "tokens": 12345, "budget_tokens": 12345, "final": True, "lr_decayed": True, "kind": "pretrain"})
+    ckpt = save_model_checkpoint(
+        tmp / "checkpoints",
+        0,
+        model,
+        spec,
+        {"step": 0, "tokens": 12345, "budget_tokens": 12345, "final": True, "lr_decayed": True, "kind": "pretrain"},
+    )
     # real C4 validation text, tokenized, EOS after each document, raw uint16 (OLMo memmap format)
     tok = load_tokenizer()
     ids = []
@@ -89,8 +94,23 @@ def test_rows_gamma_zero_determinism_and_resume(setup):
 def test_cli(setup, capsys):
     tmp, ckpt, c4 = setup
     results = tmp / "cli.jsonl"
-    args = ["perturb", str(tmp), "--gammas", "0,0.2", "--seeds", "0", "--c4", str(c4), "--val-tokens", "128", "--seq-len", str(SEQ),
-            "--results", str(results), "tags.parametrization=mup"]
+    args = [
+        "perturb",
+        str(tmp),
+        "--gammas",
+        "0,0.2",
+        "--seeds",
+        "0",
+        "--c4",
+        str(c4),
+        "--val-tokens",
+        "128",
+        "--seq-len",
+        str(SEQ),
+        "--results",
+        str(results),
+        "tags.parametrization=mup",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     rows = read_rows(results)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from overtrain import cli
-from overtrain.config import DataError, data_root
-from overtrain.train.data import holdout_mask, open_prepared
-from overtrain.train.model import load_model_spec
-from overtrain.train.tokenizer import load_tokenizer
+from overtrain.core.config import DataError, data_root
+from overtrain.core.model import load_model_spec
+from overtrain.data.c4 import holdout_mask, open_prepared
+from overtrain.data.tokenizer import load_tokenizer
 
 C4 = data_root() / "c4"
 BIG = C4 / "c4-sample.00000-of-00001.json.gz"  # 1000 docs
@@ -107,8 +106,10 @@ def test_parquet_jsonl_and_json_array_give_the_same_tokens(tmp_path, ref):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "b.json").write_text(json.dumps(records))
     pq.write_table(pa.table({"text": [r["text"] for r in records]}), tmp_path / "c.parquet")
-    outs = [_prepare(tmp_path / f"out-{f}", "--train", tmp_path / f, "--val-docs", 2)
-            for f in ("a.jsonl", "b.json", "c.parquet")]
+    outs = [
+        _prepare(tmp_path / f"out-{f}", "--train", tmp_path / f, "--val-docs", 2)
+        for f in ("a.jsonl", "b.json", "c.parquet")
+    ]
     for o in outs:
         both = sorted(_split_docs(o.tokens("train"), 8) + _split_docs(o.tokens("val"), 2))
         assert both == sorted(tuple(d + [EOS]) for d in ref["small"][:10])
@@ -177,8 +178,9 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
         return real("json", data_files={split: files[split]}, split=split, streaming=True)
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    data = _prepare(tmp_path / "hub", "--hf-dataset", "allenai/c4", "--hf-config", "en", "--max-docs", 200,
-                    "--max-val-docs", 25)
+    data = _prepare(
+        tmp_path / "hub", "--hf-dataset", "allenai/c4", "--hf-config", "en", "--max-docs", 200, "--max-val-docs", 25
+    )
     assert {c[2] for c in calls} == {"train", "validation"}
     assert np.array_equal(data.tokens("val"), _flat(ref["small"][:25]))
     val_set = set(ref["small_texts"][:25])
@@ -187,11 +189,15 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
     src = data.meta["splits"]["train"]["sources"][0]
     assert (src["hub"], src["config"], src["split"], src["max_docs"]) == ("allenai/c4", "en", "train", 200)
     # a hub record without the text field: a DataError naming dataset, split and record
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.IterableDataset.from_generator(
-        lambda: iter([{"text": "a"}, {"body": "b"}])))
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda *a, **k: datasets.IterableDataset.from_generator(lambda: iter([{"text": "a"}, {"body": "b"}])),
+    )
     with pytest.raises(DataError, match=r"allenai/c4 \(en, split 'validation'\), record 1: record has no field 'text'"):
-        from overtrain.train.data import add_arguments, prepare
         import argparse
+
+        from overtrain.data.c4 import add_arguments, prepare
 
         p = argparse.ArgumentParser()
         add_arguments(p)
@@ -229,8 +235,10 @@ def test_reader_validates_and_olmo_reads_the_files(tmp_path):
         (broken(lambda d: (d / "meta.json").unlink()), "meta.json: missing"),
         (broken(lambda d: (d / "meta.json").write_text("{")), "meta.json: unreadable"),
         (broken(lambda d: (d / "val.npy").unlink()), "val.npy: missing"),
-        (broken(lambda d: os.truncate(d / "train.npy", 2 * meta["splits"]["train"]["tokens"] - 2)),
-         "train.npy: .* bytes, but"),
+        (
+            broken(lambda d: os.truncate(d / "train.npy", 2 * meta["splits"]["train"]["tokens"] - 2)),
+            "train.npy: .* bytes, but",
+        ),
         (broken(lambda d: (d / "meta.json").write_text(json.dumps(meta | {"dtype": "int64"}))), "field 'dtype'"),
     ]
     for path, msg in cases:

@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
 from overtrain import cli
-from overtrain.config import data_root, load_config
-from overtrain.train.checkpoint import list_checkpoints, load_model
+from overtrain.core.checkpoint import list_checkpoints, load_model
+from overtrain.core.config import data_root, load_config
 from overtrain.train.pretrain import DataRepeatWarning, PretrainConfig, config_differences, pretrain
 from tolerances import loglik_rtol
 
@@ -17,8 +16,17 @@ C4 = data_root() / "c4"
 
 
 def prepare(out, max_docs):
-    argv = ["prepare-data", "--out", str(out), "--train", str(C4 / "c4-sample.00000-of-00001.json.gz"),
-            "--val", str(C4 / "c4-sample.01.json.gz"), "--max-docs", str(max_docs)]
+    argv = [
+        "prepare-data",
+        "--out",
+        str(out),
+        "--train",
+        str(C4 / "c4-sample.00000-of-00001.json.gz"),
+        "--val",
+        str(C4 / "c4-sample.01.json.gz"),
+        "--max-docs",
+        str(max_docs),
+    ]
     assert cli.main(argv) == 0
     return out
 
@@ -38,10 +46,22 @@ def one_thread():
 
 def overrides(data_dir, run_dir, **kw):
     """A tiny run: 4 sequences x 32 tokens = 128 tokens per step."""
-    base = {"data.dir": data_dir, "run_dir": run_dir, "budget_tokens": 1000, "seq_len": 32, "global_batch_size": 4,
-            "micro_batch_size": 2, "eval.val_tokens": 256, "eval.every_steps": 4, "eval.batch_size": 8,
-            "log.every_steps": 1, "checkpoint.every_steps": 2, "checkpoint.keep_last": 1,
-            "checkpoint.at_tokens": "[400]", "schedule.warmup_tokens": 256}
+    base = {
+        "data.dir": data_dir,
+        "run_dir": run_dir,
+        "budget_tokens": 1000,
+        "seq_len": 32,
+        "global_batch_size": 4,
+        "micro_batch_size": 2,
+        "eval.val_tokens": 256,
+        "eval.every_steps": 4,
+        "eval.batch_size": 8,
+        "log.every_steps": 1,
+        "checkpoint.every_steps": 2,
+        "checkpoint.keep_last": 1,
+        "checkpoint.at_tokens": "[400]",
+        "schedule.warmup_tokens": 256,
+    }
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -90,25 +110,32 @@ def test_run_outputs(tmp_path, data_dir):
     assert final["c4_val_ppl"] == summary["c4_val_ppl"]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000008"
     state = torch.load(run_dir / "checkpoints/step-00000006/state.pt", weights_only=True)
-    assert state["step"] == 6 and state["samples_seen"] == 24 and set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert (
+        state["step"] == 6
+        and state["samples_seen"] == 24
+        and set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    )
 
     # The weights load into a plain ai2-olmo OLMo, and the final checkpoint reproduces the final ppl.
     from olmo.model import OLMo
-
-    from overtrain.train.model import olmo_config
+    from overtrain.core.model import olmo_config
 
     model, spec, _ = load_model(run_dir)
-    OLMo(olmo_config(spec), init_params=False).load_state_dict(torch.load(run_dir / "checkpoints/step-00000008/model.pt"))
-    from overtrain.evaluate.core import perplexity
-    from overtrain.train.data import open_prepared
+    OLMo(olmo_config(spec), init_params=False).load_state_dict(
+        torch.load(run_dir / "checkpoints/step-00000008/model.pt")
+    )
+    from overtrain.core.likelihood import perplexity
+    from overtrain.data.c4 import open_prepared
 
-    ppl = perplexity(model, open_prepared(data_dir).tokens("val"), 32, max_tokens=256, vocab_size=spec.vocab_size)["ppl"]
+    ppl = perplexity(model, open_prepared(data_dir).tokens("val"), 32, max_tokens=256, vocab_size=spec.vocab_size)[
+        "ppl"
+    ]
     # Another batch size than the trainer's evaluation: equal up to fp32 rounding, on the log scale.
     assert math.log(ppl) == pytest.approx(math.log(summary["c4_val_ppl"]), rel=loglik_rtol(spec))
 
 
 def vars_dict(cfg):
-    from overtrain.config import to_dict
+    from overtrain.core.config import to_dict
 
     return to_dict(cfg)
 
@@ -136,8 +163,14 @@ def test_finished_run_dir_needs_overwrite_and_config_must_match(tmp_path, data_d
 
 def test_budget_beyond_corpus_reshuffles_epochs_with_one_warning(tmp_path):
     small = prepare(tmp_path / "small", 12)  # docs 0-9 are validation copies: 2 docs, ~55 windows of 33
-    cfg = load_config(PretrainConfig, "demo", overrides(small, tmp_path / "run", budget_tokens=128 * 20,
-                                                          **{"checkpoint.at_tokens": "[]", "eval.every_steps": 0}), kind="pretrain")
+    cfg = load_config(
+        PretrainConfig,
+        "demo",
+        overrides(
+            small, tmp_path / "run", budget_tokens=128 * 20, **{"checkpoint.at_tokens": "[]", "eval.every_steps": 0}
+        ),
+        kind="pretrain",
+    )
     with pytest.warns(DataRepeatWarning, match=r"needs \d\.\d\d epochs") as record:
         summary = pretrain(cfg)
     assert len([w for w in record if issubclass(w.category, DataRepeatWarning)]) == 1
@@ -177,14 +210,19 @@ def test_paper_grid_configs(tmp_path, data_dir):
     import subprocess
     import sys
 
-    from overtrain.config import REPO_ROOT
+    from overtrain.core.config import REPO_ROOT
     from overtrain.train.pretrain import plan_run
 
     gen = REPO_ROOT / "configs/pretrain/generate.py"
     assert subprocess.run([sys.executable, str(gen), "--check"]).returncode == 0
     for size, d_model in (("15m", 320), ("30m", 448), ("90m", 800)):
         for budget, tokens in (("4B", 4 * 10**9), ("8B", 8 * 10**9), ("128B", 128 * 10**9)):
-            cfg = load_config(PretrainConfig, f"olmo-{size}-{budget}", [f"data.dir={data_dir}", f"run_dir={tmp_path}/r"], kind="pretrain")
+            cfg = load_config(
+                PretrainConfig,
+                f"olmo-{size}-{budget}",
+                [f"data.dir={data_dir}", f"run_dir={tmp_path}/r"],
+                kind="pretrain",
+            )
             assert cfg.budget_tokens == tokens and cfg.optim.betas == (0.9, 0.95) and cfg.schedule.final_lr == 0.0
             plan = plan_run(cfg)
             assert plan.spec.d_model == d_model and plan.tokens_per_step == 256 * 1024
@@ -194,12 +232,14 @@ def test_paper_grid_configs(tmp_path, data_dir):
 
 
 def test_plan_checks_world_size_and_yaml_typos(tmp_path, data_dir):
-    from overtrain.config import ConfigError
+    from overtrain.core.config import ConfigError
     from overtrain.train.pretrain import plan_run
 
     cfg = load_config(PretrainConfig, "demo", overrides(data_dir, tmp_path / "r", micro_batch_size=2), kind="pretrain")
     assert plan_run(cfg, world_size=2).steps == 8
-    with pytest.raises(ConfigError, match=r"global_batch_size=4 is not divisible by world_size x micro_batch_size = 4 x 2"):
+    with pytest.raises(
+        ConfigError, match=r"global_batch_size=4 is not divisible by world_size x micro_batch_size = 4 x 2"
+    ):
         plan_run(cfg, world_size=4)
     bad = tmp_path / "typo.yaml"
     bad.write_text("model: tiny\nbudget_token: 4B\n")

@@ -5,11 +5,10 @@ import csv
 import struct
 
 import pytest
-
 from overtrain.cli import main
-from overtrain.config import ConfigError, DataError
+from overtrain.core.config import ConfigError, DataError
+from overtrain.core.results import append_row
 from overtrain.evaluate.report import aggregate, find_turn, load_rows, make_report
-from overtrain.evaluate.results import append_row
 
 M = 1_000_000
 BUDGETS = [1 * M, 2 * M, 4 * M, 8 * M, 16 * M]
@@ -28,10 +27,26 @@ CURVES = {
 
 def ft_row(task, lr, i, tokens=None, decayed=True, **kw):
     ids, c4 = CURVES[task, lr]
-    row = {"kind": "finetune", "model": "tiny", "non_embedding_params": 100_000, "pretrain_tokens": tokens or BUDGETS[i],
-           "budget_tokens": tokens or BUDGETS[i], "lr_decayed": decayed, "task": task, "template": "default", "lr": lr, "seed": 0,
-           "val_id_ppl": ids[i] + 0.01, "test_id_ppl": ids[i], "val_acc": 0.5, "test_acc": round(1 / ids[i], 4),
-           "c4_ppl_before": BASE_C4[i], "c4_ppl_after": c4[i], "selected": False, "time": 1.0}
+    row = {
+        "kind": "finetune",
+        "model": "tiny",
+        "non_embedding_params": 100_000,
+        "pretrain_tokens": tokens or BUDGETS[i],
+        "budget_tokens": tokens or BUDGETS[i],
+        "lr_decayed": decayed,
+        "task": task,
+        "template": "default",
+        "lr": lr,
+        "seed": 0,
+        "val_id_ppl": ids[i] + 0.01,
+        "test_id_ppl": ids[i],
+        "val_acc": 0.5,
+        "test_acc": round(1 / ids[i], 4),
+        "c4_ppl_before": BASE_C4[i],
+        "c4_ppl_after": c4[i],
+        "selected": False,
+        "time": 1.0,
+    }
     row.update(kw)
     return row
 
@@ -50,17 +65,40 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     ft, other = root / "sweeps" / "results.jsonl", root / "perturb" / "results.jsonl"
     for i, t in enumerate(BUDGETS):
-        append_row(other, {"kind": "base", "model": "tiny", "pretrain_tokens": t, "lr_decayed": True, "task": "rte", "c4_ppl": BASE_C4[i]})
+        append_row(
+            other,
+            {
+                "kind": "base",
+                "model": "tiny",
+                "pretrain_tokens": t,
+                "lr_decayed": True,
+                "task": "rte",
+                "c4_ppl": BASE_C4[i],
+            },
+        )
         for task in ("rte", "trec"):
             write_sweep(ft, task, i)
         for gamma in (0.5, 1.0):
             for seed, jitter in ((0, -0.1), (1, 0.1)):  # change grows with tokens and gamma
-                append_row(other, {"kind": "perturb", "model": "tiny", "pretrain_tokens": t, "lr_decayed": True, "gamma": gamma,
-                                   "noise_seed": seed, "c4_ppl_base": BASE_C4[i], "c4_ppl": BASE_C4[i] + gamma * (i + 1) + jitter})
+                append_row(
+                    other,
+                    {
+                        "kind": "perturb",
+                        "model": "tiny",
+                        "pretrain_tokens": t,
+                        "lr_decayed": True,
+                        "gamma": gamma,
+                        "noise_seed": seed,
+                        "c4_ppl_base": BASE_C4[i],
+                        "c4_ppl": BASE_C4[i] + gamma * (i + 1) + jitter,
+                    },
+                )
     # Intermediate (not decayed) checkpoints of a 64M run, with values that would turn trec's tuned
     # curve (C4 500 at 32M) and move the base curve if they were mixed into the decayed ones.
     for task in ("rte", "trec"):
-        write_sweep(ft, task, 4, tokens=32 * M, decayed=False, budget_tokens=64 * M, c4_ppl_after=500.0, c4_ppl_before=300.0)
+        write_sweep(
+            ft, task, 4, tokens=32 * M, decayed=False, budget_tokens=64 * M, c4_ppl_after=500.0, c4_ppl_before=300.0
+        )
     append_row(ft, {"kind": "eval", "model": "tiny", "pretrain_tokens": 1})  # other kinds are ignored
     with open(ft, "ab") as f:
         f.write(b'{"kind": "finetune", "model": "ti')  # a torn final line (a killed writer)
@@ -84,7 +122,10 @@ def test_inflections_and_verdict(study):
     assert c4_tuned.worse_by == pytest.approx(70 / 52 - 1)
     fixed = {c.setting: c.turn_tokens for c in rep.find("c4", "rte") if not c.series.intermediate}
     assert fixed == {"lr=1e-4": None, "lr=1e-3": 4 * M, "lr=1e-2": 2 * M, "tuned": 4 * M}
-    assert all(c.turn is None for c in rep.find("id", "rte") + rep.find("id", "trec") + rep.find("c4", "trec") + rep.find("base_c4"))
+    assert all(
+        c.turn is None
+        for c in rep.find("id", "rte") + rep.find("id", "trec") + rep.find("c4", "trec") + rep.find("base_c4")
+    )
     assert rep.verdicts["rte"]["shows"] is True and rep.verdicts["trec"]["shows"] is False
     assert "**rte**: catastrophic overtraining. C4 perplexity after fine-tuning turns at 4M tokens" in text
     assert "ID perplexity keeps improving" in text
@@ -92,7 +133,10 @@ def test_inflections_and_verdict(study):
     assert "Catastrophic overtraining: rte. Not observed: trec." in text
     assert "lr=1e-2 turns at 2M" in text and "lr=1e-4 no turn" in text
     # trec had no 'selected' flags: the report picks the lowest val_id_ppl (lr 1e-3) and says so
-    assert all(c.lrs == (1e-3,) for c in rep.tuned[next(k for k in rep.tuned if k[1] == "trec" and not k[0].intermediate)].values())
+    assert all(
+        c.lrs == (1e-3,)
+        for c in rep.tuned[next(k for k in rep.tuned if k[1] == "trec" and not k[0].intermediate)].values()
+    )
     assert "tuned LR = lowest val_id_ppl" in text
     assert "ignored 1 torn final line" in text and "1 eval" in text and "differ in" not in text
     # the sweep's selected copy is not counted twice in the fixed-LR cell
@@ -119,7 +163,11 @@ def test_tables_hold_the_numbers(study):
     (r,) = [x for x in rows if x["task"] == "rte" and x["pretrain_tokens"] == str(4 * M)]
     assert (r["model"], r["lr_decayed"], r["tuned_lr"]) == ("tiny", "True", "1e-3")
     assert float(r["base_c4_ppl"]) == 65.0 and float(r["tuned_c4_ppl"]) == 52.0 and float(r["tuned_id_ppl"]) == 1.8
-    assert float(r["c4_ppl@lr=1e-2"]) == 66.0 and float(r["id_ppl@lr=1e-4"]) == 2.2 and float(r["tuned_acc"]) == round(1 / 1.8, 4)
+    assert (
+        float(r["c4_ppl@lr=1e-2"]) == 66.0
+        and float(r["id_ppl@lr=1e-4"]) == 2.2
+        and float(r["tuned_acc"]) == round(1 / 1.8, 4)
+    )
     assert "| tiny | 4M | 65 | 1e-3 | 1.8 | 52 | 0.556 | 2.2 | 57 | 1.8 | 52 | 1.95 | 66 |" in text
     pert = list(csv.DictReader(open(out / "perturb.csv")))
     (p,) = [x for x in pert if x["pretrain_tokens"] == str(8 * M) and x["gamma"] == "1.0"]
@@ -129,7 +177,12 @@ def test_tables_hold_the_numbers(study):
 
 def test_pngs_are_valid(study):
     _, out, _, _, paths = study
-    assert sorted(p.name for p in paths) == ["base_c4_ppl.png", "finetune_rte.png", "finetune_trec.png", "noise_sensitivity.png"]
+    assert sorted(p.name for p in paths) == [
+        "base_c4_ppl.png",
+        "finetune_rte.png",
+        "finetune_trec.png",
+        "noise_sensitivity.png",
+    ]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"

@@ -6,9 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-
-from overtrain.config import DataError
-from overtrain.evaluate.results import append_row, read_rows
+from overtrain.core.config import DataError
+from overtrain.core.results import append_row, read_rows
 
 
 def _writer(path, worker, n):
@@ -34,7 +33,8 @@ def test_concurrent_writers_never_interleave(tmp_path):
 
 
 def _hold_lock(path, locked, release):
-    import fcntl, os
+    import fcntl
+    import os
 
     fd = os.open(path, os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX)

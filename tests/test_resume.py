@@ -10,9 +10,8 @@ import time
 
 import pytest
 import torch
-
-from overtrain.config import REPO_ROOT, load_config
-from overtrain.train.checkpoint import latest_checkpoint
+from overtrain.core.checkpoint import latest_checkpoint
+from overtrain.core.config import REPO_ROOT, load_config
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
 STEPS = 30
@@ -24,10 +23,22 @@ def data_dir(small_c4):
 
 
 def overrides(data_dir, run_dir):
-    kw = {"data.dir": data_dir, "run_dir": run_dir, "budget_tokens": STEPS * 128, "seq_len": 32, "global_batch_size": 4,
-          "micro_batch_size": 2, "eval.val_tokens": 256, "eval.every_steps": 5, "eval.batch_size": 8,
-          "log.every_steps": 1, "checkpoint.every_steps": 4, "checkpoint.keep_last": 2,
-          "schedule.warmup_tokens": 384, "device": "cpu"}
+    kw = {
+        "data.dir": data_dir,
+        "run_dir": run_dir,
+        "budget_tokens": STEPS * 128,
+        "seq_len": 32,
+        "global_batch_size": 4,
+        "micro_batch_size": 2,
+        "eval.val_tokens": 256,
+        "eval.every_steps": 5,
+        "eval.batch_size": 8,
+        "log.every_steps": 1,
+        "checkpoint.every_steps": 4,
+        "checkpoint.keep_last": 2,
+        "schedule.warmup_tokens": 384,
+        "device": "cpu",
+    }
     return [f"{k}={v}" for k, v in kw.items()]
 
 

@@ -3,12 +3,11 @@
 import math
 
 import pytest
-
-from overtrain.config import ConfigError, from_dict
-from overtrain.train.model import build_model, load_model_spec
+from overtrain.core.config import ConfigError, from_dict
+from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.schedule import Schedule, ScheduleConfig, lr_factor, warmup_steps
+from overtrain.core.step import set_lr_factor
 from overtrain.train.pretrain import OptimConfig, build_optimizer
-from overtrain.train.schedule import Schedule, ScheduleConfig, lr_factor, warmup_steps
-from overtrain.train.step import set_lr_factor
 
 
 def factors(total, warmup, decay="cosine", final=0.0):
@@ -51,7 +50,9 @@ def test_warmup_from_tokens_or_fraction():
 
 
 def test_schedule_build_and_decayed_flag():
-    sch = Schedule.build(ScheduleConfig(warmup_tokens=200, final_lr=1e-4), total_steps=20, tokens_per_step=100, peak_lr=1e-3)
+    sch = Schedule.build(
+        ScheduleConfig(warmup_tokens=200, final_lr=1e-4), total_steps=20, tokens_per_step=100, peak_lr=1e-3
+    )
     assert sch.warmup_steps == 2 and sch.final_ratio == pytest.approx(0.1)
     assert [s for s in range(1, 21) if sch.decayed_after(s)] == [20]
     with pytest.raises(ValueError, match="final_lr"):
@@ -83,5 +84,9 @@ def test_weight_decay_groups():
     assert wd[id(names["transformer.wte.weight"])] == 0.0
     assert wd[id(names["transformer.ff_out.weight"])] == 0.1
     assert all(wd[id(p)] > 0 for n, p in names.items() if n != "transformer.wte.weight")
-    wd2 = {id(p): g["weight_decay"] for g in build_optimizer(model, OptimConfig(decay_embeddings=True)).param_groups for p in g["params"]}
+    wd2 = {
+        id(p): g["weight_decay"]
+        for g in build_optimizer(model, OptimConfig(decay_embeddings=True)).param_groups
+        for p in g["params"]
+    }
     assert wd2[id(names["transformer.wte.weight"])] == 0.1

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
+from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.step import train_step, use_fused_adam
 from overtrain.finetune.finetune import FinetuneConfig, build_optimizer, completion_loss, l2_to
 from overtrain.finetune.stacked import StackedRun, first_nonfinite, train_stacked
-from overtrain.train.model import build_model, load_model_spec
-from overtrain.train.step import train_step, use_fused_adam
 
 # The CPU SDPA kernel has no vmap batching rule; torch falls back to a loop (correct, slower).
 
@@ -49,7 +48,9 @@ def separate_run(spec, lr, batches, dtype, fused):
     opt = build_optimizer(model, FinetuneConfig(lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1))
     if fused:
         assert use_fused_adam(opt)
-    stats = [train_step(model, opt, micro, f, CLIP, "fp32", loss_fn=completion_loss) for micro, f in zip(batches, FACTORS)]
+    stats = [
+        train_step(model, opt, micro, f, CLIP, "fp32", loss_fn=completion_loss) for micro, f in zip(batches, FACTORS)
+    ]
     return model, stats
 
 
@@ -63,18 +64,37 @@ def test_stacked_equals_separate_runs(spec, dtype, fused):
     batches = completion_batches()
     model = build_model(spec, seed=0).to(dtype)
     assert {p.infshape.width_mult() for p in model.parameters() if p.infshape.ninf() == 2} == {2.0}
-    states, losses = train_stacked(model, spec, LRS, batches, FACTORS, betas=(0.9, 0.95), eps=1e-8,
-                                   weight_decay=0.1, grad_clip=CLIP, precision="fp32", loss_fn=completion_loss, fused=fused)
+    states, losses = train_stacked(
+        model,
+        spec,
+        LRS,
+        batches,
+        FACTORS,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=0.1,
+        grad_clip=CLIP,
+        precision="fp32",
+        loss_fn=completion_loss,
+        fused=fused,
+    )
     assert len(states) == len(LRS) and len(losses) == len(batches) and all(len(r) == len(LRS) for r in losses)
 
     init = build_model(spec, seed=0).to(dtype).state_dict()
     for k, lr in enumerate(LRS):
         ref, stats = separate_run(spec, lr, batches, dtype, fused)
-        torch.testing.assert_close(torch.tensor([r[k] for r in losses], dtype=torch.float64), torch.tensor([s.loss for s in stats], dtype=torch.float64),
-                                   rtol=1e-4, atol=1e-5, msg=lambda m: f"lr={lr}: losses differ: {m}")
+        torch.testing.assert_close(
+            torch.tensor([r[k] for r in losses], dtype=torch.float64),
+            torch.tensor([s.loss for s in stats], dtype=torch.float64),
+            rtol=1e-4,
+            atol=1e-5,
+            msg=lambda m: f"lr={lr}: losses differ: {m}",
+        )
         if dtype == torch.float64:
             for name, p in ref.state_dict().items():
-                torch.testing.assert_close(states[k][name], p, rtol=1e-9, atol=1e-11, msg=lambda m: f"lr={lr} {name}: {m}")
+                torch.testing.assert_close(
+                    states[k][name], p, rtol=1e-9, atol=1e-11, msg=lambda m: f"lr={lr} {name}: {m}"
+                )
                 assert not torch.equal(p, init[name])  # every parameter moved, so every one was compared
         if k == len(LRS) - 1:
             # The largest LR's gradients exceed the clip after the first step, so per-model clipping
@@ -97,7 +117,9 @@ def test_per_model_factors_and_errors(spec):
         assert loss.shape == norm.shape == (2,) and torch.isfinite(loss).all()
     for name, p in model.state_dict().items():
         assert torch.equal(run.state_dict(1)[name], p)
-    assert not torch.equal(run.state_dict(0)["transformer.ff_out.weight"], model.state_dict()["transformer.ff_out.weight"])
+    assert not torch.equal(
+        run.state_dict(0)["transformer.ff_out.weight"], model.state_dict()["transformer.ff_out.weight"]
+    )
     with pytest.raises(ValueError, match="lr_factors"):
         train_stacked(model, spec, [1e-3], batches, [1.0])
     with pytest.raises(ValueError, match="lrs"):
@@ -110,13 +132,24 @@ def test_l2_to_pretrained_matches_train_step(spec):
     """The optional pull toward the starting weights (finetune's ``l2_to_pretrained``), per model."""
     batches = completion_batches(steps=3, micro=2, seq=12, seed=2)
     lam, lrs = 0.5, [1e-3, 1e-2]
-    states, losses = train_stacked(build_model(spec, seed=0).double(), spec, lrs, batches, [1.0] * 3, weight_decay=0.0,
-                                   loss_fn=completion_loss, l2_to_pretrained=lam)
+    states, losses = train_stacked(
+        build_model(spec, seed=0).double(),
+        spec,
+        lrs,
+        batches,
+        [1.0] * 3,
+        weight_decay=0.0,
+        loss_fn=completion_loss,
+        l2_to_pretrained=lam,
+    )
     for k, lr in enumerate(lrs):
         ref = build_model(spec, seed=0).double()
         opt = build_optimizer(ref, FinetuneConfig(lr=lr))
         extra = l2_to(ref, lam)
-        stats = [train_step(ref, opt, micro, 1.0, 1.0, "fp32", loss_fn=completion_loss, extra_loss=extra) for micro in batches]
+        stats = [
+            train_step(ref, opt, micro, 1.0, 1.0, "fp32", loss_fn=completion_loss, extra_loss=extra)
+            for micro in batches
+        ]
         assert [r[k] for r in losses] == pytest.approx([s.loss for s in stats], rel=1e-5)
         for name, p in ref.state_dict().items():
             torch.testing.assert_close(states[k][name], p, rtol=1e-9, atol=1e-11)

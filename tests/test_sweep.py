@@ -7,16 +7,15 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
 from overtrain.cli import main
-from overtrain.config import ConfigError
-from overtrain.evaluate.results import read_rows
+from overtrain.core.checkpoint import load_model
+from overtrain.core.config import ConfigError
+from overtrain.core.model import count_params, load_model_spec
+from overtrain.core.results import read_rows
 from overtrain.finetune import finetune as ft
 from overtrain.finetune import sweep
 from overtrain.finetune.stacked import StackedRun
 from overtrain.finetune.sweep import lr_grid, run_sweep, select
-from overtrain.train.checkpoint import load_model
-from overtrain.train.model import count_params, load_model_spec
 from test_finetune import make_checkpoint
 
 SMALL = ["max_examples={train: 16, validation: 8, test: 8}", "c4_max_tokens=256", "eval_batch_size=16"]
@@ -26,7 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 2-5x faster on t
 def test_sweep_fixed_and_tuned_rows_with_provenance_and_resume(tmp_path, monkeypatch, capsys, small_c4):
     ckpt, c4 = make_checkpoint(tmp_path / "pre"), small_c4
     run_dir = tmp_path / "sweep"
-    base_args = [f"checkpoint={tmp_path / 'pre'}", "task=rte", f"run_dir={run_dir}", f"c4={c4}", *SMALL, "tags.budget=40K"]
+    base_args = [
+        f"checkpoint={tmp_path / 'pre'}",
+        "task=rte",
+        f"run_dir={run_dir}",
+        f"c4={c4}",
+        *SMALL,
+        "tags.budget=40K",
+    ]
     trained = []
     real_train = ft.train
     monkeypatch.setattr(ft, "train", lambda p, progress=True: trained.append(p.cfg.lr) or real_train(p, progress))
@@ -47,7 +53,12 @@ def test_sweep_fixed_and_tuned_rows_with_provenance_and_resume(tmp_path, monkeyp
     for r in on_disk:
         assert r["checkpoint_sha256"] == sha and r["checkpoint"] == str(ckpt.resolve()) and r["model"] == "tiny"
         assert r["non_embedding_params"] == count_params(load_model_spec("tiny"))["non_embedding_params"]
-        assert r["pretrain_tokens"] == 40960 and r["lr_decayed"] is True and r["task"] == "rte" and r["template"] == "default"
+        assert (
+            r["pretrain_tokens"] == 40960
+            and r["lr_decayed"] is True
+            and r["task"] == "rte"
+            and r["template"] == "default"
+        )
         assert r["seed"] == 0 and r["tags"] == {"budget": "40K"}
     for r in fixed:  # the base model is evaluated once; every row carries it
         assert r["val_id_ppl_before"] == base["val_id_ppl"] and r["c4_ppl_before"] == base["c4_ppl"]
@@ -81,7 +92,12 @@ def test_default_grid_is_geometric_to_the_task_maximum():
 
 
 def test_selection_ignores_diverged_runs():
-    rows = [{"lr": 1e-3, "val_id_ppl": 1.9}, {"lr": 1e-1, "val_id_ppl": math.nan}, {"lr": 1e-2, "val_id_ppl": 1.7}, {"lr": 1.0, "val_id_ppl": None}]
+    rows = [
+        {"lr": 1e-3, "val_id_ppl": 1.9},
+        {"lr": 1e-1, "val_id_ppl": math.nan},
+        {"lr": 1e-2, "val_id_ppl": 1.7},
+        {"lr": 1.0, "val_id_ppl": None},
+    ]
     assert select(rows)["lr"] == 1e-2
     assert select([{"lr": 2e-3, "val_id_ppl": 1.5}, {"lr": 1e-3, "val_id_ppl": 1.5}])["lr"] == 1e-3  # tie: smaller LR
 
@@ -90,8 +106,8 @@ def test_intermediate_checkpoint_references(tmp_path):
     """``RUN@tokens=N`` (as the grid passes intermediate checkpoints): the first checkpoint with >= N tokens."""
     import json
 
-    from overtrain.config import CheckpointError
-    from overtrain.evaluate.evaluate import resolve_checkpoint_ref
+    from overtrain.core.checkpoint import resolve_checkpoint as resolve_checkpoint_ref
+    from overtrain.core.config import CheckpointError
 
     for step in (5, 10, 20):
         d = tmp_path / "run" / "checkpoints" / f"step-{step:08d}"
@@ -110,7 +126,14 @@ def test_intermediate_checkpoint_references(tmp_path):
 # A sweep with final_lr > 0 (so each LR has its own schedule factors), L2 to the pre-trained
 # weights and saved weights; 1e30 diverges (its loss is NaN at the second step).
 STACK_LRS = [1e-3, 0.1, 1e30]
-STACK_ARGS = [*SMALL, "max_steps=3", "schedule.final_lr=5e-4", "l2_to_pretrained=0.5", "save_weights=true", "lrs=[1e-3, 0.1, 1e30]"]
+STACK_ARGS = [
+    *SMALL,
+    "max_steps=3",
+    "schedule.final_lr=5e-4",
+    "l2_to_pretrained=0.5",
+    "save_weights=true",
+    "lrs=[1e-3, 0.1, 1e30]",
+]
 # Both modes compute in fp32 and differ only in summation order (batched vs single matmuls), ~1e-7
 # relative per operation; Adam's normalization amplifies that on entries whose gradient is ~0
 # (tests/test_stacked.py), so the weights after a few steps differ by ~1e-6 of their update and
@@ -150,21 +173,49 @@ def test_stacked_sweep_equals_sequential_and_resumes(tmp_path, monkeypatch, smal
     for a, b in zip(seq[:3], stk[1:4]):
         assert set(b) - set(a) == {"stacked", "stack_size"} and set(a) <= set(b)
         assert b["stacked"] is True and b["stack_size"] == 3 and b["lr"] == a["lr"]
-        for k in ("steps", "diverged", "finetune_lr_decayed", "train_tokens", "train_input_tokens", "total_steps", "val_acc", "test_acc"):
+        for k in (
+            "steps",
+            "diverged",
+            "finetune_lr_decayed",
+            "train_tokens",
+            "train_input_tokens",
+            "total_steps",
+            "val_acc",
+            "test_acc",
+        ):
             assert a[k] == b[k], (a["lr"], k)
-        for k in ("train_loss_first", "train_loss_last", "train_loss_last_epoch", "val_id_ppl", "test_id_ppl", "c4_ppl_after", "val_id_ppl_before"):
+        for k in (
+            "train_loss_first",
+            "train_loss_last",
+            "train_loss_last_epoch",
+            "val_id_ppl",
+            "test_id_ppl",
+            "c4_ppl_after",
+            "val_id_ppl_before",
+        ):
             assert close(a[k], b[k]), (a["lr"], k, a[k], b[k])
-        la, lb = ([json.loads(x) for x in (tmp_path / d / f"lr-{a['lr']:.3e}" / "train_log.jsonl").read_text().splitlines()] for d in ("seq", "stk"))
+        la, lb = (
+            [json.loads(x) for x in (tmp_path / d / f"lr-{a['lr']:.3e}" / "train_log.jsonl").read_text().splitlines()]
+            for d in ("seq", "stk")
+        )
         assert [(r["step"], r["lr"], r["tokens"]) for r in la] == [(r["step"], r["lr"], r["tokens"]) for r in lb]
         assert all(close(x["loss"], y["loss"]) and close(x["grad_norm"], y["grad_norm"]) for x, y in zip(la, lb))
     # Schedules end at final_lr for every LR (per-model factors), and LRs give distinct results.
-    last_lr = [json.loads((tmp_path / "stk" / f"lr-{lr:.3e}" / "train_log.jsonl").read_text().splitlines()[-1])["lr"] for lr in STACK_LRS[:2]]
+    last_lr = [
+        json.loads((tmp_path / "stk" / f"lr-{lr:.3e}" / "train_log.jsonl").read_text().splitlines()[-1])["lr"]
+        for lr in STACK_LRS[:2]
+    ]
     assert last_lr == pytest.approx([5e-4, 5e-4])
     good = [r for r in stk[1:4] if not r["diverged"]]
     assert len(good) == 2 and abs(good[0]["val_id_ppl"] / good[1]["val_id_ppl"] - 1) > 0.01
     # The diverged LR: stopped where its loss went NaN, non-finite metrics, never selected.
     bad = stk[3]
-    assert bad["lr"] == 1e30 and bad["diverged"] and bad["steps"] == seq[2]["steps"] < 3 and not math.isfinite(bad["val_id_ppl"])
+    assert (
+        bad["lr"] == 1e30
+        and bad["diverged"]
+        and bad["steps"] == seq[2]["steps"] < 3
+        and not math.isfinite(bad["val_id_ppl"])
+    )
     assert stk[4]["selected"] and stk[4]["lr"] == seq[3]["lr"] != 1e30
     # Saved weights: each LR's model, equal to the sequential run's up to fp order.
     theta0 = load_model(tmp_path / "pre")[0].state_dict()
@@ -194,5 +245,10 @@ def test_stacked_sweep_equals_sequential_and_resumes(tmp_path, monkeypatch, smal
     rows = run_sweep("demo", wider, progress=False)
     assert stacks[-1] == [1e-2] and len(stacks) == 3 and trained == STACK_LRS
     after = read_rows(tmp_path / "stk" / "results.jsonl")
-    assert len(after) == 7 and after[5]["lr"] == 1e-2 and after[5]["stack_size"] == 1 and after[6]["selected_from"] == [1e-3, 1e-2, 0.1, 1e30]
+    assert (
+        len(after) == 7
+        and after[5]["lr"] == 1e-2
+        and after[5]["stack_size"] == 1
+        and after[6]["selected_from"] == [1e-3, 1e-2, 0.1, 1e30]
+    )
     assert [r["lr"] for r in rows[:4]] == [1e-3, 1e-2, 0.1, 1e30]

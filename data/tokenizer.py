@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from overtrain.config import ConfigError, expand_path
+from ..core.config import CheckpointError, ConfigError, expand_path
+from ..core.model import ModelSpec
 
 DEFAULT_TOKENIZER = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 EOS_TOKEN = "<|endoftext|>"  # id 50279, as in OLMo's configs for this tokenizer
@@ -39,3 +40,14 @@ def eos_token_id(tok: Tokenizer) -> int:
     if i is None:
         raise ConfigError(f"tokenizer has no EOS token {EOS_TOKEN!r}")
     return i
+
+
+def check_tokenizer(spec: ModelSpec, source: str):
+    """The model's tokenizer, checked against the checkpoint's vocabulary and EOS id."""
+    tok = load_tokenizer(spec.tokenizer)
+    if tok.get_vocab_size() != spec.vocab_size or eos_token_id(tok) != spec.eos_token_id:
+        raise CheckpointError(
+            f"{source}: model vocab_size={spec.vocab_size}, eos={spec.eos_token_id} but tokenizer '{spec.tokenizer}' "
+            f"has {tok.get_vocab_size()} ids, eos={eos_token_id(tok)} (a checkpoint from another vocabulary?)"
+        )
+    return tok

@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from overtrain.evaluate.core import continuation_logprobs
-from overtrain.finetune.encode import EncodedSplit
+from ..core.likelihood import continuation_logprobs
+from ..data.encode import EncodedSplit
 
 
 def safe_exp(x: float) -> float:
@@ -30,11 +30,20 @@ def safe_exp(x: float) -> float:
     return math.exp(x) if x < 709.0 else math.inf
 
 
-def class_logprobs(model, split: EncodedSplit, batch_size: int = 32, vocab_size: int | None = None, precision: str = "auto", pad_id: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def class_logprobs(
+    model,
+    split: EncodedSplit,
+    batch_size: int = 32,
+    vocab_size: int | None = None,
+    precision: str = "auto",
+    pad_id: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
     """(mean log-likelihood, first-token log-prob) of every choice for every example: two (N, C) arrays."""
     n, c = len(split.examples), len(split.choices)
     pairs = [(ex.context, choice) for ex in split.examples for choice in split.choices]
-    lps = continuation_logprobs(model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id)
+    lps = continuation_logprobs(
+        model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id
+    )
     mean = np.array([lp.mean() for lp in lps], dtype=np.float64).reshape(n, c)
     first = np.array([lp[0] for lp in lps], dtype=np.float64).reshape(n, c)
     return mean, first
@@ -55,17 +64,39 @@ def classification_metrics_from_scores(mean: np.ndarray, first: np.ndarray, labe
     }
 
 
-def lm_metrics(model, split: EncodedSplit, batch_size: int = 32, vocab_size: int | None = None, precision: str = "auto", pad_id: int = 1) -> dict:
+def lm_metrics(
+    model,
+    split: EncodedSplit,
+    batch_size: int = 32,
+    vocab_size: int | None = None,
+    precision: str = "auto",
+    pad_id: int = 1,
+) -> dict:
     pairs = [(ex.context, ex.completion) for ex in split.examples]
-    lps = continuation_logprobs(model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id)
+    lps = continuation_logprobs(
+        model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id
+    )
     nll = -sum(float(lp.sum()) for lp in lps)
     tokens = sum(len(lp) for lp in lps)
     loss = nll / tokens
-    return {"id_ppl": safe_exp(loss), "id_nll": loss, "acc": None, "label_token_acc": None,
-            "n": len(lps), "tokens": tokens}
+    return {
+        "id_ppl": safe_exp(loss),
+        "id_nll": loss,
+        "acc": None,
+        "label_token_acc": None,
+        "n": len(lps),
+        "tokens": tokens,
+    }
 
 
-def task_metrics(model, split: EncodedSplit, batch_size: int = 32, vocab_size: int | None = None, precision: str = "auto", pad_id: int = 1) -> dict:
+def task_metrics(
+    model,
+    split: EncodedSplit,
+    batch_size: int = 32,
+    vocab_size: int | None = None,
+    precision: str = "auto",
+    pad_id: int = 1,
+) -> dict:
     """ID metrics of one encoded split: id_ppl, id_nll, acc, label_token_acc (None for lm tasks), n."""
     if not split.examples:
         raise ValueError(f"task '{split.task}' split '{split.split}' has no examples to evaluate")

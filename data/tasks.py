@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from overtrain.config import (
+from ..core.config import (
     CONFIG_ROOT,
     ConfigError,
     DataError,

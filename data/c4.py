@@ -45,8 +45,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from overtrain.config import ConfigError, DataError, expand_path, parse_count, replace_dir
-from overtrain.train.tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
+from ..core.config import ConfigError, DataError, expand_path, parse_count, replace_dir
+from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 
 SPLITS = ("train", "val")
 LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")
@@ -657,3 +657,17 @@ def open_prepared(path: str | os.PathLike) -> PreparedData:
             raise DataError(f"{file}: {size:,} bytes, but {meta_path} says splits.{split}.tokens = "
                             f"{info['tokens']:,} x {meta['dtype']} = {want:,} bytes (truncated or replaced?)")
     return PreparedData(root, meta)
+
+
+def load_c4(c4_dir: str | os.PathLike, spec, max_tokens: int | None, seq_len: int) -> np.ndarray:
+    """The evaluated prefix of a prepared directory's held-out C4 validation tokens (never trained on).
+
+    The directory's tokenizer must match the model's vocabulary and EOS (``check_vocab``).
+    """
+    data = open_prepared(c4_dir)
+    data.check_vocab(spec)
+    tokens = data.tokens("val")
+    if len(tokens) < seq_len + 1:
+        raise DataError(f"{data.path}/val.npy: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window")
+    n = len(tokens) if max_tokens is None else min(len(tokens), max(1, max_tokens // seq_len) * seq_len + 1)
+    return np.asarray(tokens[:n])

@@ -15,10 +15,12 @@ final checkpoint, else the latest) or a ``checkpoints/`` directory.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
-import re
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -26,8 +28,8 @@ import numpy as np
 import torch
 import yaml
 
-from overtrain.config import CheckpointError, ConfigError, atomic_write_text, from_dict, parse_count, to_dict
-from overtrain.train.model import ModelSpec, attach_shapes, build_model
+from .config import CheckpointError, ConfigError, atomic_write_text, expand_path, from_dict, parse_count, to_dict
+from .model import ModelSpec, attach_shapes, build_model, count_params
 
 STEP_PREFIX = "step-"
 
@@ -36,7 +38,9 @@ def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
 
 
-def write_checkpoint(ckpt_root: str | os.PathLike, step: int, files: dict[str, object], meta: dict, spec: ModelSpec) -> Path:
+def write_checkpoint(
+    ckpt_root: str | os.PathLike, step: int, files: dict[str, object], meta: dict, spec: ModelSpec
+) -> Path:
     """Write ``files`` (name -> object for torch.save) + model.yaml + meta.json atomically."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -82,11 +86,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     saved for mark N is found even when N is not a multiple of the tokens per step);
     ``RUN_DIR@step=N`` the first checkpoint at or past step N.
     """
-    text = str(path)
+    text = expand_path(path)
     m = re.fullmatch(r"(.*)@(tokens|step)=([0-9.eEkKmMbBgGtT_]+)", text)
     if m:
         return _checkpoint_at(Path(m.group(1)), m.group(2), m.group(3), text)
-    p = Path(path)
+    p = Path(text)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found")
     if (p / "meta.json").is_file() and (p / "model.pt").is_file():
@@ -153,19 +157,25 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
         keys = ("d_model", "n_layers", "head_dim", "mlp_ratio", "vocab_size", "embedding_size", "parametrization")
         diff = {k: (getattr(spec, k), getattr(expect, k)) for k in keys if getattr(spec, k) != getattr(expect, k)}
         if diff:
-            raise CheckpointError(f"{step_dir}: checkpoint model differs from the configured one: {diff} (checkpoint, config)")
+            raise CheckpointError(
+                f"{step_dir}: checkpoint model differs from the configured one: {diff} (checkpoint, config)"
+            )
     model = build_model(spec, device="cpu", init=False)
     try:
         state = torch.load(step_dir / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, OSError, EOFError) as e:
-        raise CheckpointError(f"{step_dir / 'model.pt'}: cannot load model weights ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{step_dir / 'model.pt'}: cannot load model weights ({str(e).splitlines()[0]})"
+        ) from None
     attach_shapes(model, spec)
     meta = dict(meta, path=str(step_dir))
     return model.to(device), spec, meta
 
 
-def save_model_checkpoint(ckpt_root: str | os.PathLike, step: int, model, spec: ModelSpec, meta: dict, extra: dict | None = None) -> Path:
+def save_model_checkpoint(
+    ckpt_root: str | os.PathLike, step: int, model, spec: ModelSpec, meta: dict, extra: dict | None = None
+) -> Path:
     """Save weights (+ optional optimizer/trainer state under ``extra``) as a complete step directory."""
     module = model.module if hasattr(model, "module") else model
     module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
@@ -204,8 +214,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         # Only the current device: reading every GPU's would open a context on each of them.
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
@@ -220,3 +235,40 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def checkpoint_sha256(step_dir: str | os.PathLike) -> str:
+    """sha256 of the checkpoint's model.pt (content identity of the weights), cached per process."""
+    f = Path(step_dir) / "model.pt"
+    st = f.stat()
+    return _sha256_cached(str(f), st.st_size, st.st_mtime_ns)
+
+
+def checkpoint_provenance(step_dir: str | os.PathLike, spec: ModelSpec, meta: dict) -> dict:
+    """The results-row fields that identify a checkpoint."""
+    return {
+        "checkpoint": str(Path(step_dir).resolve()),
+        "checkpoint_sha256": checkpoint_sha256(step_dir),
+        "checkpoint_step": meta.get("step"),
+        "checkpoint_kind": meta.get("kind"),
+        "model": spec.name,
+        "non_embedding_params": count_params(spec)["non_embedding_params"],
+        "pretrain_tokens": meta.get("tokens"),
+        "budget_tokens": meta.get("budget_tokens"),
+        "lr_decayed": meta.get("lr_decayed"),
+        "final": meta.get("final"),
+        "pretrain_run": meta.get("run_dir"),
+    }

@@ -27,7 +27,8 @@ from typing import Sequence
 
 import torch
 
-from overtrain.config import DataError
+from ..core.config import DataError
+from ..core.model import ModelSpec
 
 
 @dataclass
@@ -69,7 +70,7 @@ def cap_examples(examples: Sequence, max_examples: int | None, seed: int = 0) ->
 
 
 def encode_split(task, split: str, tokenizer, max_len: int, eos_id: int, max_examples: int | None = None, cap_seed: int = 0) -> EncodedSplit:
-    """Tokenize ``task.examples(split)`` (a Task from ``overtrain.finetune.tasks``) for a model of context ``max_len``."""
+    """Tokenize ``task.examples(split)`` (a Task from ``overtrain.data.tasks``) for a model of context ``max_len``."""
     if max_len < 2:
         raise DataError(f"model context {max_len} is too short for a prompt and a completion")
     raw = task.examples(split)
@@ -124,3 +125,15 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, device: torch.devic
         x[i, : len(xi)] = torch.tensor(xi)
         y[i, : len(yi)] = torch.tensor(yi)
     return x.to(device), y.to(device)
+
+
+def encode_task(task, splits, tokenizer, spec: ModelSpec, max_examples: dict | int | None = None, cap_seed: int = 0) -> dict[str, EncodedSplit]:
+    """Tokenize the named splits of ``task``; an empty split is an error (before any work)."""
+    out = {}
+    for split in splits:
+        cap = max_examples.get(split) if isinstance(max_examples, dict) else max_examples
+        enc = encode_split(task, split, tokenizer, spec.max_sequence_length, spec.eos_token_id, cap, cap_seed)
+        if not enc.examples:
+            raise DataError(f"task '{task.name}' split '{split}': no usable examples ({enc.total} in the split, {enc.skipped_empty} empty)")
+        out[split] = enc
+    return out

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -31,17 +33,22 @@ class DistInfo:
 
 def env_info() -> DistInfo:
     """Rank/world from torchrun's variables (read before any process group exists)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` -> cuda when available else cpu; under torchrun, cuda means ``cuda:LOCAL_RANK``."""
+def resolve_device(name: str = "auto", info: DistInfo | None = None) -> torch.device:
+    """The one device rule: ``auto`` -> cuda when available else cpu; cuda on a machine without it
+    is an error; under torchrun (``info`` distributed), cuda means ``cuda:LOCAL_RANK``."""
+    info = info or DistInfo()
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name}: CUDA is not available on this machine")
+            raise ConfigError(f"device={name}: CUDA is not available on this machine")
         if info.distributed or device.index is None:
             device = torch.device("cuda", info.local_rank if info.distributed else (device.index or 0))
         torch.cuda.set_device(device)
@@ -75,4 +82,3 @@ def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
-

@@ -73,7 +73,7 @@ class Schedule:
     final_ratio: float  # final_lr / peak_lr
 
     @classmethod
-    def build(cls, cfg: ScheduleConfig, total_steps: int, tokens_per_step: int, peak_lr: float) -> "Schedule":
+    def build(cls, cfg: ScheduleConfig, total_steps: int, tokens_per_step: int, peak_lr: float) -> Schedule:
         if cfg.final_lr > peak_lr:
             raise ValueError(f"schedule.final_lr={cfg.final_lr} exceeds the peak LR optim.lr={peak_lr}")
         ratio = cfg.final_lr / peak_lr if peak_lr > 0 else 0.0

@@ -8,8 +8,8 @@ ID perplexity of LM tasks, class scores of classification tasks) goes through
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,9 @@ def readout_at(model, mask: torch.Tensor):
         hook.remove()
 
 
-def token_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+def token_logprobs(
+    model, input_ids: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None
+) -> torch.Tensor:
     """log p(targets[b, t] | input_ids[b, :t+1]) as float32, shape (B, T).
 
     ``targets`` may hold -100 (ignored positions); their log-prob is returned as 0 (and their
@@ -71,7 +73,9 @@ def lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     gradient accumulation and data parallelism, whatever the per-micro-batch masks).
     """
     logits = model(input_ids).logits
-    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    loss_sum = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return loss_sum, (targets >= 0).sum()
 
 

@@ -1,6 +1,6 @@
 """Training metrics: ``metrics.jsonl`` in the run directory, plus optional wandb / TensorBoard.
 
-Rows are appended with ``overtrain.evaluate.results.append_row`` (one write + fsync per line).
+Rows are appended with ``overtrain.core.results.append_row`` (one write + fsync per line).
 On resume, rows past the checkpoint's step (logged by the interrupted process after its last
 checkpoint) are dropped, so the file reads as one uninterrupted run. Only rank 0 logs.
 """
@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from overtrain.config import ConfigError, atomic_write_text
-from overtrain.evaluate.results import append_row, iter_rows
+from ..core.config import ConfigError, atomic_write_text
+from ..core.results import append_row, iter_rows
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -40,7 +40,9 @@ def check_backends(cfg: LogConfig, where: str) -> None:
     """Fail before training when a requested logger is not installed."""
     for flag in ("wandb", "tensorboard"):  # torch.utils.tensorboard needs the tensorboard package
         if getattr(cfg, flag) and importlib.util.find_spec(flag) is None:
-            raise ConfigError(f"{where}: log.{flag}=true but the '{flag}' package is not installed (pip install {flag})")
+            raise ConfigError(
+                f"{where}: log.{flag}=true but the '{flag}' package is not installed (pip install {flag})"
+            )
 
 
 def peak_flops(device, override: float = 0.0) -> float | None:
@@ -68,7 +70,9 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | os.PathLike, cfg: LogConfig, enabled: bool, run_name: str = "", config: dict | None = None):
+    def __init__(
+        self, run_dir: str | os.PathLike, cfg: LogConfig, enabled: bool, run_name: str = "", config: dict | None = None
+    ):
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
         self._wandb = self._tb = None
@@ -79,8 +83,14 @@ class MetricsLogger:
 
             # A stable id from the run directory: a resumed run continues the same wandb run.
             run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
-            self._wandb = wandb.init(project=cfg.wandb_project, name=run_name or None, id=run_id, resume="allow",
-                                     config=config, dir=str(run_dir))
+            self._wandb = wandb.init(
+                project=cfg.wandb_project,
+                name=run_name or None,
+                id=run_id,
+                resume="allow",
+                config=config,
+                dir=str(run_dir),
+            )
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -91,7 +101,9 @@ class MetricsLogger:
             return
         append_row(self.path, row)
         step = row.get("step", 0)
-        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        scalars = {
+            k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+        }
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
         if self._tb is not None:

@@ -16,10 +16,10 @@ import json
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from overtrain.config import DataError
+from .config import DataError
 
 RESULTS_FILE = "results.jsonl"
 
@@ -165,5 +165,7 @@ def read_rows(source: str | os.PathLike | list, warn: bool = True) -> Rows:
     for f in files:
         out.extend(row for _, row in iter_rows(f, out.torn))
     if out.torn and warn:
-        warnings.warn(f"ignored {len(out.torn)} torn final line(s) (interrupted writes): {', '.join(out.torn)}", stacklevel=2)
+        warnings.warn(
+            f"ignored {len(out.torn)} torn final line(s) (interrupted writes): {', '.join(out.torn)}", stacklevel=2
+        )
     return out

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from mup import MuReadout, get_shapes, make_base_shapes, set_base_shapes
 
-from overtrain.config import ConfigError, load_config
+from .config import ConfigError, load_config
 
 TOKENIZER_FILE = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 
@@ -84,7 +84,7 @@ class ModelSpec:
     def width_mult(self) -> float:
         return self.d_model / self.base_d_model if self.parametrization == "mup" else 1.0
 
-    def at_width(self, d_model: int) -> "ModelSpec":
+    def at_width(self, d_model: int) -> ModelSpec:
         from dataclasses import replace
 
         return replace(self, d_model=d_model)
@@ -142,7 +142,7 @@ class ScaledReadout(MuReadout):
         super().__init__(in_features, out_features, bias=False, readout_zero_init=False, output_mult=1.0, **kw)
         self.scale = float(scale)
 
-    def _rescale_parameters(self):  # init is done by overtrain.train.model.init_weights
+    def _rescale_parameters(self):  # init is done by overtrain.core.model.init_weights
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +174,9 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, max_doc_len=N
     """
     if max_doc_len is not None or cu_doc_lens is not None:
         raise NotImplementedError("document masking is not supported by overtrain models")
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
 
 
 def _olmo(spec: ModelSpec, d_model: int, init_device: str):
@@ -183,7 +185,9 @@ def _olmo(spec: ModelSpec, d_model: int, init_device: str):
 
     cfg = olmo_config(spec, d_model, init_device=init_device)
     model = OLMo(cfg, init_params=False)
-    model.transformer.ff_out = ScaledReadout(d_model, spec.embedding_size, readout_scale(spec, d_model), device=init_device)
+    model.transformer.ff_out = ScaledReadout(
+        d_model, spec.embedding_size, readout_scale(spec, d_model), device=init_device
+    )
     sdpa = functools.partial(_sdpa, scale=attention_scale(spec))
     for block in model.transformer.blocks:
         block._scaled_dot_product_attention = sdpa

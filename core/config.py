@@ -12,15 +12,16 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the repository root is the package
 CONFIG_ROOT = REPO_ROOT / "configs"
 
 
@@ -283,7 +284,9 @@ def resolve_config_path(name_or_path: str, kind: str) -> Path:
     if p.suffix in (".yaml", ".yml"):
         raise ConfigError(f"{name_or_path}: config file not found")
     known = sorted(x.stem for x in (CONFIG_ROOT / kind).glob("*.yaml"))
-    raise ConfigError(f"{name_or_path}: no such file and no config named so in configs/{kind}/ (known: {', '.join(known)})")
+    raise ConfigError(
+        f"{name_or_path}: no such file and no config named so in configs/{kind}/ (known: {', '.join(known)})"
+    )
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] = (), kind: str = "") -> T:

@@ -9,14 +9,14 @@ completion token equally), clips, sets each param group's LR to ``initial_lr x l
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-from overtrain.evaluate.core import autocast_for, lm_loss
+from .likelihood import autocast_for, lm_loss
 
 
 @dataclass

@@ -1,0 +1,169 @@
+"""``overtrain evaluate CHECKPOINT``: C4 perplexity and per-task ID perplexity / accuracy.
+
+    overtrain evaluate runs/x/checkpoints/step-00000100 --tasks rte,trec --c4 data/c4 \\
+        [--splits validation,test] [--template default] [--max-examples 500] [--results FILE]
+
+The same functions evaluate before and after fine-tuning (``overtrain finetune``/``sweep``; this
+module is the evaluate stage's entry point for them): ``evaluate_encoded`` computes C4 perplexity
+and the ID metrics of ``overtrain.evaluate.task_metrics`` for each split of a task encoded by
+``overtrain.data.encode.encode_task``. Evaluation is deterministic: fixed example subsets, a fixed
+C4 prefix, no sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
+from ..core.config import ConfigError
+from ..core.dist import resolve_device
+from ..core.likelihood import perplexity
+from ..core.model import ModelSpec
+from ..data.c4 import load_c4
+from ..data.encode import EncodedSplit, encode_task
+from ..data.tasks import load_task
+from ..data.tokenizer import check_tokenizer
+from .task_metrics import task_metrics
+
+SPLITS = ("train", "validation", "test")
+
+
+def c4_perplexity(
+    model, spec: ModelSpec, tokens: np.ndarray, batch_size: int = 8, seq_len: int | None = None, precision: str = "auto"
+) -> dict:
+    """{loss, ppl, tokens} on C4 validation windows of the model's context, over the real vocabulary."""
+    return perplexity(
+        model,
+        tokens,
+        seq_len or spec.max_sequence_length,
+        batch_size=batch_size,
+        precision=precision,
+        vocab_size=spec.vocab_size,
+    )
+
+
+def evaluate_encoded(
+    model,
+    spec: ModelSpec,
+    encoded: dict[str, EncodedSplit],
+    c4_tokens: np.ndarray | None,
+    batch_size: int = 32,
+    c4_seq_len: int | None = None,
+    precision: str = "auto",
+) -> dict:
+    """{"c4": {loss, ppl, tokens} | None, split: {id_ppl, id_nll, acc, label_token_acc, n, ...}}."""
+    out: dict = {"c4": None}
+    if c4_tokens is not None:  # full-context windows: a quarter of the (short) task batch size
+        out["c4"] = c4_perplexity(model, spec, c4_tokens, max(1, batch_size // 4), c4_seq_len, precision)
+    for split, enc in encoded.items():
+        out[split] = task_metrics(
+            model, enc, batch_size, vocab_size=spec.vocab_size, precision=precision, pad_id=spec.pad_token_id
+        )
+    return out
+
+
+# Short split names used in results-row keys (val_id_ppl, test_acc, ...).
+SHORT = {"validation": "val", "test": "test", "train": "train"}
+
+
+def flatten_metrics(metrics: dict, suffix: str = "") -> dict:
+    """``{"c4": .., "validation": {...}}`` -> {c4_ppl, val_id_ppl, val_acc, val_label_token_acc, ...}."""
+    row = {}
+    if metrics.get("c4") is not None:
+        row[f"c4_ppl{suffix}"] = metrics["c4"]["ppl"]
+        row[f"c4_loss{suffix}"] = metrics["c4"]["loss"]
+    for split, m in metrics.items():
+        if split == "c4":
+            continue
+        s = SHORT.get(split, split)
+        for k in ("id_ppl", "acc", "label_token_acc"):
+            row[f"{s}_{k}{suffix}"] = m.get(k)
+    return row
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", help="a checkpoint step dir, checkpoints/ dir, run dir, or RUN@tokens=N")
+    p.add_argument("--tasks", default="", help="comma-separated task names or YAML paths (configs/tasks/)")
+    p.add_argument("--c4", default=None, help="prepared C4 directory (val.npy) for C4 perplexity")
+    p.add_argument("--splits", default="validation,test", help="task splits to evaluate")
+    p.add_argument("--template", default=None, help="prompt template of every task (default: each task's default)")
+    p.add_argument("--max-examples", type=int, default=None, help="cap each split (seeded random subset)")
+    p.add_argument(
+        "--c4-max-tokens", type=int, default=1_048_576, help="predicted C4 tokens (a fixed prefix of val.npy)"
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--results", default=None, help="append one row per task to this results.jsonl")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def run(args) -> int:
+    splits = [s for s in args.splits.split(",") if s]
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ConfigError(f"command line: --splits: unknown split(s) {bad} (known: {', '.join(SPLITS)})")
+    task_names = [t for t in args.tasks.split(",") if t]
+    if not task_names and not args.c4:
+        raise ConfigError("command line: nothing to evaluate: give --tasks and/or --c4")
+    step_dir = resolve_checkpoint(args.checkpoint)
+    device = resolve_device(args.device)
+    # Everything that can fail on input is checked before the model runs.
+    model, spec, meta = load_model(step_dir, device=device)
+    tok = check_tokenizer(spec, str(step_dir))
+    tasks = [load_task(name, template=args.template) for name in task_names]
+    encoded = {t.name: encode_task(t, splits, tok, spec, args.max_examples) for t in tasks}
+    c4 = load_c4(args.c4, spec, args.c4_max_tokens, spec.max_sequence_length) if args.c4 else None
+
+    t0 = time.time()
+    result = {
+        "c4": c4_perplexity(model, spec, c4, max(1, args.batch_size // 4)) if c4 is not None else None,
+        "tasks": {t.name: evaluate_encoded(model, spec, encoded[t.name], None, args.batch_size) for t in tasks},
+    }
+    for metrics in result["tasks"].values():
+        metrics.pop("c4")
+    prov = checkpoint_provenance(step_dir, spec, meta)
+    if args.results:
+        from ..core.results import append_row
+
+        # "base": a pre-trained checkpoint; "eval": any other (e.g. saved fine-tuned weights).
+        kind = "base" if meta.get("kind", "pretrain") == "pretrain" else "eval"
+        common = {"kind": kind, **prov, "c4_tokens": result["c4"]["tokens"] if result["c4"] else None}
+        if not tasks:
+            append_row(
+                args.results, {**common, "task": None, **flatten_metrics({"c4": result["c4"]}), "time": time.time()}
+            )
+        for task in tasks:
+            enc = encoded[task.name]
+            append_row(
+                args.results,
+                {
+                    **common,
+                    "task": task.name,
+                    "task_type": task.type,
+                    "template": task.template,
+                    **flatten_metrics({"c4": result["c4"], **result["tasks"][task.name]}),
+                    "n_examples": {s: len(e.examples) for s, e in enc.items()},
+                    "truncated": {s: e.truncated for s, e in enc.items()},
+                    "completion_truncated": {s: e.completion_truncated for s, e in enc.items()},
+                    "skipped_empty": {s: e.skipped_empty for s, e in enc.items()},
+                    "time": time.time(),
+                },
+            )
+    if args.json:
+        print(json.dumps({**prov, **result}, indent=2))
+        return 0
+    print(
+        f"{step_dir}  ({spec.name}, {prov['pretrain_tokens']} tokens, lr_decayed={prov['lr_decayed']})  [{time.time() - t0:.1f}s]"
+    )
+    if result["c4"] is not None:
+        print(f"  C4 perplexity {result['c4']['ppl']:.3f} over {result['c4']['tokens']:,} tokens")
+    for task in tasks:
+        for split in splits:
+            m, enc = result["tasks"][task.name][split], encoded[task.name][split]
+            acc = "" if m["acc"] is None else f"  acc {m['acc']:.3f}  label-token acc {m['label_token_acc']:.3f}"
+            trunc = f"  ({enc.truncated} prompts truncated)" if enc.truncated else ""
+            print(f"  {task.name:>16} {split:<10} ID ppl {m['id_ppl']:.4f}{acc}  n={m['n']}{trunc}")
+    return 0
