@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from overtrain.core.config import data_root
-from overtrain.data import c4 as prep
+from overtrain.data import c4_prepare as prep
 from overtrain.data.tokenizer import load_tokenizer
 
 

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from .config import CheckpointError, ConfigError, atomic_write_text, expand_path, from_dict, parse_count, to_dict
-from .model import ModelSpec, attach_shapes, build_model, count_params
+from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
 
 STEP_PREFIX = "step-"
 
@@ -177,9 +177,7 @@ def save_model_checkpoint(
     ckpt_root: str | os.PathLike, step: int, model, spec: ModelSpec, meta: dict, extra: dict | None = None
 ) -> Path:
     """Save weights (+ optional optimizer/trainer state under ``extra``) as a complete step directory."""
-    module = model.module if hasattr(model, "module") else model
-    module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
-    files = {"model.pt": module.state_dict()}
+    files = {"model.pt": unwrap(model).state_dict()}
     files.update(extra or {})
     return write_checkpoint(ckpt_root, step, files, meta, spec)
 

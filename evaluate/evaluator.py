@@ -24,11 +24,9 @@ from ..core.likelihood import perplexity
 from ..core.model import ModelSpec
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
-from ..data.tasks import load_task
+from ..data.tasks import TASK_SPLITS, load_task
 from ..data.tokenizer import check_tokenizer
 from .task_metrics import task_metrics
-
-SPLITS = ("train", "validation", "test")
 
 
 def c4_perplexity(
@@ -102,9 +100,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     splits = [s for s in args.splits.split(",") if s]
-    bad = [s for s in splits if s not in SPLITS]
+    bad = [s for s in splits if s not in TASK_SPLITS]
     if bad:
-        raise ConfigError(f"command line: --splits: unknown split(s) {bad} (known: {', '.join(SPLITS)})")
+        raise ConfigError(f"command line: --splits: unknown split(s) {bad} (known: {', '.join(TASK_SPLITS)})")
     task_names = [t for t in args.tasks.split(",") if t]
     if not task_names and not args.c4:
         raise ConfigError("command line: nothing to evaluate: give --tasks and/or --c4")

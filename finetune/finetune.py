@@ -33,9 +33,10 @@ from ..core.config import ConfigError, atomic_write_text, config_digest, load_co
 from ..core.dist import resolve_device
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
+from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.results import append_row
 from ..core.schedule import ScheduleConfig, lr_factor, warmup_steps
-from ..core.step import remember_initial_lrs, train_step
+from ..core.step import train_step
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, collate, encode_task
 from ..data.tasks import load_task
@@ -147,24 +148,10 @@ def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tu
 
 
 def build_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW; with ``mup_optimizer`` muP's per-group LR scaling (``MuAdamW``). No decay on the embedding."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("wte.weight")]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n.endswith("wte.weight")]
-    groups = [
-        g
-        for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-        if g["params"]
-    ]
-    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.mup_optimizer:
-        from mup import MuAdamW
-
-        opt = MuAdamW(groups, **kw)
-        opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
-    else:
-        opt = torch.optim.AdamW(groups, **kw)
-    remember_initial_lrs(opt)
-    return opt
+    """The fine-tuning (Mu)AdamW (``core.optim.build_optimizer``; plain AdamW without ``mup_optimizer``)."""
+    return core_build_optimizer(
+        model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, cfg.mup_optimizer
+    )
 
 
 def l2_to(model, lam: float):

@@ -12,7 +12,8 @@ import pytest
 from overtrain import cli
 from overtrain.core.config import DataError, data_root
 from overtrain.core.model import load_model_spec
-from overtrain.data.c4 import holdout_mask, open_prepared
+from overtrain.data.c4 import open_prepared
+from overtrain.data.c4_prepare import holdout_mask
 from overtrain.data.tokenizer import load_tokenizer
 
 C4 = data_root() / "c4"
@@ -197,7 +198,7 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
     with pytest.raises(DataError, match=r"allenai/c4 \(en, split 'validation'\), record 1: record has no field 'text'"):
         import argparse
 
-        from overtrain.data.c4 import add_arguments, prepare
+        from overtrain.data.c4_prepare import add_arguments, prepare
 
         p = argparse.ArgumentParser()
         add_arguments(p)

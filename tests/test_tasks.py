@@ -10,7 +10,7 @@ import json
 import pytest
 from overtrain.core.config import ConfigError, DataError, data_root
 from overtrain.data import tasks as T
-from overtrain.data.tasks import SPLITS, TEMPLATES, Example, list_tasks, load_task, resolve_data_path
+from overtrain.data.tasks import TASK_SPLITS, TEMPLATES, Example, list_tasks, load_task, resolve_data_path
 
 # Per task: records read per file-backed split, final validation/test sizes (before overlap removal
 # where carved), and the label texts. Documented in each configs/tasks/<name>.yaml.
@@ -51,7 +51,7 @@ PROVIDED = {
 @functools.cache
 def loaded(name: str, template: str | None = None):
     task = load_task(name, template=template)
-    return task, {s: task.examples(s) for s in SPLITS}
+    return task, {s: task.examples(s) for s in TASK_SPLITS}
 
 
 def test_list_tasks_has_the_ten_paper_tasks():
@@ -70,7 +70,7 @@ def test_provided_task_loads_real_data(name):
     for split, n in want["carved"].items():
         assert info[split]["carved_from"] in want["records"] and info[split]["size"] == n
     # every record is accounted for: examples = read - skipped - carved out - overlap removed
-    for split in SPLITS:
+    for split in TASK_SPLITS:
         i = info[split]
         start = (
             i["records"] - i["skipped_empty"] - sum(i.get("carved_out", {}).values()) if "records" in i else i["size"]
@@ -81,13 +81,13 @@ def test_provided_task_loads_real_data(name):
         want["records"].get("test") or want["carved"]["test"]
     )
     # no text is in two splits (the default template renders the inputs, so compare prompts)
-    prompts = {s: {e.prompt for e in ex[s]} for s in SPLITS}
+    prompts = {s: {e.prompt for e in ex[s]} for s in TASK_SPLITS}
     assert not prompts["train"] & prompts["validation"]
     assert not prompts["train"] & prompts["test"]
     assert not prompts["validation"] & prompts["test"]
-    ids = [e.id for s in SPLITS for e in ex[s]]
+    ids = [e.id for s in TASK_SPLITS for e in ex[s]]
     assert len(ids) == len(set(ids))
-    for split in SPLITS:
+    for split in TASK_SPLITS:
         for e in ex[split]:
             assert isinstance(e, Example) and e.prompt.strip() and e.completion.strip()
             if task.type == "classification":
@@ -256,14 +256,14 @@ def test_a_new_task_is_one_yaml_file(tmp_path, fmt):
     path = write_task(tmp_path, fmt)
     task = load_task(path)
     assert task.name == "my_task" and task.choices == [" great", " bad"]
-    ex = {s: task.examples(s) for s in SPLITS}
-    assert [len(ex[s]) for s in SPLITS] == [6, 3, 3]
+    ex = {s: task.examples(s) for s in TASK_SPLITS}
+    assert [len(ex[s]) for s in TASK_SPLITS] == [6, 3, 3]
     texts = {t: lab for t, lab in ROWS}
-    for split in SPLITS:
+    for split in TASK_SPLITS:
         for e in ex[split]:
             review = e.prompt.removeprefix("Review: ").removesuffix("\nIt was")
             assert e.label == (0 if texts[review] == "pos" else 1) and e.completion == task.choices[e.label]
-    assert sorted(e.prompt for s in SPLITS for e in ex[s]) == sorted(f"Review: {t}\nIt was" for t, _ in ROWS)
+    assert sorted(e.prompt for s in TASK_SPLITS for e in ex[s]) == sorted(f"Review: {t}\nIt was" for t, _ in ROWS)
     info = task.split_info
     assert info["train"]["carved_out"] == {"validation": 3, "test": 3} and info["test"]["carved_from"] == "train"
     assert load_task(path, template="instruction").examples("test")[0].prompt.startswith("Say whether")
@@ -283,15 +283,15 @@ templates: {{default: {{prompt: "{{sentence1}} {{sentence2}}"}}}}
 """
         )
         task = load_task(tmp_path / "rte_small.yaml")
-        assert [len(task.examples(s)) for s in SPLITS] == [177, 50, 50]
+        assert [len(task.examples(s)) for s in TASK_SPLITS] == [177, 50, 50]
         real_test = loaded("rte")[1]["test"]  # the same 277 dev examples, from the GLUE TSV
-        assert sum(e.label == 0 for s in SPLITS for e in task.examples(s)) == sum(e.label == 0 for e in real_test)
+        assert sum(e.label == 0 for s in TASK_SPLITS for e in task.examples(s)) == sum(e.label == 0 for e in real_test)
 
 
 def test_overlapping_texts_are_removed_from_train_and_counted(tmp_path):
     rows = ROWS + [(t, lab) for t, lab in ROWS]  # every text twice: carving splits the copies
     task = load_task(write_task(tmp_path, "csv", rows=rows))
-    prompts = {s: [e.prompt for e in task.examples(s)] for s in SPLITS}
+    prompts = {s: [e.prompt for e in task.examples(s)] for s in TASK_SPLITS}
     assert not set(prompts["train"]) & (set(prompts["validation"]) | set(prompts["test"]))
     assert not set(prompts["validation"]) & set(prompts["test"])
     info = task.split_info
@@ -313,7 +313,7 @@ def test_hub_source_via_datasets_load_dataset(tmp_path):
     path = tmp_path / "hubtask.yaml"
     path.write_text(body.format(fmt="csv", train="missing.csv", rename="{}"))
     task = load_task(path)
-    assert [len(task.examples(s)) for s in SPLITS] == [8, 2, 2]
+    assert [len(task.examples(s)) for s in TASK_SPLITS] == [8, 2, 2]
     info = task.split_info
     assert info["train"]["source"] == "hub" and "missing.csv" in info["train"]["note"]
     path.write_text(body.format(fmt="csv", train="d.csv", rename="{}"))
@@ -375,7 +375,7 @@ def test_empty_examples_fail_or_are_skipped_and_counted(tmp_path):
         load_task(path).examples("test")
     task = load_task(path, ["skip_empty=true"])
     assert task.split_info["train"]["skipped_empty"] == 1
-    assert sum(len(task.examples(s)) for s in SPLITS) == len(ROWS)
+    assert sum(len(task.examples(s)) for s in TASK_SPLITS) == len(ROWS)
 
 
 def test_non_utf8_file_names_file_and_line(tmp_path):
@@ -384,7 +384,7 @@ def test_non_utf8_file_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"d\.neg: line 2: not valid utf-8.*source\.local\.encoding"):
         load_task(path).examples("train")
     task = load_task(path, ["source.local.encoding=latin-1"])
-    assert any("café" in e.prompt for s in SPLITS for e in task.examples(s))
+    assert any("café" in e.prompt for s in TASK_SPLITS for e in task.examples(s))
     # the real TREC training file is Latin-1: trec.yaml says so, and without it it fails clearly
     with pytest.raises(DataError, match=r"train_5500\.label: line \d+: not valid utf-8"):
         load_task("trec", ["source.local.encoding=utf-8"]).examples("test")

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from ..core.config import ConfigError, DataError, atomic_savefig, atomic_write_text, data_root
 from ..core.likelihood import windows
 from ..core.model import ModelSpec, build_model, check_vocab, load_model_spec
-from ..core.step import remember_initial_lrs, train_step
+from ..core.optim import build_optimizer
+from ..core.step import train_step
 from ..data.tokenizer import eos_token_id, load_tokenizer
 
 DEFAULT_DATA = "c4/c4-sample.00000-of-00001.json.gz"  # under data_root()
@@ -130,8 +131,6 @@ def coord_data(
 
     Each record: {seed, width, t, module, l1}. Losses: {seed, width, t, loss} (the loss at step t).
     """
-    from mup import MuAdamW
-
     x, y = (b.to(device) for b in batch)
     records: list[dict] = []
     losses: list[dict] = []
@@ -143,8 +142,7 @@ def coord_data(
     for seed in range(seeds):
         for width in widths:
             model = build_model(spec.at_width(width), device=device, seed=seed)
-            opt = MuAdamW(model.parameters(), lr=lr, betas=betas, eps=1e-8, weight_decay=0.0)
-            remember_initial_lrs(opt)
+            opt = build_optimizer(model.named_parameters(), lr, betas, eps=1e-8, weight_decay=0.0)
             for t in range(1, steps + 1):
                 handles = [
                     m.register_forward_hook(_recorder(records, name, seed=seed, width=width, t=t))

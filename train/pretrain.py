@@ -57,8 +57,9 @@ from ..core.config import (
 )
 from ..core.likelihood import lm_loss, perplexity
 from ..core.model import ModelSpec, build_model, count_params, flops_per_token, load_model_spec
+from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.schedule import Schedule, ScheduleConfig
-from ..core.step import remember_initial_lrs, train_step, use_fused_adam
+from ..core.step import train_step, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
 from .tracking import METRICS_FILE, LogConfig, MetricsLogger, check_backends, peak_flops, truncate_after
 
@@ -326,21 +327,10 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """MuAdamW over two groups (decayed matrices, undecayed embedding/vectors); muP then splits
-    them by width multiplier. ``initial_lr`` is recorded for the schedule."""
-    from mup import MuAdamW
-
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.ndim < 2 or (name.endswith("wte.weight") and not cfg.decay_embeddings):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    opt = MuAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    remember_initial_lrs(opt)
-    return opt
+    """The pre-training MuAdamW (``core.optim.build_optimizer``) from the ``optim`` config."""
+    return core_build_optimizer(
+        model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, True, cfg.decay_embeddings
+    )
 
 
 # ------------------------------------------------------------------------------------ the run

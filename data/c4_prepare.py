@@ -1,4 +1,4 @@
-"""C4 -> OLMo memmap token files (``overtrain prepare-data``), and the reader the trainer uses.
+"""C4 -> OLMo memmap token files: ``overtrain prepare-data`` (read back by ``overtrain.data.c4``).
 
 Output directory (see DESIGN.md, Data)::
 
@@ -48,7 +48,6 @@ import numpy as np
 from ..core.config import ConfigError, DataError, expand_path, parse_count, replace_dir
 from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 
-SPLITS = ("train", "val")
 LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")
 CHUNK_CHARS = 1 << 18  # ~60k tokens per task: big enough to amortize IPC, small enough to balance
 FORMAT_VERSION = 1
@@ -59,7 +58,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class LocalSource:
+class LocalDocuments:
     """Local files, in the order given (each glob sorted)."""
 
     paths: list[Path]
@@ -89,7 +88,7 @@ class LocalSource:
 
 
 @dataclass
-class HubSource:
+class HubDocuments:
     """One split of a hub dataset, streamed through ``datasets.load_dataset``."""
 
     dataset: str
@@ -458,13 +457,13 @@ def _plan_sources(args) -> tuple[object, object | None]:
         if args.train_split == args.val_split:
             raise DataError(f"{args.hf_dataset}: --train-split and --val-split are both '{args.val_split}'; "
                             "validation must be held out")
-        mk = lambda split, n: HubSource(args.hf_dataset, args.hf_config or None, split, args.hf_revision,
+        mk = lambda split, n: HubDocuments(args.hf_dataset, args.hf_config or None, split, args.hf_revision,
                                         args.text_field, n)
         return mk(args.train_split, args.max_docs), mk(args.val_split, args.max_val_docs)
     if not args.train:
         raise ConfigError("command line: give --train FILES (and --val FILES or --val-docs N), "
                           "or --hf-dataset allenai/c4")
-    train = LocalSource(expand_inputs(args.train, "--train"), args.text_field, args.max_docs)
+    train = LocalDocuments(expand_inputs(args.train, "--train"), args.text_field, args.max_docs)
     if holdout:
         if args.val:
             raise ConfigError("command line: give --val FILES or a hold-out (--val-docs/--val-fraction), not both")
@@ -474,7 +473,7 @@ def _plan_sources(args) -> tuple[object, object | None]:
     if not args.val:
         raise ConfigError("command line: no validation data: give --val FILES, or hold out documents of "
                           "--train with --val-docs N or --val-fraction F")
-    val = LocalSource(expand_inputs(args.val, "--val"), args.text_field, args.max_val_docs)
+    val = LocalDocuments(expand_inputs(args.val, "--val"), args.text_field, args.max_val_docs)
     both = set(train.paths) & set(val.paths)
     if both:
         raise DataError(f"{sorted(both)[0]}: given in both --train and --val; validation must be held out")
@@ -583,91 +582,3 @@ def run(args) -> int:
     if s["train"]["dropped_val_duplicates"]:
         print(f"dropped {s['train']['dropped_val_duplicates']} training documents identical to validation documents")
     return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading a prepared directory
-
-
-@dataclass
-class PreparedData:
-    """A finished ``prepare-data`` directory. ``tokens(split)`` is a read-only flat memmap."""
-
-    path: Path
-    meta: dict
-
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
-
-    def num_tokens(self, split: str) -> int:
-        return int(self.meta["splits"][self._split(split)]["tokens"])
-
-    def tokens(self, split: str) -> np.memmap:
-        split = self._split(split)
-        return np.memmap(self.path / self.meta["splits"][split]["file"], dtype=self.meta["dtype"], mode="r",
-                         shape=(self.num_tokens(split),))
-
-    def check_vocab(self, model_spec) -> None:
-        """DataError naming meta.json and the field if the model cannot read these token ids."""
-        for key in ("vocab_size", "eos_token_id"):
-            ours, theirs = self.meta[key], getattr(model_spec, key)
-            if ours != theirs:
-                raise DataError(f"{self.meta_path}: {key} is {ours} (tokenizer {self.meta.get('tokenizer')}) "
-                                f"but model '{getattr(model_spec, 'name', '?')}' has {key}={theirs}")
-
-    def _split(self, split: str) -> str:
-        if split not in self.meta["splits"]:
-            raise DataError(f"{self.meta_path}: no split '{split}' (has {', '.join(self.meta['splits'])})")
-        return split
-
-
-def open_prepared(path: str | os.PathLike) -> PreparedData:
-    """Open and validate a prepared directory; every problem is a DataError naming file and field."""
-    root = Path(expand_path(path))
-    if not root.is_dir():
-        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data --out {root}`)")
-    meta_path = root / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path}: missing: the directory is unfinished or not from prepare-data "
-                        "(meta.json is written last)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{meta_path}: unreadable: {e}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path}: expected a JSON object")
-    for key in ("vocab_size", "eos_token_id", "dtype", "splits"):
-        if key not in meta:
-            raise DataError(f"{meta_path}: missing field '{key}'")
-    if meta["dtype"] not in ("uint16", "uint32"):
-        raise DataError(f"{meta_path}: field 'dtype' is {meta['dtype']!r}; expected 'uint16' (or 'uint32')")
-    if meta["dtype"] == "uint16" and meta["vocab_size"] > 1 << 16:
-        raise DataError(f"{meta_path}: field 'dtype' uint16 cannot hold vocab_size {meta['vocab_size']}")
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in SPLITS:
-        info = meta["splits"].get(split)
-        if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or "file" not in info:
-            raise DataError(f"{meta_path}: field 'splits.{split}' missing or without 'file' and integer 'tokens'")
-        file = root / info["file"]
-        if not file.is_file():
-            raise DataError(f"{file}: missing (listed in {meta_path} as splits.{split}.file)")
-        size, want = file.stat().st_size, info["tokens"] * itemsize
-        if size != want or want == 0:
-            raise DataError(f"{file}: {size:,} bytes, but {meta_path} says splits.{split}.tokens = "
-                            f"{info['tokens']:,} x {meta['dtype']} = {want:,} bytes (truncated or replaced?)")
-    return PreparedData(root, meta)
-
-
-def load_c4(c4_dir: str | os.PathLike, spec, max_tokens: int | None, seq_len: int) -> np.ndarray:
-    """The evaluated prefix of a prepared directory's held-out C4 validation tokens (never trained on).
-
-    The directory's tokenizer must match the model's vocabulary and EOS (``check_vocab``).
-    """
-    data = open_prepared(c4_dir)
-    data.check_vocab(spec)
-    tokens = data.tokens("val")
-    if len(tokens) < seq_len + 1:
-        raise DataError(f"{data.path}/val.npy: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window")
-    n = len(tokens) if max_tokens is None else min(len(tokens), max(1, max_tokens // seq_len) * seq_len + 1)
-    return np.asarray(tokens[:n])

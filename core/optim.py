@@ -1,0 +1,48 @@
+"""The one optimizer builder: AdamW with muP's per-group scaling (``mup.MuAdamW``) or plain AdamW.
+
+Two groups before muP splits them: matrices get decoupled weight decay, vectors (norms, biases)
+and (unless ``decay_embeddings``) the input embedding ``wte`` get none. ``MuAdamW`` then divides
+the LR of hidden matrices by their width multiplier and multiplies their decay by it, so
+lr x weight_decay is width-independent; at width_mult 1 (SP, or d_model = base_d_model) it is
+AdamW. Each group's ``initial_lr`` is recorded so schedules scale the muP-adjusted LR
+(``core.step.set_lr_factor``). Pre-training, fine-tuning, stacked sweeps and the coordinate check
+all build their optimizer here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .step import remember_initial_lrs
+
+
+def build_optimizer(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mup: bool = True,
+    decay_embeddings: bool = False,
+) -> torch.optim.Optimizer:
+    """(Mu)AdamW over ``model.named_parameters()`` (parameters need mup ``infshape``s when ``mup``)."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if p.ndim < 2 or (name.endswith("wte.weight") and not decay_embeddings):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    kw = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    if mup:
+        from mup import MuAdamW
+
+        opt = MuAdamW(groups, **kw)
+        opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+    else:
+        opt = torch.optim.AdamW(groups, **kw)
+    remember_initial_lrs(opt)
+    return opt
