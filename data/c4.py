@@ -1,0 +1,111 @@
+"""A prepared C4 directory (``overtrain prepare-data``, ``overtrain.data.c4_prepare``), read.
+
+Layout (see DESIGN.md, Data)::
+
+    DIR/train.npy   flat token ids, raw (no .npy header, as OLMo's MemMapDataset reads it),
+    DIR/val.npy     EOS after every document
+    DIR/meta.json   tokenizer, vocab_size, eos_token_id, dtype, per split: file, tokens, ...;
+                    written last: its presence means "finished"
+
+``open_prepared`` validates everything it can before any work starts (every problem a
+``DataError`` naming the file and field); ``load_c4`` is the evaluated prefix of the held-out
+validation tokens, checked against a model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import DataError, expand_path
+
+PREPARED_SPLITS = ("train", "val")  # the token files of a prepared directory (not task splits)
+
+
+
+@dataclass
+class PreparedData:
+    """A finished ``prepare-data`` directory. ``tokens(split)`` is a read-only flat memmap."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    def num_tokens(self, split: str) -> int:
+        return int(self.meta["splits"][self._split(split)]["tokens"])
+
+    def tokens(self, split: str) -> np.memmap:
+        split = self._split(split)
+        return np.memmap(self.path / self.meta["splits"][split]["file"], dtype=self.meta["dtype"], mode="r",
+                         shape=(self.num_tokens(split),))
+
+    def check_vocab(self, model_spec) -> None:
+        """DataError naming meta.json and the field if the model cannot read these token ids."""
+        for key in ("vocab_size", "eos_token_id"):
+            ours, theirs = self.meta[key], getattr(model_spec, key)
+            if ours != theirs:
+                raise DataError(f"{self.meta_path}: {key} is {ours} (tokenizer {self.meta.get('tokenizer')}) "
+                                f"but model '{getattr(model_spec, 'name', '?')}' has {key}={theirs}")
+
+    def _split(self, split: str) -> str:
+        if split not in self.meta["splits"]:
+            raise DataError(f"{self.meta_path}: no split '{split}' (has {', '.join(self.meta['splits'])})")
+        return split
+
+
+def open_prepared(path: str | os.PathLike) -> PreparedData:
+    """Open and validate a prepared directory; every problem is a DataError naming file and field."""
+    root = Path(expand_path(path))
+    if not root.is_dir():
+        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data --out {root}`)")
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: missing: the directory is unfinished or not from prepare-data "
+                        "(meta.json is written last)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{meta_path}: unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object")
+    for key in ("vocab_size", "eos_token_id", "dtype", "splits"):
+        if key not in meta:
+            raise DataError(f"{meta_path}: missing field '{key}'")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise DataError(f"{meta_path}: field 'dtype' is {meta['dtype']!r}; expected 'uint16' (or 'uint32')")
+    if meta["dtype"] == "uint16" and meta["vocab_size"] > 1 << 16:
+        raise DataError(f"{meta_path}: field 'dtype' uint16 cannot hold vocab_size {meta['vocab_size']}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in PREPARED_SPLITS:
+        info = meta["splits"].get(split)
+        if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or "file" not in info:
+            raise DataError(f"{meta_path}: field 'splits.{split}' missing or without 'file' and integer 'tokens'")
+        file = root / info["file"]
+        if not file.is_file():
+            raise DataError(f"{file}: missing (listed in {meta_path} as splits.{split}.file)")
+        size, want = file.stat().st_size, info["tokens"] * itemsize
+        if size != want or want == 0:
+            raise DataError(f"{file}: {size:,} bytes, but {meta_path} says splits.{split}.tokens = "
+                            f"{info['tokens']:,} x {meta['dtype']} = {want:,} bytes (truncated or replaced?)")
+    return PreparedData(root, meta)
+
+
+def load_c4(c4_dir: str | os.PathLike, spec, max_tokens: int | None, seq_len: int) -> np.ndarray:
+    """The evaluated prefix of a prepared directory's held-out C4 validation tokens (never trained on).
+
+    The directory's tokenizer must match the model's vocabulary and EOS (``check_vocab``).
+    """
+    data = open_prepared(c4_dir)
+    data.check_vocab(spec)
+    tokens = data.tokens("val")
+    if len(tokens) < seq_len + 1:
+        raise DataError(f"{data.path}/val.npy: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window")
+    n = len(tokens) if max_tokens is None else min(len(tokens), max(1, max_tokens // seq_len) * seq_len + 1)
+    return np.asarray(tokens[:n])
