@@ -8,8 +8,9 @@ Layout (see DESIGN.md, Data)::
                     written last: its presence means "finished"
 
 ``open_prepared`` validates everything it can before any work starts (every problem a
-``DataError`` naming the file and field); ``load_c4`` is the evaluated prefix of the held-out
-validation tokens, checked against a model's vocabulary.
+``DataError`` naming the file and field); ``open_for_model`` also checks that a model can read
+the token ids (its vocabulary size and EOS); ``load_c4`` is the evaluated prefix of the held-out
+validation tokens, opened that way.
 """
 
 from __future__ import annotations
@@ -105,13 +106,19 @@ def open_prepared(path: str | os.PathLike) -> PreparedData:
     return PreparedData(root, meta)
 
 
+def open_for_model(path: str | os.PathLike, spec) -> PreparedData:
+    """``open_prepared``, then ``check_vocab``: a prepared directory whose token ids ``spec``'s model reads."""
+    data = open_prepared(path)
+    data.check_vocab(spec)
+    return data
+
+
 def load_c4(c4_dir: str | os.PathLike, spec, max_tokens: int | None, seq_len: int) -> np.ndarray:
     """The evaluated prefix of a prepared directory's held-out C4 validation tokens (never trained on).
 
-    The directory's tokenizer must match the model's vocabulary and EOS (``check_vocab``).
+    The directory's tokenizer must match the model's vocabulary and EOS (``open_for_model``).
     """
-    data = open_prepared(c4_dir)
-    data.check_vocab(spec)
+    data = open_for_model(c4_dir, spec)
     tokens = data.tokens("val")
     if len(tokens) < seq_len + 1:
         raise DataError(
