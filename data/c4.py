@@ -70,7 +70,7 @@ def open_prepared(path: str | os.PathLike) -> PreparedData:
     """Open and validate a prepared directory; every problem is a DataError naming file and field."""
     root = Path(expand_path(path))
     if not root.is_dir():
-        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data --out {root}`)")
+        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data out={root} ...`)")
     meta_path = root / "meta.json"
     if not meta_path.is_file():
         raise DataError(

@@ -60,33 +60,33 @@ class FinetuneConfig:
     template: str | None = None  # prompt template (None: the task's default)
     task_overrides: list[str] = field(default_factory=list)  # key=value for the task YAML
     model: str | None = None  # if set, the checkpoint must have this model config's architecture
-    run_dir: str = "runs/finetune"
+    run_dir: str = "runs/finetune"  # config.yaml, the training log, results.jsonl (and weights)
     c4: str | None = None  # prepared C4 dir (val.npy) for C4 perplexity; None: skip C4
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # batch order and torch's RNG (the weights come from the checkpoint)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     # optimization
     lr: float = 1e-4  # peak LR at the muP base width (MuAdamW scales hidden matrices)
-    epochs: float = 3.0
+    epochs: float = 3.0  # passes over the training split (fractions allowed)
     max_steps: int = 0  # > 0: exactly this many optimizer steps, overriding epochs
     batch_size: int = 8  # examples per optimizer step
     micro_batch_size: int = 8  # examples per forward (gradient accumulation)
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.03, decay="linear"))
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
+    eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.0  # decoupled; not on the input embedding
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
     mup_optimizer: bool = True  # False: plain torch AdamW, one LR for every parameter
     l2_to_pretrained: float = 0.0  # lambda of lambda * ||theta - theta_0||^2, added to each step's loss
     # data
     max_examples: dict[str, int] = field(default_factory=dict)  # per split cap (seeded subset)
-    cap_seed: int = 0
+    cap_seed: int = 0  # seed of the max_examples subsets
     # evaluation
-    eval_batch_size: int = 32
+    eval_batch_size: int = 32  # examples per evaluation forward
     c4_max_tokens: int = 1_048_576  # predicted C4 validation tokens (a fixed prefix)
-    eval_before: bool = True
-    save_weights: bool = False
-    log_every: int = 10
+    eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
+    save_weights: bool = False  # save the fine-tuned weights in run_dir/checkpoints/
+    log_every: int = 10  # a training-log line every N steps
     # sweep (overtrain sweep)
     lrs: list[float] = field(default_factory=list)  # explicit grid; empty: geometric, see `sweep`
     stacked: bool = False  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
@@ -384,18 +384,23 @@ def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: f
     return row
 
 
-def add_arguments(p):
-    p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ (demo) or a YAML path")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="dotted key=value overrides: checkpoint=, task=, lr=, run_dir=, seed=, template=, ...",
-    )
-    p.add_argument("--results", default=None, help="results file (default: RUN_DIR/results.jsonl)")
+# ------------------------------------------------------------------------------------------- CLI
+
+
+KIND = "finetune"  # `overtrain finetune CONFIG [key=value ...]`: CONFIG is configs/finetune/NAME.yaml or a path
+CONFIG = FinetuneConfig
+
+
+@dataclass
+class FinetuneOptions:
+    results: str | None = None  # results file to append the row to (None: RUN_DIR/results.jsonl)
+
+
+OPTIONS = FinetuneOptions
 
 
 def run(args) -> int:
-    cfg = load_finetune_config(args.config, args.overrides)
+    cfg = args.config
     row = run_finetune(cfg, args.results)
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(

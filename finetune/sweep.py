@@ -238,17 +238,15 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     return out + [chosen]
 
 
-def add_arguments(p):
-    p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ or a YAML path")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, stacked=true, ...",
-    )
+# ------------------------------------------------------------------------------------------- CLI
+
+
+KIND = "finetune"  # `overtrain sweep CONFIG [key=value ...]`: CONFIG is configs/finetune/NAME.yaml or a path
+CONFIG = FinetuneConfig
 
 
 def run(args) -> int:
-    rows = run_sweep(args.config, args.overrides)
+    rows = run_sweep(args.config)
     chosen = rows[-1]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(f"sweep {chosen['task']} on {chosen['checkpoint']} ({len(rows) - 1} LRs)")

@@ -38,7 +38,6 @@ from ..core.config import (
     DataError,
     expand_path,
     from_dict,
-    load_config,
     read_yaml,
     resolve_config_path,
     save_config,
@@ -65,15 +64,15 @@ class OptimConfig:
     # Peak LR at the muP base width (MuAdamW divides it by width_mult for hidden matrices).
     # The paper's value is unknown; see configs/pretrain/*.yaml.
     lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam moment decays
+    eps: float = 1e-8  # Adam epsilon
     # Decoupled AdamW decay at the base width; MuAdamW multiplies it by width_mult where it
     # divides the LR, so lr x weight_decay (the actual shrink per step) is width-independent.
     weight_decay: float = 0.1
     # OLMo's default: no decay on the input embedding (rows of rare tokens would only shrink).
     # The readout is a hidden-size matrix like any other and is decayed.
     decay_embeddings: bool = False
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
 
 
 @dataclass
@@ -86,7 +85,7 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 1000  # periodic checkpoints (0 = none), pruned to the newest keep_last
-    keep_last: int = 2
+    keep_last: int = 2  # periodic checkpoints kept (the latest is what a resume needs)
     # Token marks for intermediate-checkpoint studies: a checkpoint at the step where a run with
     # that budget would end (same rounding as budget_tokens). Never pruned (nor is the final one).
     at_tokens: list[int] = field(default_factory=list)
@@ -98,7 +97,7 @@ class PretrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields, e.g. {d_model: 512}
     parametrization: Literal["mup", "sp"] | None = None  # None = the model config's
     data: DataConfig = field(default_factory=DataConfig)
-    run_dir: str = ""
+    run_dir: str = ""  # where config.yaml, metrics.jsonl, checkpoints/ and summary.json go
     budget_tokens: int = 0  # accepts 4B, 512M, 100K
     global_batch_size: int = 256  # sequences per optimizer step, whatever the number of processes
     micro_batch_size: int = 32  # sequences per forward/backward on one process
@@ -283,7 +282,7 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
         raise ConfigError(f"{where}: run_dir={run_dir} exists and is not a directory")
     if (run_dir / SUMMARY_FILE).exists():
         raise ConfigError(
-            f"{run_dir / SUMMARY_FILE}: this run already finished; pass --overwrite to train it again from scratch"
+            f"{run_dir / SUMMARY_FILE}: this run already finished; pass overwrite=true to train it again from scratch"
         )
     saved_path = run_dir / CONFIG_FILE
     if saved_path.exists():
@@ -292,7 +291,7 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
             lines = "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, (a, b) in diff.items())
             raise ConfigError(
                 f"{saved_path}: the run directory holds a different run ({lines}); "
-                "use another run_dir, or --overwrite to discard it"
+                "use another run_dir, or overwrite=true to discard it"
             )
     return latest_checkpoint(run_dir / "checkpoints")
 
@@ -320,7 +319,7 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, where: str = "config"
 
 
 def prepare_run_dir(run_dir: Path, cfg: PretrainConfig, overwrite: bool) -> None:
-    """Rank 0, before anything else: clear it for --overwrite, drop half-written checkpoints, save config.yaml."""
+    """Rank 0, before anything else: clear it for overwrite=true, drop half-written checkpoints, save config.yaml."""
     if overwrite and run_dir.exists():
         _clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -329,7 +328,7 @@ def prepare_run_dir(run_dir: Path, cfg: PretrainConfig, overwrite: bool) -> None
 
 
 def _clear_run_dir(run_dir: Path) -> None:
-    """--overwrite: remove what a previous run left (only files this trainer writes)."""
+    """overwrite=true: remove what a previous run left (only files this trainer writes)."""
     for name in (SUMMARY_FILE, METRICS_FILE, CONFIG_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for name in ("checkpoints", "tensorboard"):
@@ -342,17 +341,18 @@ def _clear_run_dir(run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def add_arguments(p) -> None:
-    p.add_argument("config", help="pretrain config: a name in configs/pretrain/ (olmo-30m-8B) or a YAML path")
-    p.add_argument(
-        "overrides", nargs="*", help="dotted key=value overrides, e.g. run_dir=runs/x budget_tokens=4B seed=1"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="discard a finished (or different) run in run_dir and start over"
-    )
+KIND = "pretrain"  # `overtrain pretrain CONFIG [key=value ...]`: CONFIG is configs/pretrain/NAME.yaml or a path
+CONFIG = PretrainConfig
+
+
+@dataclass
+class PretrainOptions:
+    overwrite: bool = False  # discard a finished (or different) run in run_dir and start over
+
+
+OPTIONS = PretrainOptions
 
 
 def run(args) -> int:
-    cfg = load_config(PretrainConfig, args.config, args.overrides, kind="pretrain")
-    pretrain(cfg, overwrite=args.overwrite, where=str(resolve_config_path(args.config, "pretrain")))
+    pretrain(args.config, overwrite=args.overwrite, where=str(resolve_config_path(args.config_path, KIND)))
     return 0

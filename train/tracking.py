@@ -29,9 +29,9 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 @dataclass
 class LogConfig:
-    every_steps: int = 10
+    every_steps: int = 10  # a metrics.jsonl row (and console line) every N steps
     wandb: bool = False  # needs the `wandb` package
-    wandb_project: str = "overtrain"
+    wandb_project: str = "overtrain"  # Weights & Biases project
     tensorboard: bool = False  # needs the `tensorboard` package; writes RUN_DIR/tensorboard/
     peak_flops: float = 0.0  # per device, for MFU; 0 = look the GPU up in PEAK_BF16_FLOPS
 
