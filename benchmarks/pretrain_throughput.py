@@ -260,7 +260,7 @@ def print_ddp_estimate(models: list[str]) -> list[dict]:
 
 
 def print_grid_time(plan_path: str, estimates: list[dict], flat_mfus=(0.2,), sweep_mfus=(0.05, 0.15)) -> dict:
-    """Wall time of a grid on one 8-GPU node from ``overtrain grid plan GRID --json`` FLOPs.
+    """Wall time of a grid on one 8-GPU node from ``overtrain grid plan GRID json=true`` FLOPs.
 
     Pre-training runs one job at a time on all 8 GPUs: FLOPs / (8 x peak x MFU x DDP efficiency),
     with the anchor's MFU (``estimates``) and with each of ``flat_mfus``. Sweeps (and
@@ -333,7 +333,7 @@ def main() -> int:
     ap.add_argument(
         "--grid-plan",
         default=None,
-        help="with --ddp-estimate: `overtrain grid plan GRID --json` output; prints the grid's wall time on 8 GPUs",
+        help="with --ddp-estimate: `overtrain grid plan GRID json=true` output; prints the grid's wall time on 8 GPUs",
     )
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()

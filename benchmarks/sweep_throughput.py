@@ -106,8 +106,8 @@ def stacked(spec, model, lrs, batches, warmup, precision, device, fused) -> tupl
     t = time.perf_counter()
     run = StackedRun(model, spec, lrs, **kw)
     for micro in batches[warmup:]:
-        loss, _ = run.step(micro, 1.0)
-    last = loss.tolist()
+        stats = run.step(micro, 1.0)  # one StepStats per model
+    last = [s.loss for s in stats]
     sync(device)
     return time.perf_counter() - t, last
 
