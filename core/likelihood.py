@@ -105,11 +105,14 @@ def perplexity(
     precision: str = "auto",
     vocab_size: int | None = None,
     distributed: bool = False,
+    per_window: bool = False,
 ) -> dict:
     """LM perplexity on a flat token array: exp(mean NLL over every predicted token).
 
     Deterministic (fixed windows, fixed order). With ``distributed`` the windows are split over
-    ranks and the sums all-reduced, so every rank returns the same value.
+    ranks and the sums all-reduced, so every rank returns the same value. ``per_window`` adds
+    ``window_nll``: each window's summed NLL (float64, this rank's windows; each predicts seq_len
+    tokens), for intervals over windows; loss and ppl are unchanged by it.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -121,18 +124,24 @@ def perplexity(
     mine = win[rank::world]
     nll = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
+    per = []
     with autocast_for(device, precision):
         for start in range(0, len(mine), batch_size):
             chunk = torch.from_numpy(mine[start : start + batch_size]).to(device)
             lp = token_logprobs(model, chunk[:, :-1], chunk[:, 1:], vocab_size)
             nll -= lp.double().sum()
             count += lp.numel()
+            if per_window:
+                per.append(-lp.double().sum(1))
     if world > 1:
         torch.distributed.all_reduce(nll)
         torch.distributed.all_reduce(count)
     model.train(was_training)
     mean = (nll / count).item()
-    return {"loss": mean, "ppl": math.exp(mean) if mean < 709.0 else math.inf, "tokens": int(count.item())}
+    out = {"loss": mean, "ppl": math.exp(mean) if mean < 709.0 else math.inf, "tokens": int(count.item())}
+    if per_window:
+        out["window_nll"] = torch.cat(per).cpu().numpy() if per else np.zeros(0)
+    return out
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> torch.Tensor:

@@ -25,6 +25,14 @@ the ``optional`` ones that are None and the metrics not evaluated; a row read fr
 the keys it was read with, in their order, plus any new key set since (the sweep's selected copy),
 so ``parse_row(d).to_dict() == d``.
 
+Per-example scores (for the report's intervals) live beside the results file, not in the row: a
+compressed ``scores/ID.npz`` (``write_scores``, written whole before its row is appended) named by
+the row's optional ``scores`` key (a path relative to the results file's folder; ``read_scores``).
+Its arrays are named ``after.SPLIT.NAME`` in a fine-tuning row's file (after fine-tuning) and
+``SPLIT.NAME`` in a base/eval row's; SPLIT "c4" (NAME nll, tokens: per C4 window) or "val"/"test" (``evaluate.task_metrics``'
+``examples``: nll, correct, label, n_classes for classification; nll, tokens for LM tasks). Rows
+without the key (older ones) report without intervals.
+
 The rows' resume identity (which config fields and row keys identify a result, and the C4
 tokens' ``c4_tokens_sha256``) is ``core.identity``.
 
@@ -35,14 +43,19 @@ together.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import types
 import typing
+import uuid
 import warnings
 from dataclasses import dataclass, field, fields
 from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from .config import DataError
 from .results import Rows, read_rows
@@ -335,6 +348,7 @@ class FinetuneRow(Row):
     stack_size: int | None = field(default=None, metadata=OPTIONAL)
     selected_from: list | None = field(default=None, metadata=OPTIONAL)  # the LR grid of the selection
     selected_by: str | None = field(default=None, metadata=OPTIONAL)
+    scores: str | None = field(default=None, metadata=OPTIONAL)  # per-example scores file (``write_scores``)
 
     @property
     def c4_evaluated(self) -> bool:
@@ -388,6 +402,7 @@ class BaseRow(Row):
     metrics: dict | None = field(default=None, metadata=OPTIONAL)  # sweep: the evaluation, reused on resume
     tags: dict | None = field(default=None, metadata=OPTIONAL)  # sweep
     wall_s: float | None = field(default=None, metadata=OPTIONAL)  # sweep
+    scores: str | None = field(default=None, metadata=OPTIONAL)  # per-example scores file (``write_scores``)
     time: float | None = None
 
     @property
@@ -474,3 +489,52 @@ def load_rows(source: str | os.PathLike | list, warn: bool = True) -> Rows:
             f"ignored {len(out.torn)} torn final line(s) (interrupted writes): {', '.join(out.torn)}", stacklevel=2
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example scores beside the results file
+
+
+def write_scores(results: str | os.PathLike, scores: dict) -> str | None:
+    """Write nested ``{part: {split: {name: array}}}`` (or ``{split: {name: array}}``) as one
+    compressed ``scores/ID.npz`` beside ``results`` (a new random ID; written whole, then renamed),
+    and return its path relative to ``results``' folder: the row's ``scores`` key. None when empty."""
+    flat = {}
+
+    def walk(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            elif v is not None:
+                flat[f"{prefix}{k}"] = np.asarray(v)
+
+    walk("", scores)
+    if not flat:
+        return None
+    rel = f"scores/{uuid.uuid4().hex[:16]}.npz"
+    path = Path(results).parent / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **flat)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rel
+
+
+def read_scores(row: Row) -> dict[str, np.ndarray] | None:
+    """A row's per-example scores (``write_scores``' flat names -> arrays); None when the row has no
+    ``scores`` key or the file is gone (the report then has no intervals for it)."""
+    rel = getattr(row, "scores", None)
+    if not rel:
+        return None
+    folder = Path(row.where.rsplit(":", 1)[0]).parent if row.where else Path(".")
+    try:
+        with np.load(folder / rel) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError):
+        return None

@@ -25,7 +25,7 @@ from ..core.identity import c4_identity
 from ..core.likelihood import perplexity
 from ..core.model import ModelSpec
 from ..core.results import append_row
-from ..core.rows import BaseRow, Checkpoint, EvalRow, Metrics, encoding_counts
+from ..core.rows import SHORT, BaseRow, Checkpoint, EvalRow, Metrics, encoding_counts, write_scores
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import TASK_SPLITS, load_task
@@ -55,31 +55,63 @@ def evaluate_encoded(
     batch_size: int = 32,
     c4_seq_len: int | None = None,
     precision: str = "auto",
+    scores: dict | None = None,
 ) -> dict:
-    """{"c4": {loss, ppl, tokens} | None, split: {id_ppl, id_nll, acc, label_token_acc, n, ...}}."""
+    """{"c4": {loss, ppl, tokens} | None, split: {id_ppl, id_nll, acc, label_token_acc, n, ...}}.
+
+    ``scores``: a dict to receive the per-example scores (``core.rows.write_scores``' layout):
+    "c4" -> {nll, tokens} per C4 window, "val"/"test" -> ``task_metrics``' ``examples``. They are
+    the same forward passes' numbers, so asking for them costs no extra compute."""
     out: dict = {"c4": None}
     if c4_tokens is not None:  # full-context windows: a quarter of the (short) task batch size
-        out["c4"] = c4_perplexity(model, spec, c4_tokens, max(1, batch_size // 4), c4_seq_len, precision)
+        seq_len = c4_seq_len or spec.max_sequence_length
+        out["c4"] = perplexity(
+            model,
+            c4_tokens,
+            seq_len,
+            batch_size=max(1, batch_size // 4),
+            precision=precision,
+            vocab_size=spec.vocab_size,
+            per_window=True,
+        )
+        nll = out["c4"].pop("window_nll")
+        if scores is not None:
+            scores["c4"] = {"nll": nll, "tokens": np.full(len(nll), seq_len, dtype=np.int64)}
     for split, enc in encoded.items():
         out[split] = task_metrics(
             model, enc, batch_size, vocab_size=spec.vocab_size, precision=precision, pad_id=spec.pad_token_id
         )
+        examples = out[split].pop("examples")
+        if scores is not None:
+            scores[SHORT.get(split, split)] = examples
     return out
 
 
 def result_rows(
-    meta: dict, prov: dict, tasks: list, encoded: dict, result: dict, c4: np.ndarray | None, seq_len: int
+    meta: dict,
+    prov: dict,
+    tasks: list,
+    encoded: dict,
+    result: dict,
+    c4: np.ndarray | None,
+    seq_len: int,
+    scores: dict | None = None,
+    results: str | None = None,
 ) -> Iterator[BaseRow]:
     """``evaluate --results`` rows: one per task (all C4-only without tasks); kind "base" for a
-    pre-trained checkpoint, "eval" for any other (e.g. saved fine-tuned weights)."""
+    pre-trained checkpoint, "eval" for any other (e.g. saved fine-tuned weights). With ``scores``
+    ({"c4": .., task: {split: ..}}) and ``results``, each row's per-example scores are written
+    beside the results file first (``core.rows.write_scores``) and named by its ``scores`` key."""
     cls = BaseRow if meta.get("kind", "pretrain") == "pretrain" else EvalRow
     common = dict(
         ckpt=Checkpoint(**prov),
         c4_tokens=result["c4"]["tokens"] if result["c4"] else None,
         c4_tokens_sha256=c4_identity(c4, seq_len) if c4 is not None else None,
     )
+    save = (lambda d: write_scores(results, d)) if scores is not None and results else (lambda d: None)
+    c4_scores = {"c4": scores["c4"]} if scores and "c4" in scores else {}
     if not tasks:
-        yield cls(**common, evaluation=Metrics.of({"c4": result["c4"]}), time=time.time())
+        yield cls(**common, evaluation=Metrics.of({"c4": result["c4"]}), scores=save(c4_scores), time=time.time())
     for task in tasks:
         yield cls(
             **common,
@@ -88,6 +120,7 @@ def result_rows(
             template=task.template,
             evaluation=Metrics.of({"c4": result["c4"], **result["tasks"][task.name]}),
             **encoding_counts(encoded[task.name]),
+            scores=save({**c4_scores, **(scores or {}).get(task.name, {})}),
             time=time.time(),
         )
 
@@ -135,15 +168,19 @@ def run(args) -> int:
     c4 = load_c4(args.c4, spec, args.c4_max_tokens, spec.max_sequence_length) if args.c4 else None
 
     t0 = time.time()
-    result = {
-        "c4": c4_perplexity(model, spec, c4, max(1, args.batch_size // 4)) if c4 is not None else None,
-        "tasks": {t.name: evaluate_encoded(model, spec, encoded[t.name], None, args.batch_size) for t in tasks},
-    }
-    for metrics in result["tasks"].values():
-        metrics.pop("c4")
+    scores: dict = {}
+    c4_result = evaluate_encoded(model, spec, {}, c4, args.batch_size, scores=scores)["c4"] if c4 is not None else None
+    result = {"c4": c4_result, "tasks": {}}
+    for t in tasks:
+        scores[t.name] = {}
+        result["tasks"][t.name] = evaluate_encoded(
+            model, spec, encoded[t.name], None, args.batch_size, scores=scores[t.name]
+        )
+        result["tasks"][t.name].pop("c4")
     prov = checkpoint_provenance(step_dir, spec, meta)
     if args.results:
-        for row in result_rows(meta, prov, tasks, encoded, result, c4, spec.max_sequence_length):
+        rows = result_rows(meta, prov, tasks, encoded, result, c4, spec.max_sequence_length, scores, args.results)
+        for row in rows:
             append_row(args.results, row.to_dict())
     if args.json:
         print(json.dumps({**prov, **result}, indent=2))

@@ -10,6 +10,11 @@ Classification (PROTOCOL.md "Evaluation"; Springer et al. 2025):
                     *first* token of choice c (ties go to the lower class index)
 LM tasks: id_ppl = exp(sum of target-token NLL / number of target tokens) (the standard LM loss).
 
+Per-example scores (``examples``, for the report's intervals; not row keys): classification
+``nll`` (-log p(gold_i | i)), ``correct`` (argmax == gold), ``label`` (gold) and ``n_classes``; LM
+``nll`` (summed over the example's target tokens) and ``tokens``. The metrics above are their means
+(classification) or sum ratio (LM), so a bootstrap over examples resamples exactly these numbers.
+
 Log-probabilities are taken over the real vocabulary (``vocab_size``, 50280 for the OLMo
 tokenizer): the padded embedding rows 50280..50303 never occur in data and are masked out of
 the softmax, so a model with uniform logits has LM perplexity 50280, not 50304.
@@ -55,12 +60,14 @@ def classification_metrics_from_scores(mean: np.ndarray, first: np.ndarray, labe
     log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     nll = -log_p[np.arange(len(labels)), labels]
     mean_nll = float(nll.mean())
+    correct = mean.argmax(axis=1) == labels
     return {
         "id_ppl": safe_exp(mean_nll),
         "id_nll": mean_nll,
-        "acc": float((mean.argmax(axis=1) == labels).mean()),
+        "acc": float(correct.mean()),
         "label_token_acc": float((first.argmax(axis=1) == labels).mean()),
         "n": int(len(labels)),
+        "examples": {"nll": nll, "correct": correct, "label": labels, "n_classes": np.int64(mean.shape[1])},
     }
 
 
@@ -86,6 +93,10 @@ def lm_metrics(
         "label_token_acc": None,
         "n": len(lps),
         "tokens": tokens,
+        "examples": {
+            "nll": np.array([-float(lp.sum()) for lp in lps]),
+            "tokens": np.array([len(lp) for lp in lps], dtype=np.int64),
+        },
     }
 
 
@@ -97,7 +108,8 @@ def task_metrics(
     precision: str = "auto",
     pad_id: int = 1,
 ) -> dict:
-    """ID metrics of one encoded split: id_ppl, id_nll, acc, label_token_acc (None for lm tasks), n."""
+    """ID metrics of one encoded split: id_ppl, id_nll, acc, label_token_acc (None for lm tasks), n,
+    and the per-example ``examples`` (module doc)."""
     if not split.examples:
         raise ValueError(f"task '{split.task}' split '{split.split}' has no examples to evaluate")
     if split.type == "classification":

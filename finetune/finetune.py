@@ -36,7 +36,7 @@ from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
 from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.results import append_row
-from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts
+from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts, write_scores
 from ..core.schedule import ScheduleConfig
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
@@ -198,10 +198,13 @@ def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepare
     return Prepared(cfg, step_dir, model, spec, meta, task, encoded, c4_tokens, device, per_epoch, total)
 
 
-def evaluate_all(p: Prepared) -> dict:
-    """C4 perplexity and ID metrics on validation and test (the train split is never evaluated)."""
+def evaluate_all(p: Prepared, scores: dict | None = None) -> dict:
+    """C4 perplexity and ID metrics on validation and test (the train split is never evaluated);
+    ``scores`` receives the per-example scores (``evaluate_encoded``)."""
     evals = {s: p.encoded[s] for s in ("validation", "test")}
-    return evaluate_encoded(p.model, p.spec, evals, p.c4, p.cfg.eval_batch_size, precision=p.cfg.precision)
+    return evaluate_encoded(
+        p.model, p.spec, evals, p.c4, p.cfg.eval_batch_size, precision=p.cfg.precision, scores=scores
+    )
 
 
 def train_models(
@@ -284,7 +287,9 @@ def finish_run(
     """
     t0 = time.time()
     cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
-    after = evaluate_all(p)
+    scores: dict = {}
+    after = evaluate_all(p, scores)
+    results = Path(results) if results else run_dir / RESULTS_FILE
     if cfg.save_weights:
         save_model_checkpoint(
             run_dir / "checkpoints",
@@ -307,8 +312,9 @@ def finish_run(
                 "finetune_tokens": stats["train_tokens"],
             },
         )
-    row = make_row(p, stats, before, after, elapsed + time.time() - t0, **(extra or {})).to_dict()
-    append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
+    extra = {**(extra or {}), "scores": write_scores(results, {"after": scores})}  # the file first, then its row
+    row = make_row(p, stats, before, after, elapsed + time.time() - t0, **extra).to_dict()
+    append_row(results, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
     return row
 

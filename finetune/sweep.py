@@ -52,7 +52,7 @@ from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
 from ..core.identity import predates_c4_identity, same_identity
 from ..core.results import append_row
-from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows
+from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
 from .finetune import (
     RESULTS_FILE,
     RESUME_KEYS,
@@ -209,8 +209,10 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
         before = base_rows[-1].metrics
     elif cfg.eval_before:
         t0 = time.time()
-        before = evaluate_all(p)
+        scores: dict = {}
+        before = evaluate_all(p, scores)
         base = replace(base, evaluation=Metrics.of(before), metrics=before, wall_s=time.time() - t0, time=time.time())
+        base = replace(base, scores=write_scores(results, scores))  # the scores file first, then its row
         append_row(results, base.to_dict())
 
     done = {r.lr: r.to_dict() for r in mine if isinstance(r, FinetuneRow) and not r.selected}
