@@ -35,7 +35,7 @@ from ..core.config import ConfigError, DataError, atomic_write_text
 from ..core.rows import Row, load_rows
 from .report_data import Report, collect, find_turn
 from .report_figures import figures
-from .report_text import csv_text, judge, markdown, perturb_table, summary_table
+from .report_text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]
 
@@ -44,6 +44,7 @@ def aggregate(rows: list[Row], group_by: list[str], tolerance: float, files: lis
     """The report of typed rows (``load_rows``): cells, curves, turns and verdicts."""
     rep = collect(rows, group_by, tolerance, files)
     judge(rep)
+    sanity(rep)
     return rep
 
 
@@ -63,6 +64,7 @@ def make_report(
     out.mkdir(parents=True, exist_ok=True)
     paths = figures(rep, out)
     atomic_write_text(out / "summary.csv", csv_text(*summary_table(rep)))
+    atomic_write_text(out / "curves.csv", csv_text(*curves_table(rep)))
     if rep.noise:
         atomic_write_text(out / "perturb.csv", csv_text(*perturb_table(rep)))
     text = markdown(rep, paths)

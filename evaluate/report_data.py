@@ -1,7 +1,14 @@
 """The report's numbers: typed results rows -> cells per (checkpoint, task, LR or tuned) -> curves over
-pre-training tokens -> turns (``find_turn``). What each number is: ``overtrain.evaluate.report``'s
-docstring; which row key it reads: the row types' properties (``overtrain.core.rows``). Also the
-formatting shared by the text and the figures (``fmt_*``)."""
+pre-training tokens -> intervals and turns. What each number is: ``overtrain.evaluate.report``'s
+docstring; which row key it reads: the row types' properties (``overtrain.core.rows``); the
+statistics: ``report_stats``. Also the formatting shared by the text and the figures (``fmt_*``).
+
+A cell's per-example scores (``core.rows.read_scores``; test split, else validation, as its ID
+perplexity) become ``report_stats.Samples`` per metric: "id" (classification: per-example NLL,
+a mean; LM: summed NLL over tokens, a ratio), "c4" (per-window NLL over tokens) and "acc"
+(correctness), one row per seed. A curve has intervals only when every point has samples.
+``find_turn`` is the point estimates' description (where the minimum is, how much worse the
+largest budget is); whether a curve *turns* is ``decide``'s paired test (``report_stats``)."""
 
 from __future__ import annotations
 
@@ -13,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import ConfigError, DataError
-from ..core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number
+from ..core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number, read_scores
+from . import report_stats as st
 
 # rows of one (checkpoint, task, LR) cell that differ in these come from different fine-tuning setups
 MIX_KEYS = {
@@ -120,6 +128,10 @@ class Cell:
     val_id_ppl: float | None
     n: int
     lrs: tuple[float, ...] = ()
+    samples: dict = field(default_factory=dict)  # "id" / "c4" / "acc" -> report_stats.Samples (absent: no scores)
+    majority: float | None = None  # majority-class accuracy of the evaluated split (classification)
+    chance: float | None = None  # 1 / number of classes
+    grid: tuple[float, ...] = ()  # the LR grid the tuned LR was selected from
 
 
 @dataclass
@@ -131,8 +143,17 @@ class Curve:
     value: float | None  # the fixed LR or gamma; None for base and tuned
     x: list[float]
     y: list[float]
-    turn: int | None = None  # index of the minimum when the curve is worse after it
-    worse_by: float = 0.0  # relative change from the minimum to the largest budget
+    turn: int | None = None  # index of the best budget when the curve turns (``decide``'s test)
+    worse_by: float = 0.0  # point estimates: relative change from the minimum to the largest budget
+    samples: list = field(default_factory=list, repr=False)  # per point report_stats.Samples (or None)
+    lo: list | None = None  # interval per point (None: no per-example scores)
+    hi: list | None = None
+    test: st.TurnTest | None = field(default=None, repr=False)  # the paired tests (perplexity curves with scores)
+    significant: bool | None = None  # turns by the test; None: not tested
+
+    @property
+    def has_intervals(self) -> bool:
+        return self.lo is not None
 
     @property
     def turn_tokens(self) -> float | None:
@@ -165,8 +186,10 @@ class Report:
     tuned: dict = field(default_factory=dict)  # (series, task) -> {tokens: Cell}
     noise: dict = field(default_factory=dict)  # series -> {gamma: {tokens: (mean, std, n)}}
     curves: list[Curve] = field(default_factory=list)
-    verdicts: dict = field(default_factory=dict)  # task -> {"shows": bool, "curves": [Curve], "text": str}
+    verdicts: dict = field(default_factory=dict)  # task -> {"shows": bool | None, "curves", "text", "models"}
     notes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # sanity checks that failed (``report_text.sanity``)
+    base_samples: dict = field(default_factory=dict)  # (series, tokens) -> Samples of base C4 (base rows)
 
     @property
     def tasks(self) -> list[str]:
@@ -229,6 +252,7 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
         if n is not None and name is not None:
             params_of[name] = max(params_of.get(name, 0), int(n))
     base_rows, ft_rows, noise_rows = defaultdict(list), defaultdict(list), defaultdict(list)
+    base_scores, cache = defaultdict(list), {}
     kinds: dict[str, int] = defaultdict(int)
     no_decay_flag = 0
     for row, flat in zip(rows, flats):
@@ -239,6 +263,9 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
         no_decay_flag += row.ckpt.lr_decayed is None
         if isinstance(row, BaseRow):
             base_rows[series, tokens].append(("base", row.base_c4_ppl))
+            sc = _scores(row, cache)
+            if sc is not None and "c4.nll" in sc and row.base_c4_ppl is not None:
+                base_scores[series, tokens].append((sc["c4.nll"], sc["c4.tokens"]))
         elif isinstance(row, PerturbRow):
             gamma, ppl, ref = number(row.gamma), number(row.c4_ppl), row.base_c4_ppl
             if gamma is None or ppl is None or ref is None:
@@ -261,6 +288,9 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
             if v is not None:
                 rep.base[key] = v
                 break
+    for key, sc in base_scores.items():  # several base rows of one checkpoint (one per task): one evaluation
+        distinct = {(a.tobytes(), b.tobytes()): (a, b) for a, b in sc}
+        rep.base_samples[key] = st.stack([a for a, _ in distinct.values()], [b for _, b in distinct.values()])
 
     computed, mixed = 0, set()
     for (series, task, tokens), rs in ft_rows.items():
@@ -273,7 +303,9 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
             plain = [r for r in group if r.selected is not True]
             by_lr[lr] = plain or group
             mixed |= {k for k, get in MIX_KEYS.items() if len({repr(get(r)) for r in by_lr[lr]}) > 1}
-        rep.fixed.setdefault((series, task), {})[tokens] = {lr: _cell(g, (lr,)) for lr, g in sorted(by_lr.items())}
+        rep.fixed.setdefault((series, task), {})[tokens] = {
+            lr: _cell(g, (lr,), cache) for lr, g in sorted(by_lr.items())
+        }
         chosen = [r for r in rs if r.selected is True]
         if not chosen:  # no flagged row: select by validation ID perplexity here
             scored = [
@@ -283,7 +315,10 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
                 continue
             chosen = by_lr[min(scored)[1]]
             computed += 1
-        rep.tuned.setdefault((series, task), {})[tokens] = _cell(chosen, tuple(sorted({float(r.lr) for r in chosen})))
+        cell = _cell(chosen, tuple(sorted({float(r.lr) for r in chosen})), cache)
+        grids = {tuple(sorted(r.selected_from)) for r in chosen if r.selected_from}
+        cell.grid = grids.pop() if len(grids) == 1 else tuple(sorted(by_lr))
+        rep.tuned.setdefault((series, task), {})[tokens] = cell
     if mixed:
         rep.notes.append(
             f"some cells average rows that differ in {', '.join(sorted(mixed))} (different fine-tuning "
@@ -302,11 +337,20 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
         )
 
     _build_curves(rep)
+    decide(rep)
     return rep
 
 
-def _cell(rows: list[FinetuneRow], lrs: tuple[float, ...]) -> Cell:
-    return Cell(
+def _scores(row: Row, cache: dict) -> dict | None:
+    """A row's per-example scores, read once per file (the sweep's selected copy shares its row's)."""
+    key = (row.where.rsplit(":", 1)[0], getattr(row, "scores", None))
+    if key not in cache:
+        cache[key] = read_scores(row)
+    return cache[key]
+
+
+def _cell(rows: list[FinetuneRow], lrs: tuple[float, ...], cache: dict) -> Cell:
+    cell = Cell(
         id_ppl=_mean(r.id_ppl for r in rows),
         c4_ppl=_mean(r.c4_ppl_after for r in rows),
         acc=_mean(r.acc for r in rows),
@@ -314,17 +358,51 @@ def _cell(rows: list[FinetuneRow], lrs: tuple[float, ...]) -> Cell:
         n=len(rows),
         lrs=lrs,
     )
+    scores = [_scores(r, cache) for r in rows]
+    if any(s is None for s in scores):
+        return cell  # some row without per-example scores: no intervals for this cell
+    split = "test" if all("after.test.nll" in s for s in scores) else "val"
+    pre = f"after.{split}."
+    if all(pre + "nll" in s for s in scores):
+        if all(pre + "tokens" in s for s in scores):  # an LM task: summed NLL over tokens
+            cell.samples["id"] = st.stack([s[pre + "nll"] for s in scores], [s[pre + "tokens"] for s in scores])
+        else:
+            cell.samples["id"] = st.stack([s[pre + "nll"] for s in scores])
+    if all(pre + "correct" in s for s in scores):
+        cell.samples["acc"] = st.stack([s[pre + "correct"] for s in scores], log=False)
+        labels, n_classes = scores[0][pre + "label"], int(scores[0][pre + "n_classes"])
+        cell.majority = float(np.bincount(labels, minlength=n_classes).max() / len(labels))
+        cell.chance = 1.0 / n_classes
+    if all("after.c4.nll" in s for s in scores):
+        cell.samples["c4"] = st.stack([s["after.c4.nll"] for s in scores], [s["after.c4.tokens"] for s in scores])
+    cell.samples = {k: v for k, v in cell.samples.items() if v is not None}
+    return cell
 
 
 def _curve(
-    rep: Report, series: Series, metric: str, task: str | None, setting: str, value: float | None, points: dict
+    rep: Report,
+    series: Series,
+    metric: str,
+    task: str | None,
+    setting: str,
+    value: float | None,
+    points: dict,
+    samples: dict | None = None,
 ) -> None:
     pts = sorted((x, y) for x, y in points.items() if y is not None)
     if not pts:
         return
     c = Curve(series, metric, task, setting, value, [p[0] for p in pts], [p[1] for p in pts])
     if metric != "noise":  # perplexities: lower is better; noise sensitivity is not judged that way
-        c.turn, c.worse_by = find_turn(c.x, c.y, rep.tolerance)
+        _, c.worse_by = find_turn(c.x, c.y, rep.tolerance)
+        c.samples = [(samples or {}).get(x) for x in c.x]
+        if all(s is not None for s in c.samples):
+            rng = np.random.default_rng(len(rep.curves))  # deterministic: the same report twice
+            reps = st.curve_replicates(c.samples, rng)
+            lo, hi = st.interval(reps)
+            c.lo, c.hi = [float(v) for v in lo], [float(v) for v in hi]
+            if metric in ("id", "c4") and len(c.x) >= 2:
+                c.test = st.turn_test(np.array([float(st.point(s)) for s in c.samples]), reps)
     rep.curves.append(c)
 
 
@@ -333,15 +411,64 @@ def _build_curves(rep: Report) -> None:
     for (s, t), v in rep.base.items():
         by_series[s][t] = v
     for s, pts in sorted(by_series.items()):
-        _curve(rep, s, "base_c4", None, "base", None, pts)
+        _curve(rep, s, "base_c4", None, "base", None, pts, {t: rep.base_samples.get((s, t)) for t in pts})
     for (s, task), per_tokens in sorted(rep.fixed.items()):
         lrs = sorted({lr for cells in per_tokens.values() for lr in cells})
         for metric, attr in (("id", "id_ppl"), ("c4", "c4_ppl")):
             for lr in lrs:
-                pts = {t: getattr(cells[lr], attr) for t, cells in per_tokens.items() if lr in cells}
-                _curve(rep, s, metric, task, f"lr={fmt_lr(lr)}", lr, pts)
+                cells = {t: cells[lr] for t, cells in per_tokens.items() if lr in cells}
+                pts = {t: getattr(c, attr) for t, c in cells.items()}
+                smp = {t: c.samples.get(metric) for t, c in cells.items()}
+                _curve(rep, s, metric, task, f"lr={fmt_lr(lr)}", lr, pts, smp)
             tuned = rep.tuned.get((s, task), {})
-            _curve(rep, s, metric, task, "tuned", None, {t: getattr(c, attr) for t, c in tuned.items()})
+            pts, smp = (
+                {t: getattr(c, attr) for t, c in tuned.items()},
+                {t: c.samples.get(metric) for t, c in tuned.items()},
+            )
+            _curve(rep, s, metric, task, "tuned", None, pts, smp)
     for s, per_gamma in sorted(rep.noise.items()):
         for gamma, pts in sorted(per_gamma.items()):
             _curve(rep, s, "noise", None, f"gamma={gamma:g}", gamma, {t: v[0] for t, v in pts.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision (report_stats' docstring): which curves turn, and what makes a curve meaningless
+
+MIN_BUDGETS = 3  # a turn needs a best budget with a budget on each side
+
+
+def learned(rep: Report, series: Series, task: str) -> bool | None:
+    """Did the fine-tuned model (tuned LR) learn the task: is its accuracy above the majority-class
+    accuracy at some budget, by more than z_0.95 binomial standard errors? None: not a classification
+    task, or no per-example scores."""
+    out = None
+    for cell in rep.tuned.get((series, task), {}).values():
+        acc = cell.samples.get("acc")
+        if acc is None or cell.majority is None:
+            continue
+        p, n = float(acc.values.mean()), acc.values.size
+        out = bool(out) or p - cell.majority > st.Z_UPPER * math.sqrt(max(p * (1 - p), 1e-12) / n)
+    return out
+
+
+def decide(rep: Report) -> None:
+    """Set each fully decayed perplexity curve's ``significant`` and ``turn``: Holm over each task's
+    tuned-LR curves (every model, ID and C4) and, apart, over its fixed-LR curves. Curves with fewer
+    than ``MIN_BUDGETS`` budgets, without per-example scores, or of a model that learned nothing
+    are not tested (``turn`` None)."""
+    for task in rep.tasks:
+        for tuned in (True, False):
+            family = [
+                c
+                for c in rep.curves
+                if c.task == task
+                and c.metric in ("id", "c4")
+                and (c.setting == "tuned") == tuned
+                and not c.series.intermediate
+                and c.test is not None
+                and len(c.x) >= MIN_BUDGETS
+                and learned(rep, c.series, task) is not False
+            ]
+            for c, rejected in zip(family, st.holm([c.test.p for c in family])):
+                c.significant = bool(rejected.any())
+                c.turn = int(c.test.best) if c.significant else None

@@ -1,6 +1,10 @@
 """The report's figures (PNG): base C4 perplexity, per task ID and C4 perplexity after fine-tuning
 (one line per fixed LR, one for the tuned LR), and noise sensitivity, each over pre-training tokens.
 
+Intervals (``report_stats``: 95% bootstrap) are drawn as bands around the curves that have them;
+noise sensitivity as error bars of mean +- 1.96 sd / sqrt(n) over noise seeds, on a symlog axis
+(a perplexity change can be negative).
+
 Intermediate checkpoints are drawn dotted with hollow markers; turns (interior inflections) are
 circled in red. Files are written whole or not at all (``core.config.atomic_savefig``).
 """
@@ -71,10 +75,16 @@ def _turn_legend_handle():
     )
 
 
-def _finish(ax, curves: list[Curve], legend: bool = True, turn_entry: bool | None = None) -> None:
+def _band(ax, c: Curve, color) -> None:
+    """The curve's 95% intervals as a translucent band (nothing without per-example scores)."""
+    if c.has_intervals:
+        ax.fill_between(c.x, c.lo, c.hi, color=color, alpha=0.15, linewidth=0)
+
+
+def _finish(ax, curves: list[Curve], legend: bool = True, turn_entry: bool | None = None, log_ok: bool = True) -> None:
     """Log y when the values span more than 20x; legend outside the axes, right (never over data)."""
     ys = [y for c in curves for y in c.y if y is not None and math.isfinite(y) and y > 0]
-    if ys and max(ys) / min(ys) > 20:
+    if log_ok and ys and max(ys) / min(ys) > 20:
         ax.set_yscale("log")
     if not legend:
         return
@@ -104,6 +114,7 @@ def figures(rep: Report, out: Path) -> list[Path]:
         for c in base:
             color = colors[c.series.group, c.series.params, c.series.model]
             ax.plot(c.x, c.y, marker="o", color=color, label=c.series.label(gb), **_style(c.series))
+            _band(ax, c, color)
             _mark_turn(ax, c, color)
         _token_axis(ax, [x for c in base for x in c.x])
         ax.set_ylabel("C4 perplexity (base model)")
@@ -150,6 +161,7 @@ def figures(rep: Report, out: Path) -> list[Path]:
                         zorder=4 if tuned else 3,
                         **style,
                     )
+                    _band(ax, c, color)
                     if not c.series.intermediate:
                         _mark_turn(ax, c, color)
                 _token_axis(ax, [x for c in curves for x in c.x])
@@ -176,20 +188,27 @@ def figures(rep: Report, out: Path) -> list[Path]:
             curves = [c for c in noise if (c.series.group, c.series.params, c.series.model) == key]
             for c in sorted(curves, key=lambda c: (c.series.intermediate, c.value)):
                 g = c.value
-                ax.plot(
+                stats = rep.noise[c.series][g]
+                err = [1.96 * stats[t][1] / math.sqrt(stats[t][2]) if stats[t][2] > 1 else 0.0 for t in c.x]
+                ax.errorbar(
                     c.x,
                     c.y,
+                    yerr=err,
+                    capsize=3,
                     marker="o",
                     color=g_color[g],
                     label=f"γ = {g:g}" + (" (intermediate)" if c.series.intermediate else ""),
                     **_style(c.series),
                 )
             _token_axis(ax, [x for c in curves for x in c.x])
-            ax.set_ylabel("C4 perplexity increase under noise")
+            ys = [abs(y) for c in curves for y in c.y if math.isfinite(y) and y != 0]
+            ax.set_yscale("symlog", linthresh=max(min(ys), 1e-3) if ys else 1.0)  # changes can be negative
+            ax.axhline(0.0, color="gray", linewidth=0.8)
+            ax.set_ylabel("C4 perplexity change under noise (symlog)")
             ax.set_title(
                 "Noise sensitivity: " + ", ".join([key[2], *[f"{k}={v}" for k, v in zip(gb, key[0])]]), fontsize=10
             )
-            _finish(ax, curves)
+            _finish(ax, curves, log_ok=False)
         fig.tight_layout()
         paths.append(_save(fig, out / "noise_sensitivity.png"))
         plt.close(fig)

@@ -1,17 +1,48 @@
-"""The report's text: the verdict per task, report.md, summary.csv and perturb.csv (``report_data`` holds the numbers).
+"""The report's text: the verdicts, the sanity checks, report.md, summary.csv, curves.csv and perturb.csv
+(``report_data`` holds the numbers, ``report_stats`` the statistics).
 
-A task shows catastrophic overtraining when its tuned-LR ID or C4 perplexity curve after
-fine-tuning (fully decayed checkpoints) turns (``report_data.find_turn``); the verdict says where,
-and how the fixed-LR C4 curves behave.
+Verdict per (model, task), from its tuned-LR ID and C4 perplexity curves after fine-tuning (fully
+decayed checkpoints), in this order:
+
+- "cannot tell" when fewer than 3 budgets; when a point has no per-example scores (rows written
+  before they were recorded: no intervals); when the model learned nothing (classification: test
+  accuracy not above the majority class at any budget, ``report_data.learned``);
+- "catastrophic overtraining" when a curve turns (``report_data.decide``: the largest budget is
+  worse than an earlier one beyond the paired uncertainty, Holm-corrected over the task's tests);
+- "no catastrophic overtraining" when every curve's 95% upper bound of the worsening from its
+  best budget to the largest is within the tolerance;
+- else "cannot tell: intervals too wide".
+
+A task shows catastrophic overtraining when one of its models does, none when all its models show
+none, and otherwise cannot tell.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
-from .report_data import METRIC_WORDS, Curve, Report, Series, fmt_lr, fmt_num, fmt_pct, fmt_tokens
+from .report_data import (
+    METRIC_WORDS,
+    MIN_BUDGETS,
+    Curve,
+    Report,
+    Series,
+    fmt_lr,
+    fmt_num,
+    fmt_pct,
+    fmt_tokens,
+    learned,
+)
+
+
+def fmt_ci(c: Curve, i: int, digits: int = 4) -> str:
+    """A point with its interval, "52 [50.1, 54]" (just the point without one)."""
+    if not c.has_intervals:
+        return fmt_num(c.y[i], digits)
+    return f"{fmt_num(c.y[i], digits)} [{fmt_num(c.lo[i], 3)}, {fmt_num(c.hi[i], 3)}]"
 
 
 def _describe_turn(c: Curve, group_by: list[str]) -> str:
@@ -20,55 +51,143 @@ def _describe_turn(c: Curve, group_by: list[str]) -> str:
         if c.interior
         else f"is worse from the smallest budget ({fmt_tokens(c.x[0])}) on"
     )
+    p = f", p = {min(c.test.p):.2g} before Holm" if c.test is not None else ""
     return (
-        f"{where} for {c.series.label(group_by)} ({fmt_num(c.y[c.turn])} at {fmt_tokens(c.turn_tokens)} → "
-        f"{fmt_num(c.y[-1])} at {fmt_tokens(c.x[-1])}, {c.worse_by:+.1%})"
+        f"{where} for {c.series.label(group_by)} ({fmt_ci(c, c.turn)} at {fmt_tokens(c.turn_tokens)} → "
+        f"{fmt_ci(c, -1)} at {fmt_tokens(c.x[-1])}, {c.worse_by:+.1%}{p})"
     )
 
 
+def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, str, list[Curve]]:
+    """(shows, sentence, turned curves) of one (model, task): see the module doc."""
+    tuned = [c for c in rep.find("id", task, "tuned", series) + rep.find("c4", task, "tuned", series)]
+    budgets = sorted({x for c in tuned for x in c.x})
+    label = series.label(rep.group_by)
+    if len(budgets) < MIN_BUDGETS:
+        return None, f"{label}: cannot tell: fully decayed checkpoints at {len(budgets)} budget(s) only", []
+    if not all(c.has_intervals for c in tuned):
+        return None, f"{label}: cannot tell: no per-example scores (rows without a 'scores' file: no intervals)", []
+    if learned(rep, series, task) is False:
+        cells = rep.tuned[series, task]
+        acc = ", ".join(fmt_num(cells[t].acc, 3) for t in sorted(cells) if cells[t].acc is not None)
+        any_cell = next(iter(cells.values()))
+        return (
+            None,
+            f"{label}: cannot tell: the model learned nothing (tuned-LR test accuracy {acc} is not above the "
+            f"majority-class accuracy {fmt_num(any_cell.majority, 3)} at any budget; chance "
+            f"{fmt_num(any_cell.chance, 3)})",
+            [],
+        )
+    turned = [c for c in tuned if c.significant]
+    if turned:
+        parts = [f"{METRIC_WORDS[c.metric]} after fine-tuning {_describe_turn(c, rep.group_by)}" for c in turned]
+        calm = [METRIC_WORDS[c.metric] for c in tuned if not c.significant]
+        tail = f" {' and '.join(calm)} does not turn." if calm else ""
+        return True, "catastrophic overtraining. " + "; ".join(parts) + "." + tail, turned
+    bound = max(c.test.upper for c in tuned)
+    if bound <= math.log1p(rep.tolerance):
+        how = (
+            "are best at the largest budget"
+            if not math.isfinite(bound)
+            else f"worsen by at most {_pct(bound)} (95% upper bound) from their best budget"
+        )
+        return (
+            False,
+            f"{label}: no catastrophic overtraining up to {fmt_tokens(budgets[-1])} tokens: with the tuned LR, "
+            f"ID and C4 perplexity after fine-tuning {how} (tolerance {fmt_pct(rep.tolerance)})",
+            [],
+        )
+    return (
+        None,
+        f"{label}: cannot tell: intervals too wide (no turn detected, but a worsening of up to {_pct(bound)} from the "
+        f"best budget is not excluded; tolerance {fmt_pct(rep.tolerance)})",
+        [],
+    )
+
+
+def _pct(log_change: float) -> str:
+    return f"{math.expm1(log_change):+.1%}" if math.isfinite(log_change) else "+0%"
+
+
 def judge(rep: Report) -> None:
-    """Per task: does the tuned-LR ID or C4 perplexity after fine-tuning turn (decayed curves only)?"""
-    tol = fmt_pct(rep.tolerance)
+    """Per task: its models' verdicts (``model_verdict``) and the task's (module doc)."""
     for task in rep.tasks:
-        tuned = [c for c in rep.find("id", task, "tuned") + rep.find("c4", task, "tuned") if not c.series.intermediate]
-        turned = [c for c in tuned if c.turn is not None]
-        budgets = sorted({x for c in tuned for x in c.x})
-        if len(budgets) < 2:
-            why = (
-                f"fully decayed checkpoints at {len(budgets)} budget only"
-                if budgets
-                else "no tuned-LR result for fully decayed checkpoints (no 'selected' rows, no val_id_ppl)"
-            )
-            text = f"**{task}**: cannot tell: {why}."
-            rep.verdicts[task] = {"shows": None, "curves": [], "text": text}
+        series = sorted({c.series for c in rep.find("id", task, "tuned") + rep.find("c4", task, "tuned")})
+        series = [s for s in series if not s.intermediate]
+        if not series:
+            text = f"**{task}**: cannot tell: no tuned-LR result for fully decayed checkpoints (no 'selected' rows, no val_id_ppl)."
+            rep.verdicts[task] = {"shows": None, "curves": [], "text": text, "models": {}}
             continue
-        if turned:
-            parts = [f"{METRIC_WORDS[c.metric]} after fine-tuning {_describe_turn(c, rep.group_by)}" for c in turned]
-            calm = [
-                METRIC_WORDS[m]
-                for m in ("id", "c4")
-                if not any(c.metric == m for c in turned) and any(c.metric == m for c in tuned)
-            ]
-            tail = f" {' and '.join(calm)} keeps improving (or stays within {tol})." if calm else ""
-            text = f"**{task}**: catastrophic overtraining. " + "; ".join(parts) + "." + tail
+        models = {s: model_verdict(rep, s, task) for s in series}
+        shows = [v for v, _, _ in models.values()]
+        task_shows = True if True in shows else (False if all(v is False for v in shows) else None)
+        turned = [c for _, _, cs in models.values() for c in cs]
+        if task_shows:
+            head = f"**{task}**: catastrophic overtraining. "
+            rest = [t.removeprefix("catastrophic overtraining. ") for v, t, _ in models.values() if v]
+            rest += [t + "." for v, t, _ in models.values() if not v]
+            text = head + " ".join(rest)
+        elif len(models) == 1:
+            (t,) = [t for _, t, _ in models.values()]
+            text = f"**{task}**: {t.split(': ', 1)[1]}."
         else:
-            text = (
-                f"**{task}**: no catastrophic overtraining up to {fmt_tokens(budgets[-1])} tokens: with the tuned LR, "
-                f"ID and C4 perplexity after fine-tuning keep improving (or stay within {tol})."
-            )
+            word = "no catastrophic overtraining" if task_shows is False else "cannot tell"
+            text = f"**{task}**: {word}. " + " ".join(t + "." for _, t, _ in models.values())
         fixed = []
-        several = len({c.series for c in tuned}) > 1
+        several = len(series) > 1
         for c in sorted(rep.find("c4", task), key=lambda c: (c.series, c.value or 0)):
             if c.value is not None and not c.series.intermediate:
-                turn = (
-                    f"turns at {fmt_tokens(c.turn_tokens)}"
-                    if c.interior
-                    else ("worse from the start" if c.turn is not None else "no turn")
-                )
+                if c.significant is None:
+                    turn = "not tested"
+                elif c.turn is None:
+                    turn = "no turn"
+                else:
+                    turn = f"turns at {fmt_tokens(c.turn_tokens)}" if c.interior else "worse from the start"
                 fixed.append(f"{c.setting} {turn}" + (f" ({c.series.label(rep.group_by)})" if several else ""))
         if fixed:
             text += " Fixed LRs, C4 perplexity: " + "; ".join(fixed) + "."
-        rep.verdicts[task] = {"shows": bool(turned), "curves": turned, "text": text}
+        rep.verdicts[task] = {"shows": task_shows, "curves": turned, "text": text, "models": models}
+
+
+def sanity(rep: Report) -> None:
+    """Flags (``rep.flags``) for what makes a point meaningless: a base model whose C4 perplexity does
+    not fall with tokens, a fine-tuned model at or below majority-class accuracy, a tuned LR at an
+    end of its grid."""
+    for c in rep.find("base_c4"):
+        if c.series.intermediate:
+            continue
+        ups = [i for i in range(1, len(c.y)) if c.y[i] >= c.y[i - 1]]
+        if ups:
+            where = ", ".join(f"{fmt_tokens(c.x[i - 1])} → {fmt_tokens(c.x[i])}" for i in ups)
+            rep.flags.append(
+                f"base C4 perplexity of {c.series.label(rep.group_by)} does not fall with tokens ({where}): "
+                "pre-training is not improving the model there"
+            )
+    for (s, task), cells in sorted(rep.tuned.items()):
+        if s.intermediate:
+            continue
+        low = [
+            t for t, c in sorted(cells.items()) if c.majority is not None and c.acc is not None and c.acc <= c.majority
+        ]
+        if low:
+            c0 = cells[low[0]]
+            rep.flags.append(
+                f"{task}, {s.label(rep.group_by)}: tuned-LR test accuracy at or below the majority class "
+                f"({fmt_num(c0.majority, 3)}; chance {fmt_num(c0.chance, 3)}) at "
+                f"{', '.join(fmt_tokens(t) for t in low)} tokens"
+                + (": learned nothing" if learned(rep, s, task) is False else "")
+            )
+        for end, pick in (("lowest", min), ("highest", max)):
+            at = [
+                t
+                for t, c in sorted(cells.items())
+                if len(c.grid) > 1 and c.lrs and pick(c.lrs) == pick(c.grid) and len(c.lrs) == 1
+            ]
+            if at:
+                rep.flags.append(
+                    f"{task}, {s.label(rep.group_by)}: the tuned LR is the {end} of its grid at "
+                    f"{', '.join(fmt_tokens(t) for t in at)} tokens: the best LR may lie beyond the grid"
+                )
 
 
 def summary_table(rep: Report) -> tuple[list[str], list[list]]:
@@ -160,24 +279,31 @@ def _tokens_cell(s: Series, t: float) -> str:
 
 def markdown(rep: Report, figures: list[Path]) -> str:
     gb = rep.group_by
-    tol = fmt_pct(rep.tolerance)
     md = ["# Catastrophic overtraining report", ""]
     md += [f"Inputs: {', '.join(str(f) for f in rep.files)}." if rep.files else "", *[f"- {n}" for n in rep.notes], ""]
     md += [
         "## Verdict",
         "",
-        f"With the fine-tuning LR tuned per checkpoint, a curve *turns* at the budget minimizing it when the largest "
-        f'budget is worse by more than {tol}. Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
+        "With the fine-tuning LR tuned per checkpoint, a curve *turns* when its largest budget is worse than an "
+        "earlier one beyond the paired bootstrap uncertainty (one-sided tests, Holm-corrected over every budget, "
+        f"model and metric of the task at 5%); it shows none when the 95% upper bound of that worsening is within "
+        f"{fmt_pct(rep.tolerance)}; otherwise (and with fewer than 3 budgets, without per-example scores, or for a "
+        'model that learned nothing) the answer is "cannot tell". Intervals: 95% bootstrap over evaluation examples (and seeds). '
+        'Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
         "",
     ]
     md += [f"- {v['text']}" for v in rep.verdicts.values()] or ["- no fine-tuning rows."]
     shows = [t for t, v in rep.verdicts.items() if v["shows"]]
     not_shows = [t for t, v in rep.verdicts.items() if v["shows"] is False]
-    if shows or not_shows:
+    unknown = [t for t, v in rep.verdicts.items() if v["shows"] is None]
+    if rep.verdicts:
         md += [
             "",
-            f"Catastrophic overtraining: {', '.join(shows) or 'none'}. Not observed: {', '.join(not_shows) or 'none'}.",
+            f"Catastrophic overtraining: {', '.join(shows) or 'none'}. Not observed: {', '.join(not_shows) or 'none'}. "
+            f"Cannot tell: {', '.join(unknown) or 'none'}.",
         ]
+    if rep.flags:
+        md += ["", "## Sanity checks", "", *[f"- ⚠ {f}" for f in rep.flags]]
     noise = [c for c in rep.find("noise") if not c.series.intermediate and len(c.x) > 1]
     if noise:
         grows = sum(c.y[-1] > c.y[0] for c in noise)
@@ -186,7 +312,7 @@ def markdown(rep: Report, figures: list[Path]) -> str:
             f"Noise sensitivity (C4 perplexity increase under weight noise) is larger at the largest budget than at the "
             f"smallest for {grows} of {len(noise)} (model, gamma) curves.",
         ]
-    turns = [c for c in rep.curves if c.interior and c.metric != "noise"]
+    turns = [c for c in rep.curves if c.interior and c.metric in ("id", "c4")]
     if turns:
         md += ["", "Inflections (marked on the figures):", ""]
         md += [
@@ -197,8 +323,9 @@ def markdown(rep: Report, figures: list[Path]) -> str:
     base_series = sorted({s for s, _ in rep.base})
     if base_series:
         md += ["", "## Base models: C4 perplexity", ""]
+        base_curve = {c.series: c for c in rep.find("base_c4")}
         rows = [
-            [*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base[s, t])]
+            [*s.group, s.model, _tokens_cell(s, t), _with_ci(base_curve.get(s), t, rep.base[s, t])]
             for s in base_series
             for t in sorted(t for ss, t in rep.base if ss == s)
         ]
@@ -216,11 +343,13 @@ def markdown(rep: Report, figures: list[Path]) -> str:
             for t in sorted(per):
                 tuned = rep.tuned.get((s, task), {}).get(t)
                 r = [*s.group, s.model, _tokens_cell(s, t), fmt_num(rep.base.get((s, t)))]
+                tid = {c.series: c for c in rep.find("id", task, "tuned")}.get(s)
+                tc4 = {c.series: c for c in rep.find("c4", task, "tuned")}.get(s)
                 r += (
                     [
                         ",".join(fmt_lr(x) for x in tuned.lrs),
-                        fmt_num(tuned.id_ppl),
-                        fmt_num(tuned.c4_ppl),
+                        _with_ci(tid, t, tuned.id_ppl),
+                        _with_ci(tc4, t, tuned.c4_ppl),
                         fmt_num(tuned.acc, 3),
                     ]
                     if tuned
@@ -247,3 +376,55 @@ def markdown(rep: Report, figures: list[Path]) -> str:
     if figures:
         md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     return "\n".join(md).strip() + "\n"
+
+
+def _with_ci(c: Curve | None, t: float, value: float | None) -> str:
+    """A table cell: the value, with its interval when the curve holding it has one."""
+    if c is None or not c.has_intervals or t not in c.x:
+        return fmt_num(value)
+    return fmt_ci(c, c.x.index(t))
+
+
+def curves_table(rep: Report) -> tuple[list[str], list[list]]:
+    """CSV header and rows of every curve point with its interval and the curve's test (curves.csv)."""
+    header = [
+        *rep.group_by,
+        "model",
+        "lr_decayed",
+        "run_budget_tokens",
+        "task",
+        "metric",
+        "setting",
+        "pretrain_tokens",
+        "value",
+        "ci_low",
+        "ci_high",
+        "turns",
+        "best_tokens",
+        "worse_upper_bound",
+    ]
+    out = []
+    for c in rep.curves:
+        if c.metric == "noise":
+            continue
+        for i, (x, y) in enumerate(zip(c.x, c.y)):
+            upper = math.expm1(c.test.upper) if c.test is not None and math.isfinite(c.test.upper) else None
+            out.append(
+                [
+                    *c.series.group,
+                    c.series.model,
+                    not c.series.intermediate,
+                    c.series.run_budget or "",
+                    c.task or "",
+                    c.metric,
+                    c.setting,
+                    int(x),
+                    y,
+                    c.lo[i] if c.has_intervals else None,
+                    c.hi[i] if c.has_intervals else None,
+                    "" if c.significant is None else c.significant,
+                    int(c.x[int(c.test.best)]) if c.test is not None else "",
+                    upper,
+                ]
+            )
+    return header, out

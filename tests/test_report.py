@@ -1,14 +1,23 @@
 """Report on a synthetic study with known shapes: rte's tuned-LR C4 perplexity is U-shaped in
-tokens (turn at 4M), trec's curves keep improving; intermediate checkpoints must stay apart."""
+tokens (turn at 4M), trec's curves keep improving; intermediate checkpoints must stay apart.
+Every fine-tuning row has per-example scores (``scores``, as the sweep writes them) whose means
+are the row's metrics, with small per-row noise, so the turns are real ones, beyond the noise."""
 
 import csv
+import math
 import struct
 
+import numpy as np
 import pytest
 from overtrain.cli import main
 from overtrain.core.config import ConfigError, DataError
 from overtrain.core.results import append_row
+from overtrain.core.rows import write_scores
 from overtrain.evaluate.report import aggregate, find_turn, load_rows, make_report
+
+N_TEST, N_WINDOWS, WINDOW = 400, 50, 64
+DIFFICULTY = np.random.default_rng(0).normal(0, 0.3, N_TEST)
+DIFFICULTY -= DIFFICULTY.mean()  # shared by every row: the examples are the same at every budget
 
 M = 1_000_000
 BUDGETS = [1 * M, 2 * M, 4 * M, 8 * M, 16 * M]
@@ -51,13 +60,33 @@ def ft_row(task, lr, i, tokens=None, decayed=True, **kw):
     return row
 
 
+def scores_of(row: dict, rng) -> dict:
+    """Per-example scores whose means are exactly the row's test ID perplexity, accuracy and C4 perplexity."""
+    noise = rng.normal(0, 0.05, N_TEST)
+    nll = math.log(row["test_id_ppl"]) + DIFFICULTY + noise - noise.mean()
+    classes = 2 if row["task"] == "rte" else 6
+    correct = np.arange(N_TEST) < round(row["test_acc"] * N_TEST)
+    window = rng.normal(0, 0.5, N_WINDOWS)
+    c4 = (math.log(row["c4_ppl_after"]) + window - window.mean()) * WINDOW
+    return {
+        "after": {
+            "test": {"nll": nll, "correct": correct, "label": np.arange(N_TEST) % classes, "n_classes": classes},
+            "c4": {"nll": c4, "tokens": np.full(N_WINDOWS, WINDOW)},
+        }
+    }
+
+
 def write_sweep(path, task, i, **kw):
-    """What ``overtrain sweep`` writes: a row per LR, then for rte a copy of the tuned one flagged
-    ``selected`` (trec's selection is left to the report)."""
+    """What ``overtrain sweep`` writes: a row per LR (its per-example scores first), then for rte a
+    copy of the tuned one flagged ``selected`` (trec's selection is left to the report)."""
+    rng = np.random.default_rng([i, len(task), len(kw)])
+    rows = {}
     for lr in LRS:
-        append_row(path, ft_row(task, lr, i, **kw))
+        row = ft_row(task, lr, i, **kw)
+        rows[lr] = row = {**row, "scores": write_scores(path, scores_of(row, rng))}
+        append_row(path, row)
     if task == "rte":
-        append_row(path, ft_row(task, 1e-3, i, selected=True, **kw))
+        append_row(path, {**rows[1e-3], "selected": True})
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +157,7 @@ def test_inflections_and_verdict(study):
     )
     assert rep.verdicts["rte"]["shows"] is True and rep.verdicts["trec"]["shows"] is False
     assert "**rte**: catastrophic overtraining. C4 perplexity after fine-tuning turns at 4M tokens" in text
-    assert "ID perplexity keeps improving" in text
+    assert "ID perplexity does not turn" in text
     assert "**trec**: no catastrophic overtraining up to 16M tokens" in text
     assert "Catastrophic overtraining: rte. Not observed: trec." in text
     assert "lr=1e-2 turns at 2M" in text and "lr=1e-4 no turn" in text
@@ -168,7 +197,19 @@ def test_tables_hold_the_numbers(study):
         and float(r["id_ppl@lr=1e-4"]) == 2.2
         and float(r["tuned_acc"]) == round(1 / 1.8, 4)
     )
-    assert "| tiny | 4M | 65 | 1e-3 | 1.8 | 52 | 0.556 | 2.2 | 57 | 1.8 | 52 | 1.95 | 66 |" in text
+    (line,) = [x for x in text.splitlines() if x.startswith("| tiny | 4M | 65 | 1e-3 | 1.8 [")]  # with its interval
+    assert line.endswith("| 0.556 | 2.2 | 57 | 1.8 | 52 | 1.95 | 66 |") and "| 52 [" in line
+    points = list(csv.DictReader(open(out / "curves.csv")))
+    (p,) = [
+        x
+        for x in points
+        if x["task"] == "rte"
+        and x["setting"] == "tuned"
+        and x["metric"] == "c4"
+        and x["pretrain_tokens"] == str(4 * M)
+        and x["lr_decayed"] == "True"
+    ]
+    assert float(p["ci_low"]) < 52.0 < float(p["ci_high"]) and p["turns"] == "True"
     pert = list(csv.DictReader(open(out / "perturb.csv")))
     (p,) = [x for x in pert if x["pretrain_tokens"] == str(8 * M) and x["gamma"] == "1.0"]
     assert float(p["c4_ppl_change_mean"]) == pytest.approx(4.0) and p["n_seeds"] == "2"
@@ -222,3 +263,55 @@ def test_bad_rows_named(tmp_path):
         make_report([str(bad)], tmp_path / "out")
     with pytest.raises(ConfigError, match="tolerance"):
         make_report([str(bad)], tmp_path / "out", tolerance=-1)
+
+
+def test_cannot_tell_and_sanity_flags(tmp_path):
+    """'cannot tell' with its reason: rows without scores, a model that learned nothing, too few
+    budgets, intervals too wide; and the sanity checks that flag them."""
+    old = tmp_path / "old.jsonl"  # rows of the previous version: no per-example scores
+    for i in range(3):
+        for lr in LRS:
+            append_row(old, ft_row("rte", lr, i))
+    rep, text, _ = make_report([str(old)], tmp_path / "r1")
+    assert rep.verdicts["rte"]["shows"] is None and "cannot tell: no per-example scores" in text
+    assert all(c.turn is None and not c.has_intervals for c in rep.curves)
+
+    # trec at chance (accuracy 1/6 = the majority class of 6 balanced classes) everywhere: learned nothing,
+    # even though its C4 perplexity worsens at the largest budget
+    flat = tmp_path / "flat.jsonl"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        for lr in LRS:
+            row = ft_row("trec", lr, i, test_acc=1 / 6, c4_ppl_after=[50.0, 45.0, 44.0, 60.0][i])
+            append_row(flat, {**row, "scores": write_scores(flat, scores_of(row, rng))})
+    rep, text, _ = make_report([str(flat)], tmp_path / "r2")
+    assert rep.verdicts["trec"]["shows"] is None and "cannot tell: the model learned nothing" in text
+    assert "majority-class accuracy 0.168" in text  # 400 examples of 6 classes: 67 of the largest
+    assert "learned nothing" in "\n".join(rep.flags) and "Cannot tell: trec." in text
+    assert not any(c.interior for c in rep.find("c4", "trec", "tuned"))  # not tested: no turn drawn
+
+    # two budgets only; and noisy scores of a flat curve: intervals too wide for a 1% tolerance
+    two = tmp_path / "two.jsonl"
+    for i in range(2):
+        write_sweep(two, "rte", i)
+    rep, text, _ = make_report([str(two)], tmp_path / "r3")
+    assert "cannot tell: fully decayed checkpoints at 2 budget(s) only" in text
+
+    wide = tmp_path / "wide.jsonl"
+    for i in range(4):
+        for lr in LRS:
+            row = ft_row("rte", lr, i, c4_ppl_after=55.0, test_id_ppl=1.8, val_id_ppl=1.8 + lr, test_acc=0.7)
+            s = scores_of(row, rng)
+            s["after"]["test"]["nll"] = s["after"]["test"]["nll"] + rng.normal(0, 0.5, N_TEST)  # noisy per budget
+            append_row(wide, {**row, "scores": write_scores(wide, s)})
+    rep, text, _ = make_report([str(wide)], tmp_path / "r4")
+    assert "**rte**: cannot tell: intervals too wide" in text and rep.verdicts["rte"]["shows"] is None
+    assert any("the tuned LR is the lowest of its grid" in f for f in rep.flags)
+
+
+def test_base_c4_that_does_not_fall_is_flagged(tmp_path):
+    path = tmp_path / "base.jsonl"
+    for t, ppl in ((M, 100.0), (2 * M, 90.0), (4 * M, 95.0)):
+        append_row(path, {"kind": "base", "model": "tiny", "pretrain_tokens": t, "lr_decayed": True, "c4_ppl": ppl})
+    rep, text, _ = make_report([str(path)], tmp_path / "out")
+    assert "base C4 perplexity of tiny does not fall with tokens (2M → 4M)" in text
