@@ -23,12 +23,22 @@ from ..core.config import ConfigError, DataError
 from ..core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number, read_scores
 from . import report_stats as st
 
+SEED_TAGS = ("pretrain_seed", "seed")  # grid tags of the seed axes (launch.spec.seed_axes): aggregated over
+
+
+def seed_key(r: FinetuneRow) -> tuple:
+    """A row's seeds (pre-training, fine-tuning): rows of a cell are its seeds, paired across budgets by this key."""
+    tags = r.tags or {}
+    return (str(tags.get("pretrain_seed", "")), str(r.seed if r.seed is not None else tags.get("seed", "")))
+
+
 # rows of one (checkpoint, task, LR) cell that differ in these come from different fine-tuning setups
+# (seeds aside: a cell's rows of several seeds are averaged, with intervals over them)
 MIX_KEYS = {
     "config_hash": lambda r: r.config_hash,
     "template": lambda r: r.template,
-    "tags": lambda r: r.tags,
-    "checkpoint_sha256": lambda r: r.ckpt.checkpoint_sha256,
+    "tags": lambda r: {k: v for k, v in (r.tags or {}).items() if k not in SEED_TAGS},
+    "checkpoint_sha256": lambda r: (seed_key(r)[0], r.ckpt.checkpoint_sha256),
 }
 REPORTED = (BaseRow, FinetuneRow, PerturbRow)  # other kinds ("eval", unknown) are counted and ignored
 METRIC_WORDS = {"id": "ID perplexity", "c4": "C4 perplexity"}
@@ -302,7 +312,7 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
         for lr, group in by_lr.items():
             plain = [r for r in group if r.selected is not True]
             by_lr[lr] = plain or group
-            mixed |= {k for k, get in MIX_KEYS.items() if len({repr(get(r)) for r in by_lr[lr]}) > 1}
+            mixed |= {k for k in MIX_KEYS if _differ(by_lr[lr], k)}
         rep.fixed.setdefault((series, task), {})[tokens] = {
             lr: _cell(g, (lr,), cache) for lr, g in sorted(by_lr.items())
         }
@@ -341,6 +351,14 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
     return rep
 
 
+def _differ(rows: list[FinetuneRow], key: str) -> bool:
+    """Do a cell's rows differ in MIX_KEYS[key] (checkpoints: beyond one per pre-training seed)?"""
+    values = {repr(MIX_KEYS[key](r)) for r in rows}
+    if key == "checkpoint_sha256":
+        return len(values) > len({seed_key(r)[0] for r in rows})
+    return len(values) > 1
+
+
 def _scores(row: Row, cache: dict) -> dict | None:
     """A row's per-example scores, read once per file (the sweep's selected copy shares its row's)."""
     key = (row.where.rsplit(":", 1)[0], getattr(row, "scores", None))
@@ -350,6 +368,7 @@ def _scores(row: Row, cache: dict) -> dict | None:
 
 
 def _cell(rows: list[FinetuneRow], lrs: tuple[float, ...], cache: dict) -> Cell:
+    rows = sorted(rows, key=seed_key)  # the same seed order at every budget: paired in the bootstrap
     cell = Cell(
         id_ppl=_mean(r.id_ppl for r in rows),
         c4_ppl=_mean(r.c4_ppl_after for r in rows),

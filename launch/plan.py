@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, expand_path, parse_count, to_dict
-from .spec import GridSpec, HardwareSpec, config_path, prepare_settings, results_path
+from .spec import GridSpec, HardwareSpec, config_path, prepare_settings, results_path, seed_axes, seed_tags
 from .spec import data_dir as grid_data_dir
 
 
@@ -80,7 +80,9 @@ def expand(spec: GridSpec) -> list[Job]:
 
     pre = spec.pretrain
     pre_cfg = config_path(pre.config)
-    for model, budget, axes in itertools.product(pre.models, pre.budgets, _axis_product(pre.axes)):
+    for model, budget, axes in itertools.product(
+        pre.models, pre.budgets, _axis_product(seed_axes(pre.axes, pre.seeds))
+    ):
         tokens = parse_count(budget)
         tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
         run_id = f"{model}_{_fmt_tokens(tokens)}{tag}"
@@ -121,14 +123,15 @@ def expand(spec: GridSpec) -> list[Job]:
             ckpts = [("final", pj.info["run_dir"])] + [
                 (f"at{_fmt_tokens(t)}", f"{pj.info['run_dir']}@tokens={t}") for t in pj.info["marks"]
             ]
-            for (ck_name, ck), task, axes in itertools.product(ckpts, ft.tasks, _axis_product(ft.axes)):
+            ft_axes = _axis_product(seed_axes(ft.axes, ft.seeds))
+            for (ck_name, ck), task, axes in itertools.product(ckpts, ft.tasks, ft_axes):
                 tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
                 sid = f"{pj.id.split('/', 1)[1]}_{ck_name}_{_slug(Path(task).stem)}{tag}"
                 sdir = root / "sweeps" / sid
                 argv = ["sweep", ft_cfg, f"checkpoint={ck}", f"task={task}", f"run_dir={sdir}", f"c4={data_dir}"]
                 if ft.lrs:
                     argv.append(_ov("lrs", ft.lrs))
-                tags = {**pj.info["axes"], **axes}
+                tags = {**seed_tags(pj.info["axes"]), **axes}
                 argv += list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
                 argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
                 jobs.append(
@@ -158,7 +161,7 @@ def expand(spec: GridSpec) -> list[Job]:
                 f"val_tokens={pt.val_tokens}",
                 f"results={pdir / 'results.jsonl'}",
             ]
-            argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in pj.info["axes"].items()]
+            argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in seed_tags(pj.info["axes"]).items()]
             fwd = float(flops_per_token(mspec)) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
             jobs.append(
                 Job(

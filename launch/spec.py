@@ -38,6 +38,7 @@ class PretrainStage:
     config: str = "configs/pretrain/demo.yaml"  # the pretrain config every run starts from
     models: list[str] = field(default_factory=lambda: ["tiny"])  # names in configs/models/ (or YAML paths)
     budgets: list[str] = field(default_factory=lambda: ["100K"])  # token budgets, one fully decayed run each
+    seeds: list[int] = field(default_factory=list)  # a run per seed (init and data order; rows' tag pretrain_seed)
     axes: dict[str, list] = field(default_factory=dict)  # dotted pretrain key -> values
     overrides: list[str] = field(default_factory=list)  # fixed key=value for every run
     gpus: int = 0  # processes per pre-training run (torchrun); 0 = the runner's gpus=
@@ -49,6 +50,7 @@ class FinetuneStage:
     config: str = "configs/finetune/demo.yaml"  # the finetune config every sweep starts from
     tasks: list[str] = field(default_factory=lambda: ["rte"])  # names in configs/tasks/ (or YAML paths)
     lrs: list[float] = field(default_factory=list)  # empty -> the sweep's default grid per task
+    seeds: list[int] = field(default_factory=list)  # a sweep per seed (batch order; rows' seed); empty: the config's
     axes: dict[str, list] = field(default_factory=dict)  # dotted finetune key -> values
     overrides: list[str] = field(default_factory=list)  # fixed key=value for every sweep
     train_tokens_estimate: int = 2_000_000  # per (task, lr) run, for the compute estimate only
@@ -94,6 +96,19 @@ class GridSpec:
             raise ValueError("set either 'prepare' (prepare C4 first) or 'data_dir' (an already prepared dir)")
         if self.prepare is not None and self.data_dir:
             raise ValueError("set only one of 'prepare' and 'data_dir'")
+
+
+def seed_axes(axes: dict[str, list], seeds: list[int]) -> dict[str, list]:
+    """A stage's axes with its ``seeds`` as the ``seed`` axis (seeds are first-class grid axes; the
+    report aggregates over them, ``overtrain.evaluate.report_stats``)."""
+    if seeds and "seed" in axes:
+        raise ConfigError("give the seeds once: as 'seeds' or as the axis 'seed', not both")
+    return {**axes, "seed": list(seeds)} if seeds else dict(axes)
+
+
+def seed_tags(pretrain_axes: dict) -> dict:
+    """Pre-training axis labels as row tags: its ``seed`` as ``pretrain_seed`` (a row's ``seed`` is the fine-tuning one)."""
+    return {("pretrain_seed" if k == "seed" else k): v for k, v in pretrain_axes.items()}
 
 
 def results_path(spec: GridSpec, rel: str) -> Path:
@@ -173,8 +188,13 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 
 def grid_fingerprint(spec: GridSpec) -> str:
-    """What identifies the study: everything but the results dir and the report switch."""
-    return config_digest(spec, exclude=("results_dir", "report", "hardware"))
+    """What identifies the study: everything but the results dir and the report switch (empty
+    ``seeds``, a later field, are left out so a results dir claimed before them stays claimable)."""
+    d = to_dict(spec)
+    for stage in ("pretrain", "finetune"):
+        if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
+            d[stage].pop("seeds", None)
+    return config_digest(d, exclude=("results_dir", "report", "hardware"))
 
 
 def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:

@@ -9,7 +9,8 @@ writes a report. The current version then
 - resumes the pre-training run from its step-4 checkpoint (as after a kill) to weights
   bit-identical to the ones the previous version finished with: the same computation;
 - reruns the same sweep and perturbation: every row is found, nothing is trained again;
-- reports the previous rows: the same tables as the previous report.
+- reports the previous rows: the same tables as the previous report (the verdict is this version's:
+  the previous rows have no per-example scores, so it cannot tell).
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def test_previous_rows_report_the_same_tables(old, tmp_path):
     for name in ("summary.csv", "perturb.csv"):
         with open(old["report"] / name) as f_old, open(out / name) as f_new:
             assert list(csv.reader(f_new)) == list(csv.reader(f_old)), name
-    assert (out / "report.md").read_text() == (old["report"] / "report.md").read_text().replace(
-        str(old["report"]), str(out)
-    )
+    tables = lambda text: [x for x in text.splitlines() if x.startswith("|")]  # noqa: E731
+    new_text = (out / "report.md").read_text()
+    assert tables(new_text) == tables((old["report"] / "report.md").read_text())
+    assert "cannot tell" in new_text  # the verdict is this version's: no per-example scores in the previous rows
