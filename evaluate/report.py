@@ -2,12 +2,14 @@
 
     overtrain report runs/demo out=runs/demo/report [group_by=parametrization] [tolerance=0.01]
 
-Writes ``report.md`` (also printed), ``summary.csv`` (size x budget x task), ``perturb.csv`` and
+Writes ``report.md`` (also printed), ``summary.csv`` (size x budget x task), ``curves.csv`` (every
+curve point with its interval), ``perturb.csv`` and
 PNGs: base C4 perplexity vs tokens, per task ID and C4 perplexity after fine-tuning vs tokens (one
 line per fixed LR, one for the tuned LR), noise sensitivity vs tokens (one line per gamma).
 
-The work is split: ``report_data`` (rows -> cells -> curves -> turns), ``report_text`` (verdict,
-markdown, CSV) and ``report_figures`` (PNGs); this module reads the rows and writes the files.
+The work is split: ``report_data`` (rows -> cells -> curves -> turns), ``report_stats`` (bootstrap,
+tests), ``report_text`` (verdicts, sanity checks, markdown, CSV) and ``report_figures`` (PNGs);
+this module reads the rows and writes the files.
 
 What the numbers are (rows of several seeds or repeated evaluations are averaged):
 - a *checkpoint* is (group, model, lr_decayed, pretrain_tokens); intermediate checkpoints
@@ -19,10 +21,20 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
   accuracy ``test_acc`` (else ``val_acc``) (``FinetuneRow.id_ppl``, ``c4_ppl_after``, ``acc``);
 - tuned LR: the rows flagged ``selected``; where no row of a (checkpoint, task) is flagged, the LR
   with the lowest mean ``val_id_ppl`` (said so in the report);
-- a curve *turns* at the budget that minimizes it when the curve at the largest budget is worse
-  than that minimum by more than ``tolerance`` (relative). The turn is an inflection (marked on
-  the figures) when it is interior; a curve worse from the smallest budget on turns "at or before"
-  it. A task shows catastrophic overtraining when its tuned-LR ID or C4 curve turns.
+- every point has a 95% interval when its rows carry per-example scores (``scores``): a paired
+  bootstrap over evaluation examples, C4 windows and seeds (``report_stats``); tables and
+  ``curves.csv`` show them, figures draw them as bands;
+- a curve *turns* when its largest budget is worse than an earlier one beyond the paired
+  uncertainty: one-sided tests, Holm-corrected over every budget, model and metric of a task at
+  5%, the turn placed at the best budget (an inflection, marked on the figures, when interior).
+  Measured on synthetic studies (``report_stats``' docstring; tests/test_report_stats.py): with
+  6 budgets, 277 test examples and 4 curves per task, the false-positive rate is 5.3% (1 seed) and
+  4.4% (3 seeds); a 3% turn is detected 90.9% / 68.1% of the time;
+- verdicts per (model, task) and per task (``report_text``): "catastrophic overtraining", "no
+  catastrophic overtraining" (every tuned curve's 95% upper bound of the worsening within
+  ``tolerance``), or "cannot tell" with its reason (fewer than 3 budgets, no per-example scores,
+  the model learned nothing, intervals too wide); sanity checks flag base C4 perplexity that does
+  not fall with tokens, tuned accuracy at the majority class and a tuned LR at an end of its grid.
 """
 
 from __future__ import annotations
@@ -79,7 +91,7 @@ def make_report(
 class ReportConfig:
     out: str = ""  # output directory (report.md, summary.csv, perturb.csv, *.png)
     group_by: list[str] = field(default_factory=list)  # compare by these row keys, e.g. parametrization,tags.optim_lr
-    tolerance: float = 0.01  # relative worsening beyond which a curve counts as turned (0.01 = 1%)
+    tolerance: float = 0.01  # the smallest relative worsening that matters: "no" needs its 95% bound below it
 
     def validate(self) -> None:
         if not self.out:
