@@ -288,7 +288,9 @@ def markdown(rep: Report, figures: list[Path]) -> str:
         "earlier one beyond the paired bootstrap uncertainty (one-sided tests, Holm-corrected over every budget, "
         f"model and metric of the task at 5%); it shows none when the 95% upper bound of that worsening is within "
         f"{fmt_pct(rep.tolerance)}; otherwise (and with fewer than 3 budgets, without per-example scores, or for a "
-        'model that learned nothing) the answer is "cannot tell". Intervals: 95% bootstrap over evaluation examples (and seeds). '
+        'model that learned nothing) the answer is "cannot tell". Intervals: 95% bootstrap over evaluation examples (and seeds), '
+        "per point; the tests compare budgets on the same examples (paired), so they can separate points whose "
+        "intervals overlap. "
         'Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
         "",
     ]
