@@ -1,0 +1,105 @@
+"""``overtrain lm-eval``: lm-evaluation-harness on a checkpoint in-process, no export.
+
+A custom lm-eval task YAML over the local GLUE RTE dev set (overtrain's RTE test split) with
+overtrain's default RTE prompt scores the same token sequences as ``overtrain evaluate``: its
+per-example log-likelihoods equal our class scores (choices are one token each, so sum = mean)
+and its accuracy equals our class-likelihood accuracy (``evaluate.task_metrics``) exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from overtrain.cli import main as cli
+from overtrain.core.checkpoint import load_model
+from overtrain.core.config import data_root
+from overtrain.data.encode import encode_split
+from overtrain.data.tasks import load_task
+from overtrain.data.tokenizer import load_tokenizer
+from overtrain.evaluate import lm_eval as lm_eval_mod
+from overtrain.evaluate.task_metrics import class_logprobs, task_metrics
+from test_hf import make_checkpoint  # noqa: E402
+
+pytest.importorskip("lm_eval")
+
+RTE_YAML = """\
+task: rte_overtrain_local
+dataset_path: csv
+dataset_kwargs:
+  data_files: {{test: "{dev}"}}
+  delimiter: "\\t"
+  quoting: 3
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{sentence1}}}}\\nQuestion: {{{{sentence2}}}} Yes or no?\\nAnswer:"
+doc_to_choice: ["yes", "no"]
+doc_to_target: "{{{{0 if label == 'entailment' else 1}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("lm_eval_cli") / "run", "mup", "pretrain", steps=6)
+
+
+@pytest.fixture()
+def rte_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "tasks" / "rte_overtrain_local.yaml"
+    path.parent.mkdir()
+    path.write_text(RTE_YAML.format(dev=data_root() / "rte" / "dev.tsv"))
+    return path
+
+
+def test_custom_rte_yaml_equals_class_likelihood_accuracy(run, rte_yaml, tmp_path):
+    results = tmp_path / "results.jsonl"
+    cfg = lm_eval_mod.LmEvalConfig(tasks=[str(rte_yaml)], device="cpu", results=str(results))
+    rows, out = lm_eval_mod.lm_eval_checkpoint(str(run), cfg, log_samples=True)
+
+    model, spec, _ = load_model(run)
+    task = load_task("rte")
+    split = encode_split(task, "test", load_tokenizer(spec.tokenizer), spec.max_sequence_length, spec.eos_token_id)
+    assert len(split.examples) == 277 and split.truncated == 1  # both cut it to the last 257 tokens
+    mean, _ = class_logprobs(model, split, vocab_size=spec.vocab_size)
+    ours = task_metrics(model, split, 32, vocab_size=spec.vocab_size, pad_id=spec.pad_token_id)
+
+    samples = sorted(out["samples"]["rte_overtrain_local"], key=lambda s: s["doc_id"])
+    assert len(samples) == 277
+    theirs = np.array([[ll for ll, _greedy in s["filtered_resps"]] for s in samples])
+    lengths = np.array([len(c) for c in split.choices])
+    assert list(lengths) == [1, 1]
+    np.testing.assert_allclose(theirs, mean * lengths, rtol=0, atol=1e-4)
+    assert np.std(theirs[:, 0] - theirs[:, 1]) > 0.01  # scores that differ between examples
+    assert [s["target"] for s in samples] == [e.label for e in split.examples]
+
+    (row,) = rows
+    assert row["acc"] == pytest.approx(ours["acc"], abs=1e-12)
+    assert row["n_examples"] == 277
+    # the row carries the checkpoint provenance of every other row
+    on_disk = [json.loads(line) for line in results.read_text().splitlines()]
+    assert on_disk[0]["kind"] == "lm_eval" and on_disk[0]["task"] == "rte_overtrain_local"
+    assert on_disk[0]["pretrain_tokens"] == 6 * 128 and on_disk[0]["lr_decayed"] is False
+    assert len(on_disk[0]["checkpoint_sha256"]) == 64 and on_disk[0]["acc"] == row["acc"]
+    assert lm_eval_mod.lm_eval_points(on_disk, "acc") == {(spec.name, "rte_overtrain_local"): [(768.0, row["acc"])]}
+
+
+def test_cli_runs_at_a_token_mark_and_prints(run, rte_yaml, tmp_path, capsys):
+    code = cli(["lm-eval", f"{run}@tokens=768", f"tasks={rte_yaml}", "limit=8", "device=cpu", "batch_size=4"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "rte_overtrain_local" in out and "acc " in out and "n=8" in out
+
+
+def test_unknown_task_fails_before_loading_the_model(run, monkeypatch, capsys):
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(lm_eval_mod, "load_model", boom)
+    assert cli(["lm-eval", str(run), "tasks=hellaswag,rte_no_such_task", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown lm-eval task" in err and "rte_no_such_task" in err and "hellaswag" not in err.split("task(s)")[1]
