@@ -185,7 +185,7 @@ def resolve_tasks(names: list[str], include: list[str]):
 
     if not names:
         raise ConfigError("no tasks: give tasks=NAME[,NAME] (lm-eval task names or task YAML paths)")
-    paths, out = [str(Path(p).expanduser()) for p in include], []
+    paths, out = [str(Path(p).expanduser().resolve()) for p in include], []
     for name in names:
         p = Path(name).expanduser()
         if p.suffix in (".yaml", ".yml"):

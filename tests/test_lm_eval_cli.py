@@ -46,14 +46,15 @@ def run(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("lm_eval_cli") / "run", "mup", "pretrain", steps=6)
 
 
-@pytest.fixture()
-def rte_yaml(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = tmp_path / "tasks" / "rte_overtrain_local.yaml"
-    path.parent.mkdir()
+@pytest.fixture(scope="module")
+def rte_yaml(tmp_path_factory):
+    """One task directory for the module: lm-eval's task index is built once per directory set."""
+    path = tmp_path_factory.mktemp("tasks") / "rte_overtrain_local.yaml"
     path.write_text(RTE_YAML.format(dev=data_root() / "rte" / "dev.tsv"))
-    return path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield path
 
 
 def test_custom_rte_yaml_equals_class_likelihood_accuracy(run, rte_yaml, tmp_path):
@@ -95,11 +96,13 @@ def test_cli_runs_at_a_token_mark_and_prints(run, rte_yaml, tmp_path, capsys):
     assert "rte_overtrain_local" in out and "acc " in out and "n=8" in out
 
 
-def test_unknown_task_fails_before_loading_the_model(run, monkeypatch, capsys):
+def test_unknown_task_fails_before_loading_the_model(run, rte_yaml, monkeypatch, capsys):
     def boom(*a, **k):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(lm_eval_mod, "load_model", boom)
-    assert cli(["lm-eval", str(run), "tasks=hellaswag,rte_no_such_task", "device=cpu"]) == 2
+    argv = ["lm-eval", str(run), "tasks=hellaswag,rte_overtrain_locl", f"include=[{rte_yaml.parent}]", "device=cpu"]
+    assert cli(argv) == 2
     err = capsys.readouterr().err
-    assert "unknown lm-eval task" in err and "rte_no_such_task" in err and "hellaswag" not in err.split("task(s)")[1]
+    assert "unknown lm-eval task(s): rte_overtrain_locl (did you mean rte_overtrain_local" in err
+    assert "hellaswag" not in err
