@@ -106,3 +106,23 @@ def test_unknown_task_fails_before_loading_the_model(run, rte_yaml, monkeypatch,
     err = capsys.readouterr().err
     assert "unknown lm-eval task(s): rte_overtrain_locl (did you mean rte_overtrain_local" in err
     assert "hellaswag" not in err
+
+
+def test_grid_lm_eval_stage(rte_yaml, tmp_path):
+    from overtrain.core.config import CONFIG_ROOT, ConfigError
+    from overtrain.launch.plan import expand
+    from overtrain.launch.spec import grid_fingerprint, load_grid
+
+    demo = str(CONFIG_ROOT / "grids" / "demo.yaml")
+    plain = load_grid(demo, [f"results_dir={tmp_path}", "pretrain.intermediate_tokens=[16K]"])
+    stage = [f"lm_eval.tasks=[{rte_yaml}]", "lm_eval.args=[limit=50]"]
+    spec = load_grid(demo, [f"results_dir={tmp_path}", "pretrain.intermediate_tokens=[16K]", *stage])
+    jobs = [j for j in expand(spec) if j.kind == "lm-eval"]
+    assert len(jobs) == 3 + 3  # every final checkpoint, and the 16K mark of every budget above it
+    assert {tuple(j.argv[:1]) for j in jobs} == {("lm-eval",)} and f"tasks=[{rte_yaml}]" in jobs[0].argv
+    assert any(j.argv[1].endswith("@tokens=16000") for j in jobs) and all("limit=50" in j.argv for j in jobs)
+    assert all(j.after[0].startswith("pretrain/") for j in jobs)
+    assert not any(j.kind == "lm-eval" for j in expand(plain))
+    assert grid_fingerprint(plain) != grid_fingerprint(spec)
+    with pytest.raises(ConfigError, match="lm_eval: tasks: unknown lm-eval task"):
+        load_grid(demo, [f"results_dir={tmp_path}", f"lm_eval.tasks=[{rte_yaml.parent}, not_a_task]"])
