@@ -23,7 +23,7 @@ checked against lm-eval's task index before the checkpoint is loaded. ``results=
 row per task (``kind: "lm_eval"``) with the checkpoint provenance of every other row
 (``core.checkpoint.checkpoint_provenance``) and lm-eval's metrics as keys (``acc``,
 ``acc_stderr``, ``acc_norm``; a metric under a filter other than "none" is ``metric/filter``), so
-the report can draw any of them against pre-training tokens (``lm_eval_points``).
+``overtrain report`` draws every one of them against pre-training tokens (``lm_eval_figures``).
 """
 
 from __future__ import annotations
@@ -229,17 +229,61 @@ def flatten_results(task_results: dict) -> dict:
     return row
 
 
-def lm_eval_points(rows, metric: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """{(model, task): [(pretrain_tokens, mean metric)]} of kind "lm_eval" rows, for plotting."""
-    acc: dict[tuple[str, str, float], list[float]] = {}
+METRIC_SKIP = ("_stderr",)  # row keys that are not metrics to plot (their error bars)
+ROW_KEYS = {"num_fewshot", "limit", "n_examples", "seconds", "time", "pretrain_tokens", "budget_tokens"}
+
+
+def lm_eval_points(rows, metric: str) -> dict[tuple[str, str, bool], list[tuple[float, float]]]:
+    """{(model, task, lr_decayed): [(pretrain_tokens, mean metric)]} of kind "lm_eval" rows, by tokens.
+
+    Intermediate checkpoints (``lr_decayed: false``) are their own curves, as in the report."""
+    acc: dict[tuple[str, str, bool, float], list[float]] = {}
     for row in rows:
         value, tokens = row.get(metric), row.get("pretrain_tokens")
         if row.get("kind") == "lm_eval" and isinstance(value, (int, float)) and tokens is not None:
-            acc.setdefault((str(row.get("model")), str(row.get("task")), float(tokens)), []).append(float(value))
-    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for (model, task, tokens), vals in sorted(acc.items()):
-        out.setdefault((model, task), []).append((tokens, sum(vals) / len(vals)))
+            key = (str(row.get("model")), str(row.get("task")), row.get("lr_decayed") is not False, float(tokens))
+            acc.setdefault(key, []).append(float(value))
+    out: dict[tuple[str, str, bool], list[tuple[float, float]]] = {}
+    for (model, task, decayed, tokens), vals in sorted(acc.items()):
+        out.setdefault((model, task, decayed), []).append((tokens, sum(vals) / len(vals)))
     return out
+
+
+def lm_eval_figures(rows, out: Path) -> list[Path]:
+    """One PNG per (lm-eval task, metric): the metric against pre-training tokens, a line per model
+    (dotted with hollow markers: intermediate checkpoints). Used by ``overtrain report``."""
+    rows = [r for r in rows if r.get("kind") == "lm_eval"]
+    metrics = sorted(
+        {k for r in rows for k, v in r.items() if isinstance(v, float) and k not in ROW_KEYS and "_stderr" not in k}
+    )
+    if not rows or not metrics:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..core.config import atomic_savefig
+
+    paths = []
+    for metric in metrics:
+        curves = lm_eval_points(rows, metric)
+        for task in sorted({t for _, t, _ in curves}):
+            fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            for (model, t, decayed), pts in curves.items():
+                if t == task:
+                    style = {"marker": "o"} if decayed else {"marker": "o", "linestyle": ":", "mfc": "none"}
+                    label = model if decayed else f"{model} (not decayed)"
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
+            ax.set_xscale("log")
+            ax.set_xlabel("pre-training tokens")
+            ax.set_ylabel(f"lm-eval {metric}")
+            ax.set_title(f"{task}: {metric}", fontsize=10)
+            ax.legend(fontsize=8)
+            slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{task}_{metric}")
+            paths.append(atomic_savefig(fig, out / f"lm_eval_{slug}.png", dpi=110, bbox_inches="tight"))
+            plt.close(fig)
+    return paths
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -842,6 +842,9 @@ def make_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = figures(rep, out)
+    from .lm_eval import lm_eval_figures  # `overtrain lm-eval` rows: each metric against pre-training tokens
+
+    paths += lm_eval_figures([r for _, r in rows], out)
     atomic_write_text(out / "summary.csv", _csv(*summary_table(rep)))
     if rep.noise:
         atomic_write_text(out / "perturb.csv", _csv(*perturb_table(rep)))

@@ -86,7 +86,14 @@ def test_custom_rte_yaml_equals_class_likelihood_accuracy(run, rte_yaml, tmp_pat
     assert on_disk[0]["kind"] == "lm_eval" and on_disk[0]["task"] == "rte_overtrain_local"
     assert on_disk[0]["pretrain_tokens"] == 6 * 128 and on_disk[0]["lr_decayed"] is False
     assert len(on_disk[0]["checkpoint_sha256"]) == 64 and on_disk[0]["acc"] == row["acc"]
-    assert lm_eval_mod.lm_eval_points(on_disk, "acc") == {(spec.name, "rte_overtrain_local"): [(768.0, row["acc"])]}
+    assert lm_eval_mod.lm_eval_points(on_disk, "acc") == {
+        (spec.name, "rte_overtrain_local", False): [(768.0, row["acc"])]
+    }
+    # the report draws it against pre-training tokens
+    from overtrain.evaluate.report import make_report
+
+    _, _, figures = make_report([str(results)], tmp_path / "report")
+    assert [p.name for p in figures] == ["lm_eval_rte_overtrain_local_acc.png"]
 
 
 def test_cli_runs_at_a_token_mark_and_prints(run, rte_yaml, tmp_path, capsys):
