@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,12 +36,14 @@ from ..core.model import load_model_spec
 from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.results import append_row
 from ..core.schedule import ScheduleConfig
+from ..core.tracker import TrackConfig, check_trackers
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from ..evaluate.evaluator import evaluate_encoded, flatten_metrics
 from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, schedule_factor, train_loop
+from .tracking import close_tracker, open_tracker
 
 RESULTS_FILE = "results.jsonl"
 
@@ -87,6 +89,7 @@ class FinetuneConfig:
     eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
     save_weights: bool = False  # save the fine-tuned weights in run_dir/checkpoints/
     log_every: int = 10  # a training-log line every N steps
+    log: TrackConfig = field(default_factory=TrackConfig)  # wandb / TensorBoard per run (finetune.tracking)
     # sweep (overtrain sweep)
     lrs: list[float] = field(default_factory=list)  # explicit grid; empty: geometric, see `sweep`
     stacked: bool = False  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
@@ -133,6 +136,7 @@ def config_hash(cfg: FinetuneConfig) -> str:
             "sweep",
             "tags",
             "log_every",
+            "log",
             "save_weights",
             "c4",
         ),
@@ -188,6 +192,7 @@ def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepare
         raise ConfigError("checkpoint: required (checkpoint=PATH)")
     if not cfg.task:
         raise ConfigError("task: required (task=NAME)")
+    check_trackers(cfg.log, "finetune")
     step_dir = resolve_checkpoint(cfg.checkpoint)
     device = resolve_device(cfg.device)
     expect = load_model_spec(cfg.model) if cfg.model else None
@@ -235,7 +240,7 @@ def train_models(
         p.device,
     )
     factors = [schedule_factor(cfg.schedule, p.total_steps, c.lr) for c in cfgs]
-    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps) for c in cfgs]
+    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps, open_tracker(replace(p, cfg=c))) for c in cfgs]
     return train_loop(stepper, batches, factors, logs, desc, progress)
 
 
@@ -320,6 +325,7 @@ def finish_run(
     row = {**make_row(p, stats, before, after, elapsed + time.time() - t0), **(extra or {})}
     append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
+    close_tracker(p, row)
     return row
 
 

@@ -142,10 +142,11 @@ def schedule_factor(schedule: ScheduleConfig, total_steps: int, lr: float) -> Ca
 class TrainLog:
     """A run's train_log.jsonl, emptied on open (a rerun logs afresh); a record every ``log_every`` steps and at the last."""
 
-    def __init__(self, run_dir: str | Path, log_every: int, total_steps: int):
+    def __init__(self, run_dir: str | Path, log_every: int, total_steps: int, tracker=None):
         self.path = Path(run_dir) / "train_log.jsonl"
         self.path.unlink(missing_ok=True)
         self.log_every, self.total_steps = log_every, total_steps
+        self.tracker = tracker  # a core.tracker.Tracker (or None): every record also goes there
 
     def due(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.total_steps - 1
@@ -153,6 +154,8 @@ class TrainLog:
     def write(self, step: int, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **record}) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record, step)
 
 
 def train_stats(losses: list[float], tokens: int, seen: int, wall: float, steps_per_epoch: int) -> dict:
