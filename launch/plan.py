@@ -190,11 +190,15 @@ def expand(spec: GridSpec) -> list[Job]:
         done = results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
         jobs.append(Job(ej.id, "extra", list(ej.command), list(ej.after), done, mark_done=not ej.done))
 
+    track = tracker_settings(spec)  # one grid, one tracker project (lm-eval jobs write rows only)
+    for j in jobs:
+        if j.kind in ("pretrain", "sweep", "perturb"):
+            j.argv += track
+
     if spec.report:
         every = [j.id for j in jobs]
-        jobs.append(
-            Job("report", "report", ["report", str(root), f"out={root / 'report'}"], every, None)
-        )  # always rerun
+        argv = ["report", str(root), f"out={root / 'report'}", *track]
+        jobs.append(Job("report", "report", argv, every, None))  # always rerun
     return toposort(jobs)
 
 
@@ -228,6 +232,15 @@ def toposort(jobs: list[Job]) -> list[Job]:
     for j in jobs:
         visit(j, [])
     return order
+
+
+def tracker_settings(spec: GridSpec) -> list[str]:
+    """The grid's ``log`` as every tracked job's settings; the wandb project defaults to the grid's name."""
+    if spec.log is None or not (spec.log.wandb or spec.log.tensorboard):
+        return []
+    project = spec.log.wandb_project if spec.log.wandb_project != "overtrain" else spec.name
+    wandb, tb = str(spec.log.wandb).lower(), str(spec.log.tensorboard).lower()
+    return [f"log.wandb={wandb}", f"log.tensorboard={tb}", f"log.wandb_project={project}"]
 
 
 def gpu_hours(flops: float, hw: HardwareSpec) -> float:

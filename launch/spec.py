@@ -23,6 +23,7 @@ from ..core.config import (
     parse_count,
     to_dict,
 )
+from ..core.tracker import TrackConfig, check_trackers
 
 
 @dataclass
@@ -93,6 +94,7 @@ class GridSpec:
     finetune: FinetuneStage | None = None  # LR sweeps of every checkpoint (null: none)
     perturb: PerturbStage | None = None  # noise sensitivity of every final checkpoint (null: none)
     lm_eval: LmEvalStage | None = None  # lm-evaluation-harness tasks on every checkpoint (null: none)
+    log: TrackConfig | None = None  # wandb/TensorBoard for every job (wandb_project defaults to the grid's name)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)  # for the plan's GPU-hour estimate
     extra_jobs: list[ExtraJob] = field(default_factory=list)  # further overtrain commands with dependencies
     report: bool = True  # a report job after everything
@@ -158,6 +160,8 @@ def validate_names(spec: GridSpec, where: str) -> None:
             Path(expand_path(path)).is_file() or (Path.cwd() / path).is_file() or (CONFIG_ROOT.parent / path).is_file()
         ):
             raise ConfigError(f"{where}: {stage}: config file '{path}' not found")
+    if spec.log is not None:
+        check_trackers(spec.log, f"{where}: log")
     if spec.lm_eval is not None:  # lm-eval's own task index: an unknown name fails here, before any job
         from ..evaluate.lm_eval import LmEvalConfig, resolve_tasks
 
@@ -189,10 +193,10 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 
 def grid_fingerprint(spec: GridSpec) -> str:
-    """What identifies the study: everything but the results dir and the report switch (and a
+    """What identifies the study: everything but the results dir, the report switch, trackers (and a
     missing lm_eval stage, so grids from before that stage existed keep their fingerprint)."""
     absent = ("lm_eval",) if spec.lm_eval is None else ()
-    return config_digest(spec, exclude=("results_dir", "report", "hardware", *absent))
+    return config_digest(spec, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 
 def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:

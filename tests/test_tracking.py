@@ -219,3 +219,27 @@ def test_wandb_offline_run_resumes_same_id(tmp_path, small_c4, monkeypatch):
     run_id = json.loads((lr_dir / "tracker.json").read_text())["wandb_id"]
     offline = sorted((lr_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert offline, list((lr_dir / "wandb").iterdir())
+
+
+def test_grid_passes_one_project_to_every_tracked_job(tmp_path, fake_trackers):
+    from overtrain.core.config import CONFIG_ROOT
+    from overtrain.launch.plan import expand
+    from overtrain.launch.spec import grid_fingerprint, load_grid
+
+    demo = str(CONFIG_ROOT / "grids" / "demo.yaml")
+    plain = load_grid(demo, [f"results_dir={tmp_path}"])
+    spec = load_grid(demo, [f"results_dir={tmp_path}", "log={tensorboard: true, wandb: true}"])
+    jobs = expand(spec)
+    tracked = [j for j in jobs if j.kind in ("pretrain", "sweep", "perturb", "report")]
+    assert tracked and all("log.wandb_project=demo" in j.argv and "log.tensorboard=true" in j.argv for j in tracked)
+    assert not any(a.startswith("log.") for j in expand(plain) for a in j.argv if j.kind != "pretrain" or "log.w" in a)
+    assert grid_fingerprint(plain) == grid_fingerprint(spec)  # trackers do not change results
+    import importlib
+
+    from overtrain import cli
+
+    for kind in ("pretrain", "sweep", "perturb", "report"):  # every tracked command accepts the settings
+        job = next(j for j in tracked if j.kind == kind)
+        args = cli.parse_command(job.argv[0], importlib.import_module(cli.COMMANDS[job.argv[0]][0]), job.argv[1:])
+        log = getattr(args, "log", None) or args.config.log
+        assert log.tensorboard is True and log.wandb_project == "demo"
