@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..core import dist
 from ..core.config import atomic_write_text
+from ..core.eta import Eta
 from ..core.results import append_row, iter_rows
 from ..core.tracker import Tracker, check_trackers
 
@@ -95,7 +96,7 @@ def say(info: dist.DistInfo, *parts) -> None:
 
 class Progress:
     """Rank 0's stderr: a tqdm bar on a terminal; without one (log files, batch jobs), about 100
-    plain progress lines per run instead."""
+    plain progress lines per run instead, each with elapsed time, ETA (``core.eta``) and tokens/s."""
 
     def __init__(self, info: dist.DistInfo, steps: int, start_step: int, log_every: int):
         from tqdm.auto import tqdm
@@ -110,6 +111,7 @@ class Progress:
         )
         self.print_every = 0 if not self.bar.disable else max(log_every, steps // 100)
         self.loss = math.nan  # the latest step's, shown beside evaluations
+        self.eta = Eta(steps, start_step)  # this session's rate (a resume's skipped steps do not count)
 
     def stepped(self, loss: float) -> None:
         self.loss = loss
@@ -123,7 +125,7 @@ class Progress:
             say(
                 self.info,
                 f"step {step:,}/{self.steps:,} | loss {row['loss']:.4f} | lr {row['lr']:.3e} | "
-                f"grad norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tokens/s{mfu}",
+                f"grad norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tokens/s{mfu} | {self.eta.text(step)}",
             )
 
     def eval_row(self, row: dict) -> None:
