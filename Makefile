@@ -41,7 +41,7 @@ test-matrix: install
 	done; done
 
 demo: install
-	$(BIN)/python -m overtrain grid run configs/grids/demo.yaml --report
+	$(BIN)/python -m overtrain grid run configs/grids/demo.yaml print_report=true
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

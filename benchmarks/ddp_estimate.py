@@ -90,7 +90,7 @@ def print_ddp_estimate(models: list[str]) -> list[dict]:
 
 
 def print_grid_time(plan_path: str, estimates: list[dict], flat_mfus=(0.2,), sweep_mfus=(0.05, 0.15)) -> dict:
-    """Wall time of a grid on one 8-GPU node from ``overtrain grid plan GRID --json`` FLOPs.
+    """Wall time of a grid on one 8-GPU node from ``overtrain grid plan GRID json=true`` FLOPs.
 
     Pre-training runs one job at a time on all 8 GPUs: FLOPs / (8 x peak x MFU x DDP efficiency),
     with the anchor's MFU (``estimates``) and with each of ``flat_mfus``. Sweeps (and
@@ -135,7 +135,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="olmo-15m,olmo-30m,olmo-90m", help="comma-separated names in configs/models/")
     ap.add_argument(
-        "--grid-plan", default=None, help="`overtrain grid plan GRID --json` output: also print the grid's wall time"
+        "--grid-plan", default=None, help="`overtrain grid plan GRID json=true` output: also print the grid's wall time"
     )
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()

@@ -49,13 +49,9 @@ def bare_tokens_per_sec(texts: list[str], method: str) -> tuple[float, float]:
 
 
 def prepare_tokens_per_sec(train: Path, val: Path, out: Path, workers: int) -> tuple[float, float, int]:
-    p = argparse.ArgumentParser()
-    prep.add_arguments(p)
-    args = p.parse_args(
-        ["--train", str(train), "--val", str(val), "--out", str(out), "--overwrite", "--workers", str(workers)]
-    )
+    cfg = prep.PrepareConfig(train=[str(train)], val=[str(val)], out=str(out), overwrite=True, workers=workers)
     t, c = time.perf_counter(), cpu_seconds()
-    meta = prep.prepare(args)  # joins its worker processes before returning: their CPU time counts
+    meta = prep.prepare(cfg)  # joins its worker processes before returning: their CPU time counts
     dt, dc = time.perf_counter() - t, cpu_seconds() - c
     tokens = meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"]
     return tokens / dt, tokens / dc, tokens
@@ -107,7 +103,7 @@ def main() -> int:
         ("bare encode_batch (1 thread)", "encode_batch"),
         ("bare encode_batch_fast (1 thread)", "encode_batch_fast"),
     ]
-    rows += [(f"prepare-data --workers {w}", f"w{w}") for w in workers]
+    rows += [(f"prepare-data workers={w}", f"w{w}") for w in workers]
     for label, key in rows:
         wall, cpu = best[key], best[key + "/cpu"]
         print(f"{label:<36}{wall:>11,.0f}{wall / base:>7.2f}{cpu:>14,.0f}{cpu / base_cpu:>7.2f}")
@@ -115,7 +111,7 @@ def main() -> int:
         for w in workers:
             if w > 1:
                 print(
-                    f"scaling --workers {w} / --workers 1: {best[f'w{w}'] / best['w1']:.2f} x wall-clock rate "
+                    f"scaling workers={w} / workers=1: {best[f'w{w}'] / best['w1']:.2f} x wall-clock rate "
                     f"(ideal {w}); CPU efficiency {best[f'w{w}/cpu'] / best['w1/cpu']:.2f} (ideal 1)"
                 )
     return 0

@@ -4,6 +4,13 @@ One loader serves every stage: ``load_config(PretrainConfig, "configs/pretrain/d
 ["run_dir=/tmp/x", "optim.lr=1e-3"])``. Unknown keys and wrongly typed values raise a
 ``ConfigError`` that names the file (or "command line") and the dotted field, before any
 work starts. ``save_config`` writes the resolved config atomically.
+
+Override values are parsed as YAML (``lrs=[1e-3, 0.1]``, ``tags={a: 1}``, ``seed=null``), except
+for a ``str`` field, which takes the text as written (``prompt=Question: why?`` stays a string;
+``null`` still means None where the field allows it).
+
+Every config field carries a one-line doc, its ``# comment`` in the source: ``overtrain.core.keys``
+lists every dotted key of a config with its type, default and doc (``overtrain CMD --help``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from .keys import field_type
 
 T = TypeVar("T")
 
@@ -298,13 +307,34 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterabl
         data = read_yaml(p)
         where = str(p)
     overrides = list(overrides)
-    parsed = parse_overrides(overrides)
+    parsed = [(key, _as_text(cls, key, raw, value)) for raw, (key, value) in zip(overrides, parse_overrides(overrides))]
     for key, value in parsed:
         set_dotted(data, key, value)
     try:
         return from_dict(cls, data, where="")
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}{_blame(e.field, overrides, parsed)}", e.field) from None
+        blame = (
+            _blame(e.field, overrides, parsed) if path is not None or e.field else ""
+        )  # no file: all came from there
+        raise ConfigError(f"{where}: {e}{blame}", e.field) from None
+
+
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _as_text(cls: type, key: str, pair: str, value: Any) -> Any:
+    """The override's text as written when ``key`` is a ``str`` (or ``str | None``) field, else ``value``.
+
+    YAML would turn ``prompt=Question: why?`` into a mapping and ``name=1.50`` into 1.5.
+    """
+    tp = field_type(cls, key)
+    if tp is None:
+        return value
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    if tp is str or (optional and set(typing.get_args(tp)) == {str, type(None)}):
+        text = pair.split("=", 1)[1]
+        return None if optional and text in _YAML_NULLS else text
+    return value
 
 
 def _blame(field: str | None, overrides: list[str], parsed: list[tuple[str, Any]]) -> str:

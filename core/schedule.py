@@ -23,9 +23,9 @@ class ScheduleConfig:
     # Warmup length, either in tokens or as a fraction of the run (set at most one). The paper's
     # warmup is unknown; the pretrain configs use a fixed number of tokens for every budget so
     # runs of different budgets differ only in their decay.
-    warmup_tokens: int = 0
-    warmup_fraction: float = 0.0
-    decay: Literal["cosine", "linear"] = "cosine"
+    warmup_tokens: int = 0  # warmup length in tokens (pre-training)
+    warmup_fraction: float = 0.0  # warmup length as a fraction of the steps (fine-tuning)
+    decay: Literal["cosine", "linear"] = "cosine"  # shape of the decay to final_lr after warmup
     final_lr: float = 0.0  # absolute LR reached at the last step (the paper: 0)
 
     def validate(self) -> None:

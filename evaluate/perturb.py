@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.checkpoint import checkpoint_provenance, load_model
-from ..core.config import ConfigError, DataError, parse_overrides
+from ..core.config import ConfigError, DataError
 from ..core.dist import resolve_device
 from ..core.likelihood import perplexity
 from ..core.model import init_stds
@@ -161,51 +162,39 @@ def perturb_checkpoint(
     return rows
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+# ------------------------------------------------------------------------------------------- CLI
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+@dataclass
+class PerturbConfig:
+    gammas: list[float] = field(default_factory=list)  # noise scales relative to init std, e.g. 0.01,0.02,0.05
+    seeds: list[int] = field(default_factory=lambda: [0])  # noise seeds, e.g. 0,1
+    c4: str = ""  # prepared C4 directory (its val.npy is the held-out set)
+    val_tokens: int | None = None  # evaluate only this many predicted tokens (None: all)
+    seq_len: int | None = None  # evaluation window (None: the model's context)
+    batch_size: int = 8  # windows per forward
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    results: str | None = None  # append rows to this results.jsonl
+    tags: dict = field(default_factory=dict)  # row labels (grid axes) copied into every row, e.g. tags.seed=1
+
+    def validate(self) -> None:
+        if not self.gammas or not self.seeds:
+            raise ValueError("gammas and seeds need at least one value each (e.g. gammas=0.01,0.1)")
+        if min(self.gammas) < 0:
+            raise ValueError(f"gammas must be >= 0, got {self.gammas}")
+        if not self.c4:
+            raise ValueError("c4 is not set (a prepared C4 directory: c4=DIR)")
+
+
+CONFIG = PerturbConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
-    parser.add_argument(
-        "--gammas", type=_floats, required=True, help="noise scales relative to init std, e.g. 0.01,0.02,0.05"
-    )
-    parser.add_argument("--seeds", type=_ints, default=[0], help="noise seeds, e.g. 0,1 (default 0)")
-    parser.add_argument("--c4", required=True, help="prepared C4 directory (its val.npy is the held-out set)")
-    parser.add_argument(
-        "--val-tokens", type=int, default=None, help="evaluate only this many predicted tokens (default: all)"
-    )
-    parser.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the model's context)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--results", default=None, help="append rows to this results.jsonl")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="tags.KEY=VALUE", help="labels copied into every row's 'tags' (grid axes)"
-    )
-
-
-def parse_tags(overrides: list[str]) -> dict:
-    """``["tags.parametrization=sp"]`` -> {"parametrization": "sp"}; anything else is an error."""
-    tags = {}
-    for key, value in parse_overrides(overrides):
-        if not key.startswith("tags.") or key == "tags.":
-            raise ConfigError(f"command line: '{key}': perturb takes only tags.KEY=VALUE overrides (row labels)")
-        tags[key[len("tags.") :]] = value
-    return tags
 
 
 def run(args: argparse.Namespace) -> int:
-    tags = parse_tags(args.overrides)
+    tags = args.tags
     rows = perturb_checkpoint(
         args.checkpoint,
         args.gammas,

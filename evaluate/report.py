@@ -1,6 +1,6 @@
-"""``overtrain report RESULTS... --out DIR``: the study's tables, figures and verdict, from results rows.
+"""``overtrain report RESULTS... out=DIR``: the study's tables, figures and verdict, from results rows.
 
-    overtrain report runs/demo --out runs/demo/report [--group-by parametrization] [--tolerance 0.01]
+    overtrain report runs/demo out=runs/demo/report [group_by=parametrization] [tolerance=0.01]
 
 Writes ``report.md`` (also printed), ``summary.csv`` (size x budget x task), ``perturb.csv`` and
 PNGs: base C4 perplexity vs tokens, per task ID and C4 perplexity after fine-tuning vs tokens (one
@@ -17,7 +17,7 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
 - tuned LR: the rows flagged ``selected``; where no row of a (checkpoint, task) is flagged, the LR
   with the lowest mean ``val_id_ppl`` (said so in the report);
 - a curve *turns* at the budget that minimizes it when the curve at the largest budget is worse
-  than that minimum by more than ``--tolerance`` (relative). The turn is an inflection (marked on
+  than that minimum by more than ``tolerance`` (relative). The turn is an inflection (marked on
   the figures) when it is interior; a curve worse from the smallest budget on turns "at or before"
   it. A task shows catastrophic overtraining when its tuned-LR ID or C4 curve turns.
 """
@@ -850,27 +850,31 @@ def make_report(
     return rep, text, paths
 
 
+# ------------------------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class ReportConfig:
+    out: str = ""  # output directory (report.md, summary.csv, perturb.csv, *.png)
+    group_by: list[str] = field(default_factory=list)  # compare by these row keys, e.g. parametrization,tags.optim_lr
+    tolerance: float = 0.01  # relative worsening beyond which a curve counts as turned (0.01 = 1%)
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ValueError("out is not set (the output directory: out=DIR)")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+
+
+CONFIG = ReportConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", help="results.jsonl files, directories holding them, or glob patterns")
-    parser.add_argument("--out", required=True, help="output directory (report.md, summary.csv, perturb.csv, *.png)")
-    parser.add_argument(
-        "--group-by",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY",
-        help="compare by these row keys (e.g. parametrization, template, tags.optim_lr; commas allowed)",
-    )
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.01,
-        help="relative worsening beyond which a curve counts as turned (default 0.01 = 1%%)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
-    group_by = [k for item in args.group_by for k in item.split(",") if k]
+    group_by = args.group_by
     _, text, paths = make_report(args.results, args.out, group_by, args.tolerance)
     print(text)
     print(f"report: {Path(args.out) / 'report.md'}  table: {Path(args.out) / 'summary.csv'}")

@@ -3,22 +3,23 @@
     overtrain finetune configs/finetune/demo.yaml checkpoint=runs/tiny-32k task=rte lr=1e-3 run_dir=runs/ft
 
 One run: check every input (checkpoint, model and vocabulary, task, C4, step count), evaluate the
-base model (C4 perplexity; ID perplexity/accuracy on validation and test), train with the shared
-``train_step`` (loss on completion tokens only; MuAdamW or plain AdamW; warmup + decay from
-``overtrain.core.schedule``; optional L2 toward the pre-trained weights), evaluate again, and
-append one row to ``results.jsonl``. The row is written only after everything finished, so a
+base model (C4 perplexity; ID perplexity/accuracy on validation and test), train (the one
+fine-tuning loop, ``finetune.loop``, over ``core.step.train_step``: loss on completion tokens only;
+MuAdamW or plain AdamW; warmup + decay from ``overtrain.core.schedule``; optional L2 toward the
+pre-trained weights), evaluate again, and append one row to ``results.jsonl``. The row is written only after everything finished, so a
 killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
 ``run_finetune(cfg, ...)`` is the function form; ``overtrain sweep`` calls it once per LR, or, with
-``stacked: true``, trains all LRs at once and records each through the same ``finish_run``.
+``stacked: true``, trains all LRs at once (``train_models`` over a ``StackedRun``) and records each
+through the same ``finish_run``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint, save_model_checkpoint
 from ..core.config import ConfigError, atomic_write_text, config_digest, load_config, save_config
@@ -35,13 +35,13 @@ from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
 from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.results import append_row
-from ..core.schedule import ScheduleConfig, lr_factor, warmup_steps
-from ..core.step import train_step
+from ..core.schedule import ScheduleConfig
 from ..data.c4 import load_c4
-from ..data.encode import EncodedSplit, collate, encode_task
+from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from ..evaluate.evaluator import evaluate_encoded, flatten_metrics
+from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, schedule_factor, train_loop
 
 RESULTS_FILE = "results.jsonl"
 
@@ -60,33 +60,33 @@ class FinetuneConfig:
     template: str | None = None  # prompt template (None: the task's default)
     task_overrides: list[str] = field(default_factory=list)  # key=value for the task YAML
     model: str | None = None  # if set, the checkpoint must have this model config's architecture
-    run_dir: str = "runs/finetune"
+    run_dir: str = "runs/finetune"  # config.yaml, the training log, results.jsonl (and weights)
     c4: str | None = None  # prepared C4 dir (val.npy) for C4 perplexity; None: skip C4
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # batch order and torch's RNG (the weights come from the checkpoint)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     # optimization
     lr: float = 1e-4  # peak LR at the muP base width (MuAdamW scales hidden matrices)
-    epochs: float = 3.0
+    epochs: float = 3.0  # passes over the training split (fractions allowed)
     max_steps: int = 0  # > 0: exactly this many optimizer steps, overriding epochs
     batch_size: int = 8  # examples per optimizer step
     micro_batch_size: int = 8  # examples per forward (gradient accumulation)
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.03, decay="linear"))
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
+    eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.0  # decoupled; not on the input embedding
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
     mup_optimizer: bool = True  # False: plain torch AdamW, one LR for every parameter
     l2_to_pretrained: float = 0.0  # lambda of lambda * ||theta - theta_0||^2, added to each step's loss
     # data
     max_examples: dict[str, int] = field(default_factory=dict)  # per split cap (seeded subset)
-    cap_seed: int = 0
+    cap_seed: int = 0  # seed of the max_examples subsets
     # evaluation
-    eval_batch_size: int = 32
+    eval_batch_size: int = 32  # examples per evaluation forward
     c4_max_tokens: int = 1_048_576  # predicted C4 validation tokens (a fixed prefix)
-    eval_before: bool = True
-    save_weights: bool = False
-    log_every: int = 10
+    eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
+    save_weights: bool = False  # save the fine-tuned weights in run_dir/checkpoints/
+    log_every: int = 10  # a training-log line every N steps
     # sweep (overtrain sweep)
     lrs: list[float] = field(default_factory=list)  # explicit grid; empty: geometric, see `sweep`
     stacked: bool = False  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
@@ -164,20 +164,6 @@ def l2_to(model, lam: float):
     return extra
 
 
-def batch_plan(n_examples: int, cfg: FinetuneConfig) -> tuple[int, int]:
-    """(steps per epoch, total optimizer steps); the last batch of an epoch may be smaller."""
-    per_epoch = math.ceil(n_examples / cfg.batch_size)
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
-    return per_epoch, total
-
-
-def step_examples(step: int, n: int, per_epoch: int, batch_size: int, seed: int) -> np.ndarray:
-    """Example indices of optimizer step ``step``: epoch e is a seeded permutation, cut in batches."""
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[k * batch_size : (k + 1) * batch_size]
-
-
 @dataclass
 class Prepared:
     """Everything a run needs, checked before any work starts."""
@@ -213,7 +199,7 @@ def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepare
         c4_tokens = load_c4(cfg.c4, spec, cfg.c4_max_tokens, spec.max_sequence_length)
     if cfg.schedule.final_lr > cfg.lr:
         raise ConfigError(f"schedule.final_lr={cfg.schedule.final_lr} exceeds lr={cfg.lr}")
-    per_epoch, total = batch_plan(len(encoded["train"].examples), cfg)
+    per_epoch, total = batch_plan(len(encoded["train"].examples), cfg.batch_size, cfg.epochs, cfg.max_steps)
     if total < 2:
         raise ConfigError(
             f"{total} optimizer step(s): the schedule decays to 0 at the last step, so a run needs at least 2 "
@@ -228,95 +214,39 @@ def evaluate_all(p: Prepared) -> dict:
     return evaluate_encoded(p.model, p.spec, evals, p.c4, p.cfg.eval_batch_size, precision=p.cfg.precision)
 
 
-def step_batch(p: Prepared, step: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-    """Optimizer step ``step``'s micro-batches on the device, and its input tokens (context + completion).
+def train_models(
+    p: Prepared, stepper: Stepper, cfgs: Sequence[FinetuneConfig], desc: str, progress: bool = True
+) -> list[Trained]:
+    """Train ``stepper``'s models, model k with ``cfgs[k]``'s peak LR and run dir, on ``p``'s data with the one loop.
 
-    The examples are fixed by the step and ``cfg.seed`` alone (``step_examples``), so every LR of
-    a sweep, sequential or stacked, trains on the same batches in the same order.
+    Everything else is ``p.cfg``'s: the batches (``loop.StepBatches``: fixed by the step and
+    ``seed`` alone, so every LR of a sweep, sequential or stacked, trains on the same batches in
+    the same order) and the schedule's shape (``loop.schedule_factor`` per peak LR).
     """
-    cfg, train_set = p.cfg, p.encoded["train"].examples
-    batch = [train_set[i] for i in step_examples(step, len(train_set), p.steps_per_epoch, cfg.batch_size, cfg.seed)]
-    micro = [
-        collate(batch[i : i + cfg.micro_batch_size], p.spec.pad_token_id, p.device)
-        for i in range(0, len(batch), cfg.micro_batch_size)
-    ]
-    return micro, sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
-
-
-def schedule_factor(p: Prepared, lr: float):
-    """``step -> LR factor`` for peak ``lr``: warmup, then decay to ``schedule.final_lr`` (a ratio that depends on lr)."""
-    sched, total = p.cfg.schedule, p.total_steps
-    warm = warmup_steps(sched, total, 1)
-    return lambda step: lr_factor(step, total, warm, sched.decay, sched.final_lr / lr)
-
-
-def open_train_log(cfg: FinetuneConfig) -> Path:
-    """The run's train_log.jsonl, emptied: a rerun logs afresh."""
-    log = Path(cfg.run_dir) / "train_log.jsonl"
-    log.unlink(missing_ok=True)
-    return log
-
-
-def log_step(log: Path, cfg: FinetuneConfig, step: int, total: int, record: dict) -> bool:
-    """Append ``record`` to the training log every ``log_every`` steps and at the last; True if written."""
-    if step % cfg.log_every and step != total - 1:
-        return False
-    with open(log, "a") as f:
-        f.write(json.dumps({"step": step, **record}) + "\n")
-    return True
-
-
-def train_stats(losses: list[float], tokens: int, seen: int, wall: float, steps_per_epoch: int) -> dict:
-    """A run's training statistics from its per-step losses; a non-finite last loss means it diverged."""
-    diverged = not math.isfinite(losses[-1])  # a diverged run is a result (its metrics are NaN/inf), not an error
-    return {
-        "steps": len(losses),
-        "train_tokens": tokens,
-        "train_loss_first": losses[0],
-        "train_loss_last": losses[-1],
-        "train_loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
-        "diverged": diverged,
-        "train_seconds": wall,
-        "train_input_tokens": seen,
-        "train_tokens_per_s": seen / max(wall, 1e-9),
-        "lr_decayed": not diverged,
-    }  # the schedule's factor at the last step is exactly final_lr / lr
+    cfg = p.cfg
+    batches = StepBatches(
+        p.encoded["train"].examples,
+        cfg.batch_size,
+        cfg.micro_batch_size,
+        cfg.seed,
+        p.steps_per_epoch,
+        p.total_steps,
+        p.spec.pad_token_id,
+        p.device,
+    )
+    factors = [schedule_factor(cfg.schedule, p.total_steps, c.lr) for c in cfgs]
+    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps) for c in cfgs]
+    return train_loop(stepper, batches, factors, logs, desc, progress)
 
 
 def train(p: Prepared, progress: bool = True) -> dict:
-    """The fine-tuning loop around ``train_step``; returns training statistics."""
-    cfg, model = p.cfg, p.model
+    """Fine-tune ``p.model`` in place (``train_step`` with completion-only loss); returns training statistics."""
+    cfg = p.cfg
     torch.manual_seed(cfg.seed)
-    opt = build_optimizer(model, cfg)
-    extra = l2_to(model, cfg.l2_to_pretrained) if cfg.l2_to_pretrained > 0 else None
-    factor = schedule_factor(p, cfg.lr)
-    log = open_train_log(cfg)
-    tokens, seen, losses = 0, 0, []
-    bar = tqdm(
-        range(p.total_steps),
-        desc=f"finetune {p.task.name} lr={cfg.lr:.2e}",
-        disable=not (progress and sys.stderr.isatty()),
-    )
-    t0 = time.time()
-    for step in bar:
-        micro, n_input = step_batch(p, step)
-        stats = train_step(
-            model, opt, micro, factor(step), cfg.grad_clip, cfg.precision, loss_fn=completion_loss, extra_loss=extra
-        )
-        seen += n_input
-        tokens += stats.tokens
-        losses.append(stats.loss)
-        if log_step(
-            log,
-            cfg,
-            step,
-            p.total_steps,
-            {"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": tokens},
-        ):
-            bar.set_postfix(loss=f"{stats.loss:.3f}")
-        if not math.isfinite(stats.loss):
-            break
-    return train_stats(losses, tokens, seen, time.time() - t0, p.steps_per_epoch)
+    extra = l2_to(p.model, cfg.l2_to_pretrained) if cfg.l2_to_pretrained > 0 else None
+    run = SingleRun(p.model, build_optimizer(p.model, cfg), cfg.grad_clip, cfg.precision, completion_loss, extra)
+    (trained,) = train_models(p, run, [cfg], f"finetune {p.task.name} lr={cfg.lr:.2e}", progress)
+    return trained.stats
 
 
 def start_run(cfg: FinetuneConfig) -> Path:
@@ -454,18 +384,23 @@ def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: f
     return row
 
 
-def add_arguments(p):
-    p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ (demo) or a YAML path")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="dotted key=value overrides: checkpoint=, task=, lr=, run_dir=, seed=, template=, ...",
-    )
-    p.add_argument("--results", default=None, help="results file (default: RUN_DIR/results.jsonl)")
+# ------------------------------------------------------------------------------------------- CLI
+
+
+KIND = "finetune"  # `overtrain finetune CONFIG [key=value ...]`: CONFIG is configs/finetune/NAME.yaml or a path
+CONFIG = FinetuneConfig
+
+
+@dataclass
+class FinetuneOptions:
+    results: str | None = None  # results file to append the row to (None: RUN_DIR/results.jsonl)
+
+
+OPTIONS = FinetuneOptions
 
 
 def run(args) -> int:
-    cfg = load_finetune_config(args.config, args.overrides)
+    cfg = args.config
     row = run_finetune(cfg, args.results)
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(

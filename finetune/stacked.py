@@ -7,26 +7,29 @@ parameters are stacked along a new leading dimension (``stack_module_state``) an
 models. The K losses are summed for a single ``backward``: the models share no parameters, so
 model k's gradient is the gradient of its own loss.
 
-The optimizer of model k is the fine-tuning optimizer itself (``finetune.build_optimizer``:
+The optimizer of model k is the fine-tuning optimizer itself (``core.optim.build_optimizer``:
 ``mup.MuAdamW``, so hidden matrices get lr / width_mult and weight_decay x width_mult, no decay
 on the embedding) over *views* of slice k of the stacked tensors: its in-place update writes into
 the stack. So the update is torch AdamW's by construction, and on CUDA it runs as the fused
-kernel (``train.step.use_fused_adam``): a hand-written per-model-LR AdamW over the stacked tensors
+kernel (``core.step.use_fused_adam``): a hand-written per-model-LR AdamW over the stacked tensors
 made ~25 passes over memory per step against the fused kernel's ~7 (3.3x slower on CPU).
 
-Equal to K separate runs of ``train_step`` (tests/test_stacked.py):
+A step is ``core.step.train_step``'s pieces over the stack, so it equals K separate runs of
+``train_step`` (tests/test_stacked.py):
 
 - every model sees the same micro-batches in the same order (a sweep's LRs share the data seed);
 - each micro-batch's summed loss is divided by the step's number of target tokens and
-  backpropagated on its own (gradient accumulation, as ``train_step``);
-- each model is clipped by its own global gradient norm (``clip_grad_norm_``: coefficient
-  clip / (norm + 1e-6), capped at 1);
+  backpropagated on its own (``target_tokens``, ``accumulate_gradients``);
+- each model is clipped by its own global gradient norm (``clip_gradients(..., n_models=K)``:
+  coefficient clip / (norm + 1e-6), capped at 1, as ``clip_grad_norm_``);
 - model k's LR is lrs[k] x the schedule factor (``set_lr_factor``, composing with muP's scaling).
 
-A diverged model (NaN loss) stays NaN on its own; the others are unaffected.
+A diverged model (NaN loss) stays NaN on its own; the others are unaffected. ``StackedRun`` is a
+``finetune.loop.Stepper`` (as ``loop.SingleRun`` is for one model), so the sweep trains it with
+the one fine-tuning loop. One process: the token count is not meant to be all-reduced (no DDP).
 
-    states, losses = train_stacked(model, spec, lrs, batches, lr_factors, ...)
-    run = StackedRun(model, spec, lrs, ...); loss, grad_norm = run.step(micro_batches, lr_factor); run.state_dict(k)
+    run = StackedRun(model, spec, lrs, ...); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
+    states, losses = train_stacked(model, spec, lrs, batches, lr_factors, ...)  # fixed batches (tests, benchmarks)
 """
 
 from __future__ import annotations
@@ -39,21 +42,19 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.func import functional_call, stack_module_state
 
-from ..core.likelihood import autocast_for, lm_loss
-from ..core.step import set_lr_factor, use_fused_adam
-from .finetune import FinetuneConfig, build_optimizer
+from ..core.likelihood import lm_loss
+from ..core.optim import build_optimizer
+from ..core.step import (
+    StepStats,
+    accumulate_gradients,
+    clip_gradients,
+    read_stats,
+    set_lr_factor,
+    target_tokens,
+    use_fused_adam,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class _Named:
-    """``named_parameters()`` over a dict: what ``finetune.build_optimizer`` reads from a model."""
-
-    def __init__(self, params: dict[str, torch.nn.Parameter]):
-        self.params = params
-
-    def named_parameters(self):
-        return iter(self.params.items())
 
 
 class _Bound:
@@ -104,21 +105,21 @@ class StackedRun:
             from ..core.model import attach_shapes
 
             attach_shapes(model, spec)
-        self.K = len(lrs)
+        self.n_models = K = len(lrs)
         self.grad_clip, self.precision = grad_clip, precision
         self.loss_fn = loss_fn or lm_loss
         self.l2 = float(l2_to_pretrained)
         self.device = next(iter(named.values())).device
         fused = self.device.type == "cuda" if fused is None else fused
 
-        params, _ = stack_module_state([model] * self.K)  # (K, *shape) leaf copies that require grad
+        params, _ = stack_module_state([model] * K)  # (K, *shape) leaf copies that require grad
         self.params = {n: params[n] for n in named}
         self.buffers = dict(model.named_buffers())  # shared, not trained
         self.anchor = {n: p.detach().clone() for n, p in named.items()} if self.l2 > 0 else None
 
         # Model k's parameters: leaves sharing storage with slice k of the stack.
         self.views = []
-        for k in range(self.K):
+        for k in range(K):
             views = {}
             for n, p in self.params.items():
                 views[n] = torch.nn.Parameter(p.detach()[k])
@@ -127,10 +128,7 @@ class StackedRun:
             self.views.append(views)
         self.optimizers = []
         for lr, views in zip(lrs, self.views):
-            cfg = FinetuneConfig(
-                lr=float(lr), betas=tuple(betas), eps=eps, weight_decay=weight_decay, mup_optimizer=mup
-            )
-            opt = build_optimizer(_Named(views), cfg)
+            opt = build_optimizer(views.items(), float(lr), tuple(betas), eps, weight_decay, mup)
             if fused:
                 use_fused_adam(opt)
             self.optimizers.append(opt)
@@ -143,62 +141,43 @@ class StackedRun:
         loss_sum, _ = self.loss_fn(_Bound(self.template, {**tensors, **self.buffers}), x, y)
         return loss_sum
 
+    def _loss_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(K,) summed losses of one micro-batch, one per model."""
+        return self._forward(self.params, x, y)
+
     def _l2(self) -> torch.Tensor:
         """(K,) lam x ||theta_k - theta_0||^2."""
         total = 0.0
         for n, p in self.params.items():
-            total = total + ((p - self.anchor[n]) ** 2).reshape(self.K, -1).sum(1)
+            total = total + ((p - self.anchor[n]) ** 2).reshape(self.n_models, -1).sum(1)
         return self.l2 * total
 
-    def step(
-        self, micro_batches: Sequence[Batch], lr_factor: float | Sequence[float]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step of every model; returns (loss, grad_norm), each a (K,) tensor on the device.
+    def step(self, micro_batches: Sequence[Batch], lr_factors: float | Sequence[float]) -> list[StepStats]:
+        """One optimizer step of every model (``train_step``'s pieces over the stack); one ``StepStats`` per model.
 
-        ``lr_factor``: the schedule's factor, one for all models or one per model. Returns
-        without waiting for the device (``completion_loss``'s masking waits once per micro-batch);
-        read the tensors when you log.
+        ``lr_factors``: the schedule's factor, one for all models or one per model.
         """
-        factors = [float(lr_factor)] * self.K if isinstance(lr_factor, (int, float)) else [float(f) for f in lr_factor]
-        if len(factors) != self.K:
-            raise ValueError(f"lr_factor: {len(factors)} factors for {self.K} models")
+        K = self.n_models
+        factors = [float(lr_factors)] * K if isinstance(lr_factors, (int, float)) else [float(f) for f in lr_factors]
+        if len(factors) != K:
+            raise ValueError(f"lr_factor: {len(factors)} factors for {K} models")
         batches = [
             (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in micro_batches
         ]
-        count = torch.stack([(y >= 0).sum() for _, y in batches]).sum().to(torch.float64).clamp(min=1.0)
-        denom = count.to(torch.float32)
-
+        tokens, denom = target_tokens(batches)
         for p in self.params.values():
             p.grad = None
-        loss_total = torch.zeros(self.K, dtype=torch.float64, device=self.device)
-        for i, (x, y) in enumerate(batches):
-            with autocast_for(self.device, self.precision):
-                loss_sum = self._forward(self.params, x, y)  # (K,)
-            loss = loss_sum / denom
-            if self.l2 > 0 and i == len(batches) - 1:
-                loss = loss + self._l2()
-            loss.sum().backward()
-            loss_total += loss_sum.detach().to(torch.float64)
-
-        grad_norm = self._clip()
+        loss_total = accumulate_gradients(
+            self._loss_sums, batches, denom, self.precision, self._l2 if self.l2 > 0 else None
+        )
+        grad_norm = clip_gradients(self.params.values(), self.grad_clip, n_models=K)
+        lrs = []
         for k, (opt, views) in enumerate(zip(self.optimizers, self.views)):
             for n, v in views.items():
                 v.grad = self.params[n].grad[k]
-            set_lr_factor(opt, factors[k])
+            lrs.append(set_lr_factor(opt, factors[k]))
             opt.step()
-        return loss_total / count, grad_norm
-
-    @torch.no_grad()
-    def _clip(self) -> torch.Tensor:
-        """Each model's global gradient norm (K,); grads scaled as ``clip_grad_norm_`` does, per model."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        norms = torch.stack([torch.linalg.vector_norm(g.reshape(self.K, -1), dim=1) for g in grads])  # (P, K)
-        total = torch.linalg.vector_norm(norms, dim=0)
-        if self.grad_clip is not None and self.grad_clip > 0:
-            coef = torch.clamp(self.grad_clip / (total + 1e-6), max=1.0)
-            for g in grads:
-                g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
-        return total
+        return read_stats(loss_total, grad_norm, tokens, lrs)
 
     def state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Model k's weights (views into the stack), loadable with ``model.load_state_dict``."""
@@ -229,8 +208,9 @@ def train_stacked(
     ``batches[s]`` is step s's list of (input_ids, targets) micro-batches (targets -100 = ignored),
     shared by every model; ``lr_factors[s]`` the schedule factor at step s (or K factors).
     ``loss_fn(model, x, y) -> (sum, count)`` as in ``train_step`` (default the LM loss; fine-tuning
-    passes ``overtrain.finetune.finetune.completion_loss``). Losses are per target token, like
-    ``StepStats.loss``, read from the device once, at the end.
+    passes ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
+    (``StepStats.loss``). Every model runs every step, diverged or not (the fine-tuning loop,
+    ``finetune.loop.train_loop``, stops a model at its first non-finite loss instead).
     """
     if len(lr_factors) != len(batches):
         raise ValueError(f"lr_factors: {len(lr_factors)} factors for {len(batches)} steps")
@@ -253,16 +233,14 @@ def train_stacked(
     losses = []
     for micro, factor in tqdm(
         list(zip(batches, lr_factors)),
-        desc=f"stacked x{run.K}",
+        desc=f"stacked x{run.n_models}",
         unit="step",
         disable=not (progress and sys.stderr.isatty()),
     ):
-        loss, _ = run.step(micro, factor)
-        losses.append(loss)
-    rows = torch.stack(losses).tolist() if losses else []
-    return [run.state_dict(k) for k in range(run.K)], rows
+        losses.append([s.loss for s in run.step(micro, factor)])
+    return [run.state_dict(k) for k in range(run.n_models)], losses
 
 
 def first_nonfinite(losses: Sequence[Sequence[float]], k: int) -> int | None:
-    """The first step at which model k's loss was not finite (a sweep stops that LR there), else None."""
+    """The first step at which model k's loss (``train_stacked``'s ``losses``) was not finite, else None."""
     return next((s for s, row in enumerate(losses) if not math.isfinite(row[k])), None)

@@ -16,8 +16,9 @@ config hash) are skipped, and the selected row is written once per grid. Per-LR 
 
 ``stacked: true`` trains every LR still lacking a row in one pass (``finetune.stacked.StackedRun``:
 K copies of the model, one per LR, each step one batched computation) instead of one after
-another. Everything else is the sequential path's: the same batches (``step_batch``), schedule
-(``schedule_factor`` per LR), seed, clipping, L2 to the pre-trained weights and optimizer; each
+another. Everything else is the sequential path's: the same loop (``finetune.loop.train_loop``,
+through ``finetune.train_models``) with its batches, schedule per LR and divergence rule, and the
+same step pieces (``core.step``), seed, clipping, L2 to the pre-trained weights and optimizer; each
 model is then loaded into the model and recorded by the same ``finish_run`` (rows add
 ``stacked: true`` and ``stack_size``; ``train_seconds`` is the stack's training time / K). The
 rows equal the sequential ones up to floating-point order (tests/test_sweep.py). A diverged LR
@@ -44,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
@@ -59,16 +59,12 @@ from .finetune import (
     finish_run,
     flatten_metrics,
     load_finetune_config,
-    log_step,
-    open_train_log,
     prepare,
     run_finetune,
-    schedule_factor,
     start_run,
-    step_batch,
-    train_stats,
+    train_models,
 )
-from .stacked import StackedRun, first_nonfinite
+from .stacked import StackedRun
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
@@ -117,9 +113,10 @@ def select(rows: Sequence[dict]) -> dict:
 def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: bool = True) -> list[tuple[dict, dict]]:
     """Train one model per config (``cfgs[k].lr``; everything else ``p.cfg``'s) at once from ``p.model``'s weights.
 
-    Returns per config (training stats as ``finetune.train``'s, final weights): the weights of a
-    diverged model are those after its first non-finite step, where the sequential loop stops.
-    Each config's run dir gets its own train_log.jsonl.
+    Returns per config (training stats as ``finetune.train``'s, final weights): the one fine-tuning
+    loop (``finetune.train_models``) over a ``StackedRun``, so a diverged model stops, and keeps its
+    weights, at its first non-finite step, as the sequential loop does. Each config's run dir gets
+    its own train_log.jsonl.
     """
     cfg = p.cfg
     torch.manual_seed(cfg.seed)
@@ -136,56 +133,8 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         mup=cfg.mup_optimizer,
         l2_to_pretrained=cfg.l2_to_pretrained,
     )
-    factors = [schedule_factor(p, c.lr) for c in cfgs]
-    logs = [open_train_log(c) for c in cfgs]
-    losses, tokens, seen = [], [], []  # per step: K losses; cumulative target and input tokens
-    stopped: dict[int, dict] = {}  # model -> its weights at divergence
-    bar = tqdm(
-        range(p.total_steps),
-        desc=f"sweep {p.task.name} stacked x{run.K}",
-        disable=not (progress and sys.stderr.isatty()),
-    )
-    t0 = time.time()
-    for step in bar:
-        micro, n_input = step_batch(p, step)
-        loss, grad_norm = run.step(micro, [f(step) for f in factors])
-        n_target = torch.stack([(y >= 0).sum() for _, y in micro]).sum()
-        values = torch.cat(
-            [loss, grad_norm.to(loss), n_target.to(loss)[None]]
-        ).tolist()  # one wait for the device per step
-        loss_k, norm_k, n_target = values[: run.K], values[run.K : 2 * run.K], values[-1]
-        losses.append(loss_k)
-        tokens.append((tokens[-1] if tokens else 0) + int(n_target))
-        seen.append((seen[-1] if seen else 0) + n_input)
-        for k, c in enumerate(cfgs):
-            if k in stopped:
-                continue
-            log_step(
-                logs[k],
-                c,
-                step,
-                p.total_steps,
-                {
-                    "loss": loss_k[k],
-                    "lr": run.optimizers[k].param_groups[0]["lr"],
-                    "grad_norm": norm_k[k],
-                    "tokens": tokens[-1],
-                },
-            )
-            if not math.isfinite(loss_k[k]):
-                stopped[k] = {n: t.clone() for n, t in run.state_dict(k).items()}
-        bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in loss_k))
-        if len(stopped) == run.K:
-            break
-    share = (time.time() - t0) / run.K  # each model's share of the stack's training time
-
-    out = []
-    for k in range(run.K):
-        stop = first_nonfinite(losses, k)
-        n = len(losses) if stop is None else stop + 1
-        stats = train_stats([row[k] for row in losses[:n]], tokens[n - 1], seen[n - 1], share, p.steps_per_epoch)
-        out.append((stats, stopped[k] if k in stopped else run.state_dict(k)))
-    return out
+    trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress)
+    return [(t.stats, t.weights) for t in trained]
 
 
 def sweep_stacked(
@@ -289,17 +238,15 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     return out + [chosen]
 
 
-def add_arguments(p):
-    p.add_argument("config", help="fine-tuning config: a name in configs/finetune/ or a YAML path")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value overrides: checkpoint=, task=, run_dir=, c4=, lrs=[...], sweep.max_lr=, stacked=true, ...",
-    )
+# ------------------------------------------------------------------------------------------- CLI
+
+
+KIND = "finetune"  # `overtrain sweep CONFIG [key=value ...]`: CONFIG is configs/finetune/NAME.yaml or a path
+CONFIG = FinetuneConfig
 
 
 def run(args) -> int:
-    rows = run_sweep(args.config, args.overrides)
+    rows = run_sweep(args.config)
     chosen = rows[-1]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(f"sweep {chosen['task']} on {chosen['checkpoint']} ({len(rows) - 1} LRs)")

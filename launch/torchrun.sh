@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Single-node data-parallel pre-training: one process per GPU (nccl), or per CPU slot (gloo).
 #
-#   launch/torchrun.sh NPROC CONFIG [key=value ...] [--overwrite]
+#   launch/torchrun.sh NPROC CONFIG [key=value ...]   (e.g. overwrite=true to start over)
 #   launch/torchrun.sh 8 olmo-30m-8B run_dir=runs/pretrain/olmo-30m-8B
 #
 # The global batch (global_batch_size sequences) is the same for any NPROC; it must be divisible

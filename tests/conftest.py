@@ -31,14 +31,10 @@ def small_c4(tmp_path_factory):
     out = tmp_path_factory.mktemp("c4") / "prepared"
     argv = [
         "prepare-data",
-        "--out",
-        str(out),
-        "--train",
-        str(C4 / "c4-sample.00000-of-00001.json.gz"),
-        "--val",
-        str(C4 / "c4-sample.01.json.gz"),
-        "--max-docs",
-        "40",
+        f"out={out}",
+        f"train={C4 / 'c4-sample.00000-of-00001.json.gz'}",
+        f"val={C4 / 'c4-sample.01.json.gz'}",
+        "max_docs=40",
     ]
     assert cli.main(argv) == 0
     return out

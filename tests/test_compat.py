@@ -5,6 +5,7 @@ commit before the layered architecture of DESIGN.md) comes from this repository'
 and runs in a subprocess, as a user's old installation would. It prepares C4, pre-trains the
 tiny model (checkpoints every 4 steps), sweeps two fine-tuning LRs, perturbs the weights and
 writes a report. The current version then
+(the previous command lines took flags, ``--gammas 0.1``; this version takes ``gammas=0.1``)
 - resumes the pre-training run from its step-4 checkpoint (as after a kill) to weights
   bit-identical to the ones the previous version finished with: the same computation;
 - reruns the same sweep and perturbation: every row is found, nothing is trained again;
@@ -160,8 +161,8 @@ def test_previous_rows_resume_without_new_work(old, tmp_path):
 
     perturb_rows = results / "perturb.jsonl"
     before = perturb_rows.read_text()
-    assert main(["perturb", str(old["pretrain"]), "--gammas", "0.1", "--seeds", "0", "--c4", str(old["c4"]),
-                 "--val-tokens", "128", "--device", "cpu", "--results", str(perturb_rows)]) == 0  # fmt: skip
+    perturb = ["gammas=0.1", "seeds=0", f"c4={old['c4']}", "val_tokens=128", "device=cpu", f"results={perturb_rows}"]
+    assert main(["perturb", str(old["pretrain"]), *perturb]) == 0
     assert perturb_rows.read_text() == before
     assert [r["kind"] for r in read_rows(sweep_rows)] == ["base", "finetune", "finetune", "finetune"]
     assert [(r["kind"], r["gamma"]) for r in read_rows(perturb_rows)] == [("perturb", 0.1)]
@@ -170,7 +171,7 @@ def test_previous_rows_resume_without_new_work(old, tmp_path):
 def test_previous_rows_report_the_same_tables(old, tmp_path):
     out = tmp_path / "report"
     sources = [str(old["results"] / "sweep"), str(old["results"] / "perturb.jsonl")]
-    assert main(["report", *sources, "--out", str(out)]) == 0
+    assert main(["report", *sources, f"out={out}"]) == 0
     for name in ("summary.csv", "perturb.csv"):
         with open(old["report"] / name) as f_old, open(out / name) as f_new:
             assert list(csv.reader(f_new)) == list(csv.reader(f_old)), name

@@ -12,13 +12,13 @@ from overtrain.train.coord_check import DEFAULT_DATA, c4_batch, log_slope, read_
 
 # 4 widths (1 to 8 heads of 16), 3 steps on 2 x 32 real tokens: ~5 s per parametrization on 2 cores.
 # LR 3e-3 (the CLI default): SP's hidden activations grow like width^1..2 by step 3 while muP's stay flat.
-ARGS = ["--widths", "16", "32", "64", "128", "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--lr", "3e-3"]
+ARGS = ["widths=[16,32,64,128]", "steps=3", "batch_size=2", "seq_len=32", "lr=3e-3"]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("coord")
-    rcs = {p: main(["coord-check", "tiny", "--out", str(out), "--parametrization", p, *ARGS]) for p in ("mup", "sp")}
+    rcs = {p: main(["coord-check", "tiny", f"out={out}", f"parametrization={p}", *ARGS]) for p in ("mup", "sp")}
     return out, rcs, {p: json.loads((out / f"coord_{p}.json").read_text()) for p in ("mup", "sp")}
 
 
@@ -77,9 +77,9 @@ def test_slope_criterion_and_tolerance():
 
 
 def test_bad_input_is_reported_before_work(tmp_path, capsys):
-    assert main(["coord-check", "tiny", "--out", str(tmp_path), "--widths", "16", "32", "64"]) == 2
-    assert "--widths" in capsys.readouterr().err
+    assert main(["coord-check", "tiny", f"out={tmp_path}", "widths=[16,32,64]"]) == 2
+    assert "widths=[16, 32, 64]: need at least 4" in capsys.readouterr().err
     missing = tmp_path / "nope.json.gz"
-    assert main(["coord-check", "tiny", "--out", str(tmp_path), "--data", str(missing), *ARGS]) == 2
+    assert main(["coord-check", "tiny", f"out={tmp_path}", f"data={missing}", *ARGS]) == 2
     assert str(missing) in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -41,12 +41,9 @@ def make_c4(out: Path) -> Path:
         main(
             [
                 "prepare-data",
-                "--train",
-                str(c4 / "c4-sample.02.json.gz"),
-                "--val",
-                str(c4 / "c4-sample.01.json.gz"),
-                "--out",
-                str(out),
+                f"train={c4 / 'c4-sample.02.json.gz'}",
+                f"val={c4 / 'c4-sample.01.json.gz'}",
+                f"out={out}",
             ]
         )
         == 0
@@ -104,16 +101,11 @@ def test_finetune_cli_runs_evaluates_and_records(env, capsys):
                 [
                     "evaluate",
                     str(ckpt),
-                    "--tasks",
-                    "rte",
-                    "--c4",
-                    str(env["c4"]),
-                    "--c4-max-tokens",
-                    "256",
-                    "--max-examples",
-                    "8",
-                    "--results",
-                    str(out),
+                    "tasks=rte",
+                    f"c4={env['c4']}",
+                    "c4_max_tokens=256",
+                    "max_examples=8",
+                    f"results={out}",
                 ]
             )
             == 0

@@ -8,7 +8,7 @@ from overtrain.cli import main as cli
 from overtrain.core.checkpoint import load_model
 from overtrain.data.tokenizer import load_tokenizer
 from overtrain.evaluate.generate import generate, prompt_ids_for
-from overtrain.train.hf import export_hf
+from overtrain.train.hf_export import export_hf
 from test_hf import c4_docs, hf_model, make_checkpoint  # noqa: E402  (also sets up transformers)
 
 NEW = 24
@@ -58,34 +58,16 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(run):
 
 def test_cli(run, capsys):
     path = run[0]
-    assert cli(["generate", str(path), "--prompt", "The weather today", "--max-new-tokens", "5"]) == 0
+    assert cli(["generate", str(path), "prompt=The weather today", "max_new_tokens=5"]) == 0
     out = capsys.readouterr().out
     assert "=== prompt 1" in out and "The weather today" in out and "greedy" in out
-    assert (
-        cli(
-            [
-                "generate",
-                str(path),
-                "--task",
-                "rte",
-                "--n",
-                "1",
-                "--temperature",
-                "0.8",
-                "--top-k",
-                "20",
-                "--max-new-tokens",
-                "3",
-            ]
-        )
-        == 0
-    )
+    assert cli(["generate", str(path), "task=rte", "n=1", "temperature=0.8", "top_k=20", "max_new_tokens=3"]) == 0
     out = capsys.readouterr().out
     assert "--- gold" in out and "Answer:" in out and "temperature 0.8, top-k 20" in out
     for bad, msg in [
-        ([], "either --prompt"),
-        (["--prompt", "x", "--top-k", "5"], "--top-k applies to sampling"),
-        (["--prompt", "x", "--max-new-tokens", "256"], "below the model's context"),
+        ([], "either prompt=TEXT"),
+        (["prompt=x", "top_k=5"], "top_k applies to sampling"),
+        (["prompt=x", "max_new_tokens=256"], "below the model's context"),
     ]:
         assert cli(["generate", str(path), *bad]) == 2
         assert msg in capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from overtrain.cli import main
 from overtrain.core.config import CONFIG_ROOT, ConfigError
-from overtrain.launch.grid import claim_results_dir, expand, load_grid, plan_summary
+from overtrain.launch.plan import expand, plan_summary
+from overtrain.launch.spec import claim_results_dir, load_grid
 
 PAPER = str(CONFIG_ROOT / "grids" / "paper.yaml")
 DEMO = str(CONFIG_ROOT / "grids" / "demo.yaml")
@@ -47,7 +48,7 @@ def test_paper_plan_job_counts():
 
 
 def test_plan_cli_json(capsys):
-    assert main(["grid", "plan", PAPER, "--json", "results_dir=/tmp/overtrain-plan-test"]) == 0
+    assert main(["grid", "plan", PAPER, "json=true", "results_dir=/tmp/overtrain-plan-test"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["jobs"] == 1 + 18 + 180 + 18 + 1
     assert out["by_kind"]["pretrain"]["jobs"] == 18
@@ -126,9 +127,7 @@ def test_results_dir_of_another_grid_is_refused(tmp_path):
 
 
 def test_slurm_files(tmp_path):
-    assert (
-        main(["grid", "slurm", PAPER, f"results_dir={tmp_path}", "--out", str(tmp_path / "slurm"), "--nodes", "2"]) == 0
-    )
+    assert main(["grid", "slurm", PAPER, f"results_dir={tmp_path}", f"out={tmp_path / 'slurm'}", "nodes=2"]) == 0
     files = sorted(p.name for p in (tmp_path / "slurm").iterdir())
     assert "submit.sh" in files and "finetune_array.sbatch" in files
     assert sum(f.startswith("pretrain_") for f in files) == 18

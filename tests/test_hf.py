@@ -24,6 +24,8 @@ from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.step import remember_initial_lrs, train_step
 from overtrain.data.tokenizer import load_tokenizer
 from overtrain.train import hf as hf_mod  # first: makes transformers importable beside a broken torchvision
+from overtrain.train.hf_export import export_hf
+from overtrain.train.hf_import import import_hf, spec_from_hf_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -158,7 +160,7 @@ def test_import_round_trip(runs, tmp_path):
     shutil.copytree(export, foreign)
     (foreign / hf_mod.PROVENANCE).unlink()
     (foreign / hf_mod.PADDED_ROWS).unlink()
-    step = hf_mod.import_hf(foreign, tmp_path / "foreign-run")
+    step = import_hf(foreign, tmp_path / "foreign-run")
     sp, sp_spec, sp_meta = load_model(step)
     assert sp_spec.parametrization == "sp" and sp_spec.vocab_size == 50280 and sp_spec.embedding_size == 50304
     assert sp_spec.tokenizer == "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"  # recognized, not copied
@@ -174,11 +176,11 @@ def test_bad_input(runs, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert cli(["export-hf", str(src), str(out)]) == 2
-    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert "already exists (pass overwrite=true" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert cli(["export-hf", str(src), str(out), "--overwrite"]) == 0
+    assert cli(["export-hf", str(src), str(out), "overwrite=true"]) == 0
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
-    assert cli(["import-hf", str(out), str(src)]) == 2  # never over a run without --overwrite
+    assert cli(["import-hf", str(out), str(src)]) == 2  # never over a run without overwrite=true
     assert "already exists" in capsys.readouterr().err
 
     # a config transformers' OLMo cannot represent: a tokenizer with more ids than the vocabulary
@@ -188,7 +190,7 @@ def test_bad_input(runs, tmp_path, capsys):
     yaml_text = (step / "model.yaml").read_text()
     (step / "model.yaml").write_text(yaml_text.replace("allenai_gpt-neox-olmo-dolma-v1_5.json", "allenai_dolma2.json"))
     with pytest.raises(ConfigError, match=r"model.yaml: cannot be represented .* has 100278 ids but vocab_size=50280"):
-        hf_mod.export_hf(odd, tmp_path / "odd-export")
+        export_hf(odd, tmp_path / "odd-export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "odd"]  # nothing written
 
     # importing something that is not transformers' OLMo
@@ -201,7 +203,7 @@ def test_bad_input(runs, tmp_path, capsys):
     assert not (tmp_path / "llama-run").exists()
     gqa = dict(config, num_key_value_heads=1, clip_qkv=8.0)
     with pytest.raises(CheckpointError, match=r"num_key_value_heads=1 .*clip_qkv=8.0"):
-        hf_mod.spec_from_hf_config(gqa, llama / "config.json", "tokenizer.json", None)
+        spec_from_hf_config(gqa, llama / "config.json", "tokenizer.json", None)
     with pytest.raises(CheckpointError, match="no config.json"):
-        hf_mod.import_hf(tmp_path / "exists" / "nothing", tmp_path / "x")
+        import_hf(tmp_path / "exists" / "nothing", tmp_path / "x")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

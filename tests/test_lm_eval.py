@@ -21,7 +21,7 @@ from overtrain.data.encode import encode_split
 from overtrain.data.tasks import load_task
 from overtrain.data.tokenizer import EOS_TOKEN, load_tokenizer
 from overtrain.evaluate.task_metrics import class_logprobs
-from overtrain.train.hf import export_hf
+from overtrain.train.hf_export import export_hf
 from test_hf import c4_tokens, hf_model, make_checkpoint  # noqa: E402  (also sets up transformers)
 
 N_EXAMPLES = 20

@@ -70,7 +70,7 @@ def test_flops_per_token_matches_olmos_own_count(name):
 
 
 def test_info_cli_json_and_text(capsys):
-    assert main(["info", "olmo-30m", "--json"]) == 0
+    assert main(["info", "olmo-30m", "json=true"]) == 0
     info = json.loads(capsys.readouterr().out)
     spec = load_model_spec("olmo-30m")
     assert info["total_params"] == count_params(spec)["total_params"]

@@ -97,25 +97,19 @@ def test_cli(setup, capsys):
     args = [
         "perturb",
         str(tmp),
-        "--gammas",
-        "0,0.2",
-        "--seeds",
-        "0",
-        "--c4",
-        str(c4),
-        "--val-tokens",
-        "128",
-        "--seq-len",
-        str(SEQ),
-        "--results",
-        str(results),
+        "gammas=0,0.2",
+        "seeds=0",
+        f"c4={c4}",
+        "val_tokens=128",
+        f"seq_len={SEQ}",
+        f"results={results}",
         "tags.parametrization=mup",
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
     rows = read_rows(results)
     assert "gamma 0.2" in out and len(rows) == 2 and rows[1]["tags"] == {"parametrization": "mup"}
-    assert main(["perturb", str(tmp), "--gammas", "0.1", "--c4", str(c4), "lr=3"]) == 2
-    assert "only tags.KEY=VALUE" in capsys.readouterr().err
-    assert main(["perturb", str(tmp), "--gammas", "0.1", "--c4", str(tmp / "nope")]) == 2
+    assert main(["perturb", str(tmp), "gammas=0.1", f"c4={c4}", "lr=3"]) == 2
+    assert "unknown key 'lr'" in capsys.readouterr().err
+    assert main(["perturb", str(tmp), "gammas=0.1", f"c4={tmp / 'nope'}"]) == 2
     assert "prepared data directory not found" in capsys.readouterr().err

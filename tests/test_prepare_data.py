@@ -41,8 +41,8 @@ def _flat(docs):
     return np.array([i for d in docs for i in d + [EOS]], dtype=np.uint16)
 
 
-def _prepare(out, *args):
-    argv = ["prepare-data", "--out", str(out), *map(str, args)]
+def _prepare(out, *settings):
+    argv = ["prepare-data", f"out={out}", *settings]
     assert cli.main(argv) == 0
     return open_prepared(out)
 
@@ -55,7 +55,7 @@ def _split_docs(tokens, n_docs):
 
 
 def test_separate_val_files_exact_tokens_and_meta(tmp_path, ref):
-    data = _prepare(tmp_path / "out", "--train", BIG, "--val", str(C4 / "c4-sample.0[123].json.gz"))
+    data = _prepare(tmp_path / "out", f"train={BIG}", f"val={C4 / 'c4-sample.0[123].json.gz'}")
     # The 30 small-file docs also occur in the big file: they must not be trained on.
     val_set = set(ref["small_texts"])
     kept = [ids for t, ids in zip(ref["big_texts"], ref["big"]) if t not in val_set]
@@ -80,9 +80,9 @@ def test_separate_val_files_exact_tokens_and_meta(tmp_path, ref):
 
 def test_holdout_disjoint_deterministic_and_workers_identical(tmp_path, ref):
     n = 300
-    args = ["--train", BIG, "--max-docs", n, "--val-docs", 40, "--seed", 3, "--chunk-chars", 20_000]
-    one = _prepare(tmp_path / "w1", *args, "--workers", 1)
-    two = _prepare(tmp_path / "w2", *args, "--workers", 2)
+    args = [f"train={BIG}", f"max_docs={n}", "val_docs=40", "seed=3", "chunk_chars=20_000"]
+    one = _prepare(tmp_path / "w1", *args, "workers=1")
+    two = _prepare(tmp_path / "w2", *args, "workers=2")
     for split in ("train", "val"):  # many small chunks on two processes: same bytes
         assert (tmp_path / "w1" / f"{split}.npy").read_bytes() == (tmp_path / "w2" / f"{split}.npy").read_bytes()
     val_docs = _split_docs(one.tokens("val"), 40)
@@ -94,7 +94,7 @@ def test_holdout_disjoint_deterministic_and_workers_identical(tmp_path, ref):
     assert val_docs == [d for d, v in zip(all_docs, mask) if v]  # input order kept in each split
     assert one.meta["holdout"] == two.meta["holdout"]
     assert one.meta["holdout"]["seed"] == 3 and one.meta["holdout"]["val_documents"] == 40
-    other = _prepare(tmp_path / "s4", "--train", BIG, "--max-docs", n, "--val-fraction", 40 / n, "--seed", 4)
+    other = _prepare(tmp_path / "s4", f"train={BIG}", f"max_docs={n}", f"val_fraction={40 / n}", "seed=4")
     assert other.meta["splits"]["val"]["documents"] == 40
     assert set(_split_docs(other.tokens("val"), 40)) != set(val_docs)  # the seed matters
 
@@ -108,7 +108,7 @@ def test_parquet_jsonl_and_json_array_give_the_same_tokens(tmp_path, ref):
     (tmp_path / "b.json").write_text(json.dumps(records))
     pq.write_table(pa.table({"text": [r["text"] for r in records]}), tmp_path / "c.parquet")
     outs = [
-        _prepare(tmp_path / f"out-{f}", "--train", tmp_path / f, "--val-docs", 2)
+        _prepare(tmp_path / f"out-{f}", f"train={tmp_path / f}", "val_docs=2")
         for f in ("a.jsonl", "b.json", "c.parquet")
     ]
     for o in outs:
@@ -127,25 +127,26 @@ def _bad_inputs(tmp_path):
     gz.write_bytes(gzip.compress(b"\n\n"))
     ok = str(SMALL[0])
     shutil.copy(ok, tmp_path / "copy.json.gz")
-    return [  # (argv, words the message must contain)
-        (["--train", tmp_path / "missing.json.gz", "--val", ok], ["missing.json.gz", "no such file"]),
-        (["--train", str(tmp_path / "nothing-*.jsonl"), "--val", ok], ["nothing-*.jsonl", "matches no files"]),
-        (["--train", tmp_path / "empty.jsonl", "--val", ok], ["empty.jsonl", "empty file"]),
-        (["--train", gz, "--val", ok], ["empty-records.json.gz", "no documents"]),
-        (["--train", BIG, "--val", tmp_path / "nofield.jsonl"], ["nofield.jsonl:3", "no field 'text'"]),
-        (["--train", tmp_path / "latin1.jsonl", "--val", ok], ["latin1.jsonl:3", "UTF-8"]),
-        (["--train", tmp_path / "broken.jsonl", "--val", ok], ["broken.jsonl:2", "not valid JSON"]),
-        (["--train", BIG, "--val", BIG], ["c4-sample.00000-of-00001.json.gz", "both --train and --val"]),
-        (["--train", ok, "--val-docs", 10], ["hold-out of 10 documents out of 10"]),
-        (["--train", ok], ["no validation data"]),
-        (["--train", ok, "--val", tmp_path / "copy.json.gz"], ["train split is empty", "10 training documents"]),
+    val = f"val={ok}"
+    return [  # (settings, words the message must contain)
+        ([f"train={tmp_path / 'missing.json.gz'}", val], ["missing.json.gz", "no such file"]),
+        ([f"train={tmp_path / 'nothing-*.jsonl'}", val], ["nothing-*.jsonl", "matches no files"]),
+        ([f"train={tmp_path / 'empty.jsonl'}", val], ["empty.jsonl", "empty file"]),
+        ([f"train={gz}", val], ["empty-records.json.gz", "no documents"]),
+        ([f"train={BIG}", f"val={tmp_path / 'nofield.jsonl'}"], ["nofield.jsonl:3", "no field 'text'"]),
+        ([f"train={tmp_path / 'latin1.jsonl'}", val], ["latin1.jsonl:3", "UTF-8"]),
+        ([f"train={tmp_path / 'broken.jsonl'}", val], ["broken.jsonl:2", "not valid JSON"]),
+        ([f"train={BIG}", f"val={BIG}"], ["c4-sample.00000-of-00001.json.gz", "both train= and val="]),
+        ([f"train={ok}", "val_docs=10"], ["hold-out of 10 documents out of 10"]),
+        ([f"train={ok}"], ["no validation data"]),
+        ([f"train={ok}", f"val={tmp_path / 'copy.json.gz'}"], ["train split is empty", "10 training documents"]),
     ]
 
 
 def test_bad_input_is_one_clear_error_before_any_output(tmp_path, capsys):
     for argv, words in _bad_inputs(tmp_path):
         out = tmp_path / "out"
-        assert cli.main(["prepare-data", "--out", str(out), *map(str, argv)]) == 2, argv
+        assert cli.main(["prepare-data", f"out={out}", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("overtrain prepare-data: error: ") and "Traceback" not in err
         for w in words:
@@ -155,12 +156,12 @@ def test_bad_input_is_one_clear_error_before_any_output(tmp_path, capsys):
 
 def test_finished_output_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["prepare-data", "--out", str(out), "--train", str(SMALL[0]), "--val", str(SMALL[1])]
+    args = ["prepare-data", f"out={out}", f"train={SMALL[0]}", f"val={SMALL[1]}"]
     assert cli.main(args) == 0
     first = (out / "meta.json").read_text()
-    assert cli.main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert cli.main(args) == 2 and "overwrite=true" in capsys.readouterr().err
     assert (out / "meta.json").read_text() == first
-    assert cli.main(args + ["--overwrite"]) == 0
+    assert cli.main(args + ["overwrite=true"]) == 0
     assert open_prepared(out).meta["splits"]["val"]["documents"] == 10
     (out / "meta.json").unlink()  # unfinished-looking directory: also refused without --overwrite
     assert cli.main(args) == 2 and "no meta.json" in capsys.readouterr().err
@@ -179,9 +180,7 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
         return real("json", data_files={split: files[split]}, split=split, streaming=True)
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    data = _prepare(
-        tmp_path / "hub", "--hf-dataset", "allenai/c4", "--hf-config", "en", "--max-docs", 200, "--max-val-docs", 25
-    )
+    data = _prepare(tmp_path / "hub", "hf_dataset=allenai/c4", "hf_config=en", "max_docs=200", "max_val_docs=25")
     assert {c[2] for c in calls} == {"train", "validation"}
     assert np.array_equal(data.tokens("val"), _flat(ref["small"][:25]))
     val_set = set(ref["small_texts"][:25])
@@ -196,13 +195,9 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
         lambda *a, **k: datasets.IterableDataset.from_generator(lambda: iter([{"text": "a"}, {"body": "b"}])),
     )
     with pytest.raises(DataError, match=r"allenai/c4 \(en, split 'validation'\), record 1: record has no field 'text'"):
-        import argparse
+        from overtrain.data.c4_prepare import PrepareConfig, prepare
 
-        from overtrain.data.c4_prepare import add_arguments, prepare
-
-        p = argparse.ArgumentParser()
-        add_arguments(p)
-        prepare(p.parse_args(["--hf-dataset", "allenai/c4", "--out", str(tmp_path / "bad")]))
+        prepare(PrepareConfig(hf_dataset="allenai/c4", out=str(tmp_path / "bad")))
     assert not (tmp_path / "bad").exists()
 
 
@@ -210,7 +205,7 @@ def test_reader_validates_and_olmo_reads_the_files(tmp_path):
     from olmo.data.memmap_dataset import MemMapDataset
 
     out = tmp_path / "out"
-    data = _prepare(out, "--train", SMALL[0], SMALL[1], "--max-docs", 15, "--val", SMALL[2])
+    data = _prepare(out, f"train={SMALL[0]},{SMALL[1]}", "max_docs=15", f"val={SMALL[2]}")
     assert [s["records"] for s in data.meta["splits"]["train"]["sources"]] == [10, 5]  # cut mid-file
     assert data.meta["splits"]["train"]["documents"] == 15
     ds = MemMapDataset(str(out / "train.npy"), chunk_size=64, memmap_dtype=np.uint16)

@@ -18,14 +18,10 @@ C4 = data_root() / "c4"
 def prepare(out, max_docs):
     argv = [
         "prepare-data",
-        "--out",
-        str(out),
-        "--train",
-        str(C4 / "c4-sample.00000-of-00001.json.gz"),
-        "--val",
-        str(C4 / "c4-sample.01.json.gz"),
-        "--max-docs",
-        str(max_docs),
+        f"out={out}",
+        f"train={C4 / 'c4-sample.00000-of-00001.json.gz'}",
+        f"val={C4 / 'c4-sample.01.json.gz'}",
+        f"max_docs={max_docs}",
     ]
     assert cli.main(argv) == 0
     return out
@@ -146,7 +142,7 @@ def test_finished_run_dir_needs_overwrite_and_config_must_match(tmp_path, data_d
     assert run_cli(args)[0] == 0
     first = json.loads((run_dir / "summary.json").read_text())
     code, err = run_cli(args, capsys)
-    assert code == 2 and "summary.json" in err and "--overwrite" in err and "Traceback" not in err
+    assert code == 2 and "summary.json" in err and "overwrite=true" in err and "Traceback" not in err
 
     # Killed after the final checkpoint but before summary.json: the rerun only writes the summary.
     (run_dir / "summary.json").unlink()
@@ -156,7 +152,7 @@ def test_finished_run_dir_needs_overwrite_and_config_must_match(tmp_path, data_d
     again = json.loads((run_dir / "summary.json").read_text())
     assert again["c4_val_ppl"] == first["c4_val_ppl"] and again["resumes"] == 1
 
-    assert run_cli(args + ["seed=1", "--overwrite"])[0] == 0
+    assert run_cli(args + ["seed=1", "overwrite=true"])[0] == 0
     third = json.loads((run_dir / "summary.json").read_text())
     assert third["seed"] == 1 and third["resumes"] == 0 and third["c4_val_ppl"] != first["c4_val_ppl"]
 

@@ -202,7 +202,7 @@ def test_group_by_and_cli(study, tmp_path, capsys):
     assert any("differ in tags" in n and "--group-by" in n for n in mixed.notes)
     assert mixed.fixed[next(k for k in mixed.fixed if k[1] == "rte")][M][1e-3].n == 2
     out = tmp_path / "report"
-    assert main(["report", str(root / "sweeps"), str(extra), "--out", str(out), "--group-by", "parametrization"]) == 0
+    assert main(["report", str(root / "sweeps"), str(extra), f"out={out}", "group_by=parametrization"]) == 0
     printed = capsys.readouterr().out
     assert "| parametrization | model | tokens |" in printed and f"figure: {out / 'finetune_rte.png'}" in printed
     assert "turns at 4M tokens for tiny, parametrization=-" in printed  # rows without the key form group '-'
@@ -210,7 +210,7 @@ def test_group_by_and_cli(study, tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert {r["parametrization"] for r in rows} == {"-", "sp"}
 
-    assert main(["report", str(root), "--out", str(out), "--group-by", "nonexistent"]) == 2
+    assert main(["report", str(root), f"out={out}", "group_by=nonexistent"]) == 2
     assert "--group-by nonexistent: no results row has this key" in capsys.readouterr().err
 
 

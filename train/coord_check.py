@@ -1,11 +1,11 @@
-"""``overtrain coord-check MODEL_CONFIG --out DIR``: muP's coordinate check on real C4 tokens.
+"""``overtrain coord-check MODEL out=DIR [key=value ...]``: muP's coordinate check on real C4 tokens.
 
 Procedure (``mup.coord_check._get_coord_data``; Yang et al. 2022, "Tensor Programs V", the coordinate check):
 build the model at each of several widths (same depth, head_dim and base width; only d_model
-changes), train it for ``--steps`` optimizer steps with ``MuAdamW`` (through the project's
+changes), train it for ``steps`` optimizer steps with ``MuAdamW`` (through the project's
 ``train_step``) on one fixed batch of real C4 tokens, and record, during the forward pass of step
 t, the size of every layer's output as mup's ``l1`` statistic: mean |x| over all coordinates.
-t = 1 is the initialization, t = k is after k - 1 updates. Averaged over ``--seeds`` inits.
+t = 1 is the initialization, t = k is after k - 1 updates. Averaged over ``seeds`` inits.
 
 Criterion: for every layer, the least-squares slope of log(l1) against log(width) at the last
 step. muP keeps every activation Theta(1) in width, so its slopes are ~0 up to finite-width noise
@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,9 @@ import torch
 from tqdm import tqdm
 
 from ..core.config import ConfigError, DataError, atomic_savefig, atomic_write_text, data_root
+from ..core.dist import resolve_device
 from ..core.likelihood import windows
-from ..core.model import ModelSpec, build_model, check_vocab, load_model_spec
+from ..core.model import ModelSpec, build_model, check_vocab
 from ..core.optim import build_optimizer
 from ..core.step import train_step
 from ..data.tokenizer import eos_token_id, load_tokenizer
@@ -73,7 +75,7 @@ def read_texts(path: str | os.PathLike):
     """Document texts from a C4 JSON-lines file (``.json``, ``.jsonl``, optionally ``.gz``)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: C4 file not found (set --data or $OVERTRAIN_DATA)")
+        raise DataError(f"{path}: C4 file not found (set data=FILE or $OVERTRAIN_DATA)")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -253,10 +255,10 @@ def coord_check(
     widths = sorted(widths or default_widths(spec))
     bad = [w for w in widths if w <= 0 or w % spec.head_dim]
     if len(widths) < 4 or bad:
-        raise ConfigError(f"--widths: need at least 4 positive multiples of head_dim={spec.head_dim}, got {widths}")
+        raise ConfigError(f"widths={widths}: need at least 4 positive multiples of head_dim={spec.head_dim}")
     if steps < 1 or seeds < 1 or batch_size < 1 or seq_len < 1:
         raise ConfigError(
-            f"--steps, --seeds, --batch-size, --seq-len must be >= 1, got {steps}, {seeds}, {batch_size}, {seq_len}"
+            f"steps, seeds, batch_size, seq_len must be >= 1, got {steps}, {seeds}, {batch_size}, {seq_len}"
         )
     data = Path(data) if data else data_root() / DEFAULT_DATA
     seq_len = min(seq_len, spec.max_sequence_length)
@@ -283,30 +285,36 @@ def coord_check(
     return summary
 
 
-def add_arguments(p):
-    p.add_argument("model", help="model config: a name in configs/models/ (tiny, olmo-15m) or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the model config")
-    p.add_argument("--out", required=True, help="output directory for coord_<param>.json and .png")
-    p.add_argument("--parametrization", choices=["mup", "sp"], help="override the config's parametrization")
-    p.add_argument("--widths", type=int, nargs="+", help="d_model values (>= 4; default base/4 .. 4 x base)")
-    p.add_argument("--steps", type=int, default=4, help="optimizer steps per width (default 4)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam LR at the base width (default 3e-3)")
-    p.add_argument("--seeds", type=int, default=1, help="initializations averaged per width (default 1)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--data", help=f"C4 JSON-lines file (default $OVERTRAIN_DATA/{DEFAULT_DATA})")
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULT_TOLERANCE,
-        help="max allowed slope of log(scale) vs log(width) at the last step (default 0.25)",
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+# ------------------------------------------------------------------------------------------- CLI
+
+
+KIND = "models"  # `overtrain coord-check MODEL [key=value ...]`: MODEL is configs/models/NAME.yaml or a path
+CONFIG = ModelSpec  # its keys (d_model=, parametrization=sp, ...) change the model
+
+
+@dataclass
+class CoordCheckOptions:
+    out: str = ""  # output directory for coord_<parametrization>.json and .png
+    widths: list[int] = field(default_factory=list)  # d_model values, at least 4 (empty: base/4 .. 4 x base)
+    steps: int = 4  # optimizer steps per width
+    lr: float = 3e-3  # Adam LR at the base width
+    seeds: int = 1  # initializations averaged per width
+    batch_size: int = 4  # sequences in the one fixed batch
+    seq_len: int = 128  # tokens per sequence
+    data: str | None = None  # C4 JSON-lines file (None: $OVERTRAIN_DATA/c4/c4-sample.00000-of-00001.json.gz)
+    tolerance: float = DEFAULT_TOLERANCE  # max allowed slope of log(scale) vs log(width) at the last step
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ValueError("out is not set (the output directory: out=DIR)")
+
+
+OPTIONS = CoordCheckOptions
 
 
 def run(args) -> int:
-    overrides = list(args.overrides) + ([f"parametrization={args.parametrization}"] if args.parametrization else [])
-    spec = load_model_spec(args.model, overrides)
+    spec = args.config
     s = coord_check(
         spec,
         args.out,
@@ -318,7 +326,7 @@ def run(args) -> int:
         args.seq_len,
         args.data,
         args.tolerance,
-        args.device,
+        str(resolve_device(args.device)),
     )
     print(f"{spec.name} ({spec.parametrization}) widths {s['widths']}, {s['steps']} steps, lr {s['lr']:g}")
     for kind, d in s["types"].items():

@@ -1,20 +1,29 @@
-"""``overtrain info MODEL_CONFIG``: parameter counts and training FLOPs per token."""
+"""``overtrain info MODEL [key=value ...]``: parameter counts and training FLOPs per token.
+
+overtrain info olmo-30m d_model=512 json=true
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-from ..core.model import load_model_spec, model_info
+from ..core.model import ModelSpec, model_info
+
+KIND = "models"  # `overtrain info MODEL [key=value ...]`: MODEL is configs/models/NAME.yaml or a path
+CONFIG = ModelSpec
 
 
-def add_arguments(p):
-    p.add_argument("model", help="model config: a name in configs/models/ (olmo-15m) or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. d_model=512")
-    p.add_argument("--json", action="store_true", help="print JSON")
+@dataclass
+class InfoOptions:
+    json: bool = False  # print JSON
+
+
+OPTIONS = InfoOptions
 
 
 def run(args) -> int:
-    info = model_info(load_model_spec(args.model, args.overrides))
+    info = model_info(args.config)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -1,4 +1,5 @@
-"""Training metrics: ``metrics.jsonl`` in the run directory, plus optional wandb / TensorBoard.
+"""Training metrics: ``metrics.jsonl`` in the run directory, plus optional wandb / TensorBoard,
+and the progress shown on stderr.
 
 Rows are appended with ``overtrain.core.results.append_row`` (one write + fsync per line).
 On resume, rows past the checkpoint's step (logged by the interrupted process after its last
@@ -10,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import dist
 from ..core.config import ConfigError, atomic_write_text
 from ..core.results import append_row, iter_rows
 
@@ -25,9 +29,9 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 @dataclass
 class LogConfig:
-    every_steps: int = 10
+    every_steps: int = 10  # a metrics.jsonl row (and console line) every N steps
     wandb: bool = False  # needs the `wandb` package
-    wandb_project: str = "overtrain"
+    wandb_project: str = "overtrain"  # Weights & Biases project
     tensorboard: bool = False  # needs the `tensorboard` package; writes RUN_DIR/tensorboard/
     peak_flops: float = 0.0  # per device, for MFU; 0 = look the GPU up in PEAK_BF16_FLOPS
 
@@ -115,3 +119,50 @@ class MetricsLogger:
             self._wandb.finish()
         if self._tb is not None:
             self._tb.close()
+
+
+def say(info: dist.DistInfo, *parts) -> None:
+    if info.is_main:
+        print(*parts, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Rank 0's stderr: a tqdm bar on a terminal; without one (log files, batch jobs), about 100
+    plain progress lines per run instead."""
+
+    def __init__(self, info: dist.DistInfo, steps: int, start_step: int, log_every: int):
+        from tqdm.auto import tqdm
+
+        self.info, self.steps = info, steps
+        self.bar = tqdm(
+            total=steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not info.is_main or not sys.stderr.isatty(),
+        )
+        self.print_every = 0 if not self.bar.disable else max(log_every, steps // 100)
+        self.loss = math.nan  # the latest step's, shown beside evaluations
+
+    def stepped(self, loss: float) -> None:
+        self.loss = loss
+        self.bar.update(1)
+
+    def train_row(self, row: dict) -> None:
+        self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
+        step = row["step"]
+        if self.print_every and (step % self.print_every == 0 or step == self.steps):
+            mfu = f" | mfu {row['mfu']:.1%}" if "mfu" in row else ""
+            say(
+                self.info,
+                f"step {step:,}/{self.steps:,} | loss {row['loss']:.4f} | lr {row['lr']:.3e} | "
+                f"grad norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tokens/s{mfu}",
+            )
+
+    def eval_row(self, row: dict) -> None:
+        self.bar.set_postfix(loss=f"{self.loss:.3f}", val_ppl=f"{row['c4_val_ppl']:.1f}")
+        if self.print_every:
+            say(self.info, f"step {row['step']:,}/{self.steps:,} | C4 val ppl {row['c4_val_ppl']:.2f}")
+
+    def close(self) -> None:
+        self.bar.close()

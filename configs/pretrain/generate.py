@@ -22,7 +22,7 @@ TEMPLATE = """\
 model: {model}
 data:
   # A prepared C4 directory, e.g.
-  #   overtrain prepare-data --hf-dataset allenai/c4 --hf-config en --workers 16 --out $OVERTRAIN_DATA/c4-en
+  #   overtrain prepare-data hf_dataset=allenai/c4 hf_config=en workers=16 out=$OVERTRAIN_DATA/c4-en
   dir: ${{OVERTRAIN_DATA}}/c4-en
 run_dir: runs/pretrain/{model}-{budget}
 budget_tokens: {budget_col}# steps = round(budget / (256 x 1024)); the realized count is in summary.json

@@ -1,0 +1,224 @@
+"""The one fine-tuning loop, over a ``Stepper``: one model (``SingleRun``) or K stacked ones (``StackedRun``).
+
+A ``Stepper`` trains ``n_models`` models in lockstep on the same micro-batches:
+``step(micro_batches, lr_factors) -> [StepStats per model]`` and ``state_dict(k)``. ``SingleRun``
+is ``core.step.train_step`` with one model's optimizer; ``finetune.stacked.StackedRun`` is K
+copies of a model vmapped as one computation, built from the same step pieces.
+
+``train_loop`` runs ``batches.total_steps`` optimizer steps. Step s:
+
+- trains on ``batches.at(s)``: epoch e = s // steps_per_epoch is a permutation of the training
+  examples seeded by (seed, e) alone, cut in batches of ``batch_size`` (the last of an epoch may
+  be smaller), each cut in micro-batches of ``micro_batch_size`` (gradient accumulation). So every
+  model, and every LR of a sweep run sequentially or stacked, sees the same batches in the same order;
+- sets model k's LR to its peak x ``factors[k](s)`` (``schedule_factor``: warmup, then decay to
+  ``final_lr``, a ratio of the peak, so per model);
+- logs step, loss, LR, grad norm and cumulative target tokens to model k's train_log.jsonl every
+  ``log_every`` steps and at the last;
+- stops model k at its first non-finite loss (divergence is a result: its metrics are NaN/inf):
+  its statistics end at that step and its weights are those after it (copied if other models go
+  on). The loop ends when every model has stopped or all steps are done.
+
+It returns per model its ``train_stats`` and weights (``Trained``). Training time is the loop's
+wall time / n_models, each model's share.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..core.schedule import ScheduleConfig, lr_factor, warmup_steps
+from ..core.step import StepStats, train_step
+from ..data.encode import collate
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Stepper(Protocol):
+    """``n_models`` models trained in lockstep: one optimizer step of each on the same micro-batches."""
+
+    n_models: int
+
+    def step(self, micro_batches: Sequence[Batch], lr_factors: Sequence[float]) -> list[StepStats]:
+        """One optimizer step; model k's LR is its initial LR x ``lr_factors[k]``."""
+        ...
+
+    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Model k's weights now (may share storage with the live model)."""
+        ...
+
+
+class SingleRun:
+    """One model as a ``Stepper``: ``train_step`` with its optimizer, clip, precision, loss and extra loss."""
+
+    n_models = 1
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grad_clip: float | None = 1.0,
+        precision: str = "auto",
+        loss_fn: Callable | None = None,
+        extra_loss: Callable[[], torch.Tensor] | None = None,
+    ):
+        self.model, self.optimizer = model, optimizer
+        self.grad_clip, self.precision = grad_clip, precision
+        self.loss_fn, self.extra_loss = loss_fn, extra_loss
+
+    def step(self, micro_batches: Sequence[Batch], lr_factors: Sequence[float]) -> list[StepStats]:
+        (factor,) = lr_factors
+        stats = train_step(
+            self.model,
+            self.optimizer,
+            micro_batches,
+            factor,
+            self.grad_clip,
+            self.precision,
+            loss_fn=self.loss_fn,
+            extra_loss=self.extra_loss,
+        )
+        return [stats]
+
+    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+def batch_plan(n_examples: int, batch_size: int, epochs: float, max_steps: int = 0) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps: ``max_steps`` if > 0, else ``epochs`` x steps per epoch, rounded up)."""
+    per_epoch = math.ceil(n_examples / batch_size)
+    total = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
+    return per_epoch, total
+
+
+def step_examples(step: int, n: int, per_epoch: int, batch_size: int, seed: int) -> np.ndarray:
+    """Example indices of optimizer step ``step``: epoch e is a seeded permutation, cut in batches."""
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[k * batch_size : (k + 1) * batch_size]
+
+
+@dataclass
+class StepBatches:
+    """The training data of a run, step by step: which examples, in which micro-batches, on which device."""
+
+    examples: Sequence  # encoded training examples (``data.encode``: .context, .completion)
+    batch_size: int
+    micro_batch_size: int
+    seed: int
+    steps_per_epoch: int
+    total_steps: int
+    pad_token_id: int
+    device: torch.device
+
+    def at(self, step: int) -> tuple[list[Batch], int]:
+        """Step ``step``'s micro-batches on the device, and its input tokens (context + completion)."""
+        idx = step_examples(step, len(self.examples), self.steps_per_epoch, self.batch_size, self.seed)
+        batch = [self.examples[i] for i in idx]
+        micro = [
+            collate(batch[i : i + self.micro_batch_size], self.pad_token_id, self.device)
+            for i in range(0, len(batch), self.micro_batch_size)
+        ]
+        return micro, sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
+
+
+def schedule_factor(schedule: ScheduleConfig, total_steps: int, lr: float) -> Callable[[int], float]:
+    """``step -> LR factor`` for peak ``lr``: warmup, then decay to ``schedule.final_lr`` (a ratio that depends on lr)."""
+    warm = warmup_steps(schedule, total_steps, 1)
+    return lambda step: lr_factor(step, total_steps, warm, schedule.decay, schedule.final_lr / lr)
+
+
+class TrainLog:
+    """A run's train_log.jsonl, emptied on open (a rerun logs afresh); a record every ``log_every`` steps and at the last."""
+
+    def __init__(self, run_dir: str | Path, log_every: int, total_steps: int):
+        self.path = Path(run_dir) / "train_log.jsonl"
+        self.path.unlink(missing_ok=True)
+        self.log_every, self.total_steps = log_every, total_steps
+
+    def due(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps - 1
+
+    def write(self, step: int, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+
+
+def train_stats(losses: list[float], tokens: int, seen: int, wall: float, steps_per_epoch: int) -> dict:
+    """A run's training statistics from its per-step losses; a non-finite last loss means it diverged."""
+    diverged = not math.isfinite(losses[-1])  # a diverged run is a result (its metrics are NaN/inf), not an error
+    return {
+        "steps": len(losses),
+        "train_tokens": tokens,
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
+        "train_loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
+        "diverged": diverged,
+        "train_seconds": wall,
+        "train_input_tokens": seen,
+        "train_tokens_per_s": seen / max(wall, 1e-9),
+        "lr_decayed": not diverged,
+    }  # the schedule's factor at the last step is exactly final_lr / lr
+
+
+@dataclass
+class Trained:
+    stats: dict  # train_stats
+    weights: dict[str, torch.Tensor]  # the model's final weights (those after its first non-finite step)
+
+
+def train_loop(
+    stepper: Stepper,
+    batches: StepBatches,
+    factors: Sequence[Callable[[int], float]],
+    logs: Sequence[TrainLog],
+    desc: str = "train",
+    progress: bool = True,
+) -> list[Trained]:
+    """Train ``stepper``'s models (``factors[k]`` and ``logs[k]`` for model k) on ``batches`` (see module doc)."""
+    K = stepper.n_models
+    if len(factors) != K or len(logs) != K:
+        raise ValueError(f"train_loop: {len(factors)} schedules and {len(logs)} logs for {K} models")
+    losses: list[list[float]] = [[] for _ in range(K)]
+    tokens, seen = [0] * K, [0] * K  # cumulative target and input tokens, per model while it runs
+    running = list(range(K))
+    stopped: dict[int, dict[str, torch.Tensor]] = {}  # model -> its weights at divergence, if others went on
+    bar = tqdm(range(batches.total_steps), desc=desc, disable=not (progress and sys.stderr.isatty()))
+    t0 = time.time()
+    for step in bar:
+        micro, n_input = batches.at(step)
+        stats = stepper.step(micro, [f(step) for f in factors])
+        for k in running:
+            s = stats[k]
+            losses[k].append(s.loss)
+            tokens[k] += s.tokens
+            seen[k] += n_input
+            if logs[k].due(step):
+                logs[k].write(step, {"loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": tokens[k]})
+        if logs[0].due(step):
+            bar.set_postfix(loss=" ".join(f"{s.loss:.3f}" for s in stats))
+        diverged = [k for k in running if not math.isfinite(stats[k].loss)]
+        running = [k for k in running if k not in diverged]
+        if not running:
+            break
+        for k in diverged:  # the others go on stepping the stack: keep this model's weights as they are now
+            stopped[k] = {n: t.clone() for n, t in stepper.state_dict(k).items()}
+    share = (time.time() - t0) / K
+    return [
+        Trained(
+            train_stats(losses[k], tokens[k], seen[k], share, batches.steps_per_epoch),
+            stopped[k] if k in stopped else stepper.state_dict(k),
+        )
+        for k in range(K)
+    ]

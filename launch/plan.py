@@ -1,0 +1,259 @@
+"""A grid's jobs: each an ``overtrain`` command line with dependencies, in a valid order, and its compute.
+
+    prepare  ->  pretrain (model x budget x pretrain axes)  ->  sweep (x task x finetune axes)
+                                                           \\->  perturb (gammas x seeds)
+                                                           \\->  sweep on intermediate checkpoints
+    report   (after everything)
+
+Every setting reaches a job as a ``key=value`` of its command; axis values also become part of the
+run directory's name and, via ``tags.*``, of every results row. FLOPs: 6N + attention per trained
+token (``flops_per_token``), a third of it per evaluated token; GPU-hours at the grid's
+``hardware`` peak and MFU.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.config import ConfigError, expand_path, parse_count, to_dict
+from .spec import GridSpec, HardwareSpec, config_path, prepare_settings, results_path
+from .spec import data_dir as grid_data_dir
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # prepare | pretrain | sweep | perturb | report | extra
+    argv: list[str]  # after `python -m overtrain`
+    after: list[str]
+    done: Path | None  # exists -> job finished
+    flops: float = 0.0
+    nproc: int = 1  # torchrun processes (pre-training)
+    info: dict = field(default_factory=dict)
+    mark_done: bool = False  # the runner writes `done` after a successful exit
+
+
+def _slug(value: Any) -> str:
+    s = str(value).replace("/", "-").replace(" ", "")
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in s)
+
+
+def _axis_product(axes: dict[str, list]) -> list[dict[str, Any]]:
+    if not axes:
+        return [{}]
+    keys = list(axes)
+    for k in keys:
+        if not isinstance(axes[k], list) or not axes[k]:
+            raise ConfigError(f"grid axis '{k}': expected a non-empty list of values")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _fmt_tokens(n: int) -> str:
+    for div, suf in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= div and n % (div // 1000 if div >= 1000 else 1) == 0:
+            v = n / div
+            return f"{v:g}{suf}"
+    return str(n)
+
+
+def _ov(key: str, value: Any) -> str:
+    """A ``key=value`` setting; a list in YAML flow style."""
+    if isinstance(value, (list, tuple)):
+        return f"{key}=[{','.join(str(v) for v in value)}]"
+    return f"{key}={value}"
+
+
+def expand(spec: GridSpec) -> list[Job]:
+    """All jobs of the grid, in a valid dependency order."""
+    from ..core.model import flops_per_token, load_model_spec
+
+    root = Path(expand_path(spec.results_dir))
+    jobs: list[Job] = []
+    data_dir = grid_data_dir(spec)
+    data_after: list[str] = []
+    if spec.prepare is not None:
+        jobs.append(Job("prepare", "prepare", ["prepare-data", *prepare_settings(spec)], [], data_dir / "meta.json"))
+        data_after = ["prepare"]
+
+    pre = spec.pretrain
+    pre_cfg = config_path(pre.config)
+    for model, budget, axes in itertools.product(pre.models, pre.budgets, _axis_product(pre.axes)):
+        tokens = parse_count(budget)
+        tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
+        run_id = f"{model}_{_fmt_tokens(tokens)}{tag}"
+        run_dir = root / "pretrain" / run_id
+        argv = [
+            "pretrain",
+            pre_cfg,
+            f"model={model}",
+            f"budget_tokens={tokens}",
+            f"run_dir={run_dir}",
+            f"data.dir={data_dir}",
+        ]
+        # Token marks come from the grid alone (a base config's own marks would not be swept).
+        marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens]
+        argv.append(_ov("checkpoint.at_tokens", marks))
+        argv += list(pre.overrides) + [_ov(k, v) for k, v in axes.items()]
+        mspec = load_model_spec(model)
+        jobs.append(
+            Job(
+                f"pretrain/{run_id}",
+                "pretrain",
+                argv,
+                list(data_after),
+                run_dir / "summary.json",
+                flops=float(flops_per_token(mspec)) * tokens,
+                nproc=pre.gpus,
+                info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks},
+            )
+        )
+    pre_jobs = [j for j in jobs if j.kind == "pretrain"]
+
+    if spec.finetune is not None:
+        ft = spec.finetune
+        ft_cfg = config_path(ft.config)
+        n_lrs = len(ft.lrs) or 8
+        for pj in pre_jobs:
+            mspec = load_model_spec(pj.info["model"])
+            ckpts = [("final", pj.info["run_dir"])] + [
+                (f"at{_fmt_tokens(t)}", f"{pj.info['run_dir']}@tokens={t}") for t in pj.info["marks"]
+            ]
+            for (ck_name, ck), task, axes in itertools.product(ckpts, ft.tasks, _axis_product(ft.axes)):
+                tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
+                sid = f"{pj.id.split('/', 1)[1]}_{ck_name}_{_slug(Path(task).stem)}{tag}"
+                sdir = root / "sweeps" / sid
+                argv = ["sweep", ft_cfg, f"checkpoint={ck}", f"task={task}", f"run_dir={sdir}", f"c4={data_dir}"]
+                if ft.lrs:
+                    argv.append(_ov("lrs", ft.lrs))
+                tags = {**pj.info["axes"], **axes}
+                argv += list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
+                argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
+                jobs.append(
+                    Job(
+                        f"sweep/{sid}",
+                        "sweep",
+                        argv,
+                        [pj.id],
+                        root / "state" / f"sweep__{sid}.done",
+                        mark_done=True,
+                        flops=float(flops_per_token(mspec)) * ft.train_tokens_estimate * n_lrs,
+                        info={"task": task, "checkpoint": ck, "run_dir": str(sdir)},
+                    )
+                )
+
+    if spec.perturb is not None and spec.perturb.gammas:
+        pt = spec.perturb
+        for pj in pre_jobs:
+            mspec = load_model_spec(pj.info["model"])
+            pdir = root / "perturb" / pj.id.split("/", 1)[1]
+            argv = [
+                "perturb",
+                pj.info["run_dir"],
+                _ov("gammas", pt.gammas),
+                _ov("seeds", pt.seeds),
+                f"c4={data_dir}",
+                f"val_tokens={pt.val_tokens}",
+                f"results={pdir / 'results.jsonl'}",
+            ]
+            argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in pj.info["axes"].items()]
+            fwd = float(flops_per_token(mspec)) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
+            jobs.append(
+                Job(
+                    f"perturb/{pdir.name}",
+                    "perturb",
+                    argv,
+                    [pj.id],
+                    root / "state" / f"perturb__{pdir.name}.done",
+                    flops=fwd,
+                    mark_done=True,
+                )
+            )
+
+    for ej in spec.extra_jobs:
+        done = results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
+        jobs.append(Job(ej.id, "extra", list(ej.command), list(ej.after), done, mark_done=not ej.done))
+
+    if spec.report:
+        every = [j.id for j in jobs]
+        jobs.append(
+            Job("report", "report", ["report", str(root), f"out={root / 'report'}"], every, None)
+        )  # always rerun
+    return toposort(jobs)
+
+
+def toposort(jobs: list[Job]) -> list[Job]:
+    """Dependency order; a missing dependency or a cycle is a ConfigError naming the jobs."""
+    by_id: dict[str, Job] = {}
+    for j in jobs:
+        if j.id in by_id:
+            raise ConfigError(f"grid: two jobs are named '{j.id}'")
+        by_id[j.id] = j
+    for j in jobs:
+        for d in j.after:
+            if d not in by_id:
+                raise ConfigError(f"grid: job '{j.id}' depends on '{d}', which is not a job of this grid")
+    order: list[Job] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(j: Job, path: list[str]) -> None:
+        s = state.get(j.id)
+        if s == 2:
+            return
+        if s == 1:
+            cycle = path[path.index(j.id) :] + [j.id]
+            raise ConfigError(f"grid: dependency cycle: {' -> '.join(cycle)}")
+        state[j.id] = 1
+        for d in j.after:
+            visit(by_id[d], path + [j.id])
+        state[j.id] = 2
+        order.append(j)
+
+    for j in jobs:
+        visit(j, [])
+    return order
+
+
+def gpu_hours(flops: float, hw: HardwareSpec) -> float:
+    return flops / (hw.peak_tflops * 1e12 * hw.mfu) / 3600.0
+
+
+def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
+    kinds: dict[str, dict] = {}
+    for j in jobs:
+        k = kinds.setdefault(j.kind, {"jobs": 0, "flops": 0.0})
+        k["jobs"] += 1
+        k["flops"] += j.flops
+    total = sum(j.flops for j in jobs)
+    for k in kinds.values():
+        k["gpu_hours"] = gpu_hours(k["flops"], spec.hardware)
+    return {
+        "grid": spec.name,
+        "jobs": len(jobs),
+        "by_kind": kinds,
+        "flops": total,
+        "gpu_hours": gpu_hours(total, spec.hardware),
+        "hardware": to_dict(spec.hardware),
+    }
+
+
+def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
+    s = plan_summary(spec, jobs)
+    hw = spec.hardware
+    if verbose:
+        w = max(len(j.id) for j in jobs)
+        print(f"{'job':<{w}}  {'status':<7} {'FLOPs':>9} {'GPU-h':>8}  after")
+        for j in jobs:
+            status = "done" if j.done is not None and j.done.exists() else "todo"
+            after = ", ".join(j.after) if len(j.after) <= 2 else f"{len(j.after)} jobs"
+            print(f"{j.id:<{w}}  {status:<7} {j.flops:>9.2e} {gpu_hours(j.flops, hw):>8.2f}  {after}")
+        print()
+    print(f"grid '{spec.name}': {s['jobs']} jobs")
+    for kind, k in s["by_kind"].items():
+        print(f"  {kind:<9} {k['jobs']:>5} jobs  {k['flops']:.3e} FLOPs  {k['gpu_hours']:>10.1f} GPU-hours")
+    print(
+        f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
+        f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)"
+    )

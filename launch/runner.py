@@ -1,0 +1,145 @@
+"""Running a grid's jobs on this machine: subprocesses in dependency order, logs, done-markers.
+
+Every job is idempotent and resumable on its own (pre-training resumes from its latest checkpoint,
+a sweep skips learning rates whose rows exist, perturbation rows are keyed), so running the grid
+again after a kill at any moment just runs the same commands again: a job is skipped when its
+done-marker exists, and rows are appended atomically by the jobs themselves. Jobs run as
+subprocesses (``python -m overtrain ...``, ``torchrun`` for multi-GPU pre-training), so one crash
+cannot take the runner down, and logs land in ``RESULTS_DIR/logs/JOB.log``. Preparation,
+pre-training, extra jobs and the report hold the whole machine; sweeps and perturbations run one
+per GPU in parallel (one at a time on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..core.config import atomic_write_text, expand_path
+from .plan import Job
+from .spec import GridSpec
+
+
+def _command(job: Job, gpus: int) -> list[str]:
+    nproc = job.nproc or gpus
+    if job.kind == "pretrain" and nproc > 1:
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "overtrain",
+            *job.argv,
+        ]
+    return [sys.executable, "-m", "overtrain", *job.argv]
+
+
+def _log_path(root: Path, job: Job) -> Path:
+    return root / "logs" / (job.id.replace("/", "__") + ".log")
+
+
+def is_done(job: Job) -> bool:
+    return job.done is not None and job.done.exists()
+
+
+def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = False, only: str | None = None) -> int:
+    """Run todo jobs in dependency order. Preparation, pre-training and the report hold the whole
+    machine; sweeps and perturbations run one per GPU in parallel (one at a time on CPU)."""
+    root = Path(expand_path(spec.results_dir))
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    todo = [j for j in jobs if not is_done(j) and (only is None or j.id.startswith(only))]
+    done_ids = {j.id for j in jobs if is_done(j)}
+    failed: set[str] = set()
+    print(f"grid '{spec.name}': {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    free_gpus = list(range(gpus)) or [None]
+    running: dict[str, tuple[Job, subprocess.Popen, float, Any, Any]] = {}
+    pending = list(todo)
+    t_start, n_finished = time.time(), 0
+
+    while pending or running:
+        for j in list(pending):
+            if any(d in failed for d in j.after):
+                pending.remove(j)
+                failed.add(j.id)
+                print(f"  skip  {j.id} (a dependency failed)", flush=True)
+            elif dry_run and all(d in done_ids for d in j.after):
+                print("  " + shlex.join(_command(j, gpus)))
+                pending.remove(j)
+                done_ids.add(j.id)
+        if dry_run:
+            if not pending or not any(all(d in done_ids for d in j.after) for j in pending):
+                break
+            continue
+        exclusive_running = any(job.kind in EXCLUSIVE for job, *_ in running.values())
+        for j in list(pending):
+            if exclusive_running or not all(d in done_ids for d in j.after):
+                continue
+            if j.kind in EXCLUSIVE:
+                if running:
+                    continue
+                gpu = None
+            elif free_gpus:
+                gpu = free_gpus.pop(0)
+            else:
+                continue
+            env = dict(os.environ)
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            cmd = _command(j, gpus)
+            log = open(_log_path(root, j), "a")
+            log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+            log.flush()
+            print(f"  start {j.id}" + (f" (GPU {gpu})" if gpu is not None else ""), flush=True)
+            running[j.id] = (
+                j,
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                time.time(),
+                gpu,
+                log,
+            )
+            pending.remove(j)
+            if j.kind in EXCLUSIVE:
+                exclusive_running = True
+        if not running and pending:  # nothing runnable: a dependency was filtered out by only=
+            print(f"  {len(pending)} jobs wait on jobs outside only={only}; stopping", flush=True)
+            break
+        time.sleep(0.2)
+        for jid, (job, proc, t0, gpu, log) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            log.close()
+            del running[jid]
+            if job.kind not in EXCLUSIVE:
+                free_gpus.append(gpu)
+            n_finished += 1
+            if rc == 0 and job.mark_done and job.done is not None:
+                atomic_write_text(job.done, json.dumps({"job": jid, "finished": time.time()}) + "\n")
+            if rc == 0 and (job.done is None or job.done.exists()):
+                done_ids.add(jid)
+                print(f"  done  {jid} in {time.time() - t0:.0f}s  [{n_finished}/{len(todo)}]", flush=True)
+            else:
+                failed.add(jid)
+                why = f"exit {rc}" if rc else f"exit 0 but {job.done} is missing"
+                print(f"  FAIL  {jid} ({why}); log: {_log_path(root, job)}\n{_tail(_log_path(root, job))}", flush=True)
+    print(f"grid '{spec.name}': finished in {time.time() - t_start:.0f}s; {len(failed)} failed", flush=True)
+    return 1 if failed else 0
+
+
+EXCLUSIVE = ("prepare", "pretrain", "report", "extra")
+
+
+def _tail(path: Path, n: int = 12) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return ""
+    return "\n".join("      | " + line for line in lines)

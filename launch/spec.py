@@ -1,0 +1,199 @@
+"""A grid file (``configs/grids/*.yaml``) as a typed spec: the stages of a study, checked before any job.
+
+``load_grid`` reads the YAML with dotted overrides and checks every name it refers to (models,
+tasks, budgets, stage configs, prepare-data settings), so a typo fails before a job starts.
+``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` and refuses a results dir
+made by a different grid (its fingerprint: the spec without results dir, report switch and
+hardware).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.config import (
+    CONFIG_ROOT,
+    ConfigError,
+    atomic_write_text,
+    config_digest,
+    expand_path,
+    load_config,
+    parse_count,
+    to_dict,
+)
+
+
+@dataclass
+class PrepareSpec:
+    train: list[str] = field(default_factory=list)  # local files/globs; empty -> use the hub
+    val: list[str] = field(default_factory=list)  # validation files/globs; empty -> hold-out or the hub's split
+    out: str = "data/c4"  # relative to the results dir unless absolute
+    args: list[str] = field(default_factory=list)  # extra prepare-data settings, e.g. [workers=4, max_docs=2M]
+
+
+@dataclass
+class PretrainStage:
+    config: str = "configs/pretrain/demo.yaml"  # the pretrain config every run starts from
+    models: list[str] = field(default_factory=lambda: ["tiny"])  # names in configs/models/ (or YAML paths)
+    budgets: list[str] = field(default_factory=lambda: ["100K"])  # token budgets, one fully decayed run each
+    axes: dict[str, list] = field(default_factory=dict)  # dotted pretrain key -> values
+    overrides: list[str] = field(default_factory=list)  # fixed key=value for every run
+    gpus: int = 0  # processes per pre-training run (torchrun); 0 = the runner's gpus=
+    intermediate_tokens: list[str] = field(default_factory=list)  # also fine-tune these (not decayed)
+
+
+@dataclass
+class FinetuneStage:
+    config: str = "configs/finetune/demo.yaml"  # the finetune config every sweep starts from
+    tasks: list[str] = field(default_factory=lambda: ["rte"])  # names in configs/tasks/ (or YAML paths)
+    lrs: list[float] = field(default_factory=list)  # empty -> the sweep's default grid per task
+    axes: dict[str, list] = field(default_factory=dict)  # dotted finetune key -> values
+    overrides: list[str] = field(default_factory=list)  # fixed key=value for every sweep
+    train_tokens_estimate: int = 2_000_000  # per (task, lr) run, for the compute estimate only
+
+
+@dataclass
+class PerturbStage:
+    gammas: list[float] = field(default_factory=list)  # empty -> no perturbation jobs
+    seeds: list[int] = field(default_factory=lambda: [0])  # noise seeds
+    val_tokens: int = 65536  # predicted C4 validation tokens per evaluation
+
+
+@dataclass
+class HardwareSpec:
+    name: str = "A100-80GB"  # shown in the plan
+    peak_tflops: float = 312.0  # bf16 dense, per GPU
+    mfu: float = 0.40  # assumed model FLOPs utilization, for the GPU-hour estimate
+
+
+@dataclass
+class ExtraJob:
+    id: str  # job id (other jobs' `after` names it)
+    command: list[str]  # argv after "overtrain"
+    after: list[str] = field(default_factory=list)  # ids of the jobs it waits for
+    done: str = ""  # a path (relative to results dir) whose existence marks the job done
+
+
+@dataclass
+class GridSpec:
+    name: str  # the study's name (recorded in RESULTS_DIR/grid.json)
+    results_dir: str = "runs/grid"  # every job's output lives under it
+    prepare: PrepareSpec | None = None  # prepare C4 first (or give data_dir)
+    data_dir: str = ""  # an already prepared C4 dir (instead of `prepare`)
+    pretrain: PretrainStage = field(default_factory=PretrainStage)
+    finetune: FinetuneStage | None = None  # LR sweeps of every checkpoint (null: none)
+    perturb: PerturbStage | None = None  # noise sensitivity of every final checkpoint (null: none)
+    hardware: HardwareSpec = field(default_factory=HardwareSpec)  # for the plan's GPU-hour estimate
+    extra_jobs: list[ExtraJob] = field(default_factory=list)  # further overtrain commands with dependencies
+    report: bool = True  # a report job after everything
+
+    def validate(self) -> None:
+        if self.prepare is None and not self.data_dir:
+            raise ValueError("set either 'prepare' (prepare C4 first) or 'data_dir' (an already prepared dir)")
+        if self.prepare is not None and self.data_dir:
+            raise ValueError("set only one of 'prepare' and 'data_dir'")
+
+
+def results_path(spec: GridSpec, rel: str) -> Path:
+    """``rel`` under the grid's results dir, unless it is absolute."""
+    p = Path(expand_path(rel))
+    return p if p.is_absolute() else Path(expand_path(spec.results_dir)) / p
+
+
+def data_dir(spec: GridSpec) -> Path:
+    """The prepared C4 directory every stage reads: prepared by the grid, or given."""
+    return results_path(spec, spec.prepare.out) if spec.prepare else Path(expand_path(spec.data_dir))
+
+
+def prepare_settings(spec: GridSpec) -> list[str]:
+    """The ``overtrain prepare-data`` key=value settings of the grid's prepare job."""
+    prep = spec.prepare
+    out = [f"out={data_dir(spec)}"]
+    out += [f"train={json.dumps([expand_path(x) for x in prep.train])}"] if prep.train else []
+    out += [f"val={json.dumps([expand_path(x) for x in prep.val])}"] if prep.val else []
+    return out + list(prep.args)
+
+
+def validate_names(spec: GridSpec, where: str) -> None:
+    """Unknown model, task or budget, or bad prepare-data settings: an error before any job starts."""
+    from ..core.model import load_model_spec
+    from ..data.c4_prepare import PrepareConfig
+
+    for m in spec.pretrain.models:
+        try:
+            load_model_spec(m)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: pretrain.models: unknown model '{m}' ({e})") from None
+    for b in list(spec.pretrain.budgets) + list(spec.pretrain.intermediate_tokens):
+        try:
+            if parse_count(b) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"{where}: pretrain.budgets: '{b}' is not a token count (e.g. 4B, 512M, 100K)") from None
+    if spec.finetune is not None:
+        try:
+            from ..data.tasks import list_tasks
+
+            known = set(list_tasks())
+        except ImportError:  # tasks module not installed: skip the check
+            known = set()
+        for t in spec.finetune.tasks:
+            if known and t not in known and not Path(expand_path(t)).is_file():
+                raise ConfigError(f"{where}: finetune.tasks: unknown task '{t}' (known: {', '.join(sorted(known))})")
+    for stage, path in (
+        ("pretrain.config", spec.pretrain.config),
+        ("finetune.config", spec.finetune.config if spec.finetune else None),
+    ):
+        if path and not (
+            Path(expand_path(path)).is_file() or (Path.cwd() / path).is_file() or (CONFIG_ROOT.parent / path).is_file()
+        ):
+            raise ConfigError(f"{where}: {stage}: config file '{path}' not found")
+    if spec.prepare is not None:
+        try:
+            load_config(PrepareConfig, None, prepare_settings(spec))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: prepare: {str(e).removeprefix('command line: ')}") from None
+
+
+def config_path(path: str) -> str:
+    """A stage config path as given, else relative to the repository root."""
+    p = Path(expand_path(path))
+    if p.is_file():
+        return str(p)
+    q = CONFIG_ROOT.parent / path
+    return str(q) if q.is_file() else str(p)
+
+
+def load_grid(path: str, overrides=()) -> GridSpec:
+    spec = load_config(GridSpec, path, overrides, kind="grids")
+    validate_names(spec, str(path))
+    return spec
+
+
+def grid_fingerprint(spec: GridSpec) -> str:
+    """What identifies the study: everything but the results dir and the report switch."""
+    return config_digest(spec, exclude=("results_dir", "report", "hardware"))
+
+
+def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:
+    """Record the grid in its results dir; refuse a results dir made by a different grid."""
+    root = Path(expand_path(spec.results_dir))
+    marker = root / "grid.json"
+    fp = grid_fingerprint(spec)
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.get("fingerprint") != fp and not force:
+            raise ConfigError(
+                f"{grid_path}: results_dir {root} holds results of a different grid "
+                f"('{old.get('name')}' from {old.get('grid_file')}); use another results_dir, or force=true"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        marker,
+        json.dumps(
+            {"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp, "spec": to_dict(spec)}, indent=2
+        ),
+    )
+    return root

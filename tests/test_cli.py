@@ -1,0 +1,106 @@
+"""One command-line style: every setting a documented key=value, listed by --help; flags and typos refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+
+import pytest
+from overtrain.cli import COMMANDS, build_parser, command_classes, main
+from overtrain.core.config import ConfigError, load_config
+from overtrain.core.keys import config_keys, describe_keys, field_docs
+
+
+@dataclass
+class Inner:
+    # A block comment above a field is its doc. Only its first sentence is shown.
+    rate: float = 0.5
+    steps: int = 3  # a trailing comment wins over a block above
+
+
+@dataclass
+class Outer:
+    name: str = "x"  # what it is called
+    inner: Inner = field(default_factory=Inner)
+    maybe: Inner | None = None  # off unless set
+    tags: dict = field(default_factory=dict)
+    long_default: list[str] = field(  # a doc on the first line of a field spread over several
+        default_factory=lambda: ["a", "b"]
+    )
+    title: str | None = None
+
+
+def test_docs_come_from_comments_and_keys_are_dotted():
+    assert field_docs(Inner) == {
+        "rate": "A block comment above a field is its doc.",
+        "steps": "a trailing comment wins over a block above",
+    }
+    assert field_docs(Outer)["long_default"] == "a doc on the first line of a field spread over several"
+    keys = {k: (t, d, doc) for k, t, d, doc in config_keys(Outer)}
+    assert list(keys) == [
+        "name",
+        "inner.rate",
+        "inner.steps",
+        "maybe",
+        "maybe.rate",
+        "maybe.steps",
+        "tags",
+        "long_default",
+        "title",
+    ]
+    assert keys["inner.rate"] == ("float", "0.5", "A block comment above a field is its doc.")
+    assert keys["maybe"] == ("Inner | None", "null", "off unless set")
+    assert keys["long_default"][:2] == ("list[str]", "[a, b]")
+    text = describe_keys(Outer)
+    assert "inner.steps" in text and "a trailing comment wins over a block above" in text
+
+
+def test_string_keys_take_their_text_as_written():
+    cfg = load_config(Outer, None, ["name=Question: why? Answer:", "title=1.50", "tags.a=1.50", "maybe.rate=2"])
+    assert cfg.name == "Question: why? Answer:" and cfg.title == "1.50"  # YAML would give a mapping / 1.5
+    assert cfg.tags == {"a": 1.5} and cfg.maybe.rate == 2.0  # other types are parsed as YAML
+    assert load_config(Outer, None, ["title=null"]).title is None
+    with pytest.raises(ConfigError, match=r"unknown key 'inner.rat' \(did you mean 'rate'\?\)"):
+        load_config(Outer, None, ["inner.rat=1"])
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_lists_every_key_with_a_doc(name, capsys):
+    module = importlib.import_module(COMMANDS[name][0])
+    config, options, kind = command_classes(module)
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    for cls in (config, options):
+        if cls is None:
+            continue
+        for key, _, _, doc in config_keys(cls):
+            assert doc, f"{name}: {cls.__name__}.{key} has no doc comment"
+            assert f"  {key} " in out, (name, key)
+    # positionals and keys become attributes of the same namespace: no name may be both
+    names = {f.name for f in dataclasses.fields(options if kind else config)} if (options or not kind) else set()
+    positionals = {a.dest for a in build_parser(name, module)._actions}
+    assert not names & positionals
+    if kind and options:  # a command's own options share no name with its config file's keys
+        assert not names & {f.name for f in dataclasses.fields(config)}
+
+
+def test_flags_and_unknown_keys_are_one_error_before_any_work(tmp_path, capsys):
+    cases = [
+        (["evaluate", str(tmp_path), "--c4-max-tokens", "256"], "did you mean 'c4_max_tokens=256'?"),
+        (
+            ["evaluate", str(tmp_path), "tasks=rte", "c4_max_token=256"],
+            "unknown key 'c4_max_token' (did you mean 'c4_max_tokens'?)",
+        ),
+        (["evaluate", str(tmp_path), "splits=dev", "tasks=rte"], "splits: unknown split(s) ['dev']"),
+        (["grid", "plan", "demo", "--dry-run"], "did you mean 'dry_run=true'?"),
+        (["pretrain", "demo", "overwite=true"], "unknown key 'overwite' (did you mean 'overwrite'?)"),
+        (["pretrain", "demo", "optim.lrr=1"], "unknown key 'optim.lrr' (did you mean 'lr'?)"),
+        (["prepare-data", f"out={tmp_path}", "train=a.json", "val_docs=3", "val_fraction=0.1"], "not both"),
+        (["info", "tiny", "json=maybe"], "json: expected true/false"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"overtrain {argv[0]}: error: ") and message in err and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())
