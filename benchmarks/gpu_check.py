@@ -124,7 +124,7 @@ class Check:
             "kind": "gpu-check",
             "dry_run": self.dry,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": [Path(sys.executable).name, *sys.argv],
+            "command": [Path(sys.executable).name, "benchmarks/gpu_check.py", *args.argv],
             "budget_s": args.budget_s,
             "steps": {},
         }
@@ -406,6 +406,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results-dir", default=None, help="default benchmarks/results/ (dry run: a temporary directory)")
     ap.add_argument("--copy-to", default=None, help="also copy the JSON and Markdown files here (e.g. $OUT)")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     threads = torch.get_num_threads()
     try:
