@@ -133,3 +133,42 @@ def test_grid_lm_eval_stage(rte_yaml, tmp_path):
     assert grid_fingerprint(plain) != grid_fingerprint(spec)
     with pytest.raises(ConfigError, match="lm_eval: tasks: unknown lm-eval task"):
         load_grid(demo, [f"results_dir={tmp_path}", f"lm_eval.tasks=[{rte_yaml.parent}, not_a_task]"])
+
+
+def test_rolling_and_generation_requests(run):
+    """loglikelihood_rolling = the sum of token log-probs after EOS; generate_until = greedy decoding cut at a stop."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from overtrain.core.likelihood import token_logprobs
+    from overtrain.evaluate.generate import generate
+
+    model, spec, _ = load_model(run)
+    tok = load_tokenizer(spec.tokenizer)
+    lm = lm_eval_mod.make_lm(model, spec, tok, batch_size=4)
+    text = "The quick brown fox jumps over the lazy dog. " * 30  # > 1 window of the 256-token context
+    ids = tok.encode(text).ids
+    assert len(ids) > spec.max_sequence_length
+    (rolling,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    L = spec.max_sequence_length
+    assert len(ids) <= 2 * L  # two windows: [EOS] + ids[:L-1] -> ids[:L]; then ids[end-L-1:end-1] -> ids[L:]
+    first = torch.tensor([[spec.eos_token_id] + ids[:L]])
+    second = torch.tensor([ids[len(ids) - L - 1 :]])
+    with torch.no_grad():
+        head = token_logprobs(model, first[:, :-1], first[:, 1:], spec.vocab_size).sum().item()
+        tail = token_logprobs(model, second[:, :-1], second[:, 1:], spec.vocab_size)[0, -(len(ids) - L) :].sum().item()
+    assert rolling == pytest.approx(head + tail, abs=1e-3)
+    short = "Hello world, this is a test."
+    (one,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (short,), 0)])
+    seq = torch.tensor([[spec.eos_token_id] + tok.encode(short).ids])
+    with torch.no_grad():
+        ref = token_logprobs(model, seq[:, :-1], seq[:, 1:], spec.vocab_size).sum().item()
+    assert one == pytest.approx(ref, abs=1e-4)
+
+    prompt = "Question: what is two plus two?\nAnswer:"
+    new = generate(
+        model, [spec.eos_token_id] + tok.encode(prompt).ids, 12, spec.vocab_size, stop_ids=[spec.eos_token_id]
+    )
+    full = tok.decode([i for i in new if i != spec.eos_token_id])
+    kwargs = {"until": [full[3:6]] if len(full) > 6 else [], "max_gen_toks": 12}
+    (out,) = lm.generate_until([Instance("generate_until", {}, (prompt, kwargs), 0)])
+    assert out == (full.split(kwargs["until"][0])[0] if kwargs["until"] else full)
