@@ -37,7 +37,7 @@ doc_to_text: "{{{{sentence1}}}}\\nQuestion: {{{{sentence2}}}} Yes or no?\\nAnswe
 doc_to_choice: ["yes", "no"]
 doc_to_target: "{{{{0 if label == 'entailment' else 1}}}}"
 metric_list:
-  - metric: acc
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
 """
 
 
