@@ -6,14 +6,14 @@ BIN    := $(VENV)/bin
 # (or torchvision resolved alone) pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lint test test-matrix demo bench clean
+.PHONY: install lint test test-matrix demo bench gpu-check clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev,hf]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev,hf,track]"
 	# mup declares torchvision, and PyPI's build cannot load beside the CPU torch; nothing we use
 	# imports it, but transformers does whenever it is installed. Remove it.
 	$(BIN)/python -m pip uninstall -y -q torchvision
@@ -45,6 +45,12 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# On a GPU machine (benchmarks/README.md, "GPU check"): CUDA tests, throughput against the targets, one
+# results file in benchmarks/results/; no venv: the machine's python3 and torch, the wheels carried
+# in .whl/. `benchmarks/gpu_check.py --dry-run` (in `make test`) checks the same steps on CPU.
+gpu-check:
+	bash benchmarks/gpu_run.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs out .pytest_cache

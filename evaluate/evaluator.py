@@ -28,7 +28,8 @@ from ..core.results import append_row
 from ..core.rows import SHORT, BaseRow, Checkpoint, EvalRow, Metrics, encoding_counts, write_scores
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
-from ..data.tasks import TASK_SPLITS, load_task
+from ..data.task_spec import TASK_SPLITS
+from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from .task_metrics import task_metrics
 

@@ -50,6 +50,7 @@ import torch
 
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
+from ..core.eta import Eta
 from ..core.identity import predates_c4_identity, same_identity
 from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
@@ -229,13 +230,12 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
         p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
         rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
     else:
+        eta, trained = Eta(len(todo)), 0  # the sweep's ETA from the LRs trained so far in this session
         for i, lr in enumerate(lrs):
             if progress:
-                print(
-                    f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if rows[lr] else ''}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                when = " already done" if rows[lr] else f" | {eta.text(trained)}"
+                print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){when}", file=sys.stderr, flush=True)
+            trained += rows[lr] is None
             if rows[lr] is None:
                 p.model.load_state_dict(base_state)
                 c = run_cfg(lr)
