@@ -95,8 +95,8 @@ def _limited(split: str, paths: list[Path], max_docs: int | None, cfg) -> list[S
 
 
 def _plan(cfg, tok: dict, val: list[Shard], train: list[Shard], holdout: dict) -> dict:
-    def src(shards):
-        return [[s.source, Path(s.source).stat().st_size if Path(s.source).exists() else None] for s in shards]
+    def src(shards):  # names only: each finished part checks its own source's size (a fixed shard is redone alone)
+        return [s.source for s in shards]
 
     return {
         "format_version": FORMAT_VERSION,

@@ -147,6 +147,9 @@ def _finished(shard: Shard, final: Path, entry_path: Path, dtype: str) -> dict:
         raise DataError(
             f"{entry_path}: made from {entry['source']}, but this run's shard {shard.index} is {shard.source}"
         )
+    src = Path(shard.source)
+    if not shard.source.startswith(HUB_PREFIX) and src.is_file() and src.stat().st_size != entry["source_bytes"]:
+        raise DataError(f"{src}: {src.stat().st_size:,} bytes now, {entry['source_bytes']:,} in {where}")
     if shard.split == "val":
         digests = final.with_suffix(".digests").read_bytes()
         if len(digests) != DIGEST * entry["documents"]:
