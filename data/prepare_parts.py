@@ -119,6 +119,8 @@ def _start(out: Path, plan: dict, overwrite: bool) -> int:
     if overwrite and out.exists():
         shutil.rmtree(out)
     plan_path = out / "plan.json"
+    for p in out.glob(".plan.json.tmp*"):  # killed while writing the plan: as if never started
+        p.unlink(missing_ok=True)
     if out.is_dir() and any(out.iterdir()):
         if (out / "meta.json").exists():
             raise DataError(

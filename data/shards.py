@@ -298,7 +298,7 @@ class Workers:
 
 
 def remove_temporaries(out: Path) -> None:
-    """Temporary part files of a killed run (never a finished part)."""
-    for split in ("train", "val"):
-        for p in (out / split).glob(".part-*.tmp-*"):
+    """Temporary files of a killed run (hidden ``.NAME.tmp...``; never a finished part)."""
+    for d in (out, out / "train", out / "val"):
+        for p in d.glob(".*.tmp*"):
             p.unlink(missing_ok=True)
