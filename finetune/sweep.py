@@ -25,6 +25,10 @@ rows equal the sequential ones up to floating-point order (tests/test_sweep.py).
 keeps its weights from the step whose loss was not finite, as the sequential loop stops there.
 Rows are appended only after the whole stack has trained, so a killed stack leaves no row.
 
+SIGTERM / SIGUSR1 (a scheduler's time limit or preemption, ``core.preempt``): the LR in training
+(or the stack) finishes and records its row, then the sweep exits with code 75 before the next;
+rerunning it skips the recorded LRs.
+
 Function form for the grid runner::
 
     run_sweep(config, overrides=(), progress=True) -> list[dict]
@@ -48,6 +52,7 @@ import torch
 
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
+from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row, iter_rows
 from .finetune import (
     RESULTS_FILE,
@@ -206,6 +211,31 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     rows = {lr: next((r for d, r in done.items() if _same_lr(d, lr)), None) for lr in lrs}
     run_cfg = lambda lr: replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))  # noqa: E731
     todo = [lr for lr in lrs if rows[lr] is None]
+    with stop_requested() as stop:  # SIGTERM/SIGUSR1: the LR in training finishes, then exit 75
+        _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress)
+    out = [rows[lr] for lr in lrs]
+
+    best = select(out)
+    grid = sorted(lrs)
+    chosen = next((r for r in mine if r.get("selected") and sorted(r.get("selected_from", [])) == grid), None)
+    if chosen is None:
+        chosen = {**best, "selected": True, "selected_from": grid, "selected_by": "val_id_ppl", "time": time.time()}
+        append_row(results, chosen)
+    return out + [chosen]
+
+
+def _stop_here(stop, task: str, left: int, lrs: Sequence[float]) -> None:
+    if stop:
+        print(f"sweep {task}: stopped on {stop.name}; exit 75: rerun the same command to resume", file=sys.stderr)
+        raise Preempted(
+            f"sweep {task}: stopped on {stop.name} with {left} of {len(lrs)} LRs left; rerun the same command to resume"
+        )
+
+
+def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress) -> None:
+    """Train the LRs lacking rows (in one stack, or one after another), filling ``rows``; a stop
+    request is honoured before each LR (or before the stack), never inside one."""
+    _stop_here(stop, p.task.name, len(todo), lrs)
     if cfg.stacked and todo:
         if progress:
             print(
@@ -224,18 +254,10 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
                     flush=True,
                 )
             if rows[lr] is None:
+                _stop_here(stop, p.task.name, sum(r is None for r in rows.values()), lrs)
                 p.model.load_state_dict(base_state)
                 c = run_cfg(lr)
                 rows[lr] = run_finetune(c, results, before=before, prepared=replace(p, cfg=c), progress=progress)
-    out = [rows[lr] for lr in lrs]
-
-    best = select(out)
-    grid = sorted(lrs)
-    chosen = next((r for r in mine if r.get("selected") and sorted(r.get("selected_from", [])) == grid), None)
-    if chosen is None:
-        chosen = {**best, "selected": True, "selected_from": grid, "selected_by": "val_id_ppl", "time": time.time()}
-        append_row(results, chosen)
-    return out + [chosen]
 
 
 # ------------------------------------------------------------------------------------------- CLI

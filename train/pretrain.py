@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core import dist
-from ..core.checkpoint import latest_checkpoint, remove_stale_temps
+from ..core.checkpoint import remove_stale_temps, resume_checkpoint
 from ..core.config import (
     ConfigError,
     DataError,
@@ -293,7 +293,7 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
                 f"{saved_path}: the run directory holds a different run ({lines}); "
                 "use another run_dir, or overwrite=true to discard it"
             )
-    return latest_checkpoint(run_dir / "checkpoints")
+    return resume_checkpoint(run_dir / "checkpoints")  # the newest intact one
 
 
 # ------------------------------------------------------------------------------------ the run
