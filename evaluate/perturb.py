@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..core.checkpoint import checkpoint_provenance, load_model
 from ..core.config import ConfigError, DataError
 from ..core.dist import resolve_device
 from ..core.likelihood import perplexity
+from ..core.lock import hold
 from ..core.model import init_stds
 from ..core.results import append_row, iter_rows
 from ..data.c4 import load_c4
@@ -195,18 +197,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tags = args.tags
-    rows = perturb_checkpoint(
-        args.checkpoint,
-        args.gammas,
-        args.seeds,
-        args.c4,
-        val_tokens=args.val_tokens,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        device=args.device,
-        results=args.results,
-        extra={"tags": tags} if tags else None,
-    )
+    lock = hold(f"{args.results}.lock", "perturb") if args.results else nullcontext()  # one writer per results file
+    with lock:
+        rows = perturb_checkpoint(
+            args.checkpoint,
+            args.gammas,
+            args.seeds,
+            args.c4,
+            val_tokens=args.val_tokens,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            device=args.device,
+            results=args.results,
+            extra={"tags": tags} if tags else None,
+        )
     if rows:
         print(
             f"base C4 perplexity {rows[0]['c4_ppl_base']:.4f} on {rows[0]['c4_tokens']} tokens ({rows[0]['checkpoint']})"

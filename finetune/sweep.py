@@ -52,6 +52,7 @@ import torch
 
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
+from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row, iter_rows
 from .finetune import (
@@ -172,6 +173,11 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     cfg = config if isinstance(config, FinetuneConfig) else load_finetune_config(config, overrides)
     if isinstance(config, FinetuneConfig) and overrides:
         raise ConfigError("run_sweep: give overrides with a config path, or apply them to the FinetuneConfig yourself")
+    with hold(Path(cfg.run_dir) / LOCK_FILE, "sweep"):  # one process per sweep dir; LockHeld names the holder
+        return _run_sweep(cfg, progress)
+
+
+def _run_sweep(cfg: FinetuneConfig, progress: bool) -> list[dict]:
     p = prepare(cfg)  # every input checked before any work
     lrs = lr_grid(cfg, p.task)
     root = Path(cfg.run_dir)

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from ..core.config import (
     save_config,
     to_dict,
 )
+from ..core.lock import LOCK_FILE, hold
 from ..core.model import ModelSpec, load_model_spec
 from ..core.schedule import Schedule, ScheduleConfig
 from ..data.c4 import open_for_model
@@ -302,6 +304,13 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, where: str = "config") -> dict:
     """Run (or resume) one pre-training run; returns the summary dict (on every rank)."""
     info = dist.env_info()
+    run_dir = Path(expand_path(cfg.run_dir))
+    # One run in a run dir at a time (rank 0 holds the lock; a second run fails here, naming the holder).
+    with hold(run_dir / LOCK_FILE, "pretrain") if info.is_main and not run_dir.is_file() else nullcontext():
+        return _pretrain(cfg, info, overwrite, where)
+
+
+def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, overwrite: bool, where: str) -> dict:
     plan = plan_run(cfg, info.world_size, overwrite, where)  # every rank checks, before any process group
     try:
         device = dist.resolve_device(plan.cfg.device, info)
