@@ -341,7 +341,7 @@ def log_path(spec: GridSpec, job: Job, sid: str | None) -> Path | None:
 
 
 def job_states(spec: GridSpec, jobs: list[Job], out: Path) -> list[dict]:
-    """Per job: state (done / running / pending / failed / waiting), Slurm id, log path."""
+    """Per job: state (done / running / pending / failed / cancelled / waiting), Slurm id, log path."""
     record = read_record(out)
     try:
         queued = queue_states() if record and shutil.which("squeue") else {}
@@ -358,8 +358,9 @@ def job_states(spec: GridSpec, jobs: list[Job], out: Path) -> list[dict]:
             st = "done"
         elif state:
             st = "running" if state in ("RUNNING", "COMPLETING") else state.lower()
-        elif sid:
-            st = "failed"
+        elif sid:  # left the queue unfinished: failed, or cancelled because a dependency failed
+            log = log_path(spec, j, sid)
+            st = "failed" if log is not None and log.is_file() else "cancelled"
         else:
             st = "waiting"
         rows.append({"job": j.id, "state": st, "slurm_id": sid, "log": log_path(spec, j, sid)})
@@ -375,6 +376,9 @@ def print_status(spec: GridSpec, jobs: list[Job], out: Path) -> int:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     print(f"grid '{spec.name}': " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    if counts.get("failed"):
-        print("failed jobs: see their logs; `overtrain grid submit GRID` (or OUT/submit.sh) resubmits what is missing")
-    return 1 if counts.get("failed") else 0
+    if counts.get("failed") or counts.get("cancelled"):
+        print(
+            "failed jobs: see their logs (cancelled ones waited on a failed job); fix the cause, then "
+            f"`overtrain grid submit GRID` (or {out / 'submit.sh'}) resubmits what is missing"
+        )
+    return 1 if counts.get("failed") or counts.get("cancelled") else 0
