@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # (or torchvision resolved alone) pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lint test test-matrix demo bench clean
+.PHONY: install lint test test-matrix demo bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# On a GPU machine (benchmarks/README.md, "GPU check"): CUDA tests, throughput against the targets, one
+# results file in benchmarks/results/; no venv: the machine's python3 and torch, the wheels carried
+# in .whl/. `benchmarks/gpu_check.py --dry-run` (in `make test`) checks the same steps on CPU.
+gpu-check:
+	bash benchmarks/gpu_run.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs out .pytest_cache

@@ -116,15 +116,24 @@ def make_optimizer(model: GPT, lr: float = 3e-4, weight_decay: float = 0.1) -> t
     )
 
 
-def train_step(model, optimizer, micro_batches, precision: str = "auto", grad_clip: float = 1.0) -> torch.Tensor:
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of one micro-batch over fp32 logits, as nanoGPT (compiled whole with the
+    model for the ``model+loss`` rows of benchmarks/pretrain_throughput.py)."""
+    logits = model(x)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+def train_step(
+    model, optimizer, micro_batches, precision: str = "auto", grad_clip: float = 1.0, loss_fn=None
+) -> torch.Tensor:
     """One step over micro-batches (mean loss per micro-batch, as nanoGPT); returns the loss on the
-    device (no host sync)."""
+    device (no host sync). ``loss_fn(model, x, y)`` defaults to ``lm_loss``."""
+    loss_fn = loss_fn or lm_loss
     device = micro_batches[0][0].device
     total = torch.zeros((), device=device)
     for x, y in micro_batches:
         with autocast_for(device, precision):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micro_batches)
+            loss = loss_fn(model, x, y) / len(micro_batches)
         loss.backward()
         total += loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

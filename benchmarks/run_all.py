@@ -28,6 +28,8 @@ QUICK = {
         "128",
         "--micro-batch",
         "2",
+        "--global-batch",
+        "2",
         "--steps",
         "2",
         "--warmup",
@@ -53,8 +55,10 @@ QUICK = {
         "--batch-size",
         "4",
     ],
+    "gpu_check.py": ["--dry-run"],  # CPU: tiny shapes; the GPU run is `make gpu-check`
 }
-NOT_BENCHMARKS = {"run_all.py", "gpt_baseline.py"}  # this runner, and a module the others import
+# This runner, modules the others import, and the GPU machine's wheel tool.
+NOT_BENCHMARKS = {"run_all.py", "gpt_baseline.py", "gpu_report.py", "gpu_wheels.py"}
 
 
 def main() -> int:

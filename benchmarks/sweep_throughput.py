@@ -10,12 +10,15 @@ fine-tuning loss ``completion_loss``:
 
 - one after another: per LR, the weights reloaded, ``finetune.build_optimizer`` (``mup.MuAdamW``)
   and ``train_step``, as ``overtrain sweep`` runs today;
-- stacked: ``overtrain.finetune.stacked.StackedRun`` (``torch.func`` vmap over the K models).
+- stacked: ``overtrain.finetune.stacked.train_stacked`` (a ``StackedRun``: ``torch.func`` vmap
+  over the K models, K ``MuAdamW`` over views of the stack, fused on CUDA).
 
 Printed: tokens/s (K x steps x tokens per step / seconds, setup included on both sides: per LR
-reloading the weights and building the optimizer; stacking the K copies and building K optimizers), the ratio stacked / one after another (target >= 3x for OLMo-15M on a
-GPU), and the largest difference between the two sides' losses at the last step (same
-weights, same data: they differ only by floating-point order; bf16 on CUDA).
+reloading the weights and building the optimizer; stacking the K copies and building K
+optimizers), the ratio stacked / one after another (target >= 3x for OLMo-15M on a GPU), and the
+largest difference between the two sides' losses at the last step (same weights, same data: they
+differ only by floating-point order; bf16 on CUDA). ``benchmarks/gpu_check.py`` calls
+``measure_sweep``.
 
 ``--end-to-end`` times the real thing instead: ``run_sweep`` with ``stacked=False`` and
 ``stacked=True`` on RTE (real data, ``--steps`` optimizer steps of ``--batch-size`` examples per
@@ -36,6 +39,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +47,25 @@ import torch
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.step import train_step, use_fused_adam
 from overtrain.finetune.finetune import FinetuneConfig, build_optimizer, completion_loss
-from overtrain.finetune.stacked import StackedRun
+from overtrain.finetune.stacked import train_stacked
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_throughput import machine, sync  # noqa: E402
+from pretrain_throughput import machine, resolve_device, sync  # noqa: E402
+
+
+@dataclass
+class SweepSettings:
+    steps: int = 20  # timed steps per LR
+    warmup: int = 3  # untimed steps first (CUDA/cuBLAS start-up)
+    batch_size: int = 8  # sequences per step (the fine-tuning default)
+    seq_len: int = 256
+    precision: str = "auto"
+    fused: str = "default"  # default (each side as it runs), on, off: see --fused
+
+
+def sweep_lrs(k: int) -> list[float]:
+    """K LRs, geometric from 4e-6 to 1e-3 as the paper's sweep (1e-4 alone for K = 1)."""
+    return [float(x) for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
 
 
 def finetune_batches(
@@ -98,18 +117,42 @@ def stacked(spec, model, lrs, batches, warmup, precision, device, fused) -> tupl
         mup=cfg.mup_optimizer,
         fused=fused,
     )
-    warm = StackedRun(model, spec, lrs, **kw)
-    for micro in batches[:warmup]:
-        warm.step(micro, 1.0)
-    del warm
+    if warmup:
+        train_stacked(model, spec, lrs, batches[:warmup], [1.0] * warmup, **kw)
+    timed = batches[warmup:]
     sync(device)
     t = time.perf_counter()
-    run = StackedRun(model, spec, lrs, **kw)
-    for micro in batches[warmup:]:
-        stats = run.step(micro, 1.0)  # one StepStats per model
-    last = [s.loss for s in stats]
+    _, losses = train_stacked(model, spec, lrs, timed, [1.0] * len(timed), **kw)
     sync(device)
-    return time.perf_counter() - t, last
+    return time.perf_counter() - t, list(losses[-1])
+
+
+def measure_sweep(spec, k: int, s: SweepSettings, device) -> dict:
+    """One K: both sides on the same batches (module docstring); setup included on both sides."""
+    batches = finetune_batches(spec, s.warmup + s.steps, s.batch_size, s.seq_len, device)
+    model = build_model(spec, device=device, seed=0)
+    base_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
+    lrs = sweep_lrs(k)
+    fused_seq = {"default": False, "on": True, "off": False}[s.fused]
+    fused_stk = {"default": None, "on": True, "off": False}[s.fused]
+    t_seq, loss_seq = one_after_another(spec, base_state, lrs, batches, s.warmup, s.precision, device, fused_seq)
+    t_stk, loss_stk = stacked(spec, model, lrs, batches, s.warmup, s.precision, device, fused_stk)
+    work = k * s.steps * s.batch_size * s.seq_len
+    return {
+        "model": spec.name,
+        "k": k,
+        "lrs": lrs,
+        "batch_size": s.batch_size,
+        "seq_len": s.seq_len,
+        "steps": s.steps,
+        "precision": s.precision,
+        "fused": s.fused,
+        "device": str(device),
+        "sequential_tokens_per_s": work / t_seq,
+        "stacked_tokens_per_s": work / t_stk,
+        "ratio": t_seq / t_stk,
+        "max_loss_diff": max(abs(a - b) for a, b in zip(loss_seq, loss_stk)),
+    }
 
 
 def end_to_end(args, device) -> list[dict]:
@@ -128,7 +171,7 @@ def end_to_end(args, device) -> list[dict]:
             f"{'K':>3}{'one after another s':>21}{'stacked s':>11}{'ratio':>8}{'training ratio':>16}{'max val ppl rel diff':>22}"
         )
         for k in [int(v) for v in args.k.split(",")]:
-            lrs = [float(f"{x:.4g}") for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
+            lrs = [float(f"{x:.4g}") for x in sweep_lrs(k)]
             times, out = {}, {}
             for stacked in (False, True):
                 cfg = FinetuneConfig(
@@ -176,6 +219,7 @@ def end_to_end(args, device) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="olmo-15m")
+    ap.add_argument("--model-overrides", default="", help="comma-separated key=value for the model spec")
     ap.add_argument("--k", default="8", help="number of LRs (comma-separated for several runs, e.g. 2,4,8)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per LR")
     ap.add_argument("--warmup", type=int, default=3)
@@ -200,11 +244,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="There is a performance drop")  # CPU SDPA under vmap: a loop
 
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if args.end_to_end:
         print(f"machine: {machine(device)}; {when}")
@@ -219,42 +259,18 @@ def main() -> int:
                 + "\n"
             )
         return 0
-    spec = load_model_spec(args.model)
-    batches = finetune_batches(spec, args.warmup + args.steps, args.batch_size, args.seq_len, device)
-    tokens_per_step = args.batch_size * args.seq_len
-    model = build_model(spec, device=device, seed=0)
-    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
+    spec = load_model_spec(args.model, [o for o in args.model_overrides.split(",") if o])
+    s = SweepSettings(args.steps, args.warmup, args.batch_size, args.seq_len, args.precision, args.fused)
     print(f"machine: {machine(device)}; {when}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
-        f"{spec.name}: {args.batch_size} x {args.seq_len} tokens per step, completion loss; {args.warmup} warmup + "
-        f"{args.steps} timed steps per LR; precision {args.precision}; AdamW kernel: {args.fused}"
+        f"{spec.name}: {s.batch_size} x {s.seq_len} tokens per step, completion loss; {s.warmup} warmup + "
+        f"{s.steps} timed steps per LR; precision {s.precision}; AdamW kernel: {s.fused}"
     )
     print(f"{'K':>3}{'one after another tok/s':>25}{'stacked tok/s':>15}{'ratio':>8}{'max |loss diff|':>17}")
     rows = []
     for k in [int(v) for v in args.k.split(",")]:
-        lrs = [float(x) for x in np.geomspace(4e-6, 1e-3, k)] if k > 1 else [1e-4]
-        fused_seq = {"default": False, "on": True, "off": False}[args.fused]
-        fused_stk = {"default": None, "on": True, "off": False}[args.fused]
-        t_seq, loss_seq = one_after_another(
-            spec, base_state, lrs, batches, args.warmup, args.precision, device, fused_seq
-        )
-        t_stk, loss_stk = stacked(spec, model, lrs, batches, args.warmup, args.precision, device, fused_stk)
-        work = k * args.steps * tokens_per_step
-        row = {
-            "model": spec.name,
-            "k": k,
-            "lrs": lrs,
-            "batch_size": args.batch_size,
-            "seq_len": args.seq_len,
-            "steps": args.steps,
-            "fused": args.fused,
-            "sequential_tokens_per_s": work / t_seq,
-            "stacked_tokens_per_s": work / t_stk,
-            "ratio": t_seq / t_stk,
-            "max_loss_diff": max(abs(a - b) for a, b in zip(loss_seq, loss_stk)),
-        }
+        row = measure_sweep(spec, k, s, device)
         rows.append(row)
         print(
             f"{k:>3}{row['sequential_tokens_per_s']:>25,.0f}{row['stacked_tokens_per_s']:>15,.0f}"

@@ -145,25 +145,30 @@ def iter_rows(path: str | os.PathLike, torn: list | None = None) -> Iterator[tup
 
 
 class Rows(list):
-    """A list of row dicts that also says where they came from and how many torn tails were skipped."""
+    """A list of rows that also says where they came from: ``files`` read, ``where`` ("file:line")
+    per row, ``torn`` final lines skipped."""
 
     files: list[Path]
+    where: list[str]
     torn: list[str]
 
 
 def read_rows(source: str | os.PathLike | list, warn: bool = True) -> Rows:
-    """All rows of one or more results files (file, directory, glob, or a list of those).
+    """All rows of one or more results files (file, directory, glob, or a list of those), each file once.
 
-    Each row gets no extra keys; ``Rows.files`` lists the files read, ``Rows.torn`` the torn
-    final lines skipped (a ``UserWarning`` says how many when ``warn``)."""
+    Each row is the dict on disk, no keys added (``overtrain.core.rows.load_rows`` parses them into
+    typed rows); ``Rows.where`` says where each came from, ``Rows.torn`` lists the torn final lines
+    skipped (a ``UserWarning`` says how many when ``warn``)."""
     sources = source if isinstance(source, (list, tuple)) else [source]
     files: list[Path] = []
     for s in sources:
         files += [f for f in results_files(s) if f not in files]
     out = Rows()
-    out.files, out.torn = files, []
+    out.files, out.where, out.torn = files, [], []
     for f in files:
-        out.extend(row for _, row in iter_rows(f, out.torn))
+        for line, row in iter_rows(f, out.torn):
+            out.append(row)
+            out.where.append(f"{f}:{line}")
     if out.torn and warn:
         warnings.warn(
             f"ignored {len(out.torn)} torn final line(s) (interrupted writes): {', '.join(out.torn)}", stacklevel=2

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
 from ..core.dist import resolve_device
+from ..core.identity import c4_identity
 from ..core.likelihood import perplexity
 from ..core.model import ModelSpec
+from ..core.results import append_row
+from ..core.rows import BaseRow, Checkpoint, EvalRow, Metrics, encoding_counts
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
-from ..data.tasks import TASK_SPLITS, load_task
+from ..data.task_spec import TASK_SPLITS
+from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from .task_metrics import task_metrics
 
@@ -63,23 +68,29 @@ def evaluate_encoded(
     return out
 
 
-# Short split names used in results-row keys (val_id_ppl, test_acc, ...).
-SHORT = {"validation": "val", "test": "test", "train": "train"}
-
-
-def flatten_metrics(metrics: dict, suffix: str = "") -> dict:
-    """``{"c4": .., "validation": {...}}`` -> {c4_ppl, val_id_ppl, val_acc, val_label_token_acc, ...}."""
-    row = {}
-    if metrics.get("c4") is not None:
-        row[f"c4_ppl{suffix}"] = metrics["c4"]["ppl"]
-        row[f"c4_loss{suffix}"] = metrics["c4"]["loss"]
-    for split, m in metrics.items():
-        if split == "c4":
-            continue
-        s = SHORT.get(split, split)
-        for k in ("id_ppl", "acc", "label_token_acc"):
-            row[f"{s}_{k}{suffix}"] = m.get(k)
-    return row
+def result_rows(
+    meta: dict, prov: dict, tasks: list, encoded: dict, result: dict, c4: np.ndarray | None, seq_len: int
+) -> Iterator[BaseRow]:
+    """``evaluate --results`` rows: one per task (all C4-only without tasks); kind "base" for a
+    pre-trained checkpoint, "eval" for any other (e.g. saved fine-tuned weights)."""
+    cls = BaseRow if meta.get("kind", "pretrain") == "pretrain" else EvalRow
+    common = dict(
+        ckpt=Checkpoint(**prov),
+        c4_tokens=result["c4"]["tokens"] if result["c4"] else None,
+        c4_tokens_sha256=c4_identity(c4, seq_len) if c4 is not None else None,
+    )
+    if not tasks:
+        yield cls(**common, evaluation=Metrics.of({"c4": result["c4"]}), time=time.time())
+    for task in tasks:
+        yield cls(
+            **common,
+            task=task.name,
+            task_type=task.type,
+            template=task.template,
+            evaluation=Metrics.of({"c4": result["c4"], **result["tasks"][task.name]}),
+            **encoding_counts(encoded[task.name]),
+            time=time.time(),
+        )
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -133,32 +144,8 @@ def run(args) -> int:
         metrics.pop("c4")
     prov = checkpoint_provenance(step_dir, spec, meta)
     if args.results:
-        from ..core.results import append_row
-
-        # "base": a pre-trained checkpoint; "eval": any other (e.g. saved fine-tuned weights).
-        kind = "base" if meta.get("kind", "pretrain") == "pretrain" else "eval"
-        common = {"kind": kind, **prov, "c4_tokens": result["c4"]["tokens"] if result["c4"] else None}
-        if not tasks:
-            append_row(
-                args.results, {**common, "task": None, **flatten_metrics({"c4": result["c4"]}), "time": time.time()}
-            )
-        for task in tasks:
-            enc = encoded[task.name]
-            append_row(
-                args.results,
-                {
-                    **common,
-                    "task": task.name,
-                    "task_type": task.type,
-                    "template": task.template,
-                    **flatten_metrics({"c4": result["c4"], **result["tasks"][task.name]}),
-                    "n_examples": {s: len(e.examples) for s, e in enc.items()},
-                    "truncated": {s: e.truncated for s, e in enc.items()},
-                    "completion_truncated": {s: e.completion_truncated for s, e in enc.items()},
-                    "skipped_empty": {s: e.skipped_empty for s, e in enc.items()},
-                    "time": time.time(),
-                },
-            )
+        for row in result_rows(meta, prov, tasks, encoded, result, c4, spec.max_sequence_length):
+            append_row(args.results, row.to_dict())
     if args.json:
         print(json.dumps({**prov, **result}, indent=2))
         return 0

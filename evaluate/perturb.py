@@ -6,17 +6,19 @@ CPU, parameter by parameter in ``named_parameters`` order, from a generator seed
 scaled by each gamma: the same noise direction at every gamma and on every device, so the curve
 over gamma is smooth and a (checkpoint, gamma, seed) row is reproducible anywhere.
 
-Rows (kind "perturb") go to results.jsonl as they are computed; rows already there for the same
-checkpoint contents, gamma, seed and evaluation tokens are skipped, so a killed study resumes
-without duplicates.
+Rows (kind "perturb", ``core.rows.PerturbRow``) go to results.jsonl as they are computed; rows
+already there for the same checkpoint contents, gamma, seed and evaluated C4 tokens (count, window
+and content: ``c4_tokens_sha256``) are skipped, so a killed study resumes without duplicates. Rows
+from before the C4 content was recorded are reused with a warning (``core.identity.same_identity``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,12 @@ from tqdm import tqdm
 from ..core.checkpoint import checkpoint_provenance, load_model
 from ..core.config import ConfigError, DataError
 from ..core.dist import resolve_device
+from ..core.identity import c4_identity, predates_c4_identity, predicted_tokens, same_identity
 from ..core.likelihood import perplexity
 from ..core.lock import hold
 from ..core.model import init_stds
-from ..core.results import append_row, iter_rows
+from ..core.results import append_row
+from ..core.rows import Checkpoint, PerturbRow, load_rows
 from ..data.c4 import load_c4
 
 
@@ -52,22 +56,28 @@ def apply_noise(model, base: dict[str, torch.Tensor], noise: dict[str, torch.Ten
             p.add_(noise[name], alpha=float(gamma))
 
 
-def _eval_tokens(n_tokens: int, seq_len: int, cap: int | None) -> int:
-    """Tokens ``perplexity`` will predict (mirrors ``core.windows``): the resume key of a row."""
-    n = (n_tokens - 1) // seq_len
-    if cap is not None:
-        n = min(n, max(1, cap // seq_len))
-    return n * seq_len
+# A row's resume identity besides its (gamma, noise seed): the checkpoint and the C4 tokens evaluated.
+RESUME_KEYS = ("checkpoint_sha256", "c4_tokens", "seq_len", "c4_tokens_sha256")
 
 
-def _done_keys(results: Path | None, sha: str) -> set[tuple]:
+def _done(results: Path | None, ref: dict) -> set[tuple]:
+    """(gamma, noise seed) of the rows in ``results`` with the identity of ``ref``."""
     if results is None or not results.is_file():
         return set()
-    return {
-        (float(r["gamma"]), int(r["noise_seed"]), r.get("c4_tokens"), r.get("seq_len"))
-        for _, r in iter_rows(results)
-        if r.get("kind") == "perturb" and r.get("checkpoint_sha256") == sha
-    }
+    mine = [
+        r for r in load_rows(results, warn=False) if isinstance(r, PerturbRow) and same_identity(r, ref, RESUME_KEYS)
+    ]
+    legacy = [r.where for r in mine if predates_c4_identity(r)]
+    if legacy:
+        warnings.warn(
+            f"{results}: reusing {len(legacy)} row(s) written before rows recorded their C4 tokens "
+            f"(no c4_tokens_sha256), assumed to be from the same C4 data: {', '.join(legacy)}",
+            stacklevel=3,
+        )
+    for r in mine:
+        if r.gamma is None or r.noise_seed is None:
+            raise DataError(f"{r.where}: perturb row needs 'gamma' and 'noise_seed'")
+    return {(float(r.gamma), int(r.noise_seed)) for r in mine}
 
 
 def perturb_checkpoint(
@@ -105,8 +115,19 @@ def perturb_checkpoint(
     else:
         tokens = c4
     results = Path(results) if results is not None else None
-    prov = checkpoint_provenance(meta["path"], spec, meta)
-    sha = prov["checkpoint_sha256"]
+    ckpt = Checkpoint(**checkpoint_provenance(meta["path"], spec, meta))
+    extra = dict(extra or {})
+    common = PerturbRow(
+        run_id=f"perturb-{ckpt.checkpoint_sha256[:12]}",
+        ckpt=ckpt,
+        c4_tokens=predicted_tokens(len(tokens), seq_len, val_tokens),
+        c4_tokens_sha256=c4_identity(tokens, seq_len, val_tokens),
+        seq_len=seq_len,
+        tags=extra.pop("tags", None),
+    )
+    clash = set(extra) & set(common.schema_keys())
+    if clash:
+        raise ConfigError(f"perturb: extra keys {sorted(clash)} are row keys of their own")
 
     def ppl() -> dict:
         return perplexity(
@@ -114,25 +135,13 @@ def perturb_checkpoint(
         )
 
     t0 = time.time()
-    done = _done_keys(results, sha)
-    todo = [
-        (s, g)
-        for s in seeds
-        for g in gammas
-        if (g, s, _eval_tokens(len(tokens), seq_len, val_tokens), seq_len) not in done
-    ]
+    done = _done(results, common.to_dict())
+    todo = [(s, g) for s in seeds for g in gammas if (g, s) not in done]
     if not todo:
         return []
     base_eval = ppl()
-    common = {
-        "kind": "perturb",
-        "run_id": f"perturb-{sha[:12]}",
-        **prov,
-        "c4_ppl_base": base_eval["ppl"],
-        "c4_tokens": base_eval["tokens"],
-        "seq_len": seq_len,
-        **(extra or {}),
-    }
+    assert base_eval["tokens"] == common.c4_tokens  # predicted_tokens mirrors the evaluation's windows
+    common = replace(common, c4_ppl_base=base_eval["ppl"], extra=extra)
     stds = init_stds(model, spec)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows: list[dict] = []
@@ -145,7 +154,7 @@ def perturb_checkpoint(
             noise, noise_seed = unit_noise(model, stds, seed), seed
         apply_noise(model, base, noise, gamma)
         ev = ppl()  # also at gamma 0: checks the weights were restored exactly
-        row = dict(
+        row = replace(
             common,
             gamma=gamma,
             noise_seed=seed,
@@ -153,7 +162,7 @@ def perturb_checkpoint(
             c4_ppl_change=ev["ppl"] - base_eval["ppl"],
             wall_s=time.time() - t0,
             time=time.time(),
-        )
+        ).to_dict()
         if results is not None:
             append_row(results, row)
         rows.append(row)

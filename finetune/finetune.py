@@ -31,16 +31,18 @@ import torch.nn.functional as F
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint, save_model_checkpoint
 from ..core.config import ConfigError, atomic_write_text, config_digest, load_config, save_config
 from ..core.dist import resolve_device
+from ..core.identity import c4_identity, identity_dict, identity_row_keys, in_row, no_result
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
 from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.results import append_row
+from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts
 from ..core.schedule import ScheduleConfig
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
-from ..evaluate.evaluator import evaluate_encoded, flatten_metrics
+from ..evaluate.evaluator import evaluate_encoded
 from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, schedule_factor, train_loop
 
 RESULTS_FILE = "results.jsonl"
@@ -53,20 +55,23 @@ class SweepConfig:
     n_lrs: int = 8  # geometric grid points (the paper's grid is unknown)
 
 
+# Every field is part of a row's resume identity (``config_hash``, ``RESUME_KEYS``) unless marked:
+# ``in_row(KEY, ...)``: it changes the result and the row key KEY identifies it (the checkpoint by its
+# content, C4 by the tokens evaluated); ``no_result(...)``: it changes no result. A new field is in the hash.
 @dataclass
 class FinetuneConfig:
-    checkpoint: str = ""  # step dir, checkpoints/ dir, run dir, or RUN@tokens=N
-    task: str = ""  # a name in configs/tasks/ or a YAML path
-    template: str | None = None  # prompt template (None: the task's default)
+    checkpoint: str = in_row("checkpoint_sha256", "")  # step dir, checkpoints/ dir, run dir, or RUN@tokens=N
+    task: str = in_row("task", "")  # a name in configs/tasks/ or a YAML path
+    template: str | None = in_row("template", None)  # prompt template (None: the task's default)
     task_overrides: list[str] = field(default_factory=list)  # key=value for the task YAML
     model: str | None = None  # if set, the checkpoint must have this model config's architecture
-    run_dir: str = "runs/finetune"  # config.yaml, the training log, results.jsonl (and weights)
-    c4: str | None = None  # prepared C4 dir (val.npy) for C4 perplexity; None: skip C4
-    seed: int = 0  # batch order and torch's RNG (the weights come from the checkpoint)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run_dir: str = no_result("runs/finetune")  # config.yaml, the training log, results.jsonl (and weights)
+    c4: str | None = in_row("c4_tokens_sha256", None)  # prepared C4 dir (val.npy) for C4 perplexity; None: skip C4
+    seed: int = in_row("seed", 0)  # batch order and torch's RNG (the weights come from the checkpoint)
+    device: str = no_result("auto")  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     # optimization
-    lr: float = 1e-4  # peak LR at the muP base width (MuAdamW scales hidden matrices)
+    lr: float = in_row("lr", 1e-4)  # peak LR at the muP base width (MuAdamW scales hidden matrices)
     epochs: float = 3.0  # passes over the training split (fractions allowed)
     max_steps: int = 0  # > 0: exactly this many optimizer steps, overriding epochs
     batch_size: int = 8  # examples per optimizer step
@@ -85,13 +90,13 @@ class FinetuneConfig:
     eval_batch_size: int = 32  # examples per evaluation forward
     c4_max_tokens: int = 1_048_576  # predicted C4 validation tokens (a fixed prefix)
     eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
-    save_weights: bool = False  # save the fine-tuned weights in run_dir/checkpoints/
-    log_every: int = 10  # a training-log line every N steps
-    # sweep (overtrain sweep)
-    lrs: list[float] = field(default_factory=list)  # explicit grid; empty: geometric, see `sweep`
-    stacked: bool = False  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    tags: dict = field(default_factory=dict)  # copied into every results row (grid axes)
+    save_weights: bool = no_result(False)  # save the fine-tuned weights in run_dir/checkpoints/
+    log_every: int = no_result(10)  # a training-log line every N steps
+    # sweep (overtrain sweep): the grid (each row has its lr)
+    lrs: list[float] = no_result(factory=list)  # explicit grid; empty: geometric, see `sweep`
+    stacked: bool = no_result(False)  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
+    sweep: SweepConfig = no_result(factory=SweepConfig)
+    tags: dict = no_result(factory=dict)  # copied into every results row (grid axes)
 
     def validate(self) -> None:
         if self.lr <= 0:
@@ -114,29 +119,14 @@ def load_finetune_config(path, overrides=()) -> FinetuneConfig:
 
 
 def config_hash(cfg: FinetuneConfig) -> str:
-    """Identity of everything that changes a run's result besides checkpoint, task, template, LR, seed.
+    """The hashed part of a run's resume identity: every config field that changes a result and has
+    no row key of its own (``core.identity.identity_dict``; values unchanged since the field list was
+    hand-kept)."""
+    return config_digest(identity_dict(cfg))
 
-    (``stacked`` is left out: it changes only the floating-point summation order.)
-    """
-    return config_digest(
-        cfg,
-        exclude=(
-            "checkpoint",
-            "task",
-            "template",
-            "lr",
-            "seed",
-            "run_dir",
-            "device",
-            "lrs",
-            "stacked",
-            "sweep",
-            "tags",
-            "log_every",
-            "save_weights",
-            "c4",
-        ),
-    )
+
+# A row's resume identity: the row keys of the in_row fields, and config_hash for the rest.
+RESUME_KEYS = (*identity_row_keys(FinetuneConfig), "config_hash")
 
 
 def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,71 +307,69 @@ def finish_run(
                 "finetune_tokens": stats["train_tokens"],
             },
         )
-    row = {**make_row(p, stats, before, after, elapsed + time.time() - t0), **(extra or {})}
+    row = make_row(p, stats, before, after, elapsed + time.time() - t0, **(extra or {})).to_dict()
     append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
     return row
 
 
-def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: float) -> dict:
-    cfg = p.cfg
-    row = {
-        "kind": "finetune",
-        "run_id": Path(cfg.run_dir).name,
-        "run_dir": str(Path(cfg.run_dir).resolve()),
-        **checkpoint_provenance(p.step_dir, p.spec, p.meta),
-        "checkpoint_ref": cfg.checkpoint,
-        "task": p.task.name,
-        "task_type": p.task.type,
-        "template": p.task.template,
-        "lr": cfg.lr,
-        "seed": cfg.seed,
-        "selected": False,
-        "config_hash": config_hash(cfg),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "mup_optimizer": cfg.mup_optimizer,
-        "l2_to_pretrained": cfg.l2_to_pretrained,
-        "weight_decay": cfg.weight_decay,
-        "schedule": cfg.schedule.decay,
-        "train_examples": len(p.encoded["train"].examples),
-        "total_steps": p.total_steps,
-    }
-    row.update(
-        {
-            k: stats[k]
-            for k in (
-                "steps",
-                "train_tokens",
-                "train_input_tokens",
-                "train_loss_first",
-                "train_loss_last",
-                "train_loss_last_epoch",
-                "diverged",
-                "train_seconds",
-                "train_tokens_per_s",
-            )
-        }
+def c4_tokens_sha256(p: Prepared) -> str | None:
+    """The C4 identity of a run's evaluation (``core.identity.c4_identity``; None without C4)."""
+    return None if p.c4 is None else c4_identity(p.c4, p.spec.max_sequence_length)
+
+
+def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: float, **extra) -> FinetuneRow:
+    """The run's row from its training statistics (``train_stats``) and evaluations before and after;
+    ``extra``: more FinetuneRow fields (the stacked sweep's ``stacked``, ``stack_size``)."""
+    cfg, before_m = p.cfg, Metrics.of(before)
+    return FinetuneRow(
+        run_id=Path(cfg.run_dir).name,
+        run_dir=str(Path(cfg.run_dir).resolve()),
+        ckpt=Checkpoint(**checkpoint_provenance(p.step_dir, p.spec, p.meta)),
+        checkpoint_ref=cfg.checkpoint,
+        task=p.task.name,
+        task_type=p.task.type,
+        template=p.task.template,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        selected=False,
+        config_hash=config_hash(cfg),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        mup_optimizer=cfg.mup_optimizer,
+        l2_to_pretrained=cfg.l2_to_pretrained,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule.decay,
+        train_examples=len(p.encoded["train"].examples),
+        total_steps=p.total_steps,
+        **{k: stats[k] for k in TRAIN_STATS},
+        finetune_lr_decayed=stats["lr_decayed"],
+        after=Metrics.of(after),
+        before=before_m,
+        id_ppl_before=before_m.split("test").id_ppl if before is not None else None,
+        c4_tokens=after["c4"]["tokens"] if after.get("c4") else None,
+        c4_tokens_sha256=c4_tokens_sha256(p),
+        **encoding_counts(p.encoded),
+        split_info=getattr(p.task, "split_info", None),
+        tags=dict(cfg.tags),
+        wall_s=wall,
+        time=time.time(),
+        **extra,
     )
-    row["finetune_lr_decayed"] = stats["lr_decayed"]
-    m = flatten_metrics(after)
-    if "c4_ppl" in m:
-        m["c4_ppl_after"] = m.pop("c4_ppl")
-        m["c4_loss_after"] = m.pop("c4_loss")
-    row.update(m)
-    if before is not None:
-        row.update(flatten_metrics(before, "_before"))
-        row["id_ppl_before"] = row.get("test_id_ppl_before")
-    row["c4_tokens"] = after["c4"]["tokens"] if after.get("c4") else None
-    row["n_examples"] = {s: len(e.examples) for s, e in p.encoded.items()}
-    row["truncated"] = {s: e.truncated for s, e in p.encoded.items()}
-    row["completion_truncated"] = {s: e.completion_truncated for s, e in p.encoded.items()}
-    row["skipped_empty"] = {s: e.skipped_empty for s, e in p.encoded.items()}
-    row["split_info"] = getattr(p.task, "split_info", None)
-    row["tags"] = dict(cfg.tags)
-    row["wall_s"] = wall
-    row["time"] = time.time()
-    return row
+
+
+# train_stats' keys recorded under their own name (its lr_decayed is the row's finetune_lr_decayed)
+TRAIN_STATS = (
+    "steps",
+    "train_tokens",
+    "train_input_tokens",
+    "train_loss_first",
+    "train_loss_last",
+    "train_loss_last_epoch",
+    "diverged",
+    "train_seconds",
+    "train_tokens_per_s",
+)
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -10,8 +10,9 @@ RUN_DIR/results.jsonl:
   (plus ``selected_from``: the grid), reported on test. A diverged LR (NaN) never wins.
 
 The base model is evaluated once (a ``kind: "base"`` row; every fine-tuning row carries it as
-``*_before``). Resumable: LRs whose rows exist (same checkpoint content, task, template, seed,
-config hash) are skipped, and the selected row is written once per grid. Per-LR run dirs
+``*_before``). Resumable: LRs whose rows exist with this run's identity (``finetune.RESUME_KEYS``:
+checkpoint content, task, template, C4 tokens, seed, config hash; ``core.identity.same_identity``) are
+skipped, and the selected row is written once per grid. Per-LR run dirs
 (RUN_DIR/lr-<lr>/) hold config.yaml and the training log; rows live only in RUN_DIR/results.jsonl.
 
 ``stacked: true`` trains every LR still lacking a row in one pass (``finetune.stacked.StackedRun``:
@@ -43,6 +44,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -52,18 +54,21 @@ import torch
 
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
+from ..core.identity import predates_c4_identity, same_identity
 from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
-from ..core.results import append_row, iter_rows
+from ..core.results import append_row
+from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows
 from .finetune import (
     RESULTS_FILE,
+    RESUME_KEYS,
     FinetuneConfig,
     Prepared,
+    c4_tokens_sha256,
     completion_loss,
     config_hash,
     evaluate_all,
     finish_run,
-    flatten_metrics,
     load_finetune_config,
     prepare,
     run_finetune,
@@ -98,19 +103,32 @@ def _same_lr(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9)
 
 
-def _rows(path: Path) -> list[dict]:
-    return [r for _, r in iter_rows(path)] if path.is_file() else []
+def resumable(results: Path, base: BaseRow) -> list[Row]:
+    """The rows of ``results`` with the identity of ``base`` (this run's base row), every LR's.
 
-
-def _key(row: dict) -> tuple:
-    return (row.get("checkpoint_sha256"), row.get("task"), row.get("template"), row.get("seed"), row.get("config_hash"))
+    Rows from before the C4 identity (``core.identity``) are reused with a warning."""
+    rows = load_rows(results, warn=False) if results.is_file() else []
+    ref = base.to_dict()
+    mine = [
+        r
+        for r in rows
+        if type(r) in (BaseRow, FinetuneRow) and same_identity(r, ref, [k for k in RESUME_KEYS if k != "lr"])
+    ]
+    legacy = [r.where for r in mine if predates_c4_identity(r)]
+    if legacy:
+        warnings.warn(
+            f"{results}: reusing {len(legacy)} row(s) written before rows recorded their C4 tokens "
+            f"(no c4_tokens_sha256), assumed to be from the same C4 data: {', '.join(legacy)}",
+            stacklevel=2,
+        )
+    return mine
 
 
 def select(rows: Sequence[dict]) -> dict:
     """The row with the lowest validation ID perplexity (NaN/None count as +inf; ties: smaller LR)."""
 
     def score(r):
-        v = r.get("val_id_ppl")
+        v = FinetuneRow.from_dict(r).val_id_ppl
         return (math.inf if v is None or not math.isfinite(v) else v, r["lr"])
 
     return min(rows, key=score)
@@ -182,38 +200,31 @@ def _run_sweep(cfg: FinetuneConfig, progress: bool) -> list[dict]:
     lrs = lr_grid(cfg, p.task)
     root = Path(cfg.run_dir)
     results = root / RESULTS_FILE
-    prov = checkpoint_provenance(p.step_dir, p.spec, p.meta)
-    key = (prov["checkpoint_sha256"], p.task.name, p.task.template, cfg.seed, config_hash(cfg))
-    mine = [r for r in _rows(results) if _key(r) == key]
+    base = BaseRow(
+        ckpt=Checkpoint(**checkpoint_provenance(p.step_dir, p.spec, p.meta)),
+        checkpoint_ref=cfg.checkpoint,
+        c4_tokens_sha256=c4_tokens_sha256(p),
+        task=p.task.name,
+        task_type=p.task.type,
+        template=p.task.template,
+        seed=cfg.seed,
+        config_hash=config_hash(cfg),
+        tags=dict(cfg.tags),
+    )
+    mine = resumable(results, base)
     base_state = {k: v.detach().clone() for k, v in p.model.state_dict().items()}
 
     before = None
-    base_rows = [r for r in mine if r.get("kind") == "base"]
+    base_rows = [r for r in mine if type(r) is BaseRow]
     if base_rows:
-        before = base_rows[-1]["metrics"]
+        before = base_rows[-1].metrics
     elif cfg.eval_before:
         t0 = time.time()
         before = evaluate_all(p)
-        append_row(
-            results,
-            {
-                "kind": "base",
-                **prov,
-                "checkpoint_ref": cfg.checkpoint,
-                "task": p.task.name,
-                "task_type": p.task.type,
-                "template": p.task.template,
-                "seed": cfg.seed,
-                "config_hash": key[-1],
-                **flatten_metrics(before),
-                "metrics": before,
-                "tags": dict(cfg.tags),
-                "wall_s": time.time() - t0,
-                "time": time.time(),
-            },
-        )
+        base = replace(base, evaluation=Metrics.of(before), metrics=before, wall_s=time.time() - t0, time=time.time())
+        append_row(results, base.to_dict())
 
-    done = {r["lr"]: r for r in mine if r.get("kind") == "finetune" and not r.get("selected")}
+    done = {r.lr: r.to_dict() for r in mine if isinstance(r, FinetuneRow) and not r.selected}
     rows = {lr: next((r for d, r in done.items() if _same_lr(d, lr)), None) for lr in lrs}
     run_cfg = lambda lr: replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))  # noqa: E731
     todo = [lr for lr in lrs if rows[lr] is None]
@@ -223,9 +234,17 @@ def _run_sweep(cfg: FinetuneConfig, progress: bool) -> list[dict]:
 
     best = select(out)
     grid = sorted(lrs)
-    chosen = next((r for r in mine if r.get("selected") and sorted(r.get("selected_from", [])) == grid), None)
-    if chosen is None:
-        chosen = {**best, "selected": True, "selected_from": grid, "selected_by": "val_id_ppl", "time": time.time()}
+    chosen = next(
+        (
+            r.to_dict()
+            for r in mine
+            if isinstance(r, FinetuneRow) and r.selected and sorted(r.selected_from or []) == grid
+        ),
+        None,
+    )
+    if chosen is None:  # a copy of the best row: its keys, then the selection's
+        best = FinetuneRow.from_dict(best)
+        chosen = replace(best, selected=True, selected_from=grid, selected_by="val_id_ppl", time=time.time()).to_dict()
         append_row(results, chosen)
     return out + [chosen]
 

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -89,6 +90,29 @@ def test_rows_gamma_zero_determinism_and_resume(setup):
     fresh = perturb_checkpoint(ckpt, [0.5], [1], **kw)  # no results file: nothing skipped
     assert fresh[0]["c4_ppl"] == r["c4_ppl"]
     assert len(read_rows(results)) == 5
+
+
+def test_resume_key_is_the_c4_tokens_not_their_path(setup, tmp_path):
+    _, ckpt, c4 = setup
+    results = tmp_path / "results.jsonl"
+    kw = dict(val_tokens=2 * SEQ, seq_len=SEQ, results=results, progress=False)
+    (first,) = perturb_checkpoint(ckpt, [0.5], [0], c4, **kw)
+    copy = tmp_path / "copy"
+    shutil.copytree(c4, copy)
+    assert perturb_checkpoint(ckpt, [0.5], [0], copy, **kw) == []  # the same tokens elsewhere: reused
+    val = np.fromfile(copy / "val.npy", dtype=np.uint16)
+    val[2 * SEQ + 1] = val[0]  # after the evaluated prefix: nothing evaluated changed, reused
+    val.tofile(copy / "val.npy")
+    assert perturb_checkpoint(ckpt, [0.5], [0], copy, **kw) == []
+    val[2 * SEQ] = val[0] if val[2 * SEQ] != val[0] else val[1]  # the last predicted token: computed again
+    val.tofile(copy / "val.npy")
+    (again,) = perturb_checkpoint(ckpt, [0.5], [0], copy, **kw)
+    assert again["c4_tokens_sha256"] != first["c4_tokens_sha256"] and again["c4_ppl_base"] != first["c4_ppl_base"]
+    # a row written before rows recorded their C4 tokens is reused, with a warning
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps({k: v for k, v in first.items() if k != "c4_tokens_sha256"}) + "\n")
+    with pytest.warns(UserWarning, match="before rows recorded their C4 tokens"):
+        assert perturb_checkpoint(ckpt, [0.5], [0], c4, **{**kw, "results": legacy}) == []
 
 
 def test_cli(setup, capsys):

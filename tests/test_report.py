@@ -197,7 +197,7 @@ def test_group_by_and_cli(study, tmp_path, capsys):
     extra = tmp_path / "sp" / "results.jsonl"
     for i in range(len(BUDGETS)):
         write_sweep(extra, "rte", i, c4_ppl_after=60.0 - i, tags={"parametrization": "sp"})
-    rows, _, _ = load_rows([str(root / "sweeps"), str(extra)])
+    rows = load_rows([str(root / "sweeps"), str(extra)], warn=False)
     mixed = aggregate(rows, [], 0.01)  # without --group-by the two setups share cells: said so
     assert any("differ in tags" in n and "--group-by" in n for n in mixed.notes)
     assert mixed.fixed[next(k for k in mixed.fixed if k[1] == "rte")][M][1e-3].n == 2

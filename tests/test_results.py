@@ -107,6 +107,7 @@ def test_sources_dir_glob_list(tmp_path):
     assert [r["src"] for r in read_rows(str(tmp_path / "a" / "*.jsonl"))] == ["a"]
     both = read_rows([tmp_path / "a" / "results.jsonl", tmp_path])  # a file listed twice is read once
     assert sorted(r["src"] for r in both) == ["a", "b/c"] and len(both.files) == 2
+    assert sorted(both.where) == [f"{tmp_path / name / 'results.jsonl'}:1" for name in ("a", "b/c")]
     with pytest.raises(DataError, match="not found"):
         read_rows(tmp_path / "missing.jsonl")
     (tmp_path / "empty").mkdir()

