@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core import dist
-from ..core.checkpoint import remove_stale_temps, resume_checkpoint
+from ..core.checkpoint import latest_checkpoint, remove_stale_temps, resume_checkpoint
 from ..core.config import (
     ConfigError,
     DataError,
@@ -305,13 +305,16 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, where: str = "config"
     """Run (or resume) one pre-training run; returns the summary dict (on every rank)."""
     info = dist.env_info()
     run_dir = Path(expand_path(cfg.run_dir))
-    # One run in a run dir at a time (rank 0 holds the lock; a second run fails here, naming the holder).
-    with hold(run_dir / LOCK_FILE, "pretrain") if info.is_main and not run_dir.is_file() else nullcontext():
-        return _pretrain(cfg, info, overwrite, where)
-
-
-def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, overwrite: bool, where: str) -> dict:
+    seen = latest_checkpoint(run_dir / "checkpoints")
     plan = plan_run(cfg, info.world_size, overwrite, where)  # every rank checks, before any process group
+    # One run in a run dir at a time: rank 0 holds the lock (a second run fails here, naming the holder).
+    with hold(run_dir / LOCK_FILE, "pretrain") if info.is_main else nullcontext():
+        if info.is_main and (latest_checkpoint(run_dir / "checkpoints") != seen or (run_dir / SUMMARY_FILE).exists()):
+            plan = plan_run(cfg, info.world_size, overwrite, where)  # a previous holder moved on meanwhile
+        return _pretrain(plan, info, overwrite, where)
+
+
+def _pretrain(plan: Plan, info: dist.DistInfo, overwrite: bool, where: str) -> dict:
     try:
         device = dist.resolve_device(plan.cfg.device, info)
     except ValueError as e:
