@@ -341,7 +341,8 @@ def log_path(spec: GridSpec, job: Job, sid: str | None) -> Path | None:
 
 
 def job_states(spec: GridSpec, jobs: list[Job], out: Path) -> list[dict]:
-    """Per job: state (done / running / pending / failed / cancelled / waiting), Slurm id, log path."""
+    """Per job: state (done / running / pending / failed / cancelled / waiting), Slurm id, log path, and
+    for a running pre-training job the ETA at its last logged throughput."""
     record = read_record(out)
     try:
         queued = queue_states() if record and shutil.which("squeue") else {}
@@ -363,15 +364,27 @@ def job_states(spec: GridSpec, jobs: list[Job], out: Path) -> list[dict]:
             st = "failed" if log is not None and log.is_file() else "cancelled"
         else:
             st = "waiting"
-        rows.append({"job": j.id, "state": st, "slurm_id": sid, "log": log_path(spec, j, sid)})
+        eta = _pretrain_eta(j) if st == "running" and j.kind == "pretrain" else None
+        rows.append({"job": j.id, "state": st, "slurm_id": sid, "log": log_path(spec, j, sid), "eta_s": eta})
     return rows
+
+
+def _pretrain_eta(job: Job) -> float | None:
+    """Seconds left of a running pre-training job at its last logged throughput (None: not known yet)."""
+    metrics = Path(job.info.get("run_dir", "")) / "metrics.jsonl"
+    try:
+        last = [json.loads(x) for x in metrics.read_text().splitlines()[-20:] if '"tokens_per_sec"' in x][-1]
+        return max(job.info["tokens"] - last["tokens"], 0) / last["tokens_per_sec"]
+    except (OSError, ValueError, IndexError, KeyError, ZeroDivisionError):
+        return None
 
 
 def print_status(spec: GridSpec, jobs: list[Job], out: Path) -> int:
     rows = job_states(spec, jobs, out)
     w = max(len(r["job"]) for r in rows)
     for r in rows:
-        print(f"{r['job']:<{w}}  {r['state']:<8} {r['slurm_id'] or '-':<12} {r['log'] or ''}")
+        eta = f"  ETA {r['eta_s'] / 3600:.1f} h" if r["eta_s"] is not None else ""
+        print(f"{r['job']:<{w}}  {r['state']:<9} {r['slurm_id'] or '-':<12} {r['log'] or ''}{eta}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
