@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev,hf]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev,hf,track]"
 	# mup declares torchvision, and PyPI's build cannot load beside the CPU torch; nothing we use
 	# imports it, but transformers does whenever it is installed. Remove it.
 	$(BIN)/python -m pip uninstall -y -q torchvision

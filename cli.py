@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("overtrain.finetune.finetune", "fine-tune a checkpoint on a task, evaluate, append results"),
     "sweep": ("overtrain.finetune.sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR"),
     "evaluate": ("overtrain.evaluate.evaluator", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
+    "lm-eval": ("overtrain.evaluate.lm_eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)"),
     "perturb": ("overtrain.evaluate.perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise"),
     "report": ("overtrain.evaluate.report", "tables and plots from results.jsonl files"),
     "grid": ("overtrain.launch.grid", "plan or run a whole study described by a grid YAML"),

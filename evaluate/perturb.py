@@ -34,6 +34,7 @@ from ..core.lock import hold
 from ..core.model import init_stds
 from ..core.results import append_row
 from ..core.rows import Checkpoint, PerturbRow, load_rows
+from ..core.tracker import TrackConfig, Tracker, check_trackers, group_name
 from ..data.c4 import load_c4
 
 
@@ -187,8 +188,11 @@ class PerturbConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     results: str | None = None  # append rows to this results.jsonl
     tags: dict = field(default_factory=dict)  # row labels (grid axes) copied into every row, e.g. tags.seed=1
+    log: TrackConfig = field(default_factory=TrackConfig)  # wandb / TensorBoard (run dir: the results file's folder)
 
     def validate(self) -> None:
+        if (self.log.wandb or self.log.tensorboard) and not self.results:
+            raise ValueError("log.wandb/log.tensorboard need results=FILE (the tracker's run dir is its folder)")
         if not self.gammas or not self.seeds:
             raise ValueError("gammas and seeds need at least one value each (e.g. gammas=0.01,0.1)")
         if min(self.gammas) < 0:
@@ -204,8 +208,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
 
 
+def track_perturb(rows: list[dict], cfg: TrackConfig, results: str) -> None:
+    """One tracker run per results file: row i at step i (gamma, seed, C4 ppl and its change)."""
+    if not rows or not (cfg.wandb or cfg.tensorboard):
+        return
+    prov = {k: rows[0].get(k) for k in ("model", "pretrain_tokens", "lr_decayed", "checkpoint_sha256")}
+    config = {"rows": len(rows), "provenance": {k: v for k, v in rows[0].items() if k not in ("gamma", "time")}}
+    tracker = Tracker(Path(results).parent, cfg, group=group_name(prov, "perturb"), job_type="perturb", config=config)
+    for i, r in enumerate(rows):
+        tracker.log({k: r.get(k) for k in ("gamma", "noise_seed", "c4_ppl", "c4_ppl_change", "c4_ppl_base")}, i)
+    tracker.close()
+
+
 def run(args: argparse.Namespace) -> int:
     tags = args.tags
+    check_trackers(args.log, "perturb")
     lock = hold(f"{args.results}.lock", "perturb") if args.results else nullcontext()  # one writer per results file
     with lock:
         rows = perturb_checkpoint(
@@ -228,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"gamma {r['gamma']:<8g} seed {r['noise_seed']:<3d} C4 ppl {r['c4_ppl']:.4f}  change {r['c4_ppl_change']:+.4f}"
         )
+    track_perturb(rows, args.log, args.results)
     if not rows:
         print("nothing to do: every (gamma, seed) is already in the results file")
     if args.results:

@@ -28,11 +28,13 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.config import ConfigError, DataError, atomic_write_text
 from ..core.rows import Row, load_rows
+from ..core.tracker import TrackConfig, Tracker, check_trackers
 from .report_data import Report, collect, find_turn
 from .report_figures import figures
 from .report_text import csv_text, judge, markdown, perturb_table, summary_table
@@ -62,6 +64,9 @@ def make_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = figures(rep, out)
+    from .lm_eval import lm_eval_figures  # `overtrain lm-eval` rows: each metric against pre-training tokens
+
+    paths += lm_eval_figures([r.to_dict() for r in rows], out)
     atomic_write_text(out / "summary.csv", csv_text(*summary_table(rep)))
     if rep.noise:
         atomic_write_text(out / "perturb.csv", csv_text(*perturb_table(rep)))
@@ -78,6 +83,7 @@ class ReportConfig:
     out: str = ""  # output directory (report.md, summary.csv, perturb.csv, *.png)
     group_by: list[str] = field(default_factory=list)  # compare by these row keys, e.g. parametrization,tags.optim_lr
     tolerance: float = 0.01  # relative worsening beyond which a curve counts as turned (0.01 = 1%)
+    log: TrackConfig = field(default_factory=TrackConfig)  # wandb / TensorBoard: every curve against tokens, figures
 
     def validate(self) -> None:
         if not self.out:
@@ -93,9 +99,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", help="results.jsonl files, directories holding them, or glob patterns")
 
 
+def track_report(rep: Report, cfg: TrackConfig, out: Path, paths: list[Path]) -> None:
+    """One tracker run in ``out``: every curve's points at step = pre-training tokens (tag
+    task/metric/setting/series), and the figures (wandb images)."""
+    if not (cfg.wandb or cfg.tensorboard):
+        return
+    at: dict[int, dict[str, float]] = defaultdict(dict)
+    for c in rep.curves:
+        tag = f"{c.task or 'base'}/{c.metric}/{c.setting}/{c.series.label(rep.group_by)}"
+        for x, y in zip(c.x, c.y):
+            at[int(x)][tag] = y
+    tracker = Tracker(out, cfg, job_type="report", config={"group_by": rep.group_by, "tolerance": rep.tolerance})
+    for tokens in sorted(at):  # increasing steps: wandb needs them so
+        tracker.log(at[tokens], tokens)
+    if tracker.wandb is not None:
+        import wandb
+
+        tracker.wandb.log({p.stem: wandb.Image(str(p)) for p in paths})
+    tracker.close()
+
+
 def run(args: argparse.Namespace) -> int:
     group_by = args.group_by
-    _, text, paths = make_report(args.results, args.out, group_by, args.tolerance)
+    check_trackers(args.log, "report")
+    rep, text, paths = make_report(args.results, args.out, group_by, args.tolerance)
+    track_report(rep, args.log, Path(args.out), paths)
     print(text)
     print(f"report: {Path(args.out) / 'report.md'}  table: {Path(args.out) / 'summary.csv'}")
     for p in paths:

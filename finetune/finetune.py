@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -38,12 +38,14 @@ from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.results import append_row
 from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts
 from ..core.schedule import ScheduleConfig
+from ..core.tracker import TrackConfig, check_trackers
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from ..evaluate.evaluator import evaluate_encoded
 from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, schedule_factor, train_loop
+from .tracking import close_tracker, open_tracker
 
 RESULTS_FILE = "results.jsonl"
 
@@ -92,6 +94,7 @@ class FinetuneConfig:
     eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
     save_weights: bool = no_result(False)  # save the fine-tuned weights in run_dir/checkpoints/
     log_every: int = no_result(10)  # a training-log line every N steps
+    log: TrackConfig = no_result(factory=TrackConfig)  # wandb / TensorBoard per run (finetune.tracking)
     # sweep (overtrain sweep): the grid (each row has its lr)
     lrs: list[float] = no_result(factory=list)  # explicit grid; empty: geometric, see `sweep`
     stacked: bool = no_result(False)  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass
@@ -178,6 +181,7 @@ def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepare
         raise ConfigError("checkpoint: required (checkpoint=PATH)")
     if not cfg.task:
         raise ConfigError("task: required (task=NAME)")
+    check_trackers(cfg.log, "finetune")
     step_dir = resolve_checkpoint(cfg.checkpoint)
     device = resolve_device(cfg.device)
     expect = load_model_spec(cfg.model) if cfg.model else None
@@ -225,7 +229,7 @@ def train_models(
         p.device,
     )
     factors = [schedule_factor(cfg.schedule, p.total_steps, c.lr) for c in cfgs]
-    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps) for c in cfgs]
+    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps, open_tracker(replace(p, cfg=c))) for c in cfgs]
     return train_loop(stepper, batches, factors, logs, desc, progress)
 
 
@@ -310,6 +314,7 @@ def finish_run(
     row = make_row(p, stats, before, after, elapsed + time.time() - t0, **(extra or {})).to_dict()
     append_row(Path(results) if results else run_dir / RESULTS_FILE, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
+    close_tracker(p, row)
     return row
 
 

@@ -14,7 +14,8 @@ copies of a model vmapped as one computation, built from the same step pieces.
 - sets model k's LR to its peak x ``factors[k](s)`` (``schedule_factor``: warmup, then decay to
   ``final_lr``, a ratio of the peak, so per model);
 - logs step, loss, LR, grad norm and cumulative target tokens to model k's train_log.jsonl every
-  ``log_every`` steps and at the last;
+  ``log_every`` steps and at the last (and to its tracker, ``finetune.tracking``); shows a bar on
+  a terminal, else ~10 plain lines with elapsed time, ETA and tokens/s (``core.eta``);
 - stops model k at its first non-finite loss (divergence is a result: its metrics are NaN/inf):
   its statistics end at that step and its weights are those after it (copied if other models go
   on). The loop ends when every model has stopped or all steps are done.
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..core.eta import Eta
 from ..core.schedule import ScheduleConfig, lr_factor, warmup_steps
 from ..core.step import StepStats, train_step
 from ..data.encode import collate
@@ -142,10 +144,11 @@ def schedule_factor(schedule: ScheduleConfig, total_steps: int, lr: float) -> Ca
 class TrainLog:
     """A run's train_log.jsonl, emptied on open (a rerun logs afresh); a record every ``log_every`` steps and at the last."""
 
-    def __init__(self, run_dir: str | Path, log_every: int, total_steps: int):
+    def __init__(self, run_dir: str | Path, log_every: int, total_steps: int, tracker=None):
         self.path = Path(run_dir) / "train_log.jsonl"
         self.path.unlink(missing_ok=True)
         self.log_every, self.total_steps = log_every, total_steps
+        self.tracker = tracker  # a core.tracker.Tracker (or None): every record also goes there
 
     def due(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.total_steps - 1
@@ -153,6 +156,8 @@ class TrainLog:
     def write(self, step: int, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **record}) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record, step)
 
 
 def train_stats(losses: list[float], tokens: int, seen: int, wall: float, steps_per_epoch: int) -> dict:
@@ -195,6 +200,9 @@ def train_loop(
     running = list(range(K))
     stopped: dict[int, dict[str, torch.Tensor]] = {}  # model -> its weights at divergence, if others went on
     bar = tqdm(range(batches.total_steps), desc=desc, disable=not (progress and sys.stderr.isatty()))
+    # Without a terminal (a batch job's log): ~10 plain lines per run with elapsed time, ETA and tokens/s.
+    plain_every = max(1, batches.total_steps // 10) if progress and bar.disable else 0
+    eta = Eta(batches.total_steps)
     t0 = time.time()
     for step in bar:
         micro, n_input = batches.at(step)
@@ -208,6 +216,14 @@ def train_loop(
                 logs[k].write(step, {"loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": tokens[k]})
         if logs[0].due(step):
             bar.set_postfix(loss=" ".join(f"{s.loss:.3f}" for s in stats))
+        if plain_every and ((step + 1) % plain_every == 0 or step + 1 == batches.total_steps):
+            rate = sum(seen) / max(eta.elapsed(), 1e-9)
+            loss = " ".join(f"{s.loss:.4f}" for s in stats)
+            print(
+                f"{desc}: step {step + 1:,}/{batches.total_steps:,} | loss {loss} | {rate:,.0f} tokens/s | {eta.text(step + 1)}",
+                file=sys.stderr,
+                flush=True,
+            )
         diverged = [k for k in running if not math.isfinite(stats[k].loss)]
         running = [k for k in running if k not in diverged]
         if not running:

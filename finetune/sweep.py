@@ -54,6 +54,7 @@ import torch
 
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
+from ..core.eta import Eta
 from ..core.identity import predates_c4_identity, same_identity
 from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
@@ -271,13 +272,12 @@ def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, st
         p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
         rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
     else:
+        eta, trained = Eta(len(todo)), 0  # the sweep's ETA from the LRs trained so far in this session
         for i, lr in enumerate(lrs):
             if progress:
-                print(
-                    f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){' already done' if rows[lr] else ''}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                when = " already done" if rows[lr] else f" | {eta.text(trained)}"
+                print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){when}", file=sys.stderr, flush=True)
+            trained += rows[lr] is None
             if rows[lr] is None:
                 _stop_here(stop, p.task.name, sum(r is None for r in rows.values()), lrs)
                 p.model.load_state_dict(base_state)

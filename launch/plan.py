@@ -2,6 +2,7 @@
 
     prepare  ->  pretrain (model x budget x pretrain axes)  ->  sweep (x task x finetune axes)
                                                            \\->  perturb (gammas x seeds)
+                                                           \\->  lm-eval (every checkpoint)
                                                            \\->  sweep on intermediate checkpoints
     report   (after everything)
 
@@ -26,7 +27,7 @@ from .spec import data_dir as grid_data_dir
 @dataclass
 class Job:
     id: str
-    kind: str  # prepare | pretrain | sweep | perturb | report | extra
+    kind: str  # prepare | pretrain | sweep | perturb | lm-eval | report | extra
     argv: list[str]  # after `python -m overtrain`
     after: list[str]
     done: Path | None  # exists -> job finished
@@ -172,15 +173,32 @@ def expand(spec: GridSpec) -> list[Job]:
                 )
             )
 
+    if spec.lm_eval is not None and spec.lm_eval.tasks:
+        le = spec.lm_eval
+        for pj in pre_jobs:
+            fwd = float(flops_per_token(load_model_spec(pj.info["model"]))) / 3 * le.eval_tokens_estimate
+            run_id = pj.id.split("/", 1)[1]
+            for t in [None, *pj.info["marks"]]:
+                lid = run_id if t is None else f"{run_id}_at{_fmt_tokens(t)}"
+                ck = pj.info["run_dir"] if t is None else f"{pj.info['run_dir']}@tokens={t}"
+                results = root / "lm_eval" / lid / "results.jsonl"
+                argv = ["lm-eval", ck, _ov("tasks", le.tasks), f"results={results}", *le.args]
+                done = root / "state" / f"lm_eval__{lid}.done"
+                jobs.append(Job(f"lm-eval/{lid}", "lm-eval", argv, [pj.id], done, flops=fwd, mark_done=True))
+
     for ej in spec.extra_jobs:
         done = results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
         jobs.append(Job(ej.id, "extra", list(ej.command), list(ej.after), done, mark_done=not ej.done))
 
+    track = tracker_settings(spec)  # one grid, one tracker project (lm-eval jobs write rows only)
+    for j in jobs:
+        if j.kind in ("pretrain", "sweep", "perturb"):
+            j.argv += track
+
     if spec.report:
         every = [j.id for j in jobs]
-        jobs.append(
-            Job("report", "report", ["report", str(root), f"out={root / 'report'}"], every, None)
-        )  # always rerun
+        argv = ["report", str(root), f"out={root / 'report'}", *track]
+        jobs.append(Job("report", "report", argv, every, None))  # always rerun
     return toposort(jobs)
 
 
@@ -214,6 +232,15 @@ def toposort(jobs: list[Job]) -> list[Job]:
     for j in jobs:
         visit(j, [])
     return order
+
+
+def tracker_settings(spec: GridSpec) -> list[str]:
+    """The grid's ``log`` as every tracked job's settings; the wandb project defaults to the grid's name."""
+    if spec.log is None or not (spec.log.wandb or spec.log.tensorboard):
+        return []
+    project = spec.log.wandb_project if spec.log.wandb_project != "overtrain" else spec.name
+    wandb, tb = str(spec.log.wandb).lower(), str(spec.log.tensorboard).lower()
+    return [f"log.wandb={wandb}", f"log.tensorboard={tb}", f"log.wandb_project={project}"]
 
 
 def gpu_hours(flops: float, hw: HardwareSpec) -> float:

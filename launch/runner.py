@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import atomic_write_text, expand_path
+from ..core.eta import fmt_duration
 from ..core.lock import Lock, LockHeld, describe
 from ..core.preempt import EXIT_PREEMPTED
 from .plan import Job
@@ -72,6 +73,7 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
     t_start, n_finished = time.time(), 0
     locks: dict[str, Lock] = {}  # the job locks this runner holds (one per running job)
     elsewhere: dict[str, str] = {}  # ready jobs another runner is running: id -> its holder
+    rates = Throughput()
 
     while pending or running:
         for j in list(pending):
@@ -116,7 +118,9 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             log = open(_log_path(root, j), "a")
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             log.flush()
-            print(f"  start {j.id}" + (f" (GPU {gpu})" if gpu is not None else ""), flush=True)
+            est = rates.job_seconds(j)
+            where = f" (GPU {gpu})" if gpu is not None else ""
+            print(f"  start {j.id}{where}" + (f" | ETA {fmt_duration(est)}" if est is not None else ""), flush=True)
             running[j.id] = (
                 j,
                 subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
@@ -146,7 +150,14 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             locks.pop(jid).release()  # after the done-marker: another runner then sees it done
             if rc == 0 and (job.done is None or job.done.exists()):
                 done_ids.add(jid)
-                print(f"  done  {jid} in {time.time() - t0:.0f}s  [{n_finished}/{len(todo)}]", flush=True)
+                rates.finished(job, time.time() - t0)
+                left = [j for j in pending if j.id not in failed] + [r[0] for r in running.values()]
+                grid = rates.grid_seconds(left, time.time() - t_start)
+                print(
+                    f"  done  {jid} in {fmt_duration(time.time() - t0)}  [{n_finished}/{len(todo)}]"
+                    + (f" | grid ETA {fmt_duration(grid)}" if grid is not None else ""),
+                    flush=True,
+                )
             else:
                 failed.add(jid)
                 why = f"exit {rc}" if rc else f"exit 0 but {job.done} is missing"
@@ -181,6 +192,35 @@ def _claim(root: Path, job: Job) -> tuple[Lock | None, str]:
 def _waits_on_others(pending: list[Job], done_ids: set[str], elsewhere: dict[str, str]) -> bool:
     """Whether a pending job waits (directly) on a job another runner is running."""
     return any(d in elsewhere for j in pending for d in j.after)
+
+
+class Throughput:
+    """Measured FLOP/s per job kind (the plan's FLOPs over a finished job's wall time), for ETAs.
+
+    A job's ETA: its FLOPs / its kind's measured rate (None until a job of that kind finished).
+    The grid's: the FLOPs left (jobs not yet finished) / the FLOPs finished per second of the
+    grid's wall time so far (so parallel sweeps count as they ran); jobs without FLOPs are free.
+    """
+
+    def __init__(self):
+        self.flops: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def finished(self, job: Job, seconds: float) -> None:
+        if job.flops > 0:
+            self.flops[job.kind] = self.flops.get(job.kind, 0.0) + job.flops
+            self.seconds[job.kind] = self.seconds.get(job.kind, 0.0) + max(seconds, 1e-3)
+
+    def job_seconds(self, job: Job) -> float | None:
+        if job.flops <= 0 or not self.flops.get(job.kind):
+            return None
+        return job.flops / (self.flops[job.kind] / self.seconds[job.kind])
+
+    def grid_seconds(self, left: list[Job], wall: float) -> float | None:
+        done = sum(self.flops.values())
+        if done <= 0:
+            return None
+        return sum(j.flops for j in left) / (done / max(wall, 1e-3))
 
 
 def _tail(path: Path, n: int = 12) -> str:

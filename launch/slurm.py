@@ -9,7 +9,7 @@ Written to OUT (default RESULTS_DIR/slurm)::
     common.sh              sourced by every script: the Python, the setup line, run_resumable
     prepare.sbatch         prepare-data, as a job (never on the login node)
     pretrain_RUN.sbatch    one per run: srun + torchrun (--standalone on one node, c10d across nodes)
-    finetune_jobs.txt      sweeps and perturbations, one a line: DONE-MARKER <TAB> overtrain arguments
+    finetune_jobs.txt      sweeps, perturbations and lm-eval jobs, one a line: DONE-MARKER <TAB> overtrain arguments
     finetune_array.sbatch  the array over finetune_jobs.txt (``grid submit`` picks the indices)
     report.sbatch          the report, after everything
     extra_ID.sbatch        the grid's extra jobs
@@ -44,7 +44,7 @@ from .plan import Job
 from .runner import is_done
 from .spec import GridSpec
 
-ARRAY_KINDS = ("sweep", "perturb")
+ARRAY_KINDS = ("sweep", "perturb", "lm-eval")  # one GPU each, after one pre-training run
 
 
 @dataclass

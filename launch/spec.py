@@ -23,6 +23,7 @@ from ..core.config import (
     parse_count,
     to_dict,
 )
+from ..core.tracker import TrackConfig, check_trackers
 
 
 @dataclass
@@ -62,6 +63,13 @@ class PerturbStage:
 
 
 @dataclass
+class LmEvalStage:
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names or task YAML paths (`overtrain lm-eval`)
+    args: list[str] = field(default_factory=list)  # further lm-eval settings, e.g. [num_fewshot=5, limit=500]
+    eval_tokens_estimate: int = 10_000_000  # tokens scored per checkpoint, for the compute estimate only
+
+
+@dataclass
 class HardwareSpec:
     name: str = "A100-80GB"  # shown in the plan
     peak_tflops: float = 312.0  # bf16 dense, per GPU
@@ -85,6 +93,8 @@ class GridSpec:
     pretrain: PretrainStage = field(default_factory=PretrainStage)
     finetune: FinetuneStage | None = None  # LR sweeps of every checkpoint (null: none)
     perturb: PerturbStage | None = None  # noise sensitivity of every final checkpoint (null: none)
+    lm_eval: LmEvalStage | None = None  # lm-evaluation-harness tasks on every checkpoint (null: none)
+    log: TrackConfig | None = None  # wandb/TensorBoard for every job (wandb_project defaults to the grid's name)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)  # for the plan's GPU-hour estimate
     extra_jobs: list[ExtraJob] = field(default_factory=list)  # further overtrain commands with dependencies
     report: bool = True  # a report job after everything
@@ -150,6 +160,16 @@ def validate_names(spec: GridSpec, where: str) -> None:
             Path(expand_path(path)).is_file() or (Path.cwd() / path).is_file() or (CONFIG_ROOT.parent / path).is_file()
         ):
             raise ConfigError(f"{where}: {stage}: config file '{path}' not found")
+    if spec.log is not None:
+        check_trackers(spec.log, f"{where}: log")
+    if spec.lm_eval is not None:  # lm-eval's own task index: an unknown name fails here, before any job
+        from ..evaluate.lm_eval import LmEvalConfig, resolve_tasks
+
+        try:
+            cfg = load_config(LmEvalConfig, None, [f"tasks={json.dumps(spec.lm_eval.tasks)}", *spec.lm_eval.args])
+            resolve_tasks(cfg.tasks, cfg.include)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: lm_eval: {str(e).removeprefix('command line: ')}") from None
     if spec.prepare is not None:
         try:
             load_config(PrepareConfig, None, prepare_settings(spec))
@@ -173,8 +193,10 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 
 def grid_fingerprint(spec: GridSpec) -> str:
-    """What identifies the study: everything but the results dir and the report switch."""
-    return config_digest(spec, exclude=("results_dir", "report", "hardware"))
+    """What identifies the study: everything but the results dir, the report switch, trackers (and a
+    missing lm_eval stage, so grids from before that stage existed keep their fingerprint)."""
+    absent = ("lm_eval",) if spec.lm_eval is None else ()
+    return config_digest(spec, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 
 def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:

@@ -193,6 +193,7 @@ def test_every_finetune_config_field_is_classified():
         "eval_before": True,
         "save_weights": False,
         "log_every": False,
+        "log": False,  # trackers (wandb, TensorBoard) change no result
         "lrs": False,
         "stacked": False,
         "sweep": False,

@@ -8,8 +8,6 @@ checkpoint) are dropped, so the file reads as one uninterrupted run. Only rank 0
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -18,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import dist
-from ..core.config import ConfigError, atomic_write_text
+from ..core.config import atomic_write_text
+from ..core.eta import Eta
 from ..core.results import append_row, iter_rows
+from ..core.tracker import Tracker, check_trackers
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -30,8 +30,8 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 @dataclass
 class LogConfig:
     every_steps: int = 10  # a metrics.jsonl row (and console line) every N steps
-    wandb: bool = False  # needs the `wandb` package
-    wandb_project: str = "overtrain"  # Weights & Biases project
+    wandb: bool = False  # log to Weights & Biases (needs `wandb` and a login, or WANDB_MODE=offline)
+    wandb_project: str = "overtrain"  # Weights & Biases project (a grid sets its name)
     tensorboard: bool = False  # needs the `tensorboard` package; writes RUN_DIR/tensorboard/
     peak_flops: float = 0.0  # per device, for MFU; 0 = look the GPU up in PEAK_BF16_FLOPS
 
@@ -41,12 +41,8 @@ class LogConfig:
 
 
 def check_backends(cfg: LogConfig, where: str) -> None:
-    """Fail before training when a requested logger is not installed."""
-    for flag in ("wandb", "tensorboard"):  # torch.utils.tensorboard needs the tensorboard package
-        if getattr(cfg, flag) and importlib.util.find_spec(flag) is None:
-            raise ConfigError(
-                f"{where}: log.{flag}=true but the '{flag}' package is not installed (pip install {flag})"
-            )
+    """Fail before training when a requested tracker is not installed or wandb has no login."""
+    check_trackers(cfg, where)
 
 
 def peak_flops(device, override: float = 0.0) -> float | None:
@@ -74,51 +70,23 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
 
 
 class MetricsLogger:
+    """metrics.jsonl, plus the run's tracker (``core.tracker``: wandb/TensorBoard when asked)."""
+
     def __init__(
         self, run_dir: str | os.PathLike, cfg: LogConfig, enabled: bool, run_name: str = "", config: dict | None = None
     ):
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
-        self._wandb = self._tb = None
-        if not enabled:
-            return
-        if cfg.wandb:
-            import wandb
-
-            # A stable id from the run directory: a resumed run continues the same wandb run.
-            run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
-            self._wandb = wandb.init(
-                project=cfg.wandb_project,
-                name=run_name or None,
-                id=run_id,
-                resume="allow",
-                config=config,
-                dir=str(run_dir),
-            )
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.tracker = Tracker(run_dir, cfg, run_name, job_type="pretrain", config=config, enabled=enabled)
 
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
         append_row(self.path, row)
-        step = row.get("step", 0)
-        scalars = {
-            k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
-        }
-        if self._wandb is not None:
-            self._wandb.log(scalars, step=step)
-        if self._tb is not None:
-            for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
+        self.tracker.log(row, row.get("step", 0))
 
     def close(self) -> None:
-        if self._wandb is not None:
-            self._wandb.finish()
-        if self._tb is not None:
-            self._tb.close()
+        self.tracker.close()
 
 
 def say(info: dist.DistInfo, *parts) -> None:
@@ -128,7 +96,7 @@ def say(info: dist.DistInfo, *parts) -> None:
 
 class Progress:
     """Rank 0's stderr: a tqdm bar on a terminal; without one (log files, batch jobs), about 100
-    plain progress lines per run instead."""
+    plain progress lines per run instead, each with elapsed time, ETA (``core.eta``) and tokens/s."""
 
     def __init__(self, info: dist.DistInfo, steps: int, start_step: int, log_every: int):
         from tqdm.auto import tqdm
@@ -143,6 +111,7 @@ class Progress:
         )
         self.print_every = 0 if not self.bar.disable else max(log_every, steps // 100)
         self.loss = math.nan  # the latest step's, shown beside evaluations
+        self.eta = Eta(steps, start_step)  # this session's rate (a resume's skipped steps do not count)
 
     def stepped(self, loss: float) -> None:
         self.loss = loss
@@ -156,7 +125,7 @@ class Progress:
             say(
                 self.info,
                 f"step {step:,}/{self.steps:,} | loss {row['loss']:.4f} | lr {row['lr']:.3e} | "
-                f"grad norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tokens/s{mfu}",
+                f"grad norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tokens/s{mfu} | {self.eta.text(step)}",
             )
 
     def eval_row(self, row: dict) -> None:
