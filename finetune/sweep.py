@@ -192,13 +192,13 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     cfg = config if isinstance(config, FinetuneConfig) else load_finetune_config(config, overrides)
     if isinstance(config, FinetuneConfig) and overrides:
         raise ConfigError("run_sweep: give overrides with a config path, or apply them to the FinetuneConfig yourself")
-    with hold(Path(cfg.run_dir) / LOCK_FILE, "sweep"):  # one process per sweep dir; LockHeld names the holder
-        return _run_sweep(cfg, progress)
-
-
-def _run_sweep(cfg: FinetuneConfig, progress: bool) -> list[dict]:
-    p = prepare(cfg)  # every input checked before any work
+    p = prepare(cfg)  # every input checked before any work (and before the run dir exists)
     lrs = lr_grid(cfg, p.task)
+    with hold(Path(cfg.run_dir) / LOCK_FILE, "sweep"):  # one process per sweep dir; LockHeld names the holder
+        return _run_sweep(cfg, p, lrs, progress)
+
+
+def _run_sweep(cfg: FinetuneConfig, p: Prepared, lrs: list[float], progress: bool) -> list[dict]:
     root = Path(cfg.run_dir)
     results = root / RESULTS_FILE
     base = BaseRow(

@@ -87,7 +87,8 @@ run_resumable() {{
     id=${{SLURM_ARRAY_JOB_ID:+${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID:-}}}}
     id=${{id:-$SLURM_JOB_ID}}
     echo "$(date +%T) requeueing $id (exit $rc): it resumes from what it saved"
-    scontrol requeue "$id"
+    # exit 0 once requeued: a failed exit could be read by a dependent's afterok before the requeue
+    if scontrol requeue "$id"; then exit 0; fi
     exit 75
   fi
   return "$rc"
