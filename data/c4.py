@@ -1,11 +1,16 @@
 """A prepared C4 directory (``overtrain prepare-data``, ``overtrain.data.c4_prepare``), read.
 
-Layout (see DESIGN.md, Data)::
+Two layouts, both read here (see DESIGN.md, Data)::
 
-    DIR/train.npy   flat token ids, raw (no .npy header, as OLMo's MemMapDataset reads it),
-    DIR/val.npy     EOS after every document
-    DIR/meta.json   tokenizer, vocab_size, eos_token_id, dtype, per split: file, tokens, ...;
-                    written last: its presence means "finished"
+    single file (format_version 1)        manifest of parts (format_version 2)
+    DIR/train.npy, DIR/val.npy            DIR/train/part-NNNNN.npy ..., DIR/val/part-NNNNN.npy ...
+    DIR/meta.json: splits.S.file          DIR/meta.json: splits.S.parts = [{file, tokens, bytes, ...}]
+
+Token files are flat ids, raw (no .npy header, as OLMo's MemMapDataset reads them), EOS after
+every document. meta.json holds tokenizer, vocab_size, eos_token_id, dtype and the splits; it is
+written last: its presence means "finished". A manifest's part may be an absolute path outside
+DIR (``prepare-data from_npy=``: tokens made elsewhere, not copied). ``tokens(split)`` is one flat
+array either way (``overtrain.data.parts.PartTokens`` concatenates parts in manifest order).
 
 ``open_prepared`` validates everything it can before any work starts (every problem a
 ``DataError`` naming the file and field); ``open_for_model`` also checks that a model can read
@@ -23,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import DataError, expand_path
+from .parts import PartTokens, open_parts
 
 PREPARED_SPLITS = ("train", "val")  # the token files of a prepared directory (not task splits)
 
 
 @dataclass
 class PreparedData:
-    """A finished ``prepare-data`` directory. ``tokens(split)`` is a read-only flat memmap."""
+    """A finished ``prepare-data`` directory. ``tokens(split)`` is a read-only flat token array."""
 
     path: Path
     meta: dict
@@ -41,8 +47,12 @@ class PreparedData:
     def num_tokens(self, split: str) -> int:
         return int(self.meta["splits"][self._split(split)]["tokens"])
 
-    def tokens(self, split: str) -> np.memmap:
+    def tokens(self, split: str) -> np.memmap | PartTokens:
         split = self._split(split)
+        info = self.meta["splits"][split]
+        if "parts" in info:
+            paths, counts = open_parts(self.path, info["parts"], self.meta["dtype"], str(self.meta_path))
+            return PartTokens(paths, self.meta["dtype"], counts)
         return np.memmap(
             self.path / self.meta["splits"][split]["file"],
             dtype=self.meta["dtype"],
@@ -92,6 +102,13 @@ def open_prepared(path: str | os.PathLike) -> PreparedData:
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in PREPARED_SPLITS:
         info = meta["splits"].get(split)
+        if isinstance(info, dict) and isinstance(info.get("parts"), list):  # a manifest of parts
+            _, counts = open_parts(root, info["parts"], meta["dtype"], f"{meta_path} (splits.{split}.parts)")
+            if sum(counts) != info.get("tokens") or sum(counts) == 0:
+                raise DataError(
+                    f"{meta_path}: splits.{split}.tokens is {info.get('tokens')!r} but its parts hold {sum(counts):,}"
+                )
+            continue
         if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or "file" not in info:
             raise DataError(f"{meta_path}: field 'splits.{split}' missing or without 'file' and integer 'tokens'")
         file = root / info["file"]
@@ -121,8 +138,6 @@ def load_c4(c4_dir: str | os.PathLike, spec, max_tokens: int | None, seq_len: in
     data = open_for_model(c4_dir, spec)
     tokens = data.tokens("val")
     if len(tokens) < seq_len + 1:
-        raise DataError(
-            f"{data.path}/val.npy: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window"
-        )
+        raise DataError(f"{data.path}: {len(tokens)} validation tokens, need at least {seq_len + 1} for one window")
     n = len(tokens) if max_tokens is None else min(len(tokens), max(1, max_tokens // seq_len) * seq_len + 1)
     return np.asarray(tokens[:n])

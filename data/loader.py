@@ -1,5 +1,10 @@
 """Deterministic training batches from a flat token array, addressed by step.
 
+The array is one file's memmap or a split of many parts (``overtrain.data.parts.PartTokens``:
+the parts concatenated in manifest order, so token t has one global index whatever the parts);
+either way only ``len`` and slices are used, and a dataset of one part gives exactly the windows
+of the single-file layout. A window may span two parts (as it spans two documents).
+
 Window i is ``tokens[i*L : i*L + L + 1]`` (stride L = seq_len; input w[:-1], target w[1:]), so
 there are ``n_windows = (len(tokens) - 1) // L`` of them. The order is a function of the seed
 only: global sample g belongs to epoch ``e = g // n_windows`` and is window
@@ -32,7 +37,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 class WindowLoader:
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens,  # np.ndarray, np.memmap or PartTokens: a flat token sequence
         seq_len: int,
         global_batch: int,
         micro_batch: int,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
 from ..core.config import CheckpointError, ConfigError, expand_path
-from ..core.model import ModelSpec
+
+if TYPE_CHECKING:  # not at run time: prepare-data's worker processes must not import torch (~2.5 CPU-s each)
+    from ..core.model import ModelSpec
 
 DEFAULT_TOKENIZER = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 EOS_TOKEN = "<|endoftext|>"  # id 50279, as in OLMo's configs for this tokenizer

@@ -98,3 +98,22 @@ def test_prefetcher_yields_exactly_the_loaders_batches():
                 assert torch.equal(gx, wx) and torch.equal(gy, wy)
     finally:
         pre.close()
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_parts_give_the_batches_of_their_concatenation(tmp_path, world):
+    """A dataset of many parts reads as one flat array (global index): same batches at any world size."""
+    from overtrain.data.parts import PartTokens
+
+    tokens = corpus()
+    cuts = [0, 50, 51, 200, len(tokens)]
+    paths = []
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        paths.append(tmp_path / f"part-{k:05d}.npy")
+        tokens[a:b].tofile(paths[-1])
+    parts = PartTokens(paths, "uint16", [b - a for a, b in zip(cuts, cuts[1:])])
+    flat = WindowLoader(tokens, L, global_batch=8, micro_batch=2, seed=5)
+    ranks = [WindowLoader(parts, L, 8, 2, seed=5, rank=r, world_size=world) for r in range(world)]
+    assert ranks[0].n_windows == flat.n_windows == 37
+    for step in (0, 4, 9, 30):  # 30: past the first epoch
+        assert torch.equal(torch.cat([rows_of(r, step) for r in ranks]), rows_of(flat, step))

@@ -54,8 +54,9 @@ def _split_docs(tokens, n_docs):
     return [tuple(d) for d in np.split(np.asarray(tokens), ends[:-1] + 1)]
 
 
-def test_separate_val_files_exact_tokens_and_meta(tmp_path, ref):
-    data = _prepare(tmp_path / "out", f"train={BIG}", f"val={C4 / 'c4-sample.0[123].json.gz'}")
+@pytest.mark.parametrize("layout", ["parts", "single"])
+def test_separate_val_files_exact_tokens_and_meta(tmp_path, ref, layout):
+    data = _prepare(tmp_path / "out", f"train={BIG}", f"val={C4 / 'c4-sample.0[123].json.gz'}", f"layout={layout}")
     # The 30 small-file docs also occur in the big file: they must not be trained on.
     val_set = set(ref["small_texts"])
     kept = [ids for t, ids in zip(ref["big_texts"], ref["big"]) if t not in val_set]
@@ -72,19 +73,34 @@ def test_separate_val_files_exact_tokens_and_meta(tmp_path, ref):
     assert [s["path"] for s in m["splits"]["val"]["sources"]] == [str(Path(p).resolve()) for p in SMALL]
     assert m["splits"]["train"]["sources"] == [{"path": str(BIG), "bytes": BIG.stat().st_size, "records": 1000}]
     assert m["holdout"]["rule"] == "separate source" and m["created"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "train.npy", "val.npy"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary leftovers
-    # raw flat uint16, no header: exactly 2 bytes per token
-    assert (tmp_path / "out" / "train.npy").stat().st_size == 2 * m["splits"]["train"]["tokens"]
+    if layout == "single":
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "train.npy", "val.npy"]
+        # raw flat uint16, no header: exactly 2 bytes per token
+        assert (tmp_path / "out" / "train.npy").stat().st_size == 2 * m["splits"]["train"]["tokens"]
+        return
+    # one part per input shard, each with its manifest entry; raw flat uint16: 2 bytes per token
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    parts = [f"{s}/part-{i:05d}.{x}" for s, n in (("train", 1), ("val", 3)) for i in range(n) for x in ("json", "npy")]
+    digests = [f"val/part-{i:05d}.digests" for i in range(3)] + ["val/digests.bin"]
+    assert files == sorted(["meta.json", "plan.json", *parts, *digests])
+    for split in ("train", "val"):
+        for e in m["splits"][split]["parts"]:
+            f = tmp_path / "out" / e["file"]
+            assert f.stat().st_size == e["bytes"] == 2 * e["tokens"] and len(e["sha256"]) == 64
+            assert json.loads(f.with_suffix(".json").read_text()) == e
 
 
-def test_holdout_disjoint_deterministic_and_workers_identical(tmp_path, ref):
+@pytest.mark.parametrize("layout", ["parts", "single"])
+def test_holdout_disjoint_deterministic_and_workers_identical(tmp_path, ref, layout):
     n = 300
-    args = [f"train={BIG}", f"max_docs={n}", "val_docs=40", "seed=3", "chunk_chars=20_000"]
+    args = [f"train={BIG}", f"max_docs={n}", "val_docs=40", "seed=3", "chunk_chars=20_000", f"layout={layout}"]
     one = _prepare(tmp_path / "w1", *args, "workers=1")
     two = _prepare(tmp_path / "w2", *args, "workers=2")
     for split in ("train", "val"):  # many small chunks on two processes: same bytes
-        assert (tmp_path / "w1" / f"{split}.npy").read_bytes() == (tmp_path / "w2" / f"{split}.npy").read_bytes()
+        assert np.asarray(one.tokens(split)).tobytes() == np.asarray(two.tokens(split)).tobytes()
+        if layout == "single":
+            assert (tmp_path / "w1" / f"{split}.npy").read_bytes() == (tmp_path / "w2" / f"{split}.npy").read_bytes()
     val_docs = _split_docs(one.tokens("val"), 40)
     train_docs = _split_docs(one.tokens("train"), n - 40)
     all_docs = [tuple(d + [EOS]) for d in ref["big"][:n]]
@@ -94,7 +110,9 @@ def test_holdout_disjoint_deterministic_and_workers_identical(tmp_path, ref):
     assert val_docs == [d for d, v in zip(all_docs, mask) if v]  # input order kept in each split
     assert one.meta["holdout"] == two.meta["holdout"]
     assert one.meta["holdout"]["seed"] == 3 and one.meta["holdout"]["val_documents"] == 40
-    other = _prepare(tmp_path / "s4", f"train={BIG}", f"max_docs={n}", f"val_fraction={40 / n}", "seed=4")
+    other = _prepare(
+        tmp_path / "s4", f"train={BIG}", f"max_docs={n}", f"val_fraction={40 / n}", "seed=4", f"layout={layout}"
+    )
     assert other.meta["splits"]["val"]["documents"] == 40
     assert set(_split_docs(other.tokens("val"), 40)) != set(val_docs)  # the seed matters
 
@@ -146,7 +164,7 @@ def _bad_inputs(tmp_path):
 def test_bad_input_is_one_clear_error_before_any_output(tmp_path, capsys):
     for argv, words in _bad_inputs(tmp_path):
         out = tmp_path / "out"
-        assert cli.main(["prepare-data", f"out={out}", *argv]) == 2, argv
+        assert cli.main(["prepare-data", f"out={out}", "layout=single", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("overtrain prepare-data: error: ") and "Traceback" not in err
         for w in words:
@@ -154,9 +172,25 @@ def test_bad_input_is_one_clear_error_before_any_output(tmp_path, capsys):
         assert not out.exists() and not list(tmp_path.glob(".out*")), argv  # nothing written
 
 
+def test_bad_input_with_parts_is_one_clear_error_and_nothing_looks_finished(tmp_path, capsys):
+    """The parts layout checks each shard in its worker: same errors; no meta.json, no bad part."""
+    for argv, words in _bad_inputs(tmp_path):
+        out = tmp_path / "out"
+        assert cli.main(["prepare-data", f"out={out}", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("overtrain prepare-data: error: ") and "Traceback" not in err
+        for w in words:
+            assert w in err, (w, err)
+        assert not (out / "meta.json").exists() and not list(out.rglob(".*tmp*")), argv
+        for entry in out.rglob("part-*.json"):  # a part that looks finished is finished
+            e = json.loads(entry.read_text())
+            assert (out / e["file"]).stat().st_size == e["bytes"] == 2 * e["tokens"], argv
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def test_finished_output_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["prepare-data", f"out={out}", f"train={SMALL[0]}", f"val={SMALL[1]}"]
+    args = ["prepare-data", f"out={out}", f"train={SMALL[0]}", f"val={SMALL[1]}", "layout=single"]
     assert cli.main(args) == 0
     first = (out / "meta.json").read_text()
     assert cli.main(args) == 2 and "overwrite=true" in capsys.readouterr().err
@@ -180,7 +214,9 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
         return real("json", data_files={split: files[split]}, split=split, streaming=True)
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    data = _prepare(tmp_path / "hub", "hf_dataset=allenai/c4", "hf_config=en", "max_docs=200", "max_val_docs=25")
+    data = _prepare(
+        tmp_path / "hub", "hf_dataset=allenai/c4", "hf_config=en", "max_docs=200", "max_val_docs=25", "layout=single"
+    )
     assert {c[2] for c in calls} == {"train", "validation"}
     assert np.array_equal(data.tokens("val"), _flat(ref["small"][:25]))
     val_set = set(ref["small_texts"][:25])
@@ -197,7 +233,7 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
     with pytest.raises(DataError, match=r"allenai/c4 \(en, split 'validation'\), record 1: record has no field 'text'"):
         from overtrain.data.c4_prepare import PrepareConfig, prepare
 
-        prepare(PrepareConfig(hf_dataset="allenai/c4", out=str(tmp_path / "bad")))
+        prepare(PrepareConfig(hf_dataset="allenai/c4", out=str(tmp_path / "bad"), layout="single"))
     assert not (tmp_path / "bad").exists()
 
 
@@ -205,7 +241,7 @@ def test_reader_validates_and_olmo_reads_the_files(tmp_path):
     from olmo.data.memmap_dataset import MemMapDataset
 
     out = tmp_path / "out"
-    data = _prepare(out, f"train={SMALL[0]},{SMALL[1]}", "max_docs=15", f"val={SMALL[2]}")
+    data = _prepare(out, f"train={SMALL[0]},{SMALL[1]}", "max_docs=15", f"val={SMALL[2]}", "layout=single")
     assert [s["records"] for s in data.meta["splits"]["train"]["sources"]] == [10, 5]  # cut mid-file
     assert data.meta["splits"]["train"]["documents"] == 15
     ds = MemMapDataset(str(out / "train.npy"), chunk_size=64, memmap_dtype=np.uint16)

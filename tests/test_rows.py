@@ -280,7 +280,8 @@ def test_sweep_does_not_reuse_rows_of_other_c4_tokens(tmp_path, monkeypatch, sma
         assert len(new["c4_tokens_sha256"]) == 64
 
     # The same directory with other validation tokens (same size, same meta.json): trained again.
-    val = c4 / "val.npy"
+    info = json.loads((c4 / "meta.json").read_text())["splits"]["val"]
+    val = c4 / (info["file"] if "file" in info else info["parts"][0]["file"])  # single-file or parts layout
     tokens = np.fromfile(val, dtype=np.uint16)
     tokens[10] = tokens[11]
     tokens.tofile(val)

@@ -1,0 +1,285 @@
+"""prepare-data, ``layout=parts``: plan the shards, resume or start, run them, write the manifests.
+
+    prepare_parts(cfg, out, t0)  text shards -> OUT/{val,train}/part-NNNNN.npy (``overtrain.data.shards``)
+    own_tokens(cfg, out, t0)     a manifest over existing OLMo-format parts (``from_npy=``), not copied
+
+Shards: one per input file (local, or a hub data file listed by name). ``max_docs`` and the
+hold-out need document counts, so only then are the inputs counted first (small data); otherwise
+each worker checks its own shard, and a bad shard fails its part only (the error names the file
+and line; other parts stay finished; no meta.json is written, so nothing looks finished).
+
+Resume: ``OUT/plan.json`` (written first) holds every setting the bytes depend on; a rerun with
+the same plan continues (finished parts verified by size and sha256), one with another plan is
+refused unless ``overwrite=true``.
+
+Bring your own tokens: each part's size must be a whole number of ``dtype`` tokens, its ids
+below the tokenizer's vocabulary and its documents closed by the tokenizer's EOS (a part from
+another tokenizer fails one of these); the entries (absolute paths, sizes, tokens, documents,
+sha256) are computed by ``workers`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import DataError, atomic_write_text
+from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask
+from .parts import check_part, sha256_file
+from .shards import Shard, Workers, hub_shards, remove_temporaries, write_bytes
+
+FORMAT_VERSION = 2
+NPY_BLOCK = 1 << 24  # tokens per block when scanning an existing part
+
+
+def _shards(cfg) -> tuple[list[Shard], list[Shard], dict]:
+    """(val shards, train shards, hold-out description)."""
+    if cfg.hf_dataset:
+        rev, cfg_name = cfg.hf_revision, cfg.hf_config or None
+        mk = lambda split, name: [  # noqa: E731
+            Shard(split, i, s, rev) for i, s in enumerate(hub_shards(cfg.hf_dataset, cfg_name, name, rev))
+        ]
+        return mk("val", cfg.val_split), mk("train", cfg.train_split), {"rule": "separate source"}
+    train = expand_inputs(cfg.train, "train")
+    holdout = cfg.val_docs is not None or cfg.val_fraction is not None
+    if not holdout:
+        val = expand_inputs(cfg.val, "val")
+        both = set(train) & set(val)
+        if both:
+            raise DataError(f"{sorted(both)[0]}: given in both train= and val=; validation must be held out")
+        return (
+            _limited("val", val, cfg.max_val_docs, cfg),
+            _limited("train", train, cfg.max_docs, cfg),
+            {"rule": "separate source"},
+        )
+    pool = LocalDocuments(train, cfg.text_field, cfg.max_docs)
+    n = pool.scan()
+    n_val = cfg.val_docs if cfg.val_docs is not None else round(cfg.val_fraction * n)
+    if not 0 < n_val < n:
+        raise DataError(
+            f"train: hold-out of {n_val} documents out of {n} leaves an empty "
+            f"{'validation' if n_val <= 0 else 'training'} set"
+        )
+    mask = holdout_mask(n, n_val, cfg.seed)
+    val, tr, start = [], [], 0
+    for i, (path, records) in enumerate(zip(train, pool.records)):
+        take = mask[start : start + records]
+        val.append(Shard("val", i, str(path), limit=records, take=take))
+        tr.append(Shard("train", i, str(path), limit=records, take=~take))
+        start += records
+    info = {
+        "rule": "document hash",
+        "seed": cfg.seed,
+        "pool_documents": n,
+        "val_documents": n_val,
+        "val_docs": cfg.val_docs,
+        "val_fraction": cfg.val_fraction,
+        "selection": HOLDOUT_RULE,
+    }
+    return val, tr, info
+
+
+def _limited(split: str, paths: list[Path], max_docs: int | None, cfg) -> list[Shard]:
+    if max_docs is None:
+        return [Shard(split, i, str(p)) for i, p in enumerate(paths)]
+    docs = LocalDocuments(paths, cfg.text_field, max_docs)
+    docs.scan()  # documents per file up to max_docs (later files unused)
+    return [Shard(split, i, str(p), limit=n) for i, (p, n) in enumerate(zip(paths, docs.records))]
+
+
+def _plan(cfg, tok: dict, val: list[Shard], train: list[Shard], holdout: dict) -> dict:
+    def src(shards):  # names only: each finished part checks its own source's size (a fixed shard is redone alone)
+        return [s.source for s in shards]
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "tokenizer_sha256": tok["tokenizer_sha256"],
+        "dtype": tok["dtype"],
+        "text_field": cfg.text_field,
+        "val": src(val),
+        "train": src(train),
+        "limits": [[s.limit for s in val], [s.limit for s in train]],
+        "holdout": holdout,
+        "max_tokens": cfg.max_tokens,
+        "hf_revision": cfg.hf_revision,
+    }
+
+
+def _start(out: Path, plan: dict, overwrite: bool) -> int:
+    """Create OUT or resume it; returns the number of finished parts found."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"out={out}: exists and is not a directory")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    plan_path = out / "plan.json"
+    for p in out.glob(".plan.json.tmp*"):  # killed while writing the plan: as if never started
+        p.unlink(missing_ok=True)
+    if out.is_dir() and any(out.iterdir()):
+        if (out / "meta.json").exists():
+            raise DataError(
+                f"out={out}: holds a finished prepared dataset (meta.json); pass overwrite=true to replace it"
+            )
+        if not plan_path.is_file():
+            raise DataError(
+                f"out={out}: is not empty (no meta.json: an unfinished or unrelated directory); "
+                "pass overwrite=true to replace it"
+            )
+        old = json.loads(plan_path.read_text())
+        if old != json.loads(json.dumps(plan)):
+            diff = sorted(k for k in set(old) | set(plan) if old.get(k) != json.loads(json.dumps(plan)).get(k))
+            raise DataError(
+                f"{plan_path}: an unfinished preparation with other settings ({', '.join(diff)} differ); "
+                "pass overwrite=true to start again"
+            )
+        remove_temporaries(out)
+        return sum(1 for split in ("train", "val") for _ in (out / split).glob("part-*.json"))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
+    return 0
+
+
+def _split_info(entries: list[dict]) -> dict:
+    parts = [{k: v for k, v in e.items() if k not in ("digests", "resumed")} for e in entries]
+    info = {
+        "tokens": sum(p["tokens"] for p in parts),
+        "documents": sum(p["documents"] for p in parts),
+        "parts": parts,
+        "sources": [{"path": p["source"], "bytes": p.get("source_bytes"), "records": p.get("records")} for p in parts],
+    }
+    if parts and "dropped_val_duplicates" in parts[0]:
+        info["dropped_val_duplicates"] = sum(p["dropped_val_duplicates"] for p in parts)
+    return info
+
+
+def prepare_parts(cfg, out: Path, t0: float) -> dict:
+    from .c4_prepare import tokenizer_meta
+
+    tok = tokenizer_meta(cfg.tokenizer)
+    val, train, holdout = _shards(cfg)
+    finished = _start(out, _plan(cfg, tok, val, train, holdout), cfg.overwrite)
+    if finished:
+        print(f"resuming {out}: {finished} finished parts (verified, not redone)", file=sys.stderr)
+    n = min(cfg.workers, max(len(val), len(train)))
+    workers = Workers(out, n, cfg.tokenizer, tok["dtype"], cfg.text_field, cfg.chunk_chars)
+    try:
+        val_entries = workers.run(val, desc="val")
+        digests = out / "val" / "digests.bin"  # every training worker drops copies of these documents
+        write_bytes(digests, b"".join(e["digests"] for e in val_entries))
+        for s in train:
+            s.val_digests = str(digests)
+        train_entries = workers.run(train, cfg.max_tokens, desc="train")
+    finally:
+        workers.close()
+    splits = {"val": _split_info(val_entries), "train": _split_info(train_entries)}
+    dropped = splits["train"].get("dropped_val_duplicates", 0)
+    for name, info in splits.items():
+        if info["tokens"] == 0:  # e.g. every training document is a copy of a validation one
+            raise DataError(f"{name} split is empty ({dropped} training documents were copies of validation documents)")
+    if cfg.max_tokens is not None:
+        splits["train"]["max_tokens"] = cfg.max_tokens
+        if splits["train"]["tokens"] < cfg.max_tokens:
+            print(
+                f"warning: max_tokens={cfg.max_tokens:,} but all {len(train)} training shards hold only "
+                f"{splits['train']['tokens']:,} tokens",
+                file=sys.stderr,
+            )
+    meta = {
+        "format": "olmo-memmap",
+        "format_version": FORMAT_VERSION,
+        "layout": "parts",
+        **tok,
+        "text_field": cfg.text_field,
+        "splits": splits,
+        "holdout": holdout,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")  # last: the dataset is finished
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Bring your own tokens
+
+
+def scan_npy(args: tuple[str, str, int, int]) -> dict:
+    """Manifest entry of an existing flat token file; DataError if it cannot be this tokenizer's."""
+    path, dtype, vocab_size, eos = args
+    p = Path(path)
+    n = check_part(p, dtype, None, "from_npy")
+    if n == 0:
+        raise DataError(f"{p}: empty part (no tokens)")
+    arr = np.memmap(p, dtype=dtype, mode="r", shape=(n,))
+    docs, top = 0, 0
+    for i in range(0, n, NPY_BLOCK):
+        block = np.asarray(arr[i : i + NPY_BLOCK])
+        docs += int(np.count_nonzero(block == eos))
+        top = max(top, int(block.max()))
+    if top >= vocab_size:
+        raise DataError(
+            f"{p}: holds token id {top}, but the tokenizer has {vocab_size} ids (a part from another tokenizer, "
+            "or the wrong dtype=?)"
+        )
+    if docs == 0:
+        raise DataError(
+            f"{p}: no EOS token (id {eos}) in {n:,} tokens: a part from another tokenizer, or the wrong dtype=?"
+        )
+    return {
+        "file": str(p),
+        "source": str(p),
+        "bytes": p.stat().st_size,
+        "tokens": n,
+        "documents": docs,
+        "ends_with_eos": bool(arr[n - 1] == eos),
+        "sha256": sha256_file(p),
+    }
+
+
+def own_tokens(cfg, out: Path, t0: float) -> dict:
+    from .c4_prepare import tokenizer_meta
+
+    tok = tokenizer_meta(cfg.tokenizer)
+    dtype = cfg.dtype or tok["dtype"]
+    if dtype == "uint16" and tok["vocab_size"] > 1 << 16:
+        raise DataError(f"dtype=uint16 cannot hold the tokenizer's {tok['vocab_size']} ids")
+    files = {
+        k: [str(p) for p in expand_inputs(v, k, suffixes=(".npy", ".bin"))]
+        for k, v in (("from_npy", cfg.from_npy), ("val_npy", cfg.val_npy))
+    }
+    both = set(files["from_npy"]) & set(files["val_npy"])
+    if both:
+        raise DataError(f"{sorted(both)[0]}: given in both from_npy= and val_npy=; validation must be held out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not cfg.overwrite:
+            raise DataError(f"out={out}: exists and is not empty; pass overwrite=true to replace it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    jobs = [(f, dtype, tok["vocab_size"], tok["eos_token_id"]) for k in ("val_npy", "from_npy") for f in files[k]]
+    if cfg.workers > 1:
+        with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
+            entries = pool.map(scan_npy, jobs, chunksize=1)
+    else:
+        entries = [scan_npy(j) for j in jobs]
+    n_val = len(files["val_npy"])
+    splits = {"val": _split_info(entries[:n_val]), "train": _split_info(entries[n_val:])}
+    meta = {
+        "format": "olmo-memmap",
+        "format_version": FORMAT_VERSION,
+        "layout": "parts",
+        **tok,
+        "dtype": dtype,
+        "splits": splits,
+        "holdout": {"rule": "separate files (given: from_npy= / val_npy=)"},
+        "from_npy": {"train": cfg.from_npy, "val": cfg.val_npy},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    return meta
