@@ -6,10 +6,16 @@
         meta.json    {"step", "tokens", "budget_tokens", "final", "lr_decayed", "kind", ...}
         optim.pt     optimizer state (training checkpoints only)
         state.pt     trainer state: schedule position, RNG states, data position (training only)
+        SHA256SUMS   sha256 of every other file, in ``sha256sum`` format (``sha256sum -c SHA256SUMS``
+                     checks it by hand); written last, before the rename
     RUN_DIR/checkpoints/latest   text file naming the newest complete step directory
 
 A step directory is written under a temporary name and renamed when complete, so a directory
-named ``step-*`` is always whole. ``load_model`` accepts a step directory, a run directory (its
+named ``step-*`` is always whole when written. Disks and copies can still damage it later
+(a truncated or bit-flipped file): ``verify_checkpoint`` compares every file with SHA256SUMS (a
+checkpoint from before SHA256SUMS: its ``.pt`` zip archives' CRC-32s and meta.json's syntax),
+and ``resume_checkpoint`` resumes from the newest intact checkpoint, warning which damaged one
+it passed over. ``load_model`` accepts a step directory, a run directory (its
 final checkpoint, else the latest) or a ``checkpoints/`` directory.
 """
 
@@ -22,6 +28,8 @@ import os
 import random
 import re
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,11 @@ from .config import CheckpointError, ConfigError, atomic_write_text, expand_path
 from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
 
 STEP_PREFIX = "step-"
+MANIFEST = "SHA256SUMS"
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A resume passed over a damaged checkpoint for an older intact one."""
 
 
 def step_dir_name(step: int) -> str:
@@ -53,6 +66,8 @@ def write_checkpoint(
         torch.save(obj, tmp / name)
     (tmp / "model.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -76,6 +91,71 @@ def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
             return cand
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def verify_checkpoint(step_dir: str | os.PathLike) -> list[str]:
+    """What is wrong with a step directory's files (empty: intact). With SHA256SUMS: every listed
+    file exists with its recorded sha256. Without (older checkpoints): meta.json parses and every
+    ``.pt`` archive's members match their zip CRC-32s (which catches truncation and bit flips)."""
+    d = Path(step_dir)
+    manifest = d / MANIFEST
+    problems = []
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines():
+            want, _, name = line.partition("  ")
+            f = d / name
+            if not f.is_file():
+                problems.append(f"{name} missing")
+            elif file_sha256(f) != want:
+                problems.append(f"{name} sha256 differs from {MANIFEST}")
+        if not problems:
+            return []
+    for name in ("meta.json", "model.pt"):
+        if not (d / name).is_file():
+            problems.append(f"{name} missing")
+    try:
+        json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"meta.json unreadable ({e})")
+    if not manifest.is_file():
+        for f in sorted(d.glob("*.pt")):
+            try:
+                with zipfile.ZipFile(f) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    problems.append(f"{f.name}: member {bad} fails its CRC")
+            except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+                problems.append(f"{f.name}: not a whole archive ({e})")
+    return list(dict.fromkeys(problems))
+
+
+def resume_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
+    """The newest intact checkpoint under ``ckpt_root`` (None: none at all), for resuming a run.
+
+    Newer damaged checkpoints are passed over with a ``DamagedCheckpointWarning`` naming the
+    damaged and the chosen one (they stay on disk; the resumed run overwrites them when it gets
+    there); if every checkpoint is damaged, a CheckpointError lists them."""
+    found = list_checkpoints(ckpt_root)
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None and latest not in found:
+        found.append(latest)
+    damaged = []
+    for cand in sorted(found, key=lambda p: p.name, reverse=True):
+        problems = verify_checkpoint(cand)
+        if not problems:
+            if damaged:
+                what = "; ".join(f"{p} ({', '.join(why)})" for p, why in damaged)
+                warnings.warn(
+                    f"damaged checkpoint {what}: resuming from {cand} instead", DamagedCheckpointWarning, stacklevel=2
+                )
+            return cand
+        damaged.append((cand, problems))
+    if damaged:
+        what = "; ".join(f"{p} ({', '.join(why)})" for p, why in damaged)
+        raise CheckpointError(
+            f"every checkpoint under {ckpt_root} is damaged: {what}; remove them (or overwrite=true) to start over"
+        )
+    return None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -196,9 +276,11 @@ def remove_stale_temps(ckpt_root: str | os.PathLike) -> None:
 
 
 def prune_checkpoints(ckpt_root: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints whose meta ``reasons`` is exactly
-    ``["periodic"]``; token-mark and final checkpoints are never deleted. Returns the deleted."""
-    periodic = [p for p in list_checkpoints(ckpt_root) if _read_meta(p).get("reasons") == ["periodic"]]
+    """Delete all but the newest ``keep_last`` checkpoints saved only as ``periodic`` or ``preempt``
+    (a stop on a signal); token-mark and final checkpoints are never deleted. Returns the deleted."""
+    periodic = [
+        p for p in list_checkpoints(ckpt_root) if set(_read_meta(p).get("reasons") or ["?"]) <= {"periodic", "preempt"}
+    ]
     gone = periodic[: max(len(periodic) - keep_last, 0)]
     for p in gone:
         trash = p.with_name(f".trash-{p.name}")

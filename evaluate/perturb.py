@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..core.config import ConfigError, DataError
 from ..core.dist import resolve_device
 from ..core.identity import c4_identity, predates_c4_identity, predicted_tokens, same_identity
 from ..core.likelihood import perplexity
+from ..core.lock import hold
 from ..core.model import init_stds
 from ..core.results import append_row
 from ..core.rows import Checkpoint, PerturbRow, load_rows
@@ -221,18 +223,20 @@ def track_perturb(rows: list[dict], cfg: TrackConfig, results: str) -> None:
 def run(args: argparse.Namespace) -> int:
     tags = args.tags
     check_trackers(args.log, "perturb")
-    rows = perturb_checkpoint(
-        args.checkpoint,
-        args.gammas,
-        args.seeds,
-        args.c4,
-        val_tokens=args.val_tokens,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        device=args.device,
-        results=args.results,
-        extra={"tags": tags} if tags else None,
-    )
+    lock = hold(f"{args.results}.lock", "perturb") if args.results else nullcontext()  # one writer per results file
+    with lock:
+        rows = perturb_checkpoint(
+            args.checkpoint,
+            args.gammas,
+            args.seeds,
+            args.c4,
+            val_tokens=args.val_tokens,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            device=args.device,
+            results=args.results,
+            extra={"tags": tags} if tags else None,
+        )
     if rows:
         print(
             f"base C4 perplexity {rows[0]['c4_ppl_base']:.4f} on {rows[0]['c4_tokens']} tokens ({rows[0]['checkpoint']})"

@@ -26,6 +26,10 @@ rows equal the sequential ones up to floating-point order (tests/test_sweep.py).
 keeps its weights from the step whose loss was not finite, as the sequential loop stops there.
 Rows are appended only after the whole stack has trained, so a killed stack leaves no row.
 
+SIGTERM / SIGUSR1 (a scheduler's time limit or preemption, ``core.preempt``): the LR in training
+(or the stack) finishes and records its row, then the sweep exits with code 75 before the next;
+rerunning it skips the recorded LRs.
+
 Function form for the grid runner::
 
     run_sweep(config, overrides=(), progress=True) -> list[dict]
@@ -52,6 +56,8 @@ from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
 from ..core.eta import Eta
 from ..core.identity import predates_c4_identity, same_identity
+from ..core.lock import LOCK_FILE, hold
+from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
 from .finetune import (
@@ -186,8 +192,13 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     cfg = config if isinstance(config, FinetuneConfig) else load_finetune_config(config, overrides)
     if isinstance(config, FinetuneConfig) and overrides:
         raise ConfigError("run_sweep: give overrides with a config path, or apply them to the FinetuneConfig yourself")
-    p = prepare(cfg)  # every input checked before any work
+    p = prepare(cfg)  # every input checked before any work (and before the run dir exists)
     lrs = lr_grid(cfg, p.task)
+    with hold(Path(cfg.run_dir) / LOCK_FILE, "sweep"):  # one process per sweep dir; LockHeld names the holder
+        return _run_sweep(cfg, p, lrs, progress)
+
+
+def _run_sweep(cfg: FinetuneConfig, p: Prepared, lrs: list[float], progress: bool) -> list[dict]:
     root = Path(cfg.run_dir)
     results = root / RESULTS_FILE
     base = BaseRow(
@@ -220,26 +231,8 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
     rows = {lr: next((r for d, r in done.items() if _same_lr(d, lr)), None) for lr in lrs}
     run_cfg = lambda lr: replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))  # noqa: E731
     todo = [lr for lr in lrs if rows[lr] is None]
-    if cfg.stacked and todo:
-        if progress:
-            print(
-                f"sweep {p.task.name}: {len(todo)} of {len(lrs)} LRs in one stacked pass ({', '.join(f'{lr:.3g}' for lr in todo)})",
-                file=sys.stderr,
-                flush=True,
-            )
-        p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
-        rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
-    else:
-        eta, trained = Eta(len(todo)), 0  # the sweep's ETA from the LRs trained so far in this session
-        for i, lr in enumerate(lrs):
-            if progress:
-                when = " already done" if rows[lr] else f" | {eta.text(trained)}"
-                print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){when}", file=sys.stderr, flush=True)
-            trained += rows[lr] is None
-            if rows[lr] is None:
-                p.model.load_state_dict(base_state)
-                c = run_cfg(lr)
-                rows[lr] = run_finetune(c, results, before=before, prepared=replace(p, cfg=c), progress=progress)
+    with stop_requested() as stop:  # SIGTERM/SIGUSR1: the LR in training finishes, then exit 75
+        _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress)
     out = [rows[lr] for lr in lrs]
 
     best = select(out)
@@ -257,6 +250,41 @@ def run_sweep(config: str | Path | FinetuneConfig, overrides: Sequence[str] = ()
         chosen = replace(best, selected=True, selected_from=grid, selected_by="val_id_ppl", time=time.time()).to_dict()
         append_row(results, chosen)
     return out + [chosen]
+
+
+def _stop_here(stop, task: str, left: int, lrs: Sequence[float]) -> None:
+    if stop:
+        print(f"sweep {task}: stopped on {stop.name}; exit 75: rerun the same command to resume", file=sys.stderr)
+        raise Preempted(
+            f"sweep {task}: stopped on {stop.name} with {left} of {len(lrs)} LRs left; rerun the same command to resume"
+        )
+
+
+def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress) -> None:
+    """Train the LRs lacking rows (in one stack, or one after another), filling ``rows``; a stop
+    request is honoured before each LR (or before the stack), never inside one."""
+    _stop_here(stop, p.task.name, len(todo), lrs)
+    if cfg.stacked and todo:
+        if progress:
+            print(
+                f"sweep {p.task.name}: {len(todo)} of {len(lrs)} LRs in one stacked pass ({', '.join(f'{lr:.3g}' for lr in todo)})",
+                file=sys.stderr,
+                flush=True,
+            )
+        p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
+        rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
+    else:
+        eta, trained = Eta(len(todo)), 0  # the sweep's ETA from the LRs trained so far in this session
+        for i, lr in enumerate(lrs):
+            if progress:
+                when = " already done" if rows[lr] else f" | {eta.text(trained)}"
+                print(f"sweep {p.task.name}: lr {lr:.3g} ({i + 1}/{len(lrs)}){when}", file=sys.stderr, flush=True)
+            trained += rows[lr] is None
+            if rows[lr] is None:
+                _stop_here(stop, p.task.name, sum(r is None for r in rows.values()), lrs)
+                p.model.load_state_dict(base_state)
+                c = run_cfg(lr)
+                rows[lr] = run_finetune(c, results, before=before, prepared=replace(p, cfg=c), progress=progress)
 
 
 # ------------------------------------------------------------------------------------------- CLI

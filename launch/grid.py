@@ -1,13 +1,16 @@
-"""``overtrain grid plan|run|slurm GRID [key=value ...]``: the whole study from one YAML file.
+"""``overtrain grid plan|run|slurm|submit|status GRID [key=value ...]``: the whole study from one YAML file.
 
     overtrain grid plan configs/grids/paper.yaml                  # jobs, dependencies, FLOPs, GPU-hours
     overtrain grid run demo print_report=true                     # run here, then print the report
     overtrain grid slurm paper nodes=2 gpus_per_node=8            # sbatch files + submit.sh
+    overtrain grid submit paper partition=gpu                     # write them and submit what is missing
+    overtrain grid status paper                                   # done / running / failed / waiting per job
 
 A grid (``launch.spec``) expands into jobs (``launch.plan``), each an ``overtrain`` command with
 dependencies: prepare -> pretrain -> sweep / perturb -> report. ``run`` executes them here
 (``launch.runner``: resumable, a job is skipped when its done-marker exists), ``slurm`` writes
-batch files (``launch.slurm``). Any config key of any stage can be a grid axis (``pretrain.axes``
+batch files, ``submit`` submits the unfinished jobs (rerun it at any time: finished and queued jobs
+are skipped) and ``status`` shows each job's state and log (``launch.slurm``). Any config key of any stage can be a grid axis (``pretrain.axes``
 / ``finetune.axes``: dotted key -> list of values); axis values are passed as ``key=value``
 settings and recorded in the job's run directory name and, via ``tags.*``, in every results row.
 
@@ -20,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..core.config import expand_path
+from ..core.config import expand_path, resolve_config_path
 from .plan import expand, plan_summary, print_plan
 from .runner import run_jobs
-from .slurm import write_slurm
+from .slurm import SlurmOptions, print_status, submit, write_slurm
 from .spec import GridSpec, claim_results_dir, validate_names
 
 KIND = "grids"  # the positional GRID is configs/grids/NAME.yaml or a path
@@ -42,10 +45,15 @@ class GridOptions:
     print_report: bool = False  # run: print the report table and figure paths at the end
     json: bool = False  # plan: print the summary as JSON
     quiet: bool = False  # plan: totals only
-    out: str | None = None  # slurm: output folder (None: RESULTS_DIR/slurm)
+    out: str | None = None  # slurm/submit/status: the batch files' folder (None: RESULTS_DIR/slurm)
     nodes: int = 1  # slurm: nodes per pre-training job
-    gpus_per_node: int = 8  # slurm: GPUs per node
+    gpus_per_node: int = 8  # slurm: GPUs per node (0: CPU only)
     time: str = "48:00:00"  # slurm: time limit per job
+    partition: str = ""  # slurm: --partition ("" = the cluster's default)
+    account: str = ""  # slurm: --account ("" = none)
+    setup: str = ""  # slurm: a shell line every job runs first, e.g. "module load cuda/12.1"
+    cpus_per_task: int = 0  # slurm: CPUs per task (0: 8 per GPU, 1 per process on CPU)
+    signal_s: int = 300  # slurm: USR1 this many seconds before the time limit (save, then requeue)
 
 
 OPTIONS = GridOptions
@@ -54,8 +62,9 @@ OPTIONS = GridOptions
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "action",
-        choices=["plan", "run", "slurm"],
-        help="plan: list jobs and compute; run: run them here; slurm: write sbatch files",
+        choices=["plan", "run", "slurm", "submit", "status"],
+        help="plan: list jobs and compute; run: run them here; slurm: write sbatch files; "
+        "submit: submit the unfinished jobs; status: each job's state",
     )
 
 
@@ -80,10 +89,18 @@ def run(args) -> int:
         else:
             print_plan(spec, jobs, verbose=not args.quiet)
         return 0
+    out = Path(args.out) if args.out else Path(expand_path(spec.results_dir)) / "slurm"
+    grid_file = str(resolve_config_path(args.config_path, KIND))
+    opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in fields(SlurmOptions)})
     if args.action == "slurm":
-        out = Path(args.out) if args.out else Path(expand_path(spec.results_dir)) / "slurm"
-        for p in write_slurm(spec, jobs, out, args.nodes, args.gpus_per_node, args.time):
+        for p in write_slurm(spec, jobs, out, opts, grid_file):
             print(p)
+        return 0
+    if args.action == "status":
+        return print_status(spec, jobs, out)
+    if args.action == "submit":
+        claim_results_dir(spec, args.config_path, force=args.force)
+        submit(spec, jobs, out, opts, grid_file)
         return 0
     claim_results_dir(spec, args.config_path, force=args.force)
     gpus = _visible_gpus() if args.gpus is None else args.gpus

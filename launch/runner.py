@@ -8,6 +8,11 @@ subprocesses (``python -m overtrain ...``, ``torchrun`` for multi-GPU pre-traini
 cannot take the runner down, and logs land in ``RESULTS_DIR/logs/JOB.log``. Preparation,
 pre-training, extra jobs and the report hold the whole machine; sweeps and perturbations run one
 per GPU in parallel (one at a time on CPU).
+
+Several runners on one results dir (two ``grid run`` started by hand, or on two machines sharing a
+filesystem) share the work: a runner holds a lock per running job (``core.lock``, in
+RESULTS_DIR/state/locks/), checks the done-marker again once it holds it, and waits for jobs
+another runner holds; so every job runs once. The report (never marked done) runs in each.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 from ..core.config import atomic_write_text, expand_path
 from ..core.eta import fmt_duration
+from ..core.lock import Lock, LockHeld, describe
+from ..core.preempt import EXIT_PREEMPTED
 from .plan import Job
 from .spec import GridSpec
 
@@ -64,6 +71,8 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
     running: dict[str, tuple[Job, subprocess.Popen, float, Any, Any]] = {}
     pending = list(todo)
     t_start, n_finished = time.time(), 0
+    locks: dict[str, Lock] = {}  # the job locks this runner holds (one per running job)
+    elsewhere: dict[str, str] = {}  # ready jobs another runner is running: id -> its holder
     rates = Throughput()
 
     while pending or running:
@@ -87,11 +96,21 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             if j.kind in EXCLUSIVE:
                 if running:
                     continue
-                gpu = None
-            elif free_gpus:
-                gpu = free_gpus.pop(0)
-            else:
+            elif not free_gpus:
                 continue
+            lock, why = _claim(root, j)
+            if lock is None:  # another runner has it (or finished it meanwhile)
+                if why == "done":
+                    pending.remove(j)
+                    done_ids.add(j.id)
+                    elsewhere.pop(j.id, None)
+                    print(f"  done  {j.id} (by another runner)", flush=True)
+                elif elsewhere.get(j.id) != why:
+                    elsewhere[j.id] = why
+                    print(f"  wait  {j.id}: running elsewhere ({why})", flush=True)
+                continue
+            elsewhere.pop(j.id, None)
+            gpu = None if j.kind in EXCLUSIVE else free_gpus.pop(0)
             env = dict(os.environ)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -109,13 +128,14 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
                 gpu,
                 log,
             )
+            locks[j.id] = lock
             pending.remove(j)
             if j.kind in EXCLUSIVE:
                 exclusive_running = True
-        if not running and pending:  # nothing runnable: a dependency was filtered out by only=
+        if not running and pending and not elsewhere and not _waits_on_others(pending, done_ids, elsewhere):
             print(f"  {len(pending)} jobs wait on jobs outside only={only}; stopping", flush=True)
             break
-        time.sleep(0.2)
+        time.sleep(0.2 if running or not elsewhere else 1.0)
         for jid, (job, proc, t0, gpu, log) in list(running.items()):
             rc = proc.poll()
             if rc is None:
@@ -127,6 +147,7 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             n_finished += 1
             if rc == 0 and job.mark_done and job.done is not None:
                 atomic_write_text(job.done, json.dumps({"job": jid, "finished": time.time()}) + "\n")
+            locks.pop(jid).release()  # after the done-marker: another runner then sees it done
             if rc == 0 and (job.done is None or job.done.exists()):
                 done_ids.add(jid)
                 rates.finished(job, time.time() - t0)
@@ -140,12 +161,37 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             else:
                 failed.add(jid)
                 why = f"exit {rc}" if rc else f"exit 0 but {job.done} is missing"
+                if rc == EXIT_PREEMPTED:
+                    why += ": stopped on a signal after saving its state; run the grid again to resume"
                 print(f"  FAIL  {jid} ({why}); log: {_log_path(root, job)}\n{_tail(_log_path(root, job))}", flush=True)
     print(f"grid '{spec.name}': finished in {time.time() - t_start:.0f}s; {len(failed)} failed", flush=True)
     return 1 if failed else 0
 
 
 EXCLUSIVE = ("prepare", "pretrain", "report", "extra")
+
+
+def job_lock_path(root: Path, job: Job) -> Path:
+    return root / "state" / "locks" / (job.id.replace("/", "__") + ".lock")
+
+
+def _claim(root: Path, job: Job) -> tuple[Lock | None, str]:
+    """This runner's lock on ``job`` (None with why: "done" when another runner finished it
+    meanwhile, else who holds it). The done-marker is checked again under the lock, so two
+    runners never both start a job."""
+    try:
+        lock = Lock(job_lock_path(root, job), f"grid job {job.id}").acquire()
+    except LockHeld as e:
+        return None, describe(e.holder)
+    if is_done(job):
+        lock.release()
+        return None, "done"
+    return lock, ""
+
+
+def _waits_on_others(pending: list[Job], done_ids: set[str], elsewhere: dict[str, str]) -> bool:
+    """Whether a pending job waits (directly) on a job another runner is running."""
+    return any(d in elsewhere for j in pending for d in j.after)
 
 
 class Throughput:

@@ -193,10 +193,10 @@ def validate_names(spec: GridSpec, where: str) -> None:
 
 
 def config_path(path: str) -> str:
-    """A stage config path as given, else relative to the repository root."""
+    """A stage config path (absolute) as given, else relative to the repository root."""
     p = Path(expand_path(path))
     if p.is_file():
-        return str(p)
+        return str(p.resolve())  # absolute: batch jobs start elsewhere
     q = CONFIG_ROOT.parent / path
     return str(q) if q.is_file() else str(p)
 

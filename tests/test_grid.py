@@ -147,3 +147,31 @@ def test_ablation_grids_plan(path, tmp_path):
             assert any(f"{key}={v}" in j.argv for j in jobs), (key, v)
     if spec.pretrain.intermediate_tokens:
         assert any("@tokens=" in j.info.get("checkpoint", "") for j in jobs)
+
+
+def test_status_without_a_scheduler_tells_done_failed_cancelled_waiting(tmp_path, monkeypatch):
+    from overtrain.launch import slurm
+
+    spec = load_grid(DEMO, [f"results_dir={tmp_path}"])
+    jobs = expand(spec)
+    out = tmp_path / "slurm"
+    out.mkdir()
+    pt, sweep = next(j for j in jobs if j.kind == "pretrain"), next(j for j in jobs if j.kind == "sweep")
+    (out / "submitted.json").write_text(json.dumps({"prepare": "7", pt.id: "8", sweep.id: "9_0"}))
+    (tmp_path / "data" / "c4").mkdir(parents=True)
+    (tmp_path / "data" / "c4" / "meta.json").write_text("{}")  # prepare's done-marker
+    slurm.log_dir(spec).mkdir(parents=True)
+    slurm.log_path(spec, pt, "8").write_text("Traceback ...\n")
+    monkeypatch.setattr(slurm, "queue_states", lambda: {})  # nothing queued any more
+    states = {r["job"]: r["state"] for r in slurm.job_states(spec, jobs, out)}
+    assert states["prepare"] == "done" and states[pt.id] == "failed" and states[sweep.id] == "cancelled"
+    assert states["report"] == "waiting"
+    assert slurm.print_status(spec, jobs, out) == 1
+
+    # A running pre-training job: the ETA from its last logged throughput.
+    monkeypatch.setattr(slurm, "queue_states", lambda: {"8": "RUNNING"})
+    metrics = Path(pt.info["run_dir"]) / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"step": 1, "tokens": 1000, "tokens_per_sec": 100.0}) + "\n")
+    row = next(r for r in slurm.job_states(spec, jobs, out) if r["job"] == pt.id)
+    assert row["state"] == "running" and row["eta_s"] == (pt.info["tokens"] - 1000) / 100.0

@@ -9,6 +9,7 @@ Every rank of a torchrun builds a ``Trainer`` from the same ``Plan``; rank 0 wri
                 log       every log.every_steps, the first step of a session, and the last
                 evaluate  every eval.every_steps and the last step (C4 validation perplexity)
                 save      every checkpoint.every_steps, at checkpoint.at_tokens marks, and the last
+                stop      on SIGTERM/SIGUSR1: checkpoint this step, exit 75 (``core.preempt``)
     finish      summary.json, written last: its presence means the run finished
 
 Exact resume: a checkpoint holds the weights, the optimizer state and every rank's RNG state
@@ -45,6 +46,7 @@ from ..core.config import CheckpointError, atomic_write_text, expand_path, to_di
 from ..core.likelihood import lm_loss, perplexity
 from ..core.model import build_model, count_params, flops_per_token
 from ..core.optim import build_optimizer as core_build_optimizer
+from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
 from ..core.step import StepStats, train_step, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
 from .tracking import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
@@ -187,22 +189,49 @@ class Trainer:
         self.last_eval: dict | None = None  # the latest evaluation row: into checkpoint meta and the summary
 
     def run(self) -> dict:
-        """Train from the resumed step to the last one; then write and return the summary."""
-        try:
-            for step in range(self.resumed.step, self.plan.steps):
-                stats = self.step(step)
-                done = step + 1  # steps completed
-                if self.due(done, self.cfg.log.every_steps) or done == self.resumed.step + 1:
-                    self.log_step(done, stats)
-                if self.due(done, self.cfg.eval.every_steps):
-                    self.evaluate(done)  # before the checkpoint, whose meta records it
-                reasons = self.checkpoint_reasons(done)
-                if reasons:
-                    self.checkpoint(done, reasons)
-        finally:
-            self.progress.close()
-            self.batches.close()
+        """Train from the resumed step to the last one; then write and return the summary.
+
+        SIGTERM / SIGUSR1 (``core.preempt``): the current step finishes, a checkpoint is written
+        at it (reason ``preempt``) and ``Preempted`` exits the process with code 75."""
+        with stop_requested() as stop:
+            try:
+                for step in range(self.resumed.step, self.plan.steps):
+                    stats = self.step(step)
+                    done = step + 1  # steps completed
+                    if self.due(done, self.cfg.log.every_steps) or done == self.resumed.step + 1:
+                        self.log_step(done, stats)
+                    if self.due(done, self.cfg.eval.every_steps):
+                        self.evaluate(done)  # before the checkpoint, whose meta records it
+                    reasons = self.checkpoint_reasons(done)
+                    if reasons:
+                        self.checkpoint(done, reasons)
+                    if done < self.plan.steps and self.stop_agreed(stop):
+                        self.preempt(done, saved=bool(reasons), why=stop.name or "a stop on another rank")
+            finally:
+                self.progress.close()
+                self.batches.close()
         return self.finish()
+
+    def stop_agreed(self, stop) -> bool:
+        """Whether any rank was asked to stop (one all-reduce under torchrun: all ranks stop at the same step)."""
+        if not self.info.distributed:
+            return bool(stop)
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def preempt(self, done: int, saved: bool, why: str) -> None:
+        """Checkpoint step ``done`` (unless this step already saved one) and exit with ``EXIT_PREEMPTED``."""
+        if not saved:
+            self.checkpoint(done, ["preempt"])
+        self.logger.close()
+        path = self.ckpt_root / step_dir_name(done)
+        say(
+            self.info,
+            f"pretrain: stopped on {why} after step {done:,} of {self.plan.steps:,}; saved {path}; "
+            f"exit {EXIT_PREEMPTED}: rerun the same command to resume",
+        )
+        raise Preempted(f"pretrain: preempted at step {done} ({path}); rerun the same command to resume")
 
     def due(self, done: int, every: int) -> bool:
         """Every ``every`` steps (0 = never) and at the last step."""

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core import dist
-from ..core.checkpoint import latest_checkpoint, remove_stale_temps
+from ..core.checkpoint import latest_checkpoint, remove_stale_temps, resume_checkpoint
 from ..core.config import (
     ConfigError,
     DataError,
@@ -43,6 +44,7 @@ from ..core.config import (
     save_config,
     to_dict,
 )
+from ..core.lock import LOCK_FILE, hold
 from ..core.model import ModelSpec, load_model_spec
 from ..core.schedule import Schedule, ScheduleConfig
 from ..data.c4 import open_for_model
@@ -293,7 +295,7 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
                 f"{saved_path}: the run directory holds a different run ({lines}); "
                 "use another run_dir, or overwrite=true to discard it"
             )
-    return latest_checkpoint(run_dir / "checkpoints")
+    return resume_checkpoint(run_dir / "checkpoints")  # the newest intact one
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -302,7 +304,17 @@ def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | N
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, where: str = "config") -> dict:
     """Run (or resume) one pre-training run; returns the summary dict (on every rank)."""
     info = dist.env_info()
+    run_dir = Path(expand_path(cfg.run_dir))
+    seen = latest_checkpoint(run_dir / "checkpoints")
     plan = plan_run(cfg, info.world_size, overwrite, where)  # every rank checks, before any process group
+    # One run in a run dir at a time: rank 0 holds the lock (a second run fails here, naming the holder).
+    with hold(run_dir / LOCK_FILE, "pretrain") if info.is_main else nullcontext():
+        if info.is_main and (latest_checkpoint(run_dir / "checkpoints") != seen or (run_dir / SUMMARY_FILE).exists()):
+            plan = plan_run(cfg, info.world_size, overwrite, where)  # a previous holder moved on meanwhile
+        return _pretrain(plan, info, overwrite, where)
+
+
+def _pretrain(plan: Plan, info: dist.DistInfo, overwrite: bool, where: str) -> dict:
     try:
         device = dist.resolve_device(plan.cfg.device, info)
     except ValueError as e:

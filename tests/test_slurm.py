@@ -1,0 +1,247 @@
+"""A grid on a real Slurm: a one-node cluster (munged, slurmctld, slurmd on this host, CPU only)
+started by the fixture, the grid submitted with ``grid submit`` (prepare-data, pre-training via
+srun + torchrun with gloo, the sweep and perturbation array, the report), the pre-training job
+signalled mid-run as Slurm does before a time limit: it saves, requeues, resumes, and the rows
+equal those of ``grid run``. Needs root and Debian's slurm-wlm + munge (``.ci/run`` installs them);
+without them these tests skip, saying so."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from overtrain.core.config import data_root
+from overtrain.core.results import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "srun")
+HOW = "apt-get install -y slurm-wlm munge (as root; .ci/run does this)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, ok, timeout: float, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = ok()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+SLURM_CONF = """ClusterName=overtrain-test
+SlurmctldHost={host}
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={sock}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+JobRequeue=1
+KillWait=30
+MinJobAge=600
+NodeName={host} CPUs={cpus} RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """SLURM_CONF of a fresh one-node cluster on this host (its daemons stop after the module)."""
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if missing or os.geteuid() != 0:
+        why = f"missing {', '.join(missing)}" if missing else "not root"
+        pytest.skip(f"real-Slurm tests skipped ({why}); to run them: {HOW}")
+    root = Path(f"/tmp/ot-slurm-{os.getpid()}")  # short: a unix socket path is at most 107 bytes
+    shutil.rmtree(root, ignore_errors=True)
+    for d in ("state", "spool", "munge"):
+        (root / d).mkdir(parents=True)
+    (root / "munge").chmod(0o700)
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    sock = root / "munge" / "munge.sock"
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(
+        SLURM_CONF.format(
+            host=host, ctld_port=_free_port(), d_port=_free_port(), sock=sock, root=root, cpus=os.cpu_count()
+        )
+    )
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    procs = []
+    try:
+        munge = [
+            "munged", "-F", "--force", f"--socket={sock}", f"--key-file={key}",
+            f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log", f"--seed-file={root}/munge.seed",
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(munge, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait("munged", sock.exists, 20, 0.1)
+        for daemon in (["slurmctld", "-D", "-c"], ["slurmd", "-D", "-c"]):
+            procs.append(subprocess.Popen(daemon, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        def idle():
+            r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+            return r.returncode == 0 and r.stdout.strip() == "idle"
+
+        _wait("the node to come up idle", idle, 60)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "--user=root"], env=env, capture_output=True)
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _grid(tmp_path: Path, results: Path) -> Path:
+    c4 = data_root() / "c4"
+    grid = {
+        "name": "slurm-test",
+        "results_dir": str(results),
+        "prepare": {
+            "train": [str(c4 / "c4-sample.00000-of-00001.json.gz")],
+            "val": [str(c4 / "c4-sample.01.json.gz")],
+            "out": "data/c4",
+            "args": ["max_docs=40"],
+        },
+        "pretrain": {
+            "config": "configs/pretrain/demo.yaml",
+            "models": ["tiny"],
+            "budgets": ["10K"],  # 78 steps of 128 tokens
+            "gpus": 2,  # torchrun, two gloo processes
+            "overrides": [
+                "global_batch_size=4",
+                "micro_batch_size=2",
+                "seq_len=32",
+                "schedule.warmup_tokens=512",
+                "eval.every_steps=1000",
+                "eval.val_tokens=256",
+                "checkpoint.every_steps=1000",
+                "log.every_steps=1",
+            ],
+        },
+        "finetune": {
+            "config": "configs/finetune/demo.yaml",
+            "tasks": ["rte"],
+            "lrs": [1.0e-3],
+            "overrides": ["max_examples={train: 16, validation: 8, test: 8}", "c4_max_tokens=256"],
+        },
+        "perturb": {"gammas": [0.5], "seeds": [0], "val_tokens": 256},
+        "hardware": {"name": "CPU", "peak_tflops": 0.1, "mfu": 0.3},
+    }
+    path = tmp_path / f"{results.name}.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def _overtrain(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "overtrain", *args], cwd=REPO, env=env, capture_output=True, text=True, **kw
+    )
+
+
+def _comparable(rows: list[dict]) -> list[tuple]:
+    """The measured numbers of every row, without paths, times and hashes of paths."""
+    keep = ("kind", "task", "lr", "selected", "gamma", "noise_seed", "val_id_ppl", "test_id_ppl", "c4_ppl_after")
+    keep += ("c4_ppl_base", "c4_ppl", "checkpoint_sha256", "checkpoint_step")
+    return sorted(tuple((k, r.get(k)) for k in keep) for r in rows)
+
+
+def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
+    env = dict(slurm, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    results = tmp_path / "on-slurm"
+    grid = _grid(tmp_path, results)
+    opts = ["gpus_per_node=0", "partition=debug", "time=00:10:00", "signal_s=60"]
+
+    bad = _overtrain(["grid", "submit", str(grid), "partition=nosuch"], env)
+    assert bad.returncode == 2 and "no such Slurm partition" in bad.stderr and not (results / "slurm").exists()
+    nosbatch = _overtrain(["grid", "submit", str(grid)], dict(env, PATH="/nonexistent"))
+    assert nosbatch.returncode == 2 and "sbatch is not on PATH" in nosbatch.stderr
+
+    sub = _overtrain(["grid", "submit", str(grid), *opts], env)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    record = json.loads((results / "slurm" / "submitted.json").read_text())
+    assert set(record) == {"prepare", "pretrain/tiny_10K", "sweep/tiny_10K_final_rte", "perturb/tiny_10K", "report"}
+
+    # Resubmitting at once submits nothing: every job is queued already.
+    again = _overtrain(["grid", "submit", str(grid), *opts], env)
+    assert again.returncode == 0 and "0 jobs submitted" in again.stdout, again.stdout + again.stderr
+
+    # Signal the pre-training job mid-run, as Slurm does signal_s seconds before its time limit.
+    pt = record["pretrain/tiny_10K"]
+    metrics = results / "pretrain" / "tiny_10K" / "metrics.jsonl"
+    _wait(
+        "a few pre-training steps", lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 5, 300, 0.05
+    )
+    subprocess.run(["scancel", "--signal=USR1", "--batch", pt], env=env, check=True)
+
+    def requeued():
+        q = subprocess.run(["squeue", "-h", "-j", pt, "-o", "%T %r"], env=env, capture_output=True, text=True).stdout
+        return q.startswith("PENDING")
+
+    _wait("the job to requeue", requeued, 120, 0.2)
+    subprocess.run(["scontrol", "update", f"JobId={pt}", "StartTime=now"], env=env, check=True)  # skip requeue's hold
+
+    def finished():
+        st = _overtrain(["grid", "status", str(grid), *opts], env)
+        states = dict(
+            line.split()[:2] for line in st.stdout.splitlines() if not line.startswith("grid ") and line.strip()
+        )
+        assert "failed" not in states.values(), st.stdout + "".join(
+            p.read_text()[-2000:] for p in (results / "logs" / "slurm").glob("*.out")
+        )
+        return states and all(s == "done" for s in states.values())
+
+    _wait("the grid to finish on Slurm", finished, 600, 2)
+    log = next((results / "logs" / "slurm").glob(f"pt-tiny_10K-{pt}.out")).read_text()
+    assert "requeueing" in log and "stopped on SIGUSR1 after step" in log, log[-3000:]
+    summary = json.loads((results / "pretrain" / "tiny_10K" / "summary.json").read_text())
+    assert summary["resumes"] == 1 and summary["world_size"] == 2
+    assert (results / "report" / "report.md").is_file()
+
+    # The same grid with `grid run`: the same rows (bit-identical checkpoints, so the same hashes).
+    here = tmp_path / "here"
+    run = _overtrain(["grid", "run", str(_grid(tmp_path, here)), "gpus=0"], env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    a, b = read_rows(results), read_rows(here)
+    assert len(a) == len(b) > 0
+    assert _comparable(a) == _comparable(b)
+    ref = json.loads((here / "pretrain" / "tiny_10K" / "summary.json").read_text())
+    assert summary["c4_val_ppl"] == ref["c4_val_ppl"]
+
+    # Everything is done: a resubmission submits nothing.
+    done = _overtrain(["grid", "submit", str(grid), *opts], env)
+    assert done.returncode == 0 and "0 jobs submitted" in done.stdout
