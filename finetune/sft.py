@@ -1,0 +1,288 @@
+"""``overtrain sft MODEL data=... out=... [key=value ...]``: instruction-tune one suite member (SFT).
+
+    overtrain sft allenai/OLMo-1B-hf revision=step20000-tokens84B data=allenai/tulu-v2-sft-mixture out=runs/sft/84B
+    overtrain sft runs/suite/step5-tokens1K data='${OVERTRAIN_DATA}/gsm8k/train.jsonl' max_examples=32 out=runs/sft/1K
+
+MODEL is a suite member (``core.suite``): a local transformers directory, or a hub repository with
+``revision=`` (or ``repo@revision``). The model runs as itself through transformers
+(``AutoModelForCausalLM``, any size), not through the muP wrapper. Order of work:
+
+1. check everything before any work: the config, the member (missing directory / unknown revision /
+   architecture transformers cannot load: ``core.suite.check_loadable``), the chat data (every record,
+   ``data.chat``: a record without an assistant turn is one error naming file:line), the output;
+2. render the records (the tokenizer's chat template, else TULU's), loss on assistant tokens only;
+3. train with THE step core (``core.step.train_step``) and ``sft_loss``: summed cross-entropy over the
+   assistant tokens from the model's logits, divided by the global count of assistant tokens per step;
+   AdamW, warmup then linear (or cosine) decay to 0 (``core.schedule.lr_factor``);
+4. save model + tokenizer (``save_pretrained``) and ``overtrain_suite.json`` (``core.suite``) in a
+   temporary directory, then rename it to ``out`` (atomic); append one ``kind: sft`` row to ``results``.
+
+``out`` holding ``overtrain_suite.json`` with an ``sft`` config is finished: a rerun with the same
+settings is skipped ("already done"; it appends the results row if that is missing), other settings
+are an error, ``overwrite=true`` replaces it. Deterministic given ``seed`` on one device (batch order
+from numpy's generator; torch seeded). One process, one device: several GPUs (accelerate/FSDP) are not
+supported yet; a 1B model in fp32 weights + AdamW states needs ~16 GB, a 7B one ~112 GB.
+
+Defaults (marked choices): Amuro & Char fine-tune OLMo-1B checkpoints on TULU with 5 epochs, batch 8,
+LR 2e-6, which we take; the catastrophic-overtraining paper's own SFT table is not in our sources.
+Warmup 3% and linear decay, AdamW (0.9, 0.999) without weight decay, clip 1.0 and max_seq_len 2048 are
+open-instruct's TULU defaults as we know them, not checked against the papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.config import ConfigError, replace_dir, to_dict
+from ..core.dist import resolve_device
+from ..core.optim import build_optimizer
+from ..core.results import append_row, read_rows
+from ..core.schedule import lr_factor
+from ..core.step import train_step
+from ..core.suite import (
+    PROVENANCE_FILE,
+    check_loadable,
+    member_provenance,
+    parse_member,
+    read_provenance,
+    resolve_member,
+    write_provenance,
+)
+from ..data.chat import ChatEncoding, encode_chat, load_chat
+
+ROW_KIND = "sft"
+
+
+@dataclass
+class SFTConfig:
+    data: str = (
+        ""  # chat data: a .jsonl/.json file (TULU messages, Anthropic-HH chosen, question/answer) or hub NAME[:SPLIT]
+    )
+    out: str = ""  # the transformers directory to write (model, tokenizer, overtrain_suite.json)
+    revision: str | None = None  # hub revision of MODEL (or write MODEL as repo@revision); None for a local directory
+    tokens: int | None = None  # pre-training tokens of MODEL; None: parsed from the revision / directory name
+    lr: float = 2e-6  # peak LR (marked choice: Amuro & Char's OLMo-1B TULU SFT)
+    epochs: int = 5  # passes over the chat records (marked choice: Amuro & Char)
+    batch_size: int = 8  # records per optimizer step (marked choice: Amuro & Char)
+    micro_batch_size: int = 8  # records per forward (gradient accumulation; same result up to float rounding)
+    max_seq_len: int = 2048  # tokens per record, longer ones cut (capped at the model's max_position_embeddings)
+    max_examples: int | None = None  # use only the first N records of data
+    warmup: float = 0.03  # warmup as a fraction of the steps (marked choice: open-instruct's TULU default)
+    schedule: Literal["linear", "cosine"] = "linear"  # decay to 0 after warmup (marked choice: linear)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (marked choice: none)
+    optimizer: Literal["adamw"] = "adamw"  # torch AdamW, betas (0.9, 0.999), eps 1e-8 (marked choice)
+    grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
+    seed: int = 0  # batch order and torch's RNG
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: fp32 weights, bf16 autocast on CUDA
+    results: str | None = None  # append one 'sft' row (provenance + training stats) to this results.jsonl
+    overwrite: bool = False  # replace a finished out (else a finished out is skipped)
+    log_every: int = 10  # a progress line every N steps (0 = none)
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("data= is required (a chat JSONL/JSON file or a hub dataset name)")
+        if not self.out:
+            raise ValueError("out= is required (the directory to write)")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError("lr must be > 0; epochs, batch_size and micro_batch_size >= 1")
+        if self.max_seq_len < 2 or (self.max_examples is not None and self.max_examples < 1):
+            raise ValueError("max_seq_len must be >= 2 and max_examples >= 1")
+        if not 0 <= self.warmup < 1 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("warmup must be in [0, 1); weight_decay and grad_clip >= 0")
+
+
+CONFIG = SFTConfig
+
+# Settings that change no result: left out of the recorded config that a rerun is compared with.
+NOT_RESULT = ("out", "results", "overwrite", "device", "log_every")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", help="suite member: a local transformers directory, or hub repo (revision=, or repo@rev)"
+    )
+
+
+def recorded_config(model: str, cfg: SFTConfig) -> dict:
+    """The ``sft`` entry of the provenance: MODEL and every setting that changes the result."""
+    return {"model": model, **{k: v for k, v in to_dict(cfg).items() if k not in NOT_RESULT}}
+
+
+def finished(out: Path) -> dict | None:
+    """The provenance of a finished SFT output ``out``, or None when there is none."""
+    if not (out / PROVENANCE_FILE).is_file():
+        return None
+    prov = read_provenance(out)
+    return prov if prov.get("sft") else None
+
+
+def check_out(out: Path, recorded: dict, overwrite: bool) -> dict | None:
+    """The provenance when ``out`` is finished with these settings (skip); raise if it holds anything else."""
+    if overwrite or not out.exists():
+        return None
+    prov = finished(out)
+    if prov is None:
+        raise ConfigError(f"out={out}: exists and is not a finished SFT output; overwrite=true replaces it")
+    diff = sorted(k for k in set(recorded) | set(prov["sft"]) if recorded.get(k) != prov["sft"].get(k))
+    if diff:
+        changes = ", ".join(f"{k}: {prov['sft'].get(k)!r} -> {recorded.get(k)!r}" for k in diff)
+        raise ConfigError(f"out={out}: finished with other settings ({changes}); overwrite=true replaces it")
+    return prov
+
+
+def sft_loss(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over targets y >= 0, their count) from a transformers causal LM's logits.
+
+    Like ``core.likelihood.lm_loss``; x is right-padded (a causal model's earlier positions never
+    see the padding, so no attention mask is needed). fp32 softmax whatever the autocast dtype.
+    """
+    logits = model(input_ids=x).logits
+    mask = y >= 0
+    loss = F.cross_entropy(logits[mask].float(), y[mask], reduction="sum")
+    return loss, mask.sum()
+
+
+def micro_batches(
+    enc: ChatEncoding, order: np.ndarray, micro: int, pad_id: int, device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) per micro-batch of the records ``order``: x = ids[:-1], y = labels[1:], right-padded."""
+    out = []
+    for i in range(0, len(order), micro):
+        rows = order[i : i + micro]
+        width = max(len(enc.ids[r]) for r in rows) - 1
+        x = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        y = torch.full((len(rows), width), -100, dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids, labels = enc.ids[r], enc.labels[r]
+            x[j, : len(ids) - 1] = torch.tensor(ids[:-1])
+            y[j, : len(ids) - 1] = torch.tensor(labels[1:])
+        out.append((x.to(device), y.to(device)))
+    return out
+
+
+def train_sft(model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=None) -> dict:
+    """Train ``model`` in place over ``cfg.epochs`` passes of ``enc``; returns the training stats."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    n = len(enc.ids)
+    per_epoch = math.ceil(n / cfg.batch_size)  # the last batch of an epoch may be smaller
+    total = per_epoch * cfg.epochs
+    warmup = min(int(math.floor(cfg.warmup * total + 0.5)), total - 1)
+    opt = build_optimizer(model.named_parameters(), cfg.lr, weight_decay=cfg.weight_decay, mup=False)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padded inputs are never targets
+    losses, epoch_losses, tokens, inputs, step = [], [], 0, 0, 0
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(n)
+        sums = []
+        for b in range(per_epoch):
+            batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            mbs = micro_batches(enc, batch, cfg.micro_batch_size, pad_id, device)
+            factor = lr_factor(step, total, warmup, cfg.schedule, 0.0)
+            stats = train_step(model, opt, mbs, factor, cfg.grad_clip, cfg.precision, sft_loss)
+            if not math.isfinite(stats.loss):
+                raise FloatingPointError(f"SFT diverged at step {step + 1}: loss {stats.loss}")
+            losses.append(stats.loss)
+            sums.append((stats.loss * stats.tokens, stats.tokens))
+            tokens += stats.tokens
+            inputs += sum(len(enc.ids[r]) - 1 for r in batch)
+            step += 1
+            if log and cfg.log_every and (step % cfg.log_every == 0 or step == total):
+                log(f"step {step}/{total} | epoch {epoch + 1} | loss {stats.loss:.4f} | lr {stats.lr:.3g}")
+        epoch_losses.append(sum(s for s, _ in sums) / max(sum(t for _, t in sums), 1))
+    wall = time.perf_counter() - t0
+    return {
+        "steps": step,
+        "examples": n,
+        "dropped": enc.dropped,
+        "truncated": enc.truncated,
+        "target_tokens": tokens,
+        "input_tokens": inputs,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "epoch_losses": epoch_losses,
+        "wall_s": wall,
+        "input_tokens_per_s": inputs / wall if wall > 0 else None,
+    }
+
+
+def _row(out: Path, prov: dict) -> dict:
+    return {"kind": ROW_KIND, "out": str(out), **prov}
+
+
+def _ensure_row(results: str | None, out: Path, prov: dict) -> bool:
+    """Append the row of ``out`` unless ``results`` already has one (a rerun after a kill between save and row)."""
+    if not results:
+        return False
+    if Path(results).exists() and any(
+        r.get("kind") == ROW_KIND and r.get("out") == str(out) for r in read_rows(results, warn=False)
+    ):
+        return False
+    append_row(results, _row(out, prov))
+    return True
+
+
+def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
+    """The command as a function: returns the provenance written to ``cfg.out`` (or found there)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    member = parse_member(model_ref, tokens=cfg.tokens, revision=cfg.revision)
+    out = Path(cfg.out).absolute()
+    recorded = recorded_config(member.ref, cfg)
+    done = check_out(out, recorded, cfg.overwrite)
+    if done is not None:
+        _ensure_row(cfg.results, out, done)
+        log(f"sft: {out} already done (overwrite=true redoes it)")
+        return done
+    path = resolve_member(member)  # checks config.json (check_loadable) before the weights
+    records = load_chat(cfg.data, cfg.max_examples)  # every record checked before any work
+    device = resolve_device(cfg.device)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
+    max_len = min(cfg.max_seq_len, getattr(model.config, "max_position_embeddings", None) or cfg.max_seq_len)
+    enc = encode_chat(tokenizer, records, max_len)
+    prov = member_provenance(member, path)
+    if cfg.tokens is not None:
+        prov["pretrain_tokens"] = cfg.tokens
+    log(
+        f"sft: {member.ref} ({prov['pretrain_tokens'] or '?'} pre-training tokens) on {len(enc.ids)} records of "
+        f"{cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, on {device}"
+    )
+    stats = train_sft(model, tokenizer, enc, cfg, device, log)
+    stats["max_seq_len"] = max_len
+    prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
+
+    tmp = out.with_name(f".{out.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        write_provenance(tmp, prov)
+        check_loadable(tmp)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _ensure_row(cfg.results, out, prov)
+    log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
+    return prov
+
+
+def run(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr if msg.startswith("step ") else sys.stdout, flush=True)
+
+    run_sft(args.model, args.config, log)
+    return 0
