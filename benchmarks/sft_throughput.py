@@ -59,7 +59,12 @@ def ours(path: Path, enc, args) -> dict:
     t0 = time.perf_counter()
     stats = train_sft(model, tok, enc, cfg, torch.device(args.device))
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "tokens": stats["input_tokens"], "loss_first": stats["loss_first"], "loss_last": stats["loss_last"]}
+    return {
+        "wall_s": wall,
+        "tokens": stats["input_tokens"],
+        "loss_first": stats["loss_first"],
+        "loss_last": stats["loss_last"],
+    }
 
 
 def trainer(path: Path, enc, args, tmp: Path) -> dict:

@@ -1,7 +1,8 @@
 """Chat (instruction-tuning) data: records of turns, rendered into token ids with loss on assistant turns only.
 
 Sources (``load_chat``): a local ``.jsonl`` / ``.json`` file (optionally ``.gz``), or a hub dataset
-``NAME`` / ``NAME:SPLIT`` (default split ``train``) read with ``datasets.load_dataset``. Each record is
+``NAME`` / ``NAME:SPLIT`` (default split ``train``) read with ``datasets.load_dataset`` (which also
+takes a local dataset directory, e.g. one holding ``train.jsonl``). Each record is
 one of (detected per record):
 
 - Anthropic-HH: ``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ..."}``, split at the
@@ -155,7 +156,10 @@ def load_chat(source: str | os.PathLike, max_examples: int | None = None) -> lis
     """Every record of ``source`` (first ``max_examples``), validated; a file path or a hub ``NAME[:SPLIT]``."""
     text = expand_path(source)
     path = Path(text)
-    local = path.exists() or text.endswith((".jsonl", ".json", ".gz")) or text.startswith(("/", "."))
+    folder = path.is_dir() or Path(text.rpartition(":")[0] or text).is_dir()  # a local dataset dir[:SPLIT]
+    local = path.is_file() or (
+        not folder and (text.endswith((".jsonl", ".json", ".gz")) or text.startswith(("/", ".", "~")))
+    )
     if local and not path.is_file():
         raise DataError(f"{path}: no such chat data file")
     rows = _local_rows(path, max_examples) if local else _hub_rows(text, max_examples)
@@ -221,7 +225,7 @@ def assistant_spans(tokenizer, messages: list[dict], where: str = "") -> tuple[s
 def render(tokenizer, record: ChatRecord, max_seq_len: int) -> tuple[list[int], list[int], bool]:
     """(ids, labels, truncated) of one record: labels = ids on assistant tokens, -100 elsewhere."""
     text, spans = assistant_spans(tokenizer, record.messages, record.where)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     labels = [
         tok if any(a <= start < b for a, b in spans) and end > start else -100

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.config import ConfigError, replace_dir, to_dict
+from ..core.config import ConfigError, expand_path, replace_dir, to_dict
 from ..core.dist import resolve_device
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
@@ -239,11 +239,12 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     member = parse_member(model_ref, tokens=cfg.tokens, revision=cfg.revision)
-    out = Path(cfg.out).absolute()
+    out = Path(expand_path(cfg.out)).absolute()
+    results = expand_path(cfg.results) if cfg.results else None
     recorded = recorded_config(member.ref, cfg)
     done = check_out(out, recorded, cfg.overwrite)
     if done is not None:
-        _ensure_row(cfg.results, out, done)
+        _ensure_row(results, out, done)
         log(f"sft: {out} already done (overwrite=true redoes it)")
         return done
     path = resolve_member(member)  # checks config.json (check_loadable) before the weights
@@ -275,7 +276,7 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _ensure_row(cfg.results, out, prov)
+    _ensure_row(results, out, prov)
     log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
     return prov
 

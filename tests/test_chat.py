@@ -72,6 +72,25 @@ def test_formats(tmp_path):
     assert [r.messages for r in again] == [r.messages for r in got]
 
 
+def test_dataset_names_go_through_datasets(tmp_path):
+    """A name that is not a file goes to ``datasets.load_dataset`` (offline: a local dataset directory)."""
+    folder = tmp_path / "chatset"
+    folder.mkdir()
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(3)
+    ]
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "test.jsonl", rows[:1])
+    got = load_chat(str(folder), max_examples=2)
+    assert [r.messages for r in got] == [r["messages"] for r in rows[:2]] and got[
+        1
+    ].where == f"{folder}[train] record 1"
+    assert len(load_chat(f"{folder}:test")) == 1
+    with pytest.raises(DataError, match=f"{folder}:nope: cannot load hub dataset"):
+        load_chat(f"{folder}:nope")
+
+
 def test_gsm8k_chat_is_real_data():
     records = gsm8k_chat(32)
     assert len(records) == 32 and all(len(r.messages) == 2 for r in records)
