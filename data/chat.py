@@ -199,23 +199,26 @@ def chat_template_of(tokenizer) -> str:
     return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
 
 
-def _text(tokenizer, template: str, messages: list[dict], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-    )
+def _text(tokenizer, template: str, messages: list[dict], generation_prompt: bool, where: str) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as e:  # a template that refuses these turns (jinja raise_exception, a role it lacks)
+        raise DataError(f"{where}: the chat template cannot render this record: {type(e).__name__}: {e}") from None
 
 
 def assistant_spans(tokenizer, messages: list[dict], where: str = "") -> tuple[str, list[tuple[int, int]]]:
     """(rendered text, character spans of the assistant turns in it); see the module doc."""
     template = chat_template_of(tokenizer)
-    full = _text(tokenizer, template, messages, False)
+    full = _text(tokenizer, template, messages, False, where)
     spans = []
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = _text(tokenizer, template, messages[: k + 1], False)
+        prefix = _text(tokenizer, template, messages[: k + 1], False, where)
         # G(0) (no turns yet) is not renderable by every template: an opening assistant turn starts at its content
-        start = len(_text(tokenizer, template, messages[:k], True)) if k else max(prefix.rfind(m["content"]), 0)
+        start = len(_text(tokenizer, template, messages[:k], True, where)) if k else max(prefix.rfind(m["content"]), 0)
         if not full.startswith(prefix) or start > len(prefix):
             raise DataError(f"{where}: the chat template does not render the first {k + 1} turns as a prefix")
         spans.append((start, len(prefix)))
@@ -239,6 +242,10 @@ def encode_chat(tokenizer, records: list[ChatRecord], max_seq_len: int) -> ChatE
     """Render every record (see ``render``); drop those without a labelled target after the first token."""
     if not getattr(tokenizer, "is_fast", False):
         raise DataError("chat rendering needs a fast tokenizer (character offsets); this one is not")
+    if not getattr(tokenizer, "chat_template", None) and tokenizer.eos_token is None:
+        raise DataError(
+            "the tokenizer has neither a chat template nor an EOS token (the default template ends turns with it)"
+        )
     out = ChatEncoding([], [])
     for r in records:
         ids, labels, truncated = render(tokenizer, r, max_seq_len)

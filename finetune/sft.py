@@ -19,8 +19,10 @@ MODEL is a suite member (``core.suite``): a local transformers directory, or a h
 
 ``out`` holding ``overtrain_suite.json`` with an ``sft`` config is finished: a rerun with the same
 settings is skipped ("already done"; it appends the results row if that is missing), other settings
-are an error, ``overwrite=true`` replaces it. Deterministic given ``seed`` on one device (batch order
-from numpy's generator; torch seeded). One process, one device: several GPUs (accelerate/FSDP) are not
+are an error, ``overwrite=true`` replaces it. A member's pre-training tokens must be known (parsed or
+``tokens=``): a row without them cannot be placed on the tokens axis. Deterministic given ``seed``
+(batch order from numpy's generator, torch seeded): bit-identical on CPU; on CUDA up to the
+nondeterministic kernels. One process, one device: several GPUs (accelerate/FSDP) are not
 supported yet; a 1B model in fp32 weights + AdamW states needs ~16 GB, a 7B one ~112 GB.
 
 Defaults (marked choices): Amuro & Char fine-tune OLMo-1B checkpoints on TULU with 5 epochs, batch 8,
@@ -248,6 +250,13 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
         log(f"sft: {out} already done (overwrite=true redoes it)")
         return done
     path = resolve_member(member)  # checks config.json (check_loadable) before the weights
+    prov = member_provenance(member, path)
+    if cfg.tokens is not None:
+        prov["pretrain_tokens"] = cfg.tokens
+    if prov["pretrain_tokens"] is None:
+        raise ConfigError(
+            f"{member.ref}: pre-training tokens unknown (no 'tokensN' in the revision or directory name); give tokens="
+        )
     records = load_chat(cfg.data, cfg.max_examples)  # every record checked before any work
     device = resolve_device(cfg.device)
 
@@ -255,9 +264,6 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
     max_len = min(cfg.max_seq_len, getattr(model.config, "max_position_embeddings", None) or cfg.max_seq_len)
     enc = encode_chat(tokenizer, records, max_len)
-    prov = member_provenance(member, path)
-    if cfg.tokens is not None:
-        prov["pretrain_tokens"] = cfg.tokens
     log(
         f"sft: {member.ref} ({prov['pretrain_tokens'] or '?'} pre-training tokens) on {len(enc.ids)} records of "
         f"{cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, on {device}"

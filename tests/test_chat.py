@@ -176,6 +176,17 @@ def test_own_chat_template_is_used(tok):
     assert own.chat_template != DEFAULT_CHAT_TEMPLATE
 
 
+def test_template_errors_name_the_record(tok):
+    strict = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token=EOS)
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    msgs = [{"role": "system", "content": "x"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    with pytest.raises(DataError, match="f.jsonl:3: the chat template cannot render this record: .*no system role"):
+        render(strict, ChatRecord(msgs, "f.jsonl:3"), 64)
+
+
 def test_truncation_and_dropping(tok):
     records = gsm8k_chat(8)
     full = encode_chat(tok, records, 4096)

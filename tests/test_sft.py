@@ -147,6 +147,11 @@ def test_bad_input_is_one_error_before_any_work(tiny_suite: TinySuite, tmp_path,
     (arch / "config.json").write_text(json.dumps({**config, "architectures": ["OlmoForMagic"]}))
     assert cli(["sft", str(arch), f"data={GSM8K}", f"out={out}"]) == 2
     assert f"{arch / 'config.json'}: architectures=['OlmoForMagic']" in capsys.readouterr().err
+    # a member whose pre-training tokens are unknown (Amber's ckpt_NNN, a plain directory): tokens= is required
+    plain = tmp_path / "final"
+    shutil.copytree(member, plain)
+    assert cli(["sft", str(plain), f"data={GSM8K}", f"out={out}"]) == 2
+    assert f"{plain}: pre-training tokens unknown" in capsys.readouterr().err
     # settings: a required key, a typo
     assert cli(["sft", member, f"out={out}"]) == 2
     assert "data= is required" in capsys.readouterr().err
