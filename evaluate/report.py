@@ -49,6 +49,7 @@ from ..core.rows import Row, load_rows
 from ..core.tracker import TrackConfig, Tracker, check_trackers
 from .report_data import Report, collect, find_turn
 from .report_figures import figures
+from .report_suite import collect_suite, decide_suite, suite_figures, suite_markdown
 from .report_text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]
@@ -79,12 +80,15 @@ def make_report(
     paths = figures(rep, out)
     from .lm_eval import lm_eval_figures  # `overtrain lm-eval` rows: each metric against pre-training tokens
 
-    paths += lm_eval_figures([r.to_dict() for r in rows], out)
+    paths += lm_eval_figures([d for d in (r.to_dict() for r in rows) if not d.get("suite_model")], out)
+    families = collect_suite(rows)  # checkpoint suites (the paper's Section 2), drawn and judged apart
+    decide_suite(families, tolerance)
+    paths += suite_figures(families, out)
     atomic_write_text(out / "summary.csv", csv_text(*summary_table(rep)))
     atomic_write_text(out / "curves.csv", csv_text(*curves_table(rep)))
     if rep.noise:
         atomic_write_text(out / "perturb.csv", csv_text(*perturb_table(rep)))
-    text = markdown(rep, paths)
+    text = markdown(rep, paths) + ("\n" + suite_markdown(families, tolerance) if families else "")
     atomic_write_text(out / "report.md", text)
     return rep, text, paths
 

@@ -4,12 +4,15 @@
                                                            \\->  perturb (gammas x seeds)
                                                            \\->  lm-eval (every checkpoint)
                                                            \\->  sweep on intermediate checkpoints
+    suite member (revision)  ->  instruct (x chat dataset)  ->  lm-eval (every tuned model)
+                             \\->  lm-eval (the member itself, before tuning)
     report   (after everything)
 
 Every setting reaches a job as a ``key=value`` of its command; axis values also become part of the
 run directory's name and, via ``tags.*``, of every results row. FLOPs: 6N + attention per trained
-token (``flops_per_token``), a third of it per evaluated token; GPU-hours at the grid's
-``hardware`` peak and MFU.
+token (``flops_per_token``), a third of it per evaluated token (suite members: 6N and 2N with N their
+parameters, ``suite.params`` or counted from config.json); GPU-hours at the grid's ``hardware`` peak
+and MFU.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, expand_path, parse_count, to_dict
-from .spec import GridSpec, HardwareSpec, config_path, prepare_settings, results_path, seed_axes, seed_tags
+from .spec import (
+    GridSpec,
+    HardwareSpec,
+    config_path,
+    prepare_settings,
+    results_path,
+    seed_axes,
+    seed_tags,
+    suite_members,
+)
 from .spec import data_dir as grid_data_dir
 
 
@@ -80,10 +92,9 @@ def expand(spec: GridSpec) -> list[Job]:
         data_after = ["prepare"]
 
     pre = spec.pretrain
-    pre_cfg = config_path(pre.config)
-    for model, budget, axes in itertools.product(
-        pre.models, pre.budgets, _axis_product(seed_axes(pre.axes, pre.seeds))
-    ):
+    pre_runs = [] if pre is None else _axis_product(seed_axes(pre.axes, pre.seeds))
+    for model, budget, axes in itertools.product(pre.models if pre else [], pre.budgets if pre else [], pre_runs):
+        pre_cfg = config_path(pre.config)
         tokens = parse_count(budget)
         tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
         run_id = f"{model}_{_fmt_tokens(tokens)}{tag}"
@@ -189,6 +200,9 @@ def expand(spec: GridSpec) -> list[Job]:
                 done = root / "state" / f"lm_eval__{lid}.done"
                 jobs.append(Job(f"lm-eval/{lid}", "lm-eval", argv, [pj.id], done, flops=fwd, mark_done=True))
 
+    if spec.suite is not None:
+        jobs += suite_jobs(spec, root)
+
     for ej in spec.extra_jobs:
         done = results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
         jobs.append(Job(ej.id, "extra", list(ej.command), list(ej.after), done, mark_done=not ej.done))
@@ -203,6 +217,69 @@ def expand(spec: GridSpec) -> list[Job]:
         argv = ["report", str(root), f"out={root / 'report'}", *track]
         jobs.append(Job("report", "report", argv, every, None))  # always rerun
     return toposort(jobs)
+
+
+def suite_params(spec: GridSpec) -> float:
+    """The suite's parameter count: ``suite.params``, else counted from a local member's config.json
+    (embeddings + per layer 4 d^2 attention + 3 d f gated MLP; the compute estimate needs no more)."""
+    import json
+
+    if spec.suite.params:
+        return float(parse_count(spec.suite.params))
+    local = Path(expand_path(spec.suite.model))
+    cfgs = sorted(local.glob("*/config.json")) if local.is_dir() else []
+    if not cfgs:
+        raise ConfigError(f"grid: suite.params: give the parameter count of {spec.suite.model} (e.g. 1.18B)")
+    c = json.loads(cfgs[0].read_text())
+    d, f, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    return float(layers * (4 * d * d + 3 * d * f) + vocab * d * (1 if c.get("tie_word_embeddings") else 2))
+
+
+def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
+    """Instruction tuning of every member on every chat dataset, and lm-eval of every member (before
+    tuning, when ``suite.evaluate_base``) and of every tuned model; rows land in per-job results files."""
+    n = suite_params(spec)
+    ins, le = spec.instruct, spec.lm_eval
+    jobs = []
+    for m in suite_members(spec):
+        evals = [(f"{_slug(m.name)}_base", m.ref, [])] if spec.suite.evaluate_base else []
+        for name, data in (ins.datasets if ins else {}).items():
+            tid = f"{_slug(m.name)}_{_slug(name)}"
+            out = root / "instruct" / tid
+            argv = ["sft", m.ref, f"data={data}", f"out={out}", f"tokens={m.tokens}", *ins.args]
+            argv.append(f"results={root / 'instruct' / 'results.jsonl'}")
+            jobs.append(
+                Job(
+                    f"instruct/{tid}",
+                    "instruct",
+                    argv,
+                    [],
+                    out / "overtrain_suite.json",
+                    flops=6 * n * ins.train_tokens_estimate,
+                    info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out)},
+                )
+            )
+            evals.append((tid, str(out), [f"instruct/{tid}"]))
+        if le is None or not le.tasks:
+            continue
+        for lid, model, after in evals:
+            results = root / "lm_eval" / lid / "results.jsonl"
+            argv = ["lm-eval", model, _ov("tasks", le.tasks), f"results={results}", *le.args]
+            if not after:  # a member itself: its token count travels with the row
+                argv.append(f"pretrain_tokens={m.tokens}")
+            done = root / "state" / f"lm_eval__{lid}.done"
+            jobs.append(
+                Job(
+                    f"lm-eval/{lid}",
+                    "lm-eval",
+                    argv,
+                    after,
+                    done,
+                    flops=2 * n * le.eval_tokens_estimate,
+                    mark_done=True,
+                )
+            )
+    return jobs
 
 
 def toposort(jobs: list[Job]) -> list[Job]:

@@ -72,6 +72,26 @@ class LmEvalStage:
 
 
 @dataclass
+class SuiteStage:
+    """A public (or local) checkpoint suite: one model's checkpoints at several pre-training token counts."""
+
+    model: str = ""  # hub repo id (e.g. allenai/OLMo-1B-hf) or a local folder with one transformers dir per revision
+    revisions: list[str] = field(default_factory=list)  # the members: revision names (OLMo: stepN-tokensNB)
+    tokens: dict[str, str] = field(default_factory=dict)  # revision -> pre-training tokens where the name has none
+    params: str = ""  # parameters (e.g. 1.18B) for the compute estimate; empty: counted from a local config.json
+    evaluate_base: bool = True  # also evaluate each member before instruction tuning (the paper's Figure 1, left)
+
+
+@dataclass
+class InstructStage:
+    """Instruction tuning (``overtrain sft``) of every suite member on every chat dataset."""
+
+    datasets: dict[str, str] = field(default_factory=dict)  # name -> chat data (hub name or local JSONL)
+    args: list[str] = field(default_factory=list)  # `overtrain sft` settings for every run, e.g. [lr=2e-6, epochs=5]
+    train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
+
+
+@dataclass
 class HardwareSpec:
     name: str = "A100-80GB"  # shown in the plan
     peak_tflops: float = 312.0  # bf16 dense, per GPU
@@ -92,20 +112,29 @@ class GridSpec:
     results_dir: str = "runs/grid"  # every job's output lives under it
     prepare: PrepareSpec | None = None  # prepare C4 first (or give data_dir)
     data_dir: str = ""  # an already prepared C4 dir (instead of `prepare`)
-    pretrain: PretrainStage = field(default_factory=PretrainStage)
+    pretrain: PretrainStage | None = field(default_factory=PretrainStage)  # null: no pre-training (a suite grid)
     finetune: FinetuneStage | None = None  # LR sweeps of every checkpoint (null: none)
     perturb: PerturbStage | None = None  # noise sensitivity of every final checkpoint (null: none)
     lm_eval: LmEvalStage | None = None  # lm-evaluation-harness tasks on every checkpoint (null: none)
+    suite: SuiteStage | None = None  # a public checkpoint suite (the paper's Section 2; null: none)
+    instruct: InstructStage | None = None  # instruction tuning of every suite member (null: none)
     log: TrackConfig | None = None  # wandb/TensorBoard for every job (wandb_project defaults to the grid's name)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)  # for the plan's GPU-hour estimate
     extra_jobs: list[ExtraJob] = field(default_factory=list)  # further overtrain commands with dependencies
     report: bool = True  # a report job after everything
 
     def validate(self) -> None:
-        if self.prepare is None and not self.data_dir:
+        needs_c4 = self.pretrain is not None or self.finetune is not None or self.perturb is not None
+        if needs_c4 and self.prepare is None and not self.data_dir:
             raise ValueError("set either 'prepare' (prepare C4 first) or 'data_dir' (an already prepared dir)")
         if self.prepare is not None and self.data_dir:
             raise ValueError("set only one of 'prepare' and 'data_dir'")
+        if self.pretrain is None and (self.finetune is not None or self.perturb is not None):
+            raise ValueError("finetune and perturb act on pre-training runs: set 'pretrain' too (or remove them)")
+        if self.instruct is not None and self.suite is None:
+            raise ValueError("instruct tunes the members of a suite: set 'suite' too")
+        if self.pretrain is None and self.suite is None:
+            raise ValueError("nothing to do: set 'pretrain' (a controlled study) or 'suite' (a checkpoint suite)")
 
 
 def seed_axes(axes: dict[str, list], seeds: list[int]) -> dict[str, list]:
@@ -146,12 +175,13 @@ def validate_names(spec: GridSpec, where: str) -> None:
     from ..core.model import load_model_spec
     from ..data.c4_prepare import PrepareConfig
 
-    for m in spec.pretrain.models:
+    pre = spec.pretrain or PretrainStage(models=[], budgets=[], config="")
+    for m in pre.models:
         try:
             load_model_spec(m)
         except ConfigError as e:
             raise ConfigError(f"{where}: pretrain.models: unknown model '{m}' ({e})") from None
-    for b in list(spec.pretrain.budgets) + list(spec.pretrain.intermediate_tokens):
+    for b in list(pre.budgets) + list(pre.intermediate_tokens):
         try:
             if parse_count(b) <= 0:
                 raise ValueError
@@ -168,7 +198,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
             if known and t not in known and not Path(expand_path(t)).is_file():
                 raise ConfigError(f"{where}: finetune.tasks: unknown task '{t}' (known: {', '.join(sorted(known))})")
     for stage, path in (
-        ("pretrain.config", spec.pretrain.config),
+        ("pretrain.config", pre.config),
         ("finetune.config", spec.finetune.config if spec.finetune else None),
     ):
         if path and not (
@@ -185,11 +215,60 @@ def validate_names(spec: GridSpec, where: str) -> None:
             resolve_tasks(cfg.tasks, cfg.include)
         except ConfigError as e:
             raise ConfigError(f"{where}: lm_eval: {str(e).removeprefix('command line: ')}") from None
+    if spec.suite is not None:
+        suite_members(spec, where)  # every member named, with its token count; local ones exist and load
     if spec.prepare is not None:
         try:
             load_config(PrepareConfig, None, prepare_settings(spec))
         except ConfigError as e:
             raise ConfigError(f"{where}: prepare: {str(e).removeprefix('command line: ')}") from None
+
+
+@dataclass
+class Member:
+    """One suite member as the grid's jobs see it."""
+
+    name: str  # the revision (a job id part)
+    ref: str  # what `overtrain sft` and `overtrain lm-eval` take: a local dir, or REPO@REVISION
+    tokens: int  # pre-training tokens
+
+
+def suite_members(spec: GridSpec, where: str = "grid") -> list[Member]:
+    """The suite's members in the grid's order; a member without a token count, a missing local
+    revision directory or an architecture transformers cannot load is a ConfigError naming it."""
+    from ..core.suite import SuiteMember, check_loadable, resolve_member, tokens_from_revision
+
+    s = spec.suite
+    if not s.model:
+        raise ConfigError(f"{where}: suite.model: empty (a hub repo id or a local folder of revision dirs)")
+    if not s.revisions:
+        raise ConfigError(f"{where}: suite.revisions: empty (the checkpoints to tune and evaluate)")
+    unknown = sorted(set(s.tokens) - set(s.revisions))
+    if unknown:
+        raise ConfigError(f"{where}: suite.tokens: {unknown} are not in suite.revisions")
+    local = Path(expand_path(s.model))
+    out = []
+    for rev in s.revisions:
+        given = s.tokens.get(rev)
+        try:
+            tokens = parse_count(str(given)) if given is not None else tokens_from_revision(rev)
+        except ValueError:
+            raise ConfigError(f"{where}: suite.tokens.{rev}: '{given}' is not a token count (e.g. 2.3T)") from None
+        if not tokens:
+            raise ConfigError(
+                f"{where}: suite.revisions: '{rev}' names no token count (OLMo style: stepN-tokensNB); "
+                f"give it as suite.tokens.{rev}"
+            )
+        if local.is_dir():
+            ref = str((local / rev).resolve())
+            try:
+                check_loadable(resolve_member(SuiteMember(ref, None, tokens)))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: suite.revisions: '{rev}': {e}") from None
+        else:
+            ref = f"{s.model}@{rev}"  # a hub revision: resolved (downloaded) by the job, not by the plan
+        out.append(Member(rev, ref, tokens))
+    return out
 
 
 def config_path(path: str) -> str:
