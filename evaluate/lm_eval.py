@@ -268,12 +268,8 @@ class LmEvalConfig:
     limit: float | None = None  # examples per task (a fraction if < 1); None: all
     batch_size: int = 32  # sequences per forward
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = (
-        "auto"  # auto: bf16 on CUDA (a transformers dir: bf16 weights), fp32 elsewhere
-    )
-    eos_prefix: bool | None = (
-        None  # start contexts with EOS, as overtrain's task contexts (None: yes; a transformers dir: no)
-    )
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA (HF dir: bf16 weights), else fp32
+    eos_prefix: bool | None = None  # contexts start with EOS as overtrain's do (None: yes; an HF dir: no)
     seed: int = 1234  # lm-eval's seeds (few-shot sampling)
     results: str | None = None  # append one row per task to this results.jsonl
     json: bool = False  # print the results as JSON
