@@ -161,7 +161,10 @@ def encode_split(
         if not classification and len(context) + len(completion) - 1 > max_len:  # windows (module doc)
             first = max_len + 1 - len(context)
             pieces = [(context, completion[:first])]
-            pieces += [([completion[k - 1]], completion[k : k + max_len - 1]) for k in range(first, len(completion), max_len - 1)]
+            pieces += [
+                ([completion[k - 1]], completion[k : k + max_len - 1])
+                for k in range(first, len(completion), max_len - 1)
+            ]
             out.split_windows += 1
         for k, (ctx, comp) in enumerate(pieces):
             if loss_span == "sequence" and not classification and k == 0:
@@ -176,7 +179,9 @@ def _check_choices(name: str, texts, ids: list[list[int]], max_len: int) -> None
         if not tokens:
             raise DataError(f"task '{name}': choice {text!r} tokenizes to nothing")
         if len(tokens) > max_len - 1:
-            raise DataError(f"task '{name}': choice {text!r} has {len(tokens)} tokens, longer than the context {max_len}")
+            raise DataError(
+                f"task '{name}': choice {text!r} has {len(tokens)} tokens, longer than the context {max_len}"
+            )
 
 
 def _source(task) -> str:

@@ -198,10 +198,17 @@ def _read_table_cached(path_s: str, _mtime: int, _size: int, fmt: str, encoding:
 
 
 def read_python_files(root: Path) -> tuple[tuple[dict, ...], dict]:
-    """(rows {path, content}, summary) of the ``.py`` files under ``root`` (module doc)."""
+    """(rows {path, content, sha256}, summary) of the ``.py`` files under ``root`` (module doc);
+    cached per listing (relative path, mtime, size of every file), so a changed tree is read again."""
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (format python_files reads the .py files under a folder)")
-    return _read_python_files_cached(str(root), root.stat().st_mtime_ns)
+    listing = []
+    for p in root.rglob("*.py"):
+        rel = p.relative_to(root)
+        if p.is_file() and not PY_EXCLUDED_DIRS & set(rel.parts[:-1]):
+            st = p.stat()
+            listing.append((rel.as_posix(), st.st_mtime_ns, st.st_size))
+    return _read_python_files_cached(str(root), tuple(sorted(listing)))
 
 
 def python_files_summary(root: Path) -> dict:
@@ -209,17 +216,12 @@ def python_files_summary(root: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_python_files_cached(root_s: str, _mtime: int) -> tuple[tuple[dict, ...], dict]:
+def _read_python_files_cached(root_s: str, listing: tuple) -> tuple[tuple[dict, ...], dict]:
     root = Path(root_s)
-    paths = sorted(
-        (p.relative_to(root).as_posix(), p)
-        for p in root.rglob("*.py")
-        if p.is_file() and not PY_EXCLUDED_DIRS & set(p.relative_to(root).parts[:-1])
-    )
     rows, seen, duplicates, undecodable = [], set(), 0, 0
     manifest = hashlib.sha256()
-    for rel, p in paths:
-        data = p.read_bytes()
+    for rel, _, _ in listing:  # sorted by relative path: the first of identical files is kept
+        data = (root / rel).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
             duplicates += 1
@@ -234,7 +236,7 @@ def _read_python_files_cached(root_s: str, _mtime: int) -> tuple[tuple[dict, ...
         rows.append({"path": rel, "content": text, "sha256": digest})
     summary = {
         "root": root_s,
-        "files": len(paths),
+        "files": len(listing),
         "kept": len(rows),
         "duplicates": duplicates,
         "undecodable": undecodable,

@@ -239,11 +239,12 @@ class TaskSpec:
             if split not in TASK_SPLITS or not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
                 raise ValueError(f"max_examples.{split}: expected a split in {list(TASK_SPLITS)} -> a positive count")
 
-
     def _validate_per_example_choices(self) -> None:
         """Multiple choice with per-example answer texts: check the fields that say where they are."""
         if self.classes:
-            raise ValueError("classes: give fixed classes or per-example choices (choice_fields/choices_field), not both")
+            raise ValueError(
+                "classes: give fixed classes or per-example choices (choice_fields/choices_field), not both"
+            )
         if self.choice_fields and self.choices_field:
             raise ValueError("give choice_fields (one column per answer) or choices_field (a list column), not both")
         if self.choice_fields:

@@ -230,7 +230,9 @@ def _choose_source(spec: TaskSpec, base: Path) -> tuple[str, LocalTaskSource | H
 
 
 def _hub_offline_mode() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def hub_unreachable(timeout: float = 3.0) -> str:
@@ -391,7 +393,9 @@ def _list_field(row: dict, dotted: str, where: str, i: int) -> list:
             raise DataError(f"{where}: record {i + 1}: no field '{dotted}'")
         value = value[part]
     if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise DataError(f"{where}: record {i + 1}: field '{dotted}' must be a list of at least 2 answers, got {value!r:.80}")
+        raise DataError(
+            f"{where}: record {i + 1}: field '{dotted}' must be a list of at least 2 answers, got {value!r:.80}"
+        )
     return list(value)
 
 

@@ -26,7 +26,12 @@ PROVIDED = {
         "choices": [" abbreviation", " entity", " description", " human", " location", " number"],
     },
     "gsm8k": {"records": {"train": 7473, "test": 1319}, "carved": {"validation": 500}, "choices": []},
-    "siqa": {"records": {"train": 33410, "test": 1954}, "carved": {"validation": 1954}, "choices": [], "per_example": 3},
+    "siqa": {
+        "records": {"train": 33410, "test": 1954},
+        "carved": {"validation": 1954},
+        "choices": [],
+        "per_example": 3,
+    },
     "mr": {
         "records": {"train": 10662},
         "carved": {"validation": 1066, "test": 1066},
