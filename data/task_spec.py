@@ -3,7 +3,12 @@
 ``load_config(TaskSpec, path)`` turns a YAML file into a checked ``TaskSpec`` (unknown keys and
 bad types are ``ConfigError``s naming the file and field, with "did you mean"); ``validate()``
 checks what spans fields (declared splits, labels, template placeholders). ``data.tasks`` builds
-a ``Task`` from it.
+a ``Task`` from it (its docstring: choosing the source, carving, per-example answer choices).
+
+A classification task has fixed ``classes`` (one label text per class, the same for every
+example) or per-example answer choices (``choice_fields`` / ``choices_field``: multiple choice
+scored over each record's own answer texts). An lm task chooses its ``loss_span`` and what happens
+to ``long_documents``.
 """
 
 from __future__ import annotations
@@ -105,9 +110,9 @@ class HubTaskSource:
     revision: str = ""
     cache_dir: str = ""
     rename: dict[str, str] = field(default_factory=dict)
-    streaming: bool = False  # read the split as a stream (datasets streaming=True): needs max_records
+    streaming: bool = False  # read the split as a stream (datasets streaming=True): needs a cap below
     max_records: int = 0  # a fixed cap: keep the first N records of the split, in its order (0: all)
-    max_chars: int = 0  # and/or stop once the kept records' target/input text reaches N characters (0: no cap)
+    max_chars: int = 0  # and/or stop before the kept records' string fields pass N characters (0: no cap)
     note: str = ""  # what this source is and why it is used (recorded as the rows' task_source)
     train: str | SplitSpec | None = None  # the hub split names, or carve specs
     validation: str | SplitSpec | None = None

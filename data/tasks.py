@@ -21,9 +21,9 @@ task is one YAML file: the dataclasses in ``task_spec`` are the schema, configs/
 annotated example, DESIGN.md ("Tasks") the interface.
 
 Choosing the source (``source.prefer``): ``local`` reads the local files when they all exist, else
-the hub; ``hub`` only the hub; ``hub_or_local`` the hub unless it cannot be reached (HF offline
-mode without a cached copy, or no TCP connection to the hub endpoint within 3 s), then the local
-files. A reachable hub that fails to load is an error, not a fallback: a silent switch of data
+the hub; ``hub`` only the hub; ``hub_or_local`` the hub unless it cannot be reached
+(``OVERTRAIN_OFFLINE=1``, HF offline mode without a cached copy, or no TCP connection to the hub
+endpoint within 3 s), then the local files. A reachable hub that fails to load is an error, not a fallback: a silent switch of data
 would change the experiment.
 
 Carving (``validation: {carve_from: train, size: ...}``): ``carve_by: shuffle`` (default) shuffles
@@ -169,7 +169,16 @@ def _build_splits(spec: TaskSpec, base: Path) -> tuple[dict[str, list[_Record]],
     for split, ss in specs.items():
         if ss.carve_from:
             continue
-        segments = read_split(kind, src, ss, base)
+        try:
+            segments = read_split(kind, src, ss, base)
+        except DataError as e:
+            if spec.source.prefer != "hub_or_local" or kind != "hub" or note:
+                raise
+            raise DataError(
+                f"{e}. The hub is reachable, so task {spec.name} does not fall back to its local source: fix the "
+                f"access (e.g. HF_TOKEN after accepting a gated dataset's terms), or set source.prefer=local "
+                f"(or OVERTRAIN_OFFLINE=1) to use it ({spec.source.local.note or 'source.local'})"
+            ) from None
         records[split], skipped = _check_records(spec, segments, split)
         info[split] = {
             "source": kind,
@@ -236,9 +245,12 @@ def _hub_offline_mode() -> bool:
 
 
 def hub_unreachable(timeout: float = 3.0) -> str:
-    """Why the Hugging Face hub cannot be reached ('' when it can): offline mode, or no TCP connection
+    """Why the Hugging Face hub cannot be reached ('' when it can): ``OVERTRAIN_OFFLINE`` (do not try
+    the hub at all: demos, tests), HF offline mode, or no TCP connection
     to the endpoint (``HF_ENDPOINT``) within ``timeout`` seconds. A fast probe: ``datasets`` itself
     retries for ~25 s before giving up on a machine without network."""
+    if os.environ.get("OVERTRAIN_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "OVERTRAIN_OFFLINE is set"
     if _hub_offline_mode():
         return "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
     from urllib.parse import urlparse

@@ -32,6 +32,12 @@ V = SPEC.vocab_size
 RTOL = loglik_rtol(SPEC)
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Hermetic: hub_or_local tasks (boolq, python_code) read their local source on any machine."""
+    monkeypatch.setenv("OVERTRAIN_OFFLINE", "1")
+
+
 # ----------------------------------------------------------------------------- Python source fallback
 
 
@@ -169,6 +175,25 @@ def test_hub_or_local_falls_back_to_local_when_unreachable(tmp_path, monkeypatch
     monkeypatch.setattr(tasks_mod, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert load_task(path).source.startswith("hub:csv (HF offline mode: the cached copy)")
+
+
+def test_a_reachable_hub_that_fails_is_an_error_not_a_silent_fallback(tmp_path, monkeypatch):
+    path = write_hub_task(tmp_path)
+    monkeypatch.setattr(tasks_mod, "hub_unreachable", lambda: "")
+    with pytest.raises(DataError, match=r"does not fall back to its local source.*source\.prefer=local.*offline copy"):
+        load_task(path, ["source.hub.data_files.train=gone.csv"]).examples("train")
+
+
+def test_hub_unreachable_probe(monkeypatch):
+    monkeypatch.delenv("OVERTRAIN_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    assert tasks_mod.hub_unreachable().startswith("no connection to 127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE" in tasks_mod.hub_unreachable()
+    monkeypatch.setenv("OVERTRAIN_OFFLINE", "1")
+    assert tasks_mod.hub_unreachable() == "OVERTRAIN_OFFLINE is set"
 
 
 def test_hub_streaming_reads_a_capped_head(tmp_path, monkeypatch):

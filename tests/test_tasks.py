@@ -60,6 +60,12 @@ PROVIDED = {
 PAPER_TASKS = {"rte", "trec", "gsm8k", "siqa", "mr", "subj", "cr", "boolq", "tweet_sentiment", "python_code"}
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Hermetic: hub_or_local tasks (boolq, python_code) read their local source on any machine."""
+    monkeypatch.setenv("OVERTRAIN_OFFLINE", "1")
+
+
 @functools.cache
 def loaded(name: str, template: str | None = None):
     task = load_task(name, template=template)
