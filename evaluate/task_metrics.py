@@ -11,7 +11,10 @@ Classification (PROTOCOL.md "Evaluation"; Springer et al. 2025):
 Multiple choice with per-example answers (``EncodedExample.choices``): the same formulas with
 example i's own answer texts as its choices c = 0..C_i-1 (the answer texts are scored, not letters);
 examples with fewer choices than the split's most are padded with score -inf (probability 0, never
-the argmax), so ``n_classes`` is the largest C_i and ``n_choices`` (per example) holds each C_i.
+the argmax), so ``n_classes`` is the largest C_i and ``n_choices`` (per example) holds each C_i;
+an example is correct when the argmax answer's text is the gold answer's text (a record that lists
+the same answer twice is not penalized for picking the other copy). label_token_acc compares first
+tokens, which per-example answers often share: it is of little use for multiple choice.
 Fixed-class tasks take the unchanged path (their numbers are identical to before).
 LM tasks: id_ppl = exp(sum of target-token NLL / number of target tokens) (the standard LM loss;
 the target tokens are the answer, or the whole sequence with ``loss_span: sequence``).
@@ -149,6 +152,11 @@ def task_metrics(
         labels = np.array([ex.label for ex in split.examples])
         out = classification_metrics_from_scores(mean, first, labels)
         if split.examples[0].choices is not None:
+            # an answer text given twice (a few SIQA records) scores twice the same: picking either is right
+            pred = mean.argmax(axis=1)
+            correct = np.array([ex.choices[p] == ex.choices[ex.label] for ex, p in zip(split.examples, pred)])
+            out["acc"] = float(correct.mean())
+            out["examples"]["correct"] = correct
             out["examples"]["n_choices"] = np.array([len(ex.choices) for ex in split.examples], dtype=np.int64)
         return out
     return lm_metrics(model, split, batch_size, vocab_size, precision, pad_id)

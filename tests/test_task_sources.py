@@ -255,7 +255,7 @@ def test_per_example_choices_are_the_answer_texts_and_match_brute_force(model, n
         scores = [brute_logprobs(model, ex.context, c).mean() for c in ex.choices]
         z = math.log(sum(math.exp(s) for s in scores))
         nll.append(z - scores[ex.label])
-        correct.append(int(np.argmax(scores)) == ex.label)
+        correct.append(ex.choices[int(np.argmax(scores))] == ex.choices[ex.label])  # the same answer text
     got = task_metrics(model, split, batch_size=5, vocab_size=V)
     assert got["acc"] == float(np.mean(correct)) and got["n"] == 6
     assert got["id_nll"] == pytest.approx(np.mean(nll), rel=RTOL)
@@ -264,6 +264,25 @@ def test_per_example_choices_are_the_answer_texts_and_match_brute_force(model, n
     mean, _ = class_logprobs(model, split, batch_size=3, vocab_size=V)
     for i, ex in enumerate(split.examples):  # padding beyond an example's own choices never wins
         assert np.isneginf(mean[i, len(ex.choices) :]).all() and np.isfinite(mean[i, : len(ex.choices)]).all()
+
+
+def test_a_repeated_answer_text_is_right_whichever_copy_wins(model, monkeypatch):
+    from overtrain.data.encode import EncodedExample, EncodedSplit
+
+    ctx = [SPEC.eos_token_id] + TOK.encode("Where is the cat?").ids
+    same, other = TOK.encode(" on the mat").ids, TOK.encode(" in the box").ids
+    ex = EncodedExample("x", ctx, same, 1, [same, same, other])  # gold: the second copy
+    split = EncodedSplit("t", "test", "classification", [ex])
+    mean, _ = class_logprobs(model, split, vocab_size=V)
+    got = task_metrics(model, split, vocab_size=V)
+    assert mean[0, 0] == pytest.approx(mean[0, 1], rel=RTOL)
+    assert got["acc"] == float(mean[0, 2] < max(mean[0, 0], mean[0, 1]))  # right unless the other answer wins
+    # scores with the tie broken towards the first copy (np.argmax: the lowest index): still right
+    import overtrain.evaluate.task_metrics as tm
+
+    tie = np.array([[-1.0, -1.0, -3.0]])
+    monkeypatch.setattr(tm, "class_logprobs", lambda *a, **k: (tie, tie))
+    assert tm.task_metrics(model, split, vocab_size=V)["acc"] == 1.0
 
 
 def test_per_example_training_loss_is_on_the_correct_answer_text():
