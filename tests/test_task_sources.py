@@ -222,6 +222,17 @@ def test_hub_fallbacks_need_no_loading_script(name):
         assert hub["path"] not in SCRIPT_DATASETS or hub.get("revision") == "refs/convert/parquet", name
 
 
+def test_every_paper_task_says_what_it_reads():
+    """paper.yaml's tasks: each source that can be read says what it is (and why, if not the paper's)."""
+    grid = yaml.safe_load((CONFIG_ROOT / "grids" / "paper.yaml").read_text())
+    for name in grid["finetune"]["tasks"]:
+        source = yaml.safe_load((CONFIG_ROOT / "tasks" / f"{name}.yaml").read_text())["source"]
+        used = ["local"] if source.get("prefer", "local") == "local" and "local" in source else ["hub"]
+        used += ["local"] if source.get("prefer") == "hub_or_local" else []
+        for kind in used:
+            assert source[kind].get("note", "").strip(), (name, kind)
+
+
 # ----------------------------------------------------------------------------- per-example choices
 
 
