@@ -15,20 +15,18 @@ the classes and their label texts, and the prompt templates. Every task is loade
 5. apply the seeded ``max_examples`` caps, render prompts and completions with the template.
 
 ``Task.split_info`` records all of it (JSON-ready; it goes into results rows), and
-``Task.source`` says in one line which source was read and why (``hub:google/boolq[train]``, or
-``local:... (hub unreachable: ...) | <the YAML's note>``; the rows' ``task_source``). Adding a
+``Task.source`` says in one line which source was read and why: ``KIND:WHAT (why it was chosen,
+when not the preferred one) (the YAML's note)``, e.g. ``hub:google/boolq (the paper's source: ...)``
+or ``local:arrow (hub google/boolq unreachable: ...) (OFFLINE DEMO ONLY: ...)`` (the rows' ``task_source``). Adding a
 task is one YAML file: the dataclasses in ``task_spec`` are the schema, configs/tasks/rte.yaml an
 annotated example, DESIGN.md ("Tasks") the interface.
 
-Choosing the source (``source.prefer``): ``local`` reads the local files when they all exist, else
-the hub; ``hub`` only the hub; ``hub_or_local`` the hub unless it cannot be reached
-(``OVERTRAIN_OFFLINE=1``, HF offline mode without a cached copy, or no TCP connection to the hub
-endpoint within 3 s), then the local files. A reachable hub that fails to load is an error, not a fallback: a silent switch of data
-would change the experiment.
+Choosing the source (``source.prefer``: local, hub, or hub_or_local = the hub unless it cannot be
+reached, then local) is ``data.task_source``.
 
 Carving (``validation: {carve_from: train, size: ...}``): ``carve_by: shuffle`` (default) shuffles
 the parent's records with the data seed and hands out slices; ``carve_by: id_hash`` puts record r
-in the hold-out when ``u(r) = sha256(seed:split:id)/2^256`` falls in its fraction's interval, so a
+in the hold-out when ``u(r)`` = the first 8 bytes of sha256(seed:parent:id) / 2^64 falls in its fraction's interval, so a
 record's split depends only on its own id (a file's relative path for Python source): adding or
 removing files moves no other file between splits.
 
@@ -44,7 +42,6 @@ import hashlib
 import json
 import os
 import random
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +53,8 @@ from ..core.config import (
     resolve_config_path,
 )
 from .task_files import python_files_summary, read_split, resolve_data_path
-from .task_spec import TASK_SPLITS, HubTaskSource, LocalTaskSource, SplitSpec, TaskSpec, split_specs
+from .task_source import choose_source
+from .task_spec import TASK_SPLITS, SplitSpec, TaskSpec, split_specs
 
 # ----------------------------------------------------------------------------- the task object
 
@@ -160,7 +158,7 @@ def load_task(name_or_path: str | os.PathLike, overrides=(), template: str | Non
 
 
 def _build_splits(spec: TaskSpec, base: Path) -> tuple[dict[str, list[_Record]], dict, str]:
-    kind, src, note = _choose_source(spec, base)
+    kind, src, note = choose_source(spec, base)
     source = f"{kind}:" + (src.path if kind == "hub" else (src.format if src.format != "auto" else "files"))
     source += "".join(f" ({t})" for t in (note, src.note) if t)
     specs = split_specs(src)
@@ -208,69 +206,6 @@ def _build_splits(spec: TaskSpec, base: Path) -> tuple[dict[str, list[_Record]],
         if not rows:
             raise DataError(f"task {spec.name}: split '{split}' is empty after loading ({info[split]})")
     return records, {s: info[s] for s in TASK_SPLITS}, source
-
-
-def _choose_source(spec: TaskSpec, base: Path) -> tuple[str, LocalTaskSource | HubTaskSource, str]:
-    src = spec.source
-    if src.prefer == "hub_or_local":
-        why = hub_unreachable()
-        if not why:
-            return "hub", src.hub, ""
-        if _hub_offline_mode():  # offline mode still reads a cached copy: try it (fails fast)
-            try:
-                for ss in split_specs(src.hub).values():
-                    if not ss.carve_from:
-                        read_split("hub", src.hub, ss, base)
-                return "hub", src.hub, "HF offline mode: the cached copy"
-            except DataError as e:
-                why = f"{why}; no cached copy ({str(e)[:120]})"
-        missing = [p for p in _local_paths(src.local, base) if not p.exists()]
-        if missing:
-            raise DataError(f"task {spec.name}: the hub is unreachable ({why}) and {missing[0]} does not exist")
-        return "local", src.local, f"hub {src.hub.path} unreachable: {why}"
-    if src.local is not None and not (src.prefer == "hub" and src.hub is not None):
-        missing = [p for p in _local_paths(src.local, base) if not p.exists()]
-        if not missing:
-            return "local", src.local, ""
-        if src.hub is None:
-            raise DataError(f"task {spec.name}: {missing[0]}: no such file (source.local)")
-        return "hub", src.hub, f"local data missing ({missing[0]}), loaded from the hub"
-    return "hub", src.hub, ""
-
-
-def _hub_offline_mode() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-def hub_unreachable(timeout: float = 3.0) -> str:
-    """Why the Hugging Face hub cannot be reached ('' when it can): ``OVERTRAIN_OFFLINE`` (do not try
-    the hub at all: demos, tests), HF offline mode, or no TCP connection
-    to the endpoint (``HF_ENDPOINT``) within ``timeout`` seconds. A fast probe: ``datasets`` itself
-    retries for ~25 s before giving up on a machine without network."""
-    if os.environ.get("OVERTRAIN_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "OVERTRAIN_OFFLINE is set"
-    if _hub_offline_mode():
-        return "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as e:
-        return f"no connection to {url.hostname}:{port} ({type(e).__name__}: {e})"
-    return ""
-
-
-def _local_paths(src: LocalTaskSource, base: Path) -> list[Path]:
-    paths = []
-    for ss in split_specs(src).values():
-        for text in [ss.path, ss.labels, *ss.files.values()]:
-            if text:
-                paths.append(resolve_data_path(text, base))
-    return paths
 
 
 def _carve(specs: dict[str, SplitSpec], records: dict, info: dict, seed: int) -> None:

@@ -17,7 +17,7 @@ import yaml
 from overtrain.core.config import CONFIG_ROOT, ConfigError, DataError
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.rows import FinetuneRow, encoding_counts, parse_row
-from overtrain.data import tasks as tasks_mod
+from overtrain.data import task_source as tasks_mod
 from overtrain.data.encode import collate, encode_split, training_pair
 from overtrain.data.task_files import PY_EXCLUDED_DIRS, _capped, read_python_files
 from overtrain.data.task_spec import TASK_SPLITS
