@@ -341,6 +341,8 @@ class FinetuneRow(Row):
     completion_truncated: dict | None = None
     skipped_empty: dict | None = None
     split_info: Any = None  # the task's
+    task_source: str | None = field(default=None, metadata=OPTIONAL)  # which data was read and why (Task.source)
+    loss_span: str | None = field(default=None, metadata=OPTIONAL)  # lm tasks: "answer" | "sequence"
     tags: dict | None = None  # grid-axis labels
     wall_s: float | None = None
     time: float | None = None
@@ -399,6 +401,8 @@ class BaseRow(Row):
     truncated: dict | None = field(default=None, metadata=OPTIONAL)
     completion_truncated: dict | None = field(default=None, metadata=OPTIONAL)
     skipped_empty: dict | None = field(default=None, metadata=OPTIONAL)
+    task_source: str | None = field(default=None, metadata=OPTIONAL)  # which data was read and why (Task.source)
+    loss_span: str | None = field(default=None, metadata=OPTIONAL)  # lm tasks: "answer" | "sequence"
     metrics: dict | None = field(default=None, metadata=OPTIONAL)  # sweep: the evaluation, reused on resume
     tags: dict | None = field(default=None, metadata=OPTIONAL)  # sweep
     wall_s: float | None = field(default=None, metadata=OPTIONAL)  # sweep
@@ -469,13 +473,16 @@ def parse_row(row: dict, where: str = "") -> Row:
 
 
 def encoding_counts(encoded: dict) -> dict:
-    """Row fields n_examples, truncated, completion_truncated, skipped_empty of a task's encoded splits
-    (``data.encode.EncodedSplit`` per split name)."""
+    """Row fields n_examples, truncated, completion_truncated, skipped_empty, task_source, loss_span of
+    a task's encoded splits (``data.encode.EncodedSplit`` per split name)."""
     return {
         "n_examples": {s: len(e.examples) for s, e in encoded.items()},
         "truncated": {s: e.truncated for s, e in encoded.items()},
         "completion_truncated": {s: e.completion_truncated for s, e in encoded.items()},
         "skipped_empty": {s: e.skipped_empty for s, e in encoded.items()},
+        # optional keys (None: left out): the task's source, and the loss span of an lm task
+        "task_source": next((e.source for e in encoded.values() if getattr(e, "source", "")), None),
+        "loss_span": next((e.loss_span for e in encoded.values() if e.type == "lm"), None),
     }
 
 

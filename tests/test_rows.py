@@ -278,10 +278,11 @@ def test_sweep_does_not_reuse_rows_of_other_c4_tokens(tmp_path, monkeypatch, sma
     run_sweep("demo", args(c4), progress=False)
     first = read_rows(results)
     assert trained == [1e-3] and [r["kind"] for r in first] == ["base", "finetune", "finetune"]
-    # the previous version's keys, plus the C4 identity after c4_tokens (base: after checkpoint_ref)
+    # the previous version's keys, plus the C4 identity after c4_tokens (base: after checkpoint_ref) and the
+    # task_source (which data the task read; issue 16)
     old = fixture_rows()
     for new, prev in zip(first, [old[0], old[1], old[3]]):  # base, a fixed-LR row, the selected copy
-        assert [k for k in new if k not in ("c4_tokens_sha256", "scores")] == list(prev)
+        assert [k for k in new if k not in ("c4_tokens_sha256", "scores", "task_source")] == list(prev)
         assert len(new["c4_tokens_sha256"]) == 64
 
     # The same directory with other validation tokens (same size, same meta.json): trained again.

@@ -15,7 +15,9 @@ from overtrain.data.task_spec import TASK_SPLITS, TEMPLATES
 from overtrain.data.tasks import Example, list_tasks, load_task
 
 # Per task: records read per file-backed split, final validation/test sizes (before overlap removal
-# where carved), and the label texts. Documented in each configs/tasks/<name>.yaml.
+# where carved), and the label texts ("per_example": the number of answer choices each record
+# carries instead; None: counts that depend on the machine's Python, see test_task_sources.py).
+# Documented in each configs/tasks/<name>.yaml.
 PROVIDED = {
     "rte": {"records": {"train": 2490, "test": 277}, "carved": {"validation": 277}, "choices": [" yes", " no"]},
     "trec": {
@@ -24,7 +26,12 @@ PROVIDED = {
         "choices": [" abbreviation", " entity", " description", " human", " location", " number"],
     },
     "gsm8k": {"records": {"train": 7473, "test": 1319}, "carved": {"validation": 500}, "choices": []},
-    "siqa": {"records": {"train": 33410, "test": 1954}, "carved": {"validation": 1954}, "choices": [" A", " B", " C"]},
+    "siqa": {
+        "records": {"train": 33410, "test": 1954},
+        "carved": {"validation": 1954},
+        "choices": [],
+        "per_example": 3,
+    },
     "mr": {
         "records": {"train": 10662},
         "carved": {"validation": 1066, "test": 1066},
@@ -46,8 +53,17 @@ PROVIDED = {
         "carved": {"validation": 2000},
         "choices": [" negative", " neutral", " positive"],
     },
-    "python_code": {"records": {"train": 164}, "carved": {"validation": 24, "test": 40}, "choices": []},
+    "python_code": {"records": {"train": None}, "carved": {"validation": None, "test": None}, "choices": []},
+    "humaneval": {"records": {"train": 164}, "carved": {"validation": 24, "test": 40}, "choices": []},
+    "arc_easy": {"records": {"train": 570}, "carved": {"validation": 70, "test": 200}, "choices": [], "per_example": 4},
 }
+PAPER_TASKS = {"rte", "trec", "gsm8k", "siqa", "mr", "subj", "cr", "boolq", "tweet_sentiment", "python_code"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Hermetic: hub_or_local tasks (boolq, python_code) read their local source on any machine."""
+    monkeypatch.setenv("OVERTRAIN_OFFLINE", "1")
 
 
 @functools.cache
@@ -57,7 +73,7 @@ def loaded(name: str, template: str | None = None):
 
 
 def test_list_tasks_has_the_ten_paper_tasks():
-    assert set(list_tasks()) == set(PROVIDED)
+    assert set(list_tasks()) == set(PROVIDED) and PAPER_TASKS <= set(PROVIDED)
 
 
 @pytest.mark.parametrize("name", sorted(PROVIDED))
@@ -66,11 +82,11 @@ def test_provided_task_loads_real_data(name):
     task, ex = loaded(name)
     info = task.split_info
     assert task.name == name and task.choices == want["choices"]
-    assert task.type == ("lm" if not want["choices"] else "classification")
+    assert task.type == ("lm" if not want["choices"] and "per_example" not in want else "classification")
     for split, n in want["records"].items():
-        assert info[split]["records"] == n and info[split]["source"] == "local"
+        assert info[split]["records"] == (n or info[split]["records"]) and info[split]["source"] == "local"
     for split, n in want["carved"].items():
-        assert info[split]["carved_from"] in want["records"] and info[split]["size"] == n
+        assert info[split]["carved_from"] in want["records"] and info[split]["size"] == (n or info[split]["size"])
     # every record is accounted for: examples = read - skipped - carved out - overlap removed
     for split in TASK_SPLITS:
         i = info[split]
@@ -80,10 +96,11 @@ def test_provided_task_loads_real_data(name):
         assert len(ex[split]) == i["examples"] == start - i["removed_overlap"]
         assert i["removed_overlap"] <= 0.01 * start  # duplicates are rare, not a filter gone wrong
     assert info["test"]["removed_overlap"] == 0 and len(ex["test"]) == (
-        want["records"].get("test") or want["carved"]["test"]
+        want["records"].get("test") or want["carved"]["test"] or info["test"]["size"]
     )
-    # no text is in two splits (the default template renders the inputs, so compare prompts)
-    prompts = {s: {e.prompt for e in ex[s]} for s in TASK_SPLITS}
+    # no text is in two splits (the default template renders the inputs, so compare prompts; a
+    # whole-document task has no prompt: compare the documents)
+    prompts = {s: {e.prompt + (e.completion if not task.has_prompt else "") for e in ex[s]} for s in TASK_SPLITS}
     assert not prompts["train"] & prompts["validation"]
     assert not prompts["train"] & prompts["test"]
     assert not prompts["validation"] & prompts["test"]
@@ -91,13 +108,15 @@ def test_provided_task_loads_real_data(name):
     assert len(ids) == len(set(ids))
     for split in TASK_SPLITS:
         for e in ex[split]:
-            assert isinstance(e, Example) and e.prompt.strip() and e.completion.strip()
-            if task.type == "classification":
+            assert isinstance(e, Example) and (e.prompt.strip() or not task.has_prompt) and e.completion.strip()
+            if "per_example" in want:
+                assert e.choices[e.label] == e.completion and len(e.choices) >= 3
+            elif task.type == "classification":
                 assert e.completion == task.choices[e.label]
             else:
                 assert e.label is None
-    if task.type == "classification":  # every class occurs in training
-        assert {e.label for e in ex["train"]} == set(range(len(task.choices)))
+    if task.type == "classification":  # every class (answer position) occurs in training
+        assert {e.label for e in ex["train"]} == set(range(len(task.choices) or want["per_example"]))
 
 
 def test_provided_tasks_define_the_three_templates_and_they_render():
@@ -123,8 +142,8 @@ def test_gsm8k_completion_is_the_reasoning_and_final_answer():
     assert all("\n#### " in e.completion for e in ex["test"])
 
 
-def test_python_code_keeps_whitespace():
-    _, ex = loaded("python_code")
+def test_humaneval_keeps_whitespace():
+    _, ex = loaded("humaneval")
     with gzip.open(data_root() / "python_code" / "HumanEval.jsonl.gz", "rt") as f:
         raw = {r["task_id"]: r for r in map(json.loads, f)}
     for e in ex["train"][:10]:
