@@ -529,8 +529,8 @@ def write_scores(results: str | os.PathLike, scores: dict) -> str | None:
 def read_scores(row: Row) -> dict[str, np.ndarray] | None:
     """A row's per-example scores (``write_scores``' flat names -> arrays); None when the row has no
     ``scores`` key or the file is gone (the report then has no intervals for it)."""
-    rel = getattr(row, "scores", None)
-    if not rel:
+    rel = row.get("scores")  # a schema key, or kept in ``extra`` (lm_eval rows are OtherRows)
+    if not isinstance(rel, str) or not rel:
         return None
     folder = Path(row.where.rsplit(":", 1)[0]).parent if row.where else Path(".")
     try:

@@ -2,9 +2,12 @@
 
     overtrain lm-eval runs/x@tokens=4B tasks=hellaswag,arc_easy [num_fewshot=0] [limit=500] [results=FILE]
     overtrain lm-eval runs/x/sweep/.../weights tasks=my_tasks/rte_local.yaml     # a custom task YAML
+    overtrain lm-eval path/to/hf_model_dir tasks=generalist results=FILE         # a transformers directory
 
 CHECKPOINT is anything ``resolve_checkpoint`` takes (a pre-trained run, ``RUN@tokens=N``, saved
-fine-tuned weights). The model is not exported: ``OvertrainLM`` wraps it as an lm-eval ``LM`` on
+fine-tuned weights), or a transformers model directory, which lm-eval's own ``HFLM`` evaluates
+(``evaluate.generalist``: the offline ``generalist`` task set, the directory's provenance in the
+rows). An overtrain checkpoint is not exported: ``OvertrainLM`` wraps it as an lm-eval ``LM`` on
 the checkpoint's device and precision (bf16 autocast on CUDA, as every overtrain evaluation),
 with the softmax over the real vocabulary (padded rows masked). Its three request types:
 
@@ -18,17 +21,20 @@ the first token of overtrain's own task contexts (``data.encode``): an lm-eval t
 same prompt then scores exactly the same token sequences as ``overtrain evaluate``.
 
 Tasks are lm-eval task or group names, or paths to task YAML files / directories of them (custom
-tasks over local files: ``dataset_path: csv`` + ``dataset_kwargs.data_files``). Every name is
-checked against lm-eval's task index before the checkpoint is loaded. ``results=FILE`` appends one
-row per task (``kind: "lm_eval"``) with the checkpoint provenance of every other row
-(``core.checkpoint.checkpoint_provenance``) and lm-eval's metrics as keys (``acc``,
-``acc_stderr``, ``acc_norm``; a metric under a filter other than "none" is ``metric/filter``), so
-``overtrain report`` draws every one of them against pre-training tokens (``lm_eval_figures``).
+tasks over local files: ``dataset_path: csv`` + ``dataset_kwargs.data_files``); the shipped offline
+set (``configs/lm_eval/generalist``: ``generalist`` = ``ot_arc_challenge``, ..., ``ot_hellaswag``)
+is always on the index. Every name is checked against lm-eval's task index before the checkpoint
+is loaded. ``results=FILE`` appends one row per task (``kind: "lm_eval"``) with the checkpoint
+provenance of every other row (``core.checkpoint.checkpoint_provenance``; a transformers directory:
+``generalist.model_provenance``), the split scored (``eval_split``), and lm-eval's metrics as keys
+(``acc``, ``acc_stderr``, ``acc_norm``; a metric under a filter other than "none" is
+``metric/filter``), so ``overtrain report`` draws every one of them against pre-training tokens
+(``lm_eval_figures``); per-document scores go to the row's ``scores`` file
+(``generalist.example_scores``: arrays ``lm_eval.TASK.doc_id``, ``lm_eval.TASK.acc``, ...).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -44,6 +50,15 @@ from ..core.config import ConfigError
 from ..core.dist import resolve_device
 from ..core.likelihood import autocast_for, pad_batch, readout_at
 from ..data.tokenizer import check_tokenizer
+from .generalist import (  # noqa: F401  (resolve_tasks: also used by launch.spec)
+    append_rows,
+    check_model_dir,
+    eval_split,
+    is_model_dir,
+    make_hflm,
+    model_provenance,
+    resolve_tasks,
+)
 from .generate import generate
 
 INSTALL = "pip install 'lm-eval[hf]==0.4.13' (or the project's extra: pip install -e '.[hf]')"
@@ -171,52 +186,6 @@ def score_pairs(model, pairs, batch_size: int, precision: str, spec) -> list[tup
 # ------------------------------------------------------------------------------------ the tasks
 
 
-@functools.lru_cache(maxsize=4)
-def _task_manager(include: tuple[str, ...]):
-    """lm-eval's task index (scanning its ~15k task YAMLs takes seconds: once per process)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=list(include) or None)
-
-
-def resolve_tasks(names: list[str], include: list[str]):
-    """(lm-eval task names, TaskManager): YAML paths become their ``task:`` names; unknown names raise."""
-    import yaml
-
-    if not names:
-        raise ConfigError("no tasks: give tasks=NAME[,NAME] (lm-eval task names or task YAML paths)")
-    paths, out = [str(Path(p).expanduser().resolve()) for p in include], []
-    for name in names:
-        p = Path(name).expanduser()
-        if p.suffix in (".yaml", ".yml"):
-            if not p.is_file():
-                raise ConfigError(f"tasks: {p}: no such task YAML")
-            cfg = yaml.safe_load(p.read_text()) or {}  # lm-eval's own !function tags only appear in other keys
-            if not isinstance(cfg, dict) or not cfg.get("task"):
-                raise ConfigError(f"tasks: {p}: not an lm-eval task YAML (no 'task:' key)")
-            paths.append(str(p.resolve().parent))
-            out.append(str(cfg["task"]))
-        elif p.is_dir():
-            paths.append(str(p.resolve()))
-        else:
-            out.append(name)
-    for p in paths:
-        if not Path(p).is_dir():
-            raise ConfigError(f"include: {p}: not a directory")
-    manager = _task_manager(tuple(sorted(set(paths))))
-    known = set(manager.all_tasks)
-    missing = [n for n in out if n not in known and not manager.match_tasks([n])]
-    if missing:
-        import difflib
-
-        hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, known, n=3))}?)" for n in missing]
-        raise ConfigError(
-            f"tasks: unknown lm-eval task(s): {'; '.join(hints)}. `lm-eval ls tasks` lists them; "
-            "a custom task is a YAML path or include=DIR"
-        )
-    return manager.match_tasks(out), manager
-
-
 def flatten_results(task_results: dict) -> dict:
     """lm-eval's {"acc,none": x, "acc_stderr,none": s, "alias": ..} -> {"acc": x, "acc_stderr": s}."""
     row = {}
@@ -293,14 +262,14 @@ def lm_eval_figures(rows, out: Path) -> list[Path]:
 class LmEvalConfig:
     tasks: list[str] = field(
         default_factory=list
-    )  # lm-eval task/group names or task YAML paths, e.g. hellaswag,arc_easy
+    )  # lm-eval task/group names or task YAML paths, e.g. hellaswag,arc_easy; generalist: the offline eight
     include: list[str] = field(default_factory=list)  # extra directories of lm-eval task YAMLs
     num_fewshot: int | None = None  # few-shot examples (None: each task's default)
     limit: float | None = None  # examples per task (a fraction if < 1); None: all
     batch_size: int = 32  # sequences per forward
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    eos_prefix: bool = True  # start every context with EOS (as overtrain's own task contexts)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA (HF dir: bf16 weights), else fp32
+    eos_prefix: bool | None = None  # contexts start with EOS as overtrain's do (None: yes; an HF dir: no)
     seed: int = 1234  # lm-eval's seeds (few-shot sampling)
     results: str | None = None  # append one row per task to this results.jsonl
     json: bool = False  # print the results as JSON
@@ -316,20 +285,38 @@ CONFIG = LmEvalConfig
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", help="a checkpoint step dir, checkpoints/ dir, run dir, or RUN@tokens=N")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint step dir, checkpoints/ dir, run dir, RUN@tokens=N, or a transformers model directory",
+    )
 
 
 def lm_eval_checkpoint(checkpoint: str, cfg: LmEvalConfig, log_samples: bool = False) -> tuple[list[dict], dict]:
-    """(one row per task, lm-eval's full results) for ``checkpoint``; rows are appended to cfg.results.
+    """(one row per task, lm-eval's full results) for ``checkpoint`` (an overtrain checkpoint or a
+    transformers model directory); rows are appended to cfg.results, each with its scores file.
 
     ``log_samples`` keeps lm-eval's per-example records (``out["samples"]``)."""
     lm_eval = _require_lm_eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    step_dir = resolve_checkpoint(checkpoint)
-    tasks, manager = resolve_tasks(cfg.tasks, cfg.include)  # before the model: a bad name costs nothing
-    model, spec, meta = load_model(step_dir, device=resolve_device(cfg.device))
-    tok = check_tokenizer(spec, str(step_dir))
-    lm = make_lm(model, spec, tok, cfg.batch_size, cfg.precision, cfg.eos_prefix)
+    # the model and every task name are checked before any model is loaded: bad input costs nothing
+    hf_dir = Path(checkpoint).expanduser() if is_model_dir(checkpoint) else None
+    hf_config = check_model_dir(hf_dir) if hf_dir else None
+    step_dir = None if hf_dir else resolve_checkpoint(checkpoint)
+    if hf_dir and cfg.eos_prefix:
+        raise ConfigError(
+            "eos_prefix=true: only for overtrain checkpoints (a transformers model gets lm-eval's HF tokenization)"
+        )
+    tasks, manager = resolve_tasks(cfg.tasks, cfg.include)
+    device = resolve_device(cfg.device)
+    if hf_dir:
+        lm, precision = make_hflm(hf_dir, device, cfg.precision, cfg.batch_size)
+        prov, eos_prefix = model_provenance(hf_dir, hf_config), False
+    else:
+        model, spec, meta = load_model(step_dir, device=device)
+        tok = check_tokenizer(spec, str(step_dir))
+        eos_prefix, precision = cfg.eos_prefix is not False, cfg.precision
+        lm = make_lm(model, spec, tok, cfg.batch_size, precision, eos_prefix)
+        prov = checkpoint_provenance(step_dir, spec, meta)
     t0 = time.time()
     out = lm_eval.simple_evaluate(
         model=lm,
@@ -337,35 +324,34 @@ def lm_eval_checkpoint(checkpoint: str, cfg: LmEvalConfig, log_samples: bool = F
         num_fewshot=cfg.num_fewshot,
         limit=cfg.limit,
         task_manager=manager,
-        log_samples=log_samples,
+        log_samples=log_samples or bool(cfg.results),  # the per-example scores of the rows
         bootstrap_iters=1000,
         random_seed=cfg.seed,
         numpy_random_seed=cfg.seed,
         torch_random_seed=cfg.seed,
         fewshot_random_seed=cfg.seed,
     )
-    prov = checkpoint_provenance(step_dir, spec, meta)
     common = {
         "kind": "lm_eval",
         **prov,
         "lm_eval_version": getattr(lm_eval, "__version__", None),
         "num_fewshot": cfg.num_fewshot,
         "limit": cfg.limit,
-        "precision": cfg.precision,
-        "eos_prefix": cfg.eos_prefix,
+        "precision": precision,
+        "eos_prefix": eos_prefix,
         "device": str(lm.device),
         "seconds": round(time.time() - t0, 3),
     }
     rows = []
     for task, res in out["results"].items():
         n = out.get("n-samples", {}).get(task, {})
-        row = {**common, "task": task, "n_examples": n.get("effective"), **flatten_results(res), "time": time.time()}
-        rows.append(row)
+        split = eval_split(out.get("configs", {}).get(task, {}))
+        row = {**common, "task": task, "eval_split": split, "n_examples": n.get("effective"), **flatten_results(res)}
+        rows.append({**row, "time": time.time()})
     if cfg.results:
-        from ..core.results import append_row
-
-        for row in rows:
-            append_row(cfg.results, row)
+        append_rows(cfg.results, rows, out.get("samples", {}))
+    if not log_samples:
+        out.pop("samples", None)
     return rows, out
 
 
