@@ -214,9 +214,10 @@ def member_provenance(member: SuiteMember, path: Path) -> dict:
         if prov["pretrain_tokens"] is None:
             prov["pretrain_tokens"] = member.tokens
         return prov
+    local = Path(member.model) if member.is_local else None  # a local suite: its folder, the member's name
     return {
-        "suite_model": member.model,
-        "suite_revision": member.revision,
+        "suite_model": str(local.parent) if local else member.model,
+        "suite_revision": local.name if local else member.revision,
         "suite_commit": commit_of(path),
         "pretrain_tokens": member.tokens,
         "sft_data": None,
@@ -237,13 +238,14 @@ def write_provenance(directory: str | os.PathLike, provenance: dict) -> Path:
 
 def read_provenance(directory: str | os.PathLike) -> dict:
     """The provenance dict of a directory: its ``overtrain_suite.json``, or for a plain member directory
-    ``suite_model`` = the directory, ``pretrain_tokens`` from its name, the rest None."""
-    directory = Path(directory)
+    (a local suite is a folder of revision directories) ``suite_model`` = the folder, ``suite_revision``
+    = the directory's name, ``pretrain_tokens`` from that name, the rest None."""
+    directory = Path(directory).resolve()
     path = directory / PROVENANCE_FILE
     if not path.is_file():
         return {
-            "suite_model": str(directory),
-            "suite_revision": None,
+            "suite_model": str(directory.parent),
+            "suite_revision": directory.name,
             "suite_commit": None,
             "pretrain_tokens": tokens_from_revision(directory.name),
             "sft_data": None,

@@ -64,6 +64,7 @@ import numpy as np
 
 from ..core.checkpoint import file_sha256
 from ..core.config import CONFIG_ROOT, CheckpointError, ConfigError, DataError
+from ..core.suite import PROVENANCE_FILE, check_loadable, read_provenance
 
 GENERALIST_DIR = CONFIG_ROOT / "lm_eval" / "generalist"
 GENERALIST = (
@@ -78,8 +79,7 @@ GENERALIST = (
 )
 GROUPS = {"generalist": GENERALIST}
 
-SUITE_FILE = "overtrain_suite.json"  # written by the suite's SFT stage (core.suite.write_provenance)
-SUITE_KEYS = ("suite_model", "suite_revision", "suite_commit", "pretrain_tokens", "sft_data", "sft", "sft_stats")
+SUITE_FILE = PROVENANCE_FILE  # written by the suite's SFT stage (core.suite.write_provenance)
 EXPORT_FILE = "overtrain.json"  # written by export-hf (train.hf.PROVENANCE): source spec + meta
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -171,29 +171,9 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 def check_model_dir(path: str | os.PathLike) -> dict:
     """The parsed ``config.json`` of a transformers causal LM the installed transformers can load;
     else one ConfigError naming the file and field (no weights are read)."""
-    # TODO(lead): core.suite.check_loadable (branch suite) checks the same; use it once merged
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     p = Path(path).expanduser()
-    file = p / "config.json"
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{file}: not readable JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
-    model_type, archs = config.get("model_type"), config.get("architectures")
-    version = f"transformers {transformers.__version__}"
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        hint = " (the non-hf OLMo format: use an '-hf' repository, e.g. allenai/OLMo-1B-hf)" * (model_type == "hf_olmo")
-        raise ConfigError(f"{file}: model_type={model_type!r}: not a causal LM architecture of {version}{hint}")
-    if archs is not None:
-        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-            raise ConfigError(f"{file}: architectures={archs!r}: expected a list of class names")
-        unknown = [a for a in archs if not hasattr(transformers, a)]
-        if unknown:
-            raise ConfigError(f"{file}: architectures={archs!r}: {', '.join(unknown)} is not a class of {version}")
+    check_loadable(p)  # model_type and architectures known to the installed transformers
+    config = json.loads((p / "config.json").read_text())
     if not any((p / w).is_file() for w in WEIGHTS):
         raise ConfigError(f"{p}: no weights (expected one of {', '.join(WEIGHTS)})")
     if not any((p / t).is_file() for t in TOKENIZER_FILES):
@@ -212,16 +192,8 @@ def _read_json(path: Path) -> dict:
 
 
 def read_suite_provenance(model_dir: Path) -> dict | None:
-    """``overtrain_suite.json``'s keys, or None without the file."""
-    # TODO(lead): use core.suite.read_provenance (branch suite) once merged
-    path = model_dir / SUITE_FILE
-    if not path.is_file():
-        return None
-    data = _read_json(path)
-    missing = [k for k in SUITE_KEYS if k not in data]
-    if missing:
-        raise DataError(f"{path}: missing key(s) {', '.join(missing)} (expected {', '.join(SUITE_KEYS)})")
-    return {k: data[k] for k in SUITE_KEYS}
+    """``overtrain_suite.json``'s keys (``core.suite.read_provenance``), or None without the file."""
+    return read_provenance(model_dir) if (model_dir / SUITE_FILE).is_file() else None
 
 
 def weights_sha256(model_dir: Path) -> str:

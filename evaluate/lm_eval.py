@@ -49,6 +49,7 @@ from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpo
 from ..core.config import ConfigError
 from ..core.dist import resolve_device
 from ..core.likelihood import autocast_for, pad_batch, readout_at
+from ..core.suite import member_provenance, resolve_member
 from ..data.tokenizer import check_tokenizer
 from .generalist import (  # noqa: F401  (resolve_tasks: also used by launch.spec)
     append_rows,
@@ -271,6 +272,8 @@ class LmEvalConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA (HF dir: bf16 weights), else fp32
     eos_prefix: bool | None = None  # contexts start with EOS as overtrain's do (None: yes; an HF dir: no)
     seed: int = 1234  # lm-eval's seeds (few-shot sampling)
+    member: bool = False  # the model is a checkpoint-suite member (a local revision dir; REPO@REVISION always is)
+    pretrain_tokens: int | None = None  # a suite member's pre-training tokens (default: parsed from its revision)
     results: str | None = None  # append one row per task to this results.jsonl
     json: bool = False  # print the results as JSON
 
@@ -291,6 +294,20 @@ def add_arguments(p):
     )
 
 
+def suite_member(checkpoint: str, cfg: LmEvalConfig):
+    """The ``core.suite.SuiteMember`` that ``checkpoint`` names, or None for an overtrain checkpoint
+    (``RUN@tokens=N``) or a plain model directory (unless ``member=true``)."""
+    from ..core.suite import parse_member
+
+    hub = "@" in checkpoint and not Path(checkpoint).expanduser().exists() and "=" not in checkpoint.split("@", 1)[1]
+    if not (hub or cfg.member):
+        return None
+    m = parse_member(checkpoint, tokens=cfg.pretrain_tokens)
+    if m.tokens is None:
+        raise ConfigError(f"{checkpoint}: no pre-training token count in its revision name: give pretrain_tokens=N")
+    return m
+
+
 def lm_eval_checkpoint(checkpoint: str, cfg: LmEvalConfig, log_samples: bool = False) -> tuple[list[dict], dict]:
     """(one row per task, lm-eval's full results) for ``checkpoint`` (an overtrain checkpoint or a
     transformers model directory); rows are appended to cfg.results, each with its scores file.
@@ -299,6 +316,9 @@ def lm_eval_checkpoint(checkpoint: str, cfg: LmEvalConfig, log_samples: bool = F
     lm_eval = _require_lm_eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # the model and every task name are checked before any model is loaded: bad input costs nothing
+    member = suite_member(checkpoint, cfg)
+    if member is not None:  # REPO@REVISION (fetched to the HF cache) or a local revision directory
+        checkpoint = str(resolve_member(member))
     hf_dir = Path(checkpoint).expanduser() if is_model_dir(checkpoint) else None
     hf_config = check_model_dir(hf_dir) if hf_dir else None
     step_dir = None if hf_dir else resolve_checkpoint(checkpoint)
@@ -311,6 +331,9 @@ def lm_eval_checkpoint(checkpoint: str, cfg: LmEvalConfig, log_samples: bool = F
     if hf_dir:
         lm, precision = make_hflm(hf_dir, device, cfg.precision, cfg.batch_size)
         prov, eos_prefix = model_provenance(hf_dir, hf_config), False
+        if member is not None and not prov.get("suite_model"):  # a member itself, not a tuned model
+            prov |= member_provenance(member, hf_dir)
+            prov["model"] = prov["suite_model"]
     else:
         model, spec, meta = load_model(step_dir, device=device)
         tok = check_tokenizer(spec, str(step_dir))

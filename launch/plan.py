@@ -246,7 +246,7 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
         for name, data in (ins.datasets if ins else {}).items():
             tid = f"{_slug(m.name)}_{_slug(name)}"
             out = root / "instruct" / tid
-            argv = ["sft", m.ref, f"data={data}", f"out={out}", f"tokens={m.tokens}", *ins.args]
+            argv = ["sft", m.ref, f"data={expand_path(data)}", f"out={out}", f"tokens={m.tokens}", *ins.args]
             argv.append(f"results={root / 'instruct' / 'results.jsonl'}")
             jobs.append(
                 Job(
@@ -265,8 +265,8 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
         for lid, model, after in evals:
             results = root / "lm_eval" / lid / "results.jsonl"
             argv = ["lm-eval", model, _ov("tasks", le.tasks), f"results={results}", *le.args]
-            if not after:  # a member itself: its token count travels with the row
-                argv.append(f"pretrain_tokens={m.tokens}")
+            if not after:  # a member itself: its suite, revision and token count travel with the rows
+                argv += ["member=true", f"pretrain_tokens={m.tokens}"]
             done = root / "state" / f"lm_eval__{lid}.done"
             jobs.append(
                 Job(

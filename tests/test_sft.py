@@ -48,7 +48,8 @@ def test_sft_each_member(tiny_suite: TinySuite, tmp_path, capsys):
     for member, out, tokens in zip(tiny_suite.members, outs, tiny_suite.tokens):
         prov = read_provenance(out)
         assert set(prov) == set(PROVENANCE_KEYS) and prov["pretrain_tokens"] == tokens
-        assert prov["suite_model"] == str(member) and prov["suite_revision"] is None and prov["suite_commit"] is None
+        assert prov["suite_model"] == str(member.parent) and prov["suite_revision"] == member.name
+        assert prov["suite_commit"] is None
         assert prov["sft_data"] == GSM8K and prov["sft"]["lr"] == 1e-3 and prov["sft"]["model"] == str(member)
         stats = prov["sft_stats"]
         assert stats["steps"] == 4 and stats["examples"] + stats["dropped"] == 32 and stats["max_seq_len"] == 96

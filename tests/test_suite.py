@@ -70,7 +70,9 @@ def test_local_members(tiny_suite: TinySuite, tmp_path):
         assert m.is_local and m.revision is None and m.tokens == tokens and m.model == str(path)
         assert resolve_member(m) == path and commit_of(path) is None
         prov = read_provenance(path)  # a plain member: no provenance file, tokens from the name
-        assert prov == {**dict.fromkeys(PROVENANCE_KEYS), "suite_model": str(path), "pretrain_tokens": tokens}
+        # a local suite is its folder; the member's directory name is its revision (the report's grouping)
+        expect = {"suite_model": str(path.parent), "suite_revision": path.name, "pretrain_tokens": tokens}
+        assert prov == {**dict.fromkeys(PROVENANCE_KEYS), **expect}
     # the three members are three different points of one run: checkpoints saved at 1K, 2K, 4K tokens
     from safetensors.torch import load_file
 
