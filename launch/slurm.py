@@ -67,13 +67,16 @@ cd {results}
 
 # run_resumable DONE-MARKER MARK CMD...: run CMD (a job step) unless DONE-MARKER exists ("-": none);
 # MARK=1 writes DONE-MARKER after a successful exit. On SIGUSR1 (sbatch --signal, before the time
-# limit) or SIGTERM (preemption) the step gets SIGUSR1: overtrain saves and exits 75, and this job
-# is requeued; the requeued job resumes from what was saved.
+# limit) or SIGTERM (preemption) the step gets SIGUSR1: overtrain saves, leaves the marker file
+# $OVERTRAIN_PREEMPTED_FILE and exits 75 (torchrun makes that 1), and this job requeues itself; the
+# requeued job resumes from what was saved.
 run_resumable() {{
-  local done=$1 mark=$2 stop=0 step rc id
+  local done=$1 mark=$2 stop=0 step rc
   shift 2
   if [ "$done" != - ] && [ -e "$done" ]; then echo "already done: $done exists"; return 0; fi
   echo "$(date '+%F %T') job ${{SLURM_JOB_ID:-?}} (restart ${{SLURM_RESTART_COUNT:-0}}) on $(hostname): $*"
+  export OVERTRAIN_PREEMPTED_FILE={results}/state/preempted/$(job_id)
+  rm -f "$OVERTRAIN_PREEMPTED_FILE"
   trap 'stop=1; echo "$(date +%T) stop requested: the step saves its state and exits"; kill -USR1 "$step" 2>/dev/null' USR1 TERM
   "$@" &
   step=$!
@@ -83,15 +86,30 @@ run_resumable() {{
     mkdir -p "$(dirname "$done")"
     printf '{{"slurm_job": "%s", "finished": %s}}\\n' "${{SLURM_JOB_ID:-}}" "$(date +%s)" > "$done.tmp" && mv "$done.tmp" "$done"
   fi
-  if [ "$rc" -ne 0 ] && {{ [ "$rc" -eq 75 ] || [ "$stop" -eq 1 ]; }}; then
-    id=${{SLURM_ARRAY_JOB_ID:+${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID:-}}}}
-    id=${{id:-$SLURM_JOB_ID}}
-    echo "$(date +%T) requeueing $id (exit $rc): it resumes from what it saved"
-    # exit 0 once requeued: a failed exit could be read by a dependent's afterok before the requeue
-    if scontrol requeue "$id"; then exit 0; fi
-    exit 75
+  if [ "$rc" -ne 0 ] && {{ [ -e "$OVERTRAIN_PREEMPTED_FILE" ] || [ "$rc" -eq 75 ] || [ "$stop" -eq 1 ]; }}; then
+    requeue_self "exit $rc$([ -e "$OVERTRAIN_PREEMPTED_FILE" ] && echo ', state saved')"
   fi
   return "$rc"
+}}
+
+# This job's id for scontrol: JOBID, or ARRAYJOBID_TASKID for an array task.
+job_id() {{
+  if [ -n "${{SLURM_ARRAY_JOB_ID:-}}" ]; then echo "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"; else echo "${{SLURM_JOB_ID:-local}}"; fi
+}}
+
+# requeue_self WHY: requeue this job while it still runs, then exit 0. Never exit non-zero first: a
+# failed job would fail its dependents' afterok before the requeue. scontrol is retried (a busy
+# controller times out); if it keeps failing, exit 75: `grid submit` resubmits the job.
+requeue_self() {{
+  local id try
+  id=$(job_id)
+  echo "$(date +%T) requeueing $id ($1): it resumes from what it saved"
+  for try in 1 2 3 4 5; do
+    if scontrol requeue "$id"; then echo "$(date +%T) requeued $id"; exit 0; fi
+    sleep $((try * 5))
+  done
+  echo "$(date +%T) could not requeue $id: run overtrain grid submit again to resubmit it" >&2
+  exit 75
 }}
 """
 
@@ -203,7 +221,9 @@ def write_slurm(spec: GridSpec, jobs: list[Job], out: Path, o: SlurmOptions, gri
     results = Path(expand_path(spec.results_dir)).resolve()
     setup = f"{o.setup}\n" if o.setup else ""
     written = [out / "common.sh"]
-    atomic_write_text(written[0], COMMON.format(setup=setup, python=shlex.quote(sys.executable), results=results))
+    atomic_write_text(
+        written[0], COMMON.format(setup=setup, python=shlex.quote(sys.executable), results=shlex.quote(str(results)))
+    )
     array = [j for j in jobs if j.kind in ARRAY_KINDS]
     for j in jobs:
         if j.kind in ARRAY_KINDS:
