@@ -147,6 +147,14 @@ def check_cluster(o) -> list[str]:
 # --------------------------------------------------------------------------------- the grid
 
 
+def check_options(o) -> None:
+    """The SlurmOptions' own values."""
+    for key, least in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 0), ("signal_s", 0), ("prepare_tasks", 0)):
+        if getattr(o, key) < least:
+            raise ConfigError(f"{key}={getattr(o, key)} must be >= {least}")
+    parse_slurm_time(o.time)
+
+
 def processes_per_node(job: Job, gpus_per_node: int) -> int:
     return job.nproc or gpus_per_node or 1
 

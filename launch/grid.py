@@ -55,9 +55,8 @@ class GridOptions:
     setup: str = ""  # slurm: a shell line every job runs first, e.g. "module load cuda/12.1"
     cpus_per_task: int = 0  # slurm: CPUs per task (0: 8 per GPU, 1 per process on CPU)
     signal_s: int = 300  # slurm: USR1 this many seconds before the time limit (save, then requeue)
-    requeue_long: bool = (
-        False  # slurm: accept pre-training runs / sweeps longer than time (they requeue themselves until done)
-    )
+    requeue_long: bool = False  # slurm: accept pre-training runs / sweeps longer than time (they requeue until done)
+    prepare_tasks: int = 0  # slurm: > 0: prepare-data as plan -> array of this many shard ranges -> merge
 
 
 OPTIONS = GridOptions

@@ -60,6 +60,12 @@ def test_slurm_times():
         parse_slurm_time("2h")
 
 
+@pytest.mark.parametrize("bad", ["nodes=0", "gpus_per_node=-1", "prepare_tasks=-2", "time=2h"])
+def test_bad_options(bad, tmp_path, capsys):
+    assert main(["grid", "slurm", DEMO, f"results_dir={tmp_path / 'r'}", bad]) == 2
+    assert bad.split("=")[0] + "=" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_no_sbatch_on_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ConfigError, match="sbatch is not on PATH"):
