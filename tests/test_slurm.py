@@ -1,12 +1,13 @@
 """A grid on a real Slurm: a one-node cluster (munged, slurmctld, slurmd on this host, CPU only)
-started by the fixture, the grid submitted with ``grid submit`` (prepare-data, pre-training via
-srun + torchrun with gloo, the sweep and perturbation array, the report), the pre-training job
-signalled mid-run as Slurm does before a time limit: it saves, requeues, resumes, and the rows
-equal those of ``grid run``. Needs root and Debian's slurm-wlm + munge (``.ci/run`` installs them);
+started by the fixture, the grid submitted with ``grid submit`` (prepare-data as plan, an array of
+2 tasks over 3 shards and a merge; pre-training via srun + torchrun with gloo; the sweep and
+perturbation array; the report), the pre-training job signalled mid-run as Slurm does before a
+time limit: it saves, requeues, resumes, and the rows equal those of ``grid run``. Needs root and Debian's slurm-wlm + munge (``.ci/run`` installs them);
 without them these tests skip, saying so."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -142,14 +143,19 @@ def slurm(tmp_path_factory):
 
 def _grid(tmp_path: Path, results: Path) -> Path:
     c4 = data_root() / "c4"
+    shards = tmp_path / "shards"  # 40 documents of the sample as 3 shards (C4's own layout), for a prepare array
+    if not shards.is_dir():
+        shards.mkdir()
+        lines = gzip.open(c4 / "c4-sample.00000-of-00001.json.gz", "rb").read().splitlines(keepends=True)[:40]
+        for k in range(3):
+            (shards / f"c4-train.{k:05d}.json.gz").write_bytes(gzip.compress(b"".join(lines[k::3])))
     grid = {
         "name": "slurm-test",
         "results_dir": str(results),
         "prepare": {
-            "train": [str(c4 / "c4-sample.00000-of-00001.json.gz")],
+            "train": [f"{shards}/c4-train.*.json.gz"],
             "val": [str(c4 / "c4-sample.01.json.gz")],
             "out": "data/c4",
-            "args": ["max_docs=40"],
         },
         "pretrain": {
             "config": "configs/pretrain/demo.yaml",
@@ -199,7 +205,7 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     env = dict(slurm, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     results = tmp_path / "on-slurm"
     grid = _grid(tmp_path, results)
-    opts = ["gpus_per_node=0", "partition=debug", "time=00:10:00", "signal_s=60"]
+    opts = ["gpus_per_node=0", "partition=debug", "time=00:10:00", "signal_s=60", "prepare_tasks=2"]
 
     bad = _overtrain(["grid", "submit", str(grid), "partition=nosuch"], env)
     assert bad.returncode == 2 and "no such Slurm partition" in bad.stderr and not (results / "slurm").exists()
@@ -213,7 +219,10 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     sub = _overtrain(["grid", "submit", str(grid), *opts], dict(env, SBATCH_HOLD="1"))
     assert sub.returncode == 0, sub.stdout + sub.stderr
     record = json.loads((results / "slurm" / "submitted.json").read_text())
-    assert set(record) == {"prepare", "pretrain/tiny_10K", "sweep/tiny_10K_final_rte", "perturb/tiny_10K", "report"}
+    assert set(record) == {"prepare", "pretrain/tiny_10K", "sweep/tiny_10K_final_rte", "perturb/tiny_10K", "report"} | {
+        "prepare/plan",  # prepare_tasks=2: plan, an array of 2 tasks over the 3 shards, then the merge ("prepare")
+        "prepare/shards",
+    }
 
     # Resubmitting at once submits nothing: every job is queued already.
     again = _overtrain(["grid", "submit", str(grid), *opts], env)
@@ -254,6 +263,9 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     _wait("the grid to finish on Slurm", finished, 600, 2)
     log = next((results / "logs" / "slurm").glob(f"pt-tiny_10K-{pt}.out")).read_text()
     assert "stopped on SIGUSR1 after step" in log and "state saved" in log and f"requeued {pt}" in log, log[-3000:]
+    arr = record["prepare/shards"]
+    tasks = [(results / "logs" / "slurm" / f"slurm-test-prepare-shards-{arr}_{i}.out").read_text() for i in (0, 1)]
+    assert "task 0/2: shards 0-0: 1 parts" in tasks[0] and "task 1/2: shards 1-2: 2 parts" in tasks[1], tasks
     summary = json.loads((results / "pretrain" / "tiny_10K" / "summary.json").read_text())
     assert summary["resumes"] == 1 and summary["world_size"] == 2
     assert (results / "report" / "report.md").is_file()
