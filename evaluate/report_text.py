@@ -183,10 +183,12 @@ def sanity(rep: Report) -> None:
                 for t, c in sorted(cells.items())
                 if len(c.grid) > 1 and c.lrs and pick(c.lrs) == pick(c.grid) and len(c.lrs) == 1
             ]
-            if at:
+            if at:  # the sweep extends such a grid (finetune.sweep): the flag stays when it was off or hit its cap
+                why = sorted({cells[t].extend_stop for t in at if cells[t].extend_stop})
                 rep.flags.append(
                     f"{task}, {s.label(rep.group_by)}: the tuned LR is the {end} of its grid at "
                     f"{', '.join(fmt_tokens(t) for t in at)} tokens: the best LR may lie beyond the grid"
+                    + (f" (grid extension: {'; '.join(why)})" if why else "")
                 )
 
 

@@ -55,6 +55,10 @@ class SweepConfig:
     min_lr: float = 4e-6  # the paper's smallest fine-tuning LR
     max_lr: float | None = None  # None: the task YAML's max_lr
     n_lrs: int = 8  # geometric grid points (the paper's grid is unknown)
+    # When the tuned LR is an end of the grid, the best LR may lie beyond it: add one LR past that end
+    # (the grid's own ratio there), fine-tune it, reselect; repeat while it is still an end.
+    extend: bool = True  # false: the grid is what was asked (the report then flags a tuned LR at an end)
+    max_extensions: int = 2  # at most this many LRs added per sweep (both ends together)
 
 
 # Every field is part of a row's resume identity (``config_hash``, ``RESUME_KEYS``) unless marked:
@@ -112,6 +116,8 @@ class FinetuneConfig:
             raise ValueError("schedule.warmup_tokens is for pre-training; fine-tuning uses schedule.warmup_fraction")
         if self.l2_to_pretrained < 0 or self.weight_decay < 0:
             raise ValueError("l2_to_pretrained and weight_decay must be >= 0")
+        if self.sweep.max_extensions < 0:
+            raise ValueError(f"sweep.max_extensions={self.sweep.max_extensions} must be >= 0")
         bad = set(self.max_examples) - {"train", "validation", "test"}
         if bad:
             raise ValueError(f"max_examples: unknown split(s) {sorted(bad)} (train, validation, test)")
@@ -260,11 +266,12 @@ def run_finetune(
     before: dict | None = None,
     prepared: Prepared | None = None,
     progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
     """Fine-tune, evaluate before/after, append the row to ``results`` (default RUN_DIR/results.jsonl); return it.
 
     ``before``: base-model metrics already computed (``evaluate_all`` of the same checkpoint, task
-    and caps; the sweep passes them to avoid re-evaluating per LR).
+    and caps; the sweep passes them to avoid re-evaluating per LR); ``extra``: keys added to the row.
     """
     t_start = time.time()
     p = prepared or prepare(cfg)
@@ -278,7 +285,7 @@ def run_finetune(
     if before is None and cfg.eval_before:
         before = evaluate_all(p)
     stats = train(p, progress)
-    return finish_run(p, stats, before, results, time.time() - t_start)
+    return finish_run(p, stats, before, results, time.time() - t_start, extra)
 
 
 def finish_run(

@@ -47,6 +47,25 @@ def test_paper_plan_job_counts():
     assert budgets == [4 * 10**9, 8 * 10**9, 16 * 10**9, 32 * 10**9, 64 * 10**9, 128 * 10**9]
 
 
+def test_plan_counts_sweep_lrs_and_their_possible_extension(capsys):
+    """A sweep's compute counts its grid's LRs (default.yaml: 8); the LRs a sweep may add past its
+    grid's end (sweep.extend, at most sweep.max_extensions = 2 each) are counted apart."""
+    paper = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
+    s = plan_summary(paper, expand(paper))
+    assert s["sweep_lrs"] == 180 * 8 and s["sweep_added_lrs_max"] == 180 * 2
+    assert s["sweep_extension_flops_max"] == pytest.approx(s["by_kind"]["sweep"]["flops"] * 2 / 8, rel=1e-12)
+    off = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", "finetune.overrides=[sweep.extend=false]"])
+    assert plan_summary(off, expand(off))["sweep_added_lrs_max"] == 0
+    demo = load_grid(DEMO, ["results_dir=/tmp/overtrain-plan-test", "finetune.overrides=[sweep.max_extensions=1]"])
+    s = plan_summary(demo, expand(demo))  # demo.yaml: extension off; its grid: 3 LRs
+    assert s["sweep_lrs"] == 6 * 3 and s["sweep_added_lrs_max"] == 0
+    on = load_grid(DEMO, ["results_dir=/tmp/overtrain-plan-test", "finetune.axes={sweep.extend: [true, false]}"])
+    jobs = expand(on)
+    assert sorted(j.info["max_added_lrs"] for j in jobs if j.kind == "sweep") == [0] * 6 + [2] * 6
+    assert main(["grid", "plan", PAPER, "results_dir=/tmp/overtrain-plan-test"]) == 0
+    assert "plus up to 360 where a tuned LR lands at a grid's end" in capsys.readouterr().out
+
+
 def test_plan_cli_json(capsys):
     assert main(["grid", "plan", PAPER, "json=true", "results_dir=/tmp/overtrain-plan-test"]) == 0
     out = json.loads(capsys.readouterr().out)
