@@ -317,6 +317,10 @@ class FinetuneRow(Row):
     epochs: float | None = None
     batch_size: int | None = None
     mup_optimizer: bool | None = None
+    optimizer: str | None = field(default=None, metadata=OPTIONAL)  # "mup_adamw" | "adamw" (finetune config)
+    lr_groups: dict | None = field(
+        default=None, metadata=OPTIONAL
+    )  # peak LR per parameter group (core.optim.group_lrs)
     l2_to_pretrained: float | None = None
     weight_decay: float | None = None
     schedule: str | None = None  # the decay shape

@@ -214,7 +214,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         grad_clip=cfg.grad_clip,
         precision=cfg.precision,
         loss_fn=completion_loss,
-        mup=cfg.mup_optimizer,
+        mup=cfg.mup,
         l2_to_pretrained=cfg.l2_to_pretrained,
     )
     trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress)
