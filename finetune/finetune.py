@@ -92,7 +92,9 @@ class FinetuneConfig:
     # MuAdamW, as in pre-training (hidden matrices get lr / width_mult, so `lr` is the LR at the
     # base width); adamw = plain torch AdamW, one LR for every parameter. Rows record it and the
     # effective peak LR per parameter group (`optimizer`, `lr_groups`).
-    optimizer: Literal["mup_adamw", "adamw"] = "mup_adamw"  # a marked choice: the paper does not say (see above)
+    optimizer: Literal["mup_adamw", "adamw"] = (
+        "mup_adamw"  # marked choice (paper silent): MuAdamW as pre-training, or plain AdamW
+    )
     mup_optimizer: bool | None = no_result(None)  # the former spelling of `optimizer`: true = mup_adamw, false = adamw
     l2_to_pretrained: float = 0.0  # lambda of lambda * ||theta - theta_0||^2, added to each step's loss
     # data
