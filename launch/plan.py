@@ -92,6 +92,7 @@ def expand(spec: GridSpec) -> list[Job]:
 
     pre = spec.pretrain
     pre_cfg = config_path(pre.config)
+    longest = max(parse_count(b) for b in pre.budgets)
     for model, budget, axes in itertools.product(
         pre.models, pre.budgets, _axis_product(seed_axes(pre.axes, pre.seeds))
     ):
@@ -107,8 +108,12 @@ def expand(spec: GridSpec) -> list[Job]:
             f"run_dir={run_dir}",
             f"data.dir={data_dir}",
         ]
-        # Token marks come from the grid alone (a base config's own marks would not be swept).
-        marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens]
+        # Token marks come from the grid alone (a base config's own marks would not be swept), so a
+        # run without marks gets `checkpoint.at_tokens=[]`; `intermediate_runs: longest` keeps them
+        # to each model's longest run (the Amuro & Char comparison: one run's checkpoints before
+        # their LR decayed, beside the fully decayed runs of each budget).
+        marked = pre.intermediate_runs == "all" or tokens == longest
+        marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens] if marked else []
         argv.append(_ov("checkpoint.at_tokens", marks))
         argv += list(pre.overrides) + [_ov(k, v) for k, v in axes.items()]
         mspec = load_model_spec(model)

@@ -101,6 +101,38 @@ def test_intermediate_checkpoints_are_swept(tmp_path):
     assert "checkpoint.at_tokens=[16000]" in pre.argv
 
 
+def test_paper_grid_sweeps_intermediate_checkpoints_of_the_longest_runs_when_asked():
+    """paper.yaml as it is: only fully decayed checkpoints (every run gets `checkpoint.at_tokens=[]`);
+    with ``pretrain.intermediate_tokens`` each model's 128B run also saves those checkpoints and
+    every task sweeps them (``intermediate_runs: longest``; ``all``: every longer run)."""
+    from overtrain.launch.spec import grid_fingerprint
+
+    plain = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
+    assert grid_fingerprint(plain) == "b18e0475d3979ba5"  # as before the key existed: its results dirs stay claimable
+    jobs = expand(plain)
+    assert all("checkpoint.at_tokens=[]" in j.argv for j in jobs if j.kind == "pretrain")
+    assert not any("@tokens=" in j.info.get("checkpoint", "") for j in jobs)
+
+    marks = "pretrain.intermediate_tokens=[4B,8B,16B,32B,64B]"
+    spec = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks])
+    jobs = expand(spec)
+    pre = {j.id: j for j in jobs if j.kind == "pretrain"}
+    at = "checkpoint.at_tokens=[4000000000,8000000000,16000000000,32000000000,64000000000]"
+    for j in pre.values():
+        assert (at in j.argv) == (j.info["tokens"] == 128 * 10**9), j.id
+        assert j.info["tokens"] == 128 * 10**9 or "checkpoint.at_tokens=[]" in j.argv
+    inter = [j for j in jobs if j.kind == "sweep" and "@tokens=" in j.info["checkpoint"]]
+    assert len(inter) == 3 * 5 * 10 and len([j for j in jobs if j.kind == "sweep"]) == 180 + 150
+    assert {j.info["checkpoint"].split("@")[0] for j in inter} == {
+        pre[f"pretrain/{m}_128B"].info["run_dir"] for m in ("olmo-15m", "olmo-30m", "olmo-90m")
+    }
+    assert all(j.after == [f"pretrain/{Path(j.info['checkpoint'].split('@')[0]).name}"] for j in inter)
+    assert grid_fingerprint(spec) != grid_fingerprint(plain)
+    every = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks, "pretrain.intermediate_runs=all"])
+    inter = [j for j in expand(every) if j.kind == "sweep" and "@tokens=" in j.info["checkpoint"]]
+    assert len(inter) == 3 * (5 + 4 + 3 + 2 + 1) * 10
+
+
 @pytest.mark.parametrize(
     "patch, message",
     [
