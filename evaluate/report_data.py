@@ -201,6 +201,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # sanity checks that failed (``report_text.sanity``)
     base_samples: dict = field(default_factory=dict)  # (series, tokens) -> Samples of base C4 (base rows)
+    transfer: dict = field(default_factory=dict)  # muP transfer panels (``report_transfer.transfer_curves``)
 
     @property
     def tasks(self) -> list[str]:

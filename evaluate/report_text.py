@@ -36,6 +36,7 @@ from .report_data import (
     fmt_tokens,
     learned,
 )
+from .report_transfer import transfer_markdown
 
 
 def fmt_ci(c: Curve, i: int, digits: int = 4) -> str:
@@ -377,6 +378,7 @@ def markdown(rep: Report, figures: list[Path]) -> str:
                 )
         md.append(_md_table([*gb, "model", "tokens", "base C4", *[f"γ={g:g}" for g in gammas]], rows))
 
+    md += transfer_markdown(rep.transfer)
     if figures:
         md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     return "\n".join(md).strip() + "\n"
