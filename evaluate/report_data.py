@@ -290,7 +290,8 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
                 raise DataError(f"{row.where}: {row.kind} row needs a 'task' and a numeric 'lr'")
             ft_rows[series, str(task), tokens].append(row)
             base_rows[series, tokens].append(("finetune", row.base_c4_ppl))
-    rep.notes.append("rows read: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    if kinds:
+        rep.notes.append("rows read: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     if no_decay_flag:
         rep.notes.append(f"{no_decay_flag} rows have no 'lr_decayed': treated as fully decayed")
 

@@ -137,7 +137,8 @@ def coord_data(
 ) -> tuple[list[dict], list[dict]]:
     """Train ``spec`` at each width for ``steps`` steps on ``batch``; returns (activation records, losses).
 
-    Each record: {seed, width, t, module, l1}. Losses: {seed, width, t, loss} (the loss at step t).
+    Each record: {seed, width, t, module, l1}. Losses: {seed, width, t, loss, grad_norm} (at step t;
+    the gradient norm before clipping).
     ``grad_clip`` > 0: the global gradient-norm clip of ``train_step``, as pre-training uses it.
     """
     x, y = (b.to(device) for b in batch)
@@ -161,7 +162,7 @@ def coord_data(
                 stats = train_step(model, opt, [(x, y)], lr_factor=1.0, grad_clip=grad_clip or None, precision="fp32")
                 for h in handles:
                     h.remove()
-                losses.append(dict(seed=seed, width=width, t=t, loss=stats.loss))
+                losses.append(dict(seed=seed, width=width, t=t, loss=stats.loss, grad_norm=stats.grad_norm))
                 bar.update(1)
             del model, opt
     bar.close()
@@ -193,6 +194,10 @@ def summarize(records: list[dict], losses: list[dict], widths, steps: int, toler
     for r in losses:
         lcell.setdefault((r["t"], r["width"]), []).append(r["loss"])
     loss = [[float(np.mean(lcell[t, w])) for w in widths] for t in range(1, steps + 1)]
+    gcell: dict[tuple, list] = {}
+    for r in losses:
+        gcell.setdefault((r["t"], r["width"]), []).append(r.get("grad_norm", math.nan))
+    grad_norm = [[float(np.mean(gcell[t, w])) for w in widths] for t in range(1, steps + 1)]
     return dict(
         widths=widths,
         steps=steps,
@@ -201,6 +206,7 @@ def summarize(records: list[dict], losses: list[dict], widths, steps: int, toler
         layers={m: dict(type=layer_type(m), l1=per_module[m], slope=slopes[m]) for m in modules},
         types={k: dict(l1=per_type[k], slope=type_slopes[k]) for k in types},
         loss=loss,
+        grad_norm=grad_norm,  # [step][width] before clipping: a clip acts where it exceeds grad_clip
         max_slope=max(slopes.values()),
         failing=failing,
         passed=not failing,
