@@ -239,9 +239,9 @@ def transfer_figure(curves: dict, out: Path) -> list[Path]:
             if best is not None:
                 ax.plot([best], [c[best]], marker="o", markersize=14, markerfacecolor="none", markeredgecolor=color)
         ax.set_xscale("log")
-        ax.set_xlabel("peak LR (log scale; at the muP base width)")
+        ax.set_xlabel("peak LR (log scale" + ("; hidden matrices: LR / width_mult)" if param == "mup" else ")"))
         ax.set_ylabel("final C4 validation loss")
-        ax.set_title(f"muP transfer: {model} ({param}), {fmt_tokens(budget)} tokens (○ = optimum)", fontsize=10)
+        ax.set_title(f"LR across widths: {model} ({param}), {fmt_tokens(budget)} tokens (○ = optimum)", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
