@@ -36,7 +36,10 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
   catastrophic overtraining" (every tuned curve's 95% upper bound of the worsening within
   ``tolerance``), or "cannot tell" with its reason (fewer than 3 budgets, no per-example scores,
   the model learned nothing, intervals too wide); sanity checks flag base C4 perplexity that does
-  not fall with tokens, tuned accuracy at the majority class and a tuned LR at an end of its grid.
+  not fall with tokens, tuned accuracy at the majority class and a tuned LR at an end of its grid
+  (the sweep adds LRs past such an end, ``finetune.sweep``; the flag stays when that was off or
+  reached its cap, and says which). LRs a sweep added count for the tuned LR only, not as fixed-LR
+  curves; of several selections of one sweep (a rerun over another grid) the last one counts.
 """
 
 from __future__ import annotations
