@@ -114,7 +114,7 @@ def stacked(spec, model, lrs, batches, warmup, precision, device, fused) -> tupl
         grad_clip=cfg.grad_clip,
         precision=precision,
         loss_fn=completion_loss,
-        mup=cfg.mup_optimizer,
+        mup=cfg.mup,
         fused=fused,
     )
     if warmup:

@@ -6,11 +6,12 @@ the LR of hidden matrices by their width multiplier and multiplies their decay b
 lr x weight_decay is width-independent; at width_mult 1 (SP, or d_model = base_d_model) it is
 AdamW. Each group's ``initial_lr`` is recorded so schedules scale the muP-adjusted LR
 (``core.step.set_lr_factor``). Pre-training, fine-tuning, stacked sweeps and the coordinate check
-all build their optimizer here.
+all build their optimizer here; ``group_lrs`` names each group's peak LR for the rows.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import torch
@@ -46,3 +47,27 @@ def build_optimizer(
         opt = torch.optim.AdamW(groups, **kw)
     remember_initial_lrs(opt)
     return opt
+
+
+def group_lrs(optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> dict:
+    """Each parameter group's peak LR (``initial_lr``, muP-adjusted), by a short name of what it holds:
+    "blocks" (the transformer blocks' matrices; "blocks.vectors": their norms/biases), else the
+    parameter's own name without the "transformer." prefix and ".weight" suffix (e.g. "wte",
+    "ff_out"); names joined by "+"; a name taken twice gets "#2", "#3"."""
+
+    def short(name: str, p: torch.nn.Parameter) -> str:
+        name = re.sub(r"^(transformer\.)|(\.weight)$", "", name)
+        if re.match(r"blocks\.\d+\.", name):
+            return "blocks" if p.ndim >= 2 else "blocks.vectors"
+        return name
+
+    names = {id(p): short(n, p) for n, p in named_parameters}
+    out: dict[str, float] = {}
+    for g in optimizer.param_groups:
+        label = "+".join(sorted({names.get(id(p), "?") for p in g["params"]}))
+        key, i = label, 1
+        while key in out:
+            i += 1
+            key = f"{label}#{i}"
+        out[key] = float(g.get("initial_lr", g["lr"]))
+    return out

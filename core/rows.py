@@ -5,6 +5,7 @@ rows", lists its keys. The kinds and who writes them:
 
     FinetuneRow  "finetune"  one fine-tuning run (``overtrain finetune``/``sweep``); the sweep's tuned
                              LR is a copy of one with ``selected: true``, ``selected_from``, ``selected_by``
+                             (and the grid extension's ``lr_extended``, ``lr_extensions``, ``lr_extend_stop``)
     BaseRow      "base"      a pre-trained checkpoint evaluated (the sweep's base evaluation, or
                              ``overtrain evaluate --results``)
     EvalRow      "eval"      ``overtrain evaluate --results`` on any other checkpoint (the report ignores it)
@@ -316,6 +317,10 @@ class FinetuneRow(Row):
     epochs: float | None = None
     batch_size: int | None = None
     mup_optimizer: bool | None = None
+    optimizer: str | None = field(default=None, metadata=OPTIONAL)  # "mup_adamw" | "adamw" (finetune config)
+    lr_groups: dict | None = field(
+        default=None, metadata=OPTIONAL
+    )  # peak LR per parameter group (core.optim.group_lrs)
     l2_to_pretrained: float | None = None
     weight_decay: float | None = None
     schedule: str | None = None  # the decay shape
@@ -350,6 +355,10 @@ class FinetuneRow(Row):
     stack_size: int | None = field(default=None, metadata=OPTIONAL)
     selected_from: list | None = field(default=None, metadata=OPTIONAL)  # the LR grid of the selection
     selected_by: str | None = field(default=None, metadata=OPTIONAL)
+    extended_lr: bool | None = field(default=None, metadata=OPTIONAL)  # an LR the sweep added past its grid's end
+    lr_extended: bool | None = field(default=None, metadata=OPTIONAL)  # selected row: the grid was extended
+    lr_extensions: list | None = field(default=None, metadata=OPTIONAL)  # selected row: the LRs added, in order
+    lr_extend_stop: str | None = field(default=None, metadata=OPTIONAL)  # selected row at a grid end: why no further LR
     scores: str | None = field(default=None, metadata=OPTIONAL)  # per-example scores file (``write_scores``)
 
     @property

@@ -5,7 +5,9 @@
 Writes ``report.md`` (also printed), ``summary.csv`` (size x budget x task), ``curves.csv`` (every
 curve point with its interval), ``perturb.csv`` and
 PNGs: base C4 perplexity vs tokens, per task ID and C4 perplexity after fine-tuning vs tokens (one
-line per fixed LR, one for the tuned LR), noise sensitivity vs tokens (one line per gamma).
+line per fixed LR, one for the tuned LR), noise sensitivity vs tokens (one line per gamma), and
+muP transfer (final C4 loss vs peak LR, one line per width: ``report_transfer``) when the inputs
+hold pre-training runs over several LRs (a directory of only such runs reports just that).
 
 The work is split: ``report_data`` (rows -> cells -> curves -> turns), ``report_stats`` (bootstrap,
 tests), ``report_text`` (verdicts, sanity checks, markdown, CSV) and ``report_figures`` (PNGs);
@@ -34,7 +36,10 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
   catastrophic overtraining" (every tuned curve's 95% upper bound of the worsening within
   ``tolerance``), or "cannot tell" with its reason (fewer than 3 budgets, no per-example scores,
   the model learned nothing, intervals too wide); sanity checks flag base C4 perplexity that does
-  not fall with tokens, tuned accuracy at the majority class and a tuned LR at an end of its grid.
+  not fall with tokens, tuned accuracy at the majority class and a tuned LR at an end of its grid
+  (the sweep adds LRs past such an end, ``finetune.sweep``; the flag stays when that was off or
+  reached its cap, and says which). LRs a sweep added count for the tuned LR only, not as fixed-LR
+  curves; of several selections of one sweep (a rerun over another grid) the last one counts.
 """
 
 from __future__ import annotations
@@ -45,12 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.config import ConfigError, DataError, atomic_write_text
+from ..core.results import Rows
 from ..core.rows import Row, load_rows
 from ..core.tracker import TrackConfig, Tracker, check_trackers
 from .report_data import Report, collect, find_turn
-from .report_figures import figures
+from .report_figures import figures, transfer_figure
 from .report_suite import collect_suite, decide_suite, suite_figures, suite_markdown
 from .report_text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
+from .report_transfer import find_runs, transfer_curves
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]
 
@@ -87,15 +94,23 @@ def make_report(
     """Read results, write report.md / summary.csv / perturb.csv / PNGs into ``out``; (report, markdown, figure paths)."""
     if tolerance < 0:
         raise ConfigError(f"command line: --tolerance must be >= 0, got {tolerance}")
-    rows = load_rows(list(sources), warn=False)
-    if not rows:
+    transfer = transfer_curves(find_runs(sources))  # pre-training runs over LRs: the muP-transfer panel
+    try:
+        rows = load_rows(list(sources), warn=False)
+    except DataError:
+        if not transfer:
+            raise
+        rows = Rows()  # pre-training runs only (ablations/mup_transfer.yaml): no results rows
+        rows.files, rows.where, rows.torn = [Path(s) for s in sources], [], []
+    if not rows and not transfer:
         raise DataError(f"{', '.join(str(f) for f in rows.files)}: no results rows")
     rep = aggregate(rows, list(group_by), tolerance, rows.files)
+    rep.transfer = transfer
     if rows.torn:
         rep.notes.append(f"ignored {len(rows.torn)} torn final line(s) (interrupted writes): {', '.join(rows.torn)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = figures(rep, out)
+    paths = figures(rep, out) + transfer_figure(transfer, out)
     from .lm_eval import lm_eval_figures  # `overtrain lm-eval` rows: each metric against pre-training tokens
 
     paths += lm_eval_figures([d for d in (r.to_dict() for r in rows) if not d.get("suite_model")], out)

@@ -141,7 +141,8 @@ class Cell:
     samples: dict = field(default_factory=dict)  # "id" / "c4" / "acc" -> report_stats.Samples (absent: no scores)
     majority: float | None = None  # majority-class accuracy of the evaluated split (classification)
     chance: float | None = None  # 1 / number of classes
-    grid: tuple[float, ...] = ()  # the LR grid the tuned LR was selected from
+    grid: tuple[float, ...] = ()  # the LR grid the tuned LR was selected from (as run: with the sweep's added LRs)
+    extend_stop: str | None = None  # tuned LR at an end of its grid: why the sweep added no LR past it (rows)
 
 
 @dataclass
@@ -200,6 +201,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # sanity checks that failed (``report_text.sanity``)
     base_samples: dict = field(default_factory=dict)  # (series, tokens) -> Samples of base C4 (base rows)
+    transfer: dict = field(default_factory=dict)  # muP transfer panels (``report_transfer.transfer_curves``)
 
     @property
     def tasks(self) -> list[str]:
@@ -288,7 +290,8 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
                 raise DataError(f"{row.where}: {row.kind} row needs a 'task' and a numeric 'lr'")
             ft_rows[series, str(task), tokens].append(row)
             base_rows[series, tokens].append(("finetune", row.base_c4_ppl))
-    rep.notes.append("rows read: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    if kinds:
+        rep.notes.append("rows read: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     if no_decay_flag:
         rep.notes.append(f"{no_decay_flag} rows have no 'lr_decayed': treated as fully decayed")
 
@@ -302,7 +305,7 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
         distinct = {(a.tobytes(), b.tobytes()): (a, b) for a, b in sc}
         rep.base_samples[key] = st.stack([a for a, _ in distinct.values()], [b for _, b in distinct.values()])
 
-    computed, mixed = 0, set()
+    computed, mixed, superseded, added = 0, set(), 0, 0
     for (series, task, tokens), rs in ft_rows.items():
         by_lr = defaultdict(list)
         # a sweep records the tuned LR as a *copy* of its row (selected: true): fixed-LR cells
@@ -313,14 +316,16 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
             plain = [r for r in group if r.selected is not True]
             by_lr[lr] = plain or group
             mixed |= {k for k in MIX_KEYS if _differ(by_lr[lr], k)}
-        rep.fixed.setdefault((series, task), {})[tokens] = {
-            lr: _cell(g, (lr,), cache) for lr, g in sorted(by_lr.items())
-        }
-        chosen = [r for r in rs if r.selected is True]
+        cells = {lr: _cell(g, (lr,), cache) for lr, g in sorted(by_lr.items())}
+        # LRs a sweep added past its grid's end (``extended_lr``) exist only where the tuned LR
+        # was at that end: they count for the tuned LR, not as fixed-LR curves
+        extended = {lr for lr, g in by_lr.items() if all(r.extended_lr for r in g)}
+        added += len(extended)
+        rep.fixed.setdefault((series, task), {})[tokens] = {lr: c for lr, c in cells.items() if lr not in extended}
+        chosen = _latest_selections(rs)
+        superseded += sum(r.selected is True for r in rs) - len(chosen)
         if not chosen:  # no flagged row: select by validation ID perplexity here
-            scored = [
-                (c.val_id_ppl, lr) for lr, c in rep.fixed[series, task][tokens].items() if c.val_id_ppl is not None
-            ]
+            scored = [(c.val_id_ppl, lr) for lr, c in cells.items() if c.val_id_ppl is not None]
             if not scored:
                 continue
             chosen = by_lr[min(scored)[1]]
@@ -328,7 +333,18 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
         cell = _cell(chosen, tuple(sorted({float(r.lr) for r in chosen})), cache)
         grids = {tuple(sorted(r.selected_from)) for r in chosen if r.selected_from}
         cell.grid = grids.pop() if len(grids) == 1 else tuple(sorted(by_lr))
+        stops = sorted({r.lr_extend_stop for r in chosen if r.lr_extend_stop})
+        cell.extend_stop = "; ".join(stops) or None
         rep.tuned.setdefault((series, task), {})[tokens] = cell
+    if added:
+        rep.notes.append(
+            f"{added} (checkpoint, task, LR) cells are LRs a sweep added past its grid's end (extended_lr): "
+            "they count for the tuned LR only, not as fixed-LR curves"
+        )
+    if superseded:
+        rep.notes.append(
+            f"{superseded} selected rows superseded by a later selection of the same sweep (over another LR grid): ignored"
+        )
     if mixed:
         rep.notes.append(
             f"some cells average rows that differ in {', '.join(sorted(mixed))} (different fine-tuning "
@@ -349,6 +365,17 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
     _build_curves(rep)
     decide(rep)
     return rep
+
+
+def _latest_selections(rows: list[FinetuneRow]) -> list[FinetuneRow]:
+    """The selected rows (``selected: true``) that count: per sweep (results file, seeds, MIX_KEYS)
+    the last one written, as a rerun over another grid (wider, extended, extension off)
+    appends a new selection after the old."""
+    latest = {}
+    for r in rows:
+        if r.selected is True:
+            latest[(r.where.rsplit(":", 1)[0], seed_key(r), *(repr(f(r)) for f in MIX_KEYS.values()))] = r
+    return list(latest.values())
 
 
 def _differ(rows: list[FinetuneRow], key: str) -> bool:

@@ -1,5 +1,7 @@
 """The report's figures (PNG): base C4 perplexity, per task ID and C4 perplexity after fine-tuning
-(one line per fixed LR, one for the tuned LR), and noise sensitivity, each over pre-training tokens.
+(one line per fixed LR, one for the tuned LR), and noise sensitivity, each over pre-training tokens;
+and muP transfer (``transfer_figure``: loss against peak LR, one line per width) when the inputs
+hold pre-training runs over several LRs.
 
 Intervals (``report_stats``: 95% bootstrap) are drawn as bands around the curves that have them;
 noise sensitivity as error bars of mean +- 1.96 sd / sqrt(n) over noise seeds, on a symlog axis
@@ -213,6 +215,39 @@ def figures(rep: Report, out: Path) -> list[Path]:
         paths.append(_save(fig, out / "noise_sensitivity.png"))
         plt.close(fig)
     return paths
+
+
+def transfer_figure(curves: dict, out: Path) -> list[Path]:
+    """``mup_transfer.png``: per (model, parametrization, budget) panel, final C4 validation loss against
+    peak LR (log x), one line per width, each width's optimum circled (``report_transfer``); [] without panels."""
+    if not curves:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report_transfer import optimum
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6.2 * len(curves), 4.4), squeeze=False)
+    for ax, ((model, param, budget), widths) in zip(axes[0], curves.items()):
+        for i, (w, c) in enumerate(widths.items()):
+            color = plt.cm.viridis(i / max(1, len(widths) - 1) * 0.85)
+            lrs = list(c)
+            ax.plot(lrs, [c[lr] for lr in lrs], marker="o", color=color, label=f"width {w}")
+            best = optimum(c)
+            if best is not None:
+                ax.plot([best], [c[best]], marker="o", markersize=14, markerfacecolor="none", markeredgecolor=color)
+        ax.set_xscale("log")
+        ax.set_xlabel("peak LR (log scale" + ("; hidden matrices: LR / width_mult)" if param == "mup" else ")"))
+        ax.set_ylabel("final C4 validation loss")
+        ax.set_title(f"LR across widths: {model} ({param}), {fmt_tokens(budget)} tokens (○ = optimum)", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    path = _save(fig, out / "mup_transfer.png")
+    plt.close(fig)
+    return [path]
 
 
 def _same_model(a: Series, b: Series) -> bool:

@@ -36,6 +36,7 @@ from .report_data import (
     fmt_tokens,
     learned,
 )
+from .report_transfer import transfer_markdown
 
 
 def fmt_ci(c: Curve, i: int, digits: int = 4) -> str:
@@ -183,10 +184,12 @@ def sanity(rep: Report) -> None:
                 for t, c in sorted(cells.items())
                 if len(c.grid) > 1 and c.lrs and pick(c.lrs) == pick(c.grid) and len(c.lrs) == 1
             ]
-            if at:
+            if at:  # the sweep extends such a grid (finetune.sweep): the flag stays when it was off or hit its cap
+                why = sorted({cells[t].extend_stop for t in at if cells[t].extend_stop})
                 rep.flags.append(
                     f"{task}, {s.label(rep.group_by)}: the tuned LR is the {end} of its grid at "
                     f"{', '.join(fmt_tokens(t) for t in at)} tokens: the best LR may lie beyond the grid"
+                    + (f" (grid extension: {'; '.join(why)})" if why else "")
                 )
 
 
@@ -375,6 +378,7 @@ def markdown(rep: Report, figures: list[Path]) -> str:
                 )
         md.append(_md_table([*gb, "model", "tokens", "base C4", *[f"γ={g:g}" for g in gammas]], rows))
 
+    md += transfer_markdown(rep.transfer)
     if figures:
         md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     return "\n".join(md).strip() + "\n"

@@ -5,7 +5,7 @@
 One run: check every input (checkpoint, model and vocabulary, task, C4, step count), evaluate the
 base model (C4 perplexity; ID perplexity/accuracy on validation and test), train (the one
 fine-tuning loop, ``finetune.loop``, over ``core.step.train_step``: loss on completion tokens only;
-MuAdamW or plain AdamW; warmup + decay from ``overtrain.core.schedule``; optional L2 toward the
+MuAdamW or plain AdamW, ``optimizer``; warmup + decay from ``overtrain.core.schedule``; optional L2 toward the
 pre-trained weights), evaluate again, and append one row to ``results.jsonl``. The row is written only after everything finished, so a
 killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
@@ -35,6 +35,7 @@ from ..core.identity import c4_identity, identity_dict, identity_row_keys, in_ro
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
 from ..core.optim import build_optimizer as core_build_optimizer
+from ..core.optim import group_lrs
 from ..core.results import append_row
 from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts, write_scores
 from ..core.schedule import ScheduleConfig
@@ -55,6 +56,10 @@ class SweepConfig:
     min_lr: float = 4e-6  # the paper's smallest fine-tuning LR
     max_lr: float | None = None  # None: the task YAML's max_lr
     n_lrs: int = 8  # geometric grid points (the paper's grid is unknown)
+    # When the tuned LR is an end of the grid, the best LR may lie beyond it: add one LR past that end
+    # (the grid's own ratio there), fine-tune it, reselect; repeat while it is still an end.
+    extend: bool = True  # false: the grid is what was asked (the report then flags a tuned LR at an end)
+    max_extensions: int = 2  # at most this many LRs added per sweep (both ends together)
 
 
 # Every field is part of a row's resume identity (``config_hash``, ``RESUME_KEYS``) unless marked:
@@ -83,7 +88,14 @@ class FinetuneConfig:
     eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.0  # decoupled; not on the input embedding
     grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
-    mup_optimizer: bool = True  # False: plain torch AdamW, one LR for every parameter
+    # MARKED CHOICE (the paper does not say which optimizer fine-tuning used): mup_adamw = muP's
+    # MuAdamW, as in pre-training (hidden matrices get lr / width_mult, so `lr` is the LR at the
+    # base width); adamw = plain torch AdamW, one LR for every parameter. Rows record it and the
+    # effective peak LR per parameter group (`optimizer`, `lr_groups`).
+    optimizer: Literal["mup_adamw", "adamw"] = (
+        "mup_adamw"  # marked choice (paper silent): MuAdamW as pre-training, or plain AdamW
+    )
+    mup_optimizer: bool | None = no_result(None)  # the former spelling of `optimizer`: true = mup_adamw, false = adamw
     l2_to_pretrained: float = 0.0  # lambda of lambda * ||theta - theta_0||^2, added to each step's loss
     # data
     max_examples: dict[str, int] = field(default_factory=dict)  # per split cap (seeded subset)
@@ -101,6 +113,17 @@ class FinetuneConfig:
     sweep: SweepConfig = no_result(factory=SweepConfig)
     tags: dict = no_result(factory=dict)  # copied into every results row (grid axes)
 
+    @property
+    def mup(self) -> bool:
+        """muP's per-group LR scaling (``optimizer: mup_adamw``)."""
+        return self.optimizer == "mup_adamw"
+
+    def __post_init__(self) -> None:
+        if self.mup_optimizer is not None:  # configs (and saved config.yaml files) from before `optimizer`
+            if self.mup_optimizer and self.optimizer == "adamw":
+                raise ConfigError("optimizer=adamw contradicts mup_optimizer=true (its former spelling): give one")
+            self.optimizer, self.mup_optimizer = ("mup_adamw" if self.mup_optimizer else "adamw"), None
+
     def validate(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be positive")
@@ -112,6 +135,8 @@ class FinetuneConfig:
             raise ValueError("schedule.warmup_tokens is for pre-training; fine-tuning uses schedule.warmup_fraction")
         if self.l2_to_pretrained < 0 or self.weight_decay < 0:
             raise ValueError("l2_to_pretrained and weight_decay must be >= 0")
+        if self.sweep.max_extensions < 0:
+            raise ValueError(f"sweep.max_extensions={self.sweep.max_extensions} must be >= 0")
         bad = set(self.max_examples) - {"train", "validation", "test"}
         if bad:
             raise ValueError(f"max_examples: unknown split(s) {sorted(bad)} (train, validation, test)")
@@ -124,8 +149,11 @@ def load_finetune_config(path, overrides=()) -> FinetuneConfig:
 def config_hash(cfg: FinetuneConfig) -> str:
     """The hashed part of a run's resume identity: every config field that changes a result and has
     no row key of its own (``core.identity.identity_dict``; values unchanged since the field list was
-    hand-kept)."""
-    return config_digest(identity_dict(cfg))
+    hand-kept). ``optimizer`` is hashed under its former name and value (``mup_optimizer``: a bool),
+    so sweeps recorded before it keep their identity."""
+    d = identity_dict(cfg)
+    d["mup_optimizer"] = d.pop("optimizer") == "mup_adamw"
+    return config_digest(d)
 
 
 # A row's resume identity: the row keys of the in_row fields, and config_hash for the rest.
@@ -141,10 +169,8 @@ def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tu
 
 
 def build_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """The fine-tuning (Mu)AdamW (``core.optim.build_optimizer``; plain AdamW without ``mup_optimizer``)."""
-    return core_build_optimizer(
-        model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, cfg.mup_optimizer
-    )
+    """The fine-tuning optimizer (``core.optim.build_optimizer``): MuAdamW, or plain AdamW with ``optimizer: adamw``."""
+    return core_build_optimizer(model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, cfg.mup)
 
 
 def l2_to(model, lam: float):
@@ -260,11 +286,12 @@ def run_finetune(
     before: dict | None = None,
     prepared: Prepared | None = None,
     progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
     """Fine-tune, evaluate before/after, append the row to ``results`` (default RUN_DIR/results.jsonl); return it.
 
     ``before``: base-model metrics already computed (``evaluate_all`` of the same checkpoint, task
-    and caps; the sweep passes them to avoid re-evaluating per LR).
+    and caps; the sweep passes them to avoid re-evaluating per LR); ``extra``: keys added to the row.
     """
     t_start = time.time()
     p = prepared or prepare(cfg)
@@ -278,7 +305,7 @@ def run_finetune(
     if before is None and cfg.eval_before:
         before = evaluate_all(p)
     stats = train(p, progress)
-    return finish_run(p, stats, before, results, time.time() - t_start)
+    return finish_run(p, stats, before, results, time.time() - t_start, extra)
 
 
 def finish_run(
@@ -347,7 +374,9 @@ def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: f
         config_hash=config_hash(cfg),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        mup_optimizer=cfg.mup_optimizer,
+        mup_optimizer=cfg.mup,
+        optimizer=cfg.optimizer,
+        lr_groups=group_lrs(build_optimizer(p.model, cfg), p.model.named_parameters()),
         l2_to_pretrained=cfg.l2_to_pretrained,
         weight_decay=cfg.weight_decay,
         schedule=cfg.schedule.decay,

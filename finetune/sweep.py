@@ -9,10 +9,22 @@ RUN_DIR/results.jsonl:
 - tuned LR: a copy of the row whose *validation* ID perplexity is lowest, ``selected: true``
   (plus ``selected_from``: the grid), reported on test. A diverged LR (NaN) never wins.
 
+Grid extension (``sweep.extend``, on by default): when the tuned LR is the lowest or the highest
+of the grid, the best LR may lie beyond it, so the sweep adds one LR past that end, geometric with
+the grid's own ratio there (``lo**2 / lo_2`` or ``hi**2 / hi_2``, 4 significant digits), fine-tunes
+it, and selects again over the grid as run; it repeats while the selection is an end, at most
+``sweep.max_extensions`` (2) times per sweep, and never below ``schedule.final_lr``
+(``extend_grid``). The added LRs' rows carry ``extended_lr: true``; the selected row carries
+``selected_from`` (the grid as run), ``lr_extended`` and ``lr_extensions`` (the added LRs, in
+order; both absent when none was added) and, when the tuned LR is still an end, ``lr_extend_stop`` (why the grid stopped there: "off",
+"max_extensions=N reached", "schedule.final_lr", "no finite validation perplexity"; the report
+flags it). The extension depends only on the rows, so a rerun reuses the added LRs' rows too.
+
 The base model is evaluated once (a ``kind: "base"`` row; every fine-tuning row carries it as
 ``*_before``). Resumable: LRs whose rows exist with this run's identity (``finetune.RESUME_KEYS``:
 checkpoint content, task, template, C4 tokens, seed, config hash; ``core.identity.same_identity``) are
-skipped, and the selected row is written once per grid. Per-LR run dirs
+skipped, and the selected row is written again only when the grid it was selected from changed
+(the latest selected row of a sweep is its selection). Per-LR run dirs
 (RUN_DIR/lr-<lr>/) hold config.yaml and the training log; rows live only in RUN_DIR/results.jsonl.
 
 ``stacked: true`` trains every LR still lacking a row in one pass (``finetune.stacked.StackedRun``:
@@ -36,7 +48,7 @@ Function form for the grid runner::
 
 ``config`` is a finetune config name/path or a ``FinetuneConfig``; ``overrides`` are the same
 ``key=value`` strings as the command line (checkpoint=, task=, run_dir=, c4=, lrs=[...], stacked=true, tags.x=...).
-Returns this sweep's rows: one per LR in grid order, then the selected row.
+Returns this sweep's rows: one per LR in grid order (added LRs last), then the selected row.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,6 +147,53 @@ def select(rows: Sequence[dict]) -> dict:
     return min(rows, key=score)
 
 
+def edge(grid: Sequence[float], lr: float) -> str | None:
+    """ "low" or "high" when ``lr`` is that end of ``grid`` (of 2 or more LRs), else None."""
+    g = sorted(grid)
+    if len(g) < 2:
+        return None
+    return "low" if _same_lr(lr, g[0]) else "high" if _same_lr(lr, g[-1]) else None
+
+
+def past_end(grid: Sequence[float], end: str) -> float:
+    """One geometric step past ``end`` of ``grid``, with the grid's own ratio at that end (4 significant digits)."""
+    g = sorted(grid)
+    x = g[0] * g[0] / g[1] if end == "low" else g[-1] * g[-1] / g[-2]
+    return float(f"{x:.4g}")
+
+
+def extend_grid(
+    lrs: Sequence[float], row_of: Callable[[float, bool], dict], extend: bool, max_extensions: int, floor: float = 0.0
+) -> tuple[list[float], list[float], str | None]:
+    """Select over ``lrs``, and while the selected LR is an end of the grid, add one LR past it (module doc).
+
+    ``row_of(lr, added)``: the row of ``lr`` (recorded or trained now; ``added``: an LR past the
+    asked grid). Returns (the grid as run, the added LRs in order, why the grid stopped with the
+    selection at an end: None when it is inside). A function of the rows alone, so a rerun with
+    the same rows extends the same way."""
+    grid, added = list(lrs), []
+    while True:
+        best = select([row_of(lr, lr in added) for lr in grid])
+        end = edge(grid, best["lr"])
+        if end is None:
+            return grid, added, None
+        val = FinetuneRow.from_dict(best).val_id_ppl
+        new = past_end(grid, end)
+        if not extend:
+            stop = "off"
+        elif len(added) >= max_extensions:
+            stop = f"max_extensions={max_extensions} reached"
+        elif val is None or not math.isfinite(val):
+            stop = "no finite validation perplexity"
+        elif new < floor:
+            stop = "schedule.final_lr"
+        else:
+            grid.append(new)
+            added.append(new)
+            continue
+        return grid, added, stop
+
+
 def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: bool = True) -> list[tuple[dict, dict]]:
     """Train one model per config (``cfgs[k].lr``; everything else ``p.cfg``'s) at once from ``p.model``'s weights.
 
@@ -155,7 +214,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         grad_clip=cfg.grad_clip,
         precision=cfg.precision,
         loss_fn=completion_loss,
-        mup=cfg.mup_optimizer,
+        mup=cfg.mup,
         l2_to_pretrained=cfg.l2_to_pretrained,
     )
     trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress)
@@ -163,7 +222,12 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
 
 
 def sweep_stacked(
-    p: Prepared, cfgs: Sequence[FinetuneConfig], before: dict | None, results: Path, progress: bool = True
+    p: Prepared,
+    cfgs: Sequence[FinetuneConfig],
+    before: dict | None,
+    results: Path,
+    progress: bool = True,
+    extra: dict | None = None,
 ) -> list[dict]:
     """Train ``cfgs`` (one per LR) in one stack from ``p.model``'s weights, then evaluate and record each; returns their rows."""
     t0 = time.time()
@@ -181,7 +245,7 @@ def sweep_stacked(
                 before,
                 results,
                 setup + stats["train_seconds"],
-                extra={"stacked": True, "stack_size": len(cfgs)},
+                extra={**(extra or {}), "stacked": True, "stack_size": len(cfgs)},
             )
         )
     return rows
@@ -228,26 +292,44 @@ def _run_sweep(cfg: FinetuneConfig, p: Prepared, lrs: list[float], progress: boo
         append_row(results, base.to_dict())
 
     done = {r.lr: r.to_dict() for r in mine if isinstance(r, FinetuneRow) and not r.selected}
-    rows = {lr: next((r for d, r in done.items() if _same_lr(d, lr)), None) for lr in lrs}
+    recorded = lambda lr: next((r for d, r in done.items() if _same_lr(d, lr)), None)  # noqa: E731
+    rows = {lr: recorded(lr) for lr in lrs}
     run_cfg = lambda lr: replace(cfg, lr=lr, run_dir=str(root / f"lr-{lr:.3e}"))  # noqa: E731
     todo = [lr for lr in lrs if rows[lr] is None]
     with stop_requested() as stop:  # SIGTERM/SIGUSR1: the LR in training finishes, then exit 75
         _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress)
-    out = [rows[lr] for lr in lrs]
+
+        def row_of(lr: float, added: bool) -> dict:
+            if lr not in rows:
+                rows[lr] = recorded(lr)
+            if rows[lr] is None:  # an LR past the asked grid, not yet trained
+                if progress:
+                    end = "lowest" if lr < min(lrs) else "highest"
+                    print(f"sweep {p.task.name}: tuned LR the {end} of the grid: adding lr {lr:.3g}", file=sys.stderr)
+                extra = {"extended_lr": True}
+                _train_lrs(p, cfg, [lr], [lr], rows, run_cfg, base_state, before, results, stop, progress, extra)
+            return rows[lr]
+
+        grid, added, why = extend_grid(lrs, row_of, cfg.sweep.extend, cfg.sweep.max_extensions, cfg.schedule.final_lr)
+    out = [rows[lr] for lr in grid]
 
     best = select(out)
-    grid = sorted(lrs)
-    chosen = next(
-        (
-            r.to_dict()
-            for r in mine
-            if isinstance(r, FinetuneRow) and r.selected and sorted(r.selected_from or []) == grid
-        ),
-        None,
-    )
-    if chosen is None:  # a copy of the best row: its keys, then the selection's
+    ordered = sorted(grid)
+    last = next((r for r in reversed(mine) if isinstance(r, FinetuneRow) and r.selected), None)
+    if last is not None and sorted(last.selected_from or []) == ordered:
+        chosen = last.to_dict()
+    else:  # a copy of the best row: its keys, then the selection's
         best = FinetuneRow.from_dict(best)
-        chosen = replace(best, selected=True, selected_from=grid, selected_by="val_id_ppl", time=time.time()).to_dict()
+        chosen = replace(
+            best,
+            selected=True,
+            selected_from=ordered,
+            selected_by="val_id_ppl",
+            lr_extended=True if added else None,  # absent when nothing was added (as rows before the extension)
+            lr_extensions=added or None,
+            lr_extend_stop=why,
+            time=time.time(),
+        ).to_dict()
         append_row(results, chosen)
     return out + [chosen]
 
@@ -260,9 +342,10 @@ def _stop_here(stop, task: str, left: int, lrs: Sequence[float]) -> None:
         )
 
 
-def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress) -> None:
+def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, stop, progress, extra=None) -> None:
     """Train the LRs lacking rows (in one stack, or one after another), filling ``rows``; a stop
-    request is honoured before each LR (or before the stack), never inside one."""
+    request is honoured before each LR (or before the stack), never inside one. ``extra``: keys
+    added to their rows."""
     _stop_here(stop, p.task.name, len(todo), lrs)
     if cfg.stacked and todo:
         if progress:
@@ -272,7 +355,7 @@ def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, st
                 flush=True,
             )
         p.model.load_state_dict(base_state)  # every LR starts from the checkpoint's weights
-        rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress)))
+        rows.update(zip(todo, sweep_stacked(p, [run_cfg(lr) for lr in todo], before, results, progress, extra)))
     else:
         eta, trained = Eta(len(todo)), 0  # the sweep's ETA from the LRs trained so far in this session
         for i, lr in enumerate(lrs):
@@ -284,7 +367,7 @@ def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, st
                 _stop_here(stop, p.task.name, sum(r is None for r in rows.values()), lrs)
                 p.model.load_state_dict(base_state)
                 c = run_cfg(lr)
-                rows[lr] = run_finetune(c, results, before=before, prepared=replace(p, cfg=c), progress=progress)
+                rows[lr] = run_finetune(c, results, before, replace(p, cfg=c), progress, extra)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -300,7 +383,7 @@ def run(args) -> int:
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(f"sweep {chosen['task']} on {chosen['checkpoint']} ({len(rows) - 1} LRs)")
     for r in rows[:-1]:
-        mark = " *" if _same_lr(r["lr"], chosen["lr"]) else "  "
+        mark = " *" if _same_lr(r["lr"], chosen["lr"]) else " +" if r.get("extended_lr") else "  "
         print(
             f"{mark} lr {r['lr']:<9.3g} val ID ppl {fmt(r.get('val_id_ppl'))}  test ID ppl {fmt(r.get('test_id_ppl'))}  "
             f"test acc {fmt(r.get('test_acc'))}  C4 ppl {fmt(r.get('c4_ppl_after'))}{'  DIVERGED' if r.get('diverged') else ''}"
@@ -308,4 +391,9 @@ def run(args) -> int:
     print(
         f"selected lr {chosen['lr']:.3g} by validation ID perplexity; rows in {Path(rows[-1]['run_dir']).parent / RESULTS_FILE}"
     )
+    if chosen.get("lr_extensions"):
+        print(f"  grid extended past its end by {', '.join(f'{lr:.3g}' for lr in chosen['lr_extensions'])}")
+    if chosen.get("lr_extend_stop"):
+        end = edge(chosen["selected_from"], chosen["lr"])
+        print(f"  the selected lr is the {end} end of the grid ({chosen['lr_extend_stop']}): the best may lie beyond")
     return 0

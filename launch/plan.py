@@ -12,7 +12,9 @@ Every setting reaches a job as a ``key=value`` of its command; axis values also 
 run directory's name and, via ``tags.*``, of every results row. FLOPs: 6N + attention per trained
 token (``flops_per_token``), a third of it per evaluated token (suite members: 6N and 2N with N their
 parameters, ``suite.params`` or counted from config.json); GPU-hours at the grid's ``hardware`` peak
-and MFU.
+and MFU. A sweep's compute counts the LRs of its grid (the grid's ``lrs``, else
+the finetune config's ``lrs`` or ``sweep.n_lrs``); a sweep may add up to ``sweep.max_extensions``
+LRs past its grid's end (``finetune.sweep``), counted apart as the sweeps' possible extra compute.
 """
 
 from __future__ import annotations
@@ -81,7 +83,16 @@ def _ov(key: str, value: Any) -> str:
 
 def expand(spec: GridSpec) -> list[Job]:
     """All jobs of the grid, in a valid dependency order."""
-    from ..core.model import flops_per_token, load_model_spec
+    from ..core.model import flops_per_token as count_flops
+    from ..core.model import load_model_spec
+
+    per_model: dict = {}
+
+    def flops_per_token(mspec) -> float:  # counts on a built model (~0.1 s): once per model of the grid
+        key = repr(mspec)
+        if key not in per_model:
+            per_model[key] = float(count_flops(mspec))
+        return per_model[key]
 
     root = Path(expand_path(spec.results_dir))
     jobs: list[Job] = []
@@ -93,6 +104,7 @@ def expand(spec: GridSpec) -> list[Job]:
 
     pre = spec.pretrain
     pre_runs = [] if pre is None else _axis_product(seed_axes(pre.axes, pre.seeds))
+    longest = max((parse_count(b) for b in pre.budgets), default=0) if pre else 0
     for model, budget, axes in itertools.product(pre.models if pre else [], pre.budgets if pre else [], pre_runs):
         pre_cfg = config_path(pre.config)
         tokens = parse_count(budget)
@@ -107,8 +119,12 @@ def expand(spec: GridSpec) -> list[Job]:
             f"run_dir={run_dir}",
             f"data.dir={data_dir}",
         ]
-        # Token marks come from the grid alone (a base config's own marks would not be swept).
-        marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens]
+        # Token marks come from the grid alone (a base config's own marks would not be swept), so a
+        # run without marks gets `checkpoint.at_tokens=[]`; `intermediate_runs: longest` keeps them
+        # to each model's longest run (the Amuro & Char comparison: one run's checkpoints before
+        # their LR decayed, beside the fully decayed runs of each budget).
+        marked = pre.intermediate_runs == "all" or tokens == longest
+        marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens] if marked else []
         argv.append(_ov("checkpoint.at_tokens", marks))
         argv += list(pre.overrides) + [_ov(k, v) for k, v in axes.items()]
         mspec = load_model_spec(model)
@@ -129,7 +145,6 @@ def expand(spec: GridSpec) -> list[Job]:
     if spec.finetune is not None:
         ft = spec.finetune
         ft_cfg = config_path(ft.config)
-        n_lrs = len(ft.lrs) or 8
         for pj in pre_jobs:
             mspec = load_model_spec(pj.info["model"])
             ckpts = [("final", pj.info["run_dir"])] + [
@@ -144,8 +159,11 @@ def expand(spec: GridSpec) -> list[Job]:
                 if ft.lrs:
                     argv.append(_ov("lrs", ft.lrs))
                 tags = {**seed_tags(pj.info["axes"]), **axes}
-                argv += list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
+                settings = list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
+                argv += settings
                 argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
+                n_lrs, extra_lrs = sweep_lr_counts(ft_cfg, ft.lrs, settings)
+                per_lr = float(flops_per_token(mspec)) * ft.train_tokens_estimate
                 jobs.append(
                     Job(
                         f"sweep/{sid}",
@@ -154,8 +172,15 @@ def expand(spec: GridSpec) -> list[Job]:
                         [pj.id],
                         root / "state" / f"sweep__{sid}.done",
                         mark_done=True,
-                        flops=float(flops_per_token(mspec)) * ft.train_tokens_estimate * n_lrs,
-                        info={"task": task, "checkpoint": ck, "run_dir": str(sdir)},
+                        flops=per_lr * n_lrs,
+                        info={
+                            "task": task,
+                            "checkpoint": ck,
+                            "run_dir": str(sdir),
+                            "lrs": n_lrs,
+                            "max_added_lrs": extra_lrs,
+                            "extension_flops": per_lr * extra_lrs,
+                        },
                     )
                 )
 
@@ -283,6 +308,23 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
     return jobs
 
 
+_SWEEP_LRS: dict = {}
+
+
+def sweep_lr_counts(config: str, grid_lrs: list, settings: list[str]) -> tuple[int, int]:
+    """(LRs of a sweep's grid, LRs it may add past the grid's end) for the finetune ``config`` with
+    ``settings`` (the job's key=value); the grid's own ``lrs`` win over the config's."""
+    from ..finetune.finetune import load_finetune_config
+
+    key = (config, tuple(settings))
+    if key not in _SWEEP_LRS:
+        cfg = load_finetune_config(config, settings)
+        _SWEEP_LRS[key] = (cfg.lrs, cfg.sweep.n_lrs, cfg.sweep.max_extensions if cfg.sweep.extend else 0)
+    lrs, n_lrs, extra = _SWEEP_LRS[key]
+    n = len(grid_lrs) or len(lrs) or n_lrs
+    return n, extra if n >= 2 else 0
+
+
 def toposort(jobs: list[Job]) -> list[Job]:
     """Dependency order; a missing dependency or a cycle is a ConfigError naming the jobs."""
     by_id: dict[str, Job] = {}
@@ -337,6 +379,8 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
     total = sum(j.flops for j in jobs)
     for k in kinds.values():
         k["gpu_hours"] = gpu_hours(k["flops"], spec.hardware)
+    sweeps = [j for j in jobs if j.kind == "sweep"]
+    extension = sum(j.info.get("extension_flops", 0.0) for j in sweeps)
     return {
         "grid": spec.name,
         "jobs": len(jobs),
@@ -344,6 +388,11 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
         "flops": total,
         "gpu_hours": gpu_hours(total, spec.hardware),
         "hardware": to_dict(spec.hardware),
+        # sweeps whose tuned LR lands at an end of their grid add LRs: at most this much more
+        "sweep_lrs": sum(j.info.get("lrs", 0) for j in sweeps),
+        "sweep_added_lrs_max": sum(j.info.get("max_added_lrs", 0) for j in sweeps),
+        "sweep_extension_flops_max": extension,
+        "sweep_extension_gpu_hours_max": gpu_hours(extension, spec.hardware),
     }
 
 
@@ -365,3 +414,9 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
         f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
         f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)"
     )
+    if s["sweep_added_lrs_max"]:
+        print(
+            f"  sweeps: {s['sweep_lrs']} fine-tuning runs on their LR grids, plus up to {s['sweep_added_lrs_max']} "
+            f"where a tuned LR lands at a grid's end (sweep.extend): up to {s['sweep_extension_flops_max']:.3e} "
+            f"FLOPs = {s['sweep_extension_gpu_hours_max']:.1f} GPU-hours more, not in the total"
+        )

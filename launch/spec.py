@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..core.config import (
     CONFIG_ROOT,
@@ -44,6 +45,9 @@ class PretrainStage:
     overrides: list[str] = field(default_factory=list)  # fixed key=value for every run
     gpus: int = 0  # processes per pre-training run (torchrun); 0 = the runner's gpus=
     intermediate_tokens: list[str] = field(default_factory=list)  # also fine-tune these (not decayed)
+    # which runs save and fine-tune the intermediate_tokens checkpoints: every run longer than a mark,
+    # or only each model's longest run (Amuro & Char: the checkpoints of one long run)
+    intermediate_runs: Literal["all", "longest"] = "all"
 
 
 @dataclass
@@ -288,13 +292,15 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir, the report switch, trackers (and a
-    missing lm_eval stage and empty ``seeds``, later fields, so grids from before them keep their
-    fingerprint and their results dirs stay claimable)."""
+    missing lm_eval stage, empty ``seeds`` and an ``intermediate_runs`` without effect, later
+    fields, so grids from before them keep their fingerprint and their results dirs stay claimable)."""
     absent = ("lm_eval",) if spec.lm_eval is None else ()
     d = to_dict(spec)
     for stage in ("pretrain", "finetune"):
         if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
             d[stage].pop("seeds", None)
+    if d["pretrain"].get("intermediate_runs") == "all" or not d["pretrain"].get("intermediate_tokens"):
+        d["pretrain"].pop("intermediate_runs", None)
     return config_digest(d, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 

@@ -49,6 +49,19 @@ def test_sp_fails_clearly(results):
     assert (out / "coord_sp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_mup_passes_with_the_gradient_clipping_training_uses(results, tmp_path):
+    """Pre-training clips the global gradient norm at 1 (optim.grad_clip): muP still passes with it,
+    and the clip did act (the activations differ from the unclipped run's)."""
+    out, _, res = results
+    assert main(["coord-check", "tiny", f"out={out}", *ARGS, "grad_clip=1.0"]) == 0
+    clip = json.loads((out / "coord_mup_clip1.json").read_text())
+    assert clip["passed"] and clip["grad_clip"] == 1.0 and res["mup"]["grad_clip"] == 0.0
+    assert max(layer["slope"] for layer in clip["layers"].values()) <= 0.25
+    assert clip["types"]["attn_out"]["l1"][-1] != res["mup"]["types"]["attn_out"]["l1"][-1]
+    assert max(max(g) for g in clip["grad_norm"]) > 1.0  # some step's gradient was over the clip
+    assert (out / "coord_mup_clip1.png").is_file()
+
+
 def test_batch_is_real_c4_tokens():
     spec = load_model_spec("tiny")
     x, y = c4_batch(data_root() / DEFAULT_DATA, 2, 32, spec)

@@ -47,6 +47,25 @@ def test_paper_plan_job_counts():
     assert budgets == [4 * 10**9, 8 * 10**9, 16 * 10**9, 32 * 10**9, 64 * 10**9, 128 * 10**9]
 
 
+def test_plan_counts_sweep_lrs_and_their_possible_extension(capsys):
+    """A sweep's compute counts its grid's LRs (default.yaml: 8); the LRs a sweep may add past its
+    grid's end (sweep.extend, at most sweep.max_extensions = 2 each) are counted apart."""
+    paper = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
+    s = plan_summary(paper, expand(paper))
+    assert s["sweep_lrs"] == 180 * 8 and s["sweep_added_lrs_max"] == 180 * 2
+    assert s["sweep_extension_flops_max"] == pytest.approx(s["by_kind"]["sweep"]["flops"] * 2 / 8, rel=1e-12)
+    off = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", "finetune.overrides=[sweep.extend=false]"])
+    assert plan_summary(off, expand(off))["sweep_added_lrs_max"] == 0
+    demo = load_grid(DEMO, ["results_dir=/tmp/overtrain-plan-test", "finetune.overrides=[sweep.max_extensions=1]"])
+    s = plan_summary(demo, expand(demo))  # demo.yaml: extension off; its grid: 3 LRs
+    assert s["sweep_lrs"] == 6 * 3 and s["sweep_added_lrs_max"] == 0
+    on = load_grid(DEMO, ["results_dir=/tmp/overtrain-plan-test", "finetune.axes={sweep.extend: [true, false]}"])
+    jobs = expand(on)
+    assert sorted(j.info["max_added_lrs"] for j in jobs if j.kind == "sweep") == [0] * 6 + [2] * 6
+    assert main(["grid", "plan", PAPER, "results_dir=/tmp/overtrain-plan-test"]) == 0
+    assert "plus up to 360 where a tuned LR lands at a grid's end" in capsys.readouterr().out
+
+
 def test_plan_cli_json(capsys):
     assert main(["grid", "plan", PAPER, "json=true", "results_dir=/tmp/overtrain-plan-test"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -80,6 +99,38 @@ def test_intermediate_checkpoints_are_swept(tmp_path):
     assert len(inter) == 3 * 2  # every budget above 16K, both tasks
     pre = next(j for j in jobs if j.kind == "pretrain")
     assert "checkpoint.at_tokens=[16000]" in pre.argv
+
+
+def test_paper_grid_sweeps_intermediate_checkpoints_of_the_longest_runs_when_asked():
+    """paper.yaml as it is: only fully decayed checkpoints (every run gets `checkpoint.at_tokens=[]`);
+    with ``pretrain.intermediate_tokens`` each model's 128B run also saves those checkpoints and
+    every task sweeps them (``intermediate_runs: longest``; ``all``: every longer run)."""
+    from overtrain.launch.spec import grid_fingerprint
+
+    plain = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
+    assert grid_fingerprint(plain) == "b18e0475d3979ba5"  # as before the key existed: its results dirs stay claimable
+    jobs = expand(plain)
+    assert all("checkpoint.at_tokens=[]" in j.argv for j in jobs if j.kind == "pretrain")
+    assert not any("@tokens=" in j.info.get("checkpoint", "") for j in jobs)
+
+    marks = "pretrain.intermediate_tokens=[4B,8B,16B,32B,64B]"
+    spec = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks])
+    jobs = expand(spec)
+    pre = {j.id: j for j in jobs if j.kind == "pretrain"}
+    at = "checkpoint.at_tokens=[4000000000,8000000000,16000000000,32000000000,64000000000]"
+    for j in pre.values():
+        assert (at in j.argv) == (j.info["tokens"] == 128 * 10**9), j.id
+        assert j.info["tokens"] == 128 * 10**9 or "checkpoint.at_tokens=[]" in j.argv
+    inter = [j for j in jobs if j.kind == "sweep" and "@tokens=" in j.info["checkpoint"]]
+    assert len(inter) == 3 * 5 * 10 and len([j for j in jobs if j.kind == "sweep"]) == 180 + 150
+    assert {j.info["checkpoint"].split("@")[0] for j in inter} == {
+        pre[f"pretrain/{m}_128B"].info["run_dir"] for m in ("olmo-15m", "olmo-30m", "olmo-90m")
+    }
+    assert all(j.after == [f"pretrain/{Path(j.info['checkpoint'].split('@')[0]).name}"] for j in inter)
+    assert grid_fingerprint(spec) != grid_fingerprint(plain)
+    every = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks, "pretrain.intermediate_runs=all"])
+    inter = [j for j in expand(every) if j.kind == "sweep" and "@tokens=" in j.info["checkpoint"]]
+    assert len(inter) == 3 * (5 + 4 + 3 + 2 + 1) * 10
 
 
 @pytest.mark.parametrize(

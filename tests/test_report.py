@@ -315,3 +315,29 @@ def test_base_c4_that_does_not_fall_is_flagged(tmp_path):
         append_row(path, {"kind": "base", "model": "tiny", "pretrain_tokens": t, "lr_decayed": True, "c4_ppl": ppl})
     rep, text, _ = make_report([str(path)], tmp_path / "out")
     assert "base C4 perplexity of tiny does not fall with tokens (2M → 4M)" in text
+
+
+def test_extended_grid_rows_and_superseded_selections(tmp_path):
+    """A sweep that added LRs past its grid's end (``finetune.sweep``): the added LR counts for the
+    tuned LR only; a later selection of the same sweep replaces an earlier one; a tuned LR still at
+    an end is flagged with why the sweep stopped there."""
+    path = tmp_path / "results.jsonl"
+    grid = [1e-5, *LRS]
+    for i in range(3):
+        rows = {lr: ft_row("rte", lr, i) for lr in LRS}
+        # the asked grid's lowest LR won, so 1e-5 was added: better still at 1M (an end again, cap 1), worse after
+        rows[1e-5] = {**ft_row("rte", 1e-4, i, extended_lr=True, val_id_ppl=2.0 if i == 0 else 9.0), "lr": 1e-5}
+        for r in rows.values():
+            append_row(path, r)
+        append_row(path, {**rows[1e-4], "selected": True, "selected_from": LRS, "lr_extend_stop": "off"})  # superseded
+        best = 1e-5 if i == 0 else 1e-3
+        stop = "max_extensions=1 reached" if i == 0 else None
+        append_row(path, {**rows[best], "selected": True, "selected_from": grid, "lr_extend_stop": stop})
+    rep, text, _ = make_report([str(path)], tmp_path / "out")
+    key = next(k for k in rep.fixed if k[1] == "rte")
+    assert all(sorted(cells) == LRS for cells in rep.fixed[key].values())  # no fixed-LR curve at 1e-5
+    assert [c.lrs for _, c in sorted(rep.tuned[key].items())] == [(1e-5,), (1e-3,), (1e-3,)]  # the latest selections
+    assert all(c.grid == tuple(grid) for c in rep.tuned[key].values())
+    assert any("3 selected rows superseded" in n for n in rep.notes) and any("extended_lr" in n for n in rep.notes)
+    flags = [f for f in rep.flags if "the tuned LR is the lowest of its grid at 1M tokens" in f]
+    assert len(flags) == 1 and "(grid extension: max_extensions=1 reached)" in flags[0]

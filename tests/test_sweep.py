@@ -252,3 +252,115 @@ def test_stacked_sweep_equals_sequential_and_resumes(tmp_path, monkeypatch, smal
         and after[6]["selected_from"] == [1e-3, 1e-2, 0.1, 1e30]
     )
     assert [r["lr"] for r in rows[:4]] == [1e-3, 1e-2, 0.1, 1e30]
+
+
+def _bowl(opt: float, trained: list):
+    """``row_of`` for ``extend_grid``: validation perplexity 2 + (log10 lr - log10 opt)^2 (lowest at ``opt``)."""
+
+    def row_of(lr, added):
+        trained.append((lr, added))
+        return {"lr": lr, "val_id_ppl": 2 + (math.log10(lr) - math.log10(opt)) ** 2}
+
+    return row_of
+
+
+@pytest.mark.parametrize(
+    "opt, cap, want_added, want_stop",
+    [
+        (5e-5, 2, [1e-5], None),  # low end: 1e-5 added, then 1e-4 is inside the grid as run
+        (2e-5, 2, [1e-5, 1e-6], None),  # 1e-5 best and the end: 1e-6 added, 1e-5 now inside
+        (1e-9, 2, [1e-5, 1e-6], "max_extensions=2 reached"),  # still the end after the cap
+        (1.0, 1, [0.1], "max_extensions=1 reached"),  # high end, ratio 10 there
+        (1e-3, 2, [], None),  # inside: no extension
+    ],
+)
+def test_extend_grid_steps_past_the_end_with_the_grids_ratio(opt, cap, want_added, want_stop):
+    trained = []
+    grid, added, stop = sweep.extend_grid([1e-4, 1e-3, 1e-2], _bowl(opt, trained), True, cap)
+    assert added == pytest.approx(want_added, rel=1e-9) and stop == want_stop
+    assert grid[:3] == [1e-4, 1e-3, 1e-2] and grid[3:] == added
+    assert {lr for lr, a in trained if a} == set(added)  # only the added LRs are flagged as added
+    rows = [_bowl(opt, [])(lr, False) for lr in grid]
+    assert sweep.edge(grid, select(rows)["lr"]) == (None if want_stop is None else sweep.edge(grid, grid[-1]))
+
+
+def test_extend_grid_off_uneven_ratio_floor_and_divergence():
+    trained = []
+    # off: the grid stays, the reason is recorded
+    assert sweep.extend_grid([1e-4, 1e-3], _bowl(1e-9, trained), False, 2) == ([1e-4, 1e-3], [], "off")
+    # the ratio at the end used: 1e-4 * 1e-4 / 4e-4 = 2.5e-5 at the low end, 1e-2 * 1e-2 / 1e-3 = 0.1 at the high one
+    assert sweep.past_end([4e-4, 1e-4, 1e-3, 1e-2], "low") == 2.5e-5
+    assert sweep.past_end([4e-4, 1e-4, 1e-3, 1e-2], "high") == 0.1
+    # never below schedule.final_lr
+    grid, added, stop = sweep.extend_grid([1e-4, 1e-3], _bowl(1e-9, []), True, 2, floor=5e-5)
+    assert (added, stop) == ([], "schedule.final_lr")
+    # every LR diverged (NaN): the smallest is "selected" but nothing is extended for it
+    nan = lambda lr, added: {"lr": lr, "val_id_ppl": math.nan}  # noqa: E731
+    assert sweep.extend_grid([1e-4, 1e-3], nan, True, 2)[1:] == ([], "no finite validation perplexity")
+    # a single LR is not a grid: no end to extend
+    assert sweep.extend_grid([1e-3], _bowl(1e-9, []), True, 2) == ([1e-3], [], None)
+
+
+def _replay(path, selected):
+    """``extend_grid`` replayed on the rows recorded in ``path``: what ``selected`` must say."""
+    plain = {r["lr"]: r for r in read_rows(path) if r["kind"] == "finetune" and not r["selected"]}
+    asked = [lr for lr in selected["selected_from"] if lr not in selected["lr_extensions"]]
+    return sweep.extend_grid(asked, lambda lr, added: plain[lr], True, 2)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # CPU SDPA under vmap (stacked)
+def test_sweep_extends_its_grid_at_either_end_resumes_and_switches_off(tmp_path, monkeypatch, small_c4):
+    make_checkpoint(tmp_path / "pre")
+    trained = []
+    real_train = ft.train
+    monkeypatch.setattr(ft, "train", lambda p, progress=True: trained.append(p.cfg.lr) or real_train(p, progress))
+    args = lambda d, lrs: [
+        f"checkpoint={tmp_path / 'pre'}",
+        "task=rte",
+        f"run_dir={tmp_path / d}",
+        f"c4={small_c4}",
+        *SMALL,
+        f"lrs={lrs}",
+        "sweep.extend=true",
+    ]  # noqa: E731
+
+    # Low end: on this random-init model small LRs fit RTE's validation best (1e-4 beats 1e-3 by ~1.5%),
+    # so 1e-5 = 1e-4 * 1e-4 / 1e-3 is added, then whatever the selection asks for, at most 2 LRs.
+    rows = run_sweep("demo", args("low", "[1e-4, 1e-3]"), progress=False)
+    fixed, chosen = rows[:-1], rows[-1]
+    added = chosen["lr_extensions"]
+    assert added[0] == 1e-5 and len(added) <= 2 and trained == [1e-4, 1e-3, *added]
+    assert [r["lr"] for r in fixed] == [1e-4, 1e-3, *added]
+    assert [r.get("extended_lr", False) for r in fixed] == [False, False] + [True] * len(added)
+    assert chosen["lr_extended"] is True and chosen["selected_from"] == sorted([1e-4, 1e-3, *added])
+    assert chosen["lr"] == select(fixed)["lr"]  # the selection is over the grid as run
+    grid, again, stop = _replay(tmp_path / "low" / "results.jsonl", chosen)
+    assert again == added and chosen.get("lr_extend_stop") == stop
+    assert (stop is None) == (sweep.edge(grid, chosen["lr"]) is None)  # a stop reason only at an end
+    n_rows = len(read_rows(tmp_path / "low" / "results.jsonl"))
+    assert n_rows == 1 + len(fixed) + 1
+
+    # Resume: the same command trains nothing and writes nothing (the extension replays from the rows).
+    assert run_sweep("demo", args("low", "[1e-4, 1e-3]"), progress=False) == rows and len(trained) == len(fixed)
+    assert len(read_rows(tmp_path / "low" / "results.jsonl")) == n_rows
+    # Off: the asked grid, no training; its selection is written (the latest selection counts), reason "off".
+    off = run_sweep("demo", args("low", "[1e-4, 1e-3]") + ["sweep.extend=false"], progress=False)[-1]
+    assert len(trained) == len(fixed) and off["selected_from"] == [1e-4, 1e-3] and off["lr"] == 1e-4
+    assert "lr_extended" not in off and "lr_extensions" not in off and off["lr_extend_stop"] == "off"
+    # On again: still no training, and the extended selection is the latest again.
+    on = run_sweep("demo", args("low", "[1e-4, 1e-3]"), progress=False)[-1]
+    assert len(trained) == len(fixed) and on["selected_from"] == chosen["selected_from"] and on["lr"] == chosen["lr"]
+    assert len(read_rows(tmp_path / "low" / "results.jsonl")) == n_rows + 2
+
+    # High end, one extension allowed, stacked: 10 fits best here (the collapse of a random model
+    # onto one label), so 100 = 10 * 10 / 1 is added as a stack of one.
+    del trained[:]
+    rows = run_sweep("demo", args("high", "[1, 10]") + ["sweep.max_extensions=1", "stacked=true"], progress=False)
+    chosen = rows[-1]
+    assert chosen["lr_extensions"] == [100.0] and [r["lr"] for r in rows[:-1]] == [1, 10, 100.0]
+    assert rows[2]["extended_lr"] is True and rows[2]["stacked"] is True and rows[2]["stack_size"] == 1
+    assert chosen["lr"] == select(rows[:-1])["lr"]
+    if sweep.edge([1, 10, 100], chosen["lr"]) is not None:  # still an end: the cap is why
+        assert chosen["lr_extend_stop"] == "max_extensions=1 reached"
+    else:
+        assert chosen.get("lr_extend_stop") is None

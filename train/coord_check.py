@@ -20,7 +20,12 @@ fails the check too (tiny, 16..128, 3 steps: no readout multiplier 0.67, constan
 at init). The default LR 3e-3 is large enough for SP to blow up within 3 steps and small enough
 for the few-step trajectory of muP to stay smooth (1e-2 makes a tiny model oscillate by step 4).
 
-Writes ``DIR/coord_<parametrization>.json`` (all numbers) and ``DIR/coord_<parametrization>.png``
+``grad_clip=1`` runs the same check with the global gradient-norm clip pre-training uses
+(``optim.grad_clip``): clipping rescales a step's whole gradient by one factor, which Adam's
+normalization undoes up to its moment averaging and eps, so muP's slopes should stay ~0 (measured:
+docs/mup_transfer.md).
+
+Writes ``DIR/coord_<parametrization>.json`` (``coord_<parametrization>_clip<G>`` with a clip; all numbers) and ``DIR/coord_<parametrization>.png``
 (one panel per step; x = width on a log2 axis, y = mean |activation|, one line per layer type,
 averaged over blocks). Exits 0 when every layer passes, 1 otherwise.
 """
@@ -128,10 +133,13 @@ def coord_data(
     betas=(0.9, 0.95),
     device: str = "cpu",
     progress: bool = True,
+    grad_clip: float = 0.0,
 ) -> tuple[list[dict], list[dict]]:
     """Train ``spec`` at each width for ``steps`` steps on ``batch``; returns (activation records, losses).
 
-    Each record: {seed, width, t, module, l1}. Losses: {seed, width, t, loss} (the loss at step t).
+    Each record: {seed, width, t, module, l1}. Losses: {seed, width, t, loss, grad_norm} (at step t;
+    the gradient norm before clipping).
+    ``grad_clip`` > 0: the global gradient-norm clip of ``train_step``, as pre-training uses it.
     """
     x, y = (b.to(device) for b in batch)
     records: list[dict] = []
@@ -151,10 +159,10 @@ def coord_data(
                     for name, m in model.named_modules()
                     if layer_type(name)
                 ]
-                stats = train_step(model, opt, [(x, y)], lr_factor=1.0, grad_clip=None, precision="fp32")
+                stats = train_step(model, opt, [(x, y)], lr_factor=1.0, grad_clip=grad_clip or None, precision="fp32")
                 for h in handles:
                     h.remove()
-                losses.append(dict(seed=seed, width=width, t=t, loss=stats.loss))
+                losses.append(dict(seed=seed, width=width, t=t, loss=stats.loss, grad_norm=stats.grad_norm))
                 bar.update(1)
             del model, opt
     bar.close()
@@ -186,6 +194,10 @@ def summarize(records: list[dict], losses: list[dict], widths, steps: int, toler
     for r in losses:
         lcell.setdefault((r["t"], r["width"]), []).append(r["loss"])
     loss = [[float(np.mean(lcell[t, w])) for w in widths] for t in range(1, steps + 1)]
+    gcell: dict[tuple, list] = {}
+    for r in losses:
+        gcell.setdefault((r["t"], r["width"]), []).append(r.get("grad_norm", math.nan))
+    grad_norm = [[float(np.mean(gcell[t, w])) for w in widths] for t in range(1, steps + 1)]
     return dict(
         widths=widths,
         steps=steps,
@@ -194,6 +206,7 @@ def summarize(records: list[dict], losses: list[dict], widths, steps: int, toler
         layers={m: dict(type=layer_type(m), l1=per_module[m], slope=slopes[m]) for m in modules},
         types={k: dict(l1=per_type[k], slope=type_slopes[k]) for k in types},
         loss=loss,
+        grad_norm=grad_norm,  # [step][width] before clipping: a clip acts where it exceeds grad_clip
         max_slope=max(slopes.values()),
         failing=failing,
         passed=not failing,
@@ -237,6 +250,11 @@ def plot(summary: dict, path: str | os.PathLike, title: str) -> None:
     plt.close(fig)
 
 
+def coord_stem(parametrization: str, grad_clip: float = 0.0) -> str:
+    """The output files' name: ``coord_mup``, or ``coord_mup_clip1`` with a gradient clip of 1."""
+    return f"coord_{parametrization}" + (f"_clip{grad_clip:g}" if grad_clip else "")
+
+
 def coord_check(
     spec: ModelSpec,
     out_dir,
@@ -250,8 +268,9 @@ def coord_check(
     tolerance: float = DEFAULT_TOLERANCE,
     device: str = "cpu",
     progress: bool = True,
+    grad_clip: float = 0.0,
 ) -> dict:
-    """Run the check, write ``coord_<parametrization>.{json,png}`` into ``out_dir``, return the summary."""
+    """Run the check, write ``coord_<parametrization>[_clipG].{json,png}`` into ``out_dir``, return the summary."""
     widths = sorted(widths or default_widths(spec))
     bad = [w for w in widths if w <= 0 or w % spec.head_dim]
     if len(widths) < 4 or bad:
@@ -263,7 +282,11 @@ def coord_check(
     data = Path(data) if data else data_root() / DEFAULT_DATA
     seq_len = min(seq_len, spec.max_sequence_length)
     batch = c4_batch(data, batch_size, seq_len, spec)
-    records, losses = coord_data(spec, widths, batch, steps, lr, seeds, device=device, progress=progress)
+    if grad_clip < 0:
+        raise ConfigError(f"grad_clip={grad_clip} must be >= 0 (0: no clipping)")
+    records, losses = coord_data(
+        spec, widths, batch, steps, lr, seeds, device=device, progress=progress, grad_clip=grad_clip
+    )
     summary = summarize(records, losses, widths, steps, tolerance)
     summary = dict(
         model=spec.name,
@@ -271,6 +294,7 @@ def coord_check(
         base_d_model=spec.base_d_model,
         lr=lr,
         optimizer="MuAdamW(betas=(0.9, 0.95), weight_decay=0)",
+        grad_clip=grad_clip,
         seeds=seeds,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -279,9 +303,10 @@ def coord_check(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"coord_{spec.parametrization}"
+    stem = coord_stem(spec.parametrization, grad_clip)
     atomic_write_text(out / f"{stem}.json", json.dumps(_json_safe(summary), indent=1))
-    plot(summary, out / f"{stem}.png", f"{spec.name} {spec.parametrization} lr={lr:g}")
+    clip = f" grad_clip={grad_clip:g}" if grad_clip else ""
+    plot(summary, out / f"{stem}.png", f"{spec.name} {spec.parametrization} lr={lr:g}{clip}")
     return summary
 
 
@@ -304,6 +329,7 @@ class CoordCheckOptions:
     data: str | None = None  # C4 JSON-lines file (None: $OVERTRAIN_DATA/c4/c4-sample.00000-of-00001.json.gz)
     tolerance: float = DEFAULT_TOLERANCE  # max allowed slope of log(scale) vs log(width) at the last step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    grad_clip: float = 0.0  # global gradient-norm clip per step (pre-training: optim.grad_clip = 1.0); 0: none
 
     def validate(self) -> None:
         if not self.out:
@@ -327,11 +353,13 @@ def run(args) -> int:
         args.data,
         args.tolerance,
         str(resolve_device(args.device)),
+        grad_clip=args.grad_clip,
     )
-    print(f"{spec.name} ({spec.parametrization}) widths {s['widths']}, {s['steps']} steps, lr {s['lr']:g}")
+    clip = f", grad_clip {s['grad_clip']:g}" if s["grad_clip"] else ""
+    print(f"{spec.name} ({spec.parametrization}) widths {s['widths']}, {s['steps']} steps, lr {s['lr']:g}{clip}")
     for kind, d in s["types"].items():
         print(f"  {kind:<10} slope {d['slope']:+.3f}   last-step l1 " + " ".join(f"{v:.3g}" for v in d["l1"][-1]))
-    stem = Path(args.out) / f"coord_{spec.parametrization}"
+    stem = Path(args.out) / coord_stem(spec.parametrization, s["grad_clip"])
     print(f"wrote {stem}.json, {stem}.png")
     if s["passed"]:
         print(f"PASS: every layer's last-step slope <= {s['tolerance']} (max {s['max_slope']:.3f})")
