@@ -39,10 +39,13 @@ token, so every rank joins every all-reduce. Only rank 0 logs and writes ``out``
 
 Memory (fp32 master weights, AdamW: 16 bytes per parameter for weights + gradients + two moments,
 plus activations): OLMo-1B (1.18B parameters) needs ~19 GB before activations, so a full fine-tune
-fits one 80 GB GPU; ``gradient_checkpointing=true`` (transformers' activation checkpointing,
-non-reentrant) keeps only each layer's input and recomputes the rest in the backward (~1/3 more
-compute), for long sequences or large micro-batches; ``precision=auto`` runs the forward under bf16
-autocast on CUDA. DDP replicates the whole model and optimizer on every GPU, so it adds throughput,
+fits one 80 GB GPU. Activations, estimated (not measured: no GPU in our tests) for OLMo-1B under
+``precision=auto`` (bf16 autocast on CUDA): ~3.5 GB per 2048-token record (16 layers x ~40 bytes x
+2048 per token, plus the logits over 50K words), so the default micro-batch of 8 x 2048 tokens
+(~30 GB) fits beside the states; ``gradient_checkpointing=true`` (transformers' activation
+checkpointing, non-reentrant) keeps only each layer's input (~1.5 GB per record, most of it the
+logits) and recomputes the rest in the backward (~1/3 more compute), for longer sequences or larger
+micro-batches. DDP replicates the whole model and optimizer on every GPU, so it adds throughput,
 never memory: a 7B model (~112 GB of states) does not fit any single 80 GB GPU and needs sharding
 (FSDP / ZeRO), which is not built; neither is multi-node SFT.
 
@@ -324,7 +327,14 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
 
     dist.init(info, device)
     try:
-        _train_and_save(member.ref, path, prov, records, recorded, out, results, cfg, device, info, log)
+        model, tokenizer, stats = _load_and_train(
+            path, records, cfg, device, info, log, f"{member.ref} ({prov['pretrain_tokens']} pre-training tokens)"
+        )
+        prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
+        if info.is_main:
+            _save(model, tokenizer, prov, out)
+            _ensure_row(results, out, prov)
+            log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
         dist.barrier()  # every rank returns once out is written
     finally:
         dist.shutdown()
@@ -335,7 +345,8 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _train_and_save(ref, path, prov, records, recorded, out, results, cfg, device, info, log) -> None:
+def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.DistInfo, log, what: str):
+    """(model, tokenizer, training stats): the member loaded from ``path`` in fp32 and trained on ``records``."""
     hide_broken_torchvision()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -346,15 +357,16 @@ def _train_and_save(ref, path, prov, records, recorded, out, results, cfg, devic
     max_len = min(cfg.max_seq_len, getattr(model.config, "max_position_embeddings", None) or cfg.max_seq_len)
     enc = encode_chat(tokenizer, records, max_len)
     log(
-        f"sft: {ref} ({prov['pretrain_tokens'] or '?'} pre-training tokens) on {len(enc.ids)} records of "
-        f"{cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, on {info.world_size} x {device}"
+        f"sft: {what} on {len(enc.ids)} records of {cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, "
+        f"on {info.world_size} x {device}"
     )
     stats = train_sft(model, tokenizer, enc, cfg, device, log, info)
     stats["max_seq_len"] = max_len
-    prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
-    if not info.is_main:
-        return
+    return model, tokenizer, stats
 
+
+def _save(model, tokenizer, prov: dict, out: Path) -> None:
+    """Model, tokenizer and provenance in a temporary directory, checked, then renamed to ``out`` (atomic)."""
     tmp = out.with_name(f".{out.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
     try:
         model.save_pretrained(str(tmp))
@@ -365,8 +377,6 @@ def _train_and_save(ref, path, prov, records, recorded, out, results, cfg, devic
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _ensure_row(results, out, prov)
-    log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
 
 
 def run(args: argparse.Namespace) -> int:
