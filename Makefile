@@ -26,7 +26,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests  # -rs: each skipped test and why (e.g. no Slurm here, how to get it)
 
 # The suite under every thread count and CPU kernel family: torch's own kernels (ATEN_CPU_CAPABILITY),
 # MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS) and numpy's OpenBLAS (OPENBLAS_CORETYPE) at AVX-512, AVX2

@@ -11,17 +11,29 @@ optimizer step; between learning rates), writes what a resume needs and raises `
 sysexits.h: "temporary failure, run me again"): it passes through ``except Exception`` handlers,
 the process exits 75, and launchers read 75 as "requeue me" (``launch/slurm.py``, the grid
 runner) rather than as a failure. Rerunning the same command resumes where it stopped.
+
+A launcher in between may hide the 75: torchrun exits 1 when a worker exits non-zero. So a
+``Preempted`` also leaves a marker file where the environment variable ``OVERTRAIN_PREEMPTED_FILE``
+points (every rank writes the same small JSON, atomically; the launcher removes it before the run):
+the batch script (``launch/slurm.py``) requeues the job when the marker exists, whatever the exit code.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import socket
 import sys
 import threading
+import time
 from contextlib import contextmanager
+
+from .config import atomic_write_text
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving its state; rerun to resume
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+MARKER_ENV = "OVERTRAIN_PREEMPTED_FILE"  # where a Preempted leaves its marker (unset: no marker)
 
 
 class Preempted(SystemExit):
@@ -30,9 +42,18 @@ class Preempted(SystemExit):
     def __init__(self, message: str):
         super().__init__(EXIT_PREEMPTED)
         self.message = message
+        write_marker(message)
 
     def __str__(self) -> str:
         return self.message
+
+
+def write_marker(message: str) -> None:
+    """The preemption marker at ``$OVERTRAIN_PREEMPTED_FILE`` (nothing when it is unset): the state is saved."""
+    path = os.environ.get(MARKER_ENV)
+    if path:
+        info = {"message": message, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        atomic_write_text(path, json.dumps(info) + "\n")
 
 
 class StopFlag:

@@ -65,6 +65,7 @@ from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenize
 CHUNK_CHARS = 1 << 18  # ~60k tokens per task: big enough to amortize IPC, small enough to balance
 FORMAT_VERSION = 1  # the single-file layout (the parts layout is version 2)
 LAYOUTS = ("parts", "single")
+STAGES = ("all", "plan", "shards", "merge")  # prepare_parts: the stages of a Slurm job array
 
 
 _WORKER_ENCODER: Encoder | None = None
@@ -188,11 +189,23 @@ class PrepareConfig:
     from_npy: list[str] = field(default_factory=list)  # existing OLMo-format training parts (globs), used in place
     val_npy: list[str] = field(default_factory=list)  # existing OLMo-format validation parts (with from_npy)
     dtype: str | None = None  # from_npy: token dtype of the parts (uint16/uint32; None: from the tokenizer)
+    stage: str = "all"  # parts, as a job array: plan (once, first) | shards (per task) | merge (last); all: everything
+    task: str = ""  # stage=shards: I/T = the I-th (from 0) of T contiguous ranges of training shards, e.g. 3/16
 
     def validate(self) -> None:
         """Every combination of settings, checked before any file is read."""
         if not self.out:
             raise ConfigError("out is not set (the output directory: out=DIR)")
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage={self.stage!r}: expected one of {', '.join(STAGES)}")
+        if self.stage != "all" and (self.layout != "parts" or self.from_npy):
+            raise ConfigError(f"stage={self.stage} is for layout=parts from text sources (a Slurm job array)")
+        if (self.stage == "shards") != bool(self.task):
+            raise ConfigError("task=I/T goes with stage=shards (and only with it)")
+        if self.task:
+            from .prepare_parts import task_range
+
+            task_range(self.task, 1)  # the format; the range itself needs the number of shards
         for key in ("max_docs", "max_val_docs", "val_docs"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
@@ -392,6 +405,11 @@ def tokenizer_meta(name: str) -> dict:
 
 def run(args) -> int:
     meta = prepare(args.config)
+    if "stage" in meta:  # one stage of a job array (prepare_parts)
+        from .prepare_parts import stage_summary
+
+        print(stage_summary(meta, args.out))
+        return 0
     s = meta["splits"]
     tokens = s["train"]["tokens"] + s["val"]["tokens"]
     print(

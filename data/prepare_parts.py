@@ -12,6 +12,13 @@ Resume: ``OUT/plan.json`` (written first) holds every setting the bytes depend o
 the same plan continues (finished parts verified by size and sha256), one with another plan is
 refused unless ``overwrite=true``.
 
+A Slurm job array (``stage=``, ``launch/slurm.py`` writes the scripts): ``stage=plan`` once
+(plan.json, the validation parts and their digests), then ``stage=shards task=I/T`` per array task
+(training shards ``task_range(I/T)``: contiguous, every shard in exactly one task; tasks share
+nothing but finished files, never write plan.json, and remove only their own shards' temporaries),
+then ``stage=merge`` (every needed part finished, else an error naming them; all verified; the
+max_tokens prefix kept; meta.json). The result is the one ``stage=all`` writes, byte for byte.
+
 Bring your own tokens: each part's size must be a whole number of ``dtype`` tokens, its ids
 below the tokenizer's vocabulary and its documents closed by the tokenizer's EOS (a part from
 another tokenizer fails one of these); the entries (absolute paths, sizes, tokens, documents,
@@ -30,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import DataError, atomic_write_text
+from ..core.config import ConfigError, DataError, atomic_write_text
 from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask
 from .parts import check_part, sha256_file
 from .shards import Shard, Workers, hub_shards, remove_temporaries, write_bytes
@@ -163,7 +170,12 @@ def prepare_parts(cfg, out: Path, t0: float) -> dict:
 
     tok = tokenizer_meta(cfg.tokenizer)
     val, train, holdout = _shards(cfg)
-    finished = _start(out, _plan(cfg, tok, val, train, holdout), cfg.overwrite)
+    plan = _plan(cfg, tok, val, train, holdout)
+    if cfg.stage == "shards":
+        return _array_task(cfg, out, plan, train, tok)
+    if cfg.stage == "merge":
+        _check_merge(out, plan, val, train, cfg.max_tokens)
+    finished = _start(out, plan, cfg.overwrite)
     if finished:
         print(f"resuming {out}: {finished} finished parts (verified, not redone)", file=sys.stderr)
     n = min(cfg.workers, max(len(val), len(train)))
@@ -172,6 +184,8 @@ def prepare_parts(cfg, out: Path, t0: float) -> dict:
         val_entries = workers.run(val, desc="val")
         digests = out / "val" / "digests.bin"  # every training worker drops copies of these documents
         write_bytes(digests, b"".join(e["digests"] for e in val_entries))
+        if cfg.stage == "plan":
+            return {"stage": "plan", "val": _split_info(val_entries), "train_shards": len(train)}
         for s in train:
             s.val_digests = str(digests)
         train_entries = workers.run(train, cfg.max_tokens, desc="train")
@@ -203,6 +217,93 @@ def prepare_parts(cfg, out: Path, t0: float) -> dict:
     }
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")  # last: the dataset is finished
     return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# A Slurm job array: plan once, shards per task, merge
+
+
+def task_range(task: str, n: int) -> range:
+    """Shards of array task ``I/T`` out of ``n``: [floor(I n / T), floor((I + 1) n / T)), contiguous,
+    sizes differing by at most one, together every shard once."""
+    try:
+        i, t = (int(x) for x in task.split("/"))
+    except ValueError:
+        i, t = -1, 0
+    if not 0 <= i < t:
+        raise ConfigError(f"task={task}: expected I/T with 0 <= I < T (array task I of T), e.g. 0/16")
+    return range(i * n // t, (i + 1) * n // t)
+
+
+def _joined_plan(out: Path, plan: dict, stage: str) -> None:
+    """An array stage works in a directory that ``stage=plan`` made with the same settings."""
+    plan_path = out / "plan.json"
+    if not plan_path.is_file():
+        raise DataError(f"{plan_path}: missing; run prepare-data stage=plan (once) before stage={stage}")
+    old = json.loads(plan_path.read_text())
+    if old != json.loads(json.dumps(plan)):
+        diff = sorted(k for k in set(old) | set(plan) if old.get(k) != json.loads(json.dumps(plan)).get(k))
+        raise DataError(
+            f"{plan_path}: written by stage=plan with other settings ({', '.join(diff)} differ); "
+            f"every stage needs the same settings"
+        )
+
+
+def _array_task(cfg, out: Path, plan: dict, train: list[Shard], tok: dict) -> dict:
+    """``stage=shards``: the training shards of array task ``cfg.task`` (finished ones verified)."""
+    mine = [train[i] for i in task_range(cfg.task, len(train))]
+    result = {"stage": "shards", "task": cfg.task, "shards": [s.index for s in mine]}
+    if (out / "meta.json").is_file():
+        print(f"{out}: already finished (meta.json); nothing to do for task {cfg.task}", file=sys.stderr)
+        return result | {"train": _split_info([])}
+    _joined_plan(out, plan, "shards")
+    digests = out / "val" / "digests.bin"
+    if not digests.is_file():
+        raise DataError(f"{digests}: missing; stage=plan did not finish (it writes the validation parts first)")
+    for s in mine:
+        s.val_digests = str(digests)
+        for p in (out / "train").glob(f".part-{s.index:05d}.*tmp*"):  # this task's own, from a killed run
+            p.unlink(missing_ok=True)
+    if not mine:
+        return result | {"train": _split_info([])}
+    workers = Workers(out, min(cfg.workers, len(mine)), cfg.tokenizer, tok["dtype"], cfg.text_field, cfg.chunk_chars)
+    try:
+        entries = workers.run(mine, desc=f"train {cfg.task}")
+    finally:
+        workers.close()
+    return result | {"train": _split_info(entries)}
+
+
+def stage_summary(result: dict, out: str) -> str:
+    if result["stage"] == "plan":
+        v = result["val"]
+        return (
+            f"planned {out}: {result['train_shards']} training shards for the array tasks; "
+            f"val {v['tokens']:,} tokens / {v['documents']:,} docs written"
+        )
+    t, idx = result["train"], result["shards"]
+    span = f"shards {idx[0]}-{idx[-1]}" if idx else "no shards (more tasks than shards)"
+    return f"task {result['task']}: {span}: {len(t['parts'])} parts, {t['tokens']:,} tokens / {t['documents']:,} docs"
+
+
+def _check_merge(out: Path, plan: dict, val: list[Shard], train: list[Shard], max_tokens: int | None) -> None:
+    """``stage=merge``: every validation part and every training part up to max_tokens is finished."""
+    _joined_plan(out, plan, "merge")
+    missing, total = [s.name for s in val if not (out / f"{s.name}.json").is_file()], 0
+    for s in train:
+        if max_tokens is not None and total >= max_tokens:
+            break
+        entry = out / f"{s.name}.json"
+        if entry.is_file():
+            total += json.loads(entry.read_text())["tokens"]
+        else:
+            missing.append(s.name)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(
+            f"{out}: {len(missing)} parts are not finished ({', '.join(missing[:5])}{more}): an array task failed "
+            "or has not run (see its log); rerun those tasks (stage=shards task=I/T), then stage=merge"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,7 +60,25 @@ def aggregate(rows: list[Row], group_by: list[str], tolerance: float, files: lis
     rep = collect(rows, group_by, tolerance, files)
     judge(rep)
     sanity(rep)
+    source_flags(rep, rows)
     return rep
+
+
+STAND_INS = ("OFFLINE DEMO ONLY", "stand-in")  # markers of a task source that is not the paper's data
+
+
+def source_flags(rep: Report, rows: list[Row]) -> None:
+    """Flag every task whose rows were read from a local stand-in for the paper's data (the rows'
+    ``task_source``, ``data.tasks.Task.source``), so a demo's numbers are never taken for the paper's."""
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        d = r.to_dict()
+        if d.get("task") and d.get("task_source"):
+            seen.setdefault(str(d["task"]), set()).add(str(d["task_source"]))
+    for task, sources in sorted(seen.items()):
+        for src in sorted(sources):
+            if any(m in src for m in STAND_INS):
+                rep.flags.append(f"{task}: read from a local stand-in, not the paper's data: {src}")
 
 
 def make_report(
@@ -88,7 +106,12 @@ def make_report(
     atomic_write_text(out / "curves.csv", csv_text(*curves_table(rep)))
     if rep.noise:
         atomic_write_text(out / "perturb.csv", csv_text(*perturb_table(rep)))
-    text = markdown(rep, paths) + ("\n" + suite_markdown(families, tolerance) if families else "")
+    text = markdown(rep, paths)
+    if families:  # a suite-only study has no controlled-study verdict: point to the suites'
+        text = text.replace(
+            "- no fine-tuning rows.", "- no fine-tuning rows: the checkpoint suites' verdicts are below."
+        )
+        text += "\n" + suite_markdown(families, tolerance)
     atomic_write_text(out / "report.md", text)
     return rep, text, paths
 

@@ -88,6 +88,13 @@ def _scores(row: Row, task: str) -> np.ndarray | None:
         return None
 
 
+def tuning_label(row: dict) -> str:
+    """What a model was instruction-tuned on: the SFT run's ``data_name`` (a grid's dataset key), else
+    its ``sft_data``; ``BASE`` for a member itself."""
+    sft = row.get("sft") if isinstance(row.get("sft"), dict) else {}
+    return str(sft.get("data_name") or row.get("sft_data") or BASE)
+
+
 def collect_suite(rows: list[Row]) -> list[SuiteFamily]:
     """The suite curves of kind "lm_eval" rows with ``suite_model``, grouped into families."""
     points: dict[tuple[str, str, str], dict[float, list[tuple[float, np.ndarray | None]]]] = {}
@@ -98,7 +105,7 @@ def collect_suite(rows: list[Row]) -> list[SuiteFamily]:
         value = d.get(METRIC)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        key = (str(d["suite_model"]), str(d.get("sft_data") or BASE), str(d.get("task")))
+        key = (str(d["suite_model"]), tuning_label(d), str(d.get("task")))
         points.setdefault(key, {}).setdefault(float(d["pretrain_tokens"]), []).append(
             (float(value), _scores(r, str(d.get("task"))))
         )
@@ -117,7 +124,7 @@ def collect_suite(rows: list[Row]) -> list[SuiteFamily]:
             lo, hi = interval(c.reps, log=False)
             c.lo, c.hi, c.n = list(lo), list(hi), samples[0].n
         families.setdefault((suite, tuning), SuiteFamily(suite, tuning)).curves.append(c)
-    return list(families.values())
+    return sorted(families.values(), key=lambda f: (f.suite, f.tuning != BASE, f.tuning))
 
 
 def decide_suite(families: list[SuiteFamily], tolerance: float) -> None:
@@ -152,7 +159,7 @@ def decide_suite(families: list[SuiteFamily], tolerance: float) -> None:
             wide = [c.task for c in tested if c.upper > tolerance]
             fam.verdict = "cannot tell"
             fam.reason = (
-                f"intervals too wide ({', '.join(wide)}: 95% upper bound of the drop > {100 * tolerance:g} points)"
+                f"intervals too wide: {', '.join(wide)}: 95% upper bound of the drop > {100 * tolerance:g} points"
             )
 
 

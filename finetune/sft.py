@@ -97,6 +97,7 @@ class SFTConfig:
         ""  # chat data: a .jsonl/.json file (TULU messages, Anthropic-HH chosen, question/answer) or hub NAME[:SPLIT]
     )
     out: str = ""  # the transformers directory to write (model, tokenizer, overtrain_suite.json)
+    data_name: str = ""  # a short name for data in rows and the report (a grid's instruct.datasets key); "": data
     revision: str | None = None  # hub revision of MODEL (or write MODEL as repo@revision); None for a local directory
     tokens: int | None = None  # pre-training tokens of MODEL; None: parsed from the revision / directory name
     lr: float = 2e-6  # peak LR (marked choice: Amuro & Char's OLMo-1B TULU SFT)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..core.config import expand_path, resolve_config_path
+from .cluster import check_cluster
 from .plan import expand, plan_summary, print_plan
 from .runner import run_jobs
 from .slurm import SlurmOptions, print_status, submit, write_slurm
@@ -54,6 +55,8 @@ class GridOptions:
     setup: str = ""  # slurm: a shell line every job runs first, e.g. "module load cuda/12.1"
     cpus_per_task: int = 0  # slurm: CPUs per task (0: 8 per GPU, 1 per process on CPU)
     signal_s: int = 300  # slurm: USR1 this many seconds before the time limit (save, then requeue)
+    requeue_long: bool = False  # slurm: accept pre-training runs / sweeps longer than time (they requeue until done)
+    prepare_tasks: int = 0  # slurm: > 0: prepare-data as plan -> array of this many shard ranges -> merge
 
 
 OPTIONS = GridOptions
@@ -99,6 +102,8 @@ def run(args) -> int:
     if args.action == "status":
         return print_status(spec, jobs, out)
     if args.action == "submit":
+        for warning in check_cluster(opts):  # before anything is written or submitted
+            print(f"warning: {warning}")
         claim_results_dir(spec, args.config_path, force=args.force)
         submit(spec, jobs, out, opts, grid_file)
         return 0

@@ -246,7 +246,8 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
         for name, data in (ins.datasets if ins else {}).items():
             tid = f"{_slug(m.name)}_{_slug(name)}"
             out = root / "instruct" / tid
-            argv = ["sft", m.ref, f"data={expand_path(data)}", f"out={out}", f"tokens={m.tokens}", *ins.args]
+            argv = ["sft", m.ref, f"data={expand_path(data)}", f"data_name={name}", f"out={out}", f"tokens={m.tokens}"]
+            argv += ins.args
             argv.append(f"results={root / 'instruct' / 'results.jsonl'}")
             jobs.append(
                 Job(

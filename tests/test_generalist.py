@@ -202,7 +202,10 @@ def test_bad_input_fails_before_any_model_loads(models, tmp_path, monkeypatch, c
     shutil.copytree(models["export6"], bad)
     config = json.loads((bad / "config.json").read_text())
     cases = [
-        ({**config, "model_type": "not_a_model"}, r"config.json: model_type='not_a_model' is not known to transformers"),
+        (
+            {**config, "model_type": "not_a_model"},
+            r"config.json: model_type='not_a_model' is not known to transformers",
+        ),
         (
             {**config, "architectures": ["FooForCausalLM"]},
             r"config.json: architectures=.*FooForCausalLM is not a class",

@@ -1,12 +1,13 @@
 """A grid on a real Slurm: a one-node cluster (munged, slurmctld, slurmd on this host, CPU only)
-started by the fixture, the grid submitted with ``grid submit`` (prepare-data, pre-training via
-srun + torchrun with gloo, the sweep and perturbation array, the report), the pre-training job
-signalled mid-run as Slurm does before a time limit: it saves, requeues, resumes, and the rows
-equal those of ``grid run``. Needs root and Debian's slurm-wlm + munge (``.ci/run`` installs them);
+started by the fixture, the grid submitted with ``grid submit`` (prepare-data as plan, an array of
+2 tasks over 3 shards and a merge; pre-training via srun + torchrun with gloo; the sweep and
+perturbation array; the report), the pre-training job signalled mid-run as Slurm does before a
+time limit: it saves, requeues, resumes, and the rows equal those of ``grid run``. Needs root and Debian's slurm-wlm + munge (``.ci/run`` installs them);
 without them these tests skip, saying so."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -64,23 +65,27 @@ SchedulerType=sched/builtin
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+# at least 4 CPUs declared whatever the machine has (pre-training asks for 2): config_overrides keeps the node up
+SlurmdParameters=config_overrides
 MpiDefault=none
 JobRequeue=1
 KillWait=30
 MinJobAge=600
 NodeName={host} CPUs={cpus} RealMemory=2000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=short Nodes={host} MaxTime=5 State=UP
 """
+
+
+def _idle(env: dict) -> bool:
+    """Whether the node is idle (in every partition): no job holds it, none is completing."""
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+    return r.returncode == 0 and set(r.stdout.split()) == {"idle"}
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """SLURM_CONF of a fresh one-node cluster on this host (its daemons stop after the module)."""
-    if not os.environ.get("OVERTRAIN_SLURM_TESTS"):
-        # Opt-in for now: in one fresh-clone run the signalled pre-training job's torchrun exited 1
-        # (rank 0 exited 75), Slurm marked the job failed and cancelled its dependents before the
-        # requeue took effect. Until that race is fixed the test would make `make test` flaky.
-        pytest.skip("real-Slurm tests are opt-in (a known requeue race): set OVERTRAIN_SLURM_TESTS=1")
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing or os.geteuid() != 0:
         why = f"missing {', '.join(missing)}" if missing else "not root"
@@ -98,7 +103,12 @@ def slurm(tmp_path_factory):
     conf = root / "slurm.conf"
     conf.write_text(
         SLURM_CONF.format(
-            host=host, ctld_port=_free_port(), d_port=_free_port(), sock=sock, root=root, cpus=os.cpu_count()
+            host=host,
+            ctld_port=_free_port(),
+            d_port=_free_port(),
+            sock=sock,
+            root=root,
+            cpus=max(os.cpu_count() or 1, 4),
         )
     )
     env = dict(os.environ, SLURM_CONF=str(conf))
@@ -113,14 +123,18 @@ def slurm(tmp_path_factory):
         for daemon in (["slurmctld", "-D", "-c"], ["slurmd", "-D", "-c"]):
             procs.append(subprocess.Popen(daemon, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
-        def idle():
-            r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
-            return r.returncode == 0 and r.stdout.strip() == "idle"
-
-        _wait("the node to come up idle", idle, 60)
+        _wait("the node to come up idle", lambda: _idle(env), 60)
         yield env
     finally:
         subprocess.run(["scancel", "--full", "--user=root"], env=env, capture_output=True)
+        try:  # let the jobs end while the daemons still run (else their scripts outlive the cluster)
+            _wait(
+                "the jobs to end",
+                lambda: not subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip(),
+                60,
+            )
+        except AssertionError:
+            pass
         for p in reversed(procs):
             p.terminate()
         for p in reversed(procs):
@@ -128,19 +142,27 @@ def slurm(tmp_path_factory):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        keep = tmp_path_factory.mktemp("slurm-logs")  # the daemons' logs, for a failure's post-mortem
+        for log in root.glob("*.log"):
+            shutil.copy(log, keep / log.name)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def _grid(tmp_path: Path, results: Path) -> Path:
     c4 = data_root() / "c4"
+    shards = tmp_path / "shards"  # 40 documents of the sample as 3 shards (C4's own layout), for a prepare array
+    if not shards.is_dir():
+        shards.mkdir()
+        lines = gzip.open(c4 / "c4-sample.00000-of-00001.json.gz", "rb").read().splitlines(keepends=True)[:40]
+        for k in range(3):
+            (shards / f"c4-train.{k:05d}.json.gz").write_bytes(gzip.compress(b"".join(lines[k::3])))
     grid = {
         "name": "slurm-test",
         "results_dir": str(results),
         "prepare": {
-            "train": [str(c4 / "c4-sample.00000-of-00001.json.gz")],
+            "train": [f"{shards}/c4-train.*.json.gz"],
             "val": [str(c4 / "c4-sample.01.json.gz")],
             "out": "data/c4",
-            "args": ["max_docs=40"],
         },
         "pretrain": {
             "config": "configs/pretrain/demo.yaml",
@@ -162,6 +184,7 @@ def _grid(tmp_path: Path, results: Path) -> Path:
             "config": "configs/finetune/demo.yaml",
             "tasks": ["rte"],
             "lrs": [1.0e-3],
+            "train_tokens_estimate": 2000,  # for the time check: seconds, as measured
             "overrides": ["max_examples={train: 16, validation: 8, test: 8}", "c4_max_tokens=256"],
         },
         "perturb": {"gammas": [0.5], "seeds": [0], "val_tokens": 256},
@@ -189,27 +212,35 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     env = dict(slurm, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     results = tmp_path / "on-slurm"
     grid = _grid(tmp_path, results)
-    opts = ["gpus_per_node=0", "partition=debug", "time=00:10:00", "signal_s=60"]
+    opts = ["gpus_per_node=0", "partition=debug", "time=00:10:00", "signal_s=60", "prepare_tasks=2"]
 
     bad = _overtrain(["grid", "submit", str(grid), "partition=nosuch"], env)
     assert bad.returncode == 2 and "no such Slurm partition" in bad.stderr and not (results / "slurm").exists()
     nosbatch = _overtrain(["grid", "submit", str(grid)], dict(env, PATH="/nonexistent"))
     assert nosbatch.returncode == 2 and "sbatch is not on PATH" in nosbatch.stderr
+    short = _overtrain(["grid", "submit", str(grid), *opts, "partition=short"], env)  # MaxTime=5 (minutes)
+    assert short.returncode == 2 and "time=00:10:00 exceeds the MaxTime 00:05:00 of partition short" in short.stderr
+    assert not (results / "slurm").exists()
 
-    sub = _overtrain(["grid", "submit", str(grid), *opts], env)
+    # Submitted held (SBATCH_HOLD), so that nothing runs before the test is ready to signal it.
+    sub = _overtrain(["grid", "submit", str(grid), *opts], dict(env, SBATCH_HOLD="1"))
     assert sub.returncode == 0, sub.stdout + sub.stderr
     record = json.loads((results / "slurm" / "submitted.json").read_text())
-    assert set(record) == {"prepare", "pretrain/tiny_10K", "sweep/tiny_10K_final_rte", "perturb/tiny_10K", "report"}
+    assert set(record) == {"prepare", "pretrain/tiny_10K", "sweep/tiny_10K_final_rte", "perturb/tiny_10K", "report"} | {
+        "prepare/plan",  # prepare_tasks=2: plan, an array of 2 tasks over the 3 shards, then the merge ("prepare")
+        "prepare/shards",
+    }
 
     # Resubmitting at once submits nothing: every job is queued already.
     again = _overtrain(["grid", "submit", str(grid), *opts], env)
     assert again.returncode == 0 and "0 jobs submitted" in again.stdout, again.stdout + again.stderr
+    subprocess.run(["scontrol", "release", ",".join(sorted({s.split("_")[0] for s in record.values()}))], env=env)
 
     # Signal the pre-training job mid-run, as Slurm does signal_s seconds before its time limit.
     pt = record["pretrain/tiny_10K"]
     metrics = results / "pretrain" / "tiny_10K" / "metrics.jsonl"
     _wait(
-        "a few pre-training steps", lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 5, 300, 0.05
+        "a few pre-training steps", lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, 300, 0.05
     )
     subprocess.run(["scancel", "--signal=USR1", "--batch", pt], env=env, check=True)
 
@@ -218,7 +249,13 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
         return q.startswith("PENDING")
 
     _wait("the job to requeue", requeued, 120, 0.2)
-    subprocess.run(["scontrol", "update", f"JobId={pt}", "StartTime=now"], env=env, check=True)  # skip requeue's hold
+    # Slurm holds a requeued job for its credential lifetime (120 s) so that it cannot start while the
+    # node still revokes the old run's credential; shorten the hold, but only once the node has let go
+    # of the old run and the clock has moved past its revocation (a start in the same second is
+    # refused, "Job credential revoked", and fails the job).
+    _wait("the node to be idle", lambda: _idle(env), 120, 0.2)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={pt}", "StartTime=now"], env=env, check=True)
 
     def finished():
         st = _overtrain(["grid", "status", str(grid), *opts], env)
@@ -232,7 +269,12 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
 
     _wait("the grid to finish on Slurm", finished, 600, 2)
     log = next((results / "logs" / "slurm").glob(f"pt-tiny_10K-{pt}.out")).read_text()
-    assert "requeueing" in log and "stopped on SIGUSR1 after step" in log, log[-3000:]
+    # (Slurm kills the script once it accepted the requeue, often before it can say "requeued".)
+    assert "stopped on SIGUSR1 after step" in log and f"requeueing {pt} (exit 1, state saved)" in log, log[-3000:]
+    assert "(restart 1)" in log and "pretrain: resuming from" in log, log[-3000:]
+    arr = record["prepare/shards"]
+    tasks = [(results / "logs" / "slurm" / f"slurm-test-prepare-shards-{arr}_{i}.out").read_text() for i in (0, 1)]
+    assert "task 0/2: shards 0-0: 1 parts" in tasks[0] and "task 1/2: shards 1-2: 2 parts" in tasks[1], tasks
     summary = json.loads((results / "pretrain" / "tiny_10K" / "summary.json").read_text())
     assert summary["resumes"] == 1 and summary["world_size"] == 2
     assert (results / "report" / "report.md").is_file()
