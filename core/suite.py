@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, DataError, atomic_write_text, expand_path, parse_count
+from .hf_compat import hide_broken_torchvision
 
 PROVENANCE_FILE = "overtrain_suite.json"
 PROVENANCE_KEYS = (
@@ -170,6 +171,7 @@ def check_loadable(path: str | os.PathLike) -> None:
     """Raise one ConfigError naming ``config.json`` and the field unless the installed transformers can
     load this model without remote code: a known ``model_type`` (AutoConfig reads the file) and every
     class in ``architectures`` present in transformers."""
+    hide_broken_torchvision()
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 

@@ -64,6 +64,7 @@ import numpy as np
 
 from ..core.checkpoint import file_sha256
 from ..core.config import CONFIG_ROOT, CheckpointError, ConfigError, DataError
+from ..core.hf_compat import hide_broken_torchvision
 from ..core.suite import PROVENANCE_FILE, check_loadable, read_provenance
 
 GENERALIST_DIR = CONFIG_ROOT / "lm_eval" / "generalist"
@@ -102,6 +103,7 @@ def expand_tasks(names: list[str]) -> list[str]:
 def _task_manager(include: tuple[str, ...], defaults: bool = True):
     """lm-eval's task index (scanning its ~15k task YAMLs takes seconds: once per process); without
     ``defaults`` only the ``include`` directories (enough for local tasks: milliseconds)."""
+    hide_broken_torchvision()
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=list(include) or None, include_defaults=defaults)
@@ -234,6 +236,7 @@ def model_provenance(model_dir: str | os.PathLike, config: dict) -> dict:
 
 def make_hflm(model_dir: str | os.PathLike, device, precision: str, batch_size: int):
     """lm-eval's HFLM on ``model_dir`` (bf16 weights on CUDA under precision auto; fp32 elsewhere)."""
+    hide_broken_torchvision()
     from lm_eval.models.huggingface import HFLM
 
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")

@@ -48,6 +48,7 @@ import torch
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
 from ..core.config import ConfigError
 from ..core.dist import resolve_device
+from ..core.hf_compat import hide_broken_torchvision
 from ..core.likelihood import autocast_for, pad_batch, readout_at
 from ..core.suite import member_provenance, resolve_member
 from ..data.tokenizer import check_tokenizer
@@ -66,6 +67,7 @@ INSTALL = "pip install 'lm-eval[hf]==0.4.13' (or the project's extra: pip instal
 
 
 def _require_lm_eval():
+    hide_broken_torchvision()
     try:
         import lm_eval
     except ImportError:
@@ -78,6 +80,7 @@ def _require_lm_eval():
 
 def make_lm(model, spec, tokenizer, batch_size: int = 32, precision: str = "auto", eos_prefix: bool = True):
     """An lm-eval ``LM`` over an overtrain model (the class is built here: lm-eval is optional)."""
+    hide_broken_torchvision()
     from lm_eval.api.model import TemplateLM
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 

@@ -22,8 +22,32 @@ settings is skipped ("already done"; it appends the results row if that is missi
 are an error, ``overwrite=true`` replaces it. A member's pre-training tokens must be known (parsed or
 ``tokens=``): a row without them cannot be placed on the tokens axis. Deterministic given ``seed``
 (batch order from numpy's generator, torch seeded): bit-identical on CPU; on CUDA up to the
-nondeterministic kernels. One process, one device: several GPUs (accelerate/FSDP) are not
-supported yet; a 1B model in fp32 weights + AdamW states needs ~16 GB, a 7B one ~112 GB.
+nondeterministic kernels.
+
+Several processes (data parallel, ``core.dist``: nccl on CUDA, gloo on CPU; the grid's
+``instruct.gpus``)::
+
+    python -m torch.distributed.run --standalone --nproc_per_node=8 -m overtrain sft MODEL data=... out=...
+
+Every rank checks the input, loads the model and draws the same batch order; rank r trains on its
+contiguous share of every global batch (``batch_shares``: ``batch_size`` records split into
+``world`` parts that differ by at most one record), in micro-batches of ``micro_batch_size``; the
+step core all-reduces the global count of assistant tokens and the gradients (DDP, once per step),
+so a step is the 1-process step up to the order of float additions (tests/test_sft_ddp.py). A rank
+whose share is empty (the last batch of an epoch, smaller than ``world``) runs one fully masked
+token, so every rank joins every all-reduce. Only rank 0 logs and writes ``out`` and the row.
+
+Memory (fp32 master weights, AdamW: 16 bytes per parameter for weights + gradients + two moments,
+plus activations): OLMo-1B (1.18B parameters) needs ~19 GB before activations, so a full fine-tune
+fits one 80 GB GPU. Activations, estimated (not measured: no GPU in our tests) for OLMo-1B under
+``precision=auto`` (bf16 autocast on CUDA): ~3.5 GB per 2048-token record (16 layers x ~40 bytes x
+2048 per token, plus the logits over 50K words), so the default micro-batch of 8 x 2048 tokens
+(~30 GB) fits beside the states; ``gradient_checkpointing=true`` (transformers' activation
+checkpointing, non-reentrant) keeps only each layer's input (~1.5 GB per record, most of it the
+logits) and recomputes the rest in the backward (~1/3 more compute), for longer sequences or larger
+micro-batches. DDP replicates the whole model and optimizer on every GPU, so it adds throughput,
+never memory: a 7B model (~112 GB of states) does not fit any single 80 GB GPU and needs sharding
+(FSDP / ZeRO), which is not built; neither is multi-node SFT.
 
 Defaults (marked choices): Amuro & Char fine-tune OLMo-1B checkpoints on TULU with 5 epochs, batch 8,
 LR 2e-6, which we take; the catastrophic-overtraining paper's own SFT table is not in our sources.
@@ -46,8 +70,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import dist
 from ..core.config import ConfigError, expand_path, replace_dir, to_dict
-from ..core.dist import resolve_device
+from ..core.hf_compat import hide_broken_torchvision
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
 from ..core.schedule import lr_factor
@@ -89,6 +114,7 @@ class SFTConfig:
     seed: int = 0  # batch order and torch's RNG
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: fp32 weights, bf16 autocast on CUDA
+    gradient_checkpointing: bool = False  # recompute activations in the backward (less memory, ~1/3 more compute)
     results: str | None = None  # append one 'sft' row (provenance + training stats) to this results.jsonl
     overwrite: bool = False  # replace a finished out (else a finished out is skipped)
     log_every: int = 10  # a progress line every N steps (0 = none)
@@ -109,7 +135,7 @@ class SFTConfig:
 CONFIG = SFTConfig
 
 # Settings that change no result: left out of the recorded config that a rerun is compared with.
-NOT_RESULT = ("out", "results", "overwrite", "device", "log_every")
+NOT_RESULT = ("out", "results", "overwrite", "device", "log_every", "gradient_checkpointing")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +177,7 @@ def sft_loss(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
     Like ``core.likelihood.lm_loss``; x is right-padded (a causal model's earlier positions never
     see the padding, so no attention mask is needed). fp32 softmax whatever the autocast dtype.
     """
-    logits = model(input_ids=x).logits
+    logits = model(input_ids=x, use_cache=False).logits  # training: no KV cache
     mask = y >= 0
     loss = F.cross_entropy(logits[mask].float(), y[mask], reduction="sum")
     return loss, mask.sum()
@@ -175,8 +201,26 @@ def micro_batches(
     return out
 
 
-def train_sft(model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=None) -> dict:
-    """Train ``model`` in place over ``cfg.epochs`` passes of ``enc``; returns the training stats."""
+def batch_shares(batch: np.ndarray, world: int) -> list[np.ndarray]:
+    """Each rank's contiguous share of one global batch (sizes differ by at most one; a share may be empty)."""
+    return np.array_split(batch, world)
+
+
+def idle_micro_batch(pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One padding token with no target: the micro-batch of a rank whose share is empty. Its loss
+    is 0 and every parameter gets a zero gradient, so the rank joins DDP's all-reduce."""
+    return torch.full((1, 1), pad_id, dtype=torch.long, device=device), torch.full(
+        (1, 1), -100, dtype=torch.long, device=device
+    )
+
+
+def train_sft(
+    model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=None, info: dist.DistInfo | None = None
+) -> dict:
+    """Train ``model`` in place over ``cfg.epochs`` passes of ``enc``; returns the training stats (global,
+    the same on every rank). Under torchrun (``info`` distributed) this rank trains on its share of
+    every batch through DDP (module doc)."""
+    info = info or dist.DistInfo()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n = len(enc.ids)
@@ -185,6 +229,7 @@ def train_sft(model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=N
     warmup = min(int(math.floor(cfg.warmup * total + 0.5)), total - 1)
     opt = build_optimizer(model.named_parameters(), cfg.lr, weight_decay=cfg.weight_decay, mup=False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padded inputs are never targets
+    train_model = dist.wrap(model, info, device)  # DDP under torchrun; the model itself otherwise
     losses, epoch_losses, tokens, inputs, step = [], [], 0, 0, 0
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -192,9 +237,10 @@ def train_sft(model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=N
         sums = []
         for b in range(per_epoch):
             batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            mbs = micro_batches(enc, batch, cfg.micro_batch_size, pad_id, device)
+            share = batch_shares(batch, info.world_size)[info.rank]
+            mbs = micro_batches(enc, share, cfg.micro_batch_size, pad_id, device) or [idle_micro_batch(pad_id, device)]
             factor = lr_factor(step, total, warmup, cfg.schedule, 0.0)
-            stats = train_step(model, opt, mbs, factor, cfg.grad_clip, cfg.precision, sft_loss)
+            stats = train_step(train_model, opt, mbs, factor, cfg.grad_clip, cfg.precision, sft_loss)
             if not math.isfinite(stats.loss):
                 raise FloatingPointError(f"SFT diverged at step {step + 1}: loss {stats.loss}")
             losses.append(stats.loss)
@@ -218,7 +264,17 @@ def train_sft(model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=N
         "epoch_losses": epoch_losses,
         "wall_s": wall,
         "input_tokens_per_s": inputs / wall if wall > 0 else None,
+        "world_size": info.world_size,
     }
+
+
+def enable_checkpointing(model) -> None:
+    """transformers' activation (gradient) checkpointing, non-reentrant (the variant DDP supports)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (gradient_... is its deprecated alias)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _row(out: Path, prov: dict) -> dict:
@@ -238,18 +294,27 @@ def _ensure_row(results: str | None, out: Path, prov: dict) -> bool:
 
 
 def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
-    """The command as a function: returns the provenance written to ``cfg.out`` (or found there)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The command as a function: returns the provenance written to ``cfg.out`` (or found there).
 
+    Under torchrun every rank runs it (module doc); only rank 0 logs, writes ``out`` and the row."""
+    info = dist.env_info()
+    if not info.is_main:
+        log = _quiet
     member = parse_member(model_ref, tokens=cfg.tokens, revision=cfg.revision)
     out = Path(expand_path(cfg.out)).absolute()
     results = expand_path(cfg.results) if cfg.results else None
     recorded = recorded_config(member.ref, cfg)
     done = check_out(out, recorded, cfg.overwrite)
     if done is not None:
-        _ensure_row(results, out, done)
+        if info.is_main:
+            _ensure_row(results, out, done)
         log(f"sft: {out} already done (overwrite=true redoes it)")
         return done
+    if cfg.batch_size < info.world_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is smaller than the {info.world_size} processes: every step would leave "
+            "some idle; use fewer processes or a larger batch"
+        )
     path = resolve_member(member)  # checks config.json (check_loadable) before the weights
     prov = member_provenance(member, path)
     if cfg.tokens is not None:
@@ -259,20 +324,50 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
             f"{member.ref}: pre-training tokens unknown (no 'tokensN' in the revision or directory name); give tokens="
         )
     records = load_chat(cfg.data, cfg.max_examples)  # every record checked before any work
-    device = resolve_device(cfg.device)
+    device = dist.resolve_device(cfg.device, info)
+
+    dist.init(info, device)
+    try:
+        model, tokenizer, stats = _load_and_train(
+            path, records, cfg, device, info, log, f"{member.ref} ({prov['pretrain_tokens']} pre-training tokens)"
+        )
+        prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
+        if info.is_main:
+            _save(model, tokenizer, prov, out)
+            _ensure_row(results, out, prov)
+            log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
+        dist.barrier()  # every rank returns once out is written
+    finally:
+        dist.shutdown()
+    return prov
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.DistInfo, log, what: str):
+    """(model, tokenizer, training stats): the member loaded from ``path`` in fp32 and trained on ``records``."""
+    hide_broken_torchvision()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     max_len = min(cfg.max_seq_len, getattr(model.config, "max_position_embeddings", None) or cfg.max_seq_len)
     enc = encode_chat(tokenizer, records, max_len)
     log(
-        f"sft: {member.ref} ({prov['pretrain_tokens'] or '?'} pre-training tokens) on {len(enc.ids)} records of "
-        f"{cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, on {device}"
+        f"sft: {what} on {len(enc.ids)} records of {cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, "
+        f"on {info.world_size} x {device}"
     )
-    stats = train_sft(model, tokenizer, enc, cfg, device, log)
+    stats = train_sft(model, tokenizer, enc, cfg, device, log, info)
     stats["max_seq_len"] = max_len
-    prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
+    return model, tokenizer, stats
 
+
+def _save(model, tokenizer, prov: dict, out: Path) -> None:
+    """Model, tokenizer and provenance in a temporary directory, checked, then renamed to ``out`` (atomic)."""
     tmp = out.with_name(f".{out.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
     try:
         model.save_pretrained(str(tmp))
@@ -283,9 +378,6 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _ensure_row(results, out, prov)
-    log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
-    return prov
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ class Job:
     after: list[str]
     done: Path | None  # exists -> job finished
     flops: float = 0.0
-    nproc: int = 1  # torchrun processes (pre-training)
+    nproc: int = 1  # torchrun processes (pre-training, instruction tuning); 0 = the runner's gpus=
     info: dict = field(default_factory=dict)
     mark_done: bool = False  # the runner writes `done` after a successful exit
 
@@ -282,6 +282,7 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                     [],
                     out / "overtrain_suite.json",
                     flops=6 * n * ins.train_tokens_estimate,
+                    nproc=ins.gpus,
                     info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out)},
                 )
             )

@@ -4,10 +4,11 @@ Every job is idempotent and resumable on its own (pre-training resumes from its 
 a sweep skips learning rates whose rows exist, perturbation rows are keyed), so running the grid
 again after a kill at any moment just runs the same commands again: a job is skipped when its
 done-marker exists, and rows are appended atomically by the jobs themselves. Jobs run as
-subprocesses (``python -m overtrain ...``, ``torchrun`` for multi-GPU pre-training), so one crash
-cannot take the runner down, and logs land in ``RESULTS_DIR/logs/JOB.log``. Preparation,
-pre-training, extra jobs and the report hold the whole machine; sweeps and perturbations run one
-per GPU in parallel (one at a time on CPU).
+subprocesses (``python -m overtrain ...``, ``torchrun`` for multi-GPU pre-training and instruction
+tuning), so one crash cannot take the runner down, and logs land in ``RESULTS_DIR/logs/JOB.log``.
+Preparation, pre-training, extra jobs and the report hold the whole machine; the other jobs run in
+parallel, each on its own GPUs (``CUDA_VISIBLE_DEVICES``): one, or an instruction-tuning job's
+``nproc`` (``instruct.gpus``; 0 = all of the runner's ``gpus``); one at a time on CPU.
 
 Several runners on one results dir (two ``grid run`` started by hand, or on two machines sharing a
 filesystem) share the work: a runner holds a lock per running job (``core.lock``, in
@@ -26,17 +27,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.config import atomic_write_text, expand_path
+from ..core.config import ConfigError, atomic_write_text, expand_path
 from ..core.eta import fmt_duration
 from ..core.lock import Lock, LockHeld, describe
 from ..core.preempt import EXIT_PREEMPTED
 from .plan import Job
 from .spec import GridSpec
 
+TORCHRUN_KINDS = ("pretrain", "instruct")  # jobs that run as torchrun when they have several processes
+
+
+def _nproc(job: Job, gpus: int) -> int:
+    """The processes of ``job``: its own ``nproc``, 0 meaning the runner's ``gpus`` (1 for other kinds)."""
+    return (job.nproc or gpus) if job.kind in TORCHRUN_KINDS else 1
+
+
+def _slots(job: Job, gpus: int) -> int:
+    """The GPUs a job that does not hold the whole machine takes: one per process (one slot on CPU)."""
+    return max(1, _nproc(job, gpus)) if gpus else 1
+
 
 def _command(job: Job, gpus: int) -> list[str]:
-    nproc = job.nproc or gpus
-    if job.kind == "pretrain" and nproc > 1:
+    nproc = _nproc(job, gpus)
+    if nproc > 1:
         return [
             sys.executable,
             "-m",
@@ -60,13 +73,17 @@ def is_done(job: Job) -> bool:
 
 def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = False, only: str | None = None) -> int:
     """Run todo jobs in dependency order. Preparation, pre-training and the report hold the whole
-    machine; sweeps and perturbations run one per GPU in parallel (one at a time on CPU)."""
+    machine; the others run in parallel on their own GPUs (``_slots``; one at a time on CPU). A job
+    needing more GPUs than the runner has is one ConfigError before anything starts."""
     root = Path(expand_path(spec.results_dir))
     (root / "logs").mkdir(parents=True, exist_ok=True)
     todo = [j for j in jobs if not is_done(j) and (only is None or j.id.startswith(only))]
     done_ids = {j.id for j in jobs if is_done(j)}
     failed: set[str] = set()
     print(f"grid '{spec.name}': {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    for j in todo:
+        if j.kind not in EXCLUSIVE and _slots(j, gpus) > max(gpus, 1):
+            raise ConfigError(f"grid: job '{j.id}' needs {_slots(j, gpus)} GPUs (instruct.gpus), the runner has {gpus}")
     free_gpus = list(range(gpus)) or [None]
     running: dict[str, tuple[Job, subprocess.Popen, float, Any, Any]] = {}
     pending = list(todo)
@@ -96,7 +113,7 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             if j.kind in EXCLUSIVE:
                 if running:
                     continue
-            elif not free_gpus:
+            elif len(free_gpus) < _slots(j, gpus):
                 continue
             lock, why = _claim(root, j)
             if lock is None:  # another runner has it (or finished it meanwhile)
@@ -110,22 +127,22 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
                     print(f"  wait  {j.id}: running elsewhere ({why})", flush=True)
                 continue
             elsewhere.pop(j.id, None)
-            gpu = None if j.kind in EXCLUSIVE else free_gpus.pop(0)
+            held = [] if j.kind in EXCLUSIVE else [free_gpus.pop(0) for _ in range(_slots(j, gpus))]
             env = dict(os.environ)
-            if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            if held and held[0] is not None:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, held))
             cmd = _command(j, gpus)
             log = open(_log_path(root, j), "a")
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             log.flush()
             est = rates.job_seconds(j)
-            where = f" (GPU {gpu})" if gpu is not None else ""
+            where = f" (GPU {','.join(map(str, held))})" if held and held[0] is not None else ""
             print(f"  start {j.id}{where}" + (f" | ETA {fmt_duration(est)}" if est is not None else ""), flush=True)
             running[j.id] = (
                 j,
                 subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
                 time.time(),
-                gpu,
+                held,
                 log,
             )
             locks[j.id] = lock
@@ -136,14 +153,13 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             print(f"  {len(pending)} jobs wait on jobs outside only={only}; stopping", flush=True)
             break
         time.sleep(0.2 if running or not elsewhere else 1.0)
-        for jid, (job, proc, t0, gpu, log) in list(running.items()):
+        for jid, (job, proc, t0, held, log) in list(running.items()):
             rc = proc.poll()
             if rc is None:
                 continue
             log.close()
             del running[jid]
-            if job.kind not in EXCLUSIVE:
-                free_gpus.append(gpu)
+            free_gpus.extend(held)
             n_finished += 1
             if rc == 0 and job.mark_done and job.done is not None:
                 atomic_write_text(job.done, json.dumps({"job": jid, "finished": time.time()}) + "\n")

@@ -206,12 +206,15 @@ def pretrain_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str
 
 
 def single_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
-    cpus = o.cpus_per_task or (8 if o.gpus_per_node else 1)
+    # instruction tuning: instruct.gpus processes on one node (0 = gpus_per_node), torchrun when several
+    nproc = (job.nproc or o.gpus_per_node or 1) if job.kind == "instruct" else 1
+    cpus = o.cpus_per_task or (8 * nproc if o.gpus_per_node else nproc)
     res = ["--ntasks=1", f"--cpus-per-task={cpus}"]
-    res += ["--gpus=1"] if o.gpus_per_node and job.kind not in ("prepare", "report") else []
+    res += [f"--gpus={nproc}"] if o.gpus_per_node and job.kind not in ("prepare", "report") else []
     text = _header(spec, o, out, f"Grid job {job.id}", job_name(spec, job), res)
     mark = 1 if job.mark_done else 0
-    return text + f'run_resumable {_done_arg(job)} {mark} srun "$PY" -m overtrain {shlex.join(job.argv)}\n'
+    run = f"torch.distributed.run --standalone --nproc_per_node={nproc} -m overtrain" if nproc > 1 else "overtrain"
+    return text + f'run_resumable {_done_arg(job)} {mark} srun "$PY" -m {run} {shlex.join(job.argv)}\n'
 
 
 def prepare_scripts(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> dict[str, str]:

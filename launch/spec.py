@@ -92,6 +92,7 @@ class InstructStage:
 
     datasets: dict[str, str] = field(default_factory=dict)  # name -> chat data (hub name or local JSONL)
     args: list[str] = field(default_factory=list)  # `overtrain sft` settings for every run, e.g. [lr=2e-6, epochs=5]
+    gpus: int = 0  # processes per SFT run (torchrun, data parallel); 0 = the runner's gpus= (1 on CPU)
     train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
 
 
@@ -137,6 +138,8 @@ class GridSpec:
             raise ValueError("finetune and perturb act on pre-training runs: set 'pretrain' too (or remove them)")
         if self.instruct is not None and self.suite is None:
             raise ValueError("instruct tunes the members of a suite: set 'suite' too")
+        if self.instruct is not None and self.instruct.gpus < 0:
+            raise ValueError(f"instruct.gpus={self.instruct.gpus}: expected >= 0 (0 = the runner's gpus=)")
         if self.pretrain is None and self.suite is None:
             raise ValueError("nothing to do: set 'pretrain' (a controlled study) or 'suite' (a checkpoint suite)")
 

@@ -24,38 +24,18 @@ attention and unscaled readout are transformers' semantics.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
 from ..core.config import ConfigError
+from ..core.hf_compat import hide_broken_torchvision
 from ..core.model import ModelSpec, attention_scale, readout_scale
 
-
-def _hide_broken_torchvision() -> None:
-    """Let transformers import beside a torchvision that cannot load.
-
-    ``mup`` declares torchvision, so pip installs PyPI's build (linked against CUDA torch) next to
-    the CPU torch wheel; its import fails, and transformers, which imports it whenever it is
-    installed, fails with it. Overtrain never uses torchvision: marking it absent (before
-    transformers is first imported) makes transformers skip it. A working torchvision is untouched.
-    """
-    if "torchvision" in sys.modules or "transformers" in sys.modules or importlib.util.find_spec("torchvision") is None:
-        return
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision"] = None  # type: ignore[assignment]  # find_spec now says: not installed
-
-
-_hide_broken_torchvision()
+hide_broken_torchvision()  # before any transformers import (core.hf_compat)
 
 PAD_TOKEN = "<|padding|>"
 PROVENANCE = "overtrain.json"  # source spec + meta of an export
