@@ -295,15 +295,17 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir, the report switch, trackers (and a
-    missing lm_eval stage, empty ``seeds`` and an ``intermediate_runs`` without effect, later
-    fields, so grids from before them keep their fingerprint and their results dirs stay claimable)."""
-    absent = ("lm_eval",) if spec.lm_eval is None else ()
+    missing lm_eval, suite or instruct stage, empty ``seeds`` and an ``intermediate_runs`` without
+    effect, later fields, so grids from before them keep their fingerprint and their results dirs stay
+    claimable)."""
+    absent = tuple(k for k in ("lm_eval", "suite", "instruct") if getattr(spec, k) is None)
     d = to_dict(spec)
     for stage in ("pretrain", "finetune"):
         if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
             d[stage].pop("seeds", None)
-    if d["pretrain"].get("intermediate_runs") == "all" or not d["pretrain"].get("intermediate_tokens"):
-        d["pretrain"].pop("intermediate_runs", None)
+    pre = d.get("pretrain")
+    if isinstance(pre, dict) and (pre.get("intermediate_runs") == "all" or not pre.get("intermediate_tokens")):
+        pre.pop("intermediate_runs", None)
     return config_digest(d, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 
