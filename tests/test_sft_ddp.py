@@ -140,8 +140,10 @@ def test_instruct_jobs_get_nproc_and_torchrun(tmp_path):
     )
     assert "#SBATCH --gpus=1\n" in (tmp_path / "slurm" / script_name(lm)).read_text()
 
-    # instruct.gpus=0 (default): the runner's gpus; on CPU (gpus=0) one plain process
-    sft0 = next(j for j in expand(load_grid(OLMO1B, [f"results_dir={tmp_path}"])) if j.kind == "instruct")
+    # instruct.gpus=0 (the default; section2-olmo1b sets 1): the runner's gpus; on CPU (gpus=0) one plain process
+    sft0 = next(
+        j for j in expand(load_grid(OLMO1B, [f"results_dir={tmp_path}", "instruct.gpus=0"])) if j.kind == "instruct"
+    )
     assert sft0.nproc == 0 and "--nproc_per_node=4" in _command(sft0, gpus=4)
     assert _command(sft0, gpus=0) == [sys.executable, "-m", "overtrain", *sft0.argv]
     with pytest.raises(ConfigError, match=r"instruct.gpus=-1: expected >= 0"):
