@@ -23,12 +23,7 @@ GSM8K = "${OVERTRAIN_DATA}/gsm8k/train.jsonl"
 FAST = ["epochs=1", "lr=1e-3", "batch_size=8", "micro_batch_size=8", "max_seq_len=96", "log_every=0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on 2 shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 shared cores
 
 
 def hf(path):

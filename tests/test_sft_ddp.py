@@ -25,12 +25,7 @@ KW = dict(epochs=2, lr=1e-3, batch_size=4, micro_batch_size=1, max_seq_len=128, 
 SETTINGS = [f"{k}={v}" for k, v in KW.items()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on 2 shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 shared cores
 
 
 def test_batch_shares_are_contiguous_and_cover_the_batch():
