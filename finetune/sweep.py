@@ -88,7 +88,7 @@ from .finetune import (
     start_run,
     train_models,
 )
-from .stacked import StackedRun
+from .stacked import StackedRun, StepSettings
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
@@ -204,10 +204,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
     """
     cfg = p.cfg
     torch.manual_seed(cfg.seed)
-    run = StackedRun(
-        p.model,
-        p.spec,
-        [c.lr for c in cfgs],
+    settings = StepSettings(
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
@@ -217,6 +214,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         mup=cfg.mup,
         l2_to_pretrained=cfg.l2_to_pretrained,
     )
+    run = StackedRun(p.model, p.spec, [c.lr for c in cfgs], settings=settings)
     trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress)
     return [(t.stats, t.weights) for t in trained]
 
