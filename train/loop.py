@@ -16,6 +16,9 @@ Exact resume: a checkpoint holds the weights, the optimizer state and every rank
 (``state.pt``), and the batches are a function of the step (``overtrain.data.loader``), so a
 run resumed from ``checkpoints/latest`` repeats an uninterrupted run bit for bit; rows of
 metrics.jsonl past the resumed step (written after that checkpoint) are dropped.
+
+Over 400 lines, and one concern: the loop's phases share the ``Trainer``'s state (model, optimizer,
+step, loggers), so they stay in one class that reads top to bottom, as listed above.
 """
 
 from __future__ import annotations
