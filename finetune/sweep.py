@@ -72,17 +72,14 @@ from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
+from .config import RESUME_KEYS, FinetuneConfig, config_hash, load_finetune_config
 from .finetune import (
     RESULTS_FILE,
-    RESUME_KEYS,
-    FinetuneConfig,
     Prepared,
     c4_tokens_sha256,
     completion_loss,
-    config_hash,
     evaluate_all,
     finish_run,
-    load_finetune_config,
     prepare,
     run_finetune,
     start_run,
