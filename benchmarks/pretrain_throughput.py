@@ -61,7 +61,8 @@ from overtrain.core.likelihood import lm_loss  # noqa: E402
 from overtrain.core.model import build_model, flops_per_token, load_model_spec  # noqa: E402
 from overtrain.core.step import train_step, use_fused_adam  # noqa: E402
 from overtrain.data.loader import WindowLoader  # noqa: E402
-from overtrain.train.pretrain import OptimConfig, build_optimizer  # noqa: E402
+from overtrain.train.loop import build_optimizer  # noqa: E402
+from overtrain.train.plan import OptimConfig  # noqa: E402
 from overtrain.train.tracking import peak_flops  # noqa: E402
 
 MODES = ("no", "model", "model+loss")

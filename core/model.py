@@ -310,9 +310,25 @@ def model_info(spec: ModelSpec) -> dict:
     return info
 
 
-def check_vocab(spec: ModelSpec, vocab_size: int, source: str) -> None:
+def check_vocab(
+    spec: ModelSpec,
+    vocab_size: int,
+    source: str,
+    eos_token_id: int | None = None,
+    tokenizer: str | None = None,
+    error: type[Exception] = ConfigError,
+) -> None:
+    """Whether a model of ``spec`` reads these token ids: the tokens' vocab_size must be the model's
+    (within its embedding_size) and their EOS id, if given, the model's. Otherwise ``error`` naming
+    ``source`` (where the tokens' numbers come from), the field, and the ``tokenizer`` if given.
+    The one vocabulary check: ``overtrain.data.c4.PreparedData.check_vocab`` calls it."""
+    of = f" (tokenizer {tokenizer})" if tokenizer else ""
     if vocab_size > spec.embedding_size or vocab_size != spec.vocab_size:
-        raise ConfigError(
-            f"{source}: data vocabulary size {vocab_size} does not match model '{spec.name}' "
-            f"vocab_size={spec.vocab_size} (embedding_size={spec.embedding_size})"
+        raise error(
+            f"{source}: vocab_size is {vocab_size}{of} but model '{spec.name}' has vocab_size={spec.vocab_size} "
+            f"(embedding_size={spec.embedding_size})"
+        )
+    if eos_token_id is not None and eos_token_id != spec.eos_token_id:
+        raise error(
+            f"{source}: eos_token_id is {eos_token_id}{of} but model '{spec.name}' has eos_token_id={spec.eos_token_id}"
         )

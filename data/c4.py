@@ -61,14 +61,14 @@ class PreparedData:
         )
 
     def check_vocab(self, model_spec) -> None:
-        """DataError naming meta.json and the field if the model cannot read these token ids."""
-        for key in ("vocab_size", "eos_token_id"):
-            ours, theirs = self.meta[key], getattr(model_spec, key)
-            if ours != theirs:
-                raise DataError(
-                    f"{self.meta_path}: {key} is {ours} (tokenizer {self.meta.get('tokenizer')}) "
-                    f"but model '{getattr(model_spec, 'name', '?')}' has {key}={theirs}"
-                )
+        """DataError naming meta.json and the field if ``model_spec``'s model (a ``core.model.ModelSpec``)
+        cannot read these token ids: ``core.model.check_vocab``, the one vocabulary check."""
+        from ..core.model import check_vocab  # here, not at the top: reading prepared data needs no torch
+
+        meta = self.meta
+        check_vocab(
+            model_spec, meta["vocab_size"], str(self.meta_path), meta["eos_token_id"], meta.get("tokenizer"), DataError
+        )
 
     def _split(self, split: str) -> str:
         if split not in self.meta["splits"]:

@@ -1,14 +1,17 @@
 """The report's numbers: typed results rows -> cells per (checkpoint, task, LR or tuned) -> curves over
 pre-training tokens -> intervals and turns. What each number is: ``overtrain.evaluate.report``'s
 docstring; which row key it reads: the row types' properties (``overtrain.core.rows``); the
-statistics: ``report_stats``. Also the formatting shared by the text and the figures (``fmt_*``).
+statistics: ``report_stats``; how the numbers are written: ``report_format``.
 
 A cell's per-example scores (``core.rows.read_scores``; test split, else validation, as its ID
 perplexity) become ``report_stats.Samples`` per metric: "id" (classification: per-example NLL,
 a mean; LM: summed NLL over tokens, a ratio), "c4" (per-window NLL over tokens) and "acc"
 (correctness), one row per seed. A curve has intervals only when every point has samples.
 ``find_turn`` is the point estimates' description (where the minimum is, how much worse the
-largest budget is); whether a curve *turns* is ``decide``'s paired test (``report_stats``)."""
+largest budget is); whether a curve *turns* is ``decide``'s paired test (``report_stats``).
+
+Over 400 lines, and one concern: rows -> cells -> curves -> decision is one pipeline filling one
+``Report``, each stage reading what the stage before it left there."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 from ..core.config import ConfigError, DataError
 from ..core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number, read_scores
 from . import report_stats as st
+from .report_format import fmt_lr, fmt_tokens
 
 SEED_TAGS = ("pretrain_seed", "seed")  # grid tags of the seed axes (launch.spec.seed_axes): aggregated over
 
@@ -41,37 +45,6 @@ MIX_KEYS = {
     "checkpoint_sha256": lambda r: (seed_key(r)[0], r.ckpt.checkpoint_sha256),
 }
 REPORTED = (BaseRow, FinetuneRow, PerturbRow)  # other kinds ("eval", unknown) are counted and ignored
-METRIC_WORDS = {"id": "ID perplexity", "c4": "C4 perplexity"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting
-
-
-def fmt_tokens(n: float) -> str:
-    """4e9 -> '4B', 96000 -> '96K', 1.5e9 -> '1.5B'."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}"
-
-
-def fmt_lr(lr: float) -> str:
-    return np.format_float_scientific(lr, trim="-", exp_digits=1)
-
-
-def fmt_num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return ""
-    if math.isinf(x):
-        return "inf"
-    if abs(x) >= 10**digits:  # large perplexities (an untrained model): whole numbers, not 5.097e+04
-        return f"{x:.0f}"
-    return f"{x:.{digits}g}"
-
-
-def fmt_pct(x: float) -> str:
-    return f"{x:.3g}" if x < 0.01 else f"{x * 100:.3g}%"
 
 
 def _num(x) -> float | None:

@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from ..core.config import atomic_savefig
-from .report_data import METRIC_WORDS, Curve, Report, Series, fmt_lr, fmt_tokens
+from .report_data import Curve, Report, Series
+from .report_format import METRIC_WORDS, fmt_lr, fmt_tokens
 
 
 def _style(s: Series) -> dict:

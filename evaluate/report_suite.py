@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.rows import Row
-from .report_data import fmt_tokens
+from .report_format import fmt_tokens
 from .report_stats import ALPHA, REPLICATES, curve_replicates, holm, interval, stack, turn_test
 
 METRIC = "acc"  # every generalist task defines it (acc_norm only some); the paper reports accuracy

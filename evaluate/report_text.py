@@ -24,18 +24,8 @@ import io
 import math
 from pathlib import Path
 
-from .report_data import (
-    METRIC_WORDS,
-    MIN_BUDGETS,
-    Curve,
-    Report,
-    Series,
-    fmt_lr,
-    fmt_num,
-    fmt_pct,
-    fmt_tokens,
-    learned,
-)
+from .report_data import MIN_BUDGETS, Curve, Report, Series, learned
+from .report_format import METRIC_WORDS, fmt_lr, fmt_num, fmt_pct, fmt_tokens
 from .report_transfer import transfer_markdown
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ..core.config import DataError
-from .report_data import fmt_lr, fmt_num, fmt_tokens
+from .report_format import fmt_lr, fmt_num, fmt_tokens
 
 SUMMARY = "summary.json"
 

@@ -28,8 +28,11 @@ A diverged model (NaN loss) stays NaN on its own; the others are unaffected. ``S
 ``finetune.loop.Stepper`` (as ``loop.SingleRun`` is for one model), so the sweep trains it with
 the one fine-tuning loop. One process: the token count is not meant to be all-reduced (no DDP).
 
-    run = StackedRun(model, spec, lrs, ...); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
+    run = StackedRun(model, spec, lrs, StepSettings(...)); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
     states, losses = train_stacked(model, spec, lrs, batches, lr_factors, ...)  # fixed batches (tests, benchmarks)
+
+Both take the step settings (``StepSettings``) as one object, or as keywords naming its fields
+(``weight_decay=0.1``: overrides of the given or default settings).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import copy
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call, stack_module_state
@@ -55,6 +59,28 @@ from ..core.step import (
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How every model of the stack steps (all but its LR): the optimizer, clip, precision and loss of ``FinetuneConfig``."""
+
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
+    eps: float = 1e-8  # Adam epsilon
+    weight_decay: float = 0.0  # decoupled AdamW decay (muP: x width_mult on hidden matrices)
+    grad_clip: float | None = 1.0  # each model's global gradient-norm clip (None/0 = none)
+    precision: str = "auto"  # auto | bf16 | fp32 (``core.step.train_step``)
+    loss_fn: Callable | None = None  # loss_fn(model, x, y) -> (sum, count); None = the LM loss
+    mup: bool = True  # MuAdamW (False: plain AdamW)
+    fused: bool | None = None  # torch's fused AdamW kernel; None = on CUDA
+    # lam: adds lam x ||theta_k - theta_0||^2 to each model's loss on the last micro-batch,
+    # unnormalized, as ``finetune.l2_to`` does (0 = off).
+    l2_to_pretrained: float = 0.0
+
+
+def _settings(settings: StepSettings | None, overrides: dict) -> StepSettings:
+    """``settings`` (default ``StepSettings()``) with keyword overrides; an unknown keyword is a TypeError naming it."""
+    return replace(settings or StepSettings(), **overrides)
 
 
 class _Bound:
@@ -77,40 +103,26 @@ class StackedRun:
     """K models (the same starting weights) under K LRs, stepped together.
 
     ``model`` is the starting point (left untouched; for muP its parameters need ``infshape``,
-    attached from ``spec`` if missing). ``betas``, ``eps``, ``weight_decay``, ``grad_clip`` and
-    ``mup`` (False: plain AdamW) are those of ``FinetuneConfig``; ``fused`` (default: on CUDA)
-    uses torch's fused AdamW kernel. ``l2_to_pretrained`` adds lam x ||theta_k - theta_0||^2 to
-    each model's loss on the last micro-batch, unnormalized, as ``finetune.l2_to`` does.
+    attached from ``spec`` if missing). ``settings``: ``StepSettings``, or keywords naming its fields.
     """
 
     def __init__(
-        self,
-        model: torch.nn.Module,
-        spec,
-        lrs: Sequence[float],
-        betas=(0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        grad_clip: float | None = 1.0,
-        precision: str = "auto",
-        loss_fn: Callable | None = None,
-        mup: bool = True,
-        fused: bool | None = None,
-        l2_to_pretrained: float = 0.0,
+        self, model: torch.nn.Module, spec, lrs: Sequence[float], settings: StepSettings | None = None, **overrides
     ):
         if not lrs or any(not (lr > 0) for lr in lrs):
             raise ValueError(f"lrs: need at least one positive learning rate, got {list(lrs)}")
+        self.settings = st = _settings(settings, overrides)
         named = dict(model.named_parameters())
-        if mup and any(not hasattr(p, "infshape") for p in named.values()):
+        if st.mup and any(not hasattr(p, "infshape") for p in named.values()):
             from ..core.model import attach_shapes
 
             attach_shapes(model, spec)
         self.n_models = K = len(lrs)
-        self.grad_clip, self.precision = grad_clip, precision
-        self.loss_fn = loss_fn or lm_loss
-        self.l2 = float(l2_to_pretrained)
+        self.grad_clip, self.precision = st.grad_clip, st.precision
+        self.loss_fn = st.loss_fn or lm_loss
+        self.l2 = float(st.l2_to_pretrained)
         self.device = next(iter(named.values())).device
-        fused = self.device.type == "cuda" if fused is None else fused
+        fused = self.device.type == "cuda" if st.fused is None else st.fused
 
         params, _ = stack_module_state([model] * K)  # (K, *shape) leaf copies that require grad
         self.params = {n: params[n] for n in named}
@@ -128,7 +140,7 @@ class StackedRun:
             self.views.append(views)
         self.optimizers = []
         for lr, views in zip(lrs, self.views):
-            opt = build_optimizer(views.items(), float(lr), tuple(betas), eps, weight_decay, mup)
+            opt = build_optimizer(views.items(), float(lr), tuple(st.betas), st.eps, st.weight_decay, st.mup)
             if fused:
                 use_fused_adam(opt)
             self.optimizers.append(opt)
@@ -192,42 +204,23 @@ def train_stacked(
     lrs: Sequence[float],
     batches: Sequence[Sequence[Batch]],
     lr_factors: Sequence[float | Sequence[float]],
-    betas=(0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
-    precision: str = "auto",
-    loss_fn: Callable | None = None,
-    mup: bool = True,
-    fused: bool | None = None,
-    l2_to_pretrained: float = 0.0,
+    settings: StepSettings | None = None,
     progress: bool = False,
+    **overrides,
 ) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
     """Train len(lrs) copies of ``model`` for len(batches) steps; returns (K state dicts, losses[step][k]).
 
     ``batches[s]`` is step s's list of (input_ids, targets) micro-batches (targets -100 = ignored),
     shared by every model; ``lr_factors[s]`` the schedule factor at step s (or K factors).
-    ``loss_fn(model, x, y) -> (sum, count)`` as in ``train_step`` (default the LM loss; fine-tuning
-    passes ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
+    ``settings`` (or keywords naming its fields) as ``StackedRun``'s; its ``loss_fn(model, x, y) ->
+    (sum, count)`` is as in ``train_step`` (default the LM loss; fine-tuning passes
+    ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
     (``StepStats.loss``). Every model runs every step, diverged or not (the fine-tuning loop,
     ``finetune.loop.train_loop``, stops a model at its first non-finite loss instead).
     """
     if len(lr_factors) != len(batches):
         raise ValueError(f"lr_factors: {len(lr_factors)} factors for {len(batches)} steps")
-    run = StackedRun(
-        model,
-        spec,
-        lrs,
-        betas=betas,
-        eps=eps,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        precision=precision,
-        loss_fn=loss_fn,
-        mup=mup,
-        fused=fused,
-        l2_to_pretrained=l2_to_pretrained,
-    )
+    run = StackedRun(model, spec, lrs, _settings(settings, overrides))
     from tqdm.auto import tqdm
 
     losses = []

@@ -72,23 +72,20 @@ from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
+from .config import RESUME_KEYS, FinetuneConfig, config_hash, load_finetune_config
 from .finetune import (
     RESULTS_FILE,
-    RESUME_KEYS,
-    FinetuneConfig,
     Prepared,
     c4_tokens_sha256,
     completion_loss,
-    config_hash,
     evaluate_all,
     finish_run,
-    load_finetune_config,
     prepare,
     run_finetune,
     start_run,
     train_models,
 )
-from .stacked import StackedRun
+from .stacked import StackedRun, StepSettings
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
@@ -204,10 +201,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
     """
     cfg = p.cfg
     torch.manual_seed(cfg.seed)
-    run = StackedRun(
-        p.model,
-        p.spec,
-        [c.lr for c in cfgs],
+    settings = StepSettings(
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
@@ -217,6 +211,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         mup=cfg.mup,
         l2_to_pretrained=cfg.l2_to_pretrained,
     )
+    run = StackedRun(p.model, p.spec, [c.lr for c in cfgs], settings=settings)
     trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress)
     return [(t.stats, t.weights) for t in trained]
 

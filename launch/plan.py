@@ -315,7 +315,7 @@ _SWEEP_LRS: dict = {}
 def sweep_lr_counts(config: str, grid_lrs: list, settings: list[str]) -> tuple[int, int]:
     """(LRs of a sweep's grid, LRs it may add past the grid's end) for the finetune ``config`` with
     ``settings`` (the job's key=value); the grid's own ``lrs`` win over the config's."""
-    from ..finetune.finetune import load_finetune_config
+    from ..finetune.config import load_finetune_config
 
     key = (config, tuple(settings))
     if key not in _SWEEP_LRS:

@@ -95,7 +95,7 @@ def c4_batch(path, batch_size: int, seq_len: int, spec: ModelSpec) -> tuple[torc
     """One fixed (input, target) batch of ``batch_size`` windows from the first documents of ``path``,
     tokenized with the model's tokenizer, EOS after every document (the pre-training format)."""
     tok = load_tokenizer(spec.tokenizer)
-    check_vocab(spec, tok.get_vocab_size(), str(path))
+    check_vocab(spec, tok.get_vocab_size(), str(path), tokenizer=spec.tokenizer)
     eos = eos_token_id(tok)
     need = batch_size * seq_len + 1
     ids: list[int] = []

@@ -1,4 +1,4 @@
-"""The pre-training loop: one process's part of a run that ``overtrain.train.pretrain`` planned.
+"""The pre-training loop: one process's part of a run that ``overtrain.train.plan`` planned.
 
 Every rank of a torchrun builds a ``Trainer`` from the same ``Plan``; rank 0 writes the files.
 ``Trainer.run`` is the whole loop, top to bottom::
@@ -16,6 +16,9 @@ Exact resume: a checkpoint holds the weights, the optimizer state and every rank
 (``state.pt``), and the batches are a function of the step (``overtrain.data.loader``), so a
 run resumed from ``checkpoints/latest`` repeats an uninterrupted run bit for bit; rows of
 metrics.jsonl past the resumed step (written after that checkpoint) are dropped.
+
+Over 400 lines, and one concern: the loop's phases share the ``Trainer``'s state (model, optimizer,
+step, loggers), so they stay in one class that reads top to bottom, as listed above.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,13 +51,9 @@ from ..core.optim import build_optimizer as core_build_optimizer
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
 from ..core.step import StepStats, train_step, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
+from .plan import SUMMARY_FILE, OptimConfig, Plan, PretrainConfig
 from .tracking import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
 
-if TYPE_CHECKING:  # the planner imports this module; the loop only reads the plan it is given
-    from .pretrain import OptimConfig, Plan, PretrainConfig
-
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
 EVAL_KEYS = ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")  # an evaluation, in rows, checkpoint meta and summary
 
 

@@ -13,290 +13,30 @@ on a run directory resumes from ``checkpoints/latest`` and reproduces an uninter
 Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl``, ``checkpoints/step-*/``,
 and ``summary.json`` (written last: its presence means the run finished).
 
-This module is the configs and the plan: ``plan_run`` derives every number of the run (steps,
-schedule, token-mark steps, epochs, the checkpoint to resume) and refuses bad input before any
-work starts; ``pretrain`` prepares the run directory and hands the ``Plan`` to the training loop,
-``overtrain.train.loop.Trainer``.
+This module is the command: ``pretrain`` has ``overtrain.train.plan.plan_run`` derive every number
+of the run (steps, schedule, token-mark steps, epochs, the checkpoint to resume) and refuse bad
+input before any work starts, prepares the run directory, and hands the ``Plan`` to the training
+loop, ``overtrain.train.loop.Trainer``. Imports go one way: plan <- loop <- pretrain.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
 
 from ..core import dist
-from ..core.checkpoint import latest_checkpoint, remove_stale_temps, resume_checkpoint
-from ..core.config import (
-    ConfigError,
-    DataError,
-    expand_path,
-    from_dict,
-    read_yaml,
-    resolve_config_path,
-    save_config,
-    to_dict,
-)
+from ..core.checkpoint import latest_checkpoint, remove_stale_temps
+from ..core.config import ConfigError, expand_path, resolve_config_path, save_config
 from ..core.lock import LOCK_FILE, hold
-from ..core.model import ModelSpec, load_model_spec
-from ..core.schedule import Schedule, ScheduleConfig
-from ..data.c4 import open_for_model
-from .loop import CONFIG_FILE, SUMMARY_FILE, Trainer
 from .loop import DataRepeatWarning as DataRepeatWarning  # re-exported: raised by the loop, caught by callers
+from .loop import Trainer
 from .loop import build_optimizer as build_optimizer  # re-exported: the pre-training optimizer (tests, benchmarks)
-from .tracking import METRICS_FILE, LogConfig, check_backends
-
-# ---------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class DataConfig:
-    dir: str = ""  # a prepared C4 directory (overtrain prepare-data): train.npy, val.npy, meta.json
-
-
-@dataclass
-class OptimConfig:
-    # Peak LR at the muP base width (MuAdamW divides it by width_mult for hidden matrices).
-    # The paper's value is unknown; see configs/pretrain/*.yaml.
-    lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.95)  # Adam moment decays
-    eps: float = 1e-8  # Adam epsilon
-    # Decoupled AdamW decay at the base width; MuAdamW multiplies it by width_mult where it
-    # divides the LR, so lr x weight_decay (the actual shrink per step) is width-independent.
-    weight_decay: float = 0.1
-    # OLMo's default: no decay on the input embedding (rows of rare tokens would only shrink).
-    # The readout is a hidden-size matrix like any other and is decayed.
-    decay_embeddings: bool = False
-    grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
-
-
-@dataclass
-class EvalConfig:
-    every_steps: int = 1000  # C4 validation perplexity every N steps (0 = only at the end)
-    val_tokens: int = 1_048_576  # predicted tokens: a fixed prefix of the validation split
-    batch_size: int = 16  # sequences per evaluation forward
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 1000  # periodic checkpoints (0 = none), pruned to the newest keep_last
-    keep_last: int = 2  # periodic checkpoints kept (the latest is what a resume needs)
-    # Token marks for intermediate-checkpoint studies: a checkpoint at the step where a run with
-    # that budget would end (same rounding as budget_tokens). Never pruned (nor is the final one).
-    at_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class PretrainConfig:
-    model: str = "tiny"  # a name in configs/models/ or a YAML path
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields, e.g. {d_model: 512}
-    parametrization: Literal["mup", "sp"] | None = None  # None = the model config's
-    data: DataConfig = field(default_factory=DataConfig)
-    run_dir: str = ""  # where config.yaml, metrics.jsonl, checkpoints/ and summary.json go
-    budget_tokens: int = 0  # accepts 4B, 512M, 100K
-    global_batch_size: int = 256  # sequences per optimizer step, whatever the number of processes
-    micro_batch_size: int = 32  # sequences per forward/backward on one process
-    seq_len: int | None = None  # None = the model's context length
-    seed: int = 0  # model init and data order
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-
-    def validate(self) -> None:
-        if not self.data.dir:
-            raise ValueError("data.dir is not set (a prepared C4 directory from `overtrain prepare-data`)")
-        if not self.run_dir:
-            raise ValueError("run_dir is not set (e.g. run_dir=runs/my-run on the command line)")
-        if self.budget_tokens <= 0:
-            raise ValueError("budget_tokens must be positive (e.g. budget_tokens=4B)")
-        for key in ("global_batch_size", "micro_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise ValueError("seq_len must be >= 1")
-        if self.optim.lr <= 0:
-            raise ValueError("optim.lr must be positive")
-        if self.checkpoint.keep_last < 1:
-            raise ValueError("checkpoint.keep_last must be >= 1 (the latest checkpoint is what a resume needs)")
-        if min(self.eval.every_steps, self.checkpoint.every_steps) < 0:
-            raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0")
-        if self.eval.val_tokens < 1 or self.eval.batch_size < 1:
-            raise ValueError("eval.val_tokens and eval.batch_size must be >= 1")
-
-
-# Keys that may differ between a run directory's config.yaml and the command resuming it: they
-# change where/how fast the run goes or what is logged, not the trajectory of the weights (a new
-# micro_batch_size or number of processes only reorders float sums; anything else stays exact).
-RESUMABLE_CHANGES = (
-    "run_dir",
-    "device",
-    "compile",
-    "micro_batch_size",
-    "log",
-    "eval.every_steps",
-    "eval.batch_size",
-    "checkpoint.every_steps",
-    "checkpoint.keep_last",
-    "checkpoint.at_tokens",
-)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and key != "model_overrides":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_differences(saved: dict, new: dict) -> dict[str, tuple]:
-    """Dotted keys whose values differ (ignoring RESUMABLE_CHANGES): key -> (saved, new)."""
-    a, b = _flatten(saved), _flatten(new)
-    allowed = lambda k: any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)  # noqa: E731
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not allowed(k) and a.get(k) != b.get(k)}
-
-
-# ------------------------------------------------------------------------------------------ plan
-
-
-@dataclass
-class Plan:
-    """Everything derived from the config, checked before any work starts."""
-
-    cfg: PretrainConfig
-    spec: ModelSpec
-    seq_len: int
-    tokens_per_step: int
-    steps: int
-    schedule: Schedule
-    mark_steps: dict[int, int]  # completed step -> token mark
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
-    n_windows: int
-    epochs: float
-    resume_from: Path | None
-    world_size: int
-
-    @property
-    def realized_tokens(self) -> int:
-        return self.steps * self.tokens_per_step
-
-
-def steps_for(tokens: int, tokens_per_step: int) -> int:
-    """Optimizer steps for a token budget: round to nearest (ties up), at least 1."""
-    return max(1, int(math.floor(tokens / tokens_per_step + 0.5)))
-
-
-def resolve_spec(cfg: PretrainConfig, where: str) -> ModelSpec:
-    spec = load_model_spec(cfg.model)
-    over = dict(cfg.model_overrides)
-    if cfg.parametrization is not None:
-        over["parametrization"] = cfg.parametrization
-    if over:
-        try:
-            spec = from_dict(ModelSpec, {**to_dict(spec), **over}, where="model_overrides")
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    return spec
-
-
-def plan_run(cfg: PretrainConfig, world_size: int = 1, overwrite: bool = False, where: str = "config") -> Plan:
-    """Resolve and check the config, data and run directory; raise an OvertrainError naming the
-    file and field for anything wrong. Reads files only (safe on every rank)."""
-    spec = resolve_spec(cfg, where)
-    seq_len = cfg.seq_len or spec.max_sequence_length
-    if seq_len > spec.max_sequence_length:
-        raise ConfigError(f"{where}: seq_len={seq_len} exceeds model '{spec.name}' context {spec.max_sequence_length}")
-    cfg = replace(cfg, seq_len=seq_len)
-    if cfg.global_batch_size % (world_size * cfg.micro_batch_size):
-        raise ConfigError(
-            f"{where}: global_batch_size={cfg.global_batch_size} is not divisible by world_size x micro_batch_size "
-            f"= {world_size} x {cfg.micro_batch_size}"
-        )
-    tps = cfg.global_batch_size * seq_len
-    if cfg.budget_tokens < tps:
-        raise ConfigError(
-            f"{where}: budget_tokens={cfg.budget_tokens:,} is smaller than one step "
-            f"(global_batch_size x seq_len = {cfg.global_batch_size} x {seq_len} = {tps:,} tokens)"
-        )
-    steps = steps_for(cfg.budget_tokens, tps)
-    try:
-        schedule = Schedule.build(cfg.schedule, steps, tps, cfg.optim.lr)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    marks: dict[int, int] = {}
-    for t in cfg.checkpoint.at_tokens:
-        s = steps_for(t, tps)  # the same rounding as a budget: where a run of t tokens would end
-        if t <= 0 or s > steps:
-            raise ConfigError(f"{where}: checkpoint.at_tokens: {t:,} is outside this run's (0, {steps * tps:,}] tokens")
-        marks[s] = t
-    check_backends(cfg.log, where)
-
-    data = open_for_model(cfg.data.dir, spec)
-    train, val = data.tokens("train"), data.tokens("val")
-    n_windows = (len(train) - 1) // seq_len
-    if n_windows < 1:
-        raise DataError(f"{cfg.data.dir}: train split has {len(train)} tokens, fewer than one window of {seq_len + 1}")
-    if len(val) < seq_len + 1:
-        raise DataError(
-            f"{cfg.data.dir}: val split has {len(val)} tokens, fewer than one evaluation window of {seq_len + 1}"
-        )
-
-    resume = _check_run_dir(cfg, overwrite, where)
-    return Plan(
-        cfg,
-        spec,
-        seq_len,
-        tps,
-        steps,
-        schedule,
-        marks,
-        train,
-        val,
-        n_windows,
-        steps * cfg.global_batch_size / n_windows,
-        resume,
-        world_size,
-    )
-
-
-def _check_run_dir(cfg: PretrainConfig, overwrite: bool, where: str) -> Path | None:
-    """The checkpoint to resume from (None = fresh start); errors for finished/mismatched runs."""
-    run_dir = Path(expand_path(cfg.run_dir))
-    if overwrite or not run_dir.exists():
-        return None
-    if not run_dir.is_dir():
-        raise ConfigError(f"{where}: run_dir={run_dir} exists and is not a directory")
-    if (run_dir / SUMMARY_FILE).exists():
-        raise ConfigError(
-            f"{run_dir / SUMMARY_FILE}: this run already finished; pass overwrite=true to train it again from scratch"
-        )
-    saved_path = run_dir / CONFIG_FILE
-    if saved_path.exists():
-        diff = config_differences(read_yaml(saved_path), to_dict(cfg))
-        if diff:
-            lines = "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, (a, b) in diff.items())
-            raise ConfigError(
-                f"{saved_path}: the run directory holds a different run ({lines}); "
-                "use another run_dir, or overwrite=true to discard it"
-            )
-    return resume_checkpoint(run_dir / "checkpoints")  # the newest intact one
-
+from .plan import CONFIG_FILE, SUMMARY_FILE, Plan, PretrainConfig, plan_run
+from .tracking import METRICS_FILE
 
 # ------------------------------------------------------------------------------------ the run
 
