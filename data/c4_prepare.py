@@ -59,6 +59,7 @@ from .documents import (  # noqa: F401  (holdout_mask, LOCAL_SUFFIXES: re-export
     ValCopies,
     expand_inputs,
     holdout_mask,
+    holdout_size,
 )
 from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 
@@ -315,12 +316,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         val_texts, train_texts, n_train_left = val.documents(), train.documents(), n_train
         holdout = {"rule": "separate source"}
     else:
-        n_val = cfg.val_docs if cfg.val_docs is not None else round(cfg.val_fraction * n_train)
-        if not 0 < n_val < n_train:
-            raise DataError(
-                f"train: hold-out of {n_val} documents out of {n_train} leaves an empty "
-                f"{'validation' if n_val <= 0 else 'training'} set"
-            )
+        n_val = holdout_size(n_train, cfg.val_docs, cfg.val_fraction)
         mask = holdout_mask(n_train, n_val, cfg.seed)
         val_texts = itertools.compress(train.documents(), mask)
         train_texts = itertools.compress(train.documents(), ~mask)

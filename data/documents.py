@@ -244,6 +244,18 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 HOLDOUT_RULE = "val = the n_val document indices with the smallest splitmix64(index XOR splitmix64(seed))"
 
 
+def holdout_size(n_docs: int, val_docs: int | None, val_fraction: float | None) -> int:
+    """Validation documents held out of ``n_docs``: ``val_docs``, else round(``val_fraction`` x n_docs);
+    a DataError when the hold-out would leave either side empty."""
+    n_val = val_docs if val_docs is not None else round(val_fraction * n_docs)
+    if not 0 < n_val < n_docs:
+        raise DataError(
+            f"train: hold-out of {n_val} documents out of {n_docs} leaves an empty "
+            f"{'validation' if n_val <= 0 else 'training'} set"
+        )
+    return n_val
+
+
 def holdout_mask(n_docs: int, n_val: int, seed: int) -> np.ndarray:
     """Boolean mask over document indices: True = validation. Depends only on (n_docs, n_val, seed)."""
     keys = _splitmix64(np.arange(n_docs, dtype=np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64)))

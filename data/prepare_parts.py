@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import ConfigError, DataError, atomic_write_text
-from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask
+from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask, holdout_size
 from .parts import check_part, sha256_file
 from .shards import Shard, Workers, hub_shards, remove_temporaries, write_bytes
 
@@ -68,12 +68,7 @@ def _shards(cfg) -> tuple[list[Shard], list[Shard], dict]:
         )
     pool = LocalDocuments(train, cfg.text_field, cfg.max_docs)
     n = pool.scan()
-    n_val = cfg.val_docs if cfg.val_docs is not None else round(cfg.val_fraction * n)
-    if not 0 < n_val < n:
-        raise DataError(
-            f"train: hold-out of {n_val} documents out of {n} leaves an empty "
-            f"{'validation' if n_val <= 0 else 'training'} set"
-        )
+    n_val = holdout_size(n, cfg.val_docs, cfg.val_fraction)
     mask = holdout_mask(n, n_val, cfg.seed)
     val, tr, start = [], [], 0
     for i, (path, records) in enumerate(zip(train, pool.records)):
