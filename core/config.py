@@ -349,12 +349,17 @@ def _blame(field: str | None, overrides: list[str], parsed: list[tuple[str, Any]
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary name in the same folder, then rename: never a half-written file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``atomic_write_text`` for bytes: a hidden ``.NAME.tmpPID`` in the same folder, synced, renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

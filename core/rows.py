@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .config import DataError
+from .config import DataError, atomic_write_bytes
 from .results import Rows, read_rows
 
 OPTIONAL = {"optional": True}  # a new row leaves the key out when its value is None
@@ -528,17 +528,9 @@ def write_scores(results: str | os.PathLike, scores: dict) -> str | None:
     if not flat:
         return None
     rel = f"scores/{uuid.uuid4().hex[:16]}.npz"
-    path = Path(results).parent / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, **flat)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(results).parent / rel, buf.getvalue())
     return rel
 
 

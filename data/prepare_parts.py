@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ConfigError, DataError, atomic_write_text
+from ..core.config import ConfigError, DataError, atomic_write_bytes, atomic_write_text
 from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask, holdout_size
 from .parts import check_part, sha256_file
-from .shards import Shard, Workers, hub_shards, remove_temporaries, write_bytes
+from .shards import Shard, Workers, hub_shards, remove_temporaries
 
 FORMAT_VERSION = 2
 NPY_BLOCK = 1 << 24  # tokens per block when scanning an existing part
@@ -178,7 +178,7 @@ def prepare_parts(cfg, out: Path, t0: float) -> dict:
     try:
         val_entries = workers.run(val, desc="val")
         digests = out / "val" / "digests.bin"  # every training worker drops copies of these documents
-        write_bytes(digests, b"".join(e["digests"] for e in val_entries))
+        atomic_write_bytes(digests, b"".join(e["digests"] for e in val_entries))
         if cfg.stage == "plan":
             return {"stage": "plan", "val": _split_info(val_entries), "train_shards": len(train)}
         for s in train:

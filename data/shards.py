@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import DataError, atomic_write_text
+from ..core.config import DataError, atomic_write_bytes, atomic_write_text
 from .documents import Encoder, ValCopies, read_file
 from .parts import verify_part
 
@@ -213,22 +213,13 @@ def _write(shard: Shard, final: Path, entry_path: Path, w: Worker) -> dict:
         if shard.split == "train":
             entry["dropped_val_duplicates"] = dropped
         else:
-            write_bytes(final.with_suffix(".digests"), bytes(digests))
+            atomic_write_bytes(final.with_suffix(".digests"), bytes(digests))
         os.replace(tmp, final)
         atomic_write_text(entry_path, json.dumps(entry, indent=2) + "\n")  # last: the part is finished
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return entry | ({"digests": bytes(digests)} if shard.split == "val" else {})
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
