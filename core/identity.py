@@ -19,6 +19,7 @@ C4 content is unknown; callers warn), and one without C4 metrics only for a run 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable
 from dataclasses import MISSING, field, fields, is_dataclass
 
@@ -77,6 +78,19 @@ def same_identity(row: Row, ref: dict, keys: Iterable[str]) -> bool:
 
 def predates_c4_identity(row: Row) -> bool:
     return row.c4_evaluated and getattr(row, C4_KEY, None) is None
+
+
+def warn_predating(results, rows: Iterable[Row], stacklevel: int = 2) -> None:
+    """One warning naming the ``rows`` of ``results`` reused although they predate the C4 identity (no
+    ``c4_tokens_sha256``): assumed to be from the same C4 data. ``stacklevel`` as the caller would
+    pass it to ``warnings.warn``."""
+    legacy = [r.where for r in rows if predates_c4_identity(r)]
+    if legacy:
+        warnings.warn(
+            f"{results}: reusing {len(legacy)} row(s) written before rows recorded their C4 tokens "
+            f"(no c4_tokens_sha256), assumed to be from the same C4 data: {', '.join(legacy)}",
+            stacklevel=stacklevel + 1,
+        )
 
 
 def predicted_tokens(n_tokens: int, seq_len: int, max_tokens: int | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from ..core.checkpoint import checkpoint_provenance, load_model
 from ..core.config import ConfigError, DataError
 from ..core.dist import resolve_device
-from ..core.identity import c4_identity, predates_c4_identity, predicted_tokens, same_identity
+from ..core.identity import c4_identity, predicted_tokens, same_identity, warn_predating
 from ..core.likelihood import perplexity
 from ..core.lock import hold
 from ..core.model import init_stds
@@ -68,13 +67,7 @@ def _done(results: Path | None, ref: dict) -> set[tuple]:
     mine = [
         r for r in load_rows(results, warn=False) if isinstance(r, PerturbRow) and same_identity(r, ref, RESUME_KEYS)
     ]
-    legacy = [r.where for r in mine if predates_c4_identity(r)]
-    if legacy:
-        warnings.warn(
-            f"{results}: reusing {len(legacy)} row(s) written before rows recorded their C4 tokens "
-            f"(no c4_tokens_sha256), assumed to be from the same C4 data: {', '.join(legacy)}",
-            stacklevel=3,
-        )
+    warn_predating(results, mine, stacklevel=3)
     for r in mine:
         if r.gamma is None or r.noise_seed is None:
             raise DataError(f"{r.where}: perturb row needs 'gamma' and 'noise_seed'")

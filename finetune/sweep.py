@@ -56,7 +56,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -67,7 +66,7 @@ import torch
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import ConfigError
 from ..core.eta import Eta
-from ..core.identity import predates_c4_identity, same_identity
+from ..core.identity import same_identity, warn_predating
 from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row
@@ -124,13 +123,7 @@ def resumable(results: Path, base: BaseRow) -> list[Row]:
         for r in rows
         if type(r) in (BaseRow, FinetuneRow) and same_identity(r, ref, [k for k in RESUME_KEYS if k != "lr"])
     ]
-    legacy = [r.where for r in mine if predates_c4_identity(r)]
-    if legacy:
-        warnings.warn(
-            f"{results}: reusing {len(legacy)} row(s) written before rows recorded their C4 tokens "
-            f"(no c4_tokens_sha256), assumed to be from the same C4 data: {', '.join(legacy)}",
-            stacklevel=2,
-        )
+    warn_predating(results, mine, stacklevel=2)
     return mine
 
 
