@@ -121,12 +121,7 @@ def make_report(
     atomic_write_text(out / "curves.csv", csv_text(*curves_table(rep)))
     if rep.noise:
         atomic_write_text(out / "perturb.csv", csv_text(*perturb_table(rep)))
-    text = markdown(rep, paths)
-    if families:  # a suite-only study has no controlled-study verdict: point to the suites'
-        text = text.replace(
-            "- no fine-tuning rows.", "- no fine-tuning rows: the checkpoint suites' verdicts are below."
-        )
-        text += "\n" + suite_markdown(families, tolerance)
+    text = markdown(rep, paths, suite_markdown(families, tolerance))
     atomic_write_text(out / "report.md", text)
     return rep, text, paths
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.rows import Row
+from ..core.rows import Row, read_scores
 from .report_format import fmt_tokens
 from .report_stats import ALPHA, REPLICATES, curve_replicates, holm, interval, stack, turn_test
 
@@ -75,17 +75,10 @@ class SuiteFamily:
 
 
 def _scores(row: Row, task: str) -> np.ndarray | None:
-    rel = row.extra.get("scores") if hasattr(row, "extra") else None
-    rel = rel or getattr(row, "scores", None)
-    if not rel:
-        return None
-    folder = Path(row.where.rsplit(":", 1)[0]).parent if row.where else Path(".")
-    try:
-        with np.load(folder / rel) as z:
-            name = f"lm_eval.{task}.{METRIC}"
-            return np.asarray(z[name], dtype=np.float64) if name in z.files else None
-    except (OSError, ValueError):
-        return None
+    """The row's per-document ``METRIC`` of ``task`` (``core.rows.read_scores``), or None."""
+    scores = read_scores(row) or {}
+    name = f"lm_eval.{task}.{METRIC}"
+    return np.asarray(scores[name], dtype=np.float64) if name in scores else None
 
 
 def tuning_label(row: dict) -> str:

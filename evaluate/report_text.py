@@ -270,7 +270,8 @@ def _tokens_cell(s: Series, t: float) -> str:
     return fmt_tokens(t) + (" (int.)" if s.intermediate else "")
 
 
-def markdown(rep: Report, figures: list[Path]) -> str:
+def markdown(rep: Report, figures: list[Path], suites: str = "") -> str:
+    """The report in Markdown; ``suites``, the checkpoint suites' part (``report_suite.suite_markdown``), ends it."""
     gb = rep.group_by
     md = ["# Catastrophic overtraining report", ""]
     md += [f"Inputs: {', '.join(str(f) for f in rep.files)}." if rep.files else "", *[f"- {n}" for n in rep.notes], ""]
@@ -287,7 +288,8 @@ def markdown(rep: Report, figures: list[Path]) -> str:
         'Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
         "",
     ]
-    md += [f"- {v['text']}" for v in rep.verdicts.values()] or ["- no fine-tuning rows."]
+    none = "- no fine-tuning rows" + (": the checkpoint suites' verdicts are below." if suites else ".")
+    md += [f"- {v['text']}" for v in rep.verdicts.values()] or [none]
     shows = [t for t, v in rep.verdicts.items() if v["shows"]]
     not_shows = [t for t, v in rep.verdicts.items() if v["shows"] is False]
     unknown = [t for t, v in rep.verdicts.items() if v["shows"] is None]
@@ -371,7 +373,7 @@ def markdown(rep: Report, figures: list[Path]) -> str:
     md += transfer_markdown(rep.transfer)
     if figures:
         md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
-    return "\n".join(md).strip() + "\n"
+    return "\n".join(md).strip() + "\n" + ("\n" + suites if suites else "")
 
 
 def _with_ci(c: Curve | None, t: float, value: float | None) -> str:
