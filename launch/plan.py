@@ -266,7 +266,7 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
     n = suite_params(spec)
     ins, le = spec.instruct, spec.lm_eval
     jobs = []
-    for m in suite_members(spec):
+    for m in suite_members(spec, check=False):  # load_grid checked them
         evals = [(f"{_slug(m.name)}_base", m.ref, [])] if spec.suite.evaluate_base else []
         for name, data in (ins.datasets if ins else {}).items():
             tid = f"{_slug(m.name)}_{_slug(name)}"

@@ -240,9 +240,10 @@ class Member:
     tokens: int  # pre-training tokens
 
 
-def suite_members(spec: GridSpec, where: str = "grid") -> list[Member]:
+def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> list[Member]:
     """The suite's members in the grid's order; a member without a token count, a missing local
-    revision directory or an architecture transformers cannot load is a ConfigError naming it."""
+    revision directory or (``check``: once, by ``validate_names``) an architecture transformers cannot
+    load is a ConfigError naming it."""
     from ..core.suite import SuiteMember, check_loadable, resolve_member, tokens_from_revision
 
     s = spec.suite
@@ -269,7 +270,9 @@ def suite_members(spec: GridSpec, where: str = "grid") -> list[Member]:
         if local.is_dir():
             ref = str((local / rev).resolve())
             try:
-                check_loadable(resolve_member(SuiteMember(ref, None, tokens)))
+                path = resolve_member(SuiteMember(ref, None, tokens))
+                if check:
+                    check_loadable(path)
             except ConfigError as e:
                 raise ConfigError(f"{where}: suite.revisions: '{rev}': {e}") from None
         else:
