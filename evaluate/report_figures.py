@@ -38,19 +38,12 @@ def _token_axis(ax, xs) -> None:
     ax.grid(True, alpha=0.3)
 
 
+TURN_MARKER = dict(marker="o", markerfacecolor="none", markeredgecolor="red", markeredgewidth=2, linestyle="none")
+
+
 def _mark_turn(ax, c: Curve, color) -> None:
     if c.interior:
-        ax.plot(
-            [c.turn_tokens],
-            [c.y[c.turn]],
-            marker="o",
-            markersize=15,
-            markerfacecolor="none",
-            markeredgecolor="red",
-            markeredgewidth=2,
-            linestyle="none",
-            zorder=5,
-        )
+        ax.plot([c.turn_tokens], [c.y[c.turn]], markersize=15, zorder=5, **TURN_MARKER)
         ax.annotate(
             f"turn {fmt_tokens(c.turn_tokens)}",
             (c.turn_tokens, c.y[c.turn]),
@@ -65,17 +58,7 @@ def _mark_turn(ax, c: Curve, color) -> None:
 def _turn_legend_handle():
     from matplotlib.lines import Line2D
 
-    return Line2D(
-        [],
-        [],
-        marker="o",
-        markersize=10,
-        markerfacecolor="none",
-        markeredgecolor="red",
-        markeredgewidth=2,
-        linestyle="none",
-        label="turn (inflection)",
-    )
+    return Line2D([], [], markersize=10, label="turn (inflection)", **TURN_MARKER)
 
 
 def _band(ax, c: Curve, color) -> None:
