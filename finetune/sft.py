@@ -87,6 +87,7 @@ from ..core.suite import (
     write_provenance,
 )
 from ..data.chat import ChatEncoding, encode_chat, load_chat
+from .loop import batch_plan
 
 ROW_KIND = "sft"
 
@@ -224,8 +225,7 @@ def train_sft(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n = len(enc.ids)
-    per_epoch = math.ceil(n / cfg.batch_size)  # the last batch of an epoch may be smaller
-    total = per_epoch * cfg.epochs
+    per_epoch, total = batch_plan(n, cfg.batch_size, cfg.epochs)  # an epoch's last batch may be smaller
     warmup = min(int(math.floor(cfg.warmup * total + 0.5)), total - 1)
     opt = build_optimizer(model.named_parameters(), cfg.lr, weight_decay=cfg.weight_decay, mup=False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padded inputs are never targets
