@@ -315,7 +315,10 @@ def _out(cmd: list[str]) -> str:
 
 
 def queue_states() -> dict[str, str]:
-    """squeue's jobs (array tasks one by one): id -> state (PENDING, RUNNING, ...)."""
+    """squeue's jobs (array tasks one by one): id -> state (PENDING, RUNNING, ...); {} without squeue
+    (no scheduler on this machine: nothing is queued)."""
+    if not shutil.which("squeue"):
+        return {}
     states = {}
     for line in _out(["squeue", "-h", "-r", "-o", "%i %T"]).splitlines():
         if line.strip():
@@ -414,7 +417,7 @@ def job_states(spec: GridSpec, jobs: list[Job], out: Path) -> list[dict]:
     for a running pre-training job the ETA at its last logged throughput."""
     record = read_record(out)
     try:
-        queued = queue_states() if record and shutil.which("squeue") else {}
+        queued = queue_states() if record else {}
     except ConfigError:
         queued = {}
     report_md = Path(expand_path(spec.results_dir)) / "report" / "report.md"
