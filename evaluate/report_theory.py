@@ -130,19 +130,25 @@ def decide(curves: list[TheoryCurve]) -> None:
 
 
 def verdict(c: TheoryCurve, tolerance: float) -> tuple[bool | None, str]:
-    """(shows catastrophic overtraining: True/False/None for cannot tell, a sentence)."""
+    """(shows catastrophic overtraining: True/False/None for cannot tell, a sentence). Population
+    losses make the replicates' variance tiny, so a turn must also exceed ``tolerance`` (the smallest
+    worsening that matters) to count; a smaller one bounded within it is "no"."""
     at = f"T={int(c.x[c.best])} steps"
-    if c.turns:
+    where = f"inflection at {at}" if c.best > 0 else f"worse from the smallest budget ({at}) on: no interior inflection"
+    tol = math.log1p(tolerance)
+    if c.turns and c.worse > tol:
         return True, (
-            f"catastrophic overtraining: inflection at {at}; the largest budget's pre-training loss after "
-            f"fine-tuning is {math.expm1(c.worse):+.1%} worse (smallest one-sided p={min(c.p):.2g}, Holm-rejected at 5%)"
+            f"catastrophic overtraining: {where}; the largest budget's pre-training loss after fine-tuning is "
+            f"{math.expm1(c.worse):+.1%} worse (smallest one-sided p={min(c.p):.2g}, Holm-rejected at 5%)"
         )
-    if c.upper <= math.log1p(tolerance):
+    if c.upper <= tol:
         return False, "no catastrophic overtraining: " + (
             "the pre-training loss after fine-tuning falls with every budget"
             if c.upper == -math.inf
-            else f"worsening from the best budget ({at}) within {tolerance:.0%} (95% upper bound {math.expm1(c.upper):+.1%})"
+            else f"worsening from the best budget ({at}) within {tolerance:.0%} (95% upper bound {math.expm1(c.upper):+.2%})"
         )
+    if c.turns:
+        return True, f"catastrophic overtraining: {where}; {math.expm1(c.worse):+.1%} (Holm-rejected at 5%)"
     if c.ys.shape[0] < 2:
         return None, "cannot tell: one replicate (the seed-to-seed variance is not measured)"
     return None, f"cannot tell: best at {at}, worsening {math.expm1(c.worse):+.1%} not beyond the seeds' variance"
@@ -156,17 +162,20 @@ def theory_rows(rows: list[Row]) -> list[dict]:
 
 
 def _curve(rows: list[dict], key: str, label: str, transform=np.log) -> TheoryCurve | None:
-    """Rows of one curve -> budgets x replicates; only replicates present at every budget count."""
+    """Rows of one curve -> budgets x replicates. A diverged run has no value: a budget where some
+    replicate diverged is left out of the curve (a fixed LR too large for that budget)."""
     by = defaultdict(dict)
     for r in rows:
         v = r.get(key)
-        if isinstance(v, (int, float)):
+        if isinstance(v, (int, float)) and not r.get("diverged"):
             by[(r.get("seed"), r.get("data_seed"))][int(r["budget_steps"])] = float(v)
+        else:
+            by[(r.get("seed"), r.get("data_seed"))]  # the replicate exists, without this budget
     if not by:
         return None
-    xs = sorted({b for d in by.values() for b in d})
-    reps = [d for d in by.values() if all(b in d for b in xs)]
-    if not reps:
+    reps = list(by.values())
+    xs = sorted({b for d in reps for b in d if all(b in e for e in reps)})
+    if not xs:
         return None
     with np.errstate(divide="ignore"):
         ys = transform(np.array([[d[b] for b in xs] for d in reps]))
@@ -373,6 +382,12 @@ def theory_markdown(st: TheoryStudy, paths: list[Path], tolerance: float) -> str
         md.append(
             f"Noise sensitivity (expected pre-training loss increase) grows with every budget in every replicate "
             f"for {len(grows)} of {len(st.noise)} gammas."
+        )
+    if st.base is not None and st.base.best < len(st.base.x) - 1 and st.base.worse > math.log1p(tolerance):
+        md.append(
+            f"⚠ the pre-trained network's own loss rises after T={int(st.base.x[st.base.best])} "
+            f"({math.expm1(st.base.worse):+.1%}: finite samples overfitted), so a turn after fine-tuning is not only "
+            "the mechanism of section 4."
         )
     if st.edge:
         md.append(f"⚠ tuned LR at an end of its grid: {', '.join(st.edge[:6])}{' ...' if len(st.edge) > 6 else ''}.")

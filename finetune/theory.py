@@ -78,7 +78,9 @@ class TaskSpec:
 
 @dataclass
 class PretrainSpec:
-    budgets: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048])  # steps, one run each
+    budgets: list[int] = field(
+        default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    )  # steps, one run each
     lr: float = 0.5  # peak LR (ours: stable for s_1 = 1, whose curvature is about 2 s_1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay to 0 at each run's end; constant: none
     trace_points: int = 40  # incremental learning: singular values at this many log-spaced steps of the longest run
@@ -94,7 +96,9 @@ class PerturbSpec:
 class FinetuneSpec:
     steps: int = 50  # gradient steps per fine-tuning run (fixed across budgets)
     lrs: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.8, 1.6, 3.2, 6.4])  # the LR sweep (tuned per budget)
-    l2: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.1])  # strengths of L2 towards the pre-trained weights
+    l2: list[float] = field(
+        default_factory=lambda: [0.0, 0.01, 0.03, 0.1]
+    )  # strengths of L2 towards the pre-trained weights
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
 
 
