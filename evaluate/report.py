@@ -57,7 +57,7 @@ from .report_data import Report, collect, find_turn
 from .report_figures import figures, transfer_figure
 from .report_suite import collect_suite, decide_suite, suite_figures, suite_markdown
 from .report_text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
-from .report_theory import theory_part
+from .report_theory import only_theory, theory_header, theory_part
 from .report_transfer import find_runs, transfer_curves
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]
@@ -125,7 +125,7 @@ def make_report(
     text = markdown(rep, paths, suite_markdown(families, tolerance))
     theory_md, theory_paths = theory_part(rows, out, tolerance)  # the linear-network study (kind "theory")
     paths += theory_paths
-    text += theory_md
+    text = theory_md.replace("\n\n", theory_header(rows.files), 1) if only_theory(rows) else text + theory_md
     atomic_write_text(out / "report.md", text)
     return rep, text, paths
 
