@@ -58,7 +58,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..core.config import ConfigError, atomic_write_text, config_digest
+from ..core.config import ConfigError, atomic_write_bytes, config_digest
 from ..core.identity import identity_dict, no_result
 from ..core.lock import hold
 from ..core.results import encode_row, read_rows
@@ -287,7 +287,6 @@ def gd(
     for i in range(lrs.shape[0]):
         if i in marks:
             recorded.append((i, np.linalg.svd(w2[trace[1]] @ w1[trace[1]], compute_uv=False)))
-        step = np.where(diverged, 0.0, lrs[i])[..., None, None]
         g = grad_w(w2 @ w1, target, smp)
         g2 = g @ np.swapaxes(w1, -1, -2)
         g1 = np.swapaxes(w2, -1, -2) @ g
@@ -295,12 +294,16 @@ def gd(
             g2 = g2 + l2 * (w2 - anchor[1])
             g1 = g1 + l2 * (w1 - anchor[0])
         with np.errstate(over="ignore", invalid="ignore"):
-            n2, n1 = w2 - step * g2, w1 - step * g1
-            bad = ~(np.isfinite(n1).all((-1, -2)) & np.isfinite(n2).all((-1, -2)))
-            bad |= ~(loss(n2 @ n1, target) < DIVERGED)
-        diverged |= bad
-        keep = diverged[..., None, None]
-        w1, w2 = np.where(keep, w1, n1), np.where(keep, w2, n2)
+            # blown up: the squared residual gradient (the loss, for the population) beyond DIVERGED or
+            # not finite; such a network stops where it is (weights still finite) and is marked
+            diverged |= ~(np.square(g).sum((-1, -2)) < DIVERGED)
+        step = lrs[i][..., None, None]
+        if diverged.any():
+            step = np.where(diverged[..., None, None], 0.0, step)
+            g1 = np.where(diverged[..., None, None], 0.0, g1)
+            g2 = np.where(diverged[..., None, None], 0.0, g2)
+        w2 = w2 - step * g2
+        w1 = w1 - step * g1
     if lrs.shape[0] in marks:
         recorded.append((lrs.shape[0], np.linalg.svd(w2[trace[1]] @ w1[trace[1]], compute_uv=False)))
     return w1, w2, diverged, recorded
@@ -468,6 +471,7 @@ def run_theory(cfg: TheoryConfig, progress: bool = True) -> tuple[Path, int, int
     key = config_hash(cfg)
     with hold(out / LOCK_FILE, "theory"):
         rows = list(read_rows(path, warn=True)) if path.is_file() else []
+        data = b"".join(encode_row(r) for r in rows)  # what is there (less a torn tail), encoded once
         done = {
             (r.get("seed"), r.get("data_seed"))
             for r in rows
@@ -475,8 +479,8 @@ def run_theory(cfg: TheoryConfig, progress: bool = True) -> tuple[Path, int, int
         }
         todo = [(s, ds) for ds in cfg.data_seeds for s in cfg.seeds if (s, ds) not in done]
         for n, (s, ds) in enumerate(todo, 1):
-            rows += replicate_rows(cfg, s, ds)
-            atomic_write_text(path, b"".join(encode_row(r) for r in rows).decode())
+            data += b"".join(encode_row(r) for r in replicate_rows(cfg, s, ds))
+            atomic_write_bytes(path, data)
             if progress:
                 print(f"theory {cfg.name}: replicate seed={s} data_seed={ds} done ({n}/{len(todo)})", flush=True)
     return path, len(todo), len(cfg.seeds) * len(cfg.data_seeds) - len(todo)
