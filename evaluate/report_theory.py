@@ -22,9 +22,17 @@ seeds the t reference is the one that knows how few (``student_t_sf``, exact for
 freedom). Holm (``report_stats.holm``) over every test of a family at ``report_stats.ALPHA``: the
 tuned curves of one task (every L2 strength) form a family; the fixed-LR curves of the task another.
 A curve *turns* when one of its tests is rejected; the inflection is the best budget (argmin of y).
-"No catastrophic overtraining" needs the 95% upper bound d_best + t_{0.95, S-1} se_best of the
-worsening from the best budget to the largest within log(1 + tolerance) (best = largest: no
-worsening at all); otherwise "cannot tell". With one replicate nothing is decided ("cannot tell").
+
+Verdict (``verdict``), per task on its unregularized tuned curve: "catastrophic overtraining" when
+it turns and its worsening d_best exceeds log(1 + tolerance) (population losses leave so little
+seed noise that an immaterial +0.01% can be significant); "no catastrophic overtraining" when the
+95% upper bound d_best + t_{0.95, S-1} se_best of the worsening from the best budget to the
+largest is within log(1 + tolerance) (best = largest: no worsening at all); a turn below the
+tolerance whose bound is not is still "catastrophic overtraining"; otherwise "cannot tell". With
+one replicate nothing is decided. A best budget that is the smallest is said so: the curve worsens
+from the start, no interior inflection. Sanity flags: the pre-trained network's own loss rising
+with T (finite samples overfitted: a turn is then not only the mechanism), a tuned LR at an end
+of its grid.
 """
 
 from __future__ import annotations
@@ -197,8 +205,11 @@ class TheoryStudy:
 
 def collect_theory(rows: list[dict]) -> list[TheoryStudy]:
     studies = []
-    for name in sorted({str(r.get("study")) for r in rows}):
-        rs = [r for r in rows if str(r.get("study")) == name]
+    keys = sorted({(str(r.get("study")), str(r.get("config_hash"))) for r in rows})
+    names = [k[0] for k in keys]
+    for key in keys:  # one study per (name, config): a rerun with other settings is its own study
+        name = key[0] if names.count(key[0]) == 1 else f"{key[0]} ({key[1][:8]})"
+        rs = [r for r in rows if (str(r.get("study")), str(r.get("config_hash"))) == key]
         ft = [r for r in rs if r.get("measure") == "finetune"]
         tasks = {r["task"]: float(r.get("theta_deg") or 0.0) for r in ft}
         l2s = sorted({float(r["l2"]) for r in ft})

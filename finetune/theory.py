@@ -42,9 +42,16 @@ Protocol (the real study's, ``PROTOCOL.md``):
 Rows (kind "theory", ``core.rows.TheoryRow``): per replicate, one "pretrain" row per budget, one
 "perturb" row per budget and gamma, one "finetune" row per budget, task, LR and l2, a copy of the
 tuned LR's row with ``selected: true`` per budget, task and l2, and one "trace" row. A replicate's
-rows are written together: ``results.jsonl`` in ``results_dir`` is rewritten whole (atomically) after
-each replicate, under the directory's lock; a rerun with the same config (``config_hash``: every
-setting but names, paths and the seed lists) skips the replicates already there.
+rows are written together: ``results.jsonl`` in ``results_dir`` is rewritten whole (atomically,
+``core.config.atomic_write_bytes``) after each replicate, under the directory's lock
+(``core.lock.hold``), so a killed run leaves whole replicates only; a rerun with the same config
+(``config_hash``: every setting but names, paths and the seed lists) skips the replicates already
+there (rows of another config in the same file are kept; the report shows each config as its own
+study).
+
+Divergence: a network whose squared residual gradient (its loss, for the population) exceeds
+``DIVERGED`` or is not finite stops there and is marked ``diverged``; its LR is never the tuned one
+while another LR is finite, and the report leaves its points out of the fixed-LR curves.
 """
 
 from __future__ import annotations
