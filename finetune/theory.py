@@ -106,7 +106,7 @@ class FinetuneSpec:
     l2: list[float] = field(
         default_factory=lambda: [0.0, 0.01, 0.03, 0.1]
     )  # strengths of L2 towards the pre-trained weights
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # the fine-tuning LR's decay (to 0 at its last step)
 
 
 @dataclass
@@ -132,10 +132,10 @@ class TheoryConfig:
     tasks: list[TaskSpec] = field(
         default_factory=lambda: [TaskSpec("aligned", 0.0), TaskSpec("misaligned", 90.0)]
     )  # fine-tuning tasks
-    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
-    perturb: PerturbSpec = field(default_factory=PerturbSpec)
-    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
-    data: DataSpec = field(default_factory=DataSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)  # the budgets and their schedule
+    perturb: PerturbSpec = field(default_factory=PerturbSpec)  # (a) Gaussian weight noise
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)  # (b, c) the LR sweep and the L2 strengths
+    data: DataSpec = field(default_factory=DataSpec)  # population loss (default) or finite samples
 
     def validate(self) -> None:
         r = len(self.singular_values)
