@@ -16,16 +16,26 @@ from overtrain import cli
 from overtrain.core.config import CONFIG_ROOT, ConfigError, load_config
 from overtrain.core.rows import TheoryRow, load_rows
 from overtrain.evaluate.report import make_report
-from overtrain.evaluate.report_theory import collect_theory, student_t_sf, study_verdicts, theory_rows
+from overtrain.evaluate.report_theory import (
+    collect_theory,
+    student_t_quantile,
+    student_t_sf,
+    study_verdicts,
+    theory_rows,
+)
 from overtrain.finetune.theory import (
+    DataSpec,
     Samples,
     TheoryConfig,
+    draw_samples,
     expected_increase,
     gd,
+    grad_w,
     init_std,
     init_weights,
     replicate_rows,
     run_theory,
+    sample_loss,
     sampled_increase,
     targets,
 )
@@ -160,6 +170,38 @@ def test_student_t_tail_matches_the_tables():
         assert student_t_sf(t, nu) == pytest.approx(p, abs=2e-4)
     assert student_t_sf(0.0, 3) == pytest.approx(0.5, abs=1e-12)
     assert student_t_sf(-2.776, 4) == pytest.approx(0.975, abs=2e-4)
+    assert student_t_quantile(0.975, 4) == pytest.approx(2.776, abs=1e-3)
+    assert student_t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_ROOT / "theory").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    cfg = load_config(TheoryConfig, path, kind="theory")
+    assert cfg.name and cfg.results_dir.startswith("runs/")
+    assert any(t.theta_deg == 0 for t in cfg.tasks) and any(t.theta_deg > 60 for t in cfg.tasks)
+
+
+def test_finite_sample_gradient_is_the_gradient_of_its_loss():
+    cfg = TheoryConfig(data=DataSpec(samples=40, val_samples=0, label_noise=0.3))
+    rng = np.random.default_rng(0)
+    smp = draw_samples(cfg, 40, rng)
+    a, _ = targets(cfg, 0)
+    w = rng.standard_normal((cfg.d, cfg.d)) * 0.3
+    g = grad_w(w, a, smp)
+    # the loss is quadratic in W, so central differences are exact but for rounding: |loss| ~ 1 and
+    # eps = 1e-4 leave an error ~ 1e-16 / 1e-4 = 1e-12 per entry
+    eps, num = 1e-4, np.zeros_like(w)
+    for i in range(cfg.d):
+        for j in range(cfg.d):
+            e = np.zeros_like(w)
+            e[i, j] = eps
+            num[i, j] = (sample_loss(w + e, a, smp) - sample_loss(w - e, a, smp)) / (2 * eps)
+    assert np.abs(num - g).max() < 1e-8
+    # and its value: 1/2 mean ||W x - y||^2 over the samples, recomputed from the draws themselves
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((cfg.d, 40))
+    y = a @ x + rng.standard_normal((cfg.d, 40)) * 0.3
+    assert sample_loss(w, a, smp) == pytest.approx(0.5 * np.square(w @ x - y).sum() / 40, rel=1e-12)
 
 
 def test_cli_and_report_give_the_verdict_and_figures(tmp_path):
