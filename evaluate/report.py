@@ -11,7 +11,8 @@ hold pre-training runs over several LRs (a directory of only such runs reports j
 
 The work is split: ``report_data`` (rows -> cells -> curves -> turns), ``report_stats`` (bootstrap,
 tests), ``report_text`` (verdicts, sanity checks, markdown, CSV) and ``report_figures`` (PNGs);
-this module reads the rows and writes the files.
+this module reads the rows and writes the files. Rows of kind "theory" (the linear-network study,
+``finetune.theory``) get their own part, figures and verdict (``report_theory``).
 
 What the numbers are (rows of several seeds or repeated evaluations are averaged):
 - a *checkpoint* is (group, model, lr_decayed, pretrain_tokens); intermediate checkpoints
