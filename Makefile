@@ -40,8 +40,12 @@ test-matrix: install
 	    $(BIN)/python -m pytest -q -p no:cacheprovider tests || exit 1; \
 	done; done
 
+# The tiny-LM study (honestly "cannot tell" at this scale), then the paper's section-4 mechanism on a
+# linear network (seconds: docs/theory.md), whose verdict shows catastrophic overtraining happen.
 demo: install
 	$(BIN)/python -m overtrain grid run configs/grids/demo.yaml print_report=true
+	$(BIN)/python -m overtrain theory configs/theory/demo.yaml
+	$(BIN)/python -m overtrain report runs/theory-demo out=runs/theory-demo/report
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

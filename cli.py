@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("overtrain.evaluate.evaluator", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
     "lm-eval": ("overtrain.evaluate.lm_eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)"),
     "perturb": ("overtrain.evaluate.perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise"),
+    "theory": ("overtrain.finetune.theory", "section 4's mechanism: a linear network under the study's protocol"),
     "report": ("overtrain.evaluate.report", "tables and plots from results.jsonl files"),
     "grid": ("overtrain.launch.grid", "plan or run a whole study described by a grid YAML"),
     "export-hf": ("overtrain.train.hf_export", "export a checkpoint as a transformers OLMo model directory"),

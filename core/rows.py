@@ -10,6 +10,7 @@ rows", lists its keys. The kinds and who writes them:
                              ``overtrain evaluate --results``)
     EvalRow      "eval"      ``overtrain evaluate --results`` on any other checkpoint (the report ignores it)
     PerturbRow   "perturb"   C4 perplexity under weight noise (``overtrain perturb``)
+    TheoryRow    "theory"    one point of the linear-network study (``overtrain theory``, ``finetune.theory``)
     OtherRow     any other   kept as read; the report counts and ignores it
 
 Shared parts are flattened into the row (their fields are row keys): ``Checkpoint`` (which
@@ -464,6 +465,49 @@ class PerturbRow(Row):
 
 
 @dataclass
+class TheoryRow(Row):
+    """One point of the linear-network study (``finetune.theory``): a pre-trained network ("pretrain"), its
+    loss under weight noise ("perturb"), one fine-tuning run ("finetune"; the tuned LR's copy has
+    ``selected: true``), or the longest run's singular values over time ("trace"). Losses are
+    population losses 1/2 ||W - T||_F^2 (T = A for ``pretrain_*``, the task's B for ``finetune_*``)."""
+
+    KIND: ClassVar[str] = "theory"
+
+    study: str | None = None  # the config's name
+    config_hash: str | None = None  # finetune.theory.config_hash: the resume identity
+    seed: int | None = None  # initialization seed
+    data_seed: int | None = None  # target (and sample) seed
+    measure: str | None = None  # "pretrain" | "perturb" | "finetune" | "trace"
+    budget_steps: int | None = None  # the pre-training run's length (its LR decays to 0 there)
+    pretrain_lr: float | None = None
+    schedule: str | None = None  # the pre-training decay shape
+    task: str | None = field(default=None, metadata=OPTIONAL)  # fine-tuning task
+    theta_deg: float | None = field(default=None, metadata=OPTIONAL)  # its misalignment (0: aligned)
+    gamma: float | None = field(default=None, metadata=OPTIONAL)  # perturbation scale (units of the init std)
+    noise_draws: int | None = field(default=None, metadata=OPTIONAL)  # 0: exact expectation
+    finetune_steps: int | None = field(default=None, metadata=OPTIONAL)
+    lr: float | None = field(default=None, metadata=OPTIONAL)  # fine-tuning LR
+    l2: float | None = field(default=None, metadata=OPTIONAL)  # strength of L2 towards the pre-trained weights
+    selected: bool | None = field(default=None, metadata=OPTIONAL)  # the tuned LR's copy
+    selected_from: list | None = field(default=None, metadata=OPTIONAL)
+    selected_by: str | None = field(default=None, metadata=OPTIONAL)
+    diverged: bool | None = field(default=None, metadata=OPTIONAL)
+    pretrain_loss: float | None = field(default=None, metadata=OPTIONAL)  # A's loss of the measured weights
+    pretrain_loss_base: float | None = field(default=None, metadata=OPTIONAL)  # ... of the pre-trained weights
+    pretrain_loss_increase: float | None = field(default=None, metadata=OPTIONAL)  # perturb: expected increase
+    finetune_loss: float | None = field(default=None, metadata=OPTIONAL)  # the task's loss after fine-tuning
+    finetune_val_loss: float | None = field(default=None, metadata=OPTIONAL)  # what selected the LR
+    finetune_losses: dict | None = field(default=None, metadata=OPTIONAL)  # pretrain: each task's loss before
+    singular_values: list | None = field(default=None, metadata=OPTIONAL)  # pretrain: of W2 W1 (top r)
+    target_singular_values: list | None = field(default=None, metadata=OPTIONAL)  # trace: A's
+    trace_steps: list | None = field(default=None, metadata=OPTIONAL)  # trace: steps of the longest run
+    trace_singular_values: list | None = field(default=None, metadata=OPTIONAL)  # trace: one list per step
+    tags: dict | None = field(default=None, metadata=OPTIONAL)
+    wall_s: float | None = None
+    time: float | None = None
+
+
+@dataclass
 class OtherRow(Row):
     """A row of a kind this version does not know (or without one): kept as read."""
 
@@ -472,7 +516,7 @@ class OtherRow(Row):
         return self.extra.get("kind")
 
 
-KINDS = {c.KIND: c for c in (FinetuneRow, BaseRow, EvalRow, PerturbRow)}
+KINDS = {c.KIND: c for c in (FinetuneRow, BaseRow, EvalRow, PerturbRow, TheoryRow)}
 
 
 def parse_row(row: dict, where: str = "") -> Row:

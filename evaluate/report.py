@@ -11,7 +11,8 @@ hold pre-training runs over several LRs (a directory of only such runs reports j
 
 The work is split: ``report_data`` (rows -> cells -> curves -> turns), ``report_stats`` (bootstrap,
 tests), ``report_text`` (verdicts, sanity checks, markdown, CSV) and ``report_figures`` (PNGs);
-this module reads the rows and writes the files.
+this module reads the rows and writes the files. Rows of kind "theory" (the linear-network study,
+``finetune.theory``) get their own part, figures and verdict (``report_theory``).
 
 What the numbers are (rows of several seeds or repeated evaluations are averaged):
 - a *checkpoint* is (group, model, lr_decayed, pretrain_tokens); intermediate checkpoints
@@ -57,6 +58,7 @@ from .report_data import Report, collect, find_turn
 from .report_figures import figures, transfer_figure
 from .report_suite import collect_suite, decide_suite, suite_figures, suite_markdown
 from .report_text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
+from .report_theory import only_theory, theory_header, theory_part
 from .report_transfer import find_runs, transfer_curves
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]
@@ -122,6 +124,9 @@ def make_report(
     if rep.noise:
         atomic_write_text(out / "perturb.csv", csv_text(*perturb_table(rep)))
     text = markdown(rep, paths, suite_markdown(families, tolerance))
+    theory_md, theory_paths = theory_part(rows, out, tolerance)  # the linear-network study (kind "theory")
+    paths += theory_paths
+    text = theory_md.replace("\n\n", theory_header(rows.files), 1) if only_theory(rows) else text + theory_md
     atomic_write_text(out / "report.md", text)
     return rep, text, paths
 
