@@ -208,6 +208,7 @@ class Check:
         }
         self.paths = self.result_paths()
         self.last_save = 0.0
+        self.write_paths = False  # until the preflight passes, results go to --copy-to ($OUT) alone
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -228,7 +229,7 @@ class Check:
             out_dir = HERE / "results"
         return [out_dir / f"{name}.json", out_dir / f"{name}.md"]
 
-    def save(self, every_s: float = 0.0, copy_only: bool = False) -> None:
+    def save(self, every_s: float = 0.0) -> None:
         """Rewrite the JSON and Markdown files (atomically: a kill leaves the previous version),
         and their copies in ``--copy-to``; ``every_s``: not if the last save is more recent."""
         if time.monotonic() - self.last_save < every_s:
@@ -239,7 +240,7 @@ class Check:
         try:
             data = [json.dumps(self.out, indent=2, default=str).encode() + b"\n", render_markdown(self.out).encode()]
             for path, blob in zip(self.paths, data):
-                if not copy_only:
+                if self.write_paths:
                     atomic_write_bytes(path, blob)
                 if self.args.copy_to:
                     atomic_write_bytes(Path(self.args.copy_to) / path.name, blob)
@@ -469,10 +470,11 @@ class Check:
         warnings.filterwarnings("ignore", message="There is a performance drop")  # CPU SDPA under vmap loops
         self.step("preflight", self.preflight)
         if self.out["steps"]["preflight"]["status"] == "failed":
-            # Nothing to measure; the file goes where the device call returns it ($OUT), not into the tree.
-            self.save(copy_only=True)
+            # Nothing measured: the file went where the device call returns it ($OUT) alone, not into the tree.
             print("\ngpu_check: the preflight failed (above: what and the fix); nothing else was run", file=sys.stderr)
             return 3
+        self.write_paths = True
+        self.save()
         print("results (rewritten after every step): " + ", ".join(str(p) for p in self.paths), flush=True)
         self.step("environment", self.environment)
         self.step("matmul", self.matmul)

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import signal
-import sys
 import time
 
 import pytest
+
+# The process's stderr before pytest captures it (-p plugins are imported first): faulthandler's
+# stacks of a hung test must reach the output, not a capture file that dies with the process.
+STDERR = os.fdopen(os.dup(2), "w")
 
 
 def pytest_addoption(parser):
@@ -61,7 +65,7 @@ class Guard:
         if self.timeout:
             old = signal.signal(signal.SIGALRM, self.on_alarm)
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
-            faulthandler.dump_traceback_later(self.timeout + self.grace, exit=True, file=sys.stderr)
+            faulthandler.dump_traceback_later(self.timeout + self.grace, exit=True, file=STDERR)
         try:
             yield
         finally:
