@@ -142,6 +142,10 @@ BUDGET_S, FULL_BUDGET_S = 330.0, 570.0  # the device call's timeout_s: 360 / 600
 TESTS_S, FULL_TESTS_S = 120.0, 240.0
 
 
+class PreflightFailed(RuntimeError):
+    """An import failed or CUDA is missing: gpu_preflight printed what and the fix; nothing else runs."""
+
+
 class Interrupted(BaseException):
     """SIGTERM: recorded in the step that was running, the results written, exit status 143."""
 
@@ -268,7 +272,8 @@ class Check:
             steps[name] = {"status": "interrupted", "error": "SIGTERM", "seconds": round(time.monotonic() - t, 2)}
             raise
         except Exception as e:  # noqa: BLE001 - recorded; the other steps still run
-            traceback.print_exc()
+            if not isinstance(e, PreflightFailed):  # its report is printed already
+                traceback.print_exc()
             status = {
                 "status": "failed",
                 "error": f"{type(e).__name__}: {e}"[:2000],
@@ -284,7 +289,9 @@ class Check:
         preflight_report(result)
         if result["failures"]:
             self.out["preflight"] = result
-            raise RuntimeError("; ".join(f"{f['module']}: {f['error']} (fix: {f['fix']})" for f in result["failures"]))
+            raise PreflightFailed(
+                "; ".join(f"{f['module']}: {f['error']} (fix: {f['fix']})" for f in result["failures"])
+            )
         return result
 
     def environment(self) -> dict:

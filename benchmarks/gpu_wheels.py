@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/gpu_wheels.py download    # into .whl/ (git-ignored), then check-wheels
     .venv/bin/python benchmarks/gpu_wheels.py check-wheels  # .whl/ is the carry list, consistent (exit 1 if not)
     .venv/bin/python benchmarks/gpu_wheels.py check       # here or there: versions outside a specifier
+    .venv/bin/python benchmarks/gpu_wheels.py standin-requirements   # the image's part, for gpu_standin.sh
 
 The GPU machine runs its own Python 3.12 with a CUDA torch, numpy 2 and ~200 packages
 (``gpu_image_packages.txt``), and reaches no package index. On it, ``benchmarks/gpu_run.sh``
@@ -385,11 +386,29 @@ def check_wheels(
     return problems
 
 
+def standin_requirements(protobuf: str) -> list[str]:
+    """For ``benchmarks/gpu_standin.sh``: the image's distributions that the check needs (the closure's
+    names on the image), each at the version recorded there, else unpinned (PyPI's newest, as a
+    recently built image would have); protobuf at ``protobuf``, older than the carried generated
+    code, so the stand-in shows that the carried one is what gets imported."""
+    image = image_versions()
+    out = []
+    for name in sorted(closure(project_requirements(), env=TARGET)):
+        if name in image:
+            version = protobuf if name == "protobuf" else image[name]
+            out.append(f"{name}=={version}" if version else name)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("action", choices=("list", "download", "check-wheels", "check"))
+    ap.add_argument("action", choices=("list", "download", "check-wheels", "check", "standin-requirements"))
     ap.add_argument("--dest", default=str(WHEEL_DIR), help="wheel directory (default .whl/ in the repository)")
+    ap.add_argument("--protobuf", default="5.29.5", help="standin-requirements: the image's (older) protobuf")
     args = ap.parse_args(argv)
+    if args.action == "standin-requirements":
+        print("\n".join(standin_requirements(args.protobuf)))
+        return 0
     if args.action == "check":
         problems = version_problems()
         print("\n".join(problems) or "every installed version is within its specifiers")

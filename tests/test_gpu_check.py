@@ -503,3 +503,15 @@ def test_check_wheels_finds_what_would_fail_on_the_gpu_machine(tmp_path, monkeyp
     assert check(tmp_path / "none", items, image) == [
         f"no wheels in {tmp_path / 'none'}: run `make gpu-wheels` (in the checkout the device tool sends)"
     ]
+
+
+def test_standin_requirements_are_the_images_part_with_an_older_protobuf():
+    """benchmarks/gpu_standin.sh's venv: what the image has and the check needs, at the recorded
+    versions (the GPU image's torch, numpy 2, its transformers), protobuf older than the carried
+    generated code, and nothing that travels as a wheel (that is installed as on the GPU machine)."""
+    reqs = gpu_wheels.standin_requirements("5.29.5")
+    for pin in ("torch==2.11.0", "numpy==2.5.2", "transformers==5.17.0", "protobuf==5.29.5", "pytest", "pyarrow"):
+        assert pin in reqs, pin
+    carried = {name for name, _ in gpu_wheels.carry_list()}
+    names = {Requirement(r).name for r in reqs}
+    assert not (names & carried) - {"protobuf"} and "mup" not in names and "ai2-olmo" not in names
