@@ -214,6 +214,24 @@ def test_sigterm_is_recorded_and_the_results_written(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
+def test_a_row_whose_estimate_does_not_fit_is_not_started(tmp_path, monkeypatch):
+    """A cold compile that would outlast the budget: the compiled rows are recorded as skipped with
+    their estimate, the eager rows (seconds) still run, and nothing fails."""
+    gpu_check = importlib.import_module("gpu_check")
+    monkeypatch.setitem(gpu_check.DRY, "cold_compile_s", 1e4)
+    args = ["--dry-run", "--skip", "tests,loader,sweep", "--budget-s", "300", "--results-dir", str(tmp_path)]
+    assert gpu_check.main(args) == 0
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["pretrain"]["rows"]
+    assert [(r["compile"], "tokens_per_s" in r) for r in rows] == [
+        ("model+loss", False),
+        ("model+loss", False),
+        ("no", True),
+        ("no", True),
+    ]
+    assert rows[0]["estimate_s"] > 1e4 and rows[0]["skipped"].startswith("time: needs ~")
+    assert all(r["seconds"] < r["estimate_s"] for r in rows[2:])  # the eager rows fit their estimates
+
+
 def test_row_plan_puts_the_targets_compiled_rows_first():
     gpu_check = importlib.import_module("gpu_check")
     plan = gpu_check.row_plan(gpu_check.GPU["models"], gpu_check.GPU["target_models"])
