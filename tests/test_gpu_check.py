@@ -112,6 +112,12 @@ def test_missing_wheels_stop_the_launcher_at_once_with_the_fix(tmp_path):
     assert "no wheels in" in proc.stderr and "make gpu-wheels" in proc.stderr and 'carry: [".whl"]' in proc.stderr
     assert "make gpu-wheels" in (tmp_path / "out" / "gpu-check-failed.txt").read_text()  # comes back from $OUT
 
+    (tmp_path / "broken").mkdir()  # a wheel pip cannot install: stopped too, before the check starts
+    (tmp_path / "broken" / "broken-1.0-py3-none-any.whl").write_text("not a zip file")
+    proc, _ = run_launcher(tmp_path, GPU_WHEELS=str(tmp_path / "broken"), PYTHON=sys.executable)
+    assert proc.returncode == 3 and "gpu_preflight" not in proc.stdout
+    assert "pip could not install the wheels" in proc.stderr and "make gpu-wheels" in proc.stderr
+
 
 def test_a_failed_import_stops_the_check_in_its_preflight(tmp_path):
     """gpu_run.sh -> gpu_check.py with mup missing and olmo's protobuf too old (stand-ins that raise
