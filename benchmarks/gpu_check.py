@@ -546,9 +546,15 @@ def run_pytest(
 
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            running, seen, timed_out = None, 0, False
+            running, seen, timed_out, ended = None, 0, False, None
             while True:
-                exited = proc.poll() is not None and not reader.is_alive()
+                if ended is None and proc.poll() is not None:
+                    ended = time.monotonic()
+                # pytest has ended and its output is read; a compile worker it left holding the pipe
+                # (pytest ended by the guard) would keep the reader waiting: its group goes after 3 s.
+                exited = ended is not None and (not reader.is_alive() or time.monotonic() - ended > 3)
+                if exited:
+                    kill_group(proc.pid)
                 lines = events.read_text().splitlines() if events.exists() else []
                 for line in lines[seen:]:
                     if not line.endswith("}"):
@@ -570,7 +576,7 @@ def run_pytest(
                 if exited:
                     break
                 if time.monotonic() > deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)  # pytest and any compile workers it started
+                    kill_group(proc.pid)  # pytest and any compile workers it started
                     proc.wait()
                     timed_out = True
                     break
@@ -599,6 +605,13 @@ def run_pytest(
             if timed_out or not running or deadline - time.monotonic() < min(test_timeout, 30.0):
                 break
     return live
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # every process of the group has ended
+        pass
 
 
 def case(nodeid: str, outcome: str, seconds, message) -> dict:

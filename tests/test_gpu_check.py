@@ -269,7 +269,7 @@ def test_row_estimate_uses_a_cold_compile_then_what_was_seen():
 
 
 GUARDED_TESTS = """
-import signal, time
+import signal, subprocess, time
 
 def test_quick():
     pass
@@ -278,6 +278,8 @@ def test_slow():
     time.sleep(30)
 
 def test_hangs_in_c():
+    child = subprocess.Popen(["sleep", "120"])  # as a compile worker: would outlive pytest, holding the GPU
+    open("child.pid", "w").write(str(child.pid))
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])  # as a C call that never returns: no handler runs
     time.sleep(30)
 
@@ -317,6 +319,11 @@ def test_guard_times_out_a_test_and_survives_a_hang(tmp_path):
     slow = next(c for c in live["cases"] if c["name"] == "test_slow")
     assert "timeout: over 1 s" in slow["message"] and slow["seconds"] < 10
     assert len(live["runs"]) == 2 and live["collected"] == 4 and live["not_run"] == 0
+    # The hard stop comes 2 s into the hanging test; pytest's process group goes with it: no
+    # left-over child (at most a zombie not yet reaped), no wait for the 60 s deadline.
+    assert live["runs"][0]["seconds"] < 30
+    status = Path(f"/proc/{(tmp_path / 'child.pid').read_text()}/status")
+    assert not status.exists() or "\tZ" in status.read_text().split("State:")[1].splitlines()[0]
     assert live["passed"] == 2 and live["failed"] == 1 and live["hung"] == 1
     assert (
         "test_guarded.py::test_quick PASSED" in live["output"] and "Timeout" in live["output"]
