@@ -13,7 +13,8 @@
 #    5.29.5 ($STANDIN_PROTOBUF), older than the carried generated code, as the image's may be;
 # 2. benchmarks/gpu_run.sh --dry-run with that venv's python: the carried wheels installed into a
 #    fresh site dir exactly as on the GPU machine (--no-index --no-deps --target, first on the path),
-#    the preflight (which prints the protobuf actually imported), then every step on CPU.
+#    the preflight (which prints the protobuf actually imported), then every step on CPU;
+# 3. the control: `import olmo` with the venv's old protobuf ahead of the carried one fails.
 #
 # The first run downloads ~3 GB (torch 2.11 and its CUDA libraries; pip caches them), then ~1 min.
 # Not in `make test`: minutes, and a download.
@@ -42,4 +43,11 @@ start=$(date +%s.%N)
 status=0
 PYTHON="$DIR/venv/bin/python" GPU_SITE="$DIR/site" bash benchmarks/gpu_run.sh --dry-run --results-dir "$DIR/results" "$@" || status=$?
 echo "gpu_standin: gpu_run.sh --dry-run exit $status in $(python3 -c "import time; print(f'{time.time() - $start:.0f}')") s; results in $DIR/results"
+# The control: the same imports with the venv's (image-like) protobuf ahead of the carried one must
+# fail, or this stand-in no longer shows what carrying protobuf prevents.
+if PYTHONPATH="$DIR/site" "$DIR/venv/bin/python" -c "import sys; sys.path.remove('$DIR/site'); sys.path.append('$DIR/site'); import olmo" 2> "$DIR/control.log"; then
+  echo "gpu_standin: control: import olmo passed with protobuf ${STANDIN_PROTOBUF:-5.29.5} first (not a stand-in for an old protobuf)"
+else
+  echo "gpu_standin: control: with protobuf ${STANDIN_PROTOBUF:-5.29.5} first, import olmo fails as expected: $(tail -1 "$DIR/control.log")"
+fi
 exit $status
