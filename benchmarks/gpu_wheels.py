@@ -349,7 +349,11 @@ def check_wheels(
     problems += [f"{p.name}: not in the carry list; {fix}" for k, (_, p) in sorted(carried.items()) if k not in wanted]
     newest_gencode = None
     for key, (_, p) in sorted(carried.items()):
-        requires, gencode = wheel_contents(p)
+        try:
+            requires, gencode = wheel_contents(p)
+        except (zipfile.BadZipFile, StopIteration):
+            problems.append(f"{p.name}: not a wheel (no zip with a .dist-info/METADATA); {fix}")
+            continue
         for g in gencode:
             if newest_gencode is None or g > newest_gencode[0]:
                 newest_gencode = (g, key)

@@ -531,6 +531,11 @@ def test_check_wheels_finds_what_would_fail_on_the_gpu_machine(tmp_path, monkeyp
         "stray needs nowhere>=1: neither carried nor on the image",
     ]
     assert protos.exists()
+    (tmp_path / "stray-1.0-cp311-cp311-manylinux_2_17_x86_64.whl").write_text("not a zip")
+    assert any(
+        p.startswith("stray-1.0-cp311-cp311-manylinux_2_17_x86_64.whl: not a wheel")
+        for p in check(tmp_path, items, image)
+    )
     assert check(tmp_path / "none", items, image) == [
         f"no wheels in {tmp_path / 'none'}: run `make gpu-wheels` (in the checkout the device tool sends)"
     ]
