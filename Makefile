@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # (or torchvision resolved alone) pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lint test test-matrix demo bench gpu-check clean
+.PHONY: install lint test test-matrix demo bench gpu-wheels gpu-check gpu-standin clean
 
 install: $(VENV)/.installed
 
@@ -50,11 +50,21 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
+# Here, before any device time (benchmarks/README.md, "GPU check"): the wheels the GPU machine lacks,
+# into .whl/, then checked as a set (exit 1 with what is wrong: the device call would fail).
+gpu-wheels: install
+	$(BIN)/python benchmarks/gpu_wheels.py download
+
 # On a GPU machine (benchmarks/README.md, "GPU check"): CUDA tests, throughput against the targets, one
 # results file in benchmarks/results/; no venv: the machine's python3 and torch, the wheels carried
 # in .whl/. `benchmarks/gpu_check.py --dry-run` (in `make test`) checks the same steps on CPU.
 gpu-check:
 	bash benchmarks/gpu_run.sh $(GPU_CHECK_ARGS)
+
+# Here, minutes: the GPU image stood in for (Python 3.12, torch 2.11's CUDA build without a GPU,
+# numpy 2, an older protobuf), the carried wheels installed as on the GPU machine, the dry run.
+gpu-standin: gpu-wheels
+	bash benchmarks/gpu_standin.sh
 
 clean:
 	rm -rf runs out .pytest_cache

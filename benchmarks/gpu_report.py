@@ -115,19 +115,20 @@ def _sections(out: dict, markdown: bool) -> list[tuple[str, str]]:
     parts.append(("Steps", _table(["step", "status", "seconds", "error"], steps, markdown)))
     tests = out.get("tests")
     if tests:
-        summary = ", ".join(f"{tests.get(k, 0)} {k}" for k in ("passed", "failed", "errors", "skipped"))
+        keys = ("passed", "failed", "errors", "skipped", "hung", "timeout", "not_run")
+        summary = ", ".join(f"{tests.get(k, 0)} {k.replace('_', ' ')}" for k in keys if k in tests)
         cases = [
             [
                 c["name"],
                 c["outcome"],
                 f"{c['seconds']:.1f}",
-                (c["message"] or "").splitlines()[0][:160] if c["message"] else "",
+                (c["message"] or "").strip().splitlines()[-1][:160] if (c["message"] or "").strip() else "",
             ]
             for c in tests["cases"]
         ]
         parts.append(
             (
-                f"Tests (pytest -m gpu: {summary}; {tests['seconds']:.0f} s)",
+                f"Tests (pytest -m gpu: {summary}; {tests.get('seconds', 0):.0f} s)",
                 _table(["test", "outcome", "s", "message"], cases, markdown),
             )
         )

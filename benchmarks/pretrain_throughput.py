@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/pretrain_throughput.py --models tiny --seq-len 128 --micro-batch 4 \\
         --global-batch 4 --steps 3 --warmup 1 --compile off --loader-tokens 4M     # CPU smoke run
 
-``benchmarks/gpu_check.py`` calls ``measure_models`` and ``measure_loader`` with its own settings
+``benchmarks/gpu_check.py`` calls ``measure_fitting`` (row by row) and ``measure_loader`` with its own settings
 (``make gpu-check``); the 8-GPU DDP estimate is ``benchmarks/ddp_estimate.py``.
 
 One timed step is what pre-training does per optimizer step: ``--global-batch`` sequences of

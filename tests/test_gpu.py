@@ -23,6 +23,7 @@ Tolerances (each says what it compares):
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import statistics
@@ -51,6 +52,7 @@ CUDA = torch.device("cuda", 0)
 U_BF16 = 2.0**-8
 TINY = ["base_d_model=32", "max_sequence_length=256"]  # width_mult 2: muP's LR scaling is exercised
 LR = 1e-2
+NCCL_TIMEOUT = datetime.timedelta(seconds=60)  # not NCCL's 10 minutes: a hang costs this test, not the GPU call
 
 
 @pytest.fixture(autouse=True)
@@ -208,7 +210,9 @@ def test_nccl_single_process_ddp(spec):
     """DDP over an nccl process group of one: the same training as without DDP (the gradient
     all-reduce, bucketing with gradient-as-bucket-view and no_sync accumulation run through nccl),
     and a distributed evaluation equals the plain one."""
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, device_id=CUDA)
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, device_id=CUDA, timeout=NCCL_TIMEOUT
+    )
     try:
         assert dist.get_backend() == "nccl"
         one = torch.ones(2, device=CUDA)
