@@ -47,25 +47,19 @@ from ..core.checkpoint import (
 from ..core.config import CheckpointError, atomic_write_text, expand_path, to_dict
 from ..core.likelihood import lm_loss, perplexity
 from ..core.model import build_model, count_params, flops_per_token
-from ..core.optim import build_optimizer as core_build_optimizer
+from ..core.optim import optimizer_for
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
 from ..core.step import StepStats, train_step, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
-from .plan import SUMMARY_FILE, OptimConfig, Plan, PretrainConfig
+from .plan import SUMMARY_FILE, Plan, PretrainConfig
 from .tracking import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
 
+build_optimizer = optimizer_for  # the pre-training MuAdamW from ``optim`` (callers, tests)
 EVAL_KEYS = ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")  # an evaluation, in rows, checkpoint meta and summary
 
 
 class DataRepeatWarning(UserWarning):
     """The budget needs more than one pass over the training tokens."""
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The pre-training MuAdamW (``core.optim.build_optimizer``) from the ``optim`` config."""
-    return core_build_optimizer(
-        model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, True, cfg.decay_embeddings
-    )
 
 
 # ---------------------------------------------------------------------------------------- set-up
@@ -90,7 +84,7 @@ def build_model_and_optimizer(
     cfg = plan.cfg
     if plan.resume_from is None:
         model = build_model(plan.spec, device=device, seed=cfg.seed)
-        opt = build_optimizer(model, cfg.optim)
+        opt = optimizer_for(model, cfg.optim)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -104,7 +98,7 @@ def build_model_and_optimizer(
             f"{ckpt / 'state.pt'}: planned for {state['steps_total']} steps of "
             f"{state['tokens_per_step']} tokens, the config now gives {plan.steps} x {plan.tokens_per_step}"
         )
-    opt = build_optimizer(model, cfg.optim)
+    opt = optimizer_for(model, cfg.optim)
     opt.load_state_dict(torch.load(ckpt / "optim.pt", map_location=device, weights_only=True))
     rngs = state["rng"]  # one per rank; on another number of ranks, every rank continues rank 0's
     set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
