@@ -1,11 +1,12 @@
-"""Fine-tuning on the one training loop (``train.trainer.Trainer``): one model (``SingleRun``) or K stacked ones (``StackedRun``).
+"""Fine-tuning on the one training loop (``train.trainer.Trainer``): one model or K stacked ones.
 
 A ``Stepper`` (``train.trainer``) trains ``n_models`` models in lockstep on the same micro-batches:
 ``step(micro_batches, lr_factors) -> [StepStats per model]`` and ``state_dict(k)``. ``SingleRun``
 is ``core.step.train_step`` with one model's optimizer; ``finetune.stacked.StackedRun`` is K
 copies of a model vmapped as one computation, built from the same step pieces.
 
-``train_loop`` is a ``Trainer`` with the divergence policy "record" and one hook (``FinetuneLog``); it runs ``batches.total_steps`` optimizer steps. Step s:
+``train_loop`` is a ``Trainer`` with the divergence policy "record" and one hook (``FinetuneLog``);
+it runs ``batches.total_steps`` optimizer steps. Step s:
 
 - trains on ``batches.at(s)``: epoch e = s // steps_per_epoch is a permutation of the training
   examples seeded by (seed, e) alone, cut in batches of ``batch_size`` (the last of an epoch may

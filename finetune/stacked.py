@@ -25,8 +25,9 @@ A step is ``core.step.train_step``'s pieces over the stack, so it equals K separ
 - model k's LR is lrs[k] x the schedule factor (``set_lr_factor``, composing with muP's scaling).
 
 A diverged model (NaN loss) stays NaN on its own; the others are unaffected. ``StackedRun`` is a
-``finetune.loop.Stepper`` (as ``loop.SingleRun`` is for one model), so the sweep trains it with
-the one fine-tuning loop. One process: the token count is not meant to be all-reduced (no DDP).
+``train.trainer.Stepper`` (as ``SingleRun`` is for one model), so the sweep trains it with
+the one training loop (``train.trainer.Trainer``, through ``finetune.loop.train_loop``). One
+process: the token count is not meant to be all-reduced (no DDP).
 
     run = StackedRun(model, spec, lrs, StepSettings(...)); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
     states, losses = train_stacked(model, spec, lrs, batches, lr_factors, ...)  # fixed batches (tests, benchmarks)

@@ -16,7 +16,8 @@ and ``summary.json`` (written last: its presence means the run finished).
 This module is the command: ``pretrain`` has ``overtrain.train.plan.plan_run`` derive every number
 of the run (steps, schedule, token-mark steps, epochs, the checkpoint to resume) and refuse bad
 input before any work starts, prepares the run directory, and hands the ``Plan`` to the training
-loop, ``overtrain.train.loop.PretrainRun`` (on the one loop, ``overtrain.train.trainer``). Imports go one way: plan <- loop <- pretrain.
+loop, ``overtrain.train.loop.PretrainRun`` (on the one loop, ``overtrain.train.trainer``).
+Imports go one way: plan <- loop <- pretrain.
 """
 
 from __future__ import annotations
