@@ -58,6 +58,7 @@ from ..core.step import (
     target_tokens,
     use_fused_adam,
 )
+from ..train.trainer import Hook, StepEvent, Trainer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -216,23 +217,38 @@ def train_stacked(
     ``settings`` (or keywords naming its fields) as ``StackedRun``'s; its ``loss_fn(model, x, y) ->
     (sum, count)`` is as in ``train_step`` (default the LM loss; fine-tuning passes
     ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
-    (``StepStats.loss``). Every model runs every step, diverged or not (the fine-tuning loop,
-    ``finetune.loop.train_loop``, stops a model at its first non-finite loss instead).
+    (``StepStats.loss``). The one loop (``train.trainer.Trainer``) with divergence "continue": every
+    model runs every step, diverged or not (the fine-tuning loop, ``finetune.loop.train_loop``,
+    "record", stops a model at its first non-finite loss instead).
     """
     if len(lr_factors) != len(batches):
         raise ValueError(f"lr_factors: {len(lr_factors)} factors for {len(batches)} steps")
     run = StackedRun(model, spec, lrs, _settings(settings, overrides))
-    from tqdm.auto import tqdm
+    K = run.n_models
 
-    losses = []
-    for micro, factor in tqdm(
-        list(zip(batches, lr_factors)),
-        desc=f"stacked x{run.n_models}",
-        unit="step",
-        disable=not (progress and sys.stderr.isatty()),
-    ):
-        losses.append([s.loss for s in run.step(micro, factor)])
-    return [run.state_dict(k) for k in range(run.n_models)], losses
+    def schedule(k: int) -> Callable[[int], float]:
+        return lambda s: lr_factors[s] if isinstance(lr_factors[s], (int, float)) else lr_factors[s][k]
+
+    losses = StackedLosses(len(batches), f"stacked x{K}", progress)
+    loop = Trainer(run, lambda s: (batches[s], 0), [schedule(k) for k in range(K)], len(batches), [losses], "continue")
+    return loop.run(), losses.losses
+
+
+class StackedLosses(Hook):
+    """``train_stacked``'s hook: every model's loss at every step; a bar on a terminal when ``progress``."""
+
+    def __init__(self, total: int, desc: str, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.losses: list[list[float]] = []
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not (progress and sys.stderr.isatty()))
+
+    def after_step(self, ev: StepEvent) -> None:
+        self.losses.append([s.loss for s in ev.stats])
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def first_nonfinite(losses: Sequence[Sequence[float]], k: int) -> int | None:

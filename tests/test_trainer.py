@@ -68,6 +68,10 @@ def test_record_ends_when_every_model_diverged_and_raise_raises_before_any_hook(
         Trainer(Scripted([[1.0], [NAN], [1.0]]), batches, [lambda s: 1.0], 3, [seen], "raise", "pre").run()
     assert isinstance(e.value, RuntimeError) and isinstance(e.value, FloatingPointError)
     assert [s for s, _, _ in seen.steps] == [0] and seen.closed  # the diverged step reached no hook
+    # "continue": every model runs and reaches the hooks at every step, diverged or not
+    seen = Seen()
+    weights = Trainer(Scripted([[NAN, 1.0]] * 3), batches, [lambda s: 1.0] * 2, 3, [seen], "continue").run()
+    assert [r for _, r, _ in seen.steps] == [[0, 1]] * 3 and [w["w"].item() for w in weights] == [3, 3]
     # a resumed run starts at its step, the schedule is read at the step
     seen = Seen()
     trainer = Trainer(Scripted([[1.0]] * 4), batches, [lambda s: s / 4], 4, [seen])

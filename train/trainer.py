@@ -25,7 +25,9 @@ A ``Trainer`` is three parts, each given by the stage:
                          go on); the loop ends when no model runs
 
 and returns each model's final weights (``Trainer.weights``). The policy is a setting
-(``divergence``): "raise" for pre-training and SFT, "record" for fine-tuning and stacked sweeps.
+(``divergence``): "raise" for pre-training and SFT, "record" for fine-tuning and stacked sweeps,
+"continue" (every model runs every step, diverged or not) for fixed-batch measurements
+(``finetune.stacked.train_stacked``: tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch
 from ..core.step import StepStats, train_step
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Divergence = Literal["raise", "record"]
+Divergence = Literal["raise", "record", "continue"]
 
 
 class Diverged(RuntimeError, FloatingPointError):
@@ -141,8 +143,8 @@ class Trainer:
     ):
         if len(schedules) != stepper.n_models:
             raise ValueError(f"Trainer: {len(schedules)} schedules for {stepper.n_models} models")
-        if divergence not in ("raise", "record"):
-            raise ValueError(f"Trainer: divergence={divergence!r} (raise | record)")
+        if divergence not in ("raise", "record", "continue"):
+            raise ValueError(f"Trainer: divergence={divergence!r} (raise | record | continue)")
         self.stepper, self.batches, self.schedules = stepper, batches, list(schedules)
         self.total_steps, self.hooks, self.divergence, self.what = total_steps, list(hooks), divergence, what
         self.stopped: dict[int, dict[str, torch.Tensor]] = {}  # model -> its weights at divergence, if others went on
@@ -156,7 +158,7 @@ class Trainer:
                 micro, n_input = self.batches(step)
                 stats = self.stepper.step(micro, [f(step) for f in self.schedules])
                 seconds = time.perf_counter() - t0  # the losses are .item()s: the step is finished on the device
-                diverged = [k for k in running if not math.isfinite(stats[k].loss)]
+                diverged = [k for k in running if not math.isfinite(stats[k].loss) and self.divergence != "continue"]
                 if diverged and self.divergence == "raise":
                     raise Diverged(
                         f"{self.what}: loss is {stats[diverged[0]].loss} at step {step + 1}; stopping "
