@@ -1,5 +1,10 @@
 """Resume identity: which inputs identify a result row, so a rerun reuses exactly the rows it would recompute.
 
+The one way to say "this setting changes no result": a config field declared with
+``no_result(...)``. A fine-tuning row's hash leaves it out (below) and pre-training's resume
+accepts a new value for it (``train.plan.RESUMABLE_CHANGES``); ``no_result_keys`` lists a config
+class's such fields as dotted keys, nested dataclasses included.
+
 A run's identity is its config's fields that change a result (``identity_dict``, hashed by
 ``finetune.config_hash``) plus the row keys that identify the inputs a path names: a config field
 is part of the hash unless marked ``no_result`` (a path, a device, a label) or ``in_row(KEY)``
@@ -19,6 +24,7 @@ C4 content is unknown; callers warn), and one without C4 metrics only for a run 
 from __future__ import annotations
 
 import hashlib
+import typing
 import warnings
 from collections.abc import Iterable
 from dataclasses import MISSING, field, fields, is_dataclass
@@ -26,6 +32,7 @@ from dataclasses import MISSING, field, fields, is_dataclass
 import numpy as np
 
 from .config import to_dict
+from .keys import dataclass_of
 from .rows import Row
 
 
@@ -49,6 +56,18 @@ def identity_dict(cfg) -> dict:
         for f in fields(cfg)
         if f.metadata.get("identity", True) is True
     }
+
+
+def no_result_keys(cls, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys of a config class's ``no_result`` fields, nested dataclasses searched (a
+    ``no_result`` dataclass field is one key: all of it changes no result)."""
+    hints, out = typing.get_type_hints(cls), []
+    for f in fields(cls):
+        if f.metadata.get("identity", True) is False:
+            out.append(prefix + f.name)
+        elif (nested := dataclass_of(hints[f.name])) is not None:
+            out += no_result_keys(nested, f"{prefix}{f.name}.")
+    return tuple(out)
 
 
 def identity_row_keys(cls) -> tuple[str, ...]:

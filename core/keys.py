@@ -53,12 +53,16 @@ def dataclass_of(tp: Any) -> type | None:
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> one-line doc of dataclass ``cls``: the ``# comment`` on the field's own line(s),
-    else the first sentence of the comment lines right above it. Fields without a comment, or a
-    class whose source is not available, have no entry."""
+    else the first sentence of the comment lines right above it; inherited fields keep their base
+    class's doc. Fields without a comment, or a class whose source is not available, have no entry."""
+    inherited: dict[str, str] = {}  # a subclass's fields after its bases' (dataclass order), docs too
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            inherited.update(field_docs(base))
     try:
         src = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
-        return {}
+        return inherited
     comments: dict[int, tuple[str, bool]] = {}  # line -> (text, alone on its line)
     code_lines: set[int] = set()
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
@@ -79,7 +83,7 @@ def field_docs(cls: type) -> dict[str, str]:
         text = " ".join(own) or re.split(r"(?<=\.)\s+(?=[A-Z])", " ".join(above))[0]  # a block: its first sentence
         if text:
             docs[stmt.target.id] = text
-    return docs
+    return {**inherited, **docs}
 
 
 def type_name(tp: Any) -> str:

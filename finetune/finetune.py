@@ -33,11 +33,11 @@ from ..core.dist import resolve_device
 from ..core.identity import c4_identity
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
-from ..core.optim import build_optimizer as core_build_optimizer
-from ..core.optim import group_lrs
+from ..core.optim import optimizer_for, peak_lrs
 from ..core.results import append_row
 from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts, write_scores
-from ..core.tracker import check_trackers
+from ..core.schedule import Schedule
+from ..core.tracker import Tracker, check_trackers
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
@@ -47,10 +47,11 @@ from .config import RESUME_KEYS as RESUME_KEYS  # re-exported, as SweepConfig an
 from .config import FinetuneConfig, config_hash
 from .config import SweepConfig as SweepConfig
 from .config import load_finetune_config as load_finetune_config
-from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, schedule_factor, train_loop
+from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
 from .tracking import close_tracker, open_tracker
 
 RESULTS_FILE = "results.jsonl"
+build_optimizer = optimizer_for  # MuAdamW, or AdamW with ``optimizer: adamw`` (callers, tests)
 
 
 def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,11 +60,6 @@ def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tu
     with readout_at(model, mask):
         logits = model(input_ids).logits[0]
     return F.cross_entropy(logits.float(), targets[mask], reduction="sum"), mask.sum()
-
-
-def build_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """The fine-tuning optimizer (``core.optim.build_optimizer``): MuAdamW, or plain AdamW with ``optimizer: adamw``."""
-    return core_build_optimizer(model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, cfg.mup)
 
 
 def l2_to(model, lam: float):
@@ -91,6 +87,7 @@ class Prepared:
     device: torch.device
     steps_per_epoch: int
     total_steps: int
+    tracker: Tracker | None = None  # the run's wandb/TensorBoard run (``finetune.tracking.open_tracker``), if asked
 
 
 def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepared:
@@ -131,13 +128,20 @@ def evaluate_all(p: Prepared, scores: dict | None = None) -> dict:
 
 
 def train_models(
-    p: Prepared, stepper: Stepper, cfgs: Sequence[FinetuneConfig], desc: str, progress: bool = True
+    p: Prepared,
+    stepper: Stepper,
+    cfgs: Sequence[FinetuneConfig],
+    desc: str,
+    progress: bool = True,
+    trackers: Sequence[Tracker | None] | None = None,
 ) -> list[Trained]:
     """Train ``stepper``'s models, model k with ``cfgs[k]``'s peak LR and run dir, on ``p``'s data with the one loop.
 
     Everything else is ``p.cfg``'s: the batches (``loop.StepBatches``: fixed by the step and
     ``seed`` alone, so every LR of a sweep, sequential or stacked, trains on the same batches in
-    the same order) and the schedule's shape (``loop.schedule_factor`` per peak LR).
+    the same order) and the schedule's shape (``core.schedule.Schedule`` per peak LR).
+    ``trackers[k]``: model k's tracker (``finetune.tracking.open_tracker``; None: none), which
+    ``finish_run`` closes.
     """
     cfg = p.cfg
     batches = StepBatches(
@@ -150,18 +154,20 @@ def train_models(
         p.spec.pad_token_id,
         p.device,
     )
-    factors = [schedule_factor(cfg.schedule, p.total_steps, c.lr) for c in cfgs]
-    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps, open_tracker(replace(p, cfg=c))) for c in cfgs]
+    factors = [Schedule.build(cfg.schedule, p.total_steps, 1, c.lr) for c in cfgs]
+    trackers = trackers or [None] * len(cfgs)
+    logs = [TrainLog(c.run_dir, cfg.log_every, p.total_steps, t) for c, t in zip(cfgs, trackers)]
     return train_loop(stepper, batches, factors, logs, desc, progress)
 
 
 def train(p: Prepared, progress: bool = True) -> dict:
-    """Fine-tune ``p.model`` in place (``train_step`` with completion-only loss); returns training statistics."""
+    """Fine-tune ``p.model`` in place (``train_step`` with completion-only loss); returns training
+    statistics. ``p.tracker`` (if any) is fed the training log."""
     cfg = p.cfg
     torch.manual_seed(cfg.seed)
     extra = l2_to(p.model, cfg.l2_to_pretrained) if cfg.l2_to_pretrained > 0 else None
-    run = SingleRun(p.model, build_optimizer(p.model, cfg), cfg.grad_clip, cfg.precision, completion_loss, extra)
-    (trained,) = train_models(p, run, [cfg], f"finetune {p.task.name} lr={cfg.lr:.2e}", progress)
+    run = SingleRun(p.model, optimizer_for(p.model, cfg), cfg.grad_clip, cfg.precision, completion_loss, extra)
+    (trained,) = train_models(p, run, [cfg], f"finetune {p.task.name} lr={cfg.lr:.2e}", progress, [p.tracker])
     return trained.stats
 
 
@@ -197,17 +203,24 @@ def run_finetune(
     start_run(cfg)
     if before is None and cfg.eval_before:
         before = evaluate_all(p)
+    p = replace(p, tracker=open_tracker(p))
     stats = train(p, progress)
     return finish_run(p, stats, before, results, time.time() - t_start, extra)
 
 
 def finish_run(
-    p: Prepared, stats: dict, before: dict | None, results: str | Path | None, elapsed: float, extra: dict | None = None
+    p: Prepared,
+    stats: dict,
+    before: dict | None,
+    results: str | Path | None,
+    elapsed: float,
+    extra: dict | None = None,
 ) -> dict:
     """Evaluate ``p.model`` (the fine-tuned weights), save them if asked, append and return the run's row.
 
     ``elapsed``: the run's seconds so far (the row's ``wall_s`` adds this evaluation); ``extra``:
-    keys added to the row. Shared by ``run_finetune`` and the stacked sweep, so both record alike.
+    keys added to the row; ``p.tracker`` (if any) gets the row as its summary and is closed.
+    Shared by ``run_finetune`` and the stacked sweep, so both record alike.
     """
     t0 = time.time()
     cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
@@ -240,7 +253,7 @@ def finish_run(
     row = make_row(p, stats, before, after, elapsed + time.time() - t0, **extra).to_dict()
     append_row(results, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
-    close_tracker(p, row)
+    close_tracker(p.tracker, row)
     return row
 
 
@@ -269,7 +282,7 @@ def make_row(p: Prepared, stats: dict, before: dict | None, after: dict, wall: f
         batch_size=cfg.batch_size,
         mup_optimizer=cfg.mup,
         optimizer=cfg.optimizer,
-        lr_groups=group_lrs(build_optimizer(p.model, cfg), p.model.named_parameters()),
+        lr_groups=peak_lrs(p.model, cfg),
         l2_to_pretrained=cfg.l2_to_pretrained,
         weight_decay=cfg.weight_decay,
         schedule=cfg.schedule.decay,

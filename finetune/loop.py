@@ -1,17 +1,18 @@
-"""The one fine-tuning loop, over a ``Stepper``: one model (``SingleRun``) or K stacked ones (``StackedRun``).
+"""Fine-tuning on the one training loop (``train.trainer.Trainer``): one model or K stacked ones.
 
-A ``Stepper`` trains ``n_models`` models in lockstep on the same micro-batches:
+A ``Stepper`` (``train.trainer``) trains ``n_models`` models in lockstep on the same micro-batches:
 ``step(micro_batches, lr_factors) -> [StepStats per model]`` and ``state_dict(k)``. ``SingleRun``
 is ``core.step.train_step`` with one model's optimizer; ``finetune.stacked.StackedRun`` is K
 copies of a model vmapped as one computation, built from the same step pieces.
 
-``train_loop`` runs ``batches.total_steps`` optimizer steps. Step s:
+``train_loop`` is a ``Trainer`` with the divergence policy "record" and one hook (``FinetuneLog``);
+it runs ``batches.total_steps`` optimizer steps. Step s:
 
 - trains on ``batches.at(s)``: epoch e = s // steps_per_epoch is a permutation of the training
   examples seeded by (seed, e) alone, cut in batches of ``batch_size`` (the last of an epoch may
   be smaller), each cut in micro-batches of ``micro_batch_size`` (gradient accumulation). So every
   model, and every LR of a sweep run sequentially or stacked, sees the same batches in the same order;
-- sets model k's LR to its peak x ``factors[k](s)`` (``schedule_factor``: warmup, then decay to
+- sets model k's LR to its peak x ``factors[k](s)`` (``core.schedule.Schedule``: warmup, then decay to
   ``final_lr``, a ratio of the peak, so per model);
 - logs step, loss, LR, grad norm and cumulative target tokens to model k's train_log.jsonl every
   ``log_every`` steps and at the last (and to its tracker, ``finetune.tracking``); shows a bar on
@@ -33,68 +34,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..core.eta import Eta
-from ..core.schedule import ScheduleConfig, lr_factor, warmup_steps
-from ..core.step import StepStats, train_step
 from ..data.encode import collate
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class Stepper(Protocol):
-    """``n_models`` models trained in lockstep: one optimizer step of each on the same micro-batches."""
-
-    n_models: int
-
-    def step(self, micro_batches: Sequence[Batch], lr_factors: Sequence[float]) -> list[StepStats]:
-        """One optimizer step; model k's LR is its initial LR x ``lr_factors[k]``."""
-        ...
-
-    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        """Model k's weights now (may share storage with the live model)."""
-        ...
-
-
-class SingleRun:
-    """One model as a ``Stepper``: ``train_step`` with its optimizer, clip, precision, loss and extra loss."""
-
-    n_models = 1
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        grad_clip: float | None = 1.0,
-        precision: str = "auto",
-        loss_fn: Callable | None = None,
-        extra_loss: Callable[[], torch.Tensor] | None = None,
-    ):
-        self.model, self.optimizer = model, optimizer
-        self.grad_clip, self.precision = grad_clip, precision
-        self.loss_fn, self.extra_loss = loss_fn, extra_loss
-
-    def step(self, micro_batches: Sequence[Batch], lr_factors: Sequence[float]) -> list[StepStats]:
-        (factor,) = lr_factors
-        stats = train_step(
-            self.model,
-            self.optimizer,
-            micro_batches,
-            factor,
-            self.grad_clip,
-            self.precision,
-            loss_fn=self.loss_fn,
-            extra_loss=self.extra_loss,
-        )
-        return [stats]
-
-    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
+from ..train.trainer import Batch as Batch  # re-exported (with SingleRun, Stepper): callers, tests
+from ..train.trainer import Hook, StepEvent, Trainer
+from ..train.trainer import SingleRun as SingleRun
+from ..train.trainer import Stepper as Stepper
 
 
 def batch_plan(n_examples: int, batch_size: int, epochs: float, max_steps: int = 0) -> tuple[int, int]:
@@ -133,12 +83,6 @@ class StepBatches:
             for i in range(0, len(batch), self.micro_batch_size)
         ]
         return micro, sum(len(ex.context) + len(ex.completion) - 1 for ex in batch)
-
-
-def schedule_factor(schedule: ScheduleConfig, total_steps: int, lr: float) -> Callable[[int], float]:
-    """``step -> LR factor`` for peak ``lr``: warmup, then decay to ``schedule.final_lr`` (a ratio that depends on lr)."""
-    warm = warmup_steps(schedule, total_steps, 1)
-    return lambda step: lr_factor(step, total_steps, warm, schedule.decay, schedule.final_lr / lr)
 
 
 class TrainLog:
@@ -183,6 +127,53 @@ class Trained:
     weights: dict[str, torch.Tensor]  # the model's final weights (those after its first non-finite step)
 
 
+class FinetuneLog(Hook):
+    """The fine-tuning loop's hook: per model, its losses and tokens (``train_stats``) and its
+    train_log.jsonl (``TrainLog``); a bar on a terminal, else ~10 plain lines with ETA and tokens/s."""
+
+    def __init__(self, logs: Sequence[TrainLog], total_steps: int, desc: str, progress: bool):
+        K = len(logs)
+        self.logs, self.total_steps, self.desc = logs, total_steps, desc
+        self.losses: list[list[float]] = [[] for _ in range(K)]
+        self.tokens, self.seen = [0] * K, [0] * K  # cumulative target and input tokens, per model while it runs
+        self.bar = tqdm(total=total_steps, desc=desc, disable=not (progress and sys.stderr.isatty()))
+        # Without a terminal (a batch job's log): ~10 plain lines per run with elapsed time, ETA and tokens/s.
+        self.plain_every = max(1, total_steps // 10) if progress and self.bar.disable else 0
+        self.eta = Eta(total_steps)
+        self.t0 = time.time()
+
+    def after_step(self, ev: StepEvent) -> None:
+        step, stats = ev.step, ev.stats
+        for k in ev.running:
+            s = stats[k]
+            self.losses[k].append(s.loss)
+            self.tokens[k] += s.tokens
+            self.seen[k] += ev.input_tokens
+            if self.logs[k].due(step):
+                self.logs[k].write(
+                    step, {"loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": self.tokens[k]}
+                )
+        self.bar.update(1)
+        if self.logs[0].due(step):
+            self.bar.set_postfix(loss=" ".join(f"{s.loss:.3f}" for s in stats))
+        if self.plain_every and ((step + 1) % self.plain_every == 0 or step + 1 == self.total_steps):
+            rate = sum(self.seen) / max(self.eta.elapsed(), 1e-9)
+            loss = " ".join(f"{s.loss:.4f}" for s in stats)
+            print(
+                f"{self.desc}: step {step + 1:,}/{self.total_steps:,} | loss {loss} | {rate:,.0f} tokens/s | {self.eta.text(step + 1)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def stats(self, k: int, steps_per_epoch: int) -> dict:
+        """Model k's ``train_stats``; its training time is the loop's wall time / n_models, its share."""
+        share = (time.time() - self.t0) / len(self.logs)
+        return train_stats(self.losses[k], self.tokens[k], self.seen[k], share, steps_per_epoch)
+
+
 def train_loop(
     stepper: Stepper,
     batches: StepBatches,
@@ -191,50 +182,11 @@ def train_loop(
     desc: str = "train",
     progress: bool = True,
 ) -> list[Trained]:
-    """Train ``stepper``'s models (``factors[k]`` and ``logs[k]`` for model k) on ``batches`` (see module doc)."""
+    """Train ``stepper``'s models (``factors[k]`` and ``logs[k]`` for model k) on ``batches`` (see
+    module doc): the one ``train.trainer.Trainer``, divergence recorded, with a ``FinetuneLog``."""
     K = stepper.n_models
     if len(factors) != K or len(logs) != K:
         raise ValueError(f"train_loop: {len(factors)} schedules and {len(logs)} logs for {K} models")
-    losses: list[list[float]] = [[] for _ in range(K)]
-    tokens, seen = [0] * K, [0] * K  # cumulative target and input tokens, per model while it runs
-    running = list(range(K))
-    stopped: dict[int, dict[str, torch.Tensor]] = {}  # model -> its weights at divergence, if others went on
-    bar = tqdm(range(batches.total_steps), desc=desc, disable=not (progress and sys.stderr.isatty()))
-    # Without a terminal (a batch job's log): ~10 plain lines per run with elapsed time, ETA and tokens/s.
-    plain_every = max(1, batches.total_steps // 10) if progress and bar.disable else 0
-    eta = Eta(batches.total_steps)
-    t0 = time.time()
-    for step in bar:
-        micro, n_input = batches.at(step)
-        stats = stepper.step(micro, [f(step) for f in factors])
-        for k in running:
-            s = stats[k]
-            losses[k].append(s.loss)
-            tokens[k] += s.tokens
-            seen[k] += n_input
-            if logs[k].due(step):
-                logs[k].write(step, {"loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": tokens[k]})
-        if logs[0].due(step):
-            bar.set_postfix(loss=" ".join(f"{s.loss:.3f}" for s in stats))
-        if plain_every and ((step + 1) % plain_every == 0 or step + 1 == batches.total_steps):
-            rate = sum(seen) / max(eta.elapsed(), 1e-9)
-            loss = " ".join(f"{s.loss:.4f}" for s in stats)
-            print(
-                f"{desc}: step {step + 1:,}/{batches.total_steps:,} | loss {loss} | {rate:,.0f} tokens/s | {eta.text(step + 1)}",
-                file=sys.stderr,
-                flush=True,
-            )
-        diverged = [k for k in running if not math.isfinite(stats[k].loss)]
-        running = [k for k in running if k not in diverged]
-        if not running:
-            break
-        for k in diverged:  # the others go on stepping the stack: keep this model's weights as they are now
-            stopped[k] = {n: t.clone() for n, t in stepper.state_dict(k).items()}
-    share = (time.time() - t0) / K
-    return [
-        Trained(
-            train_stats(losses[k], tokens[k], seen[k], share, batches.steps_per_epoch),
-            stopped[k] if k in stopped else stepper.state_dict(k),
-        )
-        for k in range(K)
-    ]
+    log = FinetuneLog(logs, batches.total_steps, desc, progress)
+    weights = Trainer(stepper, batches.at, factors, batches.total_steps, [log], "record", desc).run()
+    return [Trained(log.stats(k, batches.steps_per_epoch), weights[k]) for k in range(K)]

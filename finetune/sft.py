@@ -13,7 +13,7 @@ MODEL is a suite member (``core.suite``): a local transformers directory, or a h
 2. render the records (the tokenizer's chat template, else TULU's), loss on assistant tokens only;
 3. train with THE step core (``core.step.train_step``) and ``sft_loss``: summed cross-entropy over the
    assistant tokens from the model's logits, divided by the global count of assistant tokens per step;
-   AdamW, warmup then linear (or cosine) decay to 0 (``core.schedule.lr_factor``);
+   AdamW, warmup then linear (or cosine) decay to 0 (``core.schedule.Schedule``);
 4. save model + tokenizer (``save_pretrained``) and ``overtrain_suite.json`` (``core.suite``) in a
    temporary directory, then rename it to ``out`` (atomic); append one ``kind: sft`` row to ``results``.
 
@@ -58,7 +58,6 @@ open-instruct's TULU defaults as we know them, not checked against the papers.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import time
@@ -75,8 +74,7 @@ from ..core.config import ConfigError, expand_path, replace_dir, to_dict
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
-from ..core.schedule import lr_factor
-from ..core.step import train_step
+from ..core.schedule import Schedule, ScheduleConfig
 from ..core.suite import (
     PROVENANCE_FILE,
     check_loadable,
@@ -87,6 +85,7 @@ from ..core.suite import (
     write_provenance,
 )
 from ..data.chat import ChatEncoding, encode_chat, load_chat
+from ..train.trainer import Hook, SingleRun, StepEvent, Trainer
 from .loop import batch_plan
 
 ROW_KIND = "sft"
@@ -220,52 +219,69 @@ def train_sft(
 ) -> dict:
     """Train ``model`` in place over ``cfg.epochs`` passes of ``enc``; returns the training stats (global,
     the same on every rank). Under torchrun (``info`` distributed) this rank trains on its share of
-    every batch through DDP (module doc)."""
+    every batch through DDP (module doc). The one loop (``train.trainer.Trainer``): a ``SingleRun``
+    with ``sft_loss`` (the chat-masked step), a non-finite loss raises (``Diverged``)."""
     info = info or dist.DistInfo()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n = len(enc.ids)
     per_epoch, total = batch_plan(n, cfg.batch_size, cfg.epochs)  # an epoch's last batch may be smaller
-    warmup = min(int(math.floor(cfg.warmup * total + 0.5)), total - 1)
+    schedule = Schedule.build(ScheduleConfig(warmup_fraction=cfg.warmup, decay=cfg.schedule), total, 1, cfg.lr)
     opt = build_optimizer(model.named_parameters(), cfg.lr, weight_decay=cfg.weight_decay, mup=False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padded inputs are never targets
     train_model = dist.wrap(model, info, device)  # DDP under torchrun; the model itself otherwise
-    losses, epoch_losses, tokens, inputs, step = [], [], 0, 0, 0
+    orders = [rng.permutation(n) for _ in range(cfg.epochs)]  # epoch e's record order, drawn in turn
+
+    def batches(step: int):
+        epoch, b = divmod(step, per_epoch)
+        batch = orders[epoch][b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        share = batch_shares(batch, info.world_size)[info.rank]
+        mbs = micro_batches(enc, share, cfg.micro_batch_size, pad_id, device) or [idle_micro_batch(pad_id, device)]
+        return mbs, sum(len(enc.ids[r]) - 1 for r in batch)
+
+    stepper = SingleRun(train_model, opt, cfg.grad_clip, cfg.precision, sft_loss, weights=model)
+    record = SFTLog(per_epoch, total, cfg.log_every, log)
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(n)
-        sums = []
-        for b in range(per_epoch):
-            batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            share = batch_shares(batch, info.world_size)[info.rank]
-            mbs = micro_batches(enc, share, cfg.micro_batch_size, pad_id, device) or [idle_micro_batch(pad_id, device)]
-            factor = lr_factor(step, total, warmup, cfg.schedule, 0.0)
-            stats = train_step(train_model, opt, mbs, factor, cfg.grad_clip, cfg.precision, sft_loss)
-            if not math.isfinite(stats.loss):
-                raise FloatingPointError(f"SFT diverged at step {step + 1}: loss {stats.loss}")
-            losses.append(stats.loss)
-            sums.append((stats.loss * stats.tokens, stats.tokens))
-            tokens += stats.tokens
-            inputs += sum(len(enc.ids[r]) - 1 for r in batch)
-            step += 1
-            if log and cfg.log_every and (step % cfg.log_every == 0 or step == total):
-                log(f"step {step}/{total} | epoch {epoch + 1} | loss {stats.loss:.4f} | lr {stats.lr:.3g}")
-        epoch_losses.append(sum(s for s, _ in sums) / max(sum(t for _, t in sums), 1))
+    Trainer(stepper, batches, [schedule], total, [record], "raise", "sft").run()
     wall = time.perf_counter() - t0
     return {
-        "steps": step,
+        "steps": total,
         "examples": n,
         "dropped": enc.dropped,
         "truncated": enc.truncated,
-        "target_tokens": tokens,
-        "input_tokens": inputs,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "epoch_losses": epoch_losses,
+        "target_tokens": record.tokens,
+        "input_tokens": record.inputs,
+        "loss_first": record.losses[0],
+        "loss_last": record.losses[-1],
+        "epoch_losses": [s / max(t, 1) for s, t in record.epoch_sums],
         "wall_s": wall,
-        "input_tokens_per_s": inputs / wall if wall > 0 else None,
+        "input_tokens_per_s": record.inputs / wall if wall > 0 else None,
         "world_size": info.world_size,
     }
+
+
+class SFTLog(Hook):
+    """SFT's hook on the loop: its losses, token counts and per-epoch (token-weighted) loss, and a
+    progress line every ``log_every`` steps and at the last."""
+
+    def __init__(self, per_epoch: int, total: int, log_every: int, log=None):
+        self.per_epoch, self.total, self.log_every, self.log = per_epoch, total, log_every, log
+        self.losses: list[float] = []
+        self.epoch_sums: list[tuple[float, int]] = []  # per epoch: (sum of loss x tokens, tokens)
+        self.tokens = self.inputs = 0
+
+    def after_step(self, ev: StepEvent) -> None:
+        (stats,) = ev.stats
+        epoch, step = ev.step // self.per_epoch, ev.step + 1
+        if epoch == len(self.epoch_sums):
+            self.epoch_sums.append((0.0, 0))
+        s, t = self.epoch_sums[epoch]
+        self.epoch_sums[epoch] = (s + stats.loss * stats.tokens, t + stats.tokens)
+        self.losses.append(stats.loss)
+        self.tokens += stats.tokens
+        self.inputs += ev.input_tokens
+        if self.log and self.log_every and (step % self.log_every == 0 or step == self.total):
+            self.log(f"step {step}/{self.total} | epoch {epoch + 1} | loss {stats.loss:.4f} | lr {stats.lr:.3g}")
 
 
 def enable_checkpointing(model) -> None:

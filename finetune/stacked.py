@@ -25,8 +25,9 @@ A step is ``core.step.train_step``'s pieces over the stack, so it equals K separ
 - model k's LR is lrs[k] x the schedule factor (``set_lr_factor``, composing with muP's scaling).
 
 A diverged model (NaN loss) stays NaN on its own; the others are unaffected. ``StackedRun`` is a
-``finetune.loop.Stepper`` (as ``loop.SingleRun`` is for one model), so the sweep trains it with
-the one fine-tuning loop. One process: the token count is not meant to be all-reduced (no DDP).
+``train.trainer.Stepper`` (as ``SingleRun`` is for one model), so the sweep trains it with
+the one training loop (``train.trainer.Trainer``, through ``finetune.loop.train_loop``). One
+process: the token count is not meant to be all-reduced (no DDP).
 
     run = StackedRun(model, spec, lrs, StepSettings(...)); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
     states, losses = train_stacked(model, spec, lrs, batches, lr_factors, ...)  # fixed batches (tests, benchmarks)
@@ -57,6 +58,7 @@ from ..core.step import (
     target_tokens,
     use_fused_adam,
 )
+from ..train.trainer import Hook, StepEvent, Trainer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -215,23 +217,38 @@ def train_stacked(
     ``settings`` (or keywords naming its fields) as ``StackedRun``'s; its ``loss_fn(model, x, y) ->
     (sum, count)`` is as in ``train_step`` (default the LM loss; fine-tuning passes
     ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
-    (``StepStats.loss``). Every model runs every step, diverged or not (the fine-tuning loop,
-    ``finetune.loop.train_loop``, stops a model at its first non-finite loss instead).
+    (``StepStats.loss``). The one loop (``train.trainer.Trainer``) with divergence "continue": every
+    model runs every step, diverged or not (the fine-tuning loop, ``finetune.loop.train_loop``,
+    "record", stops a model at its first non-finite loss instead).
     """
     if len(lr_factors) != len(batches):
         raise ValueError(f"lr_factors: {len(lr_factors)} factors for {len(batches)} steps")
     run = StackedRun(model, spec, lrs, _settings(settings, overrides))
-    from tqdm.auto import tqdm
+    K = run.n_models
 
-    losses = []
-    for micro, factor in tqdm(
-        list(zip(batches, lr_factors)),
-        desc=f"stacked x{run.n_models}",
-        unit="step",
-        disable=not (progress and sys.stderr.isatty()),
-    ):
-        losses.append([s.loss for s in run.step(micro, factor)])
-    return [run.state_dict(k) for k in range(run.n_models)], losses
+    def schedule(k: int) -> Callable[[int], float]:
+        return lambda s: lr_factors[s] if isinstance(lr_factors[s], (int, float)) else lr_factors[s][k]
+
+    losses = StackedLosses(len(batches), f"stacked x{K}", progress)
+    loop = Trainer(run, lambda s: (batches[s], 0), [schedule(k) for k in range(K)], len(batches), [losses], "continue")
+    return loop.run(), losses.losses
+
+
+class StackedLosses(Hook):
+    """``train_stacked``'s hook: every model's loss at every step; a bar on a terminal when ``progress``."""
+
+    def __init__(self, total: int, desc: str, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.losses: list[list[float]] = []
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not (progress and sys.stderr.isatty()))
+
+    def after_step(self, ev: StepEvent) -> None:
+        self.losses.append([s.loss for s in ev.stats])
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def first_nonfinite(losses: Sequence[Sequence[float]], k: int) -> int | None:

@@ -85,6 +85,7 @@ from .finetune import (
     train_models,
 )
 from .stacked import StackedRun, StepSettings
+from .tracking import open_tracker
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:
@@ -184,13 +185,15 @@ def extend_grid(
         return grid, added, stop
 
 
-def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: bool = True) -> list[tuple[dict, dict]]:
+def train_stacked_lrs(
+    p: Prepared, cfgs: Sequence[FinetuneConfig], progress: bool = True, trackers: Sequence | None = None
+) -> list[tuple[dict, dict]]:
     """Train one model per config (``cfgs[k].lr``; everything else ``p.cfg``'s) at once from ``p.model``'s weights.
 
     Returns per config (training stats as ``finetune.train``'s, final weights): the one fine-tuning
     loop (``finetune.train_models``) over a ``StackedRun``, so a diverged model stops, and keeps its
     weights, at its first non-finite step, as the sequential loop does. Each config's run dir gets
-    its own train_log.jsonl.
+    its own train_log.jsonl (and ``trackers[k]``, its tracker, if given).
     """
     cfg = p.cfg
     torch.manual_seed(cfg.seed)
@@ -205,7 +208,7 @@ def train_stacked_lrs(p: Prepared, cfgs: Sequence[FinetuneConfig], progress: boo
         l2_to_pretrained=cfg.l2_to_pretrained,
     )
     run = StackedRun(p.model, p.spec, [c.lr for c in cfgs], settings=settings)
-    trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress)
+    trained = train_models(p, run, cfgs, f"sweep {p.task.name} stacked x{run.n_models}", progress, trackers)
     return [(t.stats, t.weights) for t in trained]
 
 
@@ -221,14 +224,15 @@ def sweep_stacked(
     t0 = time.time()
     for c in cfgs:
         start_run(c)
-    trained = train_stacked_lrs(p, cfgs, progress)
+    trackers = [open_tracker(replace(p, cfg=c)) for c in cfgs]
+    trained = train_stacked_lrs(p, cfgs, progress, trackers)
     setup = (time.time() - t0) / len(cfgs) - trained[0][0]["train_seconds"]  # stacking, optimizers, run dirs: per model
     rows = []
-    for c, (stats, weights) in zip(cfgs, trained):
+    for c, tracker, (stats, weights) in zip(cfgs, trackers, trained):
         p.model.load_state_dict(weights)
         rows.append(
             finish_run(
-                replace(p, cfg=c),
+                replace(p, cfg=c, tracker=tracker),
                 stats,
                 before,
                 results,

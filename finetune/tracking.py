@@ -6,18 +6,16 @@ directory (RUN_DIR/lr-<lr>/): project ``log.wandb_project`` (a grid passes its n
 the checkpoint's sha256 prefix, task), job type "finetune", config = the run's FinetuneConfig plus
 the checkpoint provenance. The training log's records are logged at their steps; the results row
 is the run's summary (TensorBoard: ``final/*`` scalars at the last step). A rerun of the same
-run dir continues the same wandb run (``core.tracker.tracker_id``).
+run dir continues the same wandb run (``core.tracker.tracker_id``). The tracker is passed along
+explicitly: opened before training (``open_tracker``), handed to the training loop's log and to
+``finish_run``, which closes it with the row (``close_tracker``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..core.checkpoint import checkpoint_provenance
 from ..core.config import to_dict
 from ..core.tracker import Tracker, group_name
-
-_OPEN: dict[str, Tracker] = {}  # run dir -> its tracker, from training to the run's results row
 
 
 def open_tracker(p) -> Tracker | None:
@@ -34,13 +32,11 @@ def open_tracker(p) -> Tracker | None:
         job_type="finetune",
         config={**to_dict(cfg), "provenance": prov},
     )
-    _OPEN[str(Path(cfg.run_dir).resolve())] = tracker
     return tracker
 
 
-def close_tracker(p, row: dict) -> None:
-    """Log the run's results row as its summary and finish its tracker run."""
-    tracker = _OPEN.pop(str(Path(p.cfg.run_dir).resolve()), None)
+def close_tracker(tracker: Tracker | None, row: dict) -> None:
+    """Log the run's results row as its summary and finish its tracker run (None: no tracker)."""
     if tracker is not None:
         tracker.summary(row, int(row.get("steps") or 0))
         tracker.close()

@@ -49,8 +49,8 @@ from ..core.dist import resolve_device
 from ..core.likelihood import windows
 from ..core.model import ModelSpec, build_model, check_vocab
 from ..core.optim import build_optimizer
-from ..core.step import train_step
 from ..data.tokenizer import eos_token_id, load_tokenizer
+from .trainer import Hook, SingleRun, StepEvent, Trainer
 
 DEFAULT_DATA = "c4/c4-sample.00000-of-00001.json.gz"  # under data_root()
 DEFAULT_TOLERANCE = 0.25
@@ -153,20 +153,47 @@ def coord_data(
         for width in widths:
             model = build_model(spec.at_width(width), device=device, seed=seed)
             opt = build_optimizer(model.named_parameters(), lr, betas, eps=1e-8, weight_decay=0.0)
-            for t in range(1, steps + 1):
-                handles = [
-                    m.register_forward_hook(_recorder(records, name, seed=seed, width=width, t=t))
-                    for name, m in model.named_modules()
-                    if layer_type(name)
-                ]
-                stats = train_step(model, opt, [(x, y)], lr_factor=1.0, grad_clip=grad_clip or None, precision="fp32")
-                for h in handles:
-                    h.remove()
-                losses.append(dict(seed=seed, width=width, t=t, loss=stats.loss, grad_norm=stats.grad_norm))
-                bar.update(1)
-            del model, opt
+            run = RecordedRun(model, opt, grad_clip or None, records, seed=seed, width=width)
+            hook = CoordLosses(losses, bar, seed=seed, width=width)
+            # the one loop: a fixed batch at a constant LR, every step whatever the loss ("continue")
+            Trainer(run, lambda s: ([(x, y)], 0), [lambda s: 1.0], steps, [hook], "continue", "coord check").run()
+            del model, opt, run
     bar.close()
     return records, losses
+
+
+class RecordedRun(SingleRun):
+    """``SingleRun`` in fp32 that records every listed module's mean |output| during the forward
+    of step t (1-based) into ``records``, tagged with ``tags`` and t."""
+
+    def __init__(self, model, optimizer, grad_clip: float | None, records: list, **tags):
+        super().__init__(model, optimizer, grad_clip, "fp32")
+        self.records, self.tags, self.t = records, tags, 0
+
+    def step(self, micro_batches, lr_factors):
+        self.t += 1
+        handles = [
+            m.register_forward_hook(_recorder(self.records, name, **self.tags, t=self.t))
+            for name, m in self.model.named_modules()
+            if layer_type(name)
+        ]
+        try:
+            return super().step(micro_batches, lr_factors)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+class CoordLosses(Hook):
+    """Each step's loss and grad norm as a losses record ``{**tags, t, loss, grad_norm}``; the bar moves."""
+
+    def __init__(self, losses: list, bar, **tags):
+        self.losses, self.bar, self.tags = losses, bar, tags
+
+    def after_step(self, ev: StepEvent) -> None:
+        (stats,) = ev.stats
+        self.losses.append(dict(self.tags, t=ev.step + 1, loss=stats.loss, grad_norm=stats.grad_norm))
+        self.bar.update(1)
 
 
 def log_slope(widths, values) -> float:

@@ -1,11 +1,14 @@
 """The pre-training loop: one process's part of a run that ``overtrain.train.plan`` planned.
 
-Every rank of a torchrun builds a ``Trainer`` from the same ``Plan``; rank 0 writes the files.
-``Trainer.run`` is the whole loop, top to bottom::
+Every rank of a torchrun builds a ``PretrainRun`` from the same ``Plan``; rank 0 writes the files.
+``PretrainRun.run`` is the whole run, top to bottom; its steps are the one training loop
+(``train.trainer.Trainer``: a ``SingleRun`` stepper, divergence policy "raise"), with the
+``PretrainRun`` itself as the hook called after each step::
 
     set-up      model + optimizer (fresh, or weights, optimizer state and RNG
                 state from the latest checkpoint), step-addressed batches, loggers
-    each step   one optimizer step over the global batch (``core.step.train_step``), then
+    each step   one optimizer step over the global batch (``core.step.train_step``; a non-finite
+                loss raises ``train.trainer.Diverged``, the last checkpoint kept), then
                 log       every log.every_steps, the first step of a session, and the last
                 evaluate  every eval.every_steps and the last step (C4 validation perplexity)
                 save      every checkpoint.every_steps, at checkpoint.at_tokens marks, and the last
@@ -17,14 +20,13 @@ Exact resume: a checkpoint holds the weights, the optimizer state and every rank
 run resumed from ``checkpoints/latest`` repeats an uninterrupted run bit for bit; rows of
 metrics.jsonl past the resumed step (written after that checkpoint) are dropped.
 
-Over 400 lines, and one concern: the loop's phases share the ``Trainer``'s state (model, optimizer,
+Over 400 lines, and one concern: the run's phases share the ``PretrainRun``'s state (model, optimizer,
 step, loggers), so they stay in one class that reads top to bottom, as listed above.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 import warnings
@@ -47,25 +49,20 @@ from ..core.checkpoint import (
 from ..core.config import CheckpointError, atomic_write_text, expand_path, to_dict
 from ..core.likelihood import lm_loss, perplexity
 from ..core.model import build_model, count_params, flops_per_token
-from ..core.optim import build_optimizer as core_build_optimizer
+from ..core.optim import optimizer_for
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
-from ..core.step import StepStats, train_step, use_fused_adam
+from ..core.step import StepStats, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
-from .plan import SUMMARY_FILE, OptimConfig, Plan, PretrainConfig
+from .plan import SUMMARY_FILE, Plan, PretrainConfig
 from .tracking import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
+from .trainer import Hook, SingleRun, StepEvent, Trainer
 
+build_optimizer = optimizer_for  # the pre-training MuAdamW from ``optim`` (callers, tests)
 EVAL_KEYS = ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")  # an evaluation, in rows, checkpoint meta and summary
 
 
 class DataRepeatWarning(UserWarning):
     """The budget needs more than one pass over the training tokens."""
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The pre-training MuAdamW (``core.optim.build_optimizer``) from the ``optim`` config."""
-    return core_build_optimizer(
-        model.named_parameters(), cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, True, cfg.decay_embeddings
-    )
 
 
 # ---------------------------------------------------------------------------------------- set-up
@@ -90,7 +87,7 @@ def build_model_and_optimizer(
     cfg = plan.cfg
     if plan.resume_from is None:
         model = build_model(plan.spec, device=device, seed=cfg.seed)
-        opt = build_optimizer(model, cfg.optim)
+        opt = optimizer_for(model, cfg.optim)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -104,7 +101,7 @@ def build_model_and_optimizer(
             f"{ckpt / 'state.pt'}: planned for {state['steps_total']} steps of "
             f"{state['tokens_per_step']} tokens, the config now gives {plan.steps} x {plan.tokens_per_step}"
         )
-    opt = build_optimizer(model, cfg.optim)
+    opt = optimizer_for(model, cfg.optim)
     opt.load_state_dict(torch.load(ckpt / "optim.pt", map_location=device, weights_only=True))
     rngs = state["rng"]  # one per rank; on another number of ranks, every rank continues rank 0's
     set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
@@ -144,8 +141,11 @@ def gather_rng_states(info: dist.DistInfo) -> list[dict]:
 # ------------------------------------------------------------------------------------ the loop
 
 
-class Trainer:
-    """One process's part of a planned pre-training run; ``run()`` trains it and returns the summary."""
+class PretrainRun(Hook):
+    """One process's part of a planned pre-training run; ``run()`` trains it and returns the summary.
+
+    It is the hook of the one loop (``train.trainer.Trainer``): ``after_step`` logs, evaluates,
+    checkpoints and honours a stop request, in that order."""
 
     def __init__(self, plan: Plan, info: dist.DistInfo, device: torch.device, started: float | None = None):
         self.started = time.time() if started is None else started  # for wall_time_s
@@ -191,24 +191,43 @@ class Trainer:
 
         SIGTERM / SIGUSR1 (``core.preempt``): the current step finishes, a checkpoint is written
         at it (reason ``preempt``) and ``Preempted`` exits the process with code 75."""
-        with stop_requested() as stop:
+        stepper = SingleRun(
+            self.train_model,
+            self.opt,
+            self.cfg.optim.grad_clip,
+            self.cfg.precision,
+            loss_fn=self.loss_fn,
+            weights=self.model,
+        )
+        batches = lambda step: (self.batches.micro_batches(step), self.plan.tokens_per_step)  # noqa: E731
+        loop = Trainer(stepper, batches, [self.plan.schedule], self.plan.steps, [self], "raise", "pretrain")
+        with stop_requested() as self.stop:
             try:
-                for step in range(self.resumed.step, self.plan.steps):
-                    stats = self.step(step)
-                    done = step + 1  # steps completed
-                    if self.due(done, self.cfg.log.every_steps) or done == self.resumed.step + 1:
-                        self.log_step(done, stats)
-                    if self.due(done, self.cfg.eval.every_steps):
-                        self.evaluate(done)  # before the checkpoint, whose meta records it
-                    reasons = self.checkpoint_reasons(done)
-                    if reasons:
-                        self.checkpoint(done, reasons)
-                    if done < self.plan.steps and self.stop_agreed(stop):
-                        self.preempt(done, saved=bool(reasons), why=stop.name or "a stop on another rank")
+                loop.run(self.resumed.step)
             finally:
-                self.progress.close()
                 self.batches.close()
         return self.finish()
+
+    def after_step(self, ev: StepEvent) -> None:
+        """After optimizer step ``ev.step``: log, evaluate, checkpoint, stop if asked (module doc)."""
+        (stats,) = ev.stats
+        self.train_time += ev.seconds
+        self.window_time += ev.seconds
+        self.window_tokens += stats.tokens
+        self.progress.stepped(stats.loss)
+        done = ev.step + 1  # steps completed
+        if self.due(done, self.cfg.log.every_steps) or done == self.resumed.step + 1:
+            self.log_step(done, stats)
+        if self.due(done, self.cfg.eval.every_steps):
+            self.evaluate(done)  # before the checkpoint, whose meta records it
+        reasons = self.checkpoint_reasons(done)
+        if reasons:
+            self.checkpoint(done, reasons)
+        if done < self.plan.steps and self.stop_agreed(self.stop):
+            self.preempt(done, saved=bool(reasons), why=self.stop.name or "a stop on another rank")
+
+    def close(self) -> None:
+        self.progress.close()
 
     def stop_agreed(self, stop) -> bool:
         """Whether any rank was asked to stop (one all-reduce under torchrun: all ranks stop at the same step)."""
@@ -234,31 +253,6 @@ class Trainer:
     def due(self, done: int, every: int) -> bool:
         """Every ``every`` steps (0 = never) and at the last step."""
         return done == self.plan.steps or (every > 0 and done % every == 0)
-
-    # --------------------------------------------------------------------------------- one step
-
-    def step(self, step: int) -> StepStats:
-        """Optimizer step ``step`` (0-based) at the scheduled LR; stops the run on a non-finite loss."""
-        t0 = time.perf_counter()
-        batches = self.batches.micro_batches(step)
-        factor = self.plan.schedule(step)
-        stats = train_step(
-            self.train_model,
-            self.opt,
-            batches,
-            factor,
-            self.cfg.optim.grad_clip,
-            self.cfg.precision,
-            loss_fn=self.loss_fn,
-        )
-        dt = time.perf_counter() - t0  # stats.loss is a .item(): the step is finished on the device
-        self.train_time += dt
-        self.window_time += dt
-        self.window_tokens += stats.tokens
-        self.progress.stepped(stats.loss)
-        if not math.isfinite(stats.loss):
-            raise RuntimeError(f"pretrain: loss is {stats.loss} at step {step + 1}; stopping (last checkpoint kept)")
-        return stats
 
     # ---------------------------------------------------------------------------------- logging
 

@@ -25,10 +25,12 @@ import numpy as np
 
 from ..core.checkpoint import resume_checkpoint
 from ..core.config import ConfigError, DataError, expand_path, from_dict, read_yaml, to_dict
+from ..core.identity import no_result, no_result_keys
 from ..core.model import ModelSpec, load_model_spec
 from ..core.schedule import Schedule, ScheduleConfig
+from ..core.tracker import check_trackers
 from ..data.c4 import open_for_model
-from .tracking import LogConfig, check_backends
+from .tracking import LogConfig
 
 # The run directory's files besides metrics.jsonl (``overtrain.train.tracking.METRICS_FILE``).
 SUMMARY_FILE = "summary.json"  # written last: its presence means the run finished
@@ -60,18 +62,18 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 1000  # C4 validation perplexity every N steps (0 = only at the end)
+    every_steps: int = no_result(1000)  # C4 validation perplexity every N steps (0 = only at the end)
     val_tokens: int = 1_048_576  # predicted tokens: a fixed prefix of the validation split
-    batch_size: int = 16  # sequences per evaluation forward
+    batch_size: int = no_result(16)  # sequences per evaluation forward
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 1000  # periodic checkpoints (0 = none), pruned to the newest keep_last
-    keep_last: int = 2  # periodic checkpoints kept (the latest is what a resume needs)
+    every_steps: int = no_result(1000)  # periodic checkpoints (0 = none), pruned to the newest keep_last
+    keep_last: int = no_result(2)  # periodic checkpoints kept (the latest is what a resume needs)
     # Token marks for intermediate-checkpoint studies: a checkpoint at the step where a run with
     # that budget would end (same rounding as budget_tokens). Never pruned (nor is the final one).
-    at_tokens: list[int] = field(default_factory=list)
+    at_tokens: list[int] = no_result(factory=list)
 
 
 @dataclass
@@ -80,20 +82,20 @@ class PretrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields, e.g. {d_model: 512}
     parametrization: Literal["mup", "sp"] | None = None  # None = the model config's
     data: DataConfig = field(default_factory=DataConfig)
-    run_dir: str = ""  # where config.yaml, metrics.jsonl, checkpoints/ and summary.json go
+    run_dir: str = no_result("")  # where config.yaml, metrics.jsonl, checkpoints/ and summary.json go
     budget_tokens: int = 0  # accepts 4B, 512M, 100K
     global_batch_size: int = 256  # sequences per optimizer step, whatever the number of processes
-    micro_batch_size: int = 32  # sequences per forward/backward on one process
+    micro_batch_size: int = no_result(32)  # sequences per forward/backward on one process
     seq_len: int | None = None  # None = the model's context length
     seed: int = 0  # model init and data order
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    device: str = no_result("auto")  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = no_result(False)  # torch.compile the model
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    log: LogConfig = no_result(factory=LogConfig)
 
     def validate(self) -> None:
         if not self.data.dir:
@@ -117,21 +119,12 @@ class PretrainConfig:
             raise ValueError("eval.val_tokens and eval.batch_size must be >= 1")
 
 
-# Keys that may differ between a run directory's config.yaml and the command resuming it: they
-# change where/how fast the run goes or what is logged, not the trajectory of the weights (a new
-# micro_batch_size or number of processes only reorders float sums; anything else stays exact).
-RESUMABLE_CHANGES = (
-    "run_dir",
-    "device",
-    "compile",
-    "micro_batch_size",
-    "log",
-    "eval.every_steps",
-    "eval.batch_size",
-    "checkpoint.every_steps",
-    "checkpoint.keep_last",
-    "checkpoint.at_tokens",
-)
+# Keys that may differ between a run directory's config.yaml and the command resuming it: the
+# fields marked ``no_result`` (``core.identity``), which change where/how fast the run goes or what
+# is logged, not the trajectory of the weights (a new micro_batch_size or number of processes only
+# reorders float sums; anything else stays exact): run_dir, device, compile, micro_batch_size, log,
+# eval.every_steps, eval.batch_size, checkpoint.every_steps, checkpoint.keep_last, checkpoint.at_tokens.
+RESUMABLE_CHANGES = no_result_keys(PretrainConfig)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -226,7 +219,7 @@ def plan_run(cfg: PretrainConfig, world_size: int = 1, overwrite: bool = False, 
         if t <= 0 or s > steps:
             raise ConfigError(f"{where}: checkpoint.at_tokens: {t:,} is outside this run's (0, {steps * tps:,}] tokens")
         marks[s] = t
-    check_backends(cfg.log, where)
+    check_trackers(cfg.log, where)
 
     data = open_for_model(cfg.data.dir, spec)
     train, val = data.tokens("train"), data.tokens("val")

@@ -16,7 +16,8 @@ and ``summary.json`` (written last: its presence means the run finished).
 This module is the command: ``pretrain`` has ``overtrain.train.plan.plan_run`` derive every number
 of the run (steps, schedule, token-mark steps, epochs, the checkpoint to resume) and refuse bad
 input before any work starts, prepares the run directory, and hands the ``Plan`` to the training
-loop, ``overtrain.train.loop.Trainer``. Imports go one way: plan <- loop <- pretrain.
+loop, ``overtrain.train.loop.PretrainRun`` (on the one loop, ``overtrain.train.trainer``).
+Imports go one way: plan <- loop <- pretrain.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..core.checkpoint import latest_checkpoint, remove_stale_temps
 from ..core.config import ConfigError, expand_path, resolve_config_path, save_config
 from ..core.lock import LOCK_FILE, hold
 from .loop import DataRepeatWarning as DataRepeatWarning  # re-exported: raised by the loop, caught by callers
-from .loop import Trainer
+from .loop import PretrainRun
 from .loop import build_optimizer as build_optimizer  # re-exported: the pre-training optimizer (tests, benchmarks)
 from .plan import CONFIG_FILE, SUMMARY_FILE, Plan, PretrainConfig, plan_run
 from .tracking import METRICS_FILE
@@ -65,7 +66,7 @@ def _pretrain(plan: Plan, info: dist.DistInfo, overwrite: bool, where: str) -> d
         if info.is_main:
             prepare_run_dir(Path(expand_path(plan.cfg.run_dir)), plan.cfg, overwrite)
         dist.barrier()
-        return Trainer(plan, info, device, started).run()
+        return PretrainRun(plan, info, device, started).run()
     finally:
         dist.shutdown()
 

@@ -19,7 +19,7 @@ from ..core import dist
 from ..core.config import atomic_write_text
 from ..core.eta import Eta
 from ..core.results import append_row, iter_rows
-from ..core.tracker import Tracker, check_trackers
+from ..core.tracker import TrackConfig, Tracker
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -28,21 +28,16 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 @dataclass
-class LogConfig:
+class LogConfig(TrackConfig):
+    """Pre-training's ``log``: the trackers every stage has (``core.tracker.TrackConfig``: wandb,
+    wandb_project, tensorboard), plus the metrics rows' interval and the peak FLOP/s for MFU."""
+
     every_steps: int = 10  # a metrics.jsonl row (and console line) every N steps
-    wandb: bool = False  # log to Weights & Biases (needs `wandb` and a login, or WANDB_MODE=offline)
-    wandb_project: str = "overtrain"  # Weights & Biases project (a grid sets its name)
-    tensorboard: bool = False  # needs the `tensorboard` package; writes RUN_DIR/tensorboard/
     peak_flops: float = 0.0  # per device, for MFU; 0 = look the GPU up in PEAK_BF16_FLOPS
 
     def validate(self) -> None:
         if self.every_steps < 1:
             raise ValueError("log.every_steps must be >= 1")
-
-
-def check_backends(cfg: LogConfig, where: str) -> None:
-    """Fail before training when a requested tracker is not installed or wandb has no login."""
-    check_trackers(cfg, where)
 
 
 def peak_flops(device, override: float = 0.0) -> float | None:
