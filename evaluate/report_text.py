@@ -69,6 +69,13 @@ def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, 
             f"{fmt_num(any_cell.chance, 3)})",
             [],
         )
+    if any(c.run_var is None for c in tuned):
+        return (
+            None,
+            f"{label}: cannot tell: one run per point, run-to-run variation not measured (examples alone "
+            "never make a turn: repeat runs with seeds, `finetune.seeds`, or a noise probe, `finetune.noise_probe`)",
+            [],
+        )
     turned = [c for c in tuned if c.significant]
     if turned:
         parts = [f"{METRIC_WORDS[c.metric]} after fine-tuning {_describe_turn(c, rep.group_by)}" for c in turned]
@@ -77,11 +84,7 @@ def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, 
         return True, "catastrophic overtraining. " + "; ".join(parts) + "." + tail, turned
     bound = max(c.test.upper for c in tuned)
     if bound <= math.log1p(rep.tolerance):
-        how = (
-            "are best at the largest budget"
-            if not math.isfinite(bound)
-            else f"worsen by at most {_pct(bound)} (95% upper bound) from their best budget"
-        )
+        how = f"worsen by at most {_pct(bound)} (95% upper bound) from any earlier budget"
         return (
             False,
             f"{label}: no catastrophic overtraining up to {fmt_tokens(budgets[-1])} tokens: with the tuned LR, "
@@ -90,8 +93,8 @@ def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, 
         )
     return (
         None,
-        f"{label}: cannot tell: intervals too wide (no turn detected, but a worsening of up to {_pct(bound)} from the "
-        f"best budget is not excluded; tolerance {fmt_pct(rep.tolerance)})",
+        f"{label}: cannot tell: intervals too wide (no turn detected, but a worsening of up to {_pct(bound)} from an "
+        f"earlier budget is not excluded; tolerance {fmt_pct(rep.tolerance)})",
         [],
     )
 
@@ -124,6 +127,7 @@ def judge(rep: Report) -> None:
         else:
             word = "no catastrophic overtraining" if task_shows is False else "cannot tell"
             text = f"**{task}**: {word}. " + " ".join(t + "." for _, t, _ in models.values())
+        text += _power_sentence(rep, task)
         fixed = []
         several = len(series) > 1
         for c in sorted(rep.find("c4", task), key=lambda c: (c.series, c.value or 0)):
@@ -138,6 +142,23 @@ def judge(rep: Report) -> None:
         if fixed:
             text += " Fixed LRs, C4 perplexity: " + "; ".join(fixed) + "."
         rep.verdicts[task] = {"shows": task_shows, "curves": turned, "text": text, "models": models}
+
+
+def _power_sentence(rep: Report, task: str) -> str:
+    """What the task's study could have seen: per metric, the largest over its tuned curves of the
+    smallest worsening found at 80% power (``report_stats.detectable``), and the run variance used."""
+    parts, used = [], set()
+    for metric in ("id", "c4"):
+        curves = [c for c in rep.find(metric, task, "tuned") if c.detectable is not None]
+        if curves:
+            parts.append(f"{METRIC_WORDS[metric]} {max(c.detectable for c in curves):+.1%}")
+            used |= {c.run_var.describe() for c in curves}
+    if not parts:
+        return ""
+    return (
+        f" Smallest worsening from an earlier budget to the largest this study finds at 80% power: "
+        f"{', '.join(parts)} ({'; '.join(sorted(used))})."
+    )
 
 
 def sanity(rep: Report) -> None:
@@ -400,6 +421,10 @@ def curves_table(rep: Report) -> tuple[list[str], list[list]]:
         "turns",
         "best_tokens",
         "worse_upper_bound",
+        "variance",
+        "run_sd",
+        "run_df",
+        "detectable_worsening",
     ]
     out = []
     for c in rep.curves:
@@ -423,6 +448,10 @@ def curves_table(rep: Report) -> tuple[list[str], list[list]]:
                     "" if c.significant is None else c.significant,
                     int(c.x[int(c.test.best)]) if c.test is not None else "",
                     upper,
+                    c.variance if c.has_intervals else "",
+                    math.sqrt(float(c.run_var.var)) if c.run_var is not None else None,
+                    c.run_var.df if c.run_var is not None else None,
+                    c.detectable,
                 ]
             )
     return header, out
