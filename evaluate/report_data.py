@@ -181,7 +181,7 @@ class Report:
     base: dict = field(default_factory=dict)  # (series, tokens) -> base C4 ppl
     fixed: dict = field(default_factory=dict)  # (series, task) -> {tokens: {lr: Cell}}
     tuned: dict = field(default_factory=dict)  # (series, task) -> {tokens: Cell}
-    noise: dict = field(default_factory=dict)  # series -> {gamma: {tokens: (mean, std, n)}}
+    noise: dict = field(default_factory=dict)  # series -> {gamma: {tokens: (mean, sd, n, ci_low, ci_high)}}
     curves: list[Curve] = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)  # task -> {"shows": bool | None, "curves", "text", "models"}
     notes: list[str] = field(default_factory=list)
@@ -344,8 +344,9 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
     for (series, gamma, tokens), deltas in noise_rows.items():
         rep.noise.setdefault(series, {}).setdefault(gamma, {})[tokens] = (
             float(np.mean(deltas)),
-            float(np.std(deltas)),
+            float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0,
             len(deltas),
+            *st.mean_interval(deltas),
         )
 
     _build_curves(rep)

@@ -346,6 +346,16 @@ def detectable_worsening(
     return float(_detectable(np.sqrt(v), np.asarray(df), m, alpha, power))
 
 
+def mean_interval(values: np.ndarray) -> tuple[float, float]:
+    """The (1 - ALPHA) interval of the mean of a few independent values (noise seeds of a
+    perturbation point): mean +- t_{1-ALPHA/2, n-1} sd / sqrt(n), sd with n - 1 (NaN bounds for n < 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return math.nan, math.nan
+    half = float(t_ppf(1 - ALPHA / 2, np.float64(v.size - 1))) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
 def holm_rows(p: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """Holm's step-down rejections within each row of ``p`` (..., m): the family is the last axis."""
     m = p.shape[-1]

@@ -263,12 +263,17 @@ def perturb_table(rep: Report) -> tuple[list[str], list[list]]:
         "c4_ppl_change_mean",
         "c4_ppl_change_std",
         "n_seeds",
+        "ci_low",
+        "ci_high",
     ]
     out = []
     for s, per_gamma in sorted(rep.noise.items()):
         for gamma, pts in sorted(per_gamma.items()):
-            for t, (mean, std, n) in sorted(pts.items()):
-                out.append([*s.group, s.model, int(t), not s.intermediate, gamma, rep.base.get((s, t)), mean, std, n])
+            for t, (mean, std, n, lo, hi) in sorted(pts.items()):
+                lo, hi = (None, None) if n < 2 else (lo, hi)
+                out.append(
+                    [*s.group, s.model, int(t), not s.intermediate, gamma, rep.base.get((s, t)), mean, std, n, lo, hi]
+                )
     return header, out
 
 

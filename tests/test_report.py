@@ -226,6 +226,8 @@ def test_tables_hold_the_numbers(study):
     pert = list(csv.DictReader(open(out / "perturb.csv")))
     (p,) = [x for x in pert if x["pretrain_tokens"] == str(8 * M) and x["gamma"] == "1.0"]
     assert float(p["c4_ppl_change_mean"]) == pytest.approx(4.0) and p["n_seeds"] == "2"
+    # 2 noise seeds at +-0.1: t_{0.975, 1} = tan(0.475 pi) times sd / sqrt(2) = 0.1, not 1.96 x 0.1
+    assert float(p["ci_high"]) - 4.0 == pytest.approx(math.tan(0.475 * math.pi) * 0.1, rel=1e-6)
     assert (out / "report.md").read_text() == text
 
 
