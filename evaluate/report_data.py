@@ -494,7 +494,9 @@ def pool_families(rep: Report) -> None:
     for curves in families.values():
         cells = {}
         for c in curves:  # the tuned LR's cells repeat fixed-LR cells: count each once
-            for s in c.samples:
+            for x, s in zip(c.x, c.samples):
+                if c.setting == "tuned" and len(rep.tuned[c.series, c.task][x].lrs) > 1:
+                    continue  # its runs were tuned to different LRs: their spread is not run-to-run variation
                 cells.setdefault(hash((s.values.tobytes(), None if s.weights is None else s.weights.tobytes())), s)
         rv = st.pool_runs(list(cells.values()))
         for c in curves:

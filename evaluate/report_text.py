@@ -6,15 +6,20 @@ decayed checkpoints), in this order:
 
 - "cannot tell" when fewer than 3 budgets; when a point has no per-example scores (rows written
   before they were recorded: no intervals); when the model learned nothing (classification: test
-  accuracy not above the majority class at any budget, ``report_data.learned``);
+  accuracy not above the majority class at any budget, ``report_data.learned``); when the task's
+  cells have one run each and none is repeated ("one run per point, run-to-run variation not
+  measured": examples alone never make a turn);
 - "catastrophic overtraining" when a curve turns (``report_data.decide``: the largest budget is
-  worse than an earlier one beyond the paired uncertainty, Holm-corrected over the task's tests);
-- "no catastrophic overtraining" when every curve's 95% upper bound of the worsening from its
-  best budget to the largest is within the tolerance;
+  worse than an earlier one beyond the paired example noise and the pooled run-to-run variance,
+  Holm-corrected over the task's tests);
+- "no catastrophic overtraining" when every curve's 95% upper bound of the worsening from every
+  earlier budget to the largest is within the tolerance;
 - else "cannot tell: intervals too wide".
 
 A task shows catastrophic overtraining when one of its models does, none when all its models show
-none, and otherwise cannot tell.
+none, and otherwise cannot tell. Each task's verdict states the smallest worsening its study finds
+at 80% power (``report_stats.detectable``), so "no turn found" reads right, and the run variance
+used; curves.csv says per curve which variance its interval and test used.
 """
 
 from __future__ import annotations
@@ -305,12 +310,14 @@ def markdown(rep: Report, figures: list[Path], suites: str = "") -> str:
         "## Verdict",
         "",
         "With the fine-tuning LR tuned per checkpoint, a curve *turns* when its largest budget is worse than an "
-        "earlier one beyond the paired bootstrap uncertainty (one-sided tests, Holm-corrected over every budget, "
-        f"model and metric of the task at 5%); it shows none when the 95% upper bound of that worsening is within "
-        f"{fmt_pct(rep.tolerance)}; otherwise (and with fewer than 3 budgets, without per-example scores, or for a "
-        'model that learned nothing) the answer is "cannot tell". Intervals: 95% bootstrap over evaluation examples (and seeds), '
-        "per point; the tests compare budgets on the same examples (paired), so they can separate points whose "
-        "intervals overlap. "
+        "earlier one beyond the uncertainty a rerun would show: the evaluation examples (paired bootstrap) and the "
+        "run-to-run variation, pooled over the task's cells with several runs (seeds or a noise probe; t with its "
+        "degrees of freedom); one-sided tests, Holm-corrected over every budget, model and metric of the task at 5%. "
+        f"It shows none when the 95% upper bound of the worsening from every earlier budget is within "
+        f"{fmt_pct(rep.tolerance)}; otherwise (and with fewer than 3 budgets, without per-example scores, for a "
+        'model that learned nothing, or with one run per point and none repeated) the answer is "cannot tell". '
+        "Intervals: 95%, over examples and runs where run variation is measured, per point; the tests compare "
+        "budgets on the same examples (paired), so they can separate points whose intervals overlap. "
         'Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
         "",
     ]
