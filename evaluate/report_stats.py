@@ -140,7 +140,8 @@ def _components(vb: np.ndarray, c: np.ndarray, rv: RunVariance | None) -> tuple[
     extra = (1,) * (np.ndim(vb) - np.ndim(var))  # batch axes of rv against (..., m) of vb
     var, within = var.reshape(var.shape + extra), within.reshape(within.shape + extra)
     v_run = c * var
-    v = np.maximum(vb - c * within, 0.0) + v_run
+    # s^2 holds the example part (E s^2 >= s_e^2 / n): never subtract more than it, so v >= v_b
+    v = np.maximum(vb - c * np.minimum(within, var), 0.0) + v_run
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(v_run > 0, rv.df * (v / np.where(v_run > 0, v_run, 1.0)) ** 2, np.inf)
     return v, df

@@ -20,6 +20,7 @@ from overtrain.evaluate.report import aggregate, find_turn, load_rows, make_repo
 N_TEST, N_WINDOWS, WINDOW = 400, 50, 64
 DIFFICULTY = np.random.default_rng(0).normal(0, 0.3, N_TEST)
 DIFFICULTY -= DIFFICULTY.mean()  # shared by every row: the examples are the same at every budget
+WINDOWS = np.random.default_rng(1).normal(0, 0.5, N_WINDOWS)  # C4 windows' difficulty, shared likewise
 
 M = 1_000_000
 BUDGETS = [1 * M, 2 * M, 4 * M, 8 * M, 16 * M]
@@ -68,7 +69,7 @@ def scores_of(row: dict, rng) -> dict:
     nll = math.log(row["test_id_ppl"]) + DIFFICULTY + noise - noise.mean()
     classes = 2 if row["task"] == "rte" else 6
     correct = np.arange(N_TEST) < round(row["test_acc"] * N_TEST)
-    window = rng.normal(0, 0.5, N_WINDOWS)
+    window = WINDOWS + rng.normal(0, 0.05, N_WINDOWS)
     c4 = (math.log(row["c4_ppl_after"]) + window - window.mean()) * WINDOW
     return {
         "after": {
