@@ -72,6 +72,7 @@ NORMALIZED = ("piqa", "hellaswag", "arc_challenge")  # tasks scored with acc_nor
 BASE = "base"  # the tuning-data label of a member evaluated before instruction tuning
 # keys of a row's ``sft`` config that differ between runs of one setting (not the family's settings)
 RUN_KEYS = (
+    "model",  # the member (the curve's x), not a setting
     "seed",
     "out",
     "data",

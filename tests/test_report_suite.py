@@ -29,7 +29,8 @@ def _write(path, tuning: str, task: str, accs: list[float], n: int, rng, seeds=(
             row |= {k: float(v.mean()) for k, v in metrics.items()}
             row |= {"suite_model": "allenai/OLMo-1B-hf", "checkpoint": f"m{tokens:g}"}
             if tuning != "base":
-                row |= {"sft_data": tuning, "sft": {"data_name": tuning, "lr": lr, "seed": seed, "out": f"o{seed}"}}
+                sft = {"data_name": tuning, "lr": lr, "seed": seed, "out": f"o{seed}", "model": f"m{tokens:g}"}
+                row |= {"sft_data": tuning, "sft": sft}
             append_row(path, row)
 
 
