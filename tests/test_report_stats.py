@@ -37,7 +37,7 @@ def margin(rate: float, n: int) -> float:
     return 2 * math.sqrt(rate * (1 - rate) / n)
 
 
-@pytest.mark.parametrize(("seeds", "probe", "studies"), [(1, 0, 200), (1, 3, 400), (3, 0, 400)])
+@pytest.mark.parametrize(("seeds", "probe", "studies"), [(1, 0, 200), (1, 3, 400), (2, 0, 400), (3, 0, 400)])
 def test_calibration(seeds, probe, studies):
     """Controlled study (section 3), every run shifted by its own 1% (module doc, "Calibration"):
     one run per point is never a turn; with a probe or seeds the false-positive rate is the nominal
@@ -53,7 +53,7 @@ def test_calibration(seeds, probe, studies):
     assert fpr <= 0.05 + margin(0.05, studies), fpr
     tests, turned = simulate(rng, [TURN] + [FLAT] * (FAMILY - 1), studies, seeds=seeds, probe=probe)
     detected = turned[:, 0].mean()
-    assert detected >= (0.55 if seeds == 3 else 0.15), detected  # the documented 68.0% / 24.7%
+    assert detected >= {3: 0.55, 2: 0.25, 1: 0.15}[seeds], detected  # documented: 68.0%, 35.2%, 24.7% (probe)
     assert turned[:, 1:].any(1).mean() <= 0.05 + margin(0.05, studies)  # the flat ones stay flat
     # a 3% turn is never called "no catastrophic overtraining" at a 1% tolerance
     assert np.all([t.upper <= math.log(1.01) for t in tests], 0).mean() <= 0.05
