@@ -25,18 +25,19 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
 - tuned LR: the rows flagged ``selected``; where no row of a (checkpoint, task) is flagged, the LR
   with the lowest mean ``val_id_ppl`` (said so in the report);
 - every point has a 95% interval when its rows carry per-example scores (``scores``): a paired
-  bootstrap over evaluation examples, C4 windows and seeds (``report_stats``); tables and
-  ``curves.csv`` show them, figures draw them as bands;
-- a curve *turns* when its largest budget is worse than an earlier one beyond the paired
-  uncertainty: one-sided tests, Holm-corrected over every budget, model and metric of a task at
-  5%, the turn placed at the best budget (an inflection, marked on the figures, when interior).
-  Measured on synthetic studies (``report_stats``' docstring; tests/test_report_stats.py): with
-  6 budgets, 277 test examples and 4 curves per task, the false-positive rate is 5.3% (1 seed) and
-  4.4% (3 seeds); a 3% turn is detected 90.9% / 68.1% of the time;
+  bootstrap over evaluation examples and C4 windows, plus the run-to-run variance pooled over the
+  task's cells with several runs (``report_stats``); tables and ``curves.csv`` show them (and which
+  variance), figures draw them as bands;
+- a curve *turns* when its largest budget is worse than an earlier one beyond that uncertainty:
+  one-sided t tests (the pooled run variance's degrees of freedom), Holm-corrected over every
+  budget, model and metric of a task at 5%, the turn placed at the best budget (an inflection,
+  marked on the figures, when interior). One run per point with none repeated is never a turn
+  ("cannot tell: one run per point"). Calibrated on synthetic studies with run shifts at every
+  seed count (``report_stats``' docstring; tests/test_report_stats.py);
 - verdicts per (model, task) and per task (``report_text``): "catastrophic overtraining", "no
   catastrophic overtraining" (every tuned curve's 95% upper bound of the worsening within
   ``tolerance``), or "cannot tell" with its reason (fewer than 3 budgets, no per-example scores,
-  the model learned nothing, intervals too wide); sanity checks flag base C4 perplexity that does
+  the model learned nothing, one run per point, intervals too wide); sanity checks flag base C4 perplexity that does
   not fall with tokens, tuned accuracy at the majority class and a tuned LR at an end of its grid
   (the sweep adds LRs past such an end, ``finetune.sweep``; the flag stays when that was off or
   reached its cap, and says which). LRs a sweep added count for the tuned LR only, not as fixed-LR

@@ -134,6 +134,19 @@ class Curve:
     hi: list | None = None
     test: st.TurnTest | None = field(default=None, repr=False)  # the paired tests (perplexity curves with scores)
     significant: bool | None = None  # turns by the test; None: not tested
+    reps: np.ndarray | None = field(
+        default=None, repr=False, compare=False
+    )  # (B, k) bootstrap replicates over examples
+    runs: list[int] = field(default_factory=list)  # runs (rows) per point
+    run_var: st.RunVariance | None = field(default=None, repr=False)  # the family's pooled run variance
+    detectable: float | None = None  # smallest worsening found at 80% power (relative; None: not tested)
+
+    @property
+    def variance(self) -> str:
+        """Which variance the curve's intervals and test used (tables, curves.csv)."""
+        if self.run_var is not None:
+            return "examples and runs (" + self.run_var.describe() + ")"
+        return "examples only (one run per point: run-to-run variation not measured)"
 
     @property
     def has_intervals(self) -> bool:
@@ -168,7 +181,7 @@ class Report:
     base: dict = field(default_factory=dict)  # (series, tokens) -> base C4 ppl
     fixed: dict = field(default_factory=dict)  # (series, task) -> {tokens: {lr: Cell}}
     tuned: dict = field(default_factory=dict)  # (series, task) -> {tokens: Cell}
-    noise: dict = field(default_factory=dict)  # series -> {gamma: {tokens: (mean, std, n)}}
+    noise: dict = field(default_factory=dict)  # series -> {gamma: {tokens: (mean, sd, n, ci_low, ci_high)}}
     curves: list[Curve] = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)  # task -> {"shows": bool | None, "curves", "text", "models"}
     notes: list[str] = field(default_factory=list)
@@ -331,8 +344,9 @@ def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[
     for (series, gamma, tokens), deltas in noise_rows.items():
         rep.noise.setdefault(series, {}).setdefault(gamma, {})[tokens] = (
             float(np.mean(deltas)),
-            float(np.std(deltas)),
+            float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0,
             len(deltas),
+            *st.mean_interval(deltas),
         )
 
     _build_curves(rep)
@@ -417,11 +431,10 @@ def _curve(
         c.samples = [(samples or {}).get(x) for x in c.x]
         if all(s is not None for s in c.samples):
             rng = np.random.default_rng(len(rep.curves))  # deterministic: the same report twice
-            reps = st.curve_replicates(c.samples, rng)
-            lo, hi = st.interval(reps)
+            c.reps = st.curve_replicates(c.samples, rng)
+            c.runs = [s.seeds for s in c.samples]
+            lo, hi = st.interval(c.reps)  # examples only; ``decide`` adds the family's run variance
             c.lo, c.hi = [float(v) for v in lo], [float(v) for v in hi]
-            if metric in ("id", "c4") and len(c.x) >= 2:
-                c.test = st.turn_test(np.array([float(st.point(s)) for s in c.samples]), reps)
     rep.curves.append(c)
 
 
@@ -470,11 +483,44 @@ def learned(rep: Report, series: Series, task: str) -> bool | None:
     return out
 
 
+def pool_families(rep: Report) -> None:
+    """The pooled run variance of each (task, metric) family (``report_stats.pool_runs``: every
+    distinct cell of the task with 2+ runs, all models, budgets, LRs; base C4 is the family (None,
+    "base_c4")), set on each of its curves with per-example scores, whose intervals then count it."""
+    families = defaultdict(list)
+    for c in rep.curves:
+        if c.reps is not None:
+            families[c.task, c.metric].append(c)
+    for curves in families.values():
+        cells = {}
+        for c in curves:  # the tuned LR's cells repeat fixed-LR cells: count each once
+            for x, s in zip(c.x, c.samples):
+                if c.setting == "tuned" and len(rep.tuned[c.series, c.task][x].lrs) > 1:
+                    continue  # its runs were tuned to different LRs: their spread is not run-to-run variation
+                cells.setdefault(hash((s.values.tobytes(), None if s.weights is None else s.weights.tobytes())), s)
+        rv = st.pool_runs(list(cells.values()))
+        for c in curves:
+            c.run_var = rv
+            if rv is not None:
+                y = np.array([float(st.point(s)) for s in c.samples])
+                lo, hi = st.interval(c.reps, y=y, runs=c.runs, rv=rv)
+                c.lo, c.hi = [float(v) for v in lo], [float(v) for v in hi]
+
+
 def decide(rep: Report) -> None:
-    """Set each fully decayed perplexity curve's ``significant`` and ``turn``: Holm over each task's
-    tuned-LR curves (every model, ID and C4) and, apart, over its fixed-LR curves. Curves with fewer
-    than ``MIN_BUDGETS`` budgets, without per-example scores, or of a model that learned nothing
-    are not tested (``turn`` None)."""
+    """Set each fully decayed perplexity curve's ``test``, ``significant``, ``turn`` and
+    ``detectable``: Holm over each task's tuned-LR curves (every model, ID and C4) and, apart, over
+    its fixed-LR curves, each test with its (task, metric) family's pooled run variance
+    (``pool_families``). Curves with fewer than ``MIN_BUDGETS`` budgets, without per-example scores,
+    of a model that learned nothing, or whose family has one run per point everywhere (run-to-run
+    variation not measured: examples alone never make a turn) are not decided (``turn`` None,
+    ``significant`` None)."""
+    pool_families(rep)
+    for c in rep.curves:
+        if c.reps is not None and c.metric in ("id", "c4") and len(c.x) >= 2:
+            y = np.array([float(st.point(s)) for s in c.samples])
+            c.test = st.turn_test(y, c.reps, c.runs, c.run_var)
+
     for task in rep.tasks:
         for tuned in (True, False):
             family = [
@@ -487,7 +533,10 @@ def decide(rep: Report) -> None:
                 and c.test is not None
                 and len(c.x) >= MIN_BUDGETS
                 and learned(rep, c.series, task) is not False
+                and c.test.runs_measured
             ]
+            tests = sum(c.test.p.size for c in family)
             for c, rejected in zip(family, st.holm([c.test.p for c in family])):
                 c.significant = bool(rejected.any())
                 c.turn = int(c.test.best) if c.significant else None
+                c.detectable = math.expm1(st.detectable(c.test, tests))

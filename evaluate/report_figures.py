@@ -4,8 +4,9 @@ and muP transfer (``transfer_figure``: loss against peak LR, one line per width)
 hold pre-training runs over several LRs.
 
 Intervals (``report_stats``: 95% bootstrap) are drawn as bands around the curves that have them;
-noise sensitivity as error bars of mean +- 1.96 sd / sqrt(n) over noise seeds, on a symlog axis
-(a perplexity change can be negative).
+noise sensitivity as error bars of mean +- t_{0.975, n-1} sd / sqrt(n) over its n noise seeds
+(``report_stats.mean_interval``: a handful of seeds), on a symlog axis (a perplexity change can be
+negative).
 
 Intermediate checkpoints are drawn dotted with hollow markers; turns (interior inflections) are
 circled in red. Files are written whole or not at all (``core.config.atomic_savefig``).
@@ -175,7 +176,7 @@ def figures(rep: Report, out: Path) -> list[Path]:
             for c in sorted(curves, key=lambda c: (c.series.intermediate, c.value)):
                 g = c.value
                 stats = rep.noise[c.series][g]
-                err = [1.96 * stats[t][1] / math.sqrt(stats[t][2]) if stats[t][2] > 1 else 0.0 for t in c.x]
+                err = [stats[t][4] - stats[t][0] if stats[t][2] > 1 else 0.0 for t in c.x]  # t interval: symmetric
                 ax.errorbar(
                     c.x,
                     c.y,

@@ -3,31 +3,42 @@ tokens, before and after instruction tuning, with intervals and the calibrated v
 
 Rows: ``overtrain lm-eval`` rows (kind "lm_eval") of models that came from a suite (``suite_model``
 set, by ``overtrain sft`` outputs' ``overtrain_suite.json`` or by the grid for a member itself). A
-curve is one (suite model, tuning data or "base", task) across members, x = ``pretrain_tokens``,
-y = the task's accuracy ``METRIC`` (lm-eval's ``acc``):
+curve is one (family, task) across members, x = ``pretrain_tokens``, y = the task's accuracy
+``metric_of(task)``: ``acc_norm`` for PIQA, HellaSwag and ARC-Challenge (lm-eval's and OLMo's
+convention for them), ``acc`` for the others (a row without ``acc_norm`` falls back to ``acc``; the
+report names the metric of every curve):
 
-    a_m = (1 / n) sum_j c_mj        c_mj in {0, 1}: member m answered document j correctly
+    a_m = mean over runs r of (1 / n) sum_j c_mrj     c_mrj in {0, 1}: run r of member m answered j
 
-Intervals: the paired bootstrap of ``report_stats`` (``curve_replicates``, mean statistic) over the
-n documents, from the per-example scores (``lm_eval.TASK.METRIC`` in the row's ``scores`` file);
-every member evaluates the same documents in the same order (``limit`` keeps the first n), so one
-draw serves the whole curve and differences between members are paired. The generalist average
-(the paper's Figure 1) is the mean of the task curves; its replicates are the mean of the tasks'
-(tasks are independent samples: each is drawn on its own).
+A *family* is (suite, tuning data, SFT settings): the row's ``sft`` config without its run keys
+(``RUN_KEYS``: seed, paths, device, ...), so rows tuned with different learning rates at one
+checkpoint are never pooled as if they were seeds. Its runs at a member are its SFT seeds (one
+row per seed: the last written); "base" (members before instruction tuning) is a family of its own.
+
+Intervals and tests: ``report_stats`` with the paired bootstrap over the n documents (every member
+evaluates the same documents in the same order; ``limit`` keeps the first n) and the run variance
+of the SFT runs pooled over every member with 2+ seeds of the (family, task), with its degrees of
+freedom (``pool_runs``; Satterthwaite t reference, module doc of ``report_stats``). The base family
+uses the documents alone (its points are the members as given: no instruction-tuning run to
+repeat). A tuned family with one SFT run per member and none repeated cannot separate a turn from
+run-to-run variation: "cannot tell: one run per point". The generalist average (the paper's Figure
+1) is the mean of the task curves; its example replicates are the mean of the tasks' (tasks are
+independent samples of documents) and its run sd the mean of the tasks' run sds (an upper bound:
+one run's shifts on different tasks may be correlated), with the smallest df.
 
 Decision: on the error e = 1 - a (lower is better), ``report_stats.turn_test`` tests for every
 earlier member i "the member with the most tokens is worse than member i" (one-sided), and Holm's
-procedure at ``ALPHA`` runs over every test of one (suite, tuning data) family: all its tasks. The
-average curve is drawn, not tested (it is a function of the tested curves). Per family:
+procedure at ``ALPHA`` runs over every test of one family: all its tasks. The average curve is
+drawn, not tested (it is a function of the tested curves). Per family:
 
     "catastrophic overtraining"      some task's curve turns: named with its best member and the drop
-    "no catastrophic overtraining"   every curve's one-sided 95% upper bound of the drop from its
-                                     best member to the last is <= ``tolerance`` (absolute accuracy)
-    "cannot tell"                    otherwise (intervals too wide), or rows without per-example
-                                     scores (no intervals), or fewer than two members
+    "no catastrophic overtraining"   every curve's one-sided 95% upper bound of the drop from *every*
+                                     earlier member to the last is <= ``tolerance`` (absolute accuracy)
+    "cannot tell"                    otherwise (intervals too wide), rows without per-example scores
+                                     (no intervals), fewer than two members, or one run per point
 
-The tests and their calibration are the controlled study's (``report_stats``' docstring: family-wise
-false-positive rate 5.3% on flat truth, 90.9% detection of a 3% turn at RTE's test size). Note the
+and it states the smallest drop it finds at 80% power (``report_stats.detectable``). Calibration:
+``report_stats``' docstring (Section 2 suites simulated with SFT run-to-run shifts). Note the
 paper's confound: suite checkpoints before the last did not finish their learning-rate decay, so a
 turn here does not separate overtraining from the schedule; the controlled study does.
 """
@@ -42,10 +53,44 @@ import numpy as np
 
 from ..core.rows import Row, read_scores
 from .report_format import fmt_tokens
-from .report_stats import ALPHA, REPLICATES, curve_replicates, holm, interval, stack, turn_test
+from .report_stats import (
+    ALPHA,
+    REPLICATES,
+    RunVariance,
+    curve_replicates,
+    detectable,
+    holm,
+    interval,
+    point,
+    pool_runs,
+    stack,
+    turn_test,
+)
 
-METRIC = "acc"  # every generalist task defines it (acc_norm only some); the paper reports accuracy
+METRIC = "acc"  # every generalist task defines it
+NORMALIZED = ("piqa", "hellaswag", "arc_challenge")  # tasks scored with acc_norm (lm-eval's, OLMo's convention)
 BASE = "base"  # the tuning-data label of a member evaluated before instruction tuning
+# keys of a row's ``sft`` config that differ between runs of one setting (not the family's settings)
+RUN_KEYS = (
+    "model",  # the member (the curve's x), not a setting
+    "seed",
+    "out",
+    "data",
+    "results",
+    "overwrite",
+    "log_every",
+    "device",
+    "tokens",
+    "revision",
+    "micro_batch_size",
+    "gradient_checkpointing",
+    "precision",
+)
+
+
+def metric_of(task: str) -> str:
+    """The accuracy a task is scored with: ``acc_norm`` for PIQA, HellaSwag, ARC-Challenge, else ``acc``."""
+    return "acc_norm" if any(t in task for t in NORMALIZED) else METRIC
 
 
 @dataclass
@@ -55,6 +100,10 @@ class SuiteCurve:
     task: str
     tokens: list[float]
     acc: list[float]
+    metric: str = METRIC  # acc or acc_norm (``metric_of``)
+    runs: list[int] = field(default_factory=list)  # SFT runs (rows) per member
+    run_var: RunVariance | None = None  # pooled over the (family, task)'s members with 2+ runs
+    detectable: float | None = None  # smallest drop found at 80% power (accuracy)
     lo: list[float] | None = None  # interval bounds; None without per-example scores
     hi: list[float] | None = None
     reps: np.ndarray | None = None  # (B, k) bootstrap replicates of the accuracy
@@ -69,16 +118,34 @@ class SuiteCurve:
 class SuiteFamily:
     suite: str
     tuning: str
+    settings: str = ""  # the SFT settings in which it differs from others of its (suite, tuning), "k=v, ..."
     curves: list[SuiteCurve] = field(default_factory=list)
     verdict: str = ""
     reason: str = ""
 
+    @property
+    def label(self) -> str:
+        return self.tuning + (f" ({self.settings})" if self.settings else "")
 
-def _scores(row: Row, task: str) -> np.ndarray | None:
-    """The row's per-document ``METRIC`` of ``task`` (``core.rows.read_scores``), or None."""
+
+def _scores(row: Row, task: str, metric: str) -> np.ndarray | None:
+    """The row's per-document ``metric`` of ``task`` (``core.rows.read_scores``), or None."""
     scores = read_scores(row) or {}
-    name = f"lm_eval.{task}.{METRIC}"
+    name = f"lm_eval.{task}.{metric}"
     return np.asarray(scores[name], dtype=np.float64) if name in scores else None
+
+
+def sft_settings(row: dict) -> tuple:
+    """The family key of a row's SFT run: its ``sft`` config without ``RUN_KEYS`` (sorted items)."""
+    sft = row.get("sft") if isinstance(row.get("sft"), dict) else {}
+    return tuple(sorted((k, repr(v)) for k, v in sft.items() if k not in RUN_KEYS))
+
+
+def run_seed(row: dict) -> str:
+    """Which SFT run a row evaluates: its ``sft`` seed (else a ``seed`` grid tag; "" for none)."""
+    sft = row.get("sft") if isinstance(row.get("sft"), dict) else {}
+    tags = row.get("tags") if isinstance(row.get("tags"), dict) else {}
+    return str(sft.get("seed", tags.get("seed", "")))
 
 
 def tuning_label(row: dict) -> str:
@@ -89,35 +156,46 @@ def tuning_label(row: dict) -> str:
 
 
 def collect_suite(rows: list[Row]) -> list[SuiteFamily]:
-    """The suite curves of kind "lm_eval" rows with ``suite_model``, grouped into families."""
-    points: dict[tuple[str, str, str], dict[float, list[tuple[float, np.ndarray | None]]]] = {}
+    """The suite curves of kind "lm_eval" rows with ``suite_model``, grouped into families (module doc)."""
+    points: dict[tuple, dict[float, dict[str, tuple[float, np.ndarray | None]]]] = {}
     for r in rows:
         d = r.to_dict()
         if d.get("kind") != "lm_eval" or not d.get("suite_model") or d.get("pretrain_tokens") is None:
             continue
-        value = d.get(METRIC)
+        task = str(d.get("task"))
+        metric = metric_of(task) if isinstance(d.get(metric_of(task)), (int, float)) else METRIC
+        value = d.get(metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        key = (str(d["suite_model"]), tuning_label(d), str(d.get("task")))
-        points.setdefault(key, {}).setdefault(float(d["pretrain_tokens"]), []).append(
-            (float(value), _scores(r, str(d.get("task"))))
+        key = (str(d["suite_model"]), tuning_label(d), sft_settings(d), task, metric)
+        # one row per SFT run (seed) and member: a re-evaluation replaces the earlier row
+        points.setdefault(key, {}).setdefault(float(d["pretrain_tokens"]), {})[run_seed(d)] = (
+            float(value),
+            _scores(r, task, metric),
         )
-    families: dict[tuple[str, str], SuiteFamily] = {}
+    settings_of = {}  # (suite, tuning) -> the distinct settings: named only where there are several
+    for suite, tuning, settings, _, _ in points:
+        settings_of.setdefault((suite, tuning), set()).add(settings)
+    families: dict[tuple, SuiteFamily] = {}
     rng = np.random.default_rng(0)  # fixed: the report is a function of the rows
-    for (suite, tuning, task), by_tokens in sorted(points.items()):
+    for (suite, tuning, settings, task, metric), by_tokens in sorted(points.items()):
         tokens = sorted(by_tokens)
-        acc = [float(np.mean([v for v, _ in by_tokens[t]])) for t in tokens]
-        c = SuiteCurve(suite, tuning, task, tokens, acc)
-        samples = [
-            stack([s for _, s in by_tokens[t]], log=False) if all(s is not None for _, s in by_tokens[t]) else None
-            for t in tokens
-        ]
+        runs = [list(by_tokens[t].values()) for t in tokens]
+        acc = [float(np.mean([v for v, _ in rs])) for rs in runs]
+        c = SuiteCurve(suite, tuning, task, tokens, acc, metric, [len(rs) for rs in runs])
+        samples = [stack([s for _, s in rs], log=False) if all(s is not None for _, s in rs) else None for rs in runs]
         if all(s is not None for s in samples) and len({s.n for s in samples}) == 1:
             c.reps = curve_replicates(samples, rng, REPLICATES)
-            lo, hi = interval(c.reps, log=False)
-            c.lo, c.hi, c.n = list(lo), list(hi), samples[0].n
-        families.setdefault((suite, tuning), SuiteFamily(suite, tuning)).curves.append(c)
-    return sorted(families.values(), key=lambda f: (f.suite, f.tuning != BASE, f.tuning))
+            c.acc, c.n = [float(point(s)) for s in samples], samples[0].n
+            c.run_var = pool_runs(samples)
+            lo, hi = interval(c.reps, log=False, y=np.array(c.acc), runs=c.runs, rv=c.run_var)
+            c.lo, c.hi = list(lo), list(hi)
+        others = settings_of[suite, tuning]  # name the settings in which this family differs from the others
+        differ = {k for k, v in settings if any(dict(o).get(k) != v for o in others)}
+        differ |= {k for o in others for k, _ in o if k not in dict(settings)}
+        named = ", ".join(f"{k}={dict(settings).get(k, '-').strip(chr(39))}" for k in sorted(differ))
+        families.setdefault((suite, tuning, settings), SuiteFamily(suite, tuning, named)).curves.append(c)
+    return sorted(families.values(), key=lambda f: (f.suite, f.tuning != BASE, f.tuning, f.settings))
 
 
 def decide_suite(families: list[SuiteFamily], tolerance: float) -> None:
@@ -130,23 +208,34 @@ def decide_suite(families: list[SuiteFamily], tolerance: float) -> None:
         if len(tested) < len(fam.curves):
             fam.verdict, fam.reason = "cannot tell", "rows without per-example scores: no intervals"
             continue
-        tests = [turn_test(1.0 - np.asarray(c.acc), 1.0 - c.reps) for c in tested]
+        if fam.tuning != BASE and any(c.run_var is None for c in tested):
+            fam.verdict = "cannot tell"
+            fam.reason = (
+                "one run per point: one SFT run per member, run-to-run variation not measured (documents alone "
+                "never make a turn: repeat the SFT with seeds, `instruct.seeds`)"
+            )
+            continue
+        tests = [turn_test(1.0 - np.asarray(c.acc), 1.0 - c.reps, c.runs, c.run_var) for c in tested]
         rejected = holm([t.p for t in tests])
+        m = sum(t.p.size for t in tests)
         for c, t, rej in zip(tested, tests, rejected):
             c.turn, c.best = bool(rej.any()), int(t.best)
             c.drop, c.upper = float(t.worse), float(t.upper)
+            c.detectable = detectable(t, m)
         turned = [c for c in tested if c.turn]
+        variance = _variance(tested)
+        power = f"; the smallest drop found at 80% power: {100 * max(c.detectable for c in tested):.1f} points"
         if turned:
             fam.verdict = "catastrophic overtraining"
             fam.reason = "; ".join(
-                f"{c.task}: best at {fmt_tokens(c.tokens[c.best])} tokens, {100 * c.drop:.1f} points lower at "
-                f"{fmt_tokens(c.tokens[-1])} (95% upper bound {100 * c.upper:.1f})"
+                f"{c.task} ({c.metric}): best at {fmt_tokens(c.tokens[c.best])} tokens, {100 * c.drop:.1f} points "
+                f"lower at {fmt_tokens(c.tokens[-1])} (95% upper bound {100 * c.upper:.1f})"
                 for c in turned
             )
         elif all(c.upper <= tolerance for c in tested):
             fam.verdict = "no catastrophic overtraining"
             fam.reason = (
-                f"every task's 95% upper bound of the drop from its best member is <= {100 * tolerance:g} points"
+                f"every task's 95% upper bound of the drop from any earlier member is <= {100 * tolerance:g} points"
             )
         else:
             wide = [c.task for c in tested if c.upper > tolerance]
@@ -154,6 +243,15 @@ def decide_suite(families: list[SuiteFamily], tolerance: float) -> None:
             fam.reason = (
                 f"intervals too wide: {', '.join(wide)}: 95% upper bound of the drop > {100 * tolerance:g} points"
             )
+        fam.reason += power + "; " + variance
+
+
+def _variance(curves: list[SuiteCurve]) -> str:
+    """Which variance a family's decision used (its text says so)."""
+    measured = sorted({c.run_var.describe() for c in curves if c.run_var is not None})
+    if not measured:
+        return "variance: documents only (the members as given)"
+    return "variance: documents and SFT runs (" + "; ".join(measured) + ")"
 
 
 def average_curve(fam: SuiteFamily) -> SuiteCurve | None:
@@ -163,10 +261,16 @@ def average_curve(fam: SuiteFamily) -> SuiteCurve | None:
         return None
     idx = [[c.tokens.index(t) for t in shared] for c in fam.curves]
     acc = [float(np.mean([c.acc[i[k]] for c, i in zip(fam.curves, idx)])) for k in range(len(shared))]
-    avg = SuiteCurve(fam.suite, fam.tuning, "average", shared, acc)
+    avg = SuiteCurve(fam.suite, fam.tuning, "average", shared, acc, "mean")
     if all(c.reps is not None for c in fam.curves):
         avg.reps = np.mean([c.reps[:, i] for c, i in zip(fam.curves, idx)], axis=0)
-        lo, hi = interval(avg.reps, log=False)
+        avg.runs = [min(c.runs[i[k]] for c, i in zip(fam.curves, idx)) for k in range(len(shared))]
+        rvs = [c.run_var for c in fam.curves]
+        if all(rv is not None for rv in rvs):  # module doc: the mean of the run sds, the smallest df
+            sd = float(np.mean([math.sqrt(float(rv.var)) for rv in rvs]))
+            within = float(np.sum([float(rv.within) for rv in rvs])) / len(rvs) ** 2
+            avg.run_var = RunVariance(sd**2, within, min(rv.df for rv in rvs), max(rv.cells for rv in rvs))
+        lo, hi = interval(avg.reps, log=False, y=np.array(acc), runs=avg.runs, rv=avg.run_var)
         avg.lo, avg.hi = list(lo), list(hi)
     return avg
 
@@ -198,20 +302,21 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
                     continue
                 color = f"C{k}"
                 style = "--" if fam.tuning == BASE else "-"
-                ax.plot(c.tokens, c.acc, style, marker="o", color=color, label=fam.tuning)
+                ax.plot(c.tokens, c.acc, style, marker="o", color=color, label=fam.label)
                 if c.lo is not None:
                     ax.fill_between(c.tokens, c.lo, c.hi, color=color, alpha=0.15, linewidth=0)
                 if c.turn and c.best is not None:
                     ax.plot([c.tokens[c.best]], [c.acc[c.best]], marker="*", ms=14, color=color, mec="k")
             ax.set_xscale("log")
-            ax.set_title(panel, fontsize=10)
+            metrics = sorted({c.metric for f in fams for c in f.curves if c.task == panel})
+            ax.set_title(f"{panel} ({', '.join(metrics) or 'mean of the tasks'})", fontsize=10)
             ax.set_xlabel("pre-training tokens")
-            ax.set_ylabel(f"{METRIC} (95% interval)")
+            ax.set_ylabel("accuracy (95% interval)")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         axes.flat[0].legend(fontsize=8, title="tuned on", title_fontsize=8)
-        fig.suptitle(f"{suite}: generalist {METRIC} after instruction tuning (star: a turn, Holm at {ALPHA:g})")
+        fig.suptitle(f"{suite}: generalist accuracy after instruction tuning (star: a turn, Holm at {ALPHA:g})")
         fig.tight_layout()
         slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in suite.strip("/").split("/")[-1])
         paths.append(atomic_savefig(fig, out / f"suite_{slug}.png", dpi=110, bbox_inches="tight"))
@@ -225,20 +330,23 @@ def suite_markdown(families: list[SuiteFamily], tolerance: float) -> str:
         return ""
     lines = ["## Checkpoint suites (the paper's Section 2)", ""]
     lines += [
-        f"Generalist {METRIC} after instruction tuning against pre-training tokens; 95% paired bootstrap "
-        f"intervals over documents; a turn is decided by one-sided tests, Holm at {ALPHA:g} over a family's "
-        f'tasks; "no" needs every task\'s 95% upper bound of the drop <= {100 * tolerance:g} points. Suite '
+        "Generalist accuracy after instruction tuning against pre-training tokens (acc_norm for PIQA, HellaSwag "
+        "and ARC-Challenge, acc for the others: the table names each); 95% intervals over documents (paired "
+        "across members) and, after instruction tuning, the run-to-run variance of the SFT runs pooled over "
+        f"members with several seeds (t with its degrees of freedom); a turn is decided by one-sided tests, Holm at "
+        f"{ALPHA:g} over a family's tasks; \"no\" needs every task's 95% upper bound of the drop from every earlier "
+        f'member <= {100 * tolerance:g} points; one SFT run per member with none repeated is "cannot tell". Suite '
         "checkpoints before the last did not finish their learning-rate decay: a turn here does not separate "
         "overtraining from the schedule (the controlled study does).",
         "",
     ]
     for fam in families:
-        what = "before instruction tuning" if fam.tuning == BASE else f"tuned on **{fam.tuning}**"
+        what = "before instruction tuning" if fam.tuning == BASE else f"tuned on **{fam.label}**"
         lines.append(f"- **{fam.suite}**, {what}: {fam.verdict} ({fam.reason})")
     lines += [
         "",
-        "| suite | tuned on | task | tokens | " + METRIC + " | 95% interval | n |",
-        "|---|---|---|---|---|---|---|",
+        "| suite | tuned on | task | metric | tokens | accuracy | 95% interval | n | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for fam in families:
         for c in fam.curves + ([a] if (a := average_curve(fam)) else []):
@@ -246,7 +354,9 @@ def suite_markdown(families: list[SuiteFamily], tolerance: float) -> str:
                 ci = f"[{c.lo[i]:.3f}, {c.hi[i]:.3f}]" if c.lo is not None else "-"
                 star = " *" if c.turn and c.best == i else ""
                 n = str(c.n) if c.n else "-"
+                runs = str(c.runs[i]) if c.runs else "-"
                 lines.append(
-                    f"| {fam.suite} | {fam.tuning} | {c.task} | {fmt_tokens(t)} | {c.acc[i]:.3f}{star} | {ci} | {n} |"
+                    f"| {fam.suite} | {fam.label} | {c.task} | {c.metric} | {fmt_tokens(t)} | {c.acc[i]:.3f}{star} | "
+                    f"{ci} | {n} | {runs} |"
                 )
     return "\n".join(lines) + "\n"

@@ -6,15 +6,20 @@ decayed checkpoints), in this order:
 
 - "cannot tell" when fewer than 3 budgets; when a point has no per-example scores (rows written
   before they were recorded: no intervals); when the model learned nothing (classification: test
-  accuracy not above the majority class at any budget, ``report_data.learned``);
+  accuracy not above the majority class at any budget, ``report_data.learned``); when the task's
+  cells have one run each and none is repeated ("one run per point, run-to-run variation not
+  measured": examples alone never make a turn);
 - "catastrophic overtraining" when a curve turns (``report_data.decide``: the largest budget is
-  worse than an earlier one beyond the paired uncertainty, Holm-corrected over the task's tests);
-- "no catastrophic overtraining" when every curve's 95% upper bound of the worsening from its
-  best budget to the largest is within the tolerance;
+  worse than an earlier one beyond the paired example noise and the pooled run-to-run variance,
+  Holm-corrected over the task's tests);
+- "no catastrophic overtraining" when every curve's 95% upper bound of the worsening from every
+  earlier budget to the largest is within the tolerance;
 - else "cannot tell: intervals too wide".
 
 A task shows catastrophic overtraining when one of its models does, none when all its models show
-none, and otherwise cannot tell.
+none, and otherwise cannot tell. Each task's verdict states the smallest worsening its study finds
+at 80% power (``report_stats.detectable``), so "no turn found" reads right, and the run variance
+used; curves.csv says per curve which variance its interval and test used.
 """
 
 from __future__ import annotations
@@ -69,6 +74,13 @@ def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, 
             f"{fmt_num(any_cell.chance, 3)})",
             [],
         )
+    if any(c.run_var is None for c in tuned):
+        return (
+            None,
+            f"{label}: cannot tell: one run per point, run-to-run variation not measured (examples alone "
+            "never make a turn: repeat runs with seeds, `finetune.seeds`, or a noise probe, `finetune.noise_probe`)",
+            [],
+        )
     turned = [c for c in tuned if c.significant]
     if turned:
         parts = [f"{METRIC_WORDS[c.metric]} after fine-tuning {_describe_turn(c, rep.group_by)}" for c in turned]
@@ -77,11 +89,7 @@ def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, 
         return True, "catastrophic overtraining. " + "; ".join(parts) + "." + tail, turned
     bound = max(c.test.upper for c in tuned)
     if bound <= math.log1p(rep.tolerance):
-        how = (
-            "are best at the largest budget"
-            if not math.isfinite(bound)
-            else f"worsen by at most {_pct(bound)} (95% upper bound) from their best budget"
-        )
+        how = f"worsen by at most {_pct(bound)} (95% upper bound) from any earlier budget"
         return (
             False,
             f"{label}: no catastrophic overtraining up to {fmt_tokens(budgets[-1])} tokens: with the tuned LR, "
@@ -90,8 +98,8 @@ def model_verdict(rep: Report, series: Series, task: str) -> tuple[bool | None, 
         )
     return (
         None,
-        f"{label}: cannot tell: intervals too wide (no turn detected, but a worsening of up to {_pct(bound)} from the "
-        f"best budget is not excluded; tolerance {fmt_pct(rep.tolerance)})",
+        f"{label}: cannot tell: intervals too wide (no turn detected, but a worsening of up to {_pct(bound)} from an "
+        f"earlier budget is not excluded; tolerance {fmt_pct(rep.tolerance)})",
         [],
     )
 
@@ -124,6 +132,7 @@ def judge(rep: Report) -> None:
         else:
             word = "no catastrophic overtraining" if task_shows is False else "cannot tell"
             text = f"**{task}**: {word}. " + " ".join(t + "." for _, t, _ in models.values())
+        text += _power_sentence(rep, task)
         fixed = []
         several = len(series) > 1
         for c in sorted(rep.find("c4", task), key=lambda c: (c.series, c.value or 0)):
@@ -138,6 +147,23 @@ def judge(rep: Report) -> None:
         if fixed:
             text += " Fixed LRs, C4 perplexity: " + "; ".join(fixed) + "."
         rep.verdicts[task] = {"shows": task_shows, "curves": turned, "text": text, "models": models}
+
+
+def _power_sentence(rep: Report, task: str) -> str:
+    """What the task's study could have seen: per metric, the largest over its tuned curves of the
+    smallest worsening found at 80% power (``report_stats.detectable``), and the run variance used."""
+    parts, used = [], set()
+    for metric in ("id", "c4"):
+        curves = [c for c in rep.find(metric, task, "tuned") if c.detectable is not None]
+        if curves:
+            parts.append(f"{METRIC_WORDS[metric]} {max(c.detectable for c in curves):+.1%}")
+            used |= {c.run_var.describe() for c in curves}
+    if not parts:
+        return ""
+    return (
+        f" Smallest worsening from an earlier budget to the largest this study finds at 80% power: "
+        f"{', '.join(parts)} ({'; '.join(sorted(used))})."
+    )
 
 
 def sanity(rep: Report) -> None:
@@ -242,12 +268,17 @@ def perturb_table(rep: Report) -> tuple[list[str], list[list]]:
         "c4_ppl_change_mean",
         "c4_ppl_change_std",
         "n_seeds",
+        "ci_low",
+        "ci_high",
     ]
     out = []
     for s, per_gamma in sorted(rep.noise.items()):
         for gamma, pts in sorted(per_gamma.items()):
-            for t, (mean, std, n) in sorted(pts.items()):
-                out.append([*s.group, s.model, int(t), not s.intermediate, gamma, rep.base.get((s, t)), mean, std, n])
+            for t, (mean, std, n, lo, hi) in sorted(pts.items()):
+                lo, hi = (None, None) if n < 2 else (lo, hi)
+                out.append(
+                    [*s.group, s.model, int(t), not s.intermediate, gamma, rep.base.get((s, t)), mean, std, n, lo, hi]
+                )
     return header, out
 
 
@@ -279,12 +310,14 @@ def markdown(rep: Report, figures: list[Path], suites: str = "") -> str:
         "## Verdict",
         "",
         "With the fine-tuning LR tuned per checkpoint, a curve *turns* when its largest budget is worse than an "
-        "earlier one beyond the paired bootstrap uncertainty (one-sided tests, Holm-corrected over every budget, "
-        f"model and metric of the task at 5%); it shows none when the 95% upper bound of that worsening is within "
-        f"{fmt_pct(rep.tolerance)}; otherwise (and with fewer than 3 budgets, without per-example scores, or for a "
-        'model that learned nothing) the answer is "cannot tell". Intervals: 95% bootstrap over evaluation examples (and seeds), '
-        "per point; the tests compare budgets on the same examples (paired), so they can separate points whose "
-        "intervals overlap. "
+        "earlier one beyond the uncertainty a rerun would show: the evaluation examples (paired bootstrap) and the "
+        "run-to-run variation, pooled over the task's cells with several runs (seeds or a noise probe; t with its "
+        "degrees of freedom); one-sided tests, Holm-corrected over every budget, model and metric of the task at 5%. "
+        f"It shows none when the 95% upper bound of the worsening from every earlier budget is within "
+        f"{fmt_pct(rep.tolerance)}; otherwise (and with fewer than 3 budgets, without per-example scores, for a "
+        'model that learned nothing, or with one run per point and none repeated) the answer is "cannot tell". '
+        "Intervals: 95%, over examples and runs where run variation is measured, per point; the tests compare "
+        "budgets on the same examples (paired), so they can separate points whose intervals overlap. "
         'Fully decayed checkpoints only; "(int.)" marks intermediate ones.',
         "",
     ]
@@ -400,6 +433,10 @@ def curves_table(rep: Report) -> tuple[list[str], list[list]]:
         "turns",
         "best_tokens",
         "worse_upper_bound",
+        "variance",
+        "run_sd",
+        "run_df",
+        "detectable_worsening",
     ]
     out = []
     for c in rep.curves:
@@ -423,6 +460,10 @@ def curves_table(rep: Report) -> tuple[list[str], list[list]]:
                     "" if c.significant is None else c.significant,
                     int(c.x[int(c.test.best)]) if c.test is not None else "",
                     upper,
+                    c.variance if c.has_intervals else "",
+                    math.sqrt(float(c.run_var.var)) if c.run_var is not None else None,
+                    c.run_var.df if c.run_var is not None else None,
+                    c.detectable,
                 ]
             )
     return header, out

@@ -1,7 +1,9 @@
 """Report on a synthetic study with known shapes: rte's tuned-LR C4 perplexity is U-shaped in
 tokens (turn at 4M), trec's curves keep improving; intermediate checkpoints must stay apart.
 Every fine-tuning row has per-example scores (``scores``, as the sweep writes them) whose means
-are the row's metrics, with small per-row noise, so the turns are real ones, beyond the noise."""
+are the row's metrics, with small per-row noise, so the turns are real ones, beyond the noise.
+A noise probe (fine-tuning seeds 1 and 2 at the first and last budget, each run 1% off seed 0's
+perplexities, one up, one down) measures the run-to-run variation every decision counts."""
 
 import csv
 import math
@@ -18,6 +20,7 @@ from overtrain.evaluate.report import aggregate, find_turn, load_rows, make_repo
 N_TEST, N_WINDOWS, WINDOW = 400, 50, 64
 DIFFICULTY = np.random.default_rng(0).normal(0, 0.3, N_TEST)
 DIFFICULTY -= DIFFICULTY.mean()  # shared by every row: the examples are the same at every budget
+WINDOWS = np.random.default_rng(1).normal(0, 0.5, N_WINDOWS)  # C4 windows' difficulty, shared likewise
 
 M = 1_000_000
 BUDGETS = [1 * M, 2 * M, 4 * M, 8 * M, 16 * M]
@@ -66,7 +69,7 @@ def scores_of(row: dict, rng) -> dict:
     nll = math.log(row["test_id_ppl"]) + DIFFICULTY + noise - noise.mean()
     classes = 2 if row["task"] == "rte" else 6
     correct = np.arange(N_TEST) < round(row["test_acc"] * N_TEST)
-    window = rng.normal(0, 0.5, N_WINDOWS)
+    window = WINDOWS + rng.normal(0, 0.05, N_WINDOWS)
     c4 = (math.log(row["c4_ppl_after"]) + window - window.mean()) * WINDOW
     return {
         "after": {
@@ -76,13 +79,21 @@ def scores_of(row: dict, rng) -> dict:
     }
 
 
-def write_sweep(path, task, i, **kw):
+PROBE = {1: 1.01, 2: 1 / 1.01}  # noise-probe seed -> its run's perplexity factor (a run shift of 1%)
+
+
+def write_sweep(path, task, i, seed=0, **kw):
     """What ``overtrain sweep`` writes: a row per LR (its per-example scores first), then for rte a
-    copy of the tuned one flagged ``selected`` (trec's selection is left to the report)."""
-    rng = np.random.default_rng([i, len(task), len(kw)])
+    copy of the tuned one flagged ``selected`` (trec's selection is left to the report). ``seed``:
+    a probe seed (``PROBE``): its run's perplexities shifted."""
+    rng = np.random.default_rng([i, len(task), len(kw), seed])
     rows = {}
     for lr in LRS:
         row = ft_row(task, lr, i, **kw)
+        if seed:
+            f = PROBE[seed]
+            row |= {"seed": seed, "test_id_ppl": row["test_id_ppl"] * f, "val_id_ppl": row["val_id_ppl"] * f}
+            row |= {"c4_ppl_after": row["c4_ppl_after"] * f}
         rows[lr] = row = {**row, "scores": write_scores(path, scores_of(row, rng))}
         append_row(path, row)
     if task == "rte":
@@ -107,6 +118,9 @@ def study(tmp_path_factory):
         )
         for task in ("rte", "trec"):
             write_sweep(ft, task, i)
+            if i in (0, len(BUDGETS) - 1):  # the noise probe
+                for seed in PROBE:
+                    write_sweep(ft, task, i, seed)
         for gamma in (0.5, 1.0):
             for seed, jitter in ((0, -0.1), (1, 0.1)):  # change grows with tokens and gamma
                 append_row(
@@ -148,7 +162,7 @@ def test_inflections_and_verdict(study):
     _, _, rep, text, _ = study
     (c4_tuned,) = [c for c in rep.find("c4", "rte", "tuned") if not c.series.intermediate]
     assert c4_tuned.x == BUDGETS and c4_tuned.interior and c4_tuned.turn_tokens == 4 * M
-    assert c4_tuned.worse_by == pytest.approx(70 / 52 - 1)
+    assert c4_tuned.worse_by == pytest.approx(np.mean([70 * f for f in (1, *PROBE.values())]) / 52 - 1)  # probe mean
     fixed = {c.setting: c.turn_tokens for c in rep.find("c4", "rte") if not c.series.intermediate}
     assert fixed == {"lr=1e-4": None, "lr=1e-3": 4 * M, "lr=1e-2": 2 * M, "tuned": 4 * M}
     assert all(
@@ -169,7 +183,7 @@ def test_inflections_and_verdict(study):
     assert "tuned LR = lowest val_id_ppl" in text
     assert "ignored 1 torn final line" in text and "1 eval" in text and "differ in" not in text
     # the sweep's selected copy is not counted twice in the fixed-LR cell
-    assert rep.fixed[next(k for k in rep.fixed if k[1] == "rte" and not k[0].intermediate)][M][1e-3].n == 1
+    assert rep.fixed[next(k for k in rep.fixed if k[1] == "rte" and not k[0].intermediate)][4 * M][1e-3].n == 1
     assert "for 2 of 2 (model, gamma) curves" in text  # noise sensitivity grows
 
 
@@ -213,6 +227,8 @@ def test_tables_hold_the_numbers(study):
     pert = list(csv.DictReader(open(out / "perturb.csv")))
     (p,) = [x for x in pert if x["pretrain_tokens"] == str(8 * M) and x["gamma"] == "1.0"]
     assert float(p["c4_ppl_change_mean"]) == pytest.approx(4.0) and p["n_seeds"] == "2"
+    # 2 noise seeds at +-0.1: t_{0.975, 1} = tan(0.475 pi) times sd / sqrt(2) = 0.1, not 1.96 x 0.1
+    assert float(p["ci_high"]) - 4.0 == pytest.approx(math.tan(0.475 * math.pi) * 0.1, rel=1e-6)
     assert (out / "report.md").read_text() == text
 
 
@@ -241,7 +257,7 @@ def test_group_by_and_cli(study, tmp_path, capsys):
     rows = load_rows([str(root / "sweeps"), str(extra)], warn=False)
     mixed = aggregate(rows, [], 0.01)  # without --group-by the two setups share cells: said so
     assert any("differ in tags" in n and "--group-by" in n for n in mixed.notes)
-    assert mixed.fixed[next(k for k in mixed.fixed if k[1] == "rte")][M][1e-3].n == 2
+    assert mixed.fixed[next(k for k in mixed.fixed if k[1] == "rte")][4 * M][1e-3].n == 2
     out = tmp_path / "report"
     assert main(["report", str(root / "sweeps"), str(extra), f"out={out}", "group_by=parametrization"]) == 0
     printed = capsys.readouterr().out
@@ -300,10 +316,11 @@ def test_cannot_tell_and_sanity_flags(tmp_path):
     wide = tmp_path / "wide.jsonl"
     for i in range(4):
         for lr in LRS:
-            row = ft_row("rte", lr, i, c4_ppl_after=55.0, test_id_ppl=1.8, val_id_ppl=1.8 + lr, test_acc=0.7)
-            s = scores_of(row, rng)
-            s["after"]["test"]["nll"] = s["after"]["test"]["nll"] + rng.normal(0, 0.5, N_TEST)  # noisy per budget
-            append_row(wide, {**row, "scores": write_scores(wide, s)})
+            for seed in (0, 1):  # two runs per point: run-to-run variation measured
+                row = ft_row("rte", lr, i, c4_ppl_after=55.0, test_id_ppl=1.8, val_id_ppl=1.8 + lr, test_acc=0.7)
+                s = scores_of(row, rng)
+                s["after"]["test"]["nll"] = s["after"]["test"]["nll"] + rng.normal(0, 0.5, N_TEST)  # noisy per run
+                append_row(wide, {**row, "seed": seed, "scores": write_scores(wide, s)})
     rep, text, _ = make_report([str(wide)], tmp_path / "r4")
     assert "**rte**: cannot tell: intervals too wide" in text and rep.verdicts["rte"]["shows"] is None
     assert any("the tuned LR is the lowest of its grid" in f for f in rep.flags)
@@ -341,3 +358,23 @@ def test_extended_grid_rows_and_superseded_selections(tmp_path):
     assert any("3 selected rows superseded" in n for n in rep.notes) and any("extended_lr" in n for n in rep.notes)
     flags = [f for f in rep.flags if "the tuned LR is the lowest of its grid at 1M tokens" in f]
     assert len(flags) == 1 and "(grid extension: max_extensions=1 reached)" in flags[0]
+
+
+def test_one_run_per_point_cannot_tell(tmp_path):
+    """rte's clear turn (C4 52 -> 70) with one fine-tuning run per point and no probe: run-to-run
+    variation is not measured, so the report says so and claims no turn from example noise alone;
+    two runs at the first and last budget (a probe) make it a turn, with the variance named."""
+    path = tmp_path / "results.jsonl"
+    for i in range(len(BUDGETS)):
+        write_sweep(path, "rte", i)
+    rep, text, _ = make_report([str(path)], tmp_path / "r1")
+    assert "cannot tell: one run per point, run-to-run variation not measured" in text
+    assert rep.verdicts["rte"]["shows"] is None and all(c.turn is None for c in rep.find("c4", "rte"))
+    assert all(c.variance.startswith("examples only") for c in rep.find("c4", "rte"))
+    for i in (0, len(BUDGETS) - 1):
+        write_sweep(path, "rte", i, 1)
+    rep, text, _ = make_report([str(path)], tmp_path / "r2")
+    assert rep.verdicts["rte"]["shows"] is True and "turns at 4M tokens" in text
+    (c,) = rep.find("c4", "rte", "tuned")
+    assert c.runs == [2, 1, 1, 1, 2] and c.run_var.df == 2 * 3  # 2 probe cells x 3 LRs, 1 df each
+    assert "pooled over 6 cells with repeated runs, 6 df" in c.variance and "80% power" in text
