@@ -5,8 +5,12 @@
         model.yaml   the ModelSpec
         meta.json    {"step", "tokens", "budget_tokens", "final", "lr_decayed", "kind", ...}
         optim.pt     optimizer state (training checkpoints only)
+        optim/       instead of optim.pt under ``parallel: fsdp``: the sharded optimizer state in
+                     torch's distributed checkpoint format (``save_sharded``; every rank writes its
+                     shards), keyed by parameter name, so it loads on any number of ranks
+                     (``load_sharded_optimizer``: resharded as the loading ranks shard the model)
         state.pt     trainer state: schedule position, RNG states, data position (training only)
-        SHA256SUMS   sha256 of every other file, in ``sha256sum`` format (``sha256sum -c SHA256SUMS``
+        SHA256SUMS   sha256 of every other file (optim/'s by relative path), in ``sha256sum`` format (``sha256sum -c SHA256SUMS``
                      checks it by hand); written last, before the rename
     RUN_DIR/checkpoints/latest   text file naming the newest complete step directory
 
@@ -52,9 +56,15 @@ def step_dir_name(step: int) -> str:
 
 
 def write_checkpoint(
-    ckpt_root: str | os.PathLike, step: int, files: dict[str, object], meta: dict, spec: ModelSpec
+    ckpt_root: str | os.PathLike,
+    step: int,
+    files: dict[str, object],
+    meta: dict,
+    spec: ModelSpec,
+    dirs: dict[str, Path] | None = None,
 ) -> Path:
-    """Write ``files`` (name -> object for torch.save) + model.yaml + meta.json atomically."""
+    """Write ``files`` (name -> object for torch.save) + model.yaml + meta.json atomically; ``dirs``
+    (name -> a directory already written, e.g. by every rank's ``save_sharded``) are moved in."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -66,7 +76,9 @@ def write_checkpoint(
         torch.save(obj, tmp / name)
     (tmp / "model.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+    for name, src in (dirs or {}).items():
+        os.replace(src, tmp / name)
+    sums = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
     if final.exists():
         shutil.rmtree(final)
@@ -352,3 +364,31 @@ def checkpoint_provenance(step_dir: str | os.PathLike, spec: ModelSpec, meta: di
         "final": meta.get("final"),
         "pretrain_run": meta.get("run_dir"),
     }
+
+
+# ------------------------------------------------------------------ sharded (FSDP) optimizer state
+
+
+def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer state of a (maybe FSDP-sharded) model into ``path`` with torch's distributed
+    checkpoint (a collective: every rank writes its own shards; rank 0 the metadata)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(path))
+
+
+def load_sharded_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """``save_sharded``'s state into ``optimizer`` of ``model`` as sharded now (any number of ranks,
+    sharded or not; every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    state = {"optim": get_optimizer_state_dict(model, optimizer)}  # the layout to read into
+    try:
+        with warnings.catch_warnings():  # one process reading shards is the point, not a mistake to warn of
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+    except Exception as e:  # noqa: BLE001  (dcp wraps reader errors in its own types)
+        raise CheckpointError(f"{path}: cannot load the sharded optimizer state ({str(e).splitlines()[0]})") from None
+    set_optimizer_state_dict(model, optimizer, state["optim"])

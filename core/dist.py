@@ -3,12 +3,20 @@
 Without those variables everything degrades to one process and no process group. With them:
 nccl on CUDA, gloo on CPU; each rank drives ``cuda:LOCAL_RANK``. Only rank 0 writes files and
 prints progress (``is_main``).
+
+``parallel: ddp | fsdp`` (``prepare``): DDP replicates the model and optimizer on every rank;
+FSDP2 (``shard``: ``fully_shard`` per block, then the root) keeps 1/world of every parameter,
+gradient and optimizer state per rank, gathering a block's parameters for its forward and
+backward and reduce-scattering its gradients (fp32). Both average gradients over ranks, so the
+step is the same (``core.step``), up to the order of float additions.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -82,3 +90,85 @@ def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
+
+
+# ------------------------------------------------------------------------------------- FSDP2
+
+
+@dataclass
+class FSDPConfig:
+    """Settings of ``parallel: fsdp`` (torch's FSDP2, ``torch.distributed.fsdp.fully_shard``)."""
+
+    # Free each block's gathered parameters after its forward and gather them again in the backward:
+    # parameters take 1/world of their memory between uses, for one more all-gather per block.
+    reshard_after_forward: bool = True
+    # The dtype blocks compute in (gathered copies of the fp32 shards); gradients are reduced in fp32
+    # and the fp32 shards and optimizer states are what the optimizer steps. auto: bf16 where the run
+    # computes in bf16 anyway (``precision`` auto on CUDA, or bf16), else fp32 (CPU: exact comparisons).
+    param_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+def compute_dtype(fsdp: FSDPConfig, device: torch.device, precision: str) -> torch.dtype:
+    """The dtype FSDP gathers parameters in (``FSDPConfig.param_dtype``; auto follows ``precision``)."""
+    choice = fsdp.param_dtype
+    if choice == "auto":
+        bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        choice = "bf16" if bf16 else "fp32"
+    return torch.bfloat16 if choice == "bf16" else torch.float32
+
+
+def shard(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], fsdp: FSDPConfig, dtype: torch.dtype):
+    """``fully_shard`` each of ``blocks`` (one all-gather per block), then the root (embeddings,
+    final norm, readout), in place; returns ``model`` (now an ``FSDPModule``).
+
+    Each parameter becomes a DTensor sharded on dim 0 over the ranks, a new ``nn.Parameter``: mup's
+    ``infshape`` (an attribute of the old one) is copied over by name, so the optimizer built after
+    sharding (``core.optim``) groups and scales the LRs as for the unsharded model.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    shapes = {n: p.infshape for n, p in model.named_parameters() if hasattr(p, "infshape")}
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=fsdp.reshard_after_forward, mp_policy=mp)
+    fully_shard(model, reshard_after_forward=fsdp.reshard_after_forward, mp_policy=mp)
+    for n, p in model.named_parameters():
+        if n in shapes:
+            p.infshape = shapes[n]
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
+def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on rank 0's CPU (None on the other ranks). For a sharded model a
+    collective (every rank calls it): the shards are gathered one tensor at a time."""
+    if not is_sharded(model):
+        return model.state_dict() if info.is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state if info.is_main else None
+
+
+def prepare(
+    model: torch.nn.Module,
+    info: DistInfo,
+    device: torch.device,
+    parallel: str = "ddp",
+    fsdp: FSDPConfig | None = None,
+    blocks: Sequence[torch.nn.Module] = (),
+    precision: str = "auto",
+) -> torch.nn.Module:
+    """What the steps run under torchrun: ``parallel`` ddp (``wrap``: the model replicated) or fsdp
+    (``shard``: in place, per block). One process: the model itself either way (FSDP over one rank
+    would only copy)."""
+    if not info.distributed:
+        return model
+    if parallel == "fsdp":
+        return shard(model, blocks, fsdp or FSDPConfig(), compute_dtype(fsdp or FSDPConfig(), device, precision))
+    return wrap(model, info, device)

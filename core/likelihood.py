@@ -95,6 +95,12 @@ def windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> 
 
 
 @torch.no_grad()
+def _sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
 def perplexity(
     model,
     tokens: np.ndarray,
@@ -109,10 +115,11 @@ def perplexity(
 ) -> dict:
     """LM perplexity on a flat token array: exp(mean NLL over every predicted token).
 
-    Deterministic (fixed windows, fixed order). With ``distributed`` the windows are split over
-    ranks and the sums all-reduced, so every rank returns the same value. ``per_window`` adds
-    ``window_nll``: each window's summed NLL (float64, this rank's windows; each predicts seq_len
-    tokens), for intervals over windows; loss and ppl are unchanged by it.
+        Deterministic (fixed windows, fixed order). With ``distributed`` the windows are split over
+        ranks and the sums all-reduced, so every rank returns the same value (an FSDP-sharded model
+    runs as many forwards on every rank, a rank with fewer windows discarding its extra ones). ``per_window`` adds
+        ``window_nll``: each window's summed NLL (float64, this rank's windows; each predicts seq_len
+        tokens), for intervals over windows; loss and ppl are unchanged by it.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -125,8 +132,17 @@ def perplexity(
     nll = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     per = []
+    n_batches = math.ceil(len(mine) / batch_size)
+    if world > 1 and _sharded(model):  # every forward is a collective: all ranks run as many (extra ones discarded)
+        n_batches = math.ceil(math.ceil(len(win) / world) / batch_size)
     with autocast_for(device, precision):
-        for start in range(0, len(mine), batch_size):
+        for b in range(n_batches):
+            start = b * batch_size
+            if start >= len(mine):
+                token_logprobs(
+                    model, torch.from_numpy(win[:1, :-1]).to(device), torch.from_numpy(win[:1, 1:]).to(device)
+                )
+                continue
             chunk = torch.from_numpy(mine[start : start + batch_size]).to(device)
             lp = token_logprobs(model, chunk[:, :-1], chunk[:, 1:], vocab_size)
             nll -= lp.double().sum()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -40,11 +41,13 @@ import torch
 from ..core import dist
 from ..core.checkpoint import (
     load_model,
+    load_sharded_optimizer,
     prune_checkpoints,
     rng_state,
-    save_model_checkpoint,
+    save_sharded,
     set_rng_state,
     step_dir_name,
+    write_checkpoint,
 )
 from ..core.config import CheckpointError, atomic_write_text, expand_path, to_dict
 from ..core.likelihood import lm_loss, perplexity
@@ -83,10 +86,11 @@ def build_model_and_optimizer(
     plan: Plan, info: dist.DistInfo, device: torch.device
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Resumed]:
     """Fresh: the seeded model, its optimizer and seeded RNGs. Resumed from ``plan.resume_from``:
-    its weights, optimizer state and this rank's RNG state."""
+    its weights, optimizer state and this rank's RNG state. The model is laid out for training
+    (``layout``: FSDP-sharded under ``parallel: fsdp``) before the optimizer is built on it."""
     cfg = plan.cfg
     if plan.resume_from is None:
-        model = build_model(plan.spec, device=device, seed=cfg.seed)
+        model = layout(build_model(plan.spec, device=device, seed=cfg.seed), cfg, info, device)
         opt = optimizer_for(model, cfg.optim)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -101,8 +105,17 @@ def build_model_and_optimizer(
             f"{ckpt / 'state.pt'}: planned for {state['steps_total']} steps of "
             f"{state['tokens_per_step']} tokens, the config now gives {plan.steps} x {plan.tokens_per_step}"
         )
+    model = layout(model, cfg, info, device)
     opt = optimizer_for(model, cfg.optim)
-    opt.load_state_dict(torch.load(ckpt / "optim.pt", map_location=device, weights_only=True))
+    if (ckpt / "optim").is_dir():  # saved sharded (fsdp): loads on any number of ranks, sharded or not
+        load_sharded_optimizer(ckpt / "optim", model, opt)
+    elif dist.is_sharded(model):
+        raise CheckpointError(
+            f"{ckpt / 'optim.pt'}: saved by a parallel=ddp run (whole, by parameter index); resume it with "
+            "parallel=ddp, or start the fsdp run from a checkpoint it saved"
+        )
+    else:
+        opt.load_state_dict(torch.load(ckpt / "optim.pt", map_location=device, weights_only=True))
     rngs = state["rng"]  # one per rank; on another number of ranks, every rank continues rank 0's
     set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
     return (
@@ -118,14 +131,30 @@ def build_model_and_optimizer(
     )
 
 
+def layout(model: torch.nn.Module, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> torch.nn.Module:
+    """The model as it trains: each block's activations recomputed in the backward
+    (``activation_checkpointing``; OLMo's whole-layer strategy) and, under torchrun with
+    ``parallel: fsdp``, sharded in place per block (``core.dist.shard``; muP shapes kept)."""
+    if cfg.activation_checkpointing:
+        from olmo.config import ActivationCheckpointingStrategy
+
+        model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer)
+    if cfg.parallel == "fsdp" and info.distributed:
+        dtype = dist.compute_dtype(cfg.fsdp, device, cfg.precision)
+        dist.shard(model, list(model.transformer.blocks), cfg.fsdp, dtype)
+    return model
+
+
 def for_training(
     model: torch.nn.Module, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device
 ) -> tuple[torch.nn.Module, Callable | None]:
-    """The module the steps run (compiled if asked, DDP-wrapped under torchrun) and the loss
-    function (None = ``lm_loss``). Evaluation and checkpoints use the plain ``model``."""
+    """The module the steps run (compiled if asked; DDP-wrapped under torchrun unless ``layout``
+    sharded it) and the loss function (None = ``lm_loss``). Evaluation and checkpoints use ``model``."""
     train_model = torch.compile(model) if cfg.compile else model
     # Compiling the loss too fuses the 50K-way cross-entropy: no fp32 logits are materialized.
     loss_fn = torch.compile(lm_loss) if cfg.compile else None
+    if dist.is_sharded(model):
+        return train_model, loss_fn
     return dist.wrap(train_model, info, device), loss_fn
 
 
@@ -342,12 +371,25 @@ class PretrainRun(Hook):
         return reasons
 
     def checkpoint(self, done: int, reasons: list[str]) -> None:
-        """checkpoints/step-N/: model.pt + meta.json, optim.pt and state.pt (what an exact resume needs)."""
+        """checkpoints/step-N/: model.pt (whole, gathered under fsdp) + meta.json, optim.pt (fsdp: optim/,
+        sharded) and state.pt (what an exact resume needs)."""
         rngs = gather_rng_states(self.info)
+        files, dirs = {}, {}
+        if dist.is_sharded(self.model):  # every rank writes its optimizer shards; rank 0 moves them in
+            shards = self.ckpt_root / f".tmp-{step_dir_name(done)}-optim"
+            if self.info.is_main:
+                shutil.rmtree(shards, ignore_errors=True)
+                shards.parent.mkdir(parents=True, exist_ok=True)
+            dist.barrier()
+            save_sharded(shards, self.model, self.opt)
+            dirs["optim"] = shards
+        elif self.info.is_main:
+            files["optim.pt"] = self.opt.state_dict()
+        weights = dist.full_state_dict(self.model, self.info)  # gathered on rank 0 (a collective if sharded)
         if self.info.is_main:
-            extra = {"optim.pt": self.opt.state_dict(), "state.pt": self.trainer_state(done, rngs)}
+            files.update({"model.pt": weights, "state.pt": self.trainer_state(done, rngs)})
             meta = self.checkpoint_meta(done, reasons)
-            save_model_checkpoint(self.ckpt_root, done, self.model, self.spec, meta, extra=extra)
+            write_checkpoint(self.ckpt_root, done, files, meta, self.spec, dirs=dirs)
             if "periodic" in reasons:
                 prune_checkpoints(self.ckpt_root, self.cfg.checkpoint.keep_last)
         dist.barrier()

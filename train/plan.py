@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.checkpoint import resume_checkpoint
 from ..core.config import ConfigError, DataError, expand_path, from_dict, read_yaml, to_dict
+from ..core.dist import FSDPConfig
 from ..core.identity import no_result, no_result_keys
 from ..core.model import ModelSpec, load_model_spec
 from ..core.schedule import Schedule, ScheduleConfig
@@ -91,6 +92,12 @@ class PretrainConfig:
     device: str = no_result("auto")  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = no_result(False)  # torch.compile the model
+    # Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
+    # optimizer states over the ranks per block (core.dist; checkpoints' optimizer state in optim/).
+    # Either reorders float sums only (fsdp.param_dtype auto computes in the run's precision).
+    parallel: Literal["ddp", "fsdp"] = no_result("ddp")
+    fsdp: FSDPConfig = no_result(factory=FSDPConfig)
+    activation_checkpointing: bool = no_result(False)  # recompute each block's activations in the backward
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -122,7 +129,8 @@ class PretrainConfig:
 # Keys that may differ between a run directory's config.yaml and the command resuming it: the
 # fields marked ``no_result`` (``core.identity``), which change where/how fast the run goes or what
 # is logged, not the trajectory of the weights (a new micro_batch_size or number of processes only
-# reorders float sums; anything else stays exact): run_dir, device, compile, micro_batch_size, log,
+# reorders float sums; anything else stays exact): run_dir, device, compile, parallel, fsdp,
+# activation_checkpointing, micro_batch_size, log,
 # eval.every_steps, eval.batch_size, checkpoint.every_steps, checkpoint.keep_last, checkpoint.at_tokens.
 RESUMABLE_CHANGES = no_result_keys(PretrainConfig)
 
