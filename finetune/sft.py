@@ -46,8 +46,11 @@ fits one 80 GB GPU. Activations, estimated (not measured: no GPU in our tests) f
 checkpointing, non-reentrant) keeps only each layer's input (~1.5 GB per record, most of it the
 logits) and recomputes the rest in the backward (~1/3 more compute), for longer sequences or larger
 micro-batches. DDP replicates the whole model and optimizer on every GPU, so it adds throughput,
-never memory: a 7B model (~112 GB of states) does not fit any single 80 GB GPU and needs sharding
-(FSDP / ZeRO), which is not built; neither is multi-node SFT.
+never memory: a 7B model (~112 GB of states) does not fit any single 80 GB GPU. ``parallel=fsdp``
+shards it (torch's FSDP2 per decoder layer, ``core.dist.shard``: 1/world of the states per rank, a
+layer's parameters gathered for its forward and backward, gradients reduce-scattered in fp32; every
+rank runs as many micro-batches, idle ones added); the whole weights are gathered on rank 0 to save
+(tests/test_sft_ddp.py: equal to one process).
 
 Defaults (marked choices): Amuro & Char fine-tune OLMo-1B checkpoints on TULU with 5 epochs, batch 8,
 LR 2e-6, which we take; the catastrophic-overtraining paper's own SFT table is not in our sources.
@@ -58,10 +61,11 @@ open-instruct's TULU defaults as we know them, not checked against the papers.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +75,7 @@ import torch.nn.functional as F
 
 from ..core import dist
 from ..core.config import ConfigError, expand_path, replace_dir, to_dict
+from ..core.dist import FSDPConfig
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
@@ -115,6 +120,8 @@ class SFTConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: fp32 weights, bf16 autocast on CUDA
     gradient_checkpointing: bool = False  # recompute activations in the backward (less memory, ~1/3 more compute)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (ddp) or shard per decoder layer (fsdp)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # reshard_after_forward, param_dtype (core.dist)
     results: str | None = None  # append one 'sft' row (provenance + training stats) to this results.jsonl
     overwrite: bool = False  # replace a finished out (else a finished out is skipped)
     log_every: int = 10  # a progress line every N steps (0 = none)
@@ -135,7 +142,7 @@ class SFTConfig:
 CONFIG = SFTConfig
 
 # Settings that change no result: left out of the recorded config that a rerun is compared with.
-NOT_RESULT = ("out", "results", "overwrite", "device", "log_every", "gradient_checkpointing")
+NOT_RESULT = ("out", "results", "overwrite", "device", "log_every", "gradient_checkpointing", "parallel", "fsdp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,9 +234,12 @@ def train_sft(
     n = len(enc.ids)
     per_epoch, total = batch_plan(n, cfg.batch_size, cfg.epochs)  # an epoch's last batch may be smaller
     schedule = Schedule.build(ScheduleConfig(warmup_fraction=cfg.warmup, decay=cfg.schedule), total, 1, cfg.lr)
+    # DDP / FSDP (sharded in place, per decoder layer) under torchrun; the model itself otherwise
+    train_model = dist.prepare(model, info, device, cfg.parallel, cfg.fsdp, decoder_layers(model), cfg.precision)
     opt = build_optimizer(model.named_parameters(), cfg.lr, weight_decay=cfg.weight_decay, mup=False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padded inputs are never targets
-    train_model = dist.wrap(model, info, device)  # DDP under torchrun; the model itself otherwise
+    # Under FSDP every forward is a collective: every rank runs as many micro-batches (idle ones added).
+    sharded = dist.is_sharded(train_model)
     orders = [rng.permutation(n) for _ in range(cfg.epochs)]  # epoch e's record order, drawn in turn
 
     def batches(step: int):
@@ -237,6 +247,9 @@ def train_sft(
         batch = orders[epoch][b * cfg.batch_size : (b + 1) * cfg.batch_size]
         share = batch_shares(batch, info.world_size)[info.rank]
         mbs = micro_batches(enc, share, cfg.micro_batch_size, pad_id, device) or [idle_micro_batch(pad_id, device)]
+        if sharded:
+            most = math.ceil(math.ceil(len(batch) / info.world_size) / cfg.micro_batch_size)
+            mbs += [idle_micro_batch(pad_id, device) for _ in range(most - len(mbs))]
         return mbs, sum(len(enc.ids[r]) - 1 for r in batch)
 
     stepper = SingleRun(train_model, opt, cfg.grad_clip, cfg.precision, sft_loss, weights=model)
@@ -282,6 +295,15 @@ class SFTLog(Hook):
         self.inputs += ev.input_tokens
         if self.log and self.log_every and (step % self.log_every == 0 or step == self.total):
             self.log(f"step {step}/{self.total} | epoch {epoch + 1} | loss {stats.loss:.4f} | lr {stats.lr:.3g}")
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """A transformers causal LM's decoder layers (FSDP's units): the ModuleList of config.num_hidden_layers."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    raise ConfigError(f"{type(model).__name__}: no list of {n} decoder layers to shard; use parallel=ddp")
 
 
 def enable_checkpointing(model) -> None:
@@ -348,8 +370,9 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
             path, records, cfg, device, info, log, f"{member.ref} ({prov['pretrain_tokens']} pre-training tokens)"
         )
         prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
+        weights = dist.full_state_dict(model, info) if dist.is_sharded(model) else None  # gathered on rank 0
         if info.is_main:
-            _save(model, tokenizer, prov, out)
+            _save(model, tokenizer, prov, out, weights)
             _ensure_row(results, out, prov)
             log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
         dist.barrier()  # every rank returns once out is written
@@ -382,11 +405,12 @@ def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.Dist
     return model, tokenizer, stats
 
 
-def _save(model, tokenizer, prov: dict, out: Path) -> None:
-    """Model, tokenizer and provenance in a temporary directory, checked, then renamed to ``out`` (atomic)."""
+def _save(model, tokenizer, prov: dict, out: Path, weights: dict | None = None) -> None:
+    """Model (``weights``: its whole state dict, gathered from FSDP's shards), tokenizer and provenance
+    in a temporary directory, checked, then renamed to ``out`` (atomic)."""
     tmp = out.with_name(f".{out.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
     try:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=weights)
         tokenizer.save_pretrained(str(tmp))
         write_provenance(tmp, prov)
         check_loadable(tmp)
