@@ -61,6 +61,7 @@ open-instruct's TULU defaults as we know them, not checked against the papers.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -77,6 +78,7 @@ from ..core import dist
 from ..core.config import ConfigError, expand_path, replace_dir, to_dict
 from ..core.dist import FSDPConfig
 from ..core.hf_compat import hide_broken_torchvision
+from ..core.memory import Setup, check_fits, hf_shape
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
 from ..core.schedule import Schedule, ScheduleConfig
@@ -122,6 +124,7 @@ class SFTConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward (less memory, ~1/3 more compute)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (ddp) or shard per decoder layer (fsdp)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # reshard_after_forward, param_dtype (core.dist)
+    memory_gb: float | None = None  # one GPU's memory: refuse a run whose estimate (core.memory) won't fit
     results: str | None = None  # append one 'sft' row (provenance + training stats) to this results.jsonl
     overwrite: bool = False  # replace a finished out (else a finished out is skipped)
     log_every: int = 10  # a progress line every N steps (0 = none)
@@ -142,7 +145,17 @@ class SFTConfig:
 CONFIG = SFTConfig
 
 # Settings that change no result: left out of the recorded config that a rerun is compared with.
-NOT_RESULT = ("out", "results", "overwrite", "device", "log_every", "gradient_checkpointing", "parallel", "fsdp")
+NOT_RESULT = (
+    "out",
+    "results",
+    "overwrite",
+    "device",
+    "log_every",
+    "gradient_checkpointing",
+    "parallel",
+    "fsdp",
+    "memory_gb",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,6 +310,36 @@ class SFTLog(Hook):
             self.log(f"step {step}/{self.total} | epoch {epoch + 1} | loss {stats.loss:.4f} | lr {stats.lr:.3g}")
 
 
+MEMORY_SETTINGS = {
+    "parallel": "parallel",
+    "checkpointing": "gradient_checkpointing",
+    "micro_batch_size": "micro_batch_size",
+    "gpus": "processes: torchrun's nproc, a grid's instruct.gpus",
+}
+
+
+def memory_setup(config: dict, cfg: SFTConfig, world_size: int) -> Setup:
+    """What one rank's memory depends on besides the model: ``max_seq_len`` capped at the model's context."""
+    seq = min(cfg.max_seq_len, config.get("max_position_embeddings") or cfg.max_seq_len)
+    return Setup(
+        cfg.micro_batch_size,
+        seq,
+        world_size,
+        cfg.parallel,
+        cfg.gradient_checkpointing,
+        bf16=cfg.precision != "fp32",  # memory_gb means a GPU: precision auto computes in bf16 there
+        reshard_after_forward=cfg.fsdp.reshard_after_forward,
+    )
+
+
+def check_memory(path: Path, cfg: SFTConfig, world_size: int, what: str) -> None:
+    """With ``memory_gb``: refuse (``ConfigError``, naming the setting that fits) a run that will not fit."""
+    if cfg.memory_gb is None:
+        return
+    config = json.loads((Path(path) / "config.json").read_text())
+    check_fits(hf_shape(config), memory_setup(config, cfg, world_size), cfg.memory_gb, f"sft {what}", MEMORY_SETTINGS)
+
+
 def decoder_layers(model) -> list[torch.nn.Module]:
     """A transformers causal LM's decoder layers (FSDP's units): the ModuleList of config.num_hidden_layers."""
     n = getattr(model.config, "num_hidden_layers", None)
@@ -361,6 +404,7 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
         raise ConfigError(
             f"{member.ref}: pre-training tokens unknown (no 'tokensN' in the revision or directory name); give tokens="
         )
+    check_memory(path, cfg, info.world_size, member.ref)  # from config.json, before any weight is read
     records = load_chat(cfg.data, cfg.max_examples)  # every record checked before any work
     device = dist.resolve_device(cfg.device, info)
 

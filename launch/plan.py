@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ConfigError, expand_path, parse_count, to_dict
+from ..core.config import ConfigError, expand_path, load_config, parse_count, to_dict
 from .spec import (
     GridSpec,
     HardwareSpec,
@@ -241,7 +241,72 @@ def expand(spec: GridSpec) -> list[Job]:
         every = [j.id for j in jobs]
         argv = ["report", str(root), f"out={root / 'report'}", *track]
         jobs.append(Job("report", "report", argv, every, None))  # always rerun
+    plan_memory(spec, jobs)
     return toposort(jobs)
+
+
+def job_memory(spec: GridSpec, job: Job):
+    """(``core.memory.Shape``, ``Setup``, the settings' names) of a pretrain or instruct job's per-GPU
+    memory, from its own command line; None where the model's shape is unknown offline (a hub member
+    without ``suite.architecture``)."""
+    import json
+
+    from ..core.memory import hf_shape, olmo_shape
+
+    gpus = max(job.nproc, 1)  # 0 = the runner's GPUs: plan as 1 (ddp's memory does not depend on it)
+    if job.kind == "pretrain":
+        from ..train.plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
+
+        cfg = load_config(PretrainConfig, job.argv[1], job.argv[2:], kind="pretrain")
+        mspec = resolve_spec(cfg, job.id)
+        cfg.seq_len = cfg.seq_len or mspec.max_sequence_length
+        return olmo_shape(mspec), memory_setup(cfg, gpus), MEMORY_SETTINGS
+    from ..finetune.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
+
+    config = dict(spec.suite.architecture)
+    local = Path(job.argv[1]) / "config.json"
+    if not config and local.is_file():
+        config = json.loads(local.read_text())
+    if not config:
+        return None
+    cfg = load_config(SFTConfig, None, job.argv[2:])
+    params = parse_count(spec.suite.params) if spec.suite.params else None
+    return hf_shape(config, params), memory_setup(config, cfg, gpus), MEMORY_SETTINGS
+
+
+def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
+    """Each pretrain / instruct job's per-GPU memory estimate into ``info["memory_gb"]``; with
+    ``hardware.memory_gb``, every such job checks it again itself (``memory_gb=``), and a job that will
+    not fit is refused here, before any submission, naming the setting that makes it fit."""
+    from ..core.memory import GB, estimate, fits, remedy
+
+    limit = spec.hardware.memory_gb
+    refused = []
+    for job in jobs:
+        if job.kind not in ("pretrain", "instruct"):
+            continue
+        found = job_memory(spec, job)
+        if found is None:
+            job.info["memory_gb"] = None
+            continue
+        shape, setup, names = found
+        est = estimate(shape, setup)
+        job.info["memory_gb"] = est.total / GB
+        job.info["memory"] = est.describe()
+        if limit is None:
+            continue
+        job.argv.append(f"memory_gb={limit:g}")
+        if not fits(shape, setup, limit):
+            where = "pretrain.gpus" if job.kind == "pretrain" else "instruct.gpus"
+            names = {**names, "gpus": where}
+            prefix = "pretrain.overrides: " if job.kind == "pretrain" else "instruct.args: "
+            refused.append(f"{job.id}: ~{est.describe()} per GPU; to fit: {prefix}{remedy(shape, setup, limit, names)}")
+    if refused:
+        more = f"\n  ... and {len(refused) - 5} more" if len(refused) > 5 else ""
+        raise ConfigError(
+            f"grid {spec.name}: {len(refused)} job(s) need more than 90% of hardware.memory_gb={limit:g} per GPU "
+            f"({spec.hardware.name}):\n  " + "\n  ".join(refused[:5]) + more
+        )
 
 
 def suite_params(spec: GridSpec) -> float:
@@ -406,7 +471,11 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
         for j in jobs:
             status = "done" if j.done is not None and j.done.exists() else "todo"
             after = ", ".join(j.after) if len(j.after) <= 2 else f"{len(j.after)} jobs"
-            print(f"{j.id:<{w}}  {status:<7} {j.flops:>9.2e} {gpu_hours(j.flops, hw):>8.2f}  {after}")
+            mem = j.info.get("memory_gb")
+            mem = "" if "memory_gb" not in j.info else ("  ? GB" if mem is None else f"{mem:>5.1f} GB")
+            print(
+                f"{j.id:<{w}}  {status:<7} {j.flops:>9.2e} {gpu_hours(j.flops, hw):>8.2f}  {after}{'  ' + mem if mem else ''}"
+            )
         print()
     print(f"grid '{spec.name}': {s['jobs']} jobs")
     for kind, k in s["by_kind"].items():

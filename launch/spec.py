@@ -84,6 +84,9 @@ class SuiteStage:
     tokens: dict[str, str] = field(default_factory=dict)  # revision -> pre-training tokens where the name has none
     params: str = ""  # parameters (e.g. 1.18B) for the compute estimate; empty: counted from a local config.json
     evaluate_base: bool = True  # also evaluate each member before instruction tuning (the paper's Figure 1, left)
+    # The members' config.json shape for the memory plan without the hub (hidden_size, intermediate_size,
+    # num_hidden_layers, vocab_size, max_position_embeddings); empty: a local member's config.json
+    architecture: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +104,9 @@ class HardwareSpec:
     name: str = "A100-80GB"  # shown in the plan
     peak_tflops: float = 312.0  # bf16 dense, per GPU
     mfu: float = 0.40  # assumed model FLOPs utilization, for the GPU-hour estimate
+    memory_gb: float | None = (
+        None  # one GPU's memory: refuse jobs whose estimate (core.memory) won't fit; None: no check
+    )
 
 
 @dataclass

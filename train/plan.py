@@ -27,6 +27,7 @@ from ..core.checkpoint import resume_checkpoint
 from ..core.config import ConfigError, DataError, expand_path, from_dict, read_yaml, to_dict
 from ..core.dist import FSDPConfig
 from ..core.identity import no_result, no_result_keys
+from ..core.memory import Setup, check_fits, olmo_shape
 from ..core.model import ModelSpec, load_model_spec
 from ..core.schedule import Schedule, ScheduleConfig
 from ..core.tracker import check_trackers
@@ -98,6 +99,7 @@ class PretrainConfig:
     parallel: Literal["ddp", "fsdp"] = no_result("ddp")
     fsdp: FSDPConfig = no_result(factory=FSDPConfig)
     activation_checkpointing: bool = no_result(False)  # recompute each block's activations in the backward
+    memory_gb: float | None = no_result(None)  # one GPU's memory: refuse a run whose estimate (core.memory) won't fit
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -197,6 +199,39 @@ def resolve_spec(cfg: PretrainConfig, where: str) -> ModelSpec:
     return spec
 
 
+# How a memory refusal names the settings that would make the run fit (core.memory.remedy).
+MEMORY_SETTINGS = {
+    "parallel": "parallel",
+    "checkpointing": "activation_checkpointing",
+    "micro_batch_size": "micro_batch_size",
+    "gpus": "processes: torchrun's nproc, a grid's pretrain.gpus",
+}
+
+
+def memory_setup(cfg: PretrainConfig, world_size: int) -> Setup:
+    """What the memory of one rank of this run depends on besides the model (``cfg.seq_len`` resolved)."""
+    return Setup(
+        cfg.micro_batch_size,
+        cfg.seq_len,
+        world_size,
+        cfg.parallel,
+        cfg.activation_checkpointing,
+        bf16=cfg.precision != "fp32",  # memory_gb means a GPU: precision auto computes in bf16 there
+        reshard_after_forward=cfg.fsdp.reshard_after_forward,
+    )
+
+
+def check_memory(cfg: PretrainConfig, spec: ModelSpec, world_size: int, where: str) -> None:
+    """With ``memory_gb``: refuse (``ConfigError``, naming the setting that fits) a run that will not fit."""
+    check_fits(
+        olmo_shape(spec),
+        memory_setup(cfg, world_size),
+        cfg.memory_gb,
+        f"{where}: pretrain {spec.name}",
+        MEMORY_SETTINGS,
+    )
+
+
 def plan_run(cfg: PretrainConfig, world_size: int = 1, overwrite: bool = False, where: str = "config") -> Plan:
     """Resolve and check the config, data and run directory; raise an OvertrainError naming the
     file and field for anything wrong. Reads files only (safe on every rank)."""
@@ -205,6 +240,7 @@ def plan_run(cfg: PretrainConfig, world_size: int = 1, overwrite: bool = False, 
     if seq_len > spec.max_sequence_length:
         raise ConfigError(f"{where}: seq_len={seq_len} exceeds model '{spec.name}' context {spec.max_sequence_length}")
     cfg = replace(cfg, seq_len=seq_len)
+    check_memory(cfg, spec, world_size, where)  # before any data is read
     if cfg.global_batch_size % (world_size * cfg.micro_batch_size):
         raise ConfigError(
             f"{where}: global_batch_size={cfg.global_batch_size} is not divisible by world_size x micro_batch_size "
