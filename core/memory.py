@@ -131,7 +131,7 @@ def fits(shape: Shape, setup: Setup, memory_gb: float) -> bool:
 
 def remedy(shape: Shape, setup: Setup, memory_gb: float, names: dict[str, str]) -> str:
     """The settings that make a job fit (the fewest changes first, in ``names``' words: keys ``parallel``,
-    ``checkpointing``, ``micro_batch_size``, ``gpus``), or what it would take."""
+    ``checkpointing``, ``micro_batch_size``, ``gpus``: more GPUs where nothing else fits)."""
     options = []
     if setup.parallel != "fsdp" and setup.gpus > 1:
         options.append(({"parallel": "fsdp"}, f"{names['parallel']}=fsdp"))
@@ -155,8 +155,8 @@ def remedy(shape: Shape, setup: Setup, memory_gb: float, names: dict[str, str]) 
     for gpus in (2, 4, 8, 16, 32, 64, 128, 256):
         if gpus > setup.gpus and fits(shape, replace(setup, **best, gpus=gpus, parallel="fsdp"), memory_gb):
             return (
-                f"more GPUs: {names['parallel']}=fsdp over {gpus} ({names['gpus']}), "
-                f"{names['checkpointing']}=true, {names['micro_batch_size']}=1"
+                f"{names['gpus']}={gpus} with {names['parallel']}=fsdp {names['checkpointing']}=true "
+                f"{names['micro_batch_size']}=1"
             )
     return "nothing here: it needs more than 256 GPUs' memory"
 

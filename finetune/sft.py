@@ -314,7 +314,7 @@ MEMORY_SETTINGS = {
     "parallel": "parallel",
     "checkpointing": "gradient_checkpointing",
     "micro_batch_size": "micro_batch_size",
-    "gpus": "processes: torchrun's nproc, a grid's instruct.gpus",
+    "gpus": "torchrun --nproc_per_node",
 }
 
 

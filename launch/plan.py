@@ -297,10 +297,11 @@ def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
             continue
         job.argv.append(f"memory_gb={limit:g}")
         if not fits(shape, setup, limit):
-            where = "pretrain.gpus" if job.kind == "pretrain" else "instruct.gpus"
-            names = {**names, "gpus": where}
-            prefix = "pretrain.overrides: " if job.kind == "pretrain" else "instruct.args: "
-            refused.append(f"{job.id}: ~{est.describe()} per GPU; to fit: {prefix}{remedy(shape, setup, limit, names)}")
+            stage = job.kind if job.kind == "pretrain" else "instruct"
+            names = {**names, "gpus": f"{stage}.gpus"}
+            where = "pretrain.overrides" if stage == "pretrain" else "instruct.args"
+            fix = remedy(shape, setup, limit, names)
+            refused.append(f"{job.id}: ~{est.describe()} per GPU; to fit: {fix} (settings of {where})")
     if refused:
         more = f"\n  ... and {len(refused) - 5} more" if len(refused) > 5 else ""
         raise ConfigError(

@@ -72,7 +72,10 @@ def test_a_7b_model_is_refused_on_one_gpu_and_fits_sharded():
     fsdp = Setup(micro_batch_size=1, seq_len=2048, gpus=8, parallel="fsdp")
     assert check_fits(shape, fsdp, 80, "sft 7B", NAMES).total < 0.9 * 80e9
     # one GPU: sharding cannot help, nor can anything else: 16 bytes x 7.3B over 4 GPUs is 29 GB each
-    with pytest.raises(ConfigError, match=r"to fit: more GPUs: parallel=fsdp over 4 \(pretrain.gpus\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"to fit: pretrain.gpus=4 with parallel=fsdp activation_checkpointing=true micro_batch_size=1$",
+    ):
         check_fits(shape, Setup(micro_batch_size=1, seq_len=2048, gpus=1), 80, "sft 7B", NAMES)
     # a job that fits only with a smaller micro-batch is told so
     small = hf_shape({**OLMO2_7B, "hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192})
@@ -101,7 +104,7 @@ def test_grid_plan_shows_and_checks_memory(tmp_path):
     with pytest.raises(
         ConfigError,
         match=r"10 job\(s\) need more than 90% of hardware.memory_gb=40 .*\n  instruct/"
-        r"step20000-tokens83B_hh: ~57.4 GB .* to fit: instruct.args: gradient_checkpointing=true",
+        r"step20000-tokens83B_hh: ~57.4 GB .* to fit: gradient_checkpointing=true \(settings of instruct.args\)",
     ):
         expand(load_grid(grid, [f"results_dir={tmp_path}", arch, "hardware.memory_gb=40"]))
     # without the architecture and without a local member, the shape is unknown offline: shown as such
@@ -134,3 +137,28 @@ def test_sft_refuses_a_run_that_will_not_fit(tiny_suite, tmp_path):
     ):
         run_sft(str(tiny_suite.members[0]), cfg, log=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, params", [("section2-olmo2-7b", 7.30e9), ("section2-amber", 6.74e9)])
+def test_section2_7b_grids_plan_offline_sharded_and_refuse_what_cannot_run(name, params, tmp_path):
+    from overtrain.core.config import REPO_ROOT
+    from overtrain.launch.plan import expand
+    from overtrain.launch.spec import load_grid
+
+    grid = str(REPO_ROOT / f"configs/grids/{name}.yaml")
+    spec = load_grid(grid, [f"results_dir={tmp_path}"])  # hub members, no network: their names and shapes only
+    jobs = expand(spec)
+    sft = [j for j in jobs if j.kind == "instruct"]
+    assert len(sft) == 10 and {j.nproc for j in sft} == {8}
+    assert all("parallel=fsdp" in j.argv and "memory_gb=80" in j.argv for j in sft)
+    assert all(j.flops == pytest.approx(6 * params * spec.instruct.train_tokens_estimate) for j in sft)
+    # 16 bytes x ~7B / 8 GPUs of states, two gathered units, one record's activations: well under 72 GB
+    assert all(20 < j.info["memory_gb"] < 40 for j in sft)
+    # the same jobs on one GPU each, or replicated by DDP over 8, cannot run: refused, naming what fits
+    with pytest.raises(
+        ConfigError, match=r"(?s)10 job\(s\) need more than .*to fit: instruct.gpus=[24] with parallel=fsdp"
+    ):
+        expand(load_grid(grid, [f"results_dir={tmp_path}", "instruct.gpus=1"]))
+    args = "instruct.args=[lr=2.0e-6,batch_size=8,micro_batch_size=1,max_seq_len=2048,parallel=ddp]"
+    with pytest.raises(ConfigError, match=r"~1[4-6]\d\.\d GB .* to fit: parallel=fsdp \(settings of instruct.args\)"):
+        expand(load_grid(grid, [f"results_dir={tmp_path}", args]))

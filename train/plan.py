@@ -204,7 +204,7 @@ MEMORY_SETTINGS = {
     "parallel": "parallel",
     "checkpointing": "activation_checkpointing",
     "micro_batch_size": "micro_batch_size",
-    "gpus": "processes: torchrun's nproc, a grid's pretrain.gpus",
+    "gpus": "torchrun --nproc_per_node",
 }
 
 
