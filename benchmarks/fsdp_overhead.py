@@ -30,7 +30,6 @@ from pathlib import Path
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as tdist
-
     from overtrain.core import dist
     from overtrain.core.model import build_model, load_model_spec
     from overtrain.core.optim import build_optimizer
