@@ -36,6 +36,7 @@ labelled token is dropped and counted (``ChatEncoding.dropped``).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -200,6 +201,11 @@ class ChatEncoding:
 def chat_template_of(tokenizer) -> str:
     """The template ``render`` uses: the tokenizer's own, else ``DEFAULT_CHAT_TEMPLATE``."""
     return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+
+
+def template_sha256(template: str) -> str:
+    """A chat template's identity in rows: sha256 of its text, first 16 hex digits."""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
 
 
 def _text(tokenizer, template: str, messages: list[dict], generation_prompt: bool, where: str) -> str:

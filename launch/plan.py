@@ -4,7 +4,7 @@
                                                            \\->  perturb (gammas x seeds)
                                                            \\->  lm-eval (every checkpoint)
                                                            \\->  sweep on intermediate checkpoints
-    suite member (revision)  ->  instruct (x chat dataset)  ->  lm-eval (every tuned model)
+    suite member (revision)  ->  instruct (x chat dataset x seed)->  lm-eval (every tuned model)
                              \\->  lm-eval (the member itself, before tuning)
     report   (after everything)
 
@@ -239,11 +239,13 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
     jobs = []
     for m in suite_members(spec, check=False):  # load_grid checked them
         evals = [(f"{_slug(m.name)}_base", m.ref, [])] if spec.suite.evaluate_base else []
-        for name, data in (ins.datasets if ins else {}).items():
-            tid = f"{_slug(m.name)}_{_slug(name)}"
+        seeds = ins.seeds if ins else [0]
+        for (name, data), seed in itertools.product((ins.datasets if ins else {}).items(), seeds):
+            # the default single seed 0 keeps the ids (and output dirs) of grids from before instruct.seeds
+            tid = f"{_slug(m.name)}_{_slug(name)}" + ("" if seeds == [0] else f"_seed-{seed}")
             out = root / "instruct" / tid
             argv = ["sft", m.ref, f"data={expand_path(data)}", f"data_name={name}", f"out={out}", f"tokens={m.tokens}"]
-            argv += ins.args
+            argv += ins.args + ([] if seeds == [0] else [f"seed={seed}"])
             argv.append(f"results={root / 'instruct' / 'results.jsonl'}")
             jobs.append(
                 Job(
@@ -254,7 +256,7 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                     out / "overtrain_suite.json",
                     flops=6 * n * ins.train_tokens_estimate,
                     nproc=ins.gpus,
-                    info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out)},
+                    info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out), "seed": seed},
                 )
             )
             evals.append((tid, str(out), [f"instruct/{tid}"]))

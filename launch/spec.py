@@ -146,6 +146,7 @@ class InstructStage:
     args: list[str] = field(default_factory=list)  # `overtrain sft` settings for every run, e.g. [lr=2e-6, epochs=5]
     gpus: int = 0  # processes per SFT run (torchrun, data parallel); 0 = the runner's gpus= (1 on CPU)
     train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
+    seeds: list[int] = field(default_factory=lambda: [0])  # an SFT run per seed (batch order; `overtrain sft` seed=)
 
 
 @dataclass
@@ -192,6 +193,12 @@ class GridSpec:
             raise ValueError("instruct tunes the members of a suite: set 'suite' too")
         if self.instruct is not None and self.instruct.gpus < 0:
             raise ValueError(f"instruct.gpus={self.instruct.gpus}: expected >= 0 (0 = the runner's gpus=)")
+        if self.instruct is not None:
+            seeds = self.instruct.seeds
+            if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+                raise ValueError(f"instruct.seeds={seeds}: expected distinct seeds >= 0 (default [0])")
+            if any(a.split("=", 1)[0].strip() == "seed" for a in self.instruct.args):
+                raise ValueError("instruct.args sets seed=: give SFT seeds as instruct.seeds instead")
         if self.pretrain is None and self.suite is None:
             raise ValueError("nothing to do: set 'pretrain' (a controlled study) or 'suite' (a checkpoint suite)")
 
@@ -401,6 +408,9 @@ def grid_fingerprint(spec: GridSpec) -> str:
     for stage in ("pretrain", "finetune"):
         if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
             d[stage].pop("seeds", None)
+    ins = d.get("instruct")
+    if isinstance(ins, dict) and ins.get("seeds") == [0]:
+        ins.pop("seeds")  # the default: SFT's own seed 0, as before the field
     ft = d.get("finetune")
     if isinstance(ft, dict):
         ft.pop("noise", None)  # a planning figure: changes no job
