@@ -420,10 +420,36 @@ def _n_examples(spec: GridSpec, task: str) -> tuple[int | None, str]:
         return None, "unknown"
 
 
+def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
+    """Per task: the run-to-run sd of the tuned-LR test log perplexity measured by an earlier run of
+    this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
+    cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
+    from ..core.results import read_rows
+
+    sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
+    files = sorted(sweeps.glob("*/results.jsonl")) if sweeps.is_dir() else []
+    cells: dict[tuple, list[float]] = {}
+    for r in read_rows(files, warn=False) if files else []:
+        ppl = r.get("test_id_ppl")
+        if r.get("selected") and isinstance(ppl, (int, float)) and ppl > 0 and math.isfinite(ppl):
+            tags = {k: v for k, v in (r.get("tags") or {}).items() if k not in ("seed", "noise_probe")}
+            key = (str(r.get("task")), r.get("checkpoint_sha256"), repr(sorted(tags.items())))
+            cells.setdefault(key, []).append(math.log(ppl))
+    ss: dict[str, list[float]] = {}
+    for (task, *_), ys in cells.items():
+        if len(ys) >= 2:
+            mean = sum(ys) / len(ys)
+            acc = ss.setdefault(task, [0.0, 0])
+            acc[0] += sum((y - mean) ** 2 for y in ys)
+            acc[1] += len(ys) - 1
+    return {task: (math.sqrt(total / df), df) for task, (total, df) in ss.items()}
+
+
 def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05) -> dict[str, dict]:
     """Per task: the smallest worsening of the tuned-LR curves the planned study detects at ``power``
     (``evaluate.power.min_detectable_worsening``, one-sided, Holm over the task's family) from the
-    grid's noise level (``finetune.noise``) and its seeds and noise probe.
+    grid's noise level (``finetune.noise``; its ``run_sd`` replaced by ``measured_run_sd`` where an
+    earlier run of the grid measured it) and its seeds and noise probe.
 
     Runs per cell R = pre-training seeds x fine-tuning seeds. Family: the report's turn tests of one
     task, (budgets - 1) per curve, a curve per model, metric (ID and C4) and non-seed axis value. The
@@ -436,6 +462,7 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
     if ft is None or pre is None:
         return {}
     noise = ft.noise
+    measured = measured_run_sd(spec)
     pre_seeds = len(pre.seeds) or len(pre.axes.get("seed", [])) or 1
     ft_seeds = len(ft.seeds) or len(ft.axes.get("seed", [])) or 1
     combos = 1
@@ -454,13 +481,15 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
         else:
             df = probe_df  # per model: the probe's rows at the probed budgets, seeds minus the study's one
         n, n_from = _n_examples(spec, task)
+        run_sd, sd_df = measured.get(Path(task).stem, (noise.run_sd, None))
         mde = None
         if n is not None:
             mde = min_detectable_worsening(
-                noise.run_sd, noise.example_sd, n, runs, family, alpha, power, df, noise.example_corr
+                run_sd, noise.example_sd, n, runs, family, alpha, power, df, noise.example_corr
             )
         out[Path(task).stem] = {"worsening": mde, "n_examples": n, "n_from": n_from, "runs_per_cell": runs,
-                                "run_df": df, "family_size": family}  # fmt: skip
+                                "run_df": df, "family_size": family, "run_sd": run_sd,
+                                "run_sd_from": "finetune.noise" if sd_df is None else f"measured, {sd_df} df"}  # fmt: skip
     return out
 
 
@@ -560,4 +589,5 @@ def print_power(spec: GridSpec) -> None:
             text = "none: one run per point and no noise probe, run-to-run variation not measured (cannot tell)"
         else:
             text = f"{w:.1%}"
-        print(f"    {task:<16} {text}  [{n}, run variance on {f['run_df']} df]")
+        sd = "" if f["run_sd_from"] == "finetune.noise" else f", run sd {f['run_sd']:.3g} ({f['run_sd_from']})"
+        print(f"    {task:<16} {text}  [{n}, run variance on {f['run_df']} df{sd}]")

@@ -109,3 +109,31 @@ def test_plan_states_the_smallest_detectable_worsening_per_task(tmp_path, capsys
     print_plan(load_grid(DEMO, [f"results_dir={tmp_path}"]), [], verbose=False)
     out = capsys.readouterr().out
     assert "rte              none: one run per point and no noise probe" in out and "Holm over 4 tests" in out
+
+
+def test_plan_uses_the_run_sd_an_earlier_run_measured(tmp_path, capsys):
+    """An earlier run's probe rows (tuned-LR rows of one cell, several seeds) replace the assumed
+    run sd: pooled over cells, log test perplexity, with its degrees of freedom."""
+    import json
+    import math
+
+    from overtrain.launch.plan import detectable_worsening, measured_run_sd
+
+    logs = {"a": [1.00, 1.02, 1.04], "b": [2.00, 2.01]}  # two cells: SS = 0.0008 + 0.00005 on 2 + 1 df
+    lines = []
+    for ck, ys in logs.items():
+        for seed, y in enumerate(ys):
+            tags = {"seed": seed, "noise_probe": True} if seed else {}
+            row = {"task": "rte", "selected": True, "checkpoint_sha256": ck, "tags": tags, "test_id_ppl": math.exp(y)}
+            lines += [
+                json.dumps(row),
+                json.dumps({**row, "selected": False, "test_id_ppl": 99.0}),
+            ]  # fixed-LR rows: not used
+    (tmp_path / "sweeps" / "x").mkdir(parents=True)
+    (tmp_path / "sweeps" / "x" / "results.jsonl").write_text("\n".join(lines) + "\n")
+    spec = load_grid(DEMO, [f"results_dir={tmp_path}", "finetune.noise_probe={seeds: 3, tasks: [rte]}"])
+    sd, df = measured_run_sd(spec)["rte"]
+    assert df == 3 and sd == pytest.approx(math.sqrt(0.00085 / 3), rel=1e-9)
+    f = detectable_worsening(spec)
+    assert f["rte"]["run_sd"] == sd and f["rte"]["run_sd_from"] == "measured, 3 df"
+    assert f["trec"]["run_sd"] == 0.01 and f["trec"]["worsening"] == float("inf")  # trec: not probed, one seed
