@@ -2,9 +2,10 @@
 
 ``load_grid`` reads the YAML with dotted overrides and checks every name it refers to (models,
 tasks, budgets, stage configs, prepare-data settings), so a typo fails before a job starts.
-``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` and refuses a results dir
-made by a different grid (its fingerprint: the spec without results dir, report switch and
-hardware).
+``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` (with the overrides it was
+loaded with) and refuses a results dir made by a different grid (its fingerprint: the spec without
+results dir, report switch and hardware); ``recorded_grid`` reads the overrides back, so the Slurm
+path's later commands (``submit.sh``, ``grid status``) act on the grid the user planned.
 """
 
 from __future__ import annotations
@@ -422,8 +423,35 @@ def grid_fingerprint(spec: GridSpec) -> str:
     return config_digest(d, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 
-def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:
-    """Record the grid in its results dir; refuse a results dir made by a different grid."""
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """key=value settings of several lists as one, a later value of a key replacing an earlier one."""
+    out: dict[str, str] = {}
+    for setting in (s for lst in lists for s in lst):
+        out[setting.split("=", 1)[0].strip()] = setting  # in the place of the key's first setting
+    return list(out.values())
+
+
+def read_grid_record(spec: GridSpec) -> dict:
+    """The results dir's grid record (``grid.json``), or {} when there is none."""
+    marker = Path(expand_path(spec.results_dir)) / "grid.json"
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
+def recorded_grid(spec: GridSpec, grid_path: str, overrides: list[str]) -> tuple[GridSpec, list[str]]:
+    """The grid as recorded in its results dir: the file with the overrides it was recorded with
+    (``claim_results_dir``), then this command's; the spec unchanged when there is no record. So a
+    Slurm script that names only the grid file and its results dir (``submit.sh``) submits the grid
+    the user planned, every override included."""
+    recorded = read_grid_record(spec).get("overrides")
+    if not recorded:
+        return spec, list(overrides)
+    merged = merge_overrides(recorded, overrides)
+    return load_grid(grid_path, merged), merged
+
+
+def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False, overrides: list[str] = ()) -> Path:
+    """Record the grid in its results dir (with the ``overrides`` it was loaded with, read back by
+    ``recorded_grid``); refuse a results dir made by a different grid."""
     root = Path(expand_path(spec.results_dir))
     marker = root / "grid.json"
     fp = grid_fingerprint(spec)
@@ -438,7 +466,14 @@ def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Pa
     atomic_write_text(
         marker,
         json.dumps(
-            {"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp, "spec": to_dict(spec)}, indent=2
+            {
+                "name": spec.name,
+                "grid_file": str(grid_path),
+                "fingerprint": fp,
+                "overrides": list(overrides),
+                "spec": to_dict(spec),
+            },
+            indent=2,
         ),
     )
     return root
