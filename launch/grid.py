@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..core.config import expand_path, resolve_config_path
 from .cluster import check_cluster, check_options
-from .plan import expand, plan_summary, print_plan
+from .plan import detectable_worsening, expand, plan_summary, print_plan
 from .runner import run_jobs
 from .slurm import SlurmOptions, print_status, submit, write_slurm
 from .spec import GridSpec, claim_results_dir, recorded_grid, validate_names
@@ -94,6 +94,11 @@ def run(args) -> int:
         if args.json:
             s = plan_summary(spec, jobs)
             s["job_list"] = [{"id": j.id, "kind": j.kind, "after": j.after, "flops": j.flops} for j in jobs]
+            power = detectable_worsening(spec)  # per task; inf (one run per point, no probe) as null: strict JSON
+            for f in power.values():
+                f["measurable"] = f["worsening"] is not None and f["worsening"] != float("inf")
+                f["worsening"] = f["worsening"] if f["measurable"] else None
+            s["detectable_worsening"] = power
             print(json.dumps(s, indent=2))
         else:
             print_plan(spec, jobs, verbose=not args.quiet)

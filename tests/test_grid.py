@@ -14,6 +14,7 @@ from overtrain.launch.spec import claim_results_dir, load_grid
 
 PAPER = str(CONFIG_ROOT / "grids" / "paper.yaml")
 DEMO = str(CONFIG_ROOT / "grids" / "demo.yaml")
+PAPER_TASKS = ["rte", "trec", "gsm8k", "siqa", "mr", "subj", "cr", "boolq", "tweet_sentiment", "python_code"]
 
 
 def _write(tmp_path: Path, data: dict, name: str = "grid.yaml") -> str:
@@ -72,6 +73,8 @@ def test_plan_cli_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["jobs"] == 1 + 18 + 180 + 120 + 18 + 1  # 120: the noise probe's sweeps
     assert out["by_kind"]["pretrain"]["jobs"] == 18
+    assert out["probe_sweeps"] == 120 and set(out["detectable_worsening"]) == set(PAPER_TASKS)
+    assert 0 < out["detectable_worsening"]["rte"]["worsening"] < 1  # a fraction (the noise probe measures run sd)
 
 
 def test_axes_multiply_jobs_and_reach_commands(tmp_path):
