@@ -84,6 +84,9 @@ def test_t_tail_and_edge_cases():
     assert t_isf(0.005, 4) == pytest.approx(4.604095, abs=1e-5)
     assert t_isf(0.005, 30) == pytest.approx(2.749996, abs=1e-5)
     assert t_sf(0.0, 3.0) == pytest.approx(0.5, abs=1e-6)
+    # the t critical value is valid whatever the run part's share f of the variance: size <= level
+    level = ALPHA / 30
+    assert all(t_sf(t_isf(level, df), df, 0.0, f) <= level for df in (2.0, 4.0, 12.0) for f in (0.9, 0.5, 0.1))
     # one run per point and no probe: the run variance is unmeasured, nothing is detectable
     assert min_detectable_worsening(0.01, 0.3, 277, 1, 10, run_df=0) == math.inf
     # relative: exp(delta) - 1 of the log-perplexity difference; more examples, runs: smaller
