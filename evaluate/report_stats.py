@@ -85,6 +85,7 @@ README.md, "Report and verdict", repeats the table.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -96,6 +97,7 @@ POWER = 0.8  # the power at which ``detectable_worsening`` states what a study c
 Z_UPPER = 1.6448536269514722  # z_0.95: one-sided upper bound (normal: binomial checks, no run variance)
 T_NORMAL_DF = 1e5  # t_sf: the normal beyond this many df (p within 1e-3 relative up to t = 5)
 T_EXPANSION_DF = 20.0  # t_ppf: the Cornish-Fisher expansion from here on
+POWER_GRID = 512  # chi-scale quadrature cells of the power figure (``detection_rate``)
 T_TAILS = 5  # the calibration's example tails: Student t with this many degrees of freedom
 
 
@@ -369,6 +371,7 @@ class TurnTest:
     se: np.ndarray  # (..., k-1) standard error of each d_i
     df: np.ndarray  # (..., k-1) its degrees of freedom (inf: examples only)
     runs_measured: bool = True  # False: no run variance (one run per point, none repeated): not a decision
+    run_df: float = math.inf  # nu of the pooled run variance (inf: none; ``detectable`` recovers its share)
 
 
 def turn_test(
@@ -390,44 +393,91 @@ def turn_test(
     p = t_sf(z, df)
     with np.errstate(invalid="ignore"):
         upper = np.max(d + t_ppf(0.95, df) * se, axis=-1)
-    return TurnTest(p, np.argmin(y, axis=-1), np.max(d, axis=-1), upper, se, df, rv is not None)
+    best, worse = np.argmin(y, axis=-1), np.max(d, axis=-1)
+    return TurnTest(p, best, worse, upper, se, df, rv is not None, math.inf if rv is None else float(rv.df))
 
 
-def _detectable(se: np.ndarray, df: np.ndarray, tests: int, alpha: float, power: float) -> np.ndarray:
-    """(t_{1 - alpha/tests, df} + t_{power, df}) se: the worsening found with probability ``power``."""
-    return (t_ppf(1 - alpha / max(1, tests), df) + t_ppf(power, df)) * se
+@functools.lru_cache(maxsize=64)
+def _chi_scale(df: float) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoints s and probability weights of s = sqrt(V / df), V ~ chi^2_df (weights sum to 1):
+    the midpoint rule on ``POWER_GRID`` cells of u = sqrt(s / top), s = top u^2 (cells crowd near 0,
+    where t's far tail lives for few df; ``top`` is ~28 sd above the mean: the tail beyond is < 1e-15)."""
+    top = 1.0 + 40.0 / math.sqrt(2.0 * df)
+    u = (np.arange(POWER_GRID) + 0.5) / POWER_GRID
+    s = top * u * u
+    logf = (
+        math.log(2.0 * df) + np.log(s) + (df / 2 - 1) * np.log(df * s * s) - df * s * s / 2
+        - (df / 2) * math.log(2.0) - math.lgamma(df / 2)
+    )  # fmt: skip
+    w = np.exp(logf) * 2.0 * top * u / POWER_GRID  # density x ds/du x du
+    return s, w / w.sum()
+
+
+def detection_rate(delta: float, example_var: float, run_var: float, run_df: float, level: float) -> float:
+    """P(the turn test rejects d at ``level``) when d ~ N(delta, example_var + run_var) (module doc,
+    "Power"): the run part estimated on ``run_df`` df (inf: known), Satterthwaite's t reference."""
+    v = example_var + run_var
+    if v <= 0:
+        return 1.0 if delta > 0 else 0.0
+    if run_var <= 0 or not math.isfinite(run_df):
+        return float(0.5 * math.erfc((float(t_ppf(1 - level, np.inf)) * math.sqrt(v) - delta) / math.sqrt(2 * v)))
+    s, w = _chi_scale(float(run_df))
+    crit, v_hat = _critical(example_var, run_var, float(run_df), level)
+    return float((w * 0.5 * _erfc((crit * np.sqrt(v_hat) - delta) / math.sqrt(2 * v))).sum())
+
+
+@functools.lru_cache(maxsize=1024)
+def _critical(example_var: float, run_var: float, run_df: float, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per chi-scale cell s: the test's critical value t_{1 - level, df(s)} and estimated variance v(s)."""
+    s, _ = _chi_scale(run_df)
+    v_run = run_var * s * s
+    v_hat = example_var + v_run
+    with np.errstate(divide="ignore"):
+        df = run_df * (v_hat / v_run) ** 2
+    return t_ppf(1 - level, df), v_hat
+
+
+def detectable_worsening(
+    example_var: float,
+    run_var: float | None,
+    run_df: float,
+    tests: int,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> float | None:
+    """The smallest worsening (log scale, or accuracy points) d of the largest budget from an earlier
+    one that the turn test finds with probability ``power`` at Holm's first step, alpha / ``tests``
+    (module doc, "Power"): Var(d) = ``example_var`` (the examples' part, known) + ``run_var`` (the run
+    part, c sigma_u^2 with c = 1/S_a + 1/S_b, estimated on ``run_df`` df; inf: known). None: the run
+    variance is not measured (``run_var`` None): the report does not decide, nothing is detectable."""
+    if run_var is None:
+        return None
+    if tests < 1 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"tests={tests} >= 1, 0 < alpha={alpha} < 1, 0 < power={power} < 1 expected")
+    level = alpha / tests
+    sd = math.sqrt(example_var + run_var)
+    if run_var <= 0 or not math.isfinite(run_df):  # known variances: the normal quantiles
+        return float(t_ppf(1 - level, np.inf) + t_ppf(power, np.inf)) * sd
+    lo, hi = 0.0, 10.0 * sd
+    while detection_rate(hi, example_var, run_var, run_df, level) < power:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-9 * hi:  # the rate rises with delta: bisection
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if detection_rate(mid, example_var, run_var, run_df, level) < power else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def detectable(test: TurnTest, tests: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The smallest worsening (log) of the largest budget from *any* earlier one that a curve's test
-    finds with probability ``power`` in a family of ``tests`` tests (the largest over its comparisons:
-    ``detectable_worsening``'s formula with the curve's own standard errors and df)."""
-    return float(np.max(_detectable(test.se, test.df, tests, alpha, power)))
-
-
-def detectable_worsening(
-    run_var: float | None,
-    run_df: float,
-    example_se: float,
-    n_budgets: int,
-    family_size: int,
-    alpha: float = ALPHA,
-    power: float = POWER,
-    runs: float = 1.0,
-) -> float | None:
-    """The smallest worsening (log scale) from an earlier budget to the largest that the test finds
-    with probability ``power``: (t_{1 - alpha/m, df} + t_{power, df}) se, where m = family_size
-    curves x (n_budgets - 1) tests (Holm's first step, Bonferroni: conservative), se^2 =
-    example_se^2 + run_var 2 / runs (``runs`` at each of the two budgets compared; ``example_se``:
-    the paired difference's standard error over examples alone) and df its Satterthwaite degrees of
-    freedom from ``run_df``. None: run variance not measured (``run_var`` None): nothing is detectable."""
-    if run_var is None:
-        return None
-    m = max(1, family_size * (n_budgets - 1))
-    v_run = run_var * 2.0 / runs
-    v = example_se**2 + v_run
-    df = run_df * (v / v_run) ** 2 if v_run > 0 else math.inf
-    return float(_detectable(np.sqrt(v), np.asarray(df), m, alpha, power))
+    finds with probability ``power`` in a family of ``tests`` tests: ``detectable_worsening`` with
+    the curve's measured variances (the run part c s^2 = v sqrt(nu / df), from Satterthwaite's df),
+    the largest over its comparisons."""
+    out = 0.0
+    for se, df in zip(np.ravel(test.se), np.ravel(test.df)):
+        v = float(se) ** 2
+        run = v * math.sqrt(test.run_df / df) if math.isfinite(test.run_df) and math.isfinite(df) else 0.0
+        out = max(out, detectable_worsening(max(v - run, 0.0), run, test.run_df, tests, alpha, power))
+    return out
 
 
 def mean_interval(values: np.ndarray) -> tuple[float, float]:
