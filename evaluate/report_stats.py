@@ -52,9 +52,25 @@ task form a second family). The turn is placed at the best budget (the point est
 "No catastrophic overtraining" needs the opposite evidence against *every* earlier budget: the
 one-sided 95% upper bound max_i (d_i + t_{0.95, df_i} sqrt(v_i)) is at most ``log(1 + tolerance)``
 (an intersection-union test: no multiplicity correction); otherwise, with no turn, "cannot tell:
-intervals too wide". What a study could have seen (``detectable``, ``detectable_worsening``): the
-worsening found with probability POWER = 0.8, (t_{1 - ALPHA/m, df} + t_{0.8, df}) sqrt(v), m the
-family's tests (Holm's first step), the largest over a curve's comparisons.
+intervals too wide".
+
+Power (``detectable_worsening``, ``detection_rate``, ``detectable``): what a study could have seen,
+the one figure the report states per curve and ``grid plan`` per planned task. For one comparison,
+d ~ N(delta, V_ex + V_run) with V_run = c sigma^2 the run part (estimated: s^2 on nu df) and V_ex
+the examples' part beyond it (known: the bootstrap). The test rejects at Holm's first step, level
+alpha / m over the family's m tests, iff d > t_{1 - alpha/m, df} sqrt(v) with the estimates
+v = V_ex + V_run W, W ~ chi^2_nu / nu, and df = nu (v / (V_run W))^2 (the reference above); so
+
+    P(reject) = E_W[ Phi((delta - t_{1 - alpha/m, df(W)} sqrt(v(W))) / sqrt(V_ex + V_run)) ],
+
+integrated over the chi scale sqrt(W) by the midpoint rule on POWER_GRID cells (a noncentral t when
+V_ex = 0; the normal when V_run = 0 or nu = inf), and the figure is the delta where it equals
+POWER = 0.8 (bisection; 512 cells agree with 4000 to 1e-9 relative at 4 df). Not
+(t_{1-alpha/m, nu} + t_{0.8, nu}) sqrt(V): with few df that ignores how far the estimate s^2 moves
+the bound, and states a worsening the test finds less often than 80% (4 df, m = 30, V_ex = 0: 8%
+too small). ``detectable``: a curve's figure, its comparisons' run parts V_run = v sqrt(nu / df)
+recovered from their Satterthwaite df, the largest over the comparisons. tests/test_power.py checks
+it against ``simulate`` (the report's decision on simulated studies).
 
 Calibration (tests/test_report_stats.py; ``simulate``, ``simulate_suite``): synthetic studies
 with known truth, every run shifted by its own run shift at every seed count.
