@@ -106,6 +106,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 REPLICATES = 1000  # bootstrap replicates per curve
 ALPHA = 0.05  # family-wise error rate of the turn decision, and 1 - the intervals' coverage
@@ -429,28 +430,49 @@ def _chi_scale(df: float) -> tuple[np.ndarray, np.ndarray]:
     return s, w / w.sum()
 
 
+def _phi(x: np.ndarray) -> np.ndarray:
+    """The standard normal cdf, elementwise (torch's ndtr: vectorised, no scipy)."""
+    return torch.special.ndtr(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
+
+
+def _rates(example_var: np.ndarray, run_var: np.ndarray, run_df: float, level: float):
+    """``detection_rate`` as a function of delta, over arrays of comparisons (run_var > 0, run_df finite)."""
+    s, w = _chi_scale(float(run_df))
+    v_run = run_var[:, None] * s * s  # (comparisons, cells): the estimate of the run part
+    v_hat = example_var[:, None] + v_run
+    df, back = np.unique(run_df * (v_hat / v_run) ** 2, return_inverse=True)  # Satterthwaite's, per cell
+    crit = t_ppf(1 - level, df)[back].reshape(v_hat.shape)  # (one df when the run part is all of v)
+    bound, sd = crit * np.sqrt(v_hat), np.sqrt(example_var + run_var)[:, None]
+    return lambda d: (w * _phi((d[:, None] - bound) / sd)).sum(-1)
+
+
 def detection_rate(delta: float, example_var: float, run_var: float, run_df: float, level: float) -> float:
     """P(the turn test rejects d at ``level``) when d ~ N(delta, example_var + run_var) (module doc,
     "Power"): the run part estimated on ``run_df`` df (inf: known), Satterthwaite's t reference."""
     v = example_var + run_var
-    if v <= 0:
-        return 1.0 if delta > 0 else 0.0
     if run_var <= 0 or not math.isfinite(run_df):
-        return float(0.5 * math.erfc((float(t_ppf(1 - level, np.inf)) * math.sqrt(v) - delta) / math.sqrt(2 * v)))
-    s, w = _chi_scale(float(run_df))
-    crit, v_hat = _critical(example_var, run_var, float(run_df), level)
-    return float((w * 0.5 * _erfc((crit * np.sqrt(v_hat) - delta) / math.sqrt(2 * v))).sum())
+        return float(_phi(np.array([(delta - float(t_ppf(1 - level, np.inf)) * math.sqrt(v)) / math.sqrt(v)]))[0])
+    return float(_rates(np.array([example_var]), np.array([run_var]), run_df, level)(np.array([delta]))[0])
 
 
-@functools.lru_cache(maxsize=1024)
-def _critical(example_var: float, run_var: float, run_df: float, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per chi-scale cell s: the test's critical value t_{1 - level, df(s)} and estimated variance v(s)."""
-    s, _ = _chi_scale(run_df)
-    v_run = run_var * s * s
-    v_hat = example_var + v_run
-    with np.errstate(divide="ignore"):
-        df = run_df * (v_hat / v_run) ** 2
-    return t_ppf(1 - level, df), v_hat
+def _figures(example_var: np.ndarray, run_var: np.ndarray, run_df: float, level: float, power: float) -> np.ndarray:
+    """``detectable_worsening`` over arrays of comparisons: bisection on delta, all at once."""
+    sd = np.sqrt(example_var + run_var)
+    known = (run_var <= 0) | (not math.isfinite(run_df))
+    out = float(t_ppf(1 - level, np.inf) + t_ppf(power, np.inf)) * sd  # known variances: normal quantiles
+    if known.all():
+        return out
+    ex, run = example_var[~known], run_var[~known]
+    rate = _rates(ex, run, run_df, level)
+    lo, hi = np.zeros(ex.shape), 10.0 * np.sqrt(ex + run)
+    while (low := rate(hi) < power).any():  # the rate rises with delta: double until it brackets
+        lo, hi = np.where(low, hi, lo), np.where(low, 2.0 * hi, hi)
+    for _ in range(60):  # 2^-60 of the bracket: exact to double precision
+        mid = 0.5 * (lo + hi)
+        below = rate(mid) < power
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    out[~known] = 0.5 * (lo + hi)
+    return out
 
 
 def detectable_worsening(
@@ -464,23 +486,13 @@ def detectable_worsening(
     """The smallest worsening (log scale, or accuracy points) d of the largest budget from an earlier
     one that the turn test finds with probability ``power`` at Holm's first step, alpha / ``tests``
     (module doc, "Power"): Var(d) = ``example_var`` (the examples' part, known) + ``run_var`` (the run
-    part, c sigma_u^2 with c = 1/S_a + 1/S_b, estimated on ``run_df`` df; inf: known). None: the run
+    part, c sigma^2 with c = 1/S_a + 1/S_b, estimated on ``run_df`` df; inf: known). None: the run
     variance is not measured (``run_var`` None): the report does not decide, nothing is detectable."""
     if run_var is None:
         return None
     if tests < 1 or not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(f"tests={tests} >= 1, 0 < alpha={alpha} < 1, 0 < power={power} < 1 expected")
-    level = alpha / tests
-    sd = math.sqrt(example_var + run_var)
-    if run_var <= 0 or not math.isfinite(run_df):  # known variances: the normal quantiles
-        return float(t_ppf(1 - level, np.inf) + t_ppf(power, np.inf)) * sd
-    lo, hi = 0.0, 10.0 * sd
-    while detection_rate(hi, example_var, run_var, run_df, level) < power:
-        lo, hi = hi, 2.0 * hi
-    while hi - lo > 1e-9 * hi:  # the rate rises with delta: bisection
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if detection_rate(mid, example_var, run_var, run_df, level) < power else (lo, mid)
-    return 0.5 * (lo + hi)
+    return float(_figures(np.array([float(example_var)]), np.array([float(run_var)]), run_df, alpha / tests, power)[0])
 
 
 def detectable(test: TurnTest, tests: int, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -488,12 +500,10 @@ def detectable(test: TurnTest, tests: int, alpha: float = ALPHA, power: float = 
     finds with probability ``power`` in a family of ``tests`` tests: ``detectable_worsening`` with
     the curve's measured variances (the run part c s^2 = v sqrt(nu / df), from Satterthwaite's df),
     the largest over its comparisons."""
-    out = 0.0
-    for se, df in zip(np.ravel(test.se), np.ravel(test.df)):
-        v = float(se) ** 2
-        run = v * math.sqrt(test.run_df / df) if math.isfinite(test.run_df) and math.isfinite(df) else 0.0
-        out = max(out, detectable_worsening(max(v - run, 0.0), run, test.run_df, tests, alpha, power))
-    return out
+    v, df = np.ravel(test.se).astype(np.float64) ** 2, np.ravel(test.df).astype(np.float64)
+    run = v * np.sqrt(test.run_df / df) if math.isfinite(test.run_df) else np.zeros_like(v)
+    run = np.where(np.isfinite(df), run, 0.0)
+    return float(np.max(_figures(np.maximum(v - run, 0.0), run, test.run_df, alpha / max(1, tests), power)))
 
 
 def mean_interval(values: np.ndarray) -> tuple[float, float]:
