@@ -446,17 +446,26 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
 
 
 def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05) -> dict[str, dict]:
-    """Per task: the smallest worsening of the tuned-LR curves the planned study detects at ``power``
-    (``evaluate.power.min_detectable_worsening``, one-sided, Holm over the task's family) from the
-    grid's noise level (``finetune.noise``; its ``run_sd`` replaced by ``measured_run_sd`` where an
-    earlier run of the grid measured it) and its seeds and noise probe.
+    """Per task: the smallest worsening of a tuned-LR curve the planned study detects at ``power``:
+    ``evaluate.report_stats.detectable_worsening``, the figure the report states for the same test
+    (one-sided, Holm's first step over the task's family, Satterthwaite's t reference), from the
+    grid's noise level (``finetune.noise``), seeds and noise probe; the largest over a curve's
+    comparisons (the largest budget against each earlier one), as the report's.
 
-    Runs per cell R = pre-training seeds x fine-tuning seeds. Family: the report's turn tests of one
-    task, (budgets - 1) per curve, a curve per model, metric (ID and C4) and non-seed axis value. The
-    run variance's degrees of freedom: with R >= 2 pooled over every cell (R - 1 each) and the probe's
-    extra seeds; with R = 1 only the probe's, per model (the report applies a model's probe to its
-    cells): budgets probed x (probe seeds - 1) per axis value; none: not measurable (inf)."""
-    from ..evaluate.power import min_detectable_worsening
+    Model (the report calibration's, ``report_stats.simulate``): one run's point = true curve + run
+    shift (sd ``run_sd``) + the mean over n examples of their run-specific deviations; the rest of an
+    example's score is shared by budgets (``example_corr``) and cancels in a paired difference. So
+    one run's variance about the cell mean is sigma^2 = run_sd^2 + (1 - rho) example_sd^2 / n, what
+    the report's pooled run variance estimates (an earlier run's measured sd, ``measured_run_sd``,
+    is that whole sigma), and comparing budgets a, b with S_a, S_b runs, Var(d) = (1/S_a + 1/S_b) sigma^2.
+
+    Runs per cell S = pre-training seeds x fine-tuning seeds; a probed cell (``finetune.noise_probe``)
+    has pre-training seeds x probe seeds. Family: the report's turn tests of one task, (budgets - 1)
+    per curve, a curve per model, metric (ID and C4) and non-seed axis value. The run variance's
+    degrees of freedom, as the report pools them (``report_data.pool_families``): every fixed-LR cell
+    of the task, all models, budgets and LRs of the sweep's grid, S - 1 each (LRs a sweep adds past
+    its grid's end not counted: a lower bound); none: not measurable (inf, the report cannot tell)."""
+    from ..evaluate.report_stats import detectable_worsening as report_detectable
 
     pre, ft = spec.pretrain, spec.finetune
     if ft is None or pre is None:
@@ -469,26 +478,31 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
     for axes in (pre.axes, ft.axes):
         for k, v in axes.items():
             combos *= len(v) if k != "seed" else 1
-    runs, models, budgets = pre_seeds * ft_seeds, len(pre.models), len(pre.budgets)
-    family = max(budgets - 1, 1) * models * 2 * combos
-    probed, probe_tasks_ = len(probe_budgets(spec)), set(probe_tasks(spec))
-    extra = max(ft.noise_probe.seeds - ft_seeds, 0) * pre_seeds if ft.noise_probe else 0
+    runs, models, budgets = pre_seeds * ft_seeds, len(pre.models), len({parse_count(b) for b in pre.budgets})
+    tests = max(budgets - 1, 1) * models * 2 * combos
+    n_lrs, _ = sweep_lr_counts(config_path(ft.config), ft.lrs, list(ft.overrides))
+    probed_at = set(probe_budgets(spec)) if ft.noise_probe else set()
+    probed_runs = pre_seeds * max(ft.noise_probe.seeds, ft_seeds) if ft.noise_probe else runs
+    probe_tasks_ = set(probe_tasks(spec))
     out = {}
     for task in ft.tasks:
-        probe_df = probed * combos * extra if task in probe_tasks_ else 0
-        if runs >= 2:
-            df = models * budgets * combos * (runs - 1) + models * probe_df
-        else:
-            df = probe_df  # per model: the probe's rows at the probed budgets, seeds minus the study's one
+        in_order = sorted({parse_count(b) for b in pre.budgets})  # the last is the largest budget
+        per_budget = [probed_runs if task in probe_tasks_ and b in probed_at else runs for b in in_order]
+        df = models * combos * n_lrs * sum(r - 1 for r in per_budget)
         n, n_from = _n_examples(spec, task)
         run_sd, sd_df = measured.get(Path(task).stem, (noise.run_sd, None))
         mde = None
-        if n is not None:
-            mde = min_detectable_worsening(
-                run_sd, noise.example_sd, n, runs, family, alpha, power, df, noise.example_corr
+        if n is not None and df == 0:
+            mde = math.inf  # one run per point, no probe: the report cannot tell
+        elif n is not None:
+            sigma2 = run_sd**2 if sd_df is not None else run_sd**2 + (1 - noise.example_corr) * noise.example_sd**2 / n
+            last = per_budget[-1]
+            mde = max(
+                math.expm1(report_detectable(0.0, (1 / last + 1 / r) * sigma2, df, tests, alpha, power))
+                for r in per_budget[:-1] or [last]
             )
         out[Path(task).stem] = {"worsening": mde, "n_examples": n, "n_from": n_from, "runs_per_cell": runs,
-                                "run_df": df, "family_size": family, "run_sd": run_sd,
+                                "run_df": df, "family_size": tests, "run_sd": run_sd,
                                 "run_sd_from": "finetune.noise" if sd_df is None else f"measured, {sd_df} df"}  # fmt: skip
     return out
 

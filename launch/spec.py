@@ -81,7 +81,7 @@ class NoiseProbe:
 @dataclass
 class NoiseLevel:
     """The noise a planned study expects, for ``grid plan``'s smallest detectable worsening
-    (``evaluate.power``), in log-perplexity units. The defaults are OURS (the report calibration's
+    (``evaluate.report_stats.detectable_worsening``), in log-perplexity units. The defaults are OURS (the report calibration's
     figures, ``evaluate.report_stats``), not measured: an earlier run's noise probe replaces ``run_sd``."""
 
     run_sd: float = 0.01  # sd of a whole fine-tuning run's shift of a curve point (ours: ~1% in perplexity)

@@ -3,6 +3,8 @@ study measures its run-to-run variation; its sweeps are ordinary sweeps tagged `
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from overtrain.cli import main
 from overtrain.core.config import CONFIG_ROOT, ConfigError
@@ -89,20 +91,24 @@ def test_bad_probe_is_an_error_naming_the_file_and_field(tmp_path, probe, messag
 
 
 def test_plan_states_the_smallest_detectable_worsening_per_task(tmp_path, capsys):
-    """``grid plan``'s power figure: the report's family (budgets - 1 tests per curve, a curve per model
-    and metric), runs per cell from the seeds, the run variance's degrees of freedom from the seeds or
-    the probe (per model); one seed and no probe: nothing is detectable."""
-    from overtrain.evaluate.power import min_detectable_worsening
+    """``grid plan``'s power figure is the report's (``report_stats.detectable_worsening``): the
+    report's family (budgets - 1 tests per curve, a curve per model and metric), runs per cell from
+    the seeds and the probe, the run variance's df as the report pools it (every fixed-LR cell of the
+    task: models x LRs x the budgets' runs - 1), the largest over a curve's comparisons; one seed
+    and no probe: nothing is detectable."""
+    from overtrain.evaluate.report_stats import detectable_worsening as report_figure
     from overtrain.launch.plan import detectable_worsening
 
     base = [f"results_dir={tmp_path}", "pretrain.models=[olmo-15m, olmo-30m]", "finetune.noise.run_sd=0.02"]
     probed = detectable_worsening(load_grid(PAPER, base))  # 2 models x 6 budgets, probe: 3 seeds at 2 budgets
-    rte = probed["rte"]
-    assert (rte["n_examples"], rte["runs_per_cell"], rte["run_df"], rte["family_size"]) == (277, 1, 2 * 2, 5 * 2 * 2)
-    assert rte["worsening"] == min_detectable_worsening(0.02, 0.3, 277, 1, 20, run_df=4, example_corr=0.89)
+    rte, lrs = probed["rte"], 8  # configs/finetune/default.yaml: sweep.n_lrs
+    assert (rte["n_examples"], rte["runs_per_cell"], rte["run_df"], rte["family_size"]) == (277, 1, 2 * lrs * 4, 20)
+    sigma2 = 0.02**2 + (1 - 0.89) * 0.3**2 / 277  # one run's variance: run shift + its examples' part
+    # the largest budget (3 runs) against a budget with one run: the largest of the curve's figures
+    assert rte["worsening"] == math.expm1(report_figure(0.0, (1 + 1 / 3) * sigma2, 2 * lrs * 4, 20))
     seeds = detectable_worsening(load_grid(PAPER, [*base, "finetune.seeds=[0, 1]"]))["rte"]
-    # every cell has 2 runs (1 df each, 2 x 6 cells) and the probe adds a third seed at 2 budgets per model
-    assert (seeds["runs_per_cell"], seeds["run_df"]) == (2, 12 + 2 * 2)
+    # every cell has 2 runs (1 df each, 6 budgets) and the probe adds a third seed at 2 budgets, per model and LR
+    assert (seeds["runs_per_cell"], seeds["run_df"]) == (2, 2 * lrs * (6 + 2))
     assert seeds["worsening"] < rte["worsening"]
     one = detectable_worsening(load_grid(DEMO, [f"results_dir={tmp_path}"]))
     assert one["rte"]["worsening"] == float("inf") and one["rte"]["n_examples"] == 64  # demo: max_examples.test

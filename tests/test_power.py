@@ -1,9 +1,12 @@
-"""``evaluate.power.min_detectable_worsening`` against simulated studies: at the worsening it
-returns, the one-sided test at Holm's first step rejects in 80% of simulated studies.
+"""The power figure (``evaluate.report_stats.detectable_worsening``, what the report and ``grid plan``
+state) against the report's own decision: at the worsening it returns, the report's turn test finds
+it in 80% of simulated studies.
 
-Each case draws N = 4000 studies (vectorised), so the rejection rate's binomial standard error at
-power 0.8 is sqrt(0.8 * 0.2 / 4000) = 0.0063; the margin is 3 of them (0.019). The draws are
-seeded, so the test is deterministic; the margin says how far from 0.8 an exact formula may land.
+``test_the_figure_is_the_reports_detection_rate`` runs the report's real pipeline
+(``report_stats.simulate``: per-example scores, the paired bootstrap, the pooled run variance, the
+Satterthwaite t reference, Holm over the family) on N = 2000 studies of a planned setting; the
+rejection rate's binomial standard error at 0.8 is sqrt(0.8 * 0.2 / 2000) = 0.0089, the margin 3 of
+them (0.027). The draws are seeded: deterministic; the margin says how far an exact figure may land.
 """
 
 from __future__ import annotations
@@ -12,86 +15,94 @@ import math
 
 import numpy as np
 import pytest
-from overtrain.evaluate.power import difference_sd, min_detectable_worsening, t_isf, t_sf
+from overtrain.evaluate.report_stats import (
+    RunVariance,
+    Samples,
+    _components,
+    _runs,
+    curve_replicates,
+    detectable,
+    detectable_worsening,
+    detection_rate,
+    point,
+    pool_runs,
+    simulate,
+    t_ppf,
+    t_sf,
+    turn_test,
+)
 
-N, POWER, ALPHA = 4000, 0.8, 0.05
-MARGIN = 3 * math.sqrt(POWER * (1 - POWER) / N)
-_Z = __import__("statistics").NormalDist()
-
-
-def paired_points(rng, delta, run_sd, example_sd, corr, n, runs):
-    """d = y2 - y1 of N studies: per-run shifts (runs each point) and the same n examples at both
-    budgets, an example's two deviations correlated ``corr`` (the paired design)."""
-    u = rng.normal(0.0, run_sd, (N, 2, runs)).mean(-1)
-    shared = rng.normal(0.0, 1.0, (N, n, 1))
-    e = example_sd * (math.sqrt(corr) * shared + math.sqrt(1 - corr) * rng.normal(0.0, 1.0, (N, n, 2)))
-    y = u + e.mean(1)
-    return delta + y[:, 1] - y[:, 0]
-
-
-@pytest.mark.parametrize("runs, family", [(1, 10), (3, 1)])
-def test_known_variances_reach_the_power(runs, family):
-    """Run and example noise with known variances: the rejection rate at the returned worsening is 0.8."""
-    run_sd, example_sd, corr, n = 0.01, 0.3, 0.89, 277
-    rel = min_detectable_worsening(run_sd, example_sd, n, runs, family, example_corr=corr)
-    d = paired_points(np.random.default_rng(runs), math.log1p(rel), run_sd, example_sd, corr, n, runs)
-    se, _ = difference_sd(run_sd, example_sd, n, runs, corr)
-    rate = np.mean(d / se > _Z.inv_cdf(1 - ALPHA / family))
-    assert abs(rate - POWER) < MARGIN, (rel, rate)
-    assert np.std(d) == pytest.approx(se, rel=0.05)  # the paired variance formula (sd of 4000 draws: +-1.1%)
+POWER, ALPHA = 0.8, 0.05
 
 
-def test_estimated_run_variance_uses_the_noncentral_t():
-    """Run noise only, its variance pooled from 3 other cells of 2 runs (3 degrees of freedom): the
-    t statistic d / se_hat rejects at t_{3, 1 - alpha/m} in 80% of studies at the returned worsening."""
-    run_sd, runs, cells, family = 0.02, 2, 3, 4
-    df = cells * (runs - 1)
-    rel = min_detectable_worsening(run_sd, 0.0, 100, runs, family, run_df=df, log=False)
-    rng = np.random.default_rng(7)
-    d = paired_points(rng, rel, run_sd, 0.0, 0.5, 1, runs)
-    other = rng.normal(0.0, run_sd, (N, cells, runs))
-    s2 = ((other - other.mean(-1, keepdims=True)) ** 2).sum((-1, -2)) / df
-    rate = np.mean(d / np.sqrt(2 * s2 / runs) > t_isf(ALPHA / family, df))
-    assert abs(rate - POWER) < MARGIN, (rel, rate)
-    known = min_detectable_worsening(run_sd, 0.0, 100, runs, family, log=False)
-    assert rel > 1.3 * known  # 3 degrees of freedom cost a third more than a known variance
+@pytest.mark.parametrize("seeds, probe", [(1, 3), (3, 0)])
+def test_the_figure_is_the_reports_detection_rate(seeds, probe):
+    """A planned study (1 model, ID and C4: 2 curves of 6 budgets, 10 tests; RTE's 277 examples, the
+    calibration's noise; one seed with a probe of 3 at the first and the last budget (4 df per
+    metric), or 3 seeds (12 df)), converted as ``grid plan`` does: sigma^2 = run_sd^2 + (1 - rho)
+    example_sd^2 / n per run, Var(d) = (1/S_a + 1/S_b) sigma^2. The worsening sits on the
+    comparison with the fewest runs (the one the figure is the largest for); the rest of that curve
+    is far above its best budget and the other curve is flat. ~2 s each."""
+    n, example_sd, noise_sd, run_sd, studies = 277, 0.3, 0.1, 0.01, 2000
+    runs = _runs(seeds, probe, 6)
+    df = sum(r - 1 for r in runs)  # one curve per metric: its cells are the pool
+    weights = [1 / runs[-1] + 1 / r for r in runs[:-1]]
+    sigma2 = run_sd**2 + noise_sd**2 / n  # (1 - rho) example_sd^2 = noise_sd^2
+    delta = detectable_worsening(0.0, max(weights) * sigma2, df, 10)
+    truth = np.full(6, 0.5)
+    truth[int(np.argmax(weights))], truth[-1] = 0.0, delta
+    _, rejected = simulate(
+        np.random.default_rng(seeds), [truth, np.zeros(6)], studies, n, seeds, probe, example_sd, noise_sd, run_sd,
+        replicates=200,
+    )  # fmt: skip
+    margin = 3 * math.sqrt(POWER * (1 - POWER) / studies)
+    assert abs(rejected[:, 0].mean() - POWER) < margin, (delta, rejected[:, 0].mean())
+    assert rejected[:, 1].mean() < 0.05 + margin  # the flat curve: the family's level
 
 
-def test_estimated_run_variance_beside_known_example_noise():
-    """The one-seed study with a noise probe: 1 run per cell, the run variance from 2 probed cells of
-    3 seeds (4 df), the example part known; the test's critical value is t_{4, 1 - alpha/m} (valid
-    whatever the run share). At the returned worsening it rejects in 80% of studies."""
-    run_sd, example_sd, corr, n, family, cells, seeds = 0.01, 0.3, 0.89, 277, 30, 2, 3
-    df = cells * (seeds - 1)
-    rel = min_detectable_worsening(run_sd, example_sd, n, 1, family, run_df=df, example_corr=corr)
-    rng = np.random.default_rng(11)
-    d = paired_points(rng, math.log1p(rel), run_sd, example_sd, corr, n, 1)
-    probe = rng.normal(0.0, run_sd, (N, cells, seeds))
-    s2 = ((probe - probe.mean(-1, keepdims=True)) ** 2).sum((-1, -2)) / df
-    se_hat = np.sqrt(2 * s2 + 2 * (1 - corr) * example_sd**2 / n)
-    rate = np.mean(d / se_hat > t_isf(ALPHA / family, df))
-    assert abs(rate - POWER) < MARGIN, (rel, rate)
-    # more examples never make a worsening harder to detect (the critical value does not depend on n)
-    more = [
-        min_detectable_worsening(run_sd, example_sd, k, 1, family, run_df=df, example_corr=corr)
-        for k in (83, 277, 3534)
-    ]
-    assert more == sorted(more, reverse=True)
+def test_examples_part_and_satterthwaite_reference():
+    """With a known example part beside the estimated run part (share f < 1), the report's reference
+    (``_components``: Satterthwaite df from the estimate) rejects at the figure in 80% of 20,000
+    draws (binomial sd 0.0028; margin 3 of them); the chi-square draws stand for the pooled estimate."""
+    v_ex, v_run, nu, tests, draws = 7e-5, 2e-4, 4, 30, 20_000
+    delta = detectable_worsening(v_ex, v_run, nu, tests)
+    rng = np.random.default_rng(3)
+    d = rng.normal(delta, math.sqrt(v_ex + v_run), draws)
+    rv = RunVariance(v_run * rng.chisquare(nu, draws) / nu, np.zeros(draws), nu, 2)
+    v, df = _components(np.full((draws, 1), v_ex), np.ones(1), rv)
+    rate = np.mean(t_sf(d / np.sqrt(v[:, 0]), df[:, 0]) <= ALPHA / tests)
+    assert abs(rate - POWER) < 3 * math.sqrt(POWER * (1 - POWER) / draws), (delta, rate)
+    assert detection_rate(delta, v_ex, v_run, nu, ALPHA / tests) == pytest.approx(POWER, abs=1e-6)
+    # the same total variance all estimated (f = 1: the noncentral t) needs more; t_nu's quantile
+    # alone (the estimate's uncertainty ignored) would claim less than the test finds
+    assert detectable_worsening(0.0, v_ex + v_run, nu, tests) > delta
+    naive = float(t_ppf(1 - ALPHA / tests, nu) + t_ppf(POWER, nu)) * math.sqrt(v_ex + v_run)
+    assert naive < detectable_worsening(0.0, v_ex + v_run, nu, tests)
 
 
-def test_t_tail_and_edge_cases():
-    # t_{4, 0.995} = 4.604 and t_{30, 0.995} = 2.750 (tables); the noncentral tail by simulation above
-    assert t_isf(0.005, 4) == pytest.approx(4.604095, abs=1e-5)
-    assert t_isf(0.005, 30) == pytest.approx(2.749996, abs=1e-5)
-    assert t_sf(0.0, 3.0) == pytest.approx(0.5, abs=1e-6)
-    # the t critical value is valid whatever the run part's share f of the variance: size <= level
-    level = ALPHA / 30
-    assert all(t_sf(t_isf(level, df), df, 0.0, f) <= level for df in (2.0, 4.0, 12.0) for f in (0.9, 0.5, 0.1))
-    # one run per point and no probe: the run variance is unmeasured, nothing is detectable
-    assert min_detectable_worsening(0.01, 0.3, 277, 1, 10, run_df=0) == math.inf
-    # relative: exp(delta) - 1 of the log-perplexity difference; more examples, runs: smaller
-    delta = min_detectable_worsening(0.01, 0.3, 277, 1, 10, log=False)
-    assert min_detectable_worsening(0.01, 0.3, 277, 1, 10) == pytest.approx(math.expm1(delta), rel=1e-12)
-    assert min_detectable_worsening(0.01, 0.3, 2770, 3, 10) < min_detectable_worsening(0.01, 0.3, 277, 1, 10)
-    with pytest.raises(ValueError, match="runs_per_cell=0"):
-        min_detectable_worsening(0.01, 0.3, 277, 0, 10)
+def test_known_variances_and_edge_cases():
+    z = 2.807033768343811 + 0.8416212335729143  # normal quantiles 1 - 0.05/20 and 0.8
+    assert detectable_worsening(0.005**2, 1e-4, math.inf, 20) == pytest.approx(z * math.sqrt(0.005**2 + 1e-4), 1e-9)
+    assert detectable_worsening(1e-4, 0.0, 4, 20) == pytest.approx(z * 0.01, rel=1e-9)  # no run part: examples only
+    assert detectable_worsening(0.0, 1e-4, 4, 20) > detectable_worsening(0.0, 1e-4, 40, 20)  # few df cost
+    assert detectable_worsening(0.0, 1e-4, 4, 20) < detectable_worsening(0.0, 1e-4, 4, 40)  # a larger family costs
+    assert detectable_worsening(0.0, None, 0, 20) is None  # the run variance not measured: nothing is detectable
+    with pytest.raises(ValueError, match="tests=0"):
+        detectable_worsening(0.0, 1e-4, 4, 0)
+
+
+def test_detectable_uses_the_curves_own_variances():
+    """``detectable`` (the report's per-curve figure) recovers each comparison's run part from its
+    Satterthwaite df and states the largest ``detectable_worsening`` over the comparisons."""
+    rng = np.random.default_rng(5)
+    runs = [3, 1, 1, 3]
+    pts = [Samples(0.7 + rng.normal(0, 0.1, (r, 200)) + rng.normal(0, 0.01, (r, 1))) for r in runs]
+    rv = pool_runs(pts)
+    y = np.array([float(point(p)) for p in pts])
+    test = turn_test(y, curve_replicates(pts, rng, 200), runs, rv)
+    assert test.run_df == rv.df == 4
+    share = np.sqrt(rv.df / test.df)  # c s^2 / v
+    want = max(
+        detectable_worsening(v * (1 - f), v * f, 4, 12) for v, f in zip(test.se**2, share)
+    )  # fmt: skip
+    assert detectable(test, 12) == pytest.approx(want, rel=1e-12)
