@@ -407,7 +407,7 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir, the report switch, trackers, the
-    planning noise level (``finetune.noise``) (and a missing lm_eval, suite or instruct stage, empty
+    planning noise level (``finetune.noise``), the suite's ``architecture`` (memory plan) (and a missing lm_eval, suite or instruct stage, empty
     ``seeds``, a missing ``finetune.noise_probe`` and an ``intermediate_runs`` without effect, later
     fields, so grids from before them keep their fingerprint and their results dirs stay claimable)."""
     absent = tuple(k for k in ("lm_eval", "suite", "instruct") if getattr(spec, k) is None)
@@ -423,6 +423,8 @@ def grid_fingerprint(spec: GridSpec) -> str:
         ft.pop("noise", None)  # a planning figure: changes no job
         if ft.get("noise_probe") is None:
             ft.pop("noise_probe", None)
+    if isinstance(d.get("suite"), dict):
+        d["suite"].pop("architecture", None)  # the memory plan's figures: change no job
     pre = d.get("pretrain")
     if isinstance(pre, dict) and (pre.get("intermediate_runs") == "all" or not pre.get("intermediate_tokens")):
         pre.pop("intermediate_runs", None)
