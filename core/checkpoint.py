@@ -4,7 +4,8 @@
         model.pt     model.state_dict(): OLMo keys, loadable by olmo.model.OLMo(olmo_config(spec))
         model.yaml   the ModelSpec
         meta.json    {"step", "tokens", "budget_tokens", "final", "lr_decayed", "kind", ...}
-        optim.pt     optimizer state (training checkpoints only)
+        optim.pt     optimizer state (training checkpoints only; ``load_whole_optimizer`` reads it
+                     into a sharded model's optimizer too)
         optim/       instead of optim.pt under ``parallel: fsdp``: the sharded optimizer state in
                      torch's distributed checkpoint format (``save_sharded``; every rank writes its
                      shards), keyed by parameter name, so it loads on any number of ranks
@@ -392,3 +393,20 @@ def load_sharded_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.
     except Exception as e:  # noqa: BLE001  (dcp wraps reader errors in its own types)
         raise CheckpointError(f"{path}: cannot load the sharded optimizer state ({str(e).splitlines()[0]})") from None
     set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def load_whole_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """An ``optim.pt`` (a whole optimizer's ``state_dict``, its parameters numbered in group order)
+    into ``optimizer`` of ``model`` sharded now (every rank reads the file and keeps its shards). The
+    numbers become parameter names by the optimizer's own group order, which ``core.optim`` builds
+    the same for the model sharded or not."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    whole = {
+        "state": {order[i]: s for i, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, whole, options=StateDictOptions(full_state_dict=True))

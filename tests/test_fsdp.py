@@ -1,10 +1,11 @@
 """`parallel=fsdp` (torch's FSDP2 over 2 gloo ranks on CPU) equals one process with the same global
 batch: losses step by step, evaluations and final weights, for a muP model whose hidden matrices get a
 scaled LR (width_mult 2: the muP shapes survive sharding); its checkpoints keep the optimizer state
-sharded (torch.distributed.checkpoint) and resume on 1 process, equal to the uninterrupted run.
+sharded (torch.distributed.checkpoint) and resume on 1 process, and a 1-process checkpoint resumes on
+2 FSDP ranks, each equal to the uninterrupted run.
 
 fsdp.param_dtype auto is fp32 on CPU (the run's precision), so the comparison is of float sums in
-another order, not of bf16 against fp32. Costs ~25 s (one 2-rank run, two short 1-process runs)."""
+another order, not of bf16 against fp32. Costs ~40 s (two 2-rank runs, two 1-process runs; SFT: ~30 s)."""
 
 import json
 import os
@@ -106,6 +107,22 @@ def test_fsdp_two_ranks_equal_one_process_and_resume_on_one(tmp_path, small_c4):
     for (name, p), q in zip(m_res.named_parameters(), m_fsdp.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=ATOL, msg=name)
     assert json.loads((resumed / "summary.json").read_text())["resumes"] == 1
+
+    # And the other way: the 1-process run's step-3 checkpoint (optim.pt, whole) resumed on 2 FSDP ranks.
+    up = tmp_path / "up"
+    shutil.copytree(one_dir, up)
+    shutil.rmtree(up / "checkpoints/step-00000006")
+    (up / "summary.json").unlink()
+    (up / "checkpoints/latest").write_text("step-00000003\n")
+    cmd = [str(REPO_ROOT / "launch/torchrun.sh"), "2", "demo", *overrides(small_c4, up), "parallel=fsdp"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = losses(up)
+    for s in (4, 5, 6):
+        assert d[s] == pytest.approx(b[s], rel=1e-5), s
+    m_up, _, _ = load_model(up)
+    for (name, p), q in zip(m_up.named_parameters(), m_one.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=ATOL, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------- SFT

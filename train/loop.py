@@ -42,6 +42,7 @@ from ..core import dist
 from ..core.checkpoint import (
     load_model,
     load_sharded_optimizer,
+    load_whole_optimizer,
     prune_checkpoints,
     rng_state,
     save_sharded,
@@ -109,11 +110,8 @@ def build_model_and_optimizer(
     opt = optimizer_for(model, cfg.optim)
     if (ckpt / "optim").is_dir():  # saved sharded (fsdp): loads on any number of ranks, sharded or not
         load_sharded_optimizer(ckpt / "optim", model, opt)
-    elif dist.is_sharded(model):
-        raise CheckpointError(
-            f"{ckpt / 'optim.pt'}: saved by a parallel=ddp run (whole, by parameter index); resume it with "
-            "parallel=ddp, or start the fsdp run from a checkpoint it saved"
-        )
+    elif dist.is_sharded(model):  # saved whole (ddp, one process): every rank keeps its shards of it
+        load_whole_optimizer(ckpt / "optim.pt", model, opt)
     else:
         opt.load_state_dict(torch.load(ckpt / "optim.pt", map_location=device, weights_only=True))
     rngs = state["rng"]  # one per rank; on another number of ranks, every rank continues rank 0's
