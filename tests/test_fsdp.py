@@ -92,6 +92,16 @@ def test_fsdp_two_ranks_equal_one_process_and_resume_on_one(tmp_path, small_c4):
     for (name, p), q in zip(m_fsdp.named_parameters(), m_one.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=ATOL, msg=name)
 
+    # Export to transformers from an fsdp run: model.pt holds whole tensors (a rank's shard of the
+    # embedding would be 25,152 of its 50,304 rows), exported without the vocabulary's padding rows
+    from overtrain.train.hf_export import export_hf
+    from safetensors.torch import load_file
+
+    exported = load_file(export_hf(fsdp_dir, tmp_path / "hf") / "model.safetensors")
+    wte = m_fsdp.transformer.wte.weight
+    assert exported["model.embed_tokens.weight"].shape == (50280, 64)
+    torch.testing.assert_close(exported["model.embed_tokens.weight"], wte[: len(exported["model.embed_tokens.weight"])])
+
     # Resume the 2-rank run from its step-3 checkpoint on 1 process: the optimizer shards are read
     # back whole; the rest of the run equals the uninterrupted one. With activation checkpointing,
     # which recomputes the same kernels on the same inputs (changes no result).
