@@ -102,10 +102,10 @@ class FSDPConfig:
     # Free each block's gathered parameters after its forward and gather them again in the backward:
     # parameters take 1/world of their memory between uses, for one more all-gather per block.
     reshard_after_forward: bool = True
-    # The dtype blocks compute in (gathered copies of the fp32 shards); gradients are reduced in fp32
-    # and the fp32 shards and optimizer states are what the optimizer steps. auto: bf16 where the run
-    # computes in bf16 anyway (``precision`` auto on CUDA, or bf16), else fp32 (CPU: exact comparisons).
-    param_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # Gathered copies of the fp32 shards are in param_dtype; gradients are reduced in fp32 and the
+    # optimizer steps the fp32 shards. auto: bf16 where the run computes in bf16 anyway (precision
+    # auto on CUDA, or bf16), else fp32 (CPU: the tests compare float sums, not precisions).
+    param_dtype: Literal["auto", "bf16", "fp32"] = "auto"  # the dtype blocks compute in (auto: the run's precision)
 
 
 def compute_dtype(fsdp: FSDPConfig, device: torch.device, precision: str) -> torch.dtype:
