@@ -394,6 +394,12 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
         "sweep_added_lrs_max": sum(j.info.get("max_added_lrs", 0) for j in sweeps),
         "sweep_extension_flops_max": extension,
         "sweep_extension_gpu_hours_max": gpu_hours(extension, spec.hardware),
+        # the suite's members as resolved (suite.tokens as counts: the revision picked for each)
+        "suite_members": [
+            {"revision": m.name, "tokens": m.tokens, "requested": m.requested} for m in suite_members(spec, check=False)
+        ]
+        if spec.suite is not None
+        else [],
     }
 
 
@@ -415,6 +421,11 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
         f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
         f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)"
     )
+    for m in s["suite_members"]:
+        if m["requested"] is not None:
+            print(
+                f"  suite: {_fmt_tokens(m['requested'])} tokens -> {m['revision']} ({m['tokens'] / m['requested'] - 1:+.2%})"
+            )
     if s["sweep_added_lrs_max"]:
         print(
             f"  sweeps: {s['sweep_lrs']} fine-tuning runs on their LR grids, plus up to {s['sweep_added_lrs_max']} "

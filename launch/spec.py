@@ -4,11 +4,13 @@
 tasks, budgets, stage configs, prepare-data settings), so a typo fails before a job starts.
 ``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` and refuses a results dir
 made by a different grid (its fingerprint: the spec without results dir, report switch and
-hardware).
+hardware), with the suite's members as resolved (``suite.tokens`` as counts: the nearest revision
+to each, from the hub's branch list or a local mirror's folders, ``resolve_suite_tokens``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +83,10 @@ class SuiteStage:
 
     model: str = ""  # hub repo id (e.g. allenai/OLMo-1B-hf) or a local folder with one transformers dir per revision
     revisions: list[str] = field(default_factory=list)  # the members: revision names (OLMo: stepN-tokensNB)
-    tokens: dict[str, str] = field(default_factory=dict)  # revision -> pre-training tokens where the name has none
+    # a mapping: revision -> pre-training tokens where the name has none; or a list of token counts
+    # ([2.3T, 3T]) instead of revisions: the nearest revision to each, resolved at plan time
+    tokens: dict[str, str] | list[str] = field(default_factory=dict)
+    tolerance: float = 0.02  # a count in `tokens` matches a revision within this relative distance
     params: str = ""  # parameters (e.g. 1.18B) for the compute estimate; empty: counted from a local config.json
     evaluate_base: bool = True  # also evaluate each member before instruction tuning (the paper's Figure 1, left)
 
@@ -238,6 +243,36 @@ class Member:
     name: str  # the revision (a job id part)
     ref: str  # what `overtrain sft` and `overtrain lm-eval` take: a local dir, or REPO@REVISION
     tokens: int  # pre-training tokens
+    requested: int | None = None  # the token count it was picked for (suite.tokens as a list), else None
+
+
+_RESOLVED: dict[tuple, list[tuple[str, int]]] = {}  # (model, counts, tolerance) -> revisions: one hub call per process
+
+
+def resolve_suite_tokens(spec: GridSpec, where: str = "grid") -> list[tuple[int, str, int]]:
+    """``suite.tokens`` as a list of counts: (count, revision, its tokens) for each, the nearest
+    revision of the hub repository's branches or the local mirror's folders (``core.suite``)."""
+    from ..core.suite import list_revisions, nearest_revisions
+
+    s = spec.suite
+    counts = []
+    for i, text in enumerate(s.tokens):
+        try:
+            counts.append(parse_count(str(text)))
+            if counts[-1] <= 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"{where}: suite.tokens[{i}]: '{text}' is not a token count (e.g. 2.3T)") from None
+    if not 0 <= s.tolerance < 1:
+        raise ConfigError(f"{where}: suite.tolerance={s.tolerance}: expected a relative distance in [0, 1)")
+    key = (str(s.model), tuple(counts), s.tolerance)
+    if key not in _RESOLVED:
+        try:
+            revisions = list_revisions(s.model)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: suite.model: {e}") from None
+        _RESOLVED[key] = nearest_revisions(revisions, counts, s.tolerance, f"{where}: suite.tokens")
+    return [(c, r, t) for c, (r, t) in zip(counts, _RESOLVED[key])]
 
 
 def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> list[Member]:
@@ -249,15 +284,31 @@ def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> li
     s = spec.suite
     if not s.model:
         raise ConfigError(f"{where}: suite.model: empty (a hub repo id or a local folder of revision dirs)")
-    if not s.revisions:
+    requested: dict[str, int] = {}
+    if isinstance(s.tokens, list):  # token counts: the revisions are the nearest to them
+        if s.revisions:
+            raise ConfigError(f"{where}: suite: give either revisions or tokens as a list of counts, not both")
+        picked = resolve_suite_tokens(spec, where)
+        revisions, given_tokens = [], {}
+        for count, rev, _ in picked:
+            if rev in requested:
+                raise ConfigError(
+                    f"{where}: suite.tokens: {format_tokens(requested[rev])} and {format_tokens(count)} both "
+                    f"resolve to {rev}: ask for counts further apart"
+                )
+            requested[rev] = count
+            revisions.append(rev)
+    else:
+        revisions, given_tokens = list(s.revisions), s.tokens
+    if not revisions:
         raise ConfigError(f"{where}: suite.revisions: empty (the checkpoints to tune and evaluate)")
-    unknown = sorted(set(s.tokens) - set(s.revisions))
+    unknown = sorted(set(given_tokens) - set(revisions))
     if unknown:
         raise ConfigError(f"{where}: suite.tokens: {unknown} are not in suite.revisions")
     local = Path(expand_path(s.model))
     out = []
-    for rev in s.revisions:
-        given = s.tokens.get(rev)
+    for rev in revisions:
+        given = given_tokens.get(rev)
         try:
             tokens = parse_count(str(given)) if given is not None else tokens_from_revision(rev)
         except ValueError:
@@ -277,8 +328,14 @@ def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> li
                 raise ConfigError(f"{where}: suite.revisions: '{rev}': {e}") from None
         else:
             ref = f"{s.model}@{rev}"  # a hub revision: resolved (downloaded) by the job, not by the plan
-        out.append(Member(rev, ref, tokens))
+        out.append(Member(rev, ref, tokens, requested.get(rev)))
     return out
+
+
+def format_tokens(n: int) -> str:
+    from ..core.suite import format_count
+
+    return format_count(n)
 
 
 def config_path(path: str) -> str:
@@ -306,6 +363,9 @@ def grid_fingerprint(spec: GridSpec) -> str:
     for stage in ("pretrain", "finetune"):
         if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
             d[stage].pop("seeds", None)
+    suite = d.get("suite")
+    if isinstance(suite, dict) and not isinstance(suite.get("tokens"), list):
+        suite.pop("tolerance", None)  # only counts in suite.tokens use it
     pre = d.get("pretrain")
     if isinstance(pre, dict) and (pre.get("intermediate_runs") == "all" or not pre.get("intermediate_tokens")):
         pre.pop("intermediate_runs", None)
@@ -325,10 +385,8 @@ def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Pa
                 f"('{old.get('name')}' from {old.get('grid_file')}); use another results_dir, or force=true"
             )
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        marker,
-        json.dumps(
-            {"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp, "spec": to_dict(spec)}, indent=2
-        ),
-    )
+    record = {"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp, "spec": to_dict(spec)}
+    if spec.suite is not None:  # the members as resolved (suite.tokens as counts: the revisions picked)
+        record["suite_members"] = [dataclasses.asdict(m) for m in suite_members(spec, str(grid_path), check=False)]
+    atomic_write_text(marker, json.dumps(record, indent=2))
     return root

@@ -8,7 +8,7 @@ import pytest
 import torch
 from overtrain import cli
 from overtrain.core.config import data_root
-from suite_fixture import tiny_suite  # noqa: F401  (session fixture: a tiny checkpoint suite, see suite_fixture.py)
+from suite_fixture import fake_hub, tiny_suite  # noqa: F401  (fixtures: a tiny checkpoint suite, a faked hub branch list)
 
 C4 = data_root() / "c4"
 
