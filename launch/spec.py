@@ -102,6 +102,24 @@ class InstructStage:
 
 
 @dataclass
+class MultimodalStage:
+    """LLaVA tuning (``overtrain multimodal``: stage 1 projector, stage 2 projector + LM) of every suite
+    member, evaluated on a visual QA set; data in LLaVA's JSON format (``finetune.multimodal``)."""
+
+    vision: str = "openai/clip-vit-large-patch14-336"  # the CLIP vision tower (LLaVA-1.5's)
+    captions: str = ""  # stage 1 image-caption pairs (LLaVA-Pretrain blip_laion_cc_sbu_558k.json)
+    instruct: str = ""  # stage 2 visual conversations (llava_v1_5_mix665k.json)
+    vqa: str = ""  # evaluation JSONL: {image, question, answer, choices}
+    caption_images: str = ""  # the root of the captions' images ("": the JSON's folder)
+    instruct_images: str = ""  # the root of the conversations' images ("": the JSON's folder)
+    name: str = "llava"  # the tuning's name in rows and the report
+    args: list[str] = field(default_factory=list)  # further `overtrain multimodal` settings
+    vision_params: str = "304M"  # the tower's parameters (CLIP ViT-L/14), for the estimates only
+    stage1_tokens_estimate: int = 360_000_000  # stage 1 tokens, image tokens included (LLaVA-1.5: 558K x ~640)
+    stage2_tokens_estimate: int = 600_000_000  # stage 2 tokens, image tokens included (LLaVA-1.5: 665K x ~900)
+
+
+@dataclass
 class HardwareSpec:
     name: str = "A100-80GB"  # shown in the plan
     peak_tflops: float = 312.0  # bf16 dense, per GPU
@@ -128,6 +146,7 @@ class GridSpec:
     lm_eval: LmEvalStage | None = None  # lm-evaluation-harness tasks on every checkpoint (null: none)
     suite: SuiteStage | None = None  # a public checkpoint suite (the paper's Section 2; null: none)
     instruct: InstructStage | None = None  # instruction tuning of every suite member (null: none)
+    multimodal: MultimodalStage | None = None  # LLaVA tuning + visual QA of every suite member (null: none)
     log: TrackConfig | None = None  # wandb/TensorBoard for every job (wandb_project defaults to the grid's name)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)  # for the plan's GPU-hour estimate
     extra_jobs: list[ExtraJob] = field(default_factory=list)  # further overtrain commands with dependencies
@@ -143,6 +162,8 @@ class GridSpec:
             raise ValueError("finetune and perturb act on pre-training runs: set 'pretrain' too (or remove them)")
         if self.instruct is not None and self.suite is None:
             raise ValueError("instruct tunes the members of a suite: set 'suite' too")
+        if self.multimodal is not None and self.suite is None:
+            raise ValueError("multimodal tunes the members of a suite: set 'suite' too")
         if self.instruct is not None and self.instruct.gpus < 0:
             raise ValueError(f"instruct.gpus={self.instruct.gpus}: expected >= 0 (0 = the runner's gpus=)")
         if self.pretrain is None and self.suite is None:
@@ -355,10 +376,10 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir, the report switch, trackers (and a
-    missing lm_eval, suite or instruct stage, empty ``seeds`` and an ``intermediate_runs`` without
+    missing lm_eval, suite, instruct or multimodal stage, empty ``seeds`` and an ``intermediate_runs`` without
     effect, later fields, so grids from before them keep their fingerprint and their results dirs stay
     claimable)."""
-    absent = tuple(k for k in ("lm_eval", "suite", "instruct") if getattr(spec, k) is None)
+    absent = tuple(k for k in ("lm_eval", "suite", "instruct", "multimodal") if getattr(spec, k) is None)
     d = to_dict(spec)
     for stage in ("pretrain", "finetune"):
         if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
