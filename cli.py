@@ -137,7 +137,8 @@ def parse_command(name: str, module, argv: list[str]) -> argparse.Namespace:
             close = difflib.get_close_matches(top(s), sorted(own | theirs), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"command line: unknown key '{top(s)}'{hint}; 'overtrain {name} --help' lists the keys")
-    args.config = load_config(config, args.config_path, [s for s in settings if top(s) in theirs], kind=kind)
+    args.overrides = [s for s in settings if top(s) in theirs]  # CONFIG's settings as given (grid records them)
+    args.config = load_config(config, args.config_path, args.overrides, kind=kind)
     if options is not None:
         _set_fields(args, load_config(options, None, [s for s in settings if top(s) in own]))
     return args

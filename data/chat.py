@@ -23,8 +23,11 @@ else ``DEFAULT_CHAT_TEMPLATE``, the TULU format that OLMo's SFT used::
 Label mask: let R(k) be the rendered text of the first k turns, and G(k) the same with the
 generation prompt (``add_generation_prompt``). Assistant turn k spans the characters
 [len(G(k)), len(R(k+1))) of R(n): its content, the EOS closing it and what the template writes
-up to the next turn (TULU: one newline). A token carries a label when its first character lies in
-an assistant span; every other label is -100. The template must render prefixes as prefixes
+up to the next turn (TULU: one newline). A token carries a label when its characters overlap an
+assistant span; every other label is -100. A token's characters are [min(start, previous end), end)
+(``token_spans``), not its offsets alone: a byte-level tokenizer trims leading whitespace from the
+offsets, so an indentation token ("    " in code) has empty offsets, e.g. (46, 46), and would be
+matched by no span (by its start offset, the former rule, it got no label inside an answer). The template must render prefixes as prefixes
 (checked; one DataError otherwise). Truncation: the token ids are cut to their first
 ``max_seq_len`` (the model reads ids[:-1] and predicts ids[1:]); a record left without any
 labelled token is dropped and counted (``ChatEncoding.dropped``).
@@ -33,6 +36,7 @@ labelled token is dropped and counted (``ChatEncoding.dropped``).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -199,6 +203,11 @@ def chat_template_of(tokenizer) -> str:
     return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
 
 
+def template_sha256(template: str) -> str:
+    """A chat template's identity in rows: sha256 of its text, first 16 hex digits."""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+
+
 def _text(tokenizer, template: str, messages: list[dict], generation_prompt: bool, where: str) -> str:
     try:
         return tokenizer.apply_chat_template(
@@ -225,14 +234,24 @@ def assistant_spans(tokenizer, messages: list[dict], where: str = "") -> tuple[s
     return full, spans
 
 
+def token_spans(offsets) -> list[tuple[int, int]]:
+    """Each token's characters [lo, hi), the whitespace its offsets leave out included (module doc):
+    lo = min(start, the previous token's end), hi = end."""
+    out, prev = [], 0
+    for start, end in offsets:
+        out.append((min(start, prev), end))
+        prev = max(prev, end)
+    return out
+
+
 def render(tokenizer, record: ChatRecord, max_seq_len: int) -> tuple[list[int], list[int], bool]:
     """(ids, labels, truncated) of one record: labels = ids on assistant tokens, -100 elsewhere."""
     text, spans = assistant_spans(tokenizer, record.messages, record.where)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    ids = list(enc["input_ids"])
     labels = [
-        tok if any(a <= start < b for a, b in spans) and end > start else -100
-        for tok, (start, end) in zip(ids, offsets)
+        tok if any(lo < b and a < hi for a, b in spans) else -100
+        for tok, (lo, hi) in zip(ids, token_spans(enc["offset_mapping"]))
     ]
     truncated = len(ids) > max_seq_len
     return ids[:max_seq_len], labels[:max_seq_len], truncated

@@ -28,6 +28,9 @@ from . import report_stats as st
 from .report_format import fmt_lr, fmt_tokens
 
 SEED_TAGS = ("pretrain_seed", "seed")  # grid tags of the seed axes (launch.spec.seed_axes): aggregated over
+# tags that mark a row as one more run of its cell, not another setup: the seed axes and the grid's noise
+# probe (launch.spec: extra fine-tuning seeds at a few cells, tagged noise_probe)
+REPLICATE_TAGS = (*SEED_TAGS, "noise_probe")
 
 
 def seed_key(r: FinetuneRow) -> tuple:
@@ -41,7 +44,7 @@ def seed_key(r: FinetuneRow) -> tuple:
 MIX_KEYS = {
     "config_hash": lambda r: r.config_hash,
     "template": lambda r: r.template,
-    "tags": lambda r: {k: v for k, v in (r.tags or {}).items() if k not in SEED_TAGS},
+    "tags": lambda r: {k: v for k, v in (r.tags or {}).items() if k not in REPLICATE_TAGS},
     "checkpoint_sha256": lambda r: (seed_key(r)[0], r.ckpt.checkpoint_sha256),
 }
 REPORTED = (BaseRow, FinetuneRow, PerturbRow)  # other kinds ("eval", unknown) are counted and ignored

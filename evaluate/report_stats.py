@@ -52,9 +52,26 @@ task form a second family). The turn is placed at the best budget (the point est
 "No catastrophic overtraining" needs the opposite evidence against *every* earlier budget: the
 one-sided 95% upper bound max_i (d_i + t_{0.95, df_i} sqrt(v_i)) is at most ``log(1 + tolerance)``
 (an intersection-union test: no multiplicity correction); otherwise, with no turn, "cannot tell:
-intervals too wide". What a study could have seen (``detectable``, ``detectable_worsening``): the
-worsening found with probability POWER = 0.8, (t_{1 - ALPHA/m, df} + t_{0.8, df}) sqrt(v), m the
-family's tests (Holm's first step), the largest over a curve's comparisons.
+intervals too wide".
+
+Power (``detectable_worsening``, ``detection_rate``, ``detectable``): what a study could have seen,
+the one figure the report states per curve and ``grid plan`` per planned task. For one comparison,
+d ~ N(delta, V_ex + V_run) with V_run = c sigma^2 the run part (estimated: s^2 on nu df) and V_ex
+the examples' part beyond it (known: the bootstrap). The test rejects at Holm's first step, level
+alpha / m over the family's m tests, iff d > t_{1 - alpha/m, df} sqrt(v) with the estimates
+v = V_ex + V_run W, W ~ chi^2_nu / nu, and df = nu (v / (V_run W))^2 (the reference above); so
+
+    P(reject) = E_W[ Phi((delta - t_{1 - alpha/m, df(W)} sqrt(v(W))) / sqrt(V_ex + V_run)) ],
+
+integrated over the chi scale sqrt(W) by the midpoint rule on POWER_GRID cells (1024: within 1e-4
+relative of 16,000 at 1 df, 1e-8 from 4 df), the critical values interpolated in 1/df where df
+varies (``_t_table``), Phi to 1.2e-7 (``_phi``): a noncentral t when V_ex = 0, the normal when
+V_run = 0 or nu = inf. The figure is the delta where it equals POWER = 0.8 (bisection). Not
+(t_{1-alpha/m, nu} + t_{0.8, nu}) sqrt(V): with few df that ignores how far the estimate s^2 moves
+the bound, and states a worsening the test finds less often than 80% (4 df, m = 30, V_ex = 0: 8%
+too small). ``detectable``: a curve's figure, its comparisons' run parts V_run = v sqrt(nu / df)
+recovered from their Satterthwaite df, the largest over the comparisons. tests/test_power.py checks
+it against ``simulate`` (the report's decision on simulated studies).
 
 Calibration (tests/test_report_stats.py; ``simulate``, ``simulate_suite``): synthetic studies
 with known truth, every run shifted by its own run shift at every seed count.
@@ -85,6 +102,7 @@ README.md, "Report and verdict", repeats the table.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -96,6 +114,8 @@ POWER = 0.8  # the power at which ``detectable_worsening`` states what a study c
 Z_UPPER = 1.6448536269514722  # z_0.95: one-sided upper bound (normal: binomial checks, no run variance)
 T_NORMAL_DF = 1e5  # t_sf: the normal beyond this many df (p within 1e-3 relative up to t = 5)
 T_EXPANSION_DF = 20.0  # t_ppf: the Cornish-Fisher expansion from here on
+T_TABLE = 400  # df nodes of the power figure's critical values (``_t_table``)
+POWER_GRID = 1024  # chi-scale quadrature cells of the power figure (``detection_rate``)
 T_TAILS = 5  # the calibration's example tails: Student t with this many degrees of freedom
 
 
@@ -369,6 +389,7 @@ class TurnTest:
     se: np.ndarray  # (..., k-1) standard error of each d_i
     df: np.ndarray  # (..., k-1) its degrees of freedom (inf: examples only)
     runs_measured: bool = True  # False: no run variance (one run per point, none repeated): not a decision
+    run_df: float = math.inf  # nu of the pooled run variance (inf: none; ``detectable`` recovers its share)
 
 
 def turn_test(
@@ -390,44 +411,130 @@ def turn_test(
     p = t_sf(z, df)
     with np.errstate(invalid="ignore"):
         upper = np.max(d + t_ppf(0.95, df) * se, axis=-1)
-    return TurnTest(p, np.argmin(y, axis=-1), np.max(d, axis=-1), upper, se, df, rv is not None)
+    best, worse = np.argmin(y, axis=-1), np.max(d, axis=-1)
+    return TurnTest(p, best, worse, upper, se, df, rv is not None, math.inf if rv is None else float(rv.df))
 
 
-def _detectable(se: np.ndarray, df: np.ndarray, tests: int, alpha: float, power: float) -> np.ndarray:
-    """(t_{1 - alpha/tests, df} + t_{power, df}) se: the worsening found with probability ``power``."""
-    return (t_ppf(1 - alpha / max(1, tests), df) + t_ppf(power, df)) * se
+@functools.lru_cache(maxsize=64)
+def _chi_scale(df: float) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoints s and probability weights of s = sqrt(V / df), V ~ chi^2_df (weights sum to 1):
+    the midpoint rule on ``POWER_GRID`` cells of u = sqrt(s / top), s = top u^2 (cells crowd near 0,
+    where t's far tail lives for few df; ``top`` is ~28 sd above the mean: the tail beyond is < 1e-15)."""
+    top = 1.0 + 40.0 / math.sqrt(2.0 * df)
+    u = (np.arange(POWER_GRID) + 0.5) / POWER_GRID
+    s = top * u * u
+    logf = (
+        math.log(2.0 * df) + np.log(s) + (df / 2 - 1) * np.log(df * s * s) - df * s * s / 2
+        - (df / 2) * math.log(2.0) - math.lgamma(df / 2)
+    )  # fmt: skip
+    w = np.exp(logf) * 2.0 * top * u / POWER_GRID  # density x ds/du x du
+    return s, w / w.sum()
+
+
+@functools.lru_cache(maxsize=256)
+def _t_table(level: float, run_df: float) -> tuple[np.ndarray, np.ndarray]:
+    """log t_{1 - level, df} on ``T_TABLE`` points g = 1/df evenly from 0 (the normal) to 1/``run_df``,
+    for linear interpolation in g (within 2e-5 relative of ``t_ppf`` from 1 df on: the quantile is
+    smooth in 1/df, Cornish-Fisher's variable). A family's curves share the level and the pooled df:
+    the report computes it once per family."""
+    g = np.linspace(0.0, 1.0 / run_df, T_TABLE)
+    with np.errstate(divide="ignore"):
+        return g, np.log(t_ppf(1 - level, 1.0 / g))
+
+
+_ERFCC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587,
+          -0.82215223, 0.17087277)  # fmt: skip
+
+
+def _phi(x: np.ndarray) -> np.ndarray:
+    """The standard normal cdf, elementwise, 0.5 erfc(-x / sqrt 2) by the Chebyshev fit of Numerical
+    Recipes' ``erfcc`` (relative error < 1.2e-7 everywhere: numpy has no erfc; torch's, on arrays
+    this small, waits on its thread pool where a process already uses it)."""
+    x = -np.asarray(x, dtype=np.float64) / math.sqrt(2.0)
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = np.zeros_like(t)
+    for c in _ERFCC[::-1]:  # Horner
+        poly = c + t * poly
+    r = t * np.exp(-z * z + poly)
+    return 0.5 * np.where(x >= 0, r, 2.0 - r)
+
+
+def _rates(example_var: np.ndarray, run_var: np.ndarray, run_df: float, level: float):
+    """``detection_rate`` as a function of delta, over arrays of comparisons (run_var > 0, run_df finite)."""
+    s, w = _chi_scale(float(run_df))
+    v_run = run_var[:, None] * s * s  # (comparisons, cells): the estimate of the run part
+    v_hat = example_var[:, None] + v_run
+    df = run_df * (v_hat / v_run) ** 2  # Satterthwaite's, per cell: from run_df (V_ex = 0) up
+    if np.all(df == df.flat[0]):
+        crit = t_ppf(1 - level, df.flat[0])
+    else:
+        g, log_crit = _t_table(level, float(run_df))
+        crit = np.exp(np.interp(1.0 / df, g, log_crit))
+    bound, sd = crit * np.sqrt(v_hat), np.sqrt(example_var + run_var)[:, None]
+    return lambda d: (w * _phi((d[:, None] - bound) / sd)).sum(-1)
+
+
+def detection_rate(delta: float, example_var: float, run_var: float, run_df: float, level: float) -> float:
+    """P(the turn test rejects d at ``level``) when d ~ N(delta, example_var + run_var) (module doc,
+    "Power"): the run part estimated on ``run_df`` df (inf: known), Satterthwaite's t reference."""
+    v = example_var + run_var
+    if v <= 0:
+        return 1.0 if delta > 0 else 0.0
+    if run_var <= 0 or not math.isfinite(run_df):
+        return float(_phi(np.array([(delta - float(t_ppf(1 - level, np.inf)) * math.sqrt(v)) / math.sqrt(v)]))[0])
+    return float(_rates(np.array([example_var]), np.array([run_var]), run_df, level)(np.array([delta]))[0])
+
+
+def _figures(example_var: np.ndarray, run_var: np.ndarray, run_df: float, level: float, power: float) -> np.ndarray:
+    """``detectable_worsening`` over arrays of comparisons: bisection on delta, all at once."""
+    sd = np.sqrt(example_var + run_var)
+    known = (run_var <= 0) | (not math.isfinite(run_df))
+    out = float(t_ppf(1 - level, np.inf) + t_ppf(power, np.inf)) * sd  # known variances: normal quantiles
+    if known.all():
+        return out
+    ex, run = example_var[~known], run_var[~known]
+    rate = _rates(ex, run, run_df, level)
+    lo, hi = np.zeros(ex.shape), 10.0 * np.sqrt(ex + run)
+    while (low := rate(hi) < power).any():  # the rate rises with delta: double until it brackets
+        lo, hi = np.where(low, hi, lo), np.where(low, 2.0 * hi, hi)
+    for _ in range(60):  # 2^-60 of the bracket: exact to double precision
+        mid = 0.5 * (lo + hi)
+        below = rate(mid) < power
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    out[~known] = 0.5 * (lo + hi)
+    return out
+
+
+def detectable_worsening(
+    example_var: float,
+    run_var: float | None,
+    run_df: float,
+    tests: int,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> float | None:
+    """The smallest worsening (log scale, or accuracy points) d of the largest budget from an earlier
+    one that the turn test finds with probability ``power`` at Holm's first step, alpha / ``tests``
+    (module doc, "Power"): Var(d) = ``example_var`` (the examples' part, known) + ``run_var`` (the run
+    part, c sigma^2 with c = 1/S_a + 1/S_b, estimated on ``run_df`` df; inf: known). None: the run
+    variance is not measured (``run_var`` None): the report does not decide, nothing is detectable."""
+    if run_var is None:
+        return None
+    if tests < 1 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"tests={tests} >= 1, 0 < alpha={alpha} < 1, 0 < power={power} < 1 expected")
+    return float(_figures(np.array([float(example_var)]), np.array([float(run_var)]), run_df, alpha / tests, power)[0])
 
 
 def detectable(test: TurnTest, tests: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The smallest worsening (log) of the largest budget from *any* earlier one that a curve's test
-    finds with probability ``power`` in a family of ``tests`` tests (the largest over its comparisons:
-    ``detectable_worsening``'s formula with the curve's own standard errors and df)."""
-    return float(np.max(_detectable(test.se, test.df, tests, alpha, power)))
-
-
-def detectable_worsening(
-    run_var: float | None,
-    run_df: float,
-    example_se: float,
-    n_budgets: int,
-    family_size: int,
-    alpha: float = ALPHA,
-    power: float = POWER,
-    runs: float = 1.0,
-) -> float | None:
-    """The smallest worsening (log scale) from an earlier budget to the largest that the test finds
-    with probability ``power``: (t_{1 - alpha/m, df} + t_{power, df}) se, where m = family_size
-    curves x (n_budgets - 1) tests (Holm's first step, Bonferroni: conservative), se^2 =
-    example_se^2 + run_var 2 / runs (``runs`` at each of the two budgets compared; ``example_se``:
-    the paired difference's standard error over examples alone) and df its Satterthwaite degrees of
-    freedom from ``run_df``. None: run variance not measured (``run_var`` None): nothing is detectable."""
-    if run_var is None:
-        return None
-    m = max(1, family_size * (n_budgets - 1))
-    v_run = run_var * 2.0 / runs
-    v = example_se**2 + v_run
-    df = run_df * (v / v_run) ** 2 if v_run > 0 else math.inf
-    return float(_detectable(np.sqrt(v), np.asarray(df), m, alpha, power))
+    finds with probability ``power`` in a family of ``tests`` tests: ``detectable_worsening`` with
+    the curve's measured variances (the run part c s^2 = v sqrt(nu / df), from Satterthwaite's df),
+    the largest over its comparisons."""
+    v, df = np.ravel(test.se).astype(np.float64) ** 2, np.ravel(test.df).astype(np.float64)
+    run = v * np.sqrt(test.run_df / df) if math.isfinite(test.run_df) else np.zeros_like(v)
+    run = np.where(np.isfinite(df), run, 0.0)
+    return float(np.max(_figures(np.maximum(v - run, 0.0), run, test.run_df, alpha / max(1, tests), power)))
 
 
 def mean_interval(values: np.ndarray) -> tuple[float, float]:

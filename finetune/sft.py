@@ -16,6 +16,9 @@ MODEL is a suite member (``core.suite``): a local transformers directory, or a h
    AdamW, warmup then linear (or cosine) decay to 0 (``core.schedule.Schedule``);
 4. save model + tokenizer (``save_pretrained``) and ``overtrain_suite.json`` (``core.suite``) in a
    temporary directory, then rename it to ``out`` (atomic); append one ``kind: sft`` row to ``results``.
+   The training stats (``sft_stats``, in the row and in every lm-eval row of the tuned model) hold
+   ``chat_template_sha256``: the template the records were rendered with (``data.chat.template_sha256``),
+   so runs with different templates are never pooled as seeds of one setting.
 
 ``out`` holding ``overtrain_suite.json`` with an ``sft`` config is finished: a rerun with the same
 settings is skipped ("already done"; it appends the results row if that is missing), other settings
@@ -84,7 +87,7 @@ from ..core.suite import (
     resolve_member,
     write_provenance,
 )
-from ..data.chat import ChatEncoding, encode_chat, load_chat
+from ..data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
 from ..train.trainer import Hook, SingleRun, StepEvent, Trainer
 from .loop import batch_plan
 
@@ -379,6 +382,7 @@ def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.Dist
     )
     stats = train_sft(model, tokenizer, enc, cfg, device, log, info)
     stats["max_seq_len"] = max_len
+    stats["chat_template_sha256"] = template_sha256(chat_template_of(tokenizer))
     return model, tokenizer, stats
 
 

@@ -16,7 +16,10 @@ settings and recorded in the job's run directory name and, via ``tags.*``, in ev
 
 Settings of the grid file and of this command are both ``key=value``: the grid's keys
 (``results_dir=...``, ``pretrain.budgets=[32K]``) override the file; the command's own options
-(``gpus``, ``dry_run``, ...; see ``overtrain grid --help``) say how to run it.
+(``gpus``, ``dry_run``, ...; see ``overtrain grid --help``) say how to run it. The grid's overrides
+are recorded in ``RESULTS_DIR/grid.json`` (``run``, ``slurm``, ``submit``) and read back by
+``slurm``, ``submit`` and ``status``: the ``submit.sh`` that ``slurm`` writes names only the grid
+file, its results dir and the Slurm options, and submits the grid planned with every override.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..core.config import expand_path, resolve_config_path
-from .cluster import check_cluster
-from .plan import expand, plan_summary, print_plan
+from .cluster import check_cluster, check_options
+from .plan import detectable_worsening, expand, plan_summary, print_plan
 from .runner import run_jobs
 from .slurm import SlurmOptions, print_status, submit, write_slurm
-from .spec import GridSpec, claim_results_dir, validate_names
+from .spec import GridSpec, claim_results_dir, recorded_grid, validate_names
 
 KIND = "grids"  # the positional GRID is configs/grids/NAME.yaml or a path
 CONFIG = GridSpec
@@ -83,11 +86,19 @@ def _visible_gpus() -> int:
 def run(args) -> int:
     spec = args.config
     validate_names(spec, args.config_path)
+    overrides = list(getattr(args, "overrides", []))
+    if args.action in ("slurm", "submit", "status"):  # the grid as recorded in its results dir, every override
+        spec, overrides = recorded_grid(spec, args.config_path, overrides)
     jobs = expand(spec)
     if args.action == "plan":
         if args.json:
             s = plan_summary(spec, jobs)
             s["job_list"] = [{"id": j.id, "kind": j.kind, "after": j.after, "flops": j.flops} for j in jobs]
+            power = detectable_worsening(spec)  # per task; inf (one run per point, no probe) as null: strict JSON
+            for f in power.values():
+                f["measurable"] = f["worsening"] is not None and f["worsening"] != float("inf")
+                f["worsening"] = f["worsening"] if f["measurable"] else None
+            s["detectable_worsening"] = power
             print(json.dumps(s, indent=2))
         else:
             print_plan(spec, jobs, verbose=not args.quiet)
@@ -96,6 +107,8 @@ def run(args) -> int:
     grid_file = str(resolve_config_path(args.config_path, KIND))
     opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in fields(SlurmOptions)})
     if args.action == "slurm":
+        check_options(opts)  # a bad option: an error before the results dir is made
+        claim_results_dir(spec, args.config_path, force=args.force, overrides=overrides)  # submit.sh reads it back
         for p in write_slurm(spec, jobs, out, opts, grid_file):
             print(p)
         return 0
@@ -104,10 +117,10 @@ def run(args) -> int:
     if args.action == "submit":
         for warning in check_cluster(opts):  # before anything is written or submitted
             print(f"warning: {warning}")
-        claim_results_dir(spec, args.config_path, force=args.force)
+        claim_results_dir(spec, args.config_path, force=args.force, overrides=overrides)
         submit(spec, jobs, out, opts, grid_file)
         return 0
-    claim_results_dir(spec, args.config_path, force=args.force)
+    claim_results_dir(spec, args.config_path, force=args.force, overrides=overrides)
     gpus = _visible_gpus() if args.gpus is None else args.gpus
     rc = run_jobs(spec, jobs, gpus=gpus, dry_run=args.dry_run, only=args.only)
     if args.print_report and not args.dry_run:

@@ -4,7 +4,7 @@
                                                            \\->  perturb (gammas x seeds)
                                                            \\->  lm-eval (every checkpoint)
                                                            \\->  sweep on intermediate checkpoints
-    suite member (revision)  ->  instruct (x chat dataset)  ->  lm-eval (every tuned model)
+    suite member (revision)  ->  instruct (x chat dataset x seed)->  lm-eval (every tuned model)
                              \\->  lm-eval (the member itself, before tuning)
     report   (after everything)
 
@@ -20,6 +20,7 @@ LRs past its grid's end (``finetune.sweep``), counted apart as the sweeps' possi
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from .spec import (
     HardwareSpec,
     config_path,
     prepare_settings,
+    probe_budgets,
+    probe_tasks,
     results_path,
     seed_axes,
     seed_tags,
@@ -83,16 +86,9 @@ def _ov(key: str, value: Any) -> str:
 
 def expand(spec: GridSpec) -> list[Job]:
     """All jobs of the grid, in a valid dependency order."""
-    from ..core.model import flops_per_token as count_flops
     from ..core.model import load_model_spec
 
-    per_model: dict = {}
-
-    def flops_per_token(mspec) -> float:  # counts on a built model (~0.1 s): once per model of the grid
-        key = repr(mspec)
-        if key not in per_model:
-            per_model[key] = float(count_flops(mspec))
-        return per_model[key]
+    flops_per_token = flops_per_token_cached
 
     root = Path(expand_path(spec.results_dir))
     jobs: list[Job] = []
@@ -145,44 +141,19 @@ def expand(spec: GridSpec) -> list[Job]:
     if spec.finetune is not None:
         ft = spec.finetune
         ft_cfg = config_path(ft.config)
+        probed_budgets, probed_tasks = set(probe_budgets(spec)), set(probe_tasks(spec))
+        added = probe_seed_axes(spec, ft_cfg) if probed_tasks else {}
+        probe_axes = _axis_product(added) if added else []  # the grid's own seeds may already be enough
         for pj in pre_jobs:
             mspec = load_model_spec(pj.info["model"])
             ckpts = [("final", pj.info["run_dir"])] + [
                 (f"at{_fmt_tokens(t)}", f"{pj.info['run_dir']}@tokens={t}") for t in pj.info["marks"]
             ]
-            ft_axes = _axis_product(seed_axes(ft.axes, ft.seeds))
-            for (ck_name, ck), task, axes in itertools.product(ckpts, ft.tasks, ft_axes):
-                tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
-                sid = f"{pj.id.split('/', 1)[1]}_{ck_name}_{_slug(Path(task).stem)}{tag}"
-                sdir = root / "sweeps" / sid
-                argv = ["sweep", ft_cfg, f"checkpoint={ck}", f"task={task}", f"run_dir={sdir}", f"c4={data_dir}"]
-                if ft.lrs:
-                    argv.append(_ov("lrs", ft.lrs))
-                tags = {**seed_tags(pj.info["axes"]), **axes}
-                settings = list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
-                argv += settings
-                argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
-                n_lrs, extra_lrs = sweep_lr_counts(ft_cfg, ft.lrs, settings)
-                per_lr = float(flops_per_token(mspec)) * ft.train_tokens_estimate
-                jobs.append(
-                    Job(
-                        f"sweep/{sid}",
-                        "sweep",
-                        argv,
-                        [pj.id],
-                        root / "state" / f"sweep__{sid}.done",
-                        mark_done=True,
-                        flops=per_lr * n_lrs,
-                        info={
-                            "task": task,
-                            "checkpoint": ck,
-                            "run_dir": str(sdir),
-                            "lrs": n_lrs,
-                            "max_added_lrs": extra_lrs,
-                            "extension_flops": per_lr * extra_lrs,
-                        },
-                    )
-                )
+            ft_axes = [(a, False) for a in _axis_product(seed_axes(ft.axes, ft.seeds))]
+            for (ck_name, ck), task in itertools.product(ckpts, ft.tasks):
+                probed = ck_name == "final" and pj.info["tokens"] in probed_budgets and task in probed_tasks
+                for axes, probe in ft_axes + ([(a, True) for a in probe_axes] if probed else []):
+                    jobs.append(_sweep_job(spec, root, data_dir, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec))
 
     if spec.perturb is not None and spec.perturb.gammas:
         pt = spec.perturb
@@ -268,11 +239,13 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
     jobs = []
     for m in suite_members(spec, check=False):  # load_grid checked them
         evals = [(f"{_slug(m.name)}_base", m.ref, [])] if spec.suite.evaluate_base else []
-        for name, data in (ins.datasets if ins else {}).items():
-            tid = f"{_slug(m.name)}_{_slug(name)}"
+        seeds = ins.seeds if ins else [0]
+        for (name, data), seed in itertools.product((ins.datasets if ins else {}).items(), seeds):
+            # the default single seed 0 keeps the ids (and output dirs) of grids from before instruct.seeds
+            tid = f"{_slug(m.name)}_{_slug(name)}" + ("" if seeds == [0] else f"_seed-{seed}")
             out = root / "instruct" / tid
             argv = ["sft", m.ref, f"data={expand_path(data)}", f"data_name={name}", f"out={out}", f"tokens={m.tokens}"]
-            argv += ins.args
+            argv += ins.args + ([] if seeds == [0] else [f"seed={seed}"])
             argv.append(f"results={root / 'instruct' / 'results.jsonl'}")
             jobs.append(
                 Job(
@@ -283,7 +256,7 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                     out / "overtrain_suite.json",
                     flops=6 * n * ins.train_tokens_estimate,
                     nproc=ins.gpus,
-                    info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out)},
+                    info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out), "seed": seed},
                 )
             )
             evals.append((tid, str(out), [f"instruct/{tid}"]))
@@ -326,6 +299,67 @@ def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
     memory = (16 * n + 4 * nv) / 1e9
     info = {"member": m.name, "tokens": m.tokens, "out": str(out), "memory_gb": memory}
     return Job(f"multimodal/{_slug(m.name)}", "multimodal", argv, [], out / "overtrain_suite.json", flops, info=info)
+
+
+def _sweep_job(spec, root, data_dir, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec) -> Job:
+    """One sweep of checkpoint ``ck`` on ``task`` with the finetune ``axes`` (``probe``: a noise-probe sweep)."""
+    ft = spec.finetune
+    tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items()) + ("_probe" if probe else "")
+    sid = f"{pj.id.split('/', 1)[1]}_{ck_name}_{_slug(Path(task).stem)}{tag}"
+    sdir = root / "sweeps" / sid
+    argv = ["sweep", ft_cfg, f"checkpoint={ck}", f"task={task}", f"run_dir={sdir}", f"c4={data_dir}"]
+    if ft.lrs:
+        argv.append(_ov("lrs", ft.lrs))
+    tags = {**seed_tags(pj.info["axes"]), **axes, **({"noise_probe": "true"} if probe else {})}
+    settings = list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
+    argv += settings
+    argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
+    n_lrs, extra_lrs = sweep_lr_counts(ft_cfg, ft.lrs, settings)
+    per_lr = float(flops_per_token_cached(mspec)) * ft.train_tokens_estimate
+    return Job(
+        f"sweep/{sid}",
+        "sweep",
+        argv,
+        [pj.id],
+        root / "state" / f"sweep__{sid}.done",
+        mark_done=True,
+        flops=per_lr * n_lrs,
+        info={
+            "task": task,
+            "checkpoint": ck,
+            "run_dir": str(sdir),
+            "lrs": n_lrs,
+            "max_added_lrs": extra_lrs,
+            "extension_flops": per_lr * extra_lrs,
+            "noise_probe": probe,
+        },
+    )
+
+
+def probe_seed_axes(spec: GridSpec, ft_cfg: str) -> dict[str, list]:
+    """The finetune axes of the noise probe's sweeps: the grid's own axes, with ``seed`` the seeds
+    the probe adds (the smallest seeds >= 0 not already the grid's: ``finetune.seeds``, the axis
+    ``seed``, else the finetune config's ``seed``) so that each probed cell has ``noise_probe.seeds``."""
+    from ..finetune.config import load_finetune_config
+
+    ft = spec.finetune
+    own = list(ft.seeds) or list(ft.axes.get("seed", [])) or [load_finetune_config(ft_cfg, ft.overrides).seed]
+    want = spec.finetune.noise_probe.seeds - len(own)
+    added = [s for s in range(len(own) + want) if s not in own][: max(want, 0)]
+    return {**{k: v for k, v in ft.axes.items() if k != "seed"}, "seed": added} if added else {}
+
+
+_FLOPS_PER_TOKEN: dict = {}
+
+
+def flops_per_token_cached(mspec) -> float:
+    """``core.model.flops_per_token`` (counted on a built model, ~0.1 s) once per model spec."""
+    from ..core.model import flops_per_token
+
+    key = repr(mspec)
+    if key not in _FLOPS_PER_TOKEN:
+        _FLOPS_PER_TOKEN[key] = float(flops_per_token(mspec))
+    return _FLOPS_PER_TOKEN[key]
 
 
 _SWEEP_LRS: dict = {}
@@ -386,6 +420,112 @@ def tracker_settings(spec: GridSpec) -> list[str]:
     return [f"log.wandb={wandb}", f"log.tensorboard={tb}", f"log.wandb_project={project}"]
 
 
+def _n_examples(spec: GridSpec, task: str) -> tuple[int | None, str]:
+    """A task's test examples for the power figure: ``finetune.noise.n_examples``, else the finetune
+    config's ``max_examples.test`` cap, else the test split counted (loads it); None when unreadable."""
+    from ..data.tasks import load_task
+    from ..finetune.config import load_finetune_config
+
+    ft = spec.finetune
+    name = Path(task).stem
+    if name in ft.noise.n_examples:
+        return ft.noise.n_examples[name], "given"
+    cap = load_finetune_config(config_path(ft.config), ft.overrides).max_examples.get("test")
+    if cap:
+        return cap, "max_examples.test"
+    try:
+        return len(load_task(task).examples("test")), "test split"
+    except Exception:  # noqa: BLE001 - a hub task not fetched here: the figure is left out, not the plan
+        return None, "unknown"
+
+
+def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
+    """Per task: the run-to-run sd of the tuned-LR test log perplexity measured by an earlier run of
+    this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
+    cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
+    from ..core.results import read_rows
+
+    sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
+    files = sorted(sweeps.glob("*/results.jsonl")) if sweeps.is_dir() else []
+    cells: dict[tuple, list[float]] = {}
+    for r in read_rows(files, warn=False) if files else []:
+        ppl = r.get("test_id_ppl")
+        if r.get("selected") and isinstance(ppl, (int, float)) and ppl > 0 and math.isfinite(ppl):
+            tags = {k: v for k, v in (r.get("tags") or {}).items() if k not in ("seed", "noise_probe")}
+            key = (str(r.get("task")), r.get("checkpoint_sha256"), repr(sorted(tags.items())))
+            cells.setdefault(key, []).append(math.log(ppl))
+    ss: dict[str, list[float]] = {}
+    for (task, *_), ys in cells.items():
+        if len(ys) >= 2:
+            mean = sum(ys) / len(ys)
+            acc = ss.setdefault(task, [0.0, 0])
+            acc[0] += sum((y - mean) ** 2 for y in ys)
+            acc[1] += len(ys) - 1
+    return {task: (math.sqrt(total / df), df) for task, (total, df) in ss.items()}
+
+
+def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05) -> dict[str, dict]:
+    """Per task: the smallest worsening of a tuned-LR curve the planned study detects at ``power``:
+    ``evaluate.report_stats.detectable_worsening``, the figure the report states for the same test
+    (one-sided, Holm's first step over the task's family, Satterthwaite's t reference), from the
+    grid's noise level (``finetune.noise``), seeds and noise probe; the largest over a curve's
+    comparisons (the largest budget against each earlier one), as the report's.
+
+    Model (the report calibration's, ``report_stats.simulate``): one run's point = true curve + run
+    shift (sd ``run_sd``) + the mean over n examples of their run-specific deviations; the rest of an
+    example's score is shared by budgets (``example_corr``) and cancels in a paired difference. So
+    one run's variance about the cell mean is sigma^2 = run_sd^2 + (1 - rho) example_sd^2 / n, what
+    the report's pooled run variance estimates (an earlier run's measured sd, ``measured_run_sd``,
+    is that whole sigma), and comparing budgets a, b with S_a, S_b runs, Var(d) = (1/S_a + 1/S_b) sigma^2.
+
+    Runs per cell S = pre-training seeds x fine-tuning seeds; a probed cell (``finetune.noise_probe``)
+    has pre-training seeds x probe seeds. Family: the report's turn tests of one task, (budgets - 1)
+    per curve, a curve per model, metric (ID and C4) and non-seed axis value. The run variance's
+    degrees of freedom, as the report pools them (``report_data.pool_families``): every fixed-LR cell
+    of the task, all models, budgets and LRs of the sweep's grid, S - 1 each (LRs a sweep adds past
+    its grid's end not counted: a lower bound); none: not measurable (inf, the report cannot tell)."""
+    from ..evaluate.report_stats import detectable_worsening as report_detectable
+
+    pre, ft = spec.pretrain, spec.finetune
+    if ft is None or pre is None:
+        return {}
+    noise = ft.noise
+    measured = measured_run_sd(spec)
+    pre_seeds = len(pre.seeds) or len(pre.axes.get("seed", [])) or 1
+    ft_seeds = len(ft.seeds) or len(ft.axes.get("seed", [])) or 1
+    combos = 1
+    for axes in (pre.axes, ft.axes):
+        for k, v in axes.items():
+            combos *= len(v) if k != "seed" else 1
+    runs, models, budgets = pre_seeds * ft_seeds, len(pre.models), len({parse_count(b) for b in pre.budgets})
+    tests = max(budgets - 1, 1) * models * 2 * combos
+    n_lrs, _ = sweep_lr_counts(config_path(ft.config), ft.lrs, list(ft.overrides))
+    probed_at = set(probe_budgets(spec)) if ft.noise_probe else set()
+    probed_runs = pre_seeds * max(ft.noise_probe.seeds, ft_seeds) if ft.noise_probe else runs
+    probe_tasks_ = set(probe_tasks(spec))
+    out = {}
+    for task in ft.tasks:
+        in_order = sorted({parse_count(b) for b in pre.budgets})  # the last is the largest budget
+        per_budget = [probed_runs if task in probe_tasks_ and b in probed_at else runs for b in in_order]
+        df = models * combos * n_lrs * sum(r - 1 for r in per_budget)
+        n, n_from = _n_examples(spec, task)
+        run_sd, sd_df = measured.get(Path(task).stem, (noise.run_sd, None))
+        mde = None
+        if n is not None and df == 0:
+            mde = math.inf  # one run per point, no probe: the report cannot tell
+        elif n is not None:
+            sigma2 = run_sd**2 if sd_df is not None else run_sd**2 + (1 - noise.example_corr) * noise.example_sd**2 / n
+            last = per_budget[-1]
+            mde = max(
+                math.expm1(report_detectable(0.0, (1 / last + 1 / r) * sigma2, df, tests, alpha, power))
+                for r in per_budget[:-1] or [last]
+            )
+        out[Path(task).stem] = {"worsening": mde, "n_examples": n, "n_from": n_from, "runs_per_cell": runs,
+                                "run_df": df, "family_size": tests, "run_sd": run_sd,
+                                "run_sd_from": "finetune.noise" if sd_df is None else f"measured, {sd_df} df"}  # fmt: skip
+    return out
+
+
 def gpu_hours(flops: float, hw: HardwareSpec) -> float:
     return flops / (hw.peak_tflops * 1e12 * hw.mfu) / 3600.0
 
@@ -401,6 +541,8 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
         k["gpu_hours"] = gpu_hours(k["flops"], spec.hardware)
     sweeps = [j for j in jobs if j.kind == "sweep"]
     extension = sum(j.info.get("extension_flops", 0.0) for j in sweeps)
+    probes = [j for j in sweeps if j.info.get("noise_probe")]
+    probe_flops = sum(j.flops for j in probes)
     return {
         "grid": spec.name,
         "jobs": len(jobs),
@@ -419,6 +561,11 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
         ]
         if spec.suite is not None
         else [],
+        # the noise probe's sweeps (finetune.noise_probe): in the sweeps' count and the total
+        "probe_sweeps": len(probes),
+        "probe_lrs": sum(j.info.get("lrs", 0) for j in probes),
+        "probe_flops": probe_flops,
+        "probe_gpu_hours": gpu_hours(probe_flops, spec.hardware),
     }
 
 
@@ -454,3 +601,40 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
             f"where a tuned LR lands at a grid's end (sweep.extend): up to {s['sweep_extension_flops_max']:.3e} "
             f"FLOPs = {s['sweep_extension_gpu_hours_max']:.1f} GPU-hours more, not in the total"
         )
+    probe = spec.finetune.noise_probe if spec.finetune else None
+    if probe is not None:
+        where = ", ".join(_fmt_tokens(b) for b in probe_budgets(spec))
+        tasks = ", ".join(probe.tasks) if probe.tasks else "every task"
+        if s["probe_sweeps"]:
+            print(
+                f"  noise probe: {s['probe_sweeps']} of the sweeps ({s['probe_lrs']} fine-tuning runs) add seeds up to "
+                f"{probe.seeds} per cell at {where} on {tasks}: {s['probe_flops']:.3e} FLOPs = "
+                f"{s['probe_gpu_hours']:.1f} GPU-hours, in the total"
+            )
+        else:
+            print(f"  noise probe: no sweeps added (the grid's own seeds already give {probe.seeds} or more per cell)")
+    print_power(spec)
+
+
+def print_power(spec: GridSpec) -> None:
+    """The plan's smallest detectable worsening per task (``detectable_worsening``)."""
+    found = detectable_worsening(spec)
+    if not found:
+        return
+    nl = spec.finetune.noise
+    one = next(iter(found.values()))
+    print(
+        f"  smallest worsening of a tuned-LR curve detectable at 80% power (one-sided, alpha 0.05, Holm over "
+        f"{one['family_size']} tests per task; {one['runs_per_cell']} run(s) per cell; noise: run sd {nl.run_sd:g}, "
+        f"example sd {nl.example_sd:g}, example corr {nl.example_corr:g} between budgets, finetune.noise):"
+    )
+    for task, f in found.items():
+        w, n = f["worsening"], f"{f['n_examples']} examples ({f['n_from']})" if f["n_examples"] else "examples unknown"
+        if w is None:
+            text = "unknown: give finetune.noise.n_examples." + task
+        elif math.isinf(w):
+            text = "none: one run per point and no noise probe, run-to-run variation not measured (cannot tell)"
+        else:
+            text = f"{w:.1%}"
+        sd = "" if f["run_sd_from"] == "finetune.noise" else f", run sd {f['run_sd']:.3g} ({f['run_sd_from']})"
+        print(f"    {task:<16} {text}  [{n}, run variance on {f['run_df']} df{sd}]")

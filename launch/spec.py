@@ -2,15 +2,18 @@
 
 ``load_grid`` reads the YAML with dotted overrides and checks every name it refers to (models,
 tasks, budgets, stage configs, prepare-data settings), so a typo fails before a job starts.
-``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` and refuses a results dir
-made by a different grid (its fingerprint: the spec without results dir, report switch and
-hardware), with the suite's members as resolved (``suite.tokens`` as counts: the nearest revision
-to each, from the hub's branch list or a local mirror's folders, ``resolve_suite_tokens``).
+``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` (with the overrides it was
+loaded with, and the suite's members as resolved: ``suite.tokens`` as counts, the nearest revision
+to each from the hub's branch list or a local mirror's folders, ``resolve_suite_tokens``) and
+refuses a results dir made by a different grid (its fingerprint: the spec without results dir,
+report switch and hardware); ``recorded_grid`` reads the overrides back, so the Slurm path's later
+commands (``submit.sh``, ``grid status``) act on the grid the user planned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,55 @@ class PretrainStage:
 
 
 @dataclass
+class NoiseProbe:
+    """Extra fine-tuning seeds at a few cells, so a one-seed study measures its run-to-run variation.
+
+    At every final checkpoint of the probed ``budgets`` (each model, each pre-training run), every
+    probed task is swept again with further fine-tuning seeds until the cell has ``seeds`` sweeps
+    (the grid's own seeds count). Each probe sweep is an ordinary sweep (the whole LR grid, its own
+    tuned LR: the spread then includes the LR choice) whose rows carry ``tags.seed`` and
+    ``tags.noise_probe=true``, so the report can pool the run variance over them and apply it to
+    every cell of that model and task."""
+
+    seeds: int = 3  # fine-tuning seeds at each probed cell, the grid's own included (>= 2)
+    budgets: list[str] = field(
+        default_factory=lambda: ["first", "last"]
+    )  # first | last | a pretrain.budgets token count
+    tasks: list[str] = field(default_factory=list)  # probed tasks (of finetune.tasks); empty: every task
+
+    def validate(self) -> None:
+        if self.seeds < 2:
+            raise ValueError(
+                f"noise_probe.seeds={self.seeds}: expected >= 2 (one seed measures no run-to-run variation)"
+            )
+        if not self.budgets:
+            raise ValueError("noise_probe.budgets: empty (e.g. [first, last])")
+
+
+@dataclass
+class NoiseLevel:
+    """The noise a planned study expects, for ``grid plan``'s smallest detectable worsening
+    (``evaluate.report_stats.detectable_worsening``), in log-perplexity units. The defaults are OURS (the report calibration's
+    figures, ``evaluate.report_stats``), not measured: an earlier run's noise probe replaces ``run_sd``."""
+
+    run_sd: float = 0.01  # sd of a whole fine-tuning run's shift of a curve point (ours: ~1% in perplexity)
+    example_sd: float = 0.3  # sd of one example's score (per-example NLL) around its point (ours)
+    example_corr: float = 0.89  # correlation of one example's scores at two budgets (ours: 1 - (0.1/0.3)^2)
+    n_examples: dict[str, int] = field(
+        default_factory=dict
+    )  # task -> test examples (default: max_examples.test, else 1000)
+
+    def validate(self) -> None:
+        if self.run_sd < 0 or self.example_sd < 0:
+            raise ValueError("noise.run_sd and noise.example_sd must be >= 0")
+        if not -1.0 <= self.example_corr < 1.0:
+            raise ValueError(f"noise.example_corr={self.example_corr}: expected in [-1, 1)")
+        bad = {k: v for k, v in self.n_examples.items() if v < 1}
+        if bad:
+            raise ValueError(f"noise.n_examples: {bad}: expected >= 1")
+
+
+@dataclass
 class FinetuneStage:
     config: str = "configs/finetune/demo.yaml"  # the finetune config every sweep starts from
     tasks: list[str] = field(default_factory=lambda: ["rte"])  # names in configs/tasks/ (or YAML paths)
@@ -61,6 +113,8 @@ class FinetuneStage:
     axes: dict[str, list] = field(default_factory=dict)  # dotted finetune key -> values
     overrides: list[str] = field(default_factory=list)  # fixed key=value for every sweep
     train_tokens_estimate: int = 2_000_000  # per (task, lr) run, for the compute estimate only
+    noise_probe: NoiseProbe | None = None  # extra seeds at a few cells: the run-to-run variation (null: none)
+    noise: NoiseLevel = field(default_factory=NoiseLevel)  # for the plan's detectable worsening only
 
 
 @dataclass
@@ -99,6 +153,7 @@ class InstructStage:
     args: list[str] = field(default_factory=list)  # `overtrain sft` settings for every run, e.g. [lr=2e-6, epochs=5]
     gpus: int = 0  # processes per SFT run (torchrun, data parallel); 0 = the runner's gpus= (1 on CPU)
     train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
+    seeds: list[int] = field(default_factory=lambda: [0])  # an SFT run per seed (batch order; `overtrain sft` seed=)
 
 
 @dataclass
@@ -166,6 +221,12 @@ class GridSpec:
             raise ValueError("multimodal tunes the members of a suite: set 'suite' too")
         if self.instruct is not None and self.instruct.gpus < 0:
             raise ValueError(f"instruct.gpus={self.instruct.gpus}: expected >= 0 (0 = the runner's gpus=)")
+        if self.instruct is not None:
+            seeds = self.instruct.seeds
+            if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+                raise ValueError(f"instruct.seeds={seeds}: expected distinct seeds >= 0 (default [0])")
+            if any(a.split("=", 1)[0].strip() == "seed" for a in self.instruct.args):
+                raise ValueError("instruct.args sets seed=: give SFT seeds as instruct.seeds instead")
         if self.pretrain is None and self.suite is None:
             raise ValueError("nothing to do: set 'pretrain' (a controlled study) or 'suite' (a checkpoint suite)")
 
@@ -181,6 +242,47 @@ def seed_axes(axes: dict[str, list], seeds: list[int]) -> dict[str, list]:
 def seed_tags(pretrain_axes: dict) -> dict:
     """Pre-training axis labels as row tags: its ``seed`` as ``pretrain_seed`` (a row's ``seed`` is the fine-tuning one)."""
     return {("pretrain_seed" if k == "seed" else k): v for k, v in pretrain_axes.items()}
+
+
+def probe_budgets(spec: GridSpec, where: str = "grid") -> list[int]:
+    """The token counts of ``finetune.noise_probe.budgets`` (``first``/``last``: the smallest/largest
+    of ``pretrain.budgets``; else one of them as a token count); [] without a probe."""
+    probe = spec.finetune.noise_probe if spec.finetune else None
+    if probe is None or spec.pretrain is None:
+        return []
+    budgets = sorted({parse_count(b) for b in spec.pretrain.budgets})
+    out = []
+    for b in probe.budgets:
+        name = str(b).strip().lower()
+        if name in ("first", "last"):
+            out.append(budgets[0] if name == "first" else budgets[-1])
+            continue
+        try:
+            tokens = parse_count(str(b))
+        except ValueError:
+            tokens = None
+        if tokens not in budgets:
+            raise ConfigError(
+                f"{where}: finetune.noise_probe.budgets: '{b}' is not first, last or one of pretrain.budgets "
+                f"{list(spec.pretrain.budgets)}"
+            )
+        out.append(tokens)
+    return sorted(set(out))
+
+
+def probe_tasks(spec: GridSpec, where: str = "grid") -> list[str]:
+    """The probed tasks: ``finetune.noise_probe.tasks`` (each one of ``finetune.tasks``), or every task."""
+    probe = spec.finetune.noise_probe if spec.finetune else None
+    if probe is None:
+        return []
+    for t in probe.tasks:
+        if t not in spec.finetune.tasks:
+            close = difflib.get_close_matches(t, spec.finetune.tasks, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{where}: finetune.noise_probe.tasks: '{t}' is not one of finetune.tasks {spec.finetune.tasks}{hint}"
+            )
+    return list(probe.tasks) or list(spec.finetune.tasks)
 
 
 def results_path(spec: GridSpec, rel: str) -> Path:
@@ -230,6 +332,8 @@ def validate_names(spec: GridSpec, where: str) -> None:
         for t in spec.finetune.tasks:
             if known and t not in known and not Path(expand_path(t)).is_file():
                 raise ConfigError(f"{where}: finetune.tasks: unknown task '{t}' (known: {', '.join(sorted(known))})")
+        probe_budgets(spec, where)
+        probe_tasks(spec, where)
     for stage, path in (
         ("pretrain.config", pre.config),
         ("finetune.config", spec.finetune.config if spec.finetune else None),
@@ -375,10 +479,11 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 
 def grid_fingerprint(spec: GridSpec) -> str:
-    """What identifies the study: everything but the results dir, the report switch, trackers (and a
-    missing lm_eval, suite, instruct or multimodal stage, empty ``seeds`` and an ``intermediate_runs`` without
-    effect, later fields, so grids from before them keep their fingerprint and their results dirs stay
-    claimable)."""
+    """What identifies the study: everything but the results dir, the report switch, trackers, the
+    planning noise level (``finetune.noise``) (and a missing lm_eval, suite, instruct or multimodal
+    stage, empty ``seeds``, a missing ``finetune.noise_probe``, a ``suite.tolerance`` without
+    ``suite.tokens`` counts and an ``intermediate_runs`` without effect, later fields, so grids from
+    before them keep their fingerprint and their results dirs stay claimable)."""
     absent = tuple(k for k in ("lm_eval", "suite", "instruct", "multimodal") if getattr(spec, k) is None)
     d = to_dict(spec)
     for stage in ("pretrain", "finetune"):
@@ -387,14 +492,49 @@ def grid_fingerprint(spec: GridSpec) -> str:
     suite = d.get("suite")
     if isinstance(suite, dict) and not isinstance(suite.get("tokens"), list):
         suite.pop("tolerance", None)  # only counts in suite.tokens use it
+    ins = d.get("instruct")
+    if isinstance(ins, dict) and ins.get("seeds") == [0]:
+        ins.pop("seeds")  # the default: SFT's own seed 0, as before the field
+    ft = d.get("finetune")
+    if isinstance(ft, dict):
+        ft.pop("noise", None)  # a planning figure: changes no job
+        if ft.get("noise_probe") is None:
+            ft.pop("noise_probe", None)
     pre = d.get("pretrain")
     if isinstance(pre, dict) and (pre.get("intermediate_runs") == "all" or not pre.get("intermediate_tokens")):
         pre.pop("intermediate_runs", None)
     return config_digest(d, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 
-def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Path:
-    """Record the grid in its results dir; refuse a results dir made by a different grid."""
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """key=value settings of several lists as one, a later value of a key replacing an earlier one."""
+    out: dict[str, str] = {}
+    for setting in (s for lst in lists for s in lst):
+        out[setting.split("=", 1)[0].strip()] = setting  # in the place of the key's first setting
+    return list(out.values())
+
+
+def read_grid_record(spec: GridSpec) -> dict:
+    """The results dir's grid record (``grid.json``), or {} when there is none."""
+    marker = Path(expand_path(spec.results_dir)) / "grid.json"
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
+def recorded_grid(spec: GridSpec, grid_path: str, overrides: list[str]) -> tuple[GridSpec, list[str]]:
+    """The grid as recorded in its results dir: the file with the overrides it was recorded with
+    (``claim_results_dir``), then this command's; the spec unchanged when there is no record. So a
+    Slurm script that names only the grid file and its results dir (``submit.sh``) submits the grid
+    the user planned, every override included."""
+    recorded = read_grid_record(spec).get("overrides")
+    if not recorded:
+        return spec, list(overrides)
+    merged = merge_overrides(recorded, overrides)
+    return load_grid(grid_path, merged), merged
+
+
+def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False, overrides: list[str] = ()) -> Path:
+    """Record the grid in its results dir (with the ``overrides`` it was loaded with, read back by
+    ``recorded_grid``); refuse a results dir made by a different grid."""
     root = Path(expand_path(spec.results_dir))
     marker = root / "grid.json"
     fp = grid_fingerprint(spec)
@@ -406,7 +546,13 @@ def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False) -> Pa
                 f"('{old.get('name')}' from {old.get('grid_file')}); use another results_dir, or force=true"
             )
     root.mkdir(parents=True, exist_ok=True)
-    record = {"name": spec.name, "grid_file": str(grid_path), "fingerprint": fp, "spec": to_dict(spec)}
+    record = {
+        "name": spec.name,
+        "grid_file": str(grid_path),
+        "fingerprint": fp,
+        "overrides": list(overrides),
+        "spec": to_dict(spec),
+    }
     if spec.suite is not None:  # the members as resolved (suite.tokens as counts: the revisions picked)
         record["suite_members"] = [dataclasses.asdict(m) for m in suite_members(spec, str(grid_path), check=False)]
     atomic_write_text(marker, json.dumps(record, indent=2))

@@ -166,6 +166,24 @@ def test_default_template_masks_exactly_the_assistant_turns(tok):
     assert sum(lab >= 0 for lab in labels) == sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in runs)
 
 
+@pytest.mark.parametrize("template", [None, CHATML])
+def test_code_answers_keep_their_indentation_labelled(tok, template):
+    """A code answer's indentation tokens have empty (trimmed) offsets in the real OLMo tokenizer;
+    labelled by character overlap they are assistant tokens: the labelled run is the whole answer."""
+    code = "def f(x):\n    if x:\n        return 1\n    return 2"
+    msgs = [{"role": "user", "content": "Write f."}, {"role": "assistant", "content": code}]
+    t = tok if template is None else tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token=EOS)
+    t.chat_template = template
+    enc = t(code, add_special_tokens=False, return_offsets_mapping=True)
+    assert any(a == b for a, b in enc["offset_mapping"])  # the tokenizer trims whitespace tokens' offsets
+    ids, labels, _ = render(t, ChatRecord(msgs, "t"), 4096)
+    (run,) = labelled_runs(ids, labels)
+    end = f"{EOS}\n" if template is None else "<|im_end|>\n"
+    assert t.decode(run) == code + end
+    spaces = [i for i in ids if t.decode([i]).strip() == "" and "\n" not in t.decode([i])]
+    assert len(spaces) == 3 and all(lab >= 0 for i, lab in zip(ids, labels) if i in spaces)
+
+
 def test_own_chat_template_is_used(tok):
     own = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token=EOS)
     own.chat_template = CHATML

@@ -15,7 +15,6 @@ writes a report. The current version then
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import shutil
@@ -29,6 +28,7 @@ from overtrain.cli import main
 from overtrain.core.checkpoint import load_model, resolve_checkpoint
 from overtrain.core.config import REPO_ROOT, data_root
 from overtrain.core.results import read_rows
+from tables import read_csv, same_columns
 
 PREVIOUS = "6d59156a3dd9593077e2b54e37064bdec9d8052e"
 C4 = data_root() / "c4"
@@ -174,8 +174,7 @@ def test_previous_rows_report_the_same_tables(old, tmp_path):
     sources = [str(old["results"] / "sweep"), str(old["results"] / "perturb.jsonl")]
     assert main(["report", *sources, f"out={out}"]) == 0
     for name in ("summary.csv", "perturb.csv"):
-        with open(old["report"] / name) as f_old, open(out / name) as f_new:
-            assert list(csv.reader(f_new)) == list(csv.reader(f_old)), name
+        assert same_columns(read_csv(out / name), read_csv(old["report"] / name)), name
     tables = lambda text: [x for x in text.splitlines() if x.startswith("|")]  # noqa: E731
     new_text = (out / "report.md").read_text()
     assert tables(new_text) == tables((old["report"] / "report.md").read_text())

@@ -443,7 +443,11 @@ def test_gpu_launcher_installs_beside_the_machines_torch(tmp_path):
     fake = tmp_path / "python3"
     fake.write_text('#!/usr/bin/env bash\necho "ARGS $*"\necho "PYTHONPATH $PYTHONPATH"\n')
     fake.chmod(0o755)
+    wheels = tmp_path / "wheels"  # the carried wheels (.whl/ on the device); the stand-in python3 installs nothing
+    wheels.mkdir()
+    (wheels / "mup-1.0.0-py3-none-any.whl").write_bytes(b"")
     env = dict(os.environ, PYTHON=str(fake), OUT=str(tmp_path / "out"), GPU_SITE=str(tmp_path / "site"))
+    env["GPU_WHEELS"] = str(wheels)
     proc = subprocess.run(
         ["bash", str(BENCH / "gpu_run.sh"), "--skip", "pretrain"], capture_output=True, text=True, env=env
     )
@@ -451,11 +455,15 @@ def test_gpu_launcher_installs_beside_the_machines_torch(tmp_path):
     calls = [
         (a.removeprefix("ARGS "), p.removeprefix("PYTHONPATH ")) for a, p in zip(*[iter(proc.stdout.splitlines())] * 2)
     ]
-    wheels = sorted((REPO_ROOT / ".whl").glob("*.whl"))
-    if wheels:  # pip first: into the site dir, offline, without touching the machine's own packages
-        install, _ = calls.pop(0)
-        for arg in ("-m pip install", "--no-index", "--no-deps", f"--target {tmp_path / 'site'}", wheels[0].name):
-            assert arg in install
+    install, _ = calls.pop(0)  # pip first: into the site dir, offline, without touching the machine's own packages
+    for arg in (
+        "-m pip install",
+        "--no-index",
+        "--no-deps",
+        f"--target {tmp_path / 'site'}",
+        "mup-1.0.0-py3-none-any.whl",
+    ):
+        assert arg in install
     (args, path), *rest = calls
     assert not rest and args == f"benchmarks/gpu_check.py --copy-to {tmp_path / 'out'} --skip pretrain"
     path = path.split(":")

@@ -14,6 +14,7 @@ from overtrain.launch.spec import claim_results_dir, load_grid
 
 PAPER = str(CONFIG_ROOT / "grids" / "paper.yaml")
 DEMO = str(CONFIG_ROOT / "grids" / "demo.yaml")
+PAPER_TASKS = ["rte", "trec", "gsm8k", "siqa", "mr", "subj", "cr", "boolq", "tweet_sentiment", "python_code"]
 
 
 def _write(tmp_path: Path, data: dict, name: str = "grid.yaml") -> str:
@@ -30,7 +31,8 @@ def test_paper_plan_job_counts():
     assert n_tasks == 10
     assert kinds.count("prepare") == 1
     assert kinds.count("pretrain") == 3 * 6
-    assert kinds.count("sweep") == 3 * 6 * n_tasks
+    # every final checkpoint and task, and the noise probe: 2 more seeds at the first and last budget
+    assert kinds.count("sweep") == 3 * 6 * n_tasks + 3 * 2 * n_tasks * 2
     assert kinds.count("perturb") == 3 * 6
     assert kinds.count("report") == 1
     # dependency order: every job comes after what it needs
@@ -52,7 +54,7 @@ def test_plan_counts_sweep_lrs_and_their_possible_extension(capsys):
     grid's end (sweep.extend, at most sweep.max_extensions = 2 each) are counted apart."""
     paper = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
     s = plan_summary(paper, expand(paper))
-    assert s["sweep_lrs"] == 180 * 8 and s["sweep_added_lrs_max"] == 180 * 2
+    assert s["sweep_lrs"] == 300 * 8 and s["sweep_added_lrs_max"] == 300 * 2  # 180 sweeps + 120 of the noise probe
     assert s["sweep_extension_flops_max"] == pytest.approx(s["by_kind"]["sweep"]["flops"] * 2 / 8, rel=1e-12)
     off = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", "finetune.overrides=[sweep.extend=false]"])
     assert plan_summary(off, expand(off))["sweep_added_lrs_max"] == 0
@@ -63,14 +65,16 @@ def test_plan_counts_sweep_lrs_and_their_possible_extension(capsys):
     jobs = expand(on)
     assert sorted(j.info["max_added_lrs"] for j in jobs if j.kind == "sweep") == [0] * 6 + [2] * 6
     assert main(["grid", "plan", PAPER, "results_dir=/tmp/overtrain-plan-test"]) == 0
-    assert "plus up to 360 where a tuned LR lands at a grid's end" in capsys.readouterr().out
+    assert "plus up to 600 where a tuned LR lands at a grid's end" in capsys.readouterr().out
 
 
 def test_plan_cli_json(capsys):
     assert main(["grid", "plan", PAPER, "json=true", "results_dir=/tmp/overtrain-plan-test"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["jobs"] == 1 + 18 + 180 + 18 + 1
+    assert out["jobs"] == 1 + 18 + 180 + 120 + 18 + 1  # 120: the noise probe's sweeps
     assert out["by_kind"]["pretrain"]["jobs"] == 18
+    assert out["probe_sweeps"] == 120 and set(out["detectable_worsening"]) == set(PAPER_TASKS)
+    assert 0 < out["detectable_worsening"]["rte"]["worsening"] < 1  # a fraction (the noise probe measures run sd)
 
 
 def test_axes_multiply_jobs_and_reach_commands(tmp_path):
@@ -102,19 +106,21 @@ def test_intermediate_checkpoints_are_swept(tmp_path):
 
 
 def test_paper_grid_sweeps_intermediate_checkpoints_of_the_longest_runs_when_asked():
-    """paper.yaml as it is: only fully decayed checkpoints (every run gets `checkpoint.at_tokens=[]`);
-    with ``pretrain.intermediate_tokens`` each model's 128B run also saves those checkpoints and
-    every task sweeps them (``intermediate_runs: longest``; ``all``: every longer run)."""
+    """paper.yaml (without its noise probe, tests/test_noise_probe.py): only fully decayed checkpoints
+    (every run gets `checkpoint.at_tokens=[]`); with ``pretrain.intermediate_tokens`` each model's
+    128B run also saves those checkpoints and every task sweeps them (``intermediate_runs: longest``;
+    ``all``: every longer run)."""
     from overtrain.launch.spec import grid_fingerprint
 
-    plain = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test"])
+    off = "finetune.noise_probe=null"
+    plain = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", off])
     assert grid_fingerprint(plain) == "b18e0475d3979ba5"  # as before the key existed: its results dirs stay claimable
     jobs = expand(plain)
     assert all("checkpoint.at_tokens=[]" in j.argv for j in jobs if j.kind == "pretrain")
     assert not any("@tokens=" in j.info.get("checkpoint", "") for j in jobs)
 
     marks = "pretrain.intermediate_tokens=[4B,8B,16B,32B,64B]"
-    spec = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks])
+    spec = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks, off])
     jobs = expand(spec)
     pre = {j.id: j for j in jobs if j.kind == "pretrain"}
     at = "checkpoint.at_tokens=[4000000000,8000000000,16000000000,32000000000,64000000000]"
@@ -128,7 +134,7 @@ def test_paper_grid_sweeps_intermediate_checkpoints_of_the_longest_runs_when_ask
     }
     assert all(j.after == [f"pretrain/{Path(j.info['checkpoint'].split('@')[0]).name}"] for j in inter)
     assert grid_fingerprint(spec) != grid_fingerprint(plain)
-    every = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks, "pretrain.intermediate_runs=all"])
+    every = load_grid(PAPER, ["results_dir=/tmp/overtrain-plan-test", marks, off, "pretrain.intermediate_runs=all"])
     inter = [j for j in expand(every) if j.kind == "sweep" and "@tokens=" in j.info["checkpoint"]]
     assert len(inter) == 3 * (5 + 4 + 3 + 2 + 1) * 10
 
@@ -184,7 +190,9 @@ def test_slurm_files(tmp_path):
     assert sum(f.startswith("pretrain_") for f in files) == 18
     text = (tmp_path / "slurm" / "pretrain_olmo-90m_128B.sbatch").read_text()
     assert "--nodes=2" in text and "torchrun" in text and "budget_tokens=128000000000" in text
-    assert len((tmp_path / "slurm" / "finetune_jobs.txt").read_text().splitlines()) == 180 + 18
+    assert (
+        len((tmp_path / "slurm" / "finetune_jobs.txt").read_text().splitlines()) == 180 + 120 + 18
+    )  # sweeps, noise-probe sweeps, perturbations
 
 
 @pytest.mark.parametrize("path", sorted((CONFIG_ROOT / "grids" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)

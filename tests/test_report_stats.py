@@ -93,13 +93,12 @@ def test_run_variance_is_pooled_with_its_df():
     assert t_sf(np.array([-np.inf, 0.0, np.inf]), 3.0).tolist() == [1.0, 0.5, 0.0]
     lo, hi = mean_interval([1.0, 3.0])  # sd sqrt 2, n 2: half-width t_{0.975,1} sqrt2 / sqrt2
     assert (hi - 2.0) == pytest.approx(12.706, abs=6e-4) and math.isnan(mean_interval([1.0])[0])
-    # power: (t_{1-a/m} + t_{0.8}) se, se^2 = example_se^2 + 2 run_var / runs; none without a run variance
-    z = 2.807033768343811 + 0.8416212335729143  # normal quantiles 1 - 0.05/20 and 0.8
-    assert detectable_worsening(1e-4, 1e9, 0.005, 6, 4, runs=2) == pytest.approx(
-        z * math.sqrt(0.005**2 + 1e-4), rel=1e-4
-    )
-    assert detectable_worsening(1e-4, 4, 0.005, 6, 4) > detectable_worsening(1e-4, 40, 0.005, 6, 4)  # df cost
-    assert detectable_worsening(None, 0, 0.005, 6, 4) is None
+    # power (tests/test_power.py checks it against the report's test): known variances, the normal
+    # quantiles (1 - 0.05/20 and 0.8) times the sd; none without a run variance
+    z = 2.807033768343811 + 0.8416212335729143
+    assert detectable_worsening(0.005**2, 1e-4, math.inf, 20) == pytest.approx(z * math.sqrt(0.005**2 + 1e-4), 1e-9)
+    assert detectable_worsening(0.005**2, 1e-4, 4, 20) > detectable_worsening(0.005**2, 1e-4, 40, 20)  # df cost
+    assert detectable_worsening(0.005**2, None, 0, 20) is None
 
 
 def test_bootstrap_is_paired_and_intervals_cover():

@@ -32,6 +32,7 @@ from overtrain.evaluate.report import make_report
 from overtrain.finetune import finetune as ft
 from overtrain.finetune.finetune import RESUME_KEYS, FinetuneConfig, config_hash
 from overtrain.finetune.sweep import run_sweep
+from tables import read_csv, same_columns
 from test_finetune import make_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rows_v0"
@@ -82,8 +83,8 @@ def test_report_of_previous_version_rows_is_unchanged(tmp_path):
         x for x in expected.splitlines() if x.startswith("|")
     ]
     assert "**rte**: cannot tell: fully decayed checkpoints at 1 budget(s) only." in text
-    for name in ("summary.csv", "perturb.csv"):
-        assert (tmp_path / "report" / name).read_text() == (FIXTURE / name).read_text(), name
+    for name in ("summary.csv", "perturb.csv"):  # the same values; columns appended later are allowed
+        assert same_columns(read_csv(tmp_path / "report" / name), read_csv(FIXTURE / name)), name
     assert [p.name for p in paths] == ["base_c4_ppl.png", "finetune_rte.png", "noise_sensitivity.png"]
 
 

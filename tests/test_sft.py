@@ -4,6 +4,7 @@ loss falls on a repeated set; deterministic; reruns skip; bad input refused befo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -14,7 +15,7 @@ from overtrain.cli import main as cli
 from overtrain.core.results import read_rows
 from overtrain.core.rows import load_rows
 from overtrain.core.suite import PROVENANCE_KEYS, read_provenance
-from overtrain.data.chat import encode_chat, gsm8k_chat, write_chat_jsonl
+from overtrain.data.chat import DEFAULT_CHAT_TEMPLATE, encode_chat, gsm8k_chat, write_chat_jsonl
 from overtrain.finetune.sft import SFTConfig, run_sft
 from suite_fixture import TinySuite  # the fixture tiny_suite is registered in conftest.py
 from tolerances import gamma
@@ -58,6 +59,12 @@ def test_sft_each_member(tiny_suite: TinySuite, tmp_path, capsys):
     rows = read_rows(results)
     assert [r["kind"] for r in rows] == ["sft"] * 3 and [r["out"] for r in rows] == [str(o) for o in outs]
     assert [r["pretrain_tokens"] for r in rows] == tiny_suite.tokens
+    # the chat template the records were rendered with (the tiny suite's tokenizer has none: TULU's)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tiny_suite.members[0])).chat_template is None
+    tulu = hashlib.sha256(DEFAULT_CHAT_TEMPLATE.encode()).hexdigest()[:16]
+    assert [r["sft_stats"]["chat_template_sha256"] for r in rows] == [tulu] * 3
     assert [r.kind for r in load_rows(results)] == ["sft"] * 3  # the report's reader keeps them
 
     # a rerun with the same settings is skipped; other settings are refused; overwrite=true redoes it
