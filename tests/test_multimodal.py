@@ -2,7 +2,12 @@
 tower (the real architecture), the tiny exported overtrain suite (suite_fixture) as language models,
 and images of shapes drawn on the fly (data.shapes_vqa) with their true captions and questions.
 Both stages train with the right parts frozen, rows land in the results file, and the suite report
-draws visual QA accuracy against pre-training tokens; the chance test is exact."""
+draws visual QA accuracy against pre-training tokens; the chance test is exact.
+
+Not asserted: answering above chance. This toy LLaVA (a random 2-layer tower, a language model
+pre-trained on 4K tokens) stays at chance after stage 2 even with 200 images and 100+ steps: after
+the projector and the language model's layer norm its image tokens vary ~6% between images, and
+the answer position's state ~0.1% (measured while building this; see the report of issue 25)."""
 
 from __future__ import annotations
 
@@ -122,7 +127,9 @@ def test_two_stages_rows_and_report(tiny_suite: TinySuite, shapes, tmp_path):
         stats = got["provenance"]["sft_stats"]
         assert stats["stage1"]["steps"] == 3 and stats["stage2"]["steps"] == 6
         assert stats["stage2"]["loss_last"] < stats["stage2"]["loss_first"]  # the answers are learnt (their words)
-        assert got["eval"]["n"] == 36 and got["eval"]["chance"] == pytest.approx(1 / 3)
+        ev = got["eval"]
+        assert ev["n"] == 36 and ev["chance"] == pytest.approx(1 / 3) and ev["acc"] == ev["correct"].mean()
+        assert ev["p_value"] == mm.chance_p_value(int(ev["correct"].sum()), [1 / 3] * 36)  # one-sided, vs 1/3
     out = tmp_path / tiny_suite.members[2].name
     prov = json.loads((out / "overtrain_suite.json").read_text())
     assert prov["pretrain_tokens"] == tiny_suite.tokens[2] and prov["sft"]["data_name"] == "llava"
