@@ -25,8 +25,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# One pytest-xdist worker per core, at most 4 (each holds torch and the tiny models); worksteal: the two
+# long end-to-end tests (section 2, the killed grid) run beside the rest instead of after it.
+WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: lint
-	$(BIN)/python -m pytest -q -rs tests  # -rs: each skipped test and why (e.g. no Slurm here, how to get it)
+	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist worksteal tests  # -rs: each skipped test and why (e.g. no Slurm here, how to get it)
 
 # The suite under every thread count and CPU kernel family: torch's own kernels (ATEN_CPU_CAPABILITY),
 # MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS) and numpy's OpenBLAS (OPENBLAS_CORETYPE) at AVX-512, AVX2

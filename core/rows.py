@@ -11,7 +11,13 @@ rows", lists its keys. The kinds and who writes them:
     EvalRow      "eval"      ``overtrain evaluate --results`` on any other checkpoint (the report ignores it)
     PerturbRow   "perturb"   C4 perplexity under weight noise (``overtrain perturb``)
     TheoryRow    "theory"    one point of the linear-network study (``overtrain theory``, ``finetune.theory``)
-    OtherRow     any other   kept as read; the report counts and ignores it
+    OtherRow     any other   kept as read; the report counts and ignores it, except the suite kinds
+                             "lm_eval" (``overtrain lm-eval``) and "multimodal" (``overtrain multimodal``,
+                             ``finetune.multimodal``: a LLaVA-tuned suite member on a visual QA set; keys
+                             ``out``, ``task``, ``acc``, ``n``, ``chance`` (mean 1/choices), ``p_value``
+                             (one-sided exact test against chance), ``scores`` (``multimodal.TASK.acc``
+                             per question) and the member's provenance, ``core.suite.PROVENANCE_KEYS``),
+                             which ``evaluate.report_suite`` draws against pre-training tokens
 
 Shared parts are flattened into the row (their fields are row keys): ``Checkpoint`` (which
 checkpoint: ``checkpoint``, ``checkpoint_sha256``, ``model``, ``pretrain_tokens``, ...) and

@@ -12,6 +12,11 @@ given (``tokens=``) or parsed from the revision name (from the directory name fo
 Suffixes K/M/B/T are powers of 1000 (``core.config.parse_count``). The names are rounded by their
 publishers (OLMo-1B step 20000 x 4,194,304 tokens = 83.9B), so counts are good to the shown digits.
 
+Suites by token count: ``nearest_revisions`` picks, for each requested count c, the revision whose
+parsed count t is nearest, accepted when |t - c| <= tolerance * c, among the revisions
+``list_revisions`` finds (a hub repository's branches, ``huggingface_hub.list_repo_refs``; or the
+subdirectories of a local mirror); a count with none in tolerance is an error naming the nearest.
+
 Which suites work (transformers >= 4.40, no custom code):
 
 - OLMo-1B: ``allenai/OLMo-1B-hf`` (``OlmoForCausalLM``, revisions ``stepN-tokensNB``). The
@@ -262,3 +267,65 @@ def read_provenance(directory: str | os.PathLike) -> dict:
         have = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{path}: expected the keys {list(PROVENANCE_KEYS)}, found {have}")
     return {k: data[k] for k in PROVENANCE_KEYS}
+
+
+def list_revisions(model: str) -> list[str]:
+    """A suite's revisions: the subdirectories of a local folder (a mirror of revision folders), or the
+    branches of a hub repository (``huggingface_hub.list_repo_refs``; OLMo publishes a branch per
+    checkpoint). Any hub failure (offline, unknown repository) is one ConfigError naming the repository."""
+    local = Path(expand_path(model))
+    if local.is_dir():
+        return sorted(p.name for p in local.iterdir() if p.is_dir())
+    if looks_local(model):
+        raise ConfigError(f"suite {model}: no such directory (a local mirror of revision folders)")
+    from huggingface_hub import list_repo_refs
+
+    try:
+        refs = list_repo_refs(model)
+    except Exception as e:  # RepositoryNotFound, offline, HTTP errors
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(
+            f"suite {model}: cannot list the hub repository's branches: {type(e).__name__}: {first}"
+        ) from None
+    return sorted(b.name for b in refs.branches)
+
+
+def nearest_revisions(
+    revisions: list[str], counts: list[int], tolerance: float, where: str = "suite"
+) -> list[tuple[str, int]]:
+    """For each requested token count c, the revision whose parsed count t (``tokens_from_revision``) is
+    nearest: min |t - c| (ties: the earlier checkpoint), accepted when |t - c| <= tolerance * c.
+
+    Revisions without a count in their name ('main', stage-2 names) are not candidates. Every count
+    without a revision in tolerance is named in one ConfigError with its two nearest revisions.
+    Returns (revision, its tokens) per count, in the order of ``counts``.
+    """
+    have = sorted({(t, r) for r in revisions if (t := tokens_from_revision(r)) is not None})
+    if not have:
+        raise ConfigError(
+            f"{where}: no revision names a token count (OLMo style: stepN-tokensNB) among {len(revisions)}"
+        )
+    out, missing = [], []
+    for c in counts:
+        ranked = sorted(have, key=lambda tr: (abs(tr[0] - c), tr[0]))
+        t, r = ranked[0]
+        if abs(t - c) <= tolerance * c:
+            out.append((r, t))
+        else:
+            near = ", ".join(f"{r2} ({(t2 - c) / c:+.1%})" for t2, r2 in ranked[:2])
+            missing.append(f"{format_count(c)} (nearest: {near})")
+    if missing:
+        raise ConfigError(
+            f"{where}: no revision within {tolerance:.1%} of the token count(s) "
+            + "; ".join(missing)
+            + " (widen suite.tolerance or ask for an available count)"
+        )
+    return out
+
+
+def format_count(n: int) -> str:
+    """A token count as the names write it: 2300000000000 -> '2.3T' (at most 4 significant digits)."""
+    for div, suf in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= div:
+            return f"{n / div:.4g}{suf}"
+    return str(n)

@@ -2,7 +2,9 @@
 tokens, before and after instruction tuning, with intervals and the calibrated verdict.
 
 Rows: ``overtrain lm-eval`` rows (kind "lm_eval") of models that came from a suite (``suite_model``
-set, by ``overtrain sft`` outputs' ``overtrain_suite.json`` or by the grid for a member itself). A
+set, by ``overtrain sft`` outputs' ``overtrain_suite.json`` or by the grid for a member itself), and
+``overtrain multimodal`` rows (kind "multimodal": a LLaVA-tuned member's visual QA accuracy, its
+family the tuning's ``data_name``, per-question scores ``multimodal.TASK.acc``). A
 curve is one (family, task) across members, x = ``pretrain_tokens``, y = the task's accuracy
 ``metric_of(task)``: ``acc_norm`` for PIQA, HellaSwag and ARC-Challenge (lm-eval's and OLMo's
 convention for them), ``acc`` for the others (a row without ``acc_norm`` falls back to ``acc``; the
@@ -128,10 +130,13 @@ class SuiteFamily:
         return self.tuning + (f" ({self.settings})" if self.settings else "")
 
 
+SUITE_KINDS = ("lm_eval", "multimodal")  # row kinds drawn against pre-training tokens (their scores' prefix)
+
+
 def _scores(row: Row, task: str, metric: str) -> np.ndarray | None:
     """The row's per-document ``metric`` of ``task`` (``core.rows.read_scores``), or None."""
     scores = read_scores(row) or {}
-    name = f"lm_eval.{task}.{metric}"
+    name = f"{row.get('kind')}.{task}.{metric}"
     return np.asarray(scores[name], dtype=np.float64) if name in scores else None
 
 
@@ -156,11 +161,11 @@ def tuning_label(row: dict) -> str:
 
 
 def collect_suite(rows: list[Row]) -> list[SuiteFamily]:
-    """The suite curves of kind "lm_eval" rows with ``suite_model``, grouped into families (module doc)."""
+    """The suite curves of ``SUITE_KINDS`` rows with ``suite_model``, grouped into families (module doc)."""
     points: dict[tuple, dict[float, dict[str, tuple[float, np.ndarray | None]]]] = {}
     for r in rows:
         d = r.to_dict()
-        if d.get("kind") != "lm_eval" or not d.get("suite_model") or d.get("pretrain_tokens") is None:
+        if d.get("kind") not in SUITE_KINDS or not d.get("suite_model") or d.get("pretrain_tokens") is None:
             continue
         task = str(d.get("task"))
         metric = metric_of(task) if isinstance(d.get(metric_of(task)), (int, float)) else METRIC

@@ -326,6 +326,8 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                 )
             )
             evals.append((tid, str(out), [f"instruct/{tid}"]))
+        if spec.multimodal is not None:
+            jobs.append(multimodal_job(spec, root, m, n))
         if le is None or not le.tasks:
             continue
         for lid, model, after in evals:
@@ -346,6 +348,23 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                 )
             )
     return jobs
+
+
+def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
+    """LLaVA tuning of member ``m`` (N = n parameters, tower Nv): stage 1 ~ (4N + 2Nv) per token (the
+    frozen LM still backpropagates to the projector, no weight gradients), stage 2 ~ (6N + 2Nv);
+    memory before activations: fp32 AdamW on the LM (16 bytes/param) + the frozen fp32 tower (4)."""
+    mm = spec.multimodal
+    nv = float(parse_count(mm.vision_params))
+    out = root / "multimodal" / _slug(m.name)
+    argv = ["multimodal", m.ref, f"vision={mm.vision}", f"captions={expand_path(mm.captions)}"]
+    argv += [f"instruct={expand_path(mm.instruct)}", f"vqa={expand_path(mm.vqa)}", f"data_name={mm.name}"]
+    argv += [f"{k}={expand_path(getattr(mm, k))}" for k in ("caption_images", "instruct_images") if getattr(mm, k)]
+    argv += [f"out={out}", f"tokens={m.tokens}", *mm.args, f"results={root / 'multimodal' / 'results.jsonl'}"]
+    flops = (4 * n + 2 * nv) * mm.stage1_tokens_estimate + (6 * n + 2 * nv) * mm.stage2_tokens_estimate
+    memory = (16 * n + 4 * nv) / 1e9
+    info = {"member": m.name, "tokens": m.tokens, "out": str(out), "memory_gb": memory}
+    return Job(f"multimodal/{_slug(m.name)}", "multimodal", argv, [], out / "overtrain_suite.json", flops, info=info)
 
 
 def _sweep_job(spec, root, data_dir, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec) -> Job:
@@ -602,6 +621,12 @@ def plan_summary(spec: GridSpec, jobs: list[Job]) -> dict:
         "sweep_added_lrs_max": sum(j.info.get("max_added_lrs", 0) for j in sweeps),
         "sweep_extension_flops_max": extension,
         "sweep_extension_gpu_hours_max": gpu_hours(extension, spec.hardware),
+        # the suite's members as resolved (suite.tokens as counts: the revision picked for each)
+        "suite_members": [
+            {"revision": m.name, "tokens": m.tokens, "requested": m.requested} for m in suite_members(spec, check=False)
+        ]
+        if spec.suite is not None
+        else [],
         # the noise probe's sweeps (finetune.noise_probe): in the sweeps' count and the total
         "probe_sweeps": len(probes),
         "probe_lrs": sum(j.info.get("lrs", 0) for j in probes),
@@ -632,6 +657,14 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
         f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
         f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)"
     )
+    mm = [j.info["memory_gb"] for j in jobs if j.kind == "multimodal"]
+    if mm:
+        print(f"  multimodal: ~{max(mm):.1f} GB per job before activations (fp32 AdamW on the LM + the tower)")
+    for m in s["suite_members"]:
+        if m["requested"] is not None:
+            print(
+                f"  suite: {_fmt_tokens(m['requested'])} tokens -> {m['revision']} ({m['tokens'] / m['requested'] - 1:+.2%})"
+            )
     if s["sweep_added_lrs_max"]:
         print(
             f"  sweeps: {s['sweep_lrs']} fine-tuning runs on their LR grids, plus up to {s['sweep_added_lrs_max']} "

@@ -3,13 +3,16 @@
 ``load_grid`` reads the YAML with dotted overrides and checks every name it refers to (models,
 tasks, budgets, stage configs, prepare-data settings), so a typo fails before a job starts.
 ``claim_results_dir`` records the grid in ``RESULTS_DIR/grid.json`` (with the overrides it was
-loaded with) and refuses a results dir made by a different grid (its fingerprint: the spec without
-results dir, report switch and hardware); ``recorded_grid`` reads the overrides back, so the Slurm
-path's later commands (``submit.sh``, ``grid status``) act on the grid the user planned.
+loaded with, and the suite's members as resolved: ``suite.tokens`` as counts, the nearest revision
+to each from the hub's branch list or a local mirror's folders, ``resolve_suite_tokens``) and
+refuses a results dir made by a different grid (its fingerprint: the spec without results dir,
+report switch and hardware); ``recorded_grid`` reads the overrides back, so the Slurm path's later
+commands (``submit.sh``, ``grid status``) act on the grid the user planned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -134,7 +137,10 @@ class SuiteStage:
 
     model: str = ""  # hub repo id (e.g. allenai/OLMo-1B-hf) or a local folder with one transformers dir per revision
     revisions: list[str] = field(default_factory=list)  # the members: revision names (OLMo: stepN-tokensNB)
-    tokens: dict[str, str] = field(default_factory=dict)  # revision -> pre-training tokens where the name has none
+    # a mapping: revision -> pre-training tokens where the name has none; or a list of token counts
+    # ([2.3T, 3T]) instead of revisions: the nearest revision to each, resolved at plan time
+    tokens: dict[str, str] | list[str] = field(default_factory=dict)
+    tolerance: float = 0.02  # a count in `tokens` matches a revision within this relative distance
     params: str = ""  # parameters (e.g. 1.18B) for the compute estimate; empty: counted from a local config.json
     evaluate_base: bool = True  # also evaluate each member before instruction tuning (the paper's Figure 1, left)
     # The members' config.json shape for the memory plan without the hub (hidden_size, intermediate_size,
@@ -151,6 +157,24 @@ class InstructStage:
     gpus: int = 0  # processes per SFT run (torchrun, data parallel); 0 = the runner's gpus= (1 on CPU)
     train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
     seeds: list[int] = field(default_factory=lambda: [0])  # an SFT run per seed (batch order; `overtrain sft` seed=)
+
+
+@dataclass
+class MultimodalStage:
+    """LLaVA tuning (``overtrain multimodal``: stage 1 projector, stage 2 projector + LM) of every suite
+    member, evaluated on a visual QA set; data in LLaVA's JSON format (``finetune.multimodal``)."""
+
+    vision: str = "openai/clip-vit-large-patch14-336"  # the CLIP vision tower (LLaVA-1.5's)
+    captions: str = ""  # stage 1 image-caption pairs (LLaVA-Pretrain blip_laion_cc_sbu_558k.json)
+    instruct: str = ""  # stage 2 visual conversations (llava_v1_5_mix665k.json)
+    vqa: str = ""  # evaluation JSONL: {image, question, answer, choices}
+    caption_images: str = ""  # the root of the captions' images ("": the JSON's folder)
+    instruct_images: str = ""  # the root of the conversations' images ("": the JSON's folder)
+    name: str = "llava"  # the tuning's name in rows and the report
+    args: list[str] = field(default_factory=list)  # further `overtrain multimodal` settings
+    vision_params: str = "304M"  # the tower's parameters (CLIP ViT-L/14), for the estimates only
+    stage1_tokens_estimate: int = 360_000_000  # stage 1 tokens, image tokens included (LLaVA-1.5: 558K x ~640)
+    stage2_tokens_estimate: int = 600_000_000  # stage 2 tokens, image tokens included (LLaVA-1.5: 665K x ~900)
 
 
 @dataclass
@@ -183,6 +207,7 @@ class GridSpec:
     lm_eval: LmEvalStage | None = None  # lm-evaluation-harness tasks on every checkpoint (null: none)
     suite: SuiteStage | None = None  # a public checkpoint suite (the paper's Section 2; null: none)
     instruct: InstructStage | None = None  # instruction tuning of every suite member (null: none)
+    multimodal: MultimodalStage | None = None  # LLaVA tuning + visual QA of every suite member (null: none)
     log: TrackConfig | None = None  # wandb/TensorBoard for every job (wandb_project defaults to the grid's name)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)  # for the plan's GPU-hour estimate
     extra_jobs: list[ExtraJob] = field(default_factory=list)  # further overtrain commands with dependencies
@@ -198,6 +223,8 @@ class GridSpec:
             raise ValueError("finetune and perturb act on pre-training runs: set 'pretrain' too (or remove them)")
         if self.instruct is not None and self.suite is None:
             raise ValueError("instruct tunes the members of a suite: set 'suite' too")
+        if self.multimodal is not None and self.suite is None:
+            raise ValueError("multimodal tunes the members of a suite: set 'suite' too")
         if self.instruct is not None and self.instruct.gpus < 0:
             raise ValueError(f"instruct.gpus={self.instruct.gpus}: expected >= 0 (0 = the runner's gpus=)")
         if self.instruct is not None:
@@ -347,6 +374,36 @@ class Member:
     name: str  # the revision (a job id part)
     ref: str  # what `overtrain sft` and `overtrain lm-eval` take: a local dir, or REPO@REVISION
     tokens: int  # pre-training tokens
+    requested: int | None = None  # the token count it was picked for (suite.tokens as a list), else None
+
+
+_RESOLVED: dict[tuple, list[tuple[str, int]]] = {}  # (model, counts, tolerance) -> revisions: one hub call per process
+
+
+def resolve_suite_tokens(spec: GridSpec, where: str = "grid") -> list[tuple[int, str, int]]:
+    """``suite.tokens`` as a list of counts: (count, revision, its tokens) for each, the nearest
+    revision of the hub repository's branches or the local mirror's folders (``core.suite``)."""
+    from ..core.suite import list_revisions, nearest_revisions
+
+    s = spec.suite
+    counts = []
+    for i, text in enumerate(s.tokens):
+        try:
+            counts.append(parse_count(str(text)))
+            if counts[-1] <= 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"{where}: suite.tokens[{i}]: '{text}' is not a token count (e.g. 2.3T)") from None
+    if not 0 <= s.tolerance < 1:
+        raise ConfigError(f"{where}: suite.tolerance={s.tolerance}: expected a relative distance in [0, 1)")
+    key = (str(s.model), tuple(counts), s.tolerance)
+    if key not in _RESOLVED:
+        try:
+            revisions = list_revisions(s.model)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: suite.model: {e}") from None
+        _RESOLVED[key] = nearest_revisions(revisions, counts, s.tolerance, f"{where}: suite.tokens")
+    return [(c, r, t) for c, (r, t) in zip(counts, _RESOLVED[key])]
 
 
 def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> list[Member]:
@@ -358,15 +415,31 @@ def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> li
     s = spec.suite
     if not s.model:
         raise ConfigError(f"{where}: suite.model: empty (a hub repo id or a local folder of revision dirs)")
-    if not s.revisions:
+    requested: dict[str, int] = {}
+    if isinstance(s.tokens, list):  # token counts: the revisions are the nearest to them
+        if s.revisions:
+            raise ConfigError(f"{where}: suite: give either revisions or tokens as a list of counts, not both")
+        picked = resolve_suite_tokens(spec, where)
+        revisions, given_tokens = [], {}
+        for count, rev, _ in picked:
+            if rev in requested:
+                raise ConfigError(
+                    f"{where}: suite.tokens: {format_tokens(requested[rev])} and {format_tokens(count)} both "
+                    f"resolve to {rev}: ask for counts further apart"
+                )
+            requested[rev] = count
+            revisions.append(rev)
+    else:
+        revisions, given_tokens = list(s.revisions), s.tokens
+    if not revisions:
         raise ConfigError(f"{where}: suite.revisions: empty (the checkpoints to tune and evaluate)")
-    unknown = sorted(set(s.tokens) - set(s.revisions))
+    unknown = sorted(set(given_tokens) - set(revisions))
     if unknown:
         raise ConfigError(f"{where}: suite.tokens: {unknown} are not in suite.revisions")
     local = Path(expand_path(s.model))
     out = []
-    for rev in s.revisions:
-        given = s.tokens.get(rev)
+    for rev in revisions:
+        given = given_tokens.get(rev)
         try:
             tokens = parse_count(str(given)) if given is not None else tokens_from_revision(rev)
         except ValueError:
@@ -386,8 +459,14 @@ def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> li
                 raise ConfigError(f"{where}: suite.revisions: '{rev}': {e}") from None
         else:
             ref = f"{s.model}@{rev}"  # a hub revision: resolved (downloaded) by the job, not by the plan
-        out.append(Member(rev, ref, tokens))
+        out.append(Member(rev, ref, tokens, requested.get(rev)))
     return out
+
+
+def format_tokens(n: int) -> str:
+    from ..core.suite import format_count
+
+    return format_count(n)
 
 
 def config_path(path: str) -> str:
@@ -407,14 +486,18 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir, the report switch, trackers, the
-    planning noise level (``finetune.noise``), the suite's ``architecture`` (memory plan) (and a missing lm_eval, suite or instruct stage, empty
-    ``seeds``, a missing ``finetune.noise_probe`` and an ``intermediate_runs`` without effect, later
-    fields, so grids from before them keep their fingerprint and their results dirs stay claimable)."""
-    absent = tuple(k for k in ("lm_eval", "suite", "instruct") if getattr(spec, k) is None)
+    planning noise level (``finetune.noise``), the suite's ``architecture`` (memory plan) (and a
+    missing lm_eval, suite, instruct or multimodal stage, empty ``seeds``, a missing ``finetune.noise_probe``, a ``suite.tolerance`` without
+    ``suite.tokens`` counts and an ``intermediate_runs`` without effect, later fields, so grids from
+    before them keep their fingerprint and their results dirs stay claimable)."""
+    absent = tuple(k for k in ("lm_eval", "suite", "instruct", "multimodal") if getattr(spec, k) is None)
     d = to_dict(spec)
     for stage in ("pretrain", "finetune"):
         if isinstance(d.get(stage), dict) and not d[stage].get("seeds"):
             d[stage].pop("seeds", None)
+    suite = d.get("suite")
+    if isinstance(suite, dict) and not isinstance(suite.get("tokens"), list):
+        suite.pop("tolerance", None)  # only counts in suite.tokens use it
     ins = d.get("instruct")
     if isinstance(ins, dict) and ins.get("seeds") == [0]:
         ins.pop("seeds")  # the default: SFT's own seed 0, as before the field
@@ -471,17 +554,14 @@ def claim_results_dir(spec: GridSpec, grid_path: str, force: bool = False, overr
                 f"('{old.get('name')}' from {old.get('grid_file')}); use another results_dir, or force=true"
             )
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        marker,
-        json.dumps(
-            {
-                "name": spec.name,
-                "grid_file": str(grid_path),
-                "fingerprint": fp,
-                "overrides": list(overrides),
-                "spec": to_dict(spec),
-            },
-            indent=2,
-        ),
-    )
+    record = {
+        "name": spec.name,
+        "grid_file": str(grid_path),
+        "fingerprint": fp,
+        "overrides": list(overrides),
+        "spec": to_dict(spec),
+    }
+    if spec.suite is not None:  # the members as resolved (suite.tokens as counts: the revisions picked)
+        record["suite_members"] = [dataclasses.asdict(m) for m in suite_members(spec, str(grid_path), check=False)]
+    atomic_write_text(marker, json.dumps(record, indent=2))
     return root

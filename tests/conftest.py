@@ -8,19 +8,23 @@ import pytest
 import torch
 from overtrain import cli
 from overtrain.core.config import data_root
-from suite_fixture import tiny_suite  # noqa: F401  (session fixture: a tiny checkpoint suite, see suite_fixture.py)
+from suite_fixture import fake_hub, tiny_suite  # noqa: F401  (fixtures: a tiny checkpoint suite, a faked hub branch list)
 
 C4 = data_root() / "c4"
 
 
 def pytest_configure(config):
-    """OVERTRAIN_TEST_THREADS=N runs the suite with N intra-op threads (``make test-matrix``).
+    """OVERTRAIN_TEST_THREADS=N runs the suite with N intra-op threads (``make test-matrix``); under
+    pytest-xdist each worker takes its share of the cores.
 
     Results must not depend on the thread count or on the CPU kernels (ATEN_CPU_CAPABILITY,
     MKL_ENABLE_INSTRUCTIONS): floats that come out of different summation orders are compared
     with tolerances derived from their precision, never exactly.
     """
     threads = os.environ.get("OVERTRAIN_TEST_THREADS")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not threads and workers > 1:  # pytest-xdist (make test): the cores shared out, not oversubscribed
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
     if threads:
         os.environ["OMP_NUM_THREADS"] = threads  # the CLI and DDP subprocesses the tests start
         torch.set_num_threads(int(threads))

@@ -15,18 +15,25 @@ fixture ``tiny_suite``; a test takes it as an argument:
     def test_x(tiny_suite: TinySuite): tiny_suite.members -> [Path, Path, Path] (by tokens)
 
 About 10 s on one CPU core, built once per pytest session.
+
+``fake_hub`` (a fixture; import it into the test module) stands in for the hub's branch list of
+allenai/OLMo-1B-hf (``huggingface_hub.list_repo_refs``, not reachable offline) and records its calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 from overtrain import cli
 from overtrain.core.config import data_root
+from overtrain.launch import spec as spec_mod
 
+OLMO = "allenai/OLMo-1B-hf"
 STEP_TOKENS = 200  # 4 sequences x 50 tokens
 MARKS = {5: "step5-tokens1K", 10: "step10-tokens2K", 20: "step20-tokens4K"}  # step -> revision-style name
 
@@ -86,3 +93,28 @@ def build_tiny_suite(root: Path) -> TinySuite:
 @pytest.fixture(scope="session")
 def tiny_suite(tmp_path_factory) -> TinySuite:
     return build_tiny_suite(tmp_path_factory.mktemp("tiny-suite"))
+
+
+def olmo1b_branches() -> list[str]:
+    """Branch names shaped like OLMo-1B-hf's: a checkpoint every 1000 steps of 4,194,304 tokens,
+    named stepN-tokensNB (the count rounded down to billions), plus 'main' and step 0."""
+    names = ["main", "step0-tokens0B"]
+    names += [f"step{s}-tokens{s * 4_194_304 // 10**9}B" for s in range(1000, 739_000, 1000)]
+    return names
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    calls = []
+
+    def list_repo_refs(repo_id, **kwargs):
+        calls.append(repo_id)
+        if repo_id != OLMO:
+            raise OSError(
+                f"404 Client Error: Repository Not Found for url: https://huggingface.co/api/models/{repo_id}"
+            )
+        return SimpleNamespace(branches=[SimpleNamespace(name=n) for n in olmo1b_branches()], tags=[])
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_refs", list_repo_refs)
+    monkeypatch.setattr(spec_mod, "_RESOLVED", {})  # no resolution cached by an earlier test
+    return calls

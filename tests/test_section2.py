@@ -11,37 +11,33 @@ import sys
 from pathlib import Path
 
 import pytest
+from overtrain import cli
 from overtrain.core.config import ConfigError, data_root
 from overtrain.launch.plan import expand
 from overtrain.launch.spec import load_grid
-from suite_fixture import TinySuite  # the fixture tiny_suite is registered in conftest.py
+from suite_fixture import TinySuite  # the fixtures tiny_suite and fake_hub are registered in conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_olmo1b_grid_plans_with_costs():
-    spec = load_grid(str(REPO / "configs/grids/section2-olmo1b.yaml"))
+def test_olmo1b_grid_plans_with_costs(fake_hub, capsys):
+    spec = load_grid(str(REPO / "configs/grids/section2-olmo1b.yaml"))  # members: the hub's branches (faked)
     jobs = expand(spec)
-    members, tunings = len(spec.suite.revisions), len(spec.instruct.datasets)
+    members, tunings = len(spec.suite.tokens), len(spec.instruct.datasets)
     kinds = [j.kind for j in jobs]
     assert kinds.count("instruct") == members * tunings
     assert kinds.count("lm-eval") == members * (tunings + 1)  # every tuned model and every member before tuning
     assert kinds[-1] == "report" and len(jobs[-1].after) == len(jobs) - 1
-    sft = next(j for j in jobs if j.id == "instruct/step738000-tokens3094B_hh")
-    assert sft.argv[:2] == ["sft", "allenai/OLMo-1B-hf@step738000-tokens3094B"] and "tokens=3094000000000" in sft.argv
+    sft = next(j for j in jobs if j.id == "instruct/step715000-tokens2998B_hh")  # the 3T member
+    assert sft.argv[:2] == ["sft", "allenai/OLMo-1B-hf@step715000-tokens2998B"] and "tokens=2998000000000" in sft.argv
     assert sft.flops == pytest.approx(6 * 1.18e9 * spec.instruct.train_tokens_estimate)
-    base = next(j for j in jobs if j.id == "lm-eval/step738000-tokens3094B_base")
-    assert base.after == [] and "pretrain_tokens=3094000000000" in base.argv
-    tuned = next(j for j in jobs if j.id == "lm-eval/step738000-tokens3094B_hh")
+    base = next(j for j in jobs if j.id == "lm-eval/step715000-tokens2998B_base")
+    assert base.after == [] and "pretrain_tokens=2998000000000" in base.argv
+    tuned = next(j for j in jobs if j.id == "lm-eval/step715000-tokens2998B_hh")
     assert tuned.after == [sft.id] and tuned.argv[1] == str(sft.info["out"])
-    out = subprocess.run(
-        [sys.executable, "-m", "overtrain", "grid", "plan", "configs/grids/section2-olmo1b.yaml", "quiet=true"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "instruct" in out and "GPU-hours" in out
+    assert cli.main(["grid", "plan", str(REPO / "configs/grids/section2-olmo1b.yaml"), "quiet=true"]) == 0
+    out = capsys.readouterr().out
+    assert "instruct" in out and "GPU-hours" in out and "3T tokens -> step715000-tokens2998B" in out
 
 
 def test_bad_suites_fail_before_any_job(tiny_suite: TinySuite, tmp_path):
