@@ -182,9 +182,7 @@ class HardwareSpec:
     name: str = "A100-80GB"  # shown in the plan
     peak_tflops: float = 312.0  # bf16 dense, per GPU
     mfu: float = 0.40  # assumed model FLOPs utilization, for the GPU-hour estimate
-    memory_gb: float | None = (
-        None  # one GPU's memory: refuse jobs whose estimate (core.memory) won't fit; None: no check
-    )
+    memory_gb: float | None = None  # one GPU's memory: refuse jobs whose estimate won't fit (None: no check)
 
 
 @dataclass
@@ -486,10 +484,11 @@ def load_grid(path: str, overrides=()) -> GridSpec:
 
 def grid_fingerprint(spec: GridSpec) -> str:
     """What identifies the study: everything but the results dir, the report switch, trackers, the
-    planning noise level (``finetune.noise``), the suite's ``architecture`` (memory plan) (and a
-    missing lm_eval, suite, instruct or multimodal stage, empty ``seeds``, a missing ``finetune.noise_probe``, a ``suite.tolerance`` without
-    ``suite.tokens`` counts and an ``intermediate_runs`` without effect, later fields, so grids from
-    before them keep their fingerprint and their results dirs stay claimable)."""
+    planning noise level (``finetune.noise``) and the suite's ``architecture`` (memory plan) (and a
+    missing lm_eval, suite, instruct or multimodal stage, empty ``seeds``, a missing
+    ``finetune.noise_probe``, a ``suite.tolerance`` without ``suite.tokens`` counts and an
+    ``intermediate_runs`` without effect, later fields, so grids from before them keep their
+    fingerprint and their results dirs stay claimable)."""
     absent = tuple(k for k in ("lm_eval", "suite", "instruct", "multimodal") if getattr(spec, k) is None)
     d = to_dict(spec)
     for stage in ("pretrain", "finetune"):
