@@ -11,22 +11,29 @@ from overtrain.launch.spec import grid_fingerprint, load_grid
 OLMO1B = str(CONFIG_ROOT / "grids" / "section2-olmo1b.yaml")  # a hub suite: planned without the network
 
 
-def test_default_seed_keeps_jobs_and_fingerprint(tmp_path):
+def members(spec) -> int:
+    """section2-olmo1b.yaml's suite size (its token counts, each resolved to one revision)."""
+    return len(spec.suite.tokens or spec.suite.revisions)
+
+
+def test_default_seed_keeps_jobs_and_fingerprint(tmp_path, fake_hub):
     spec = load_grid(OLMO1B, [f"results_dir={tmp_path}"])
     assert spec.instruct.seeds == [0]
-    assert grid_fingerprint(spec) == "2b24dc93eda155aa"  # as before instruct.seeds: its results dirs stay claimable
+    explicit = load_grid(OLMO1B, [f"results_dir={tmp_path}", "instruct.seeds=[0]"])
+    # the default is popped from the fingerprint: results dirs from before instruct.seeds stay claimable
+    assert grid_fingerprint(spec) == grid_fingerprint(explicit)
     jobs = expand(spec)
     ins = [j for j in jobs if j.kind == "instruct"]
-    assert len(ins) == 5 * 2 and ins[0].id == "instruct/step20000-tokens83B_hh"
+    assert len(ins) == members(spec) * 2 and ins[0].id == "instruct/step20000-tokens83B_hh"
     assert not any(a.startswith("seed=") for j in ins for a in j.argv)  # sft's own default seed 0
-    assert len(jobs) == 26
+    assert [j.id for j in jobs] == [j.id for j in expand(explicit)]
 
 
-def test_seeds_multiply_sft_runs_and_their_evaluations(tmp_path):
+def test_seeds_multiply_sft_runs_and_their_evaluations(tmp_path, fake_hub):
     spec = load_grid(OLMO1B, [f"results_dir={tmp_path}", "instruct.seeds=[0, 1, 2]"])
     jobs = expand(spec)
     ins = [j for j in jobs if j.kind == "instruct"]
-    assert len(ins) == 5 * 2 * 3 and len({j.info["out"] for j in ins}) == 30
+    assert len(ins) == members(spec) * 2 * 3 and len({j.info["out"] for j in ins}) == len(ins)
     for j in ins:
         seed = j.info["seed"]
         assert j.argv.count(f"seed={seed}") == 1 and j.id.endswith(f"_seed-{seed}") and j.info["out"].endswith(j.id[9:])
@@ -44,7 +51,7 @@ def test_seeds_multiply_sft_runs_and_their_evaluations(tmp_path):
         ("instruct.args=[seed=3]", "instruct.args sets seed=: give SFT seeds as instruct.seeds instead"),
     ],
 )
-def test_bad_seeds_name_the_file_and_field(tmp_path, setting, message):
+def test_bad_seeds_name_the_file_and_field(tmp_path, setting, message, fake_hub):
     with pytest.raises(ConfigError) as e:
         load_grid(OLMO1B, [f"results_dir={tmp_path}", setting])
     assert message in str(e.value) and "section2-olmo1b.yaml" in str(e.value)

@@ -109,14 +109,15 @@ def test_batch_smaller_than_the_ranks_is_refused(tiny_suite: TinySuite, tmp_path
 OLMO1B = str(REPO_ROOT / "configs/grids/section2-olmo1b.yaml")
 
 
-def test_instruct_jobs_get_nproc_and_torchrun(tmp_path):
+def test_instruct_jobs_get_nproc_and_torchrun(tmp_path, fake_hub):
     from overtrain.launch.plan import expand
     from overtrain.launch.runner import _command
     from overtrain.launch.spec import load_grid
 
-    jobs = expand(load_grid(OLMO1B, [f"results_dir={tmp_path}", "instruct.gpus=2"]))
+    spec = load_grid(OLMO1B, [f"results_dir={tmp_path}", "instruct.gpus=2"])
+    jobs = expand(spec)
     sft = [j for j in jobs if j.kind == "instruct"]
-    assert len(sft) == 10 and {j.nproc for j in sft} == {2}
+    assert len(sft) == 2 * len(spec.suite.tokens) and {j.nproc for j in sft} == {2}  # 2 tuning sets per member
     cmd = _command(sft[0], gpus=8)
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert cmd[5:] == ["-m", "overtrain", *sft[0].argv]
@@ -145,7 +146,7 @@ def test_instruct_jobs_get_nproc_and_torchrun(tmp_path):
         load_grid(OLMO1B, ["instruct.gpus=-1"])
 
 
-def test_runner_gives_each_instruct_job_its_gpus(tmp_path, monkeypatch):
+def test_runner_gives_each_instruct_job_its_gpus(tmp_path, monkeypatch, fake_hub):
     """4 GPUs, instruct.gpus=2: two SFT jobs at a time, on GPUs 0,1 and 2,3, each a 2-process torchrun
     (processes faked: each finishes on its third poll after writing its done-marker)."""
     from overtrain.launch import runner
@@ -177,7 +178,9 @@ def test_runner_gives_each_instruct_job_its_gpus(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.subprocess, "Popen", Proc)
     monkeypatch.setattr(runner.time, "sleep", lambda _: None)
     assert runner.run_jobs(spec, jobs, gpus=4, only="instruct/") == 0
-    assert len(starts) == 10 and all("--nproc_per_node=2" in cmd for cmd, _ in starts)
+    assert len(starts) == sum(j.kind == "instruct" for j in jobs) and all(
+        "--nproc_per_node=2" in cmd for cmd, _ in starts
+    )
     assert {busy[-1] for _, busy in starts} == {"0,1", "2,3"}
     assert max(len(busy) for _, busy in starts) == 2  # two at once, never sharing a GPU
     assert all(len(busy) == len(set(busy)) for _, busy in starts)
