@@ -94,13 +94,13 @@ def windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> 
     return np.asarray(tokens[idx], dtype=np.int64)
 
 
-@torch.no_grad()
 def _sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
 
 
+@torch.no_grad()
 def perplexity(
     model,
     tokens: np.ndarray,
@@ -115,11 +115,11 @@ def perplexity(
 ) -> dict:
     """LM perplexity on a flat token array: exp(mean NLL over every predicted token).
 
-        Deterministic (fixed windows, fixed order). With ``distributed`` the windows are split over
-        ranks and the sums all-reduced, so every rank returns the same value (an FSDP-sharded model
-    runs as many forwards on every rank, a rank with fewer windows discarding its extra ones). ``per_window`` adds
-        ``window_nll``: each window's summed NLL (float64, this rank's windows; each predicts seq_len
-        tokens), for intervals over windows; loss and ppl are unchanged by it.
+    Deterministic (fixed windows, fixed order). With ``distributed`` the windows are split over
+    ranks and the sums all-reduced, so every rank returns the same value (an FSDP-sharded model
+    runs as many forwards on every rank, a rank with fewer windows discarding its extra ones).
+    ``per_window`` adds ``window_nll``: each window's summed NLL (float64, this rank's windows; each
+    predicts seq_len tokens), for intervals over windows; loss and ppl are unchanged by it.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
