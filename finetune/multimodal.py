@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -66,17 +65,17 @@ import torch
 import torch.nn.functional as F
 
 from ..core import dist
-from ..core.config import ConfigError, DataError, expand_path, replace_dir, to_dict
+from ..core.config import ConfigError, DataError, expand_path, to_dict
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
 from ..core.rows import write_scores
 from ..core.schedule import Schedule, ScheduleConfig
-from ..core.suite import member_provenance, parse_member, resolve_member, write_provenance
+from ..core.suite import member_provenance, parse_member, resolve_member
 from ..data.chat import DEFAULT_CHAT_TEMPLATE, ChatRecord, encode_chat
 from ..train.trainer import SingleRun, Trainer
 from .loop import batch_plan
-from .sft import SFTLog, check_out
+from .sft import SFTLog, check_out, save_tuned
 
 ROW_KIND = "multimodal"
 IMAGE_TOKEN = "<image>"
@@ -549,7 +548,7 @@ def run_multimodal(model_ref: str, cfg: MultimodalConfig, log=print) -> dict:
     ev = evaluate_vqa(model, tokenizer, questions, device, (mean, std))
     stats["vqa"] = {k: v for k, v in ev.items() if k != "correct"}
     prov.update(sft_data=cfg.instruct, sft=recorded, sft_stats=stats)
-    _save(model, tokenizer, prov, out)
+    save_tuned(model, tokenizer, prov, out, causal_lm=False)
     if results:
         _write_row(results, out, prov, task_name(cfg), ev)
     log(
@@ -557,18 +556,6 @@ def run_multimodal(model_ref: str, cfg: MultimodalConfig, log=print) -> dict:
         f"one-sided p = {ev['p_value']:.2g}) -> {out}"
     )
     return {"provenance": prov, "eval": ev}
-
-
-def _save(model, tokenizer, prov: dict, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
-    try:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        write_provenance(tmp, prov)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:

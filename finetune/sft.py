@@ -419,7 +419,7 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
         prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
         weights = dist.full_state_dict(model, info) if dist.is_sharded(model) else None  # gathered on rank 0
         if info.is_main:
-            _save(model, tokenizer, prov, out, weights)
+            save_tuned(model, tokenizer, prov, out, weights)
             _ensure_row(results, out, prov)
             log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
         dist.barrier()  # every rank returns once out is written
@@ -453,15 +453,17 @@ def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.Dist
     return model, tokenizer, stats
 
 
-def _save(model, tokenizer, prov: dict, out: Path, weights: dict | None = None) -> None:
+def save_tuned(model, tokenizer, prov: dict, out: Path, weights: dict | None = None, causal_lm: bool = True) -> None:
     """Model (``weights``: its whole state dict, gathered from FSDP's shards), tokenizer and provenance
-    in a temporary directory, checked, then renamed to ``out`` (atomic)."""
+    in a temporary directory, checked (``causal_lm``: loadable as a suite member), then renamed to ``out``
+    (atomic). SFT and multimodal tuning (a LLaVA model: not a causal LM) both save through it."""
     tmp = out.with_name(f".{out.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
     try:
         model.save_pretrained(str(tmp), state_dict=weights)
         tokenizer.save_pretrained(str(tmp))
         write_provenance(tmp, prov)
-        check_loadable(tmp)
+        if causal_lm:
+            check_loadable(tmp)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
