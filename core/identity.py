@@ -1,9 +1,10 @@
 """Resume identity: which inputs identify a result row, so a rerun reuses exactly the rows it would recompute.
 
 The one way to say "this setting changes no result": a config field declared with
-``no_result(...)``. A fine-tuning row's hash leaves it out (below) and pre-training's resume
-accepts a new value for it (``train.plan.RESUMABLE_CHANGES``); ``no_result_keys`` lists a config
-class's such fields as dotted keys, nested dataclasses included.
+``no_result(...)``. A fine-tuning row's hash leaves it out (below), SFT's recorded config leaves
+it out (``finetune.sft.NOT_RESULT``) and pre-training's resume accepts a new value for it
+(``train.plan.RESUMABLE_CHANGES``); ``no_result_keys`` lists a config class's such fields as
+dotted keys, nested dataclasses included.
 
 A run's identity is its config's fields that change a result (``identity_dict``, hashed by
 ``finetune.config_hash``) plus the row keys that identify the inputs a path names: a config field

@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from ..core import dist
 from ..core.config import ConfigError, DataError, expand_path, to_dict
 from ..core.hf_compat import hide_broken_torchvision
+from ..core.identity import no_result, no_result_keys
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
 from ..core.rows import write_scores
@@ -93,7 +94,7 @@ class MultimodalConfig:
     vqa: str = ""  # evaluation: JSONL of {image, question, answer, choices} (images relative to its folder)
     vqa_name: str = ""  # the task's name in rows; "": the VQA file's stem
     data_name: str = "llava"  # the tuning's name in rows and the report (a grid's multimodal stage: its key)
-    out: str = ""  # the LLaVA model directory to write
+    out: str = no_result("")  # the LLaVA model directory to write
     revision: str | None = None  # hub revision of MODEL (or MODEL as repo@revision)
     tokens: int | None = None  # pre-training tokens of MODEL; None: parsed from the revision / directory name
     stage1_lr: float = 1e-3  # projector LR (LLaVA)
@@ -111,11 +112,11 @@ class MultimodalConfig:
     max_examples: int | None = None  # use only the first N records of each stage's data
     max_vqa: int | None = None  # evaluate only the first N questions
     seed: int = 0  # batch order and torch's RNG
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (one process)
+    device: str = no_result("auto")  # auto | cpu | cuda | cuda:N (one process)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: fp32 weights, bf16 autocast on CUDA
-    results: str | None = None  # append one 'multimodal' row to this results.jsonl
-    overwrite: bool = False  # replace a finished out (else a finished out is skipped)
-    log_every: int = 10  # a progress line every N steps (0 = none)
+    results: str | None = no_result(None)  # append one 'multimodal' row to this results.jsonl
+    overwrite: bool = no_result(False)  # replace a finished out (else a finished out is skipped)
+    log_every: int = no_result(10)  # a progress line every N steps (0 = none)
 
     def validate(self) -> None:
         for key in ("captions", "instruct", "vqa", "out"):
@@ -130,7 +131,7 @@ class MultimodalConfig:
 
 
 CONFIG = MultimodalConfig
-NOT_RESULT = ("out", "results", "overwrite", "device", "log_every")
+NOT_RESULT = no_result_keys(MultimodalConfig)  # settings that change no result (core.identity.no_result)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -69,7 +69,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +81,7 @@ from ..core import dist
 from ..core.config import ConfigError, expand_path, replace_dir, to_dict
 from ..core.dist import FSDPConfig
 from ..core.hf_compat import hide_broken_torchvision
+from ..core.identity import no_result, no_result_keys
 from ..core.memory import Setup, check_fits, hf_shape
 from ..core.optim import build_optimizer
 from ..core.results import append_row, read_rows
@@ -106,7 +107,7 @@ class SFTConfig:
     data: str = (
         ""  # chat data: a .jsonl/.json file (TULU messages, Anthropic-HH chosen, question/answer) or hub NAME[:SPLIT]
     )
-    out: str = ""  # the transformers directory to write (model, tokenizer, overtrain_suite.json)
+    out: str = no_result("")  # the transformers directory to write (model, tokenizer, overtrain_suite.json)
     data_name: str = ""  # a short name for data in rows and the report (a grid's instruct.datasets key); "": data
     revision: str | None = None  # hub revision of MODEL (or write MODEL as repo@revision); None for a local directory
     tokens: int | None = None  # pre-training tokens of MODEL; None: parsed from the revision / directory name
@@ -122,15 +123,17 @@ class SFTConfig:
     optimizer: Literal["adamw"] = "adamw"  # torch AdamW, betas (0.9, 0.999), eps 1e-8 (marked choice)
     grad_clip: float = 1.0  # global gradient-norm clip (0 = none)
     seed: int = 0  # batch order and torch's RNG
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = no_result("auto")  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: fp32 weights, bf16 autocast on CUDA
-    gradient_checkpointing: bool = False  # recompute activations in the backward (less memory, ~1/3 more compute)
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (ddp) or shard per decoder layer (fsdp)
-    fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # reshard_after_forward, param_dtype (core.dist)
-    memory_gb: float | None = None  # one GPU's memory: refuse a run whose estimate (core.memory) won't fit
-    results: str | None = None  # append one 'sft' row (provenance + training stats) to this results.jsonl
-    overwrite: bool = False  # replace a finished out (else a finished out is skipped)
-    log_every: int = 10  # a progress line every N steps (0 = none)
+    # recompute activations in the backward (less memory, ~1/3 more compute)
+    gradient_checkpointing: bool = no_result(False)
+    # under torchrun: replicate (ddp) or shard per decoder layer (fsdp)
+    parallel: Literal["ddp", "fsdp"] = no_result("ddp")
+    fsdp: FSDPConfig = no_result(factory=FSDPConfig)  # reshard_after_forward, param_dtype (core.dist)
+    memory_gb: float | None = no_result(None)  # one GPU's memory: refuse a run whose estimate (core.memory) won't fit
+    results: str | None = no_result(None)  # append one 'sft' row (provenance + training stats) to this results.jsonl
+    overwrite: bool = no_result(False)  # replace a finished out (else a finished out is skipped)
+    log_every: int = no_result(10)  # a progress line every N steps (0 = none)
 
     def validate(self) -> None:
         if not self.data:
@@ -147,18 +150,9 @@ class SFTConfig:
 
 CONFIG = SFTConfig
 
-# Settings that change no result: left out of the recorded config that a rerun is compared with.
-NOT_RESULT = (
-    "out",
-    "results",
-    "overwrite",
-    "device",
-    "log_every",
-    "gradient_checkpointing",
-    "parallel",
-    "fsdp",
-    "memory_gb",
-)
+# Settings that change no result (fields marked ``core.identity.no_result``): left out of the
+# recorded config that a rerun is compared with.
+NOT_RESULT = no_result_keys(SFTConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
