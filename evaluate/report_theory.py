@@ -18,8 +18,7 @@ For every earlier budget i, the one-sided paired test of "the largest budget is 
     p_i = P(t_{S-1} > d_i / se_i)
 
 Student's t with S - 1 degrees of freedom, not the bootstrap's normal reference: with a handful of
-seeds the t reference is the one that knows how few (``student_t_sf``, exact for integer degrees of
-freedom). Holm (``report_stats.holm``) over every test of a family at ``report_stats.ALPHA``: the
+seeds the t reference is the one that knows how few (``report_stats.t_sf``, the report's own). Holm (``report_stats.holm``) over every test of a family at ``report_stats.ALPHA``: the
 tuned curves of one task (every L2 strength) form a family; the fixed-LR curves of the task another.
 A curve *turns* when one of its tests is rejected; the inflection is the best budget (argmin of y).
 
@@ -52,46 +51,9 @@ import numpy as np
 
 from ..core.config import atomic_savefig
 from ..core.rows import Row, TheoryRow
-from .report_stats import ALPHA, holm
+from .report_stats import ALPHA, holm, t_ppf, t_sf
 
 # ------------------------------------------------------------------------------ the stats adapter
-
-
-def student_t_sf(t: float, nu: int) -> float:
-    """P(T > t) for Student's t with integer ``nu`` >= 1 degrees of freedom (Abramowitz & Stegun
-    26.7.3-4: a finite series in cos(atan(t / sqrt(nu)))); +-inf give 0 and 1."""
-    if math.isnan(t):
-        return 1.0
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    th = math.atan(abs(t) / math.sqrt(nu))
-    c2, s = math.cos(th) ** 2, math.sin(th)
-    if nu % 2:  # odd
-        a, term = 0.0, 1.0
-        if nu > 1:
-            a = term = 1.0
-            for k in range(1, (nu - 3) // 2 + 1):
-                term *= c2 * (2 * k) / (2 * k + 1)
-                a += term
-            a *= s * math.cos(th)
-        inside = 2.0 / math.pi * (th + a)
-    else:
-        a = term = 1.0
-        for k in range(1, (nu - 2) // 2 + 1):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            a += term
-        inside = s * a
-    upper = 0.5 * (1.0 - inside)
-    return upper if t >= 0 else 1.0 - upper
-
-
-def student_t_quantile(q: float, nu: int) -> float:
-    """The q-quantile (q > 0.5) of Student's t by bisection on ``student_t_sf``."""
-    lo, hi = 0.0, 1e3
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if student_t_sf(mid, nu) > 1 - q else (lo, mid)
-    return 0.5 * (lo + hi)
 
 
 @dataclass
@@ -122,7 +84,7 @@ class TheoryCurve:
         s = self.ys.shape[0]
         if s < 2:
             return np.full(len(self.x), np.nan)
-        return student_t_quantile(1 - ALPHA / 2, s - 1) * self.ys.std(0, ddof=1) / math.sqrt(s)
+        return float(t_ppf(1 - ALPHA / 2, s - 1)) * self.ys.std(0, ddof=1) / math.sqrt(s)
 
 
 def decide(curves: list[TheoryCurve]) -> None:
@@ -136,9 +98,9 @@ def decide(curves: list[TheoryCurve]) -> None:
         diff = c.ys[:, -1:] - c.ys[:, :-1]  # (S, k-1)
         d, se = diff.mean(0), diff.std(0, ddof=1) / math.sqrt(s)
         z = np.where(se > 0, d / np.where(se > 0, se, 1.0), np.where(d > 0, np.inf, -np.inf))
-        c.p = np.array([student_t_sf(float(v), s - 1) for v in z])
+        c.p = t_sf(z, s - 1)
         b = c.best
-        c.upper = -math.inf if b == len(c.x) - 1 else float(d[b] + student_t_quantile(0.95, s - 1) * se[b])
+        c.upper = -math.inf if b == len(c.x) - 1 else float(d[b] + t_ppf(0.95, s - 1) * se[b])
     for c, rej in zip(curves, holm([c.p for c in curves])):
         c.turns = bool(rej.any())
 

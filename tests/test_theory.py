@@ -16,10 +16,9 @@ from overtrain import cli
 from overtrain.core.config import CONFIG_ROOT, ConfigError, load_config
 from overtrain.core.rows import TheoryRow, load_rows
 from overtrain.evaluate.report import make_report
+from overtrain.evaluate.report_stats import t_ppf, t_sf
 from overtrain.evaluate.report_theory import (
     collect_theory,
-    student_t_quantile,
-    student_t_sf,
     study_verdicts,
     theory_rows,
 )
@@ -164,14 +163,14 @@ def test_bad_config_is_one_error_naming_file_and_field(tmp_path, capsys):
     assert not (tmp_path / "results.jsonl").exists()  # checked before any work
 
 
-def test_student_t_tail_matches_the_tables():
+def test_student_t_tail_matches_the_tables():  # the report's t (report_stats), which the theory tests use
     # two-sided 5% and one-sided 5% critical values (any statistics table), to their printed 3 decimals
     for t, nu, p in [(12.706, 1, 0.025), (4.303, 2, 0.025), (2.776, 4, 0.025), (2.571, 5, 0.025), (1.812, 10, 0.05)]:
-        assert student_t_sf(t, nu) == pytest.approx(p, abs=2e-4)
-    assert student_t_sf(0.0, 3) == pytest.approx(0.5, abs=1e-12)
-    assert student_t_sf(-2.776, 4) == pytest.approx(0.975, abs=2e-4)
-    assert student_t_quantile(0.975, 4) == pytest.approx(2.776, abs=1e-3)
-    assert student_t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
+        assert t_sf(t, nu) == pytest.approx(p, abs=2e-4)
+    assert t_sf(0.0, 3) == pytest.approx(0.5, abs=1e-12)
+    assert t_sf(-2.776, 4) == pytest.approx(0.975, abs=2e-4)
+    assert t_ppf(0.975, 4) == pytest.approx(2.776, abs=1e-3)
+    assert t_ppf(0.95, 10) == pytest.approx(1.812, abs=1e-3)
 
 
 @pytest.mark.parametrize("path", sorted((CONFIG_ROOT / "theory").glob("*.yaml")), ids=lambda p: p.stem)
