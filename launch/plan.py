@@ -510,6 +510,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
     cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
     from ..core.results import read_rows
+    from ..evaluate.report_data import REPLICATE_TAGS  # the report's own "another run of this cell"
 
     sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
     files = sorted(sweeps.glob("*/results.jsonl")) if sweeps.is_dir() else []
@@ -517,7 +518,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     for r in read_rows(files, warn=False) if files else []:
         ppl = r.get("test_id_ppl")
         if r.get("selected") and isinstance(ppl, (int, float)) and ppl > 0 and math.isfinite(ppl):
-            tags = {k: v for k, v in (r.get("tags") or {}).items() if k not in ("seed", "noise_probe")}
+            tags = {k: v for k, v in (r.get("tags") or {}).items() if k not in REPLICATE_TAGS}
             key = (str(r.get("task")), r.get("checkpoint_sha256"), repr(sorted(tags.items())))
             cells.setdefault(key, []).append(math.log(ppl))
     ss: dict[str, list[float]] = {}
