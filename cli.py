@@ -3,22 +3,21 @@
     overtrain COMMAND [MAIN ...] [key=value ...]
 
 Every setting is a dotted ``key=value`` (values are YAML: ``lrs=[1e-3,0.1]``, ``c4=null``, text
-for a string key); only a command's main object is positional (a config file, a checkpoint, a
-grid file, result sources). ``overtrain COMMAND --help`` lists every key with its type, default
-and one-line doc, generated from the command's dataclass. An unknown key, a wrongly typed value
-or a flag (``--c4 DIR``) is one error line and exit status 2, before any work starts.
+for a string key; the one codec, ``core.keyvalue``); only a command's main object is positional (a
+config file, a checkpoint, a grid file, result sources). ``overtrain COMMAND --help`` lists every
+key with its type, default and one-line doc, generated from the command's dataclass. An unknown
+key, a wrongly typed value or a flag (``--c4 DIR``) is one error line and exit status 2, before
+any work starts.
 
-A command module (imported only when chosen, so ``overtrain --help`` stays fast) defines:
-
-- ``CONFIG``: the dataclass of its settings (each field's ``# comment`` is its doc);
-- ``KIND`` (optional): CONFIG is read from a YAML file, the positional ``CONFIG`` (a name in
-  ``configs/KIND/`` or a path), and the key=value settings apply on top of it;
-- ``OPTIONS`` (optional, with KIND): a dataclass of the command's own settings that are not part
-  of that file (pretrain's ``overwrite``); it shares no top-level key with CONFIG;
-- ``add_arguments(parser)`` (optional): its other positional arguments (argparse);
-- ``run(args) -> int``, where ``args`` has the positionals and ``args.config`` (the CONFIG
-  object); without KIND, CONFIG's top-level fields are also attributes of ``args`` (``args.c4``);
-  with KIND, ``args.config_path`` is the file and OPTIONS' fields are attributes of ``args``.
+``COMMANDS`` is the typed table of commands, one ``Command`` each: its settings dataclass
+(``config``; each field's ``# comment`` is its doc), optionally ``kind`` (config is read from a
+YAML file, the positional ``CONFIG``: a name in ``configs/KIND/`` or a path, with the key=value
+settings applied on top) and ``options`` (with kind: the command's own settings outside that
+file, pretrain's ``overwrite``; no top-level key in common with config), its other positionals,
+and ``call``: the call of the stage's plain library function with typed arguments (the config
+object, paths, options), given the parsed command line (``Invocation``). Stages know nothing of
+the command line. Classes and functions are named ``"module:attribute"`` and imported only when
+the command runs or shows its help, so ``overtrain --help`` imports no stage.
 """
 
 from __future__ import annotations
@@ -27,67 +26,159 @@ import argparse
 import dataclasses
 import difflib
 import importlib
-import re
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from . import __version__
 from .core.config import CONFIG_ROOT, ConfigError, OvertrainError, load_config
-from .core.keys import describe_keys, field_type
+from .core.keys import describe_keys
+from .core.keyvalue import field_type, is_setting, top_key
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare-data": ("overtrain.data.c4_prepare", "tokenize C4 (hub or local files) into OLMo memmap .npy files"),
-    "info": ("overtrain.train.info", "parameters and training FLOPs per token of a model config"),
-    "coord-check": ("overtrain.train.coord_check", "muP coordinate check over widths (plot + JSON)"),
-    "pretrain": ("overtrain.train.pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)"),
-    "finetune": ("overtrain.finetune.finetune", "fine-tune a checkpoint on a task, evaluate, append results"),
-    "sft": ("overtrain.finetune.sft", "instruction-tune a suite member (transformers model) on chat data"),
-    "multimodal": ("overtrain.finetune.multimodal", "LLaVA two-stage multimodal tuning of a suite member + VQA"),
-    "sweep": ("overtrain.finetune.sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR"),
-    "evaluate": ("overtrain.evaluate.evaluator", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
-    "lm-eval": ("overtrain.evaluate.lm_eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)"),
-    "perturb": ("overtrain.evaluate.perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise"),
-    "theory": ("overtrain.finetune.theory", "section 4's mechanism: a linear network under the study's protocol"),
-    "report": ("overtrain.evaluate.report", "tables and plots from results.jsonl files"),
-    "grid": ("overtrain.launch.grid", "plan or run a whole study described by a grid YAML"),
-    "export-hf": ("overtrain.train.hf_export", "export a checkpoint as a transformers OLMo model directory"),
-    "import-hf": ("overtrain.train.hf_import", "import a transformers OLMo directory as an overtrain checkpoint"),
-    "generate": ("overtrain.evaluate.generate", "greedy or sampled generation from a checkpoint"),
-}
 
-SETTING = re.compile(r"[A-Za-z_][\w.-]*=")  # `key=value`; a path such as RUN@tokens=N is positional
+@dataclass(frozen=True)
+class Positional:
+    name: str  # the attribute of Invocation.args
+    help: str
+    many: bool = False  # one or more values (a list)
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed command line: what ``Command.call`` passes on to the stage."""
+
+    config: Any  # the config object (file + settings with kind, else the settings)
+    options: Any = None  # the options object (kind and options only)
+    args: dict[str, Any] = field(default_factory=dict)  # positional name -> value (a list for `many`)
+    config_path: str | None = None  # kind: the positional CONFIG as given
+    overrides: list[str] = field(default_factory=list)  # kind: config's key=value settings as given (grid records them)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str  # one line, in `overtrain --help`
+    config: str  # "module:Class" of its settings dataclass
+    call: Callable[[Invocation], int]  # the stage's library function, called with typed arguments
+    kind: str | None = None  # config from configs/KIND/NAME.yaml or a path (the positional CONFIG)
+    options: str | None = None  # kind only: "module:Class" of its own settings outside that file
+    positionals: tuple[Positional, ...] = ()
+
+    def classes(self) -> tuple[type, type | None]:
+        """(config class, options class or None), imported now."""
+        return resolve(self.config), resolve(self.options) if self.options else None
+
+
+def resolve(name: str) -> Any:
+    """``"module:attribute"`` imported (a stage is imported only for the command that runs it)."""
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def stage(name: str) -> Callable[..., int]:
+    """The stage function ``"module:function"``, imported when called."""
+    return lambda *args, **kwargs: resolve(name)(*args, **kwargs)
+
+
+CHECKPOINT = "step dir, checkpoints/ dir or run dir (its final checkpoint)"
+MEMBER = "suite member: a local transformers directory, or hub repo (repo@rev)"
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("prepare-data", "tokenize C4 (hub or local files) into OLMo memmap .npy files",
+            "overtrain.data.c4_prepare:PrepareConfig", lambda i: stage("overtrain.data.c4_prepare:run")(i.config)),
+    Command("info", "parameters and training FLOPs per token of a model config",
+            "overtrain.train.info:ModelSpec", kind="models", options="overtrain.train.info:InfoOptions",
+            call=lambda i: stage("overtrain.train.info:run")(i.config, i.options.json)),
+    Command("coord-check", "muP coordinate check over widths (plot + JSON)",
+            "overtrain.train.coord_check:ModelSpec", kind="models", options="overtrain.train.coord_check:CoordCheckOptions",
+            call=lambda i: stage("overtrain.train.coord_check:run")(i.config, i.options)),
+    Command("pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)",
+            "overtrain.train.pretrain:PretrainConfig", kind="pretrain", options="overtrain.train.pretrain:PretrainOptions",
+            call=lambda i: stage("overtrain.train.pretrain:run")(i.config, i.config_path, i.options.overwrite)),
+    Command("finetune", "fine-tune a checkpoint on a task, evaluate, append results",
+            "overtrain.finetune.finetune:FinetuneConfig", kind="finetune",
+            options="overtrain.finetune.finetune:FinetuneOptions",
+            call=lambda i: stage("overtrain.finetune.finetune:run")(i.config, i.options.results)),
+    Command("sft", "instruction-tune a suite member (transformers model) on chat data",
+            "overtrain.finetune.sft:SFTConfig", lambda i: stage("overtrain.finetune.sft:run")(i.config, i.args["model"]),
+            positionals=(Positional("model", MEMBER.replace("(repo@rev)", "(revision=, or repo@rev)")),)),
+    Command("multimodal", "LLaVA two-stage multimodal tuning of a suite member + VQA",
+            "overtrain.finetune.multimodal:MultimodalConfig",
+            lambda i: stage("overtrain.finetune.multimodal:run")(i.config, i.args["model"]),
+            positionals=(Positional("model", MEMBER),)),
+    Command("sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR",
+            "overtrain.finetune.sweep:FinetuneConfig", kind="finetune",
+            call=lambda i: stage("overtrain.finetune.sweep:run")(i.config)),
+    Command("evaluate", "C4 perplexity and task ID perplexity/accuracy of a checkpoint",
+            "overtrain.evaluate.evaluator:EvaluateConfig",
+            lambda i: stage("overtrain.evaluate.evaluator:run")(i.config, i.args["checkpoint"]),
+            positionals=(Positional("checkpoint", "a checkpoint step dir, checkpoints/ dir, run dir, or RUN@tokens=N"),)),
+    Command("lm-eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)",
+            "overtrain.evaluate.lm_eval:LmEvalConfig",
+            lambda i: stage("overtrain.evaluate.lm_eval:run")(i.config, i.args["checkpoint"]),
+            positionals=(Positional("checkpoint", "a checkpoint step dir, checkpoints/ dir, run dir, RUN@tokens=N, "
+                                    "or a transformers model directory"),)),
+    Command("perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise",
+            "overtrain.evaluate.perturb:PerturbConfig",
+            lambda i: stage("overtrain.evaluate.perturb:run")(i.config, i.args["checkpoint"]),
+            positionals=(Positional("checkpoint", CHECKPOINT),)),
+    Command("theory", "section 4's mechanism: a linear network under the study's protocol",
+            "overtrain.finetune.theory:TheoryConfig", kind="theory",
+            call=lambda i: stage("overtrain.finetune.theory:run")(i.config)),
+    Command("report", "tables and plots from results.jsonl files",
+            "overtrain.evaluate.report:ReportConfig",
+            lambda i: stage("overtrain.evaluate.report:run")(i.config, i.args["results"]),
+            positionals=(Positional("results", "results.jsonl files, directories holding them, or glob patterns", many=True),)),
+    Command("grid", "plan or run a whole study described by a grid YAML",
+            "overtrain.launch.grid:GridSpec", kind="grids", options="overtrain.launch.grid:GridOptions",
+            call=lambda i: stage("overtrain.launch.grid:run")(i.args["action"], i.config, i.config_path, i.overrides, i.options),
+            positionals=(Positional(
+                "action", "plan: list jobs and compute; run: run them here; slurm: write sbatch files; "
+                "submit: submit the unfinished jobs; status: each job's state",
+                choices=("plan", "run", "slurm", "submit", "status")),)),
+    Command("export-hf", "export a checkpoint as a transformers OLMo model directory",
+            "overtrain.train.hf_export:ExportConfig",
+            lambda i: stage("overtrain.train.hf_export:run")(i.config, i.args["checkpoint"], i.args["out_dir"]),
+            positionals=(Positional("checkpoint", CHECKPOINT), Positional("out_dir", "the transformers model directory to write"))),
+    Command("import-hf", "import a transformers OLMo directory as an overtrain checkpoint",
+            "overtrain.train.hf_import:ImportConfig",
+            lambda i: stage("overtrain.train.hf_import:run")(i.config, i.args["hf_dir"], i.args["out_dir"]),
+            positionals=(Positional("hf_dir", "a transformers OLMo directory (config.json + safetensors)"),
+                         Positional("out_dir", "run directory to write (holds checkpoints/step-*/)"))),
+    Command("generate", "greedy or sampled generation from a checkpoint",
+            "overtrain.evaluate.generate:GenerateConfig",
+            lambda i: stage("overtrain.evaluate.generate:run")(i.config, i.args["checkpoint"]),
+            positionals=(Positional("checkpoint", CHECKPOINT),)),
+)}  # fmt: skip
 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: overtrain COMMAND [MAIN ...] [key=value ...]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items()]
     lines += ["", "Run 'overtrain COMMAND --help' for a command's keys (type, default, doc)."]
     return "\n".join(lines)
 
 
-def command_classes(module) -> tuple[type, type | None, str | None]:
-    """(CONFIG, OPTIONS or None, KIND or None) of a command module."""
-    kind = getattr(module, "KIND", None)
-    return module.CONFIG, getattr(module, "OPTIONS", None) if kind else None, kind
-
-
-def build_parser(name: str, module) -> argparse.ArgumentParser:
-    """The positional arguments of command ``name``, and its --help text with every key."""
-    config, options, kind = command_classes(module)
+def build_parser(command: Command) -> argparse.ArgumentParser:
+    """The positional arguments of ``command``, and its --help text with every key."""
+    config, options = command.classes()
     parser = argparse.ArgumentParser(
-        prog=f"overtrain {name}",
-        description=COMMANDS[name][1],
+        prog=f"overtrain {command.name}",
+        description=command.help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,  # -h/--help is answered before argparse sees the arguments
     )
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser)
+    for p in command.positionals:
+        parser.add_argument(p.name, help=p.help, nargs="+" if p.many else None, choices=p.choices or None)
     sections = []
-    if kind:
-        known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
+    if command.kind:
+        known = sorted(p.stem for p in (CONFIG_ROOT / command.kind).glob("*.yaml"))
         shown = ", ".join(known[:4]) + (", ..." if len(known) > 4 else "")
-        parser.add_argument("config_path", metavar="CONFIG", help=f"a name in configs/{kind}/ ({shown}) or a YAML path")
+        where = f"a name in configs/{command.kind}/ ({shown}) or a YAML path"
+        parser.add_argument("config_path", metavar="CONFIG", help=where)
         if options is not None:
             sections.append(("options (key=value)", options))
         sections.append(("config keys (key=value, applied over CONFIG's values; defaults without a file)", config))
@@ -104,17 +195,17 @@ def _flag_error(token: str, following: str | None, classes: list[type]) -> Confi
     """A flag given where a key=value belongs: say what to write instead."""
     key, _, value = token.lstrip("-").partition("=")
     key = key.replace("-", "_")
-    if not value and following is not None and not following.startswith("-") and not SETTING.match(following):
+    if not value and following is not None and not following.startswith("-") and not is_setting(following):
         value = following
     is_bool = any(field_type(c, key) is bool for c in classes)
     hint = f"{key}={value or ('true' if is_bool else 'VALUE')}"
     return ConfigError(f"command line: '{token}': settings are key=value, not flags (did you mean '{hint}'?)")
 
 
-def parse_command(name: str, module, argv: list[str]) -> argparse.Namespace:
-    """Positionals via argparse, then the key=value settings into CONFIG (and OPTIONS)."""
-    config, options, kind = command_classes(module)
-    parser = build_parser(name, module)
+def parse_command(command: Command, argv: list[str]) -> Invocation:
+    """Positionals via argparse, then the key=value settings into config (and options)."""
+    config, options = command.classes()
+    parser = build_parser(command)
     positionals, settings = [], []
     for i, token in enumerate(argv):
         if token in ("-h", "--help"):
@@ -123,30 +214,28 @@ def parse_command(name: str, module, argv: list[str]) -> argparse.Namespace:
         if token.startswith("-"):
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             raise _flag_error(token, nxt, [c for c in (config, options) if c is not None])
-        (settings if SETTING.match(token) else positionals).append(token)
-    args = parser.parse_args(positionals)
-    if not kind:  # every setting is CONFIG's
-        args.config = load_config(config, None, settings)
-        _set_fields(args, args.config)
-        return args
+        (settings if is_setting(token) else positionals).append(token)
+    parsed = vars(parser.parse_args(positionals))
+    args = {p.name: parsed[p.name] for p in command.positionals}
+    if not command.kind:  # every setting is config's
+        return Invocation(load_config(config, None, settings), args=args)
     own = {f.name for f in dataclasses.fields(options)} if options else set()
     theirs = {f.name for f in dataclasses.fields(config)}
-    top = lambda s: s.split("=", 1)[0].split(".", 1)[0]  # noqa: E731
     for s in settings:
-        if top(s) not in own and top(s) not in theirs:
-            close = difflib.get_close_matches(top(s), sorted(own | theirs), n=1)
+        if top_key(s) not in own and top_key(s) not in theirs:
+            close = difflib.get_close_matches(top_key(s), sorted(own | theirs), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"command line: unknown key '{top(s)}'{hint}; 'overtrain {name} --help' lists the keys")
-    args.overrides = [s for s in settings if top(s) in theirs]  # CONFIG's settings as given (grid records them)
-    args.config = load_config(config, args.config_path, args.overrides, kind=kind)
-    if options is not None:
-        _set_fields(args, load_config(options, None, [s for s in settings if top(s) in own]))
-    return args
-
-
-def _set_fields(args: argparse.Namespace, obj) -> None:
-    for f in dataclasses.fields(obj):
-        setattr(args, f.name, getattr(obj, f.name))
+            raise ConfigError(
+                f"command line: unknown key '{top_key(s)}'{hint}; 'overtrain {command.name} --help' lists the keys"
+            )
+    overrides = [s for s in settings if top_key(s) in theirs]
+    return Invocation(
+        config=load_config(config, parsed["config_path"], overrides, kind=command.kind),
+        options=load_config(options, None, [s for s in settings if top_key(s) in own]) if options else None,
+        args=args,
+        config_path=parsed["config_path"],
+        overrides=overrides,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from . import __version__
-
         print(__version__)
         return 0
     name = argv[0]
@@ -165,13 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"overtrain: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    command = COMMANDS[name]
     try:
         try:
-            args = parse_command(name, module, argv[1:])
+            invocation = parse_command(command, argv[1:])
         except SystemExit as e:  # --help (0), or argparse's usage error (2)
             return int(e.code or 0)
-        return int(module.run(args) or 0)
+        return int(command.call(invocation) or 0)
     except OvertrainError as e:
         print(f"overtrain {name}: error: {e}", file=sys.stderr)
         return 2

@@ -5,9 +5,9 @@ One loader serves every stage: ``load_config(PretrainConfig, "configs/pretrain/d
 ``ConfigError`` that names the file (or "command line") and the dotted field, before any
 work starts. ``save_config`` writes the resolved config atomically.
 
-Override values are parsed as YAML (``lrs=[1e-3, 0.1]``, ``tags={a: 1}``, ``seed=null``), except
-for a ``str`` field, which takes the text as written (``prompt=Question: why?`` stays a string;
-``null`` still means None where the field allows it).
+Override values are parsed by the one ``key=value`` codec, ``core.keyvalue``: YAML (``lrs=[1e-3, 0.1]``,
+``tags={a: 1}``, ``seed=null``), except for a ``str`` field, which takes the text as written
+(``prompt=Question: why?`` stays a string; ``null`` still means None where the field allows it).
 
 Every config field carries a one-line doc, its ``# comment`` in the source: ``overtrain.core.keys``
 lists every dotted key of a config with its type, default and doc (``overtrain CMD --help``).
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .keys import field_type
+from .keyvalue import parse_settings
 
 T = TypeVar("T")
 
@@ -254,22 +254,13 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def parse_overrides(pairs: Iterable[str]) -> list[tuple[str, Any]]:
-    """``["optim.lr=1e-3", "tags=[a,b]"]`` -> [("optim.lr", 0.001), ...] (values parsed as YAML)."""
-    out = []
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"command line: override '{pair}' is not of the form key=value")
-        key, raw = pair.split("=", 1)
-        key = key.strip().lstrip("-")
-        if not key:
-            raise ConfigError(f"command line: override '{pair}' has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out.append((key, value))
-    return out
+def parse_overrides(pairs: Iterable[str], cls: type | None = None) -> list[tuple[str, Any]]:
+    """``["optim.lr=1e-3", "tags=[a,b]"]`` -> [("optim.lr", 0.001), ...]: ``core.keyvalue.parse_settings``
+    (a ``str`` field of ``cls`` takes its text), a malformed pair a ConfigError."""
+    try:
+        return parse_settings(pairs, cls)
+    except ValueError as e:
+        raise ConfigError(f"command line: {e}") from None
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -307,7 +298,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterabl
         data = read_yaml(p)
         where = str(p)
     overrides = list(overrides)
-    parsed = [(key, _as_text(cls, key, raw, value)) for raw, (key, value) in zip(overrides, parse_overrides(overrides))]
+    parsed = parse_overrides(overrides, cls)
     for key, value in parsed:
         set_dotted(data, key, value)
     try:
@@ -317,24 +308,6 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterabl
             _blame(e.field, overrides, parsed) if path is not None or e.field else ""
         )  # no file: all came from there
         raise ConfigError(f"{where}: {e}{blame}", e.field) from None
-
-
-_YAML_NULLS = ("null", "Null", "NULL", "~")
-
-
-def _as_text(cls: type, key: str, pair: str, value: Any) -> Any:
-    """The override's text as written when ``key`` is a ``str`` (or ``str | None``) field, else ``value``.
-
-    YAML would turn ``prompt=Question: why?`` into a mapping and ``name=1.50`` into 1.5.
-    """
-    tp = field_type(cls, key)
-    if tp is None:
-        return value
-    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-    if tp is str or (optional and set(typing.get_args(tp)) == {str, type(None)}):
-        text = pair.split("=", 1)[1]
-        return None if optional and text in _YAML_NULLS else text
-    return value
 
 
 def _blame(field: str | None, overrides: list[str], parsed: list[tuple[str, Any]]) -> str:

@@ -4,7 +4,7 @@ A field's doc is its ``# comment`` in the source: the comment on the field's own
 first sentence of the comment block right above it (read with ``ast`` and ``tokenize``, so a
 field spread over several lines by the formatter keeps its doc). Nested dataclasses are expanded
 into dotted keys (``optim.lr``), as ``load_config`` overrides address them. Defaults are shown as
-they would be written on the command line (YAML flow style).
+they would be written on the command line (``core.keyvalue.format_value``).
 """
 
 from __future__ import annotations
@@ -21,33 +21,7 @@ import types
 import typing
 from typing import Any
 
-import yaml
-
-
-def field_type(cls: type, dotted: str) -> Any:
-    """The annotation of dotted key ``dotted`` in dataclass ``cls`` (through nested and optional
-    dataclasses), or None where the key is unknown or lies inside a mapping."""
-    tp: Any = cls
-    for name in dotted.strip().lstrip("-").split("."):
-        tp = dataclass_of(tp)
-        if tp is None:
-            return None
-        fields = {f.name for f in dataclasses.fields(tp)}
-        if name not in fields:
-            return None
-        tp = typing.get_type_hints(tp)[name]
-    return tp
-
-
-def dataclass_of(tp: Any) -> type | None:
-    """``tp`` itself, or X of ``X | None``, when that is a dataclass; else None."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
-            return inner[0]
-    return None
+from .keyvalue import dataclass_of, format_value
 
 
 @functools.cache
@@ -101,21 +75,6 @@ def type_name(tp: Any) -> str:
         inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
         return f"{origin.__name__}[{inner}]" if inner else origin.__name__
     return getattr(tp, "__name__", str(tp))
-
-
-def format_value(value: Any) -> str:
-    """A value as it would be written on the command line (YAML flow style; floats as Python writes them)."""
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    if isinstance(value, str):
-        return value if value and yaml.safe_load(value) == value else repr(value)
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{format_value(k)}: {format_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
 
 
 def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -260,9 +260,6 @@ class PrepareConfig:
             )
 
 
-CONFIG = PrepareConfig
-
-
 def _plan_sources(cfg: PrepareConfig) -> tuple[object, object | None]:
     """(train source, val source or None for a hold-out); the settings are checked by ``validate``."""
     cfg.validate()
@@ -399,17 +396,17 @@ def tokenizer_meta(name: str) -> dict:
     }
 
 
-def run(args) -> int:
-    meta = prepare(args.config)
+def run(config: PrepareConfig) -> int:
+    meta = prepare(config)
     if "stage" in meta:  # one stage of a job array (prepare_parts)
         from .prepare_parts import stage_summary
 
-        print(stage_summary(meta, args.out))
+        print(stage_summary(meta, config.out))
         return 0
     s = meta["splits"]
     tokens = s["train"]["tokens"] + s["val"]["tokens"]
     print(
-        f"prepared {args.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
+        f"prepared {config.out}: train {s['train']['tokens']:,} tokens / {s['train']['documents']:,} docs, "
         f"val {s['val']['tokens']:,} tokens / {s['val']['documents']:,} docs "
         f"({meta['holdout']['rule']}); {meta['seconds']:.1f}s, {tokens / max(meta['seconds'], 1e-9):,.0f} tokens/s"
     )

@@ -150,40 +150,35 @@ class EvaluateConfig:
             raise ValueError("nothing to evaluate: give tasks=NAME[,NAME] and/or c4=DIR")
 
 
-CONFIG = EvaluateConfig
-
-
-def add_arguments(p):
-    p.add_argument("checkpoint", help="a checkpoint step dir, checkpoints/ dir, run dir, or RUN@tokens=N")
-
-
-def run(args) -> int:
-    splits, task_names = args.splits, args.tasks
-    step_dir = resolve_checkpoint(args.checkpoint)
-    device = resolve_device(args.device)
+def run(config: EvaluateConfig, checkpoint: str) -> int:
+    splits, task_names = config.splits, config.tasks
+    step_dir = resolve_checkpoint(checkpoint)
+    device = resolve_device(config.device)
     # Everything that can fail on input is checked before the model runs.
     model, spec, meta = load_model(step_dir, device=device)
     tok = check_tokenizer(spec, str(step_dir))
-    tasks = [load_task(name, template=args.template) for name in task_names]
-    encoded = {t.name: encode_task(t, splits, tok, spec, args.max_examples) for t in tasks}
-    c4 = load_c4(args.c4, spec, args.c4_max_tokens, spec.max_sequence_length) if args.c4 else None
+    tasks = [load_task(name, template=config.template) for name in task_names]
+    encoded = {t.name: encode_task(t, splits, tok, spec, config.max_examples) for t in tasks}
+    c4 = load_c4(config.c4, spec, config.c4_max_tokens, spec.max_sequence_length) if config.c4 else None
 
     t0 = time.time()
     scores: dict = {}
-    c4_result = evaluate_encoded(model, spec, {}, c4, args.batch_size, scores=scores)["c4"] if c4 is not None else None
+    c4_result = (
+        evaluate_encoded(model, spec, {}, c4, config.batch_size, scores=scores)["c4"] if c4 is not None else None
+    )
     result = {"c4": c4_result, "tasks": {}}
     for t in tasks:
         scores[t.name] = {}
         result["tasks"][t.name] = evaluate_encoded(
-            model, spec, encoded[t.name], None, args.batch_size, scores=scores[t.name]
+            model, spec, encoded[t.name], None, config.batch_size, scores=scores[t.name]
         )
         result["tasks"][t.name].pop("c4")
     prov = checkpoint_provenance(step_dir, spec, meta)
-    if args.results:
-        rows = result_rows(meta, prov, tasks, encoded, result, c4, spec.max_sequence_length, scores, args.results)
+    if config.results:
+        rows = result_rows(meta, prov, tasks, encoded, result, c4, spec.max_sequence_length, scores, config.results)
         for row in rows:
-            append_row(args.results, row.to_dict())
-    if args.json:
+            append_row(config.results, row.to_dict())
+    if config.json:
         print(json.dumps({**prov, **result}, indent=2))
         return 0
     print(

@@ -13,7 +13,6 @@ model's ``export-hf`` directory (tests/test_generate.py).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from collections.abc import Sequence
@@ -116,47 +115,40 @@ class GenerateConfig:
             raise ValueError("top_k applies to sampling: give temperature=T > 0 too")
 
 
-CONFIG = GenerateConfig
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(config: GenerateConfig, checkpoint: str) -> int:
     from ..core.checkpoint import load_model, resolve_checkpoint
     from ..core.dist import resolve_device
     from ..data.tokenizer import load_tokenizer
 
-    resolve_checkpoint(args.checkpoint)  # a missing checkpoint fails before the task is read
-    items = [(p.replace("\\n", "\n"), None) for p in ([args.prompt] if args.prompt else []) + args.prompts]
-    if args.task:
+    resolve_checkpoint(checkpoint)  # a missing checkpoint fails before the task is read
+    items = [(p.replace("\\n", "\n"), None) for p in ([config.prompt] if config.prompt else []) + config.prompts]
+    if config.task:
         from ..data.tasks import load_task
 
-        examples = load_task(args.task, template=args.template).examples(args.split)[: max(args.n, 0)]
+        examples = load_task(config.task, template=config.template).examples(config.split)[: max(config.n, 0)]
         items = [(ex.prompt, ex.completion) for ex in examples]
-    model, spec, meta = load_model(args.checkpoint, device=resolve_device(args.device))
-    if args.max_new_tokens >= spec.max_sequence_length:
+    model, spec, meta = load_model(checkpoint, device=resolve_device(config.device))
+    if config.max_new_tokens >= spec.max_sequence_length:
         raise ConfigError(
-            f"max_new_tokens={args.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})"
+            f"max_new_tokens={config.max_new_tokens}: must be below the model's context ({spec.max_sequence_length})"
         )
     tok = load_tokenizer(spec.tokenizer)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(config.seed)
     mode = (
         "greedy"
-        if args.temperature == 0
-        else f"temperature {args.temperature:g}, top-k {args.top_k or 'all'}, seed {args.seed}"
+        if config.temperature == 0
+        else f"temperature {config.temperature:g}, top-k {config.top_k or 'all'}, seed {config.seed}"
     )
     print(f"# {meta['path']} ({spec.name}, {meta.get('kind', '?')}, step {meta.get('step')}); {mode}")
     for i, (text, gold) in enumerate(items):
-        ids, cut = prompt_ids_for(tok, text, spec.eos_token_id, spec.max_sequence_length, args.max_new_tokens)
+        ids, cut = prompt_ids_for(tok, text, spec.eos_token_id, spec.max_sequence_length, config.max_new_tokens)
         new = generate(
             model,
             ids,
-            args.max_new_tokens,
+            config.max_new_tokens,
             spec.vocab_size,
-            args.temperature,
-            args.top_k,
+            config.temperature,
+            config.top_k,
             gen,
             stop_ids=(spec.eos_token_id,),
         )

@@ -287,16 +287,6 @@ class LmEvalConfig:
             raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
 
 
-CONFIG = LmEvalConfig
-
-
-def add_arguments(p):
-    p.add_argument(
-        "checkpoint",
-        help="a checkpoint step dir, checkpoints/ dir, run dir, RUN@tokens=N, or a transformers model directory",
-    )
-
-
 def suite_member(checkpoint: str, cfg: LmEvalConfig):
     """The ``core.suite.SuiteMember`` that ``checkpoint`` names, or None for an overtrain checkpoint
     (``RUN@tokens=N``) or a plain model directory (unless ``member=true``)."""
@@ -381,9 +371,9 @@ def lm_eval_checkpoint(checkpoint: str, cfg: LmEvalConfig, log_samples: bool = F
     return rows, out
 
 
-def run(args) -> int:
-    rows, out = lm_eval_checkpoint(args.checkpoint, args.config)
-    if args.json:
+def run(config: LmEvalConfig, checkpoint: str) -> int:
+    rows, out = lm_eval_checkpoint(checkpoint, config)
+    if config.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if rows:

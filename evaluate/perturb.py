@@ -14,7 +14,6 @@ from before the C4 content was recorded are reused with a warning (``core.identi
 
 from __future__ import annotations
 
-import argparse
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -194,13 +193,6 @@ class PerturbConfig:
             raise ValueError("c4 is not set (a prepared C4 directory: c4=DIR)")
 
 
-CONFIG = PerturbConfig
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
-
-
 def track_perturb(rows: list[dict], cfg: TrackConfig, results: str) -> None:
     """One tracker run per results file: row i at step i (gamma, seed, C4 ppl and its change)."""
     if not rows or not (cfg.wandb or cfg.tensorboard):
@@ -213,21 +205,21 @@ def track_perturb(rows: list[dict], cfg: TrackConfig, results: str) -> None:
     tracker.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    tags = args.tags
-    check_trackers(args.log, "perturb")
-    lock = hold(f"{args.results}.lock", "perturb") if args.results else nullcontext()  # one writer per results file
+def run(config: PerturbConfig, checkpoint: str) -> int:
+    tags = config.tags
+    check_trackers(config.log, "perturb")
+    lock = hold(f"{config.results}.lock", "perturb") if config.results else nullcontext()  # one writer per results file
     with lock:
         rows = perturb_checkpoint(
-            args.checkpoint,
-            args.gammas,
-            args.seeds,
-            args.c4,
-            val_tokens=args.val_tokens,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            device=args.device,
-            results=args.results,
+            checkpoint,
+            config.gammas,
+            config.seeds,
+            config.c4,
+            val_tokens=config.val_tokens,
+            seq_len=config.seq_len,
+            batch_size=config.batch_size,
+            device=config.device,
+            results=config.results,
             extra={"tags": tags} if tags else None,
         )
     if rows:
@@ -238,9 +230,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"gamma {r['gamma']:<8g} seed {r['noise_seed']:<3d} C4 ppl {r['c4_ppl']:.4f}  change {r['c4_ppl_change']:+.4f}"
         )
-    track_perturb(rows, args.log, args.results)
+    track_perturb(rows, config.log, config.results)
     if not rows:
         print("nothing to do: every (gamma, seed) is already in the results file")
-    if args.results:
-        print(f"rows appended to {args.results}")
+    if config.results:
+        print(f"rows appended to {config.results}")
     return 0

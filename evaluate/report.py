@@ -46,7 +46,6 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,13 +148,6 @@ class ReportConfig:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
 
 
-CONFIG = ReportConfig
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="+", help="results.jsonl files, directories holding them, or glob patterns")
-
-
 def track_report(rep: Report, cfg: TrackConfig, out: Path, paths: list[Path]) -> None:
     """One tracker run in ``out``: every curve's points at step = pre-training tokens (tag
     task/metric/setting/series), and the figures (wandb images)."""
@@ -176,13 +168,13 @@ def track_report(rep: Report, cfg: TrackConfig, out: Path, paths: list[Path]) ->
     tracker.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    group_by = args.group_by
-    check_trackers(args.log, "report")
-    rep, text, paths = make_report(args.results, args.out, group_by, args.tolerance)
-    track_report(rep, args.log, Path(args.out), paths)
+def run(config: ReportConfig, results: list[str]) -> int:
+    group_by = config.group_by
+    check_trackers(config.log, "report")
+    rep, text, paths = make_report(results, config.out, group_by, config.tolerance)
+    track_report(rep, config.log, Path(config.out), paths)
     print(text)
-    print(f"report: {Path(args.out) / 'report.md'}  table: {Path(args.out) / 'summary.csv'}")
+    print(f"report: {Path(config.out) / 'report.md'}  table: {Path(config.out) / 'summary.csv'}")
     for p in paths:
         print(f"figure: {p}")
     return 0

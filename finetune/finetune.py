@@ -321,21 +321,13 @@ TRAIN_STATS = (
 # ------------------------------------------------------------------------------------------- CLI
 
 
-KIND = "finetune"  # `overtrain finetune CONFIG [key=value ...]`: CONFIG is configs/finetune/NAME.yaml or a path
-CONFIG = FinetuneConfig
-
-
 @dataclass
 class FinetuneOptions:
     results: str | None = None  # results file to append the row to (None: RUN_DIR/results.jsonl)
 
 
-OPTIONS = FinetuneOptions
-
-
-def run(args) -> int:
-    cfg = args.config
-    row = run_finetune(cfg, args.results)
+def run(cfg: FinetuneConfig, results: str | None = None) -> int:
+    row = run_finetune(cfg, results)
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(
         f"{row['task']} lr={row['lr']:.3g} steps={row['steps']} ({row['train_input_tokens']:,} tokens, "
@@ -348,5 +340,5 @@ def run(args) -> int:
         )
     if "c4_ppl_after" in row:
         print(f"  C4 ppl {fmt(row.get('c4_ppl_before'))} -> {fmt(row['c4_ppl_after'])}")
-    print(f"  row appended to {args.results or Path(cfg.run_dir) / RESULTS_FILE}")
+    print(f"  row appended to {results or Path(cfg.run_dir) / RESULTS_FILE}")
     return 0

@@ -52,7 +52,6 @@ parameter (OLMo-1B: ~19 GB) plus the frozen tower (CLIP ViT-L: 0.3B, 1.2 GB) and
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -130,12 +129,7 @@ class MultimodalConfig:
             raise ValueError("warmup must be in [0, 1); weight_decay and grad_clip >= 0")
 
 
-CONFIG = MultimodalConfig
 NOT_RESULT = no_result_keys(MultimodalConfig)  # settings that change no result (core.identity.no_result)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="suite member: a local transformers directory, or hub repo (repo@rev)")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -559,9 +553,9 @@ def run_multimodal(model_ref: str, cfg: MultimodalConfig, log=print) -> dict:
     return {"provenance": prov, "eval": ev}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: MultimodalConfig, model: str) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr if msg.startswith("step ") else sys.stdout, flush=True)
 
-    run_multimodal(args.model, args.config, log)
+    run_multimodal(model, config, log)
     return 0

@@ -63,7 +63,6 @@ open-instruct's TULU defaults as we know them, not checked against the papers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -148,17 +147,9 @@ class SFTConfig:
             raise ValueError("warmup must be in [0, 1); weight_decay and grad_clip >= 0")
 
 
-CONFIG = SFTConfig
-
 # Settings that change no result (fields marked ``core.identity.no_result``): left out of the
 # recorded config that a rerun is compared with.
 NOT_RESULT = no_result_keys(SFTConfig)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", help="suite member: a local transformers directory, or hub repo (revision=, or repo@rev)"
-    )
 
 
 def recorded_config(model: str, cfg: SFTConfig) -> dict:
@@ -464,9 +455,9 @@ def save_tuned(model, tokenizer, prov: dict, out: Path, weights: dict | None = N
         raise
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: SFTConfig, model: str) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr if msg.startswith("step ") else sys.stdout, flush=True)
 
-    run_sft(args.model, args.config, log)
+    run_sft(model, config, log)
     return 0

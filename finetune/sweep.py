@@ -365,12 +365,8 @@ def _train_lrs(p, cfg, lrs, todo, rows, run_cfg, base_state, before, results, st
 # ------------------------------------------------------------------------------------------- CLI
 
 
-KIND = "finetune"  # `overtrain sweep CONFIG [key=value ...]`: CONFIG is configs/finetune/NAME.yaml or a path
-CONFIG = FinetuneConfig
-
-
-def run(args) -> int:
-    rows = run_sweep(args.config)
+def run(config: FinetuneConfig) -> int:
+    rows = run_sweep(config)
     chosen = rows[-1]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     print(f"sweep {chosen['task']} on {chosen['checkpoint']} ({len(rows) - 1} LRs)")

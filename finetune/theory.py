@@ -56,7 +56,6 @@ while another LR is finite, and the report leaves its points out of the fixed-LR
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -496,12 +495,7 @@ def run_theory(cfg: TheoryConfig, progress: bool = True) -> tuple[Path, int, int
 # ------------------------------------------------------------------------------------------- CLI
 
 
-KIND = "theory"  # `overtrain theory CONFIG [key=value ...]`: CONFIG is configs/theory/NAME.yaml or a path
-CONFIG = TheoryConfig
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg: TheoryConfig = args.config
+def run(cfg: TheoryConfig) -> int:
     t0 = time.time()
     path, ran, skipped = run_theory(cfg)
     if not path.is_file():

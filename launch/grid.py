@@ -24,7 +24,6 @@ file, its results dir and the Slurm options, and submits the grid planned with e
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,9 +34,6 @@ from .plan import detectable_worsening, expand, plan_summary, print_plan
 from .runner import run_jobs
 from .slurm import SlurmOptions, print_status, submit, write_slurm
 from .spec import GridSpec, claim_results_dir, recorded_grid, validate_names
-
-KIND = "grids"  # the positional GRID is configs/grids/NAME.yaml or a path
-CONFIG = GridSpec
 
 
 @dataclass
@@ -62,18 +58,6 @@ class GridOptions:
     prepare_tasks: int = 0  # slurm: > 0: prepare-data as plan -> array of this many shard ranges -> merge
 
 
-OPTIONS = GridOptions
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "action",
-        choices=["plan", "run", "slurm", "submit", "status"],
-        help="plan: list jobs and compute; run: run them here; slurm: write sbatch files; "
-        "submit: submit the unfinished jobs; status: each job's state",
-    )
-
-
 def _visible_gpus() -> int:
     try:
         import torch
@@ -83,15 +67,16 @@ def _visible_gpus() -> int:
         return 0
 
 
-def run(args) -> int:
-    spec = args.config
-    validate_names(spec, args.config_path)
-    overrides = list(getattr(args, "overrides", []))
-    if args.action in ("slurm", "submit", "status"):  # the grid as recorded in its results dir, every override
-        spec, overrides = recorded_grid(spec, args.config_path, overrides)
+def run(action: str, spec: GridSpec, grid_path: str, overrides: list[str], options: GridOptions) -> int:
+    """``overtrain grid ACTION GRID``: ``spec`` loaded from ``grid_path`` (a name in configs/grids/ or
+    a path) with the key=value ``overrides`` (recorded in the results dir), run as ``options`` say."""
+    validate_names(spec, grid_path)
+    overrides = list(overrides)
+    if action in ("slurm", "submit", "status"):  # the grid as recorded in its results dir, every override
+        spec, overrides = recorded_grid(spec, grid_path, overrides)
     jobs = expand(spec)
-    if args.action == "plan":
-        if args.json:
+    if action == "plan":
+        if options.json:
             s = plan_summary(spec, jobs)
             s["job_list"] = [{"id": j.id, "kind": j.kind, "after": j.after, "flops": j.flops} for j in jobs]
             power = detectable_worsening(spec)  # per task; inf (one run per point, no probe) as null: strict JSON
@@ -101,29 +86,29 @@ def run(args) -> int:
             s["detectable_worsening"] = power
             print(json.dumps(s, indent=2))
         else:
-            print_plan(spec, jobs, verbose=not args.quiet)
+            print_plan(spec, jobs, verbose=not options.quiet)
         return 0
-    out = Path(args.out) if args.out else Path(expand_path(spec.results_dir)) / "slurm"
-    grid_file = str(resolve_config_path(args.config_path, KIND))
-    opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in fields(SlurmOptions)})
-    if args.action == "slurm":
+    out = Path(options.out) if options.out else Path(expand_path(spec.results_dir)) / "slurm"
+    grid_file = str(resolve_config_path(grid_path, "grids"))
+    opts = SlurmOptions(**{f.name: getattr(options, f.name) for f in fields(SlurmOptions)})
+    if action == "slurm":
         check_options(opts)  # a bad option: an error before the results dir is made
-        claim_results_dir(spec, args.config_path, force=args.force, overrides=overrides)  # submit.sh reads it back
+        claim_results_dir(spec, grid_path, force=options.force, overrides=overrides)  # submit.sh reads it back
         for p in write_slurm(spec, jobs, out, opts, grid_file):
             print(p)
         return 0
-    if args.action == "status":
+    if action == "status":
         return print_status(spec, jobs, out)
-    if args.action == "submit":
+    if action == "submit":
         for warning in check_cluster(opts):  # before anything is written or submitted
             print(f"warning: {warning}")
-        claim_results_dir(spec, args.config_path, force=args.force, overrides=overrides)
+        claim_results_dir(spec, grid_path, force=options.force, overrides=overrides)
         submit(spec, jobs, out, opts, grid_file)
         return 0
-    claim_results_dir(spec, args.config_path, force=args.force, overrides=overrides)
-    gpus = _visible_gpus() if args.gpus is None else args.gpus
-    rc = run_jobs(spec, jobs, gpus=gpus, dry_run=args.dry_run, only=args.only)
-    if args.print_report and not args.dry_run:
+    claim_results_dir(spec, grid_path, force=options.force, overrides=overrides)
+    gpus = _visible_gpus() if options.gpus is None else options.gpus
+    rc = run_jobs(spec, jobs, gpus=gpus, dry_run=options.dry_run, only=options.only)
+    if options.print_report and not options.dry_run:
         report_dir = Path(expand_path(spec.results_dir)) / "report"
         table = report_dir / "report.md"
         if table.is_file():

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, expand_path, load_config, parse_count, to_dict
+from ..core.keyvalue import format_setting
 from .spec import (
     GridSpec,
     HardwareSpec,
@@ -77,65 +79,19 @@ def _fmt_tokens(n: int) -> str:
     return str(n)
 
 
-def _ov(key: str, value: Any) -> str:
-    """A ``key=value`` setting; a list in YAML flow style."""
-    if isinstance(value, (list, tuple)):
-        return f"{key}=[{','.join(str(v) for v in value)}]"
-    return f"{key}={value}"
-
-
 def expand(spec: GridSpec) -> list[Job]:
-    """All jobs of the grid, in a valid dependency order."""
-    from ..core.model import load_model_spec
-
-    flops_per_token = flops_per_token_cached
+    """All jobs of the grid, in a valid dependency order: each made by its stage's job builder."""
+    from ..core.model import load_model_spec  # torch: kept out of a light process (`overtrain grid --help`)
 
     root = Path(expand_path(spec.results_dir))
-    jobs: list[Job] = []
-    data_dir = grid_data_dir(spec)
-    data_after: list[str] = []
-    if spec.prepare is not None:
-        jobs.append(Job("prepare", "prepare", ["prepare-data", *prepare_settings(spec)], [], data_dir / "meta.json"))
-        data_after = ["prepare"]
+    jobs: list[Job] = [prepare_job(spec)] if spec.prepare is not None else []
+    data_after = [j.id for j in jobs]
 
     pre = spec.pretrain
     pre_runs = [] if pre is None else _axis_product(seed_axes(pre.axes, pre.seeds))
     longest = max((parse_count(b) for b in pre.budgets), default=0) if pre else 0
     for model, budget, axes in itertools.product(pre.models if pre else [], pre.budgets if pre else [], pre_runs):
-        pre_cfg = config_path(pre.config)
-        tokens = parse_count(budget)
-        tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
-        run_id = f"{model}_{_fmt_tokens(tokens)}{tag}"
-        run_dir = root / "pretrain" / run_id
-        argv = [
-            "pretrain",
-            pre_cfg,
-            f"model={model}",
-            f"budget_tokens={tokens}",
-            f"run_dir={run_dir}",
-            f"data.dir={data_dir}",
-        ]
-        # Token marks come from the grid alone (a base config's own marks would not be swept), so a
-        # run without marks gets `checkpoint.at_tokens=[]`; `intermediate_runs: longest` keeps them
-        # to each model's longest run (the Amuro & Char comparison: one run's checkpoints before
-        # their LR decayed, beside the fully decayed runs of each budget).
-        marked = pre.intermediate_runs == "all" or tokens == longest
-        marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens] if marked else []
-        argv.append(_ov("checkpoint.at_tokens", marks))
-        argv += list(pre.overrides) + [_ov(k, v) for k, v in axes.items()]
-        mspec = load_model_spec(model)
-        jobs.append(
-            Job(
-                f"pretrain/{run_id}",
-                "pretrain",
-                argv,
-                list(data_after),
-                run_dir / "summary.json",
-                flops=float(flops_per_token(mspec)) * tokens,
-                nproc=pre.gpus,
-                info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks},
-            )
-        )
+        jobs.append(pretrain_job(spec, root, model, parse_count(budget), axes, longest, data_after))
     pre_jobs = [j for j in jobs if j.kind == "pretrain"]
 
     if spec.finetune is not None:
@@ -153,55 +109,24 @@ def expand(spec: GridSpec) -> list[Job]:
             for (ck_name, ck), task in itertools.product(ckpts, ft.tasks):
                 probed = ck_name == "final" and pj.info["tokens"] in probed_budgets and task in probed_tasks
                 for axes, probe in ft_axes + ([(a, True) for a in probe_axes] if probed else []):
-                    jobs.append(_sweep_job(spec, root, data_dir, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec))
+                    jobs.append(sweep_job(spec, root, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec))
 
     if spec.perturb is not None and spec.perturb.gammas:
-        pt = spec.perturb
-        for pj in pre_jobs:
-            mspec = load_model_spec(pj.info["model"])
-            pdir = root / "perturb" / pj.id.split("/", 1)[1]
-            argv = [
-                "perturb",
-                pj.info["run_dir"],
-                _ov("gammas", pt.gammas),
-                _ov("seeds", pt.seeds),
-                f"c4={data_dir}",
-                f"val_tokens={pt.val_tokens}",
-                f"results={pdir / 'results.jsonl'}",
-            ]
-            argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in seed_tags(pj.info["axes"]).items()]
-            fwd = float(flops_per_token(mspec)) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
-            jobs.append(
-                Job(
-                    f"perturb/{pdir.name}",
-                    "perturb",
-                    argv,
-                    [pj.id],
-                    root / "state" / f"perturb__{pdir.name}.done",
-                    flops=fwd,
-                    mark_done=True,
-                )
-            )
+        jobs += [perturb_job(spec, root, pj, load_model_spec(pj.info["model"])) for pj in pre_jobs]
 
     if spec.lm_eval is not None and spec.lm_eval.tasks:
-        le = spec.lm_eval
         for pj in pre_jobs:
-            fwd = float(flops_per_token(load_model_spec(pj.info["model"]))) / 3 * le.eval_tokens_estimate
+            fwd = flops_per_token_cached(load_model_spec(pj.info["model"])) / 3 * spec.lm_eval.eval_tokens_estimate
             run_id = pj.id.split("/", 1)[1]
             for t in [None, *pj.info["marks"]]:
                 lid = run_id if t is None else f"{run_id}_at{_fmt_tokens(t)}"
                 ck = pj.info["run_dir"] if t is None else f"{pj.info['run_dir']}@tokens={t}"
-                results = root / "lm_eval" / lid / "results.jsonl"
-                argv = ["lm-eval", ck, _ov("tasks", le.tasks), f"results={results}", *le.args]
-                done = root / "state" / f"lm_eval__{lid}.done"
-                jobs.append(Job(f"lm-eval/{lid}", "lm-eval", argv, [pj.id], done, flops=fwd, mark_done=True))
+                jobs.append(lm_eval_job(spec, root, lid, ck, [pj.id], fwd))
 
     if spec.suite is not None:
         jobs += suite_jobs(spec, root)
 
-    for ej in spec.extra_jobs:
-        done = results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
-        jobs.append(Job(ej.id, "extra", list(ej.command), list(ej.after), done, mark_done=not ej.done))
+    jobs += [extra_job(spec, root, ej) for ej in spec.extra_jobs]
 
     track = tracker_settings(spec)  # one grid, one tracker project (lm-eval jobs write rows only)
     for j in jobs:
@@ -209,11 +134,183 @@ def expand(spec: GridSpec) -> list[Job]:
             j.argv += track
 
     if spec.report:
-        every = [j.id for j in jobs]
-        argv = ["report", str(root), f"out={root / 'report'}", *track]
-        jobs.append(Job("report", "report", argv, every, None))  # always rerun
+        jobs.append(report_job(root, jobs, track))
     plan_memory(spec, jobs)
     return toposort(jobs)
+
+
+# ---------------------------------------------------------------------------------- job builders
+# One per stage: the only place its job's `overtrain` command line is assembled (every value
+# written by the codec, `core.keyvalue.format_setting`); the runner and the Slurm scripts only
+# wrap it (`overtrain_command`).
+
+
+def prepare_job(spec: GridSpec) -> Job:
+    """``prepare-data`` into the grid's data dir (``launch.spec.prepare_settings``)."""
+    return Job("prepare", "prepare", ["prepare-data", *prepare_settings(spec)], [], grid_data_dir(spec) / "meta.json")
+
+
+def pretrain_job(
+    spec: GridSpec, root: Path, model: str, tokens: int, axes: dict, longest: int, after: list[str]
+) -> Job:
+    """Pre-training of ``model`` for ``tokens`` with the pretrain ``axes`` (``longest``: the grid's
+    largest budget, for ``intermediate_runs: longest``)."""
+    from ..core.model import load_model_spec  # torch: kept out of a light process (`overtrain grid --help`)
+
+    pre = spec.pretrain
+    tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
+    run_id = f"{model}_{_fmt_tokens(tokens)}{tag}"
+    run_dir = root / "pretrain" / run_id
+    # Token marks come from the grid alone (a base config's own marks would not be swept), so a
+    # run without marks gets `checkpoint.at_tokens=[]`; `intermediate_runs: longest` keeps them
+    # to each model's longest run (the Amuro & Char comparison: one run's checkpoints before
+    # their LR decayed, beside the fully decayed runs of each budget).
+    marked = pre.intermediate_runs == "all" or tokens == longest
+    marks = [parse_count(t) for t in pre.intermediate_tokens if parse_count(t) < tokens] if marked else []
+    settings = {"model": model, "budget_tokens": tokens, "run_dir": run_dir, "data.dir": grid_data_dir(spec)}
+    argv = ["pretrain", config_path(pre.config), *_settings({**settings, "checkpoint.at_tokens": marks})]
+    argv += list(pre.overrides) + _settings(axes)
+    return Job(
+        f"pretrain/{run_id}",
+        "pretrain",
+        argv,
+        list(after),
+        run_dir / "summary.json",
+        flops=flops_per_token_cached(load_model_spec(model)) * tokens,
+        nproc=pre.gpus,
+        info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks},
+    )
+
+
+def sweep_job(spec, root, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec) -> Job:
+    """One sweep of checkpoint ``ck`` on ``task`` with the finetune ``axes`` (``probe``: a noise-probe sweep)."""
+    ft = spec.finetune
+    tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items()) + ("_probe" if probe else "")
+    sid = f"{pj.id.split('/', 1)[1]}_{ck_name}_{_slug(Path(task).stem)}{tag}"
+    sdir = root / "sweeps" / sid
+    argv = ["sweep", ft_cfg, *_settings({"checkpoint": ck, "task": task, "run_dir": sdir, "c4": grid_data_dir(spec)})]
+    argv += _settings({"lrs": ft.lrs}) if ft.lrs else []
+    tags = {**seed_tags(pj.info["axes"]), **axes, **({"noise_probe": True} if probe else {})}
+    settings = list(ft.overrides) + _settings(axes)
+    argv += settings + _tags(tags)
+    n_lrs, extra_lrs = sweep_lr_counts(ft_cfg, ft.lrs, settings)
+    per_lr = flops_per_token_cached(mspec) * ft.train_tokens_estimate
+    return Job(
+        f"sweep/{sid}",
+        "sweep",
+        argv,
+        [pj.id],
+        root / "state" / f"sweep__{sid}.done",
+        mark_done=True,
+        flops=per_lr * n_lrs,
+        info={
+            "task": task,
+            "checkpoint": ck,
+            "run_dir": str(sdir),
+            "lrs": n_lrs,
+            "max_added_lrs": extra_lrs,
+            "extension_flops": per_lr * extra_lrs,
+            "noise_probe": probe,
+        },
+    )
+
+
+def perturb_job(spec: GridSpec, root: Path, pj: Job, mspec) -> Job:
+    """Progressive sensitivity of pre-training run ``pj``'s final checkpoint."""
+    pt = spec.perturb
+    pdir = root / "perturb" / pj.id.split("/", 1)[1]
+    settings = {"gammas": pt.gammas, "seeds": pt.seeds, "c4": grid_data_dir(spec), "val_tokens": pt.val_tokens}
+    argv = ["perturb", pj.info["run_dir"], *_settings({**settings, "results": pdir / "results.jsonl"})]
+    argv += _tags(seed_tags(pj.info["axes"]))
+    fwd = flops_per_token_cached(mspec) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
+    return Job(f"perturb/{pdir.name}", "perturb", argv, [pj.id], root / "state" / f"perturb__{pdir.name}.done",
+               flops=fwd, mark_done=True)  # fmt: skip
+
+
+def lm_eval_job(spec: GridSpec, root: Path, lid: str, model: str, after: list[str], flops: float, member=None) -> Job:
+    """lm-eval of ``model`` (a checkpoint, a tuned model, or suite ``member`` itself: its suite,
+    revision and token count travel with the rows) into ``lm_eval/LID/results.jsonl``."""
+    le = spec.lm_eval
+    argv = ["lm-eval", model, *_settings({"tasks": le.tasks, "results": root / "lm_eval" / lid / "results.jsonl"})]
+    argv += le.args + (_settings({"member": True, "pretrain_tokens": member.tokens}) if member is not None else [])
+    done = root / "state" / f"lm_eval__{lid}.done"
+    return Job(f"lm-eval/{lid}", "lm-eval", argv, list(after), done, flops=flops, mark_done=True)
+
+
+def instruct_job(spec: GridSpec, root: Path, m, tid: str, name: str, data: str, seed: int | None, n: float) -> Job:
+    """Instruction tuning of suite member ``m`` on chat dataset ``name`` (``seed`` None: SFT's own)."""
+    ins = spec.instruct
+    out = root / "instruct" / tid
+    settings = {"data": expand_path(data), "data_name": name, "out": out, "tokens": m.tokens}
+    argv = ["sft", m.ref, *_settings(settings), *ins.args, *(_settings({"seed": seed}) if seed is not None else [])]
+    argv += _settings({"results": root / "instruct" / "results.jsonl"})
+    return Job(
+        f"instruct/{tid}",
+        "instruct",
+        argv,
+        [],
+        out / "overtrain_suite.json",
+        flops=6 * n * ins.train_tokens_estimate,
+        nproc=ins.gpus,
+        info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out), "seed": seed or 0},
+    )
+
+
+def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
+    """LLaVA tuning of member ``m`` (N = n parameters, tower Nv): stage 1 ~ (4N + 2Nv) per token (the
+    frozen LM still backpropagates to the projector, no weight gradients), stage 2 ~ (6N + 2Nv);
+    memory before activations: fp32 AdamW on the LM (16 bytes/param) + the frozen fp32 tower (4)."""
+    mm = spec.multimodal
+    nv = float(parse_count(mm.vision_params))
+    out = root / "multimodal" / _slug(m.name)
+    data = {k: expand_path(getattr(mm, k)) for k in ("captions", "instruct", "vqa")}
+    images = {k: expand_path(getattr(mm, k)) for k in ("caption_images", "instruct_images") if getattr(mm, k)}
+    argv = ["multimodal", m.ref, *_settings({"vision": mm.vision, **data, "data_name": mm.name, **images})]
+    argv += [*_settings({"out": out, "tokens": m.tokens}), *mm.args]
+    argv += _settings({"results": root / "multimodal" / "results.jsonl"})
+    flops = (4 * n + 2 * nv) * mm.stage1_tokens_estimate + (6 * n + 2 * nv) * mm.stage2_tokens_estimate
+    memory = (16 * n + 4 * nv) / 1e9
+    info = {"member": m.name, "tokens": m.tokens, "out": str(out), "memory_gb": memory}
+    return Job(f"multimodal/{_slug(m.name)}", "multimodal", argv, [], out / "overtrain_suite.json", flops, info=info)
+
+
+def extra_job(spec: GridSpec, root: Path, ej) -> Job:
+    """One of the grid's ``extra_jobs``: its own command as written."""
+    done = results_path(spec, ej.done) if ej.done else root / "state" / f"{_slug(ej.id)}.done"
+    return Job(ej.id, "extra", list(ej.command), list(ej.after), done, mark_done=not ej.done)
+
+
+def report_job(root: Path, jobs: list[Job], track: list[str]) -> Job:
+    """The report over the whole results dir, after every other job (never marked done: always rerun)."""
+    argv = ["report", str(root), *_settings({"out": root / "report"}), *track]
+    return Job("report", "report", argv, [j.id for j in jobs], None)
+
+
+def overtrain_command(argv: list[str], nproc: int = 1, python: str = sys.executable) -> list[str]:
+    """A job's command line on one node: ``python -m overtrain ARGV``, or under torchrun
+    (``--standalone``) with ``nproc`` processes. The runner runs it; a Slurm script runs it in a step."""
+    if nproc > 1:
+        return [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "overtrain",
+            *argv,
+        ]
+    return [python, "-m", "overtrain", *argv]
+
+
+def _settings(values: dict[str, Any]) -> list[str]:
+    """``key=value`` settings, written by the codec (``core.keyvalue.format_setting``)."""
+    return [format_setting(k, v) for k, v in values.items()]
+
+
+def _tags(tags: dict[str, Any]) -> list[str]:
+    """``tags.KEY=value`` settings (a dotted axis key's dots become underscores: one tag, not a nesting)."""
+    return _settings({f"tags.{k.replace('.', '_')}": v for k, v in tags.items()})
 
 
 def job_memory(spec: GridSpec, job: Job):
@@ -309,97 +406,17 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
         for (name, data), seed in itertools.product((ins.datasets if ins else {}).items(), seeds):
             # the default single seed 0 keeps the ids (and output dirs) of grids from before instruct.seeds
             tid = f"{_slug(m.name)}_{_slug(name)}" + ("" if seeds == [0] else f"_seed-{seed}")
-            out = root / "instruct" / tid
-            argv = ["sft", m.ref, f"data={expand_path(data)}", f"data_name={name}", f"out={out}", f"tokens={m.tokens}"]
-            argv += ins.args + ([] if seeds == [0] else [f"seed={seed}"])
-            argv.append(f"results={root / 'instruct' / 'results.jsonl'}")
-            jobs.append(
-                Job(
-                    f"instruct/{tid}",
-                    "instruct",
-                    argv,
-                    [],
-                    out / "overtrain_suite.json",
-                    flops=6 * n * ins.train_tokens_estimate,
-                    nproc=ins.gpus,
-                    info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out), "seed": seed},
-                )
-            )
-            evals.append((tid, str(out), [f"instruct/{tid}"]))
+            jobs.append(instruct_job(spec, root, m, tid, name, data, None if seeds == [0] else seed, n))
+            evals.append((tid, jobs[-1].info["out"], [jobs[-1].id]))
         if spec.multimodal is not None:
             jobs.append(multimodal_job(spec, root, m, n))
         if le is None or not le.tasks:
             continue
-        for lid, model, after in evals:
-            results = root / "lm_eval" / lid / "results.jsonl"
-            argv = ["lm-eval", model, _ov("tasks", le.tasks), f"results={results}", *le.args]
-            if not after:  # a member itself: its suite, revision and token count travel with the rows
-                argv += ["member=true", f"pretrain_tokens={m.tokens}"]
-            done = root / "state" / f"lm_eval__{lid}.done"
+        for lid, model, after in evals:  # `after` empty: the member itself
             jobs.append(
-                Job(
-                    f"lm-eval/{lid}",
-                    "lm-eval",
-                    argv,
-                    after,
-                    done,
-                    flops=2 * n * le.eval_tokens_estimate,
-                    mark_done=True,
-                )
+                lm_eval_job(spec, root, lid, model, after, 2 * n * le.eval_tokens_estimate, None if after else m)
             )
     return jobs
-
-
-def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
-    """LLaVA tuning of member ``m`` (N = n parameters, tower Nv): stage 1 ~ (4N + 2Nv) per token (the
-    frozen LM still backpropagates to the projector, no weight gradients), stage 2 ~ (6N + 2Nv);
-    memory before activations: fp32 AdamW on the LM (16 bytes/param) + the frozen fp32 tower (4)."""
-    mm = spec.multimodal
-    nv = float(parse_count(mm.vision_params))
-    out = root / "multimodal" / _slug(m.name)
-    argv = ["multimodal", m.ref, f"vision={mm.vision}", f"captions={expand_path(mm.captions)}"]
-    argv += [f"instruct={expand_path(mm.instruct)}", f"vqa={expand_path(mm.vqa)}", f"data_name={mm.name}"]
-    argv += [f"{k}={expand_path(getattr(mm, k))}" for k in ("caption_images", "instruct_images") if getattr(mm, k)]
-    argv += [f"out={out}", f"tokens={m.tokens}", *mm.args, f"results={root / 'multimodal' / 'results.jsonl'}"]
-    flops = (4 * n + 2 * nv) * mm.stage1_tokens_estimate + (6 * n + 2 * nv) * mm.stage2_tokens_estimate
-    memory = (16 * n + 4 * nv) / 1e9
-    info = {"member": m.name, "tokens": m.tokens, "out": str(out), "memory_gb": memory}
-    return Job(f"multimodal/{_slug(m.name)}", "multimodal", argv, [], out / "overtrain_suite.json", flops, info=info)
-
-
-def _sweep_job(spec, root, data_dir, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec) -> Job:
-    """One sweep of checkpoint ``ck`` on ``task`` with the finetune ``axes`` (``probe``: a noise-probe sweep)."""
-    ft = spec.finetune
-    tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items()) + ("_probe" if probe else "")
-    sid = f"{pj.id.split('/', 1)[1]}_{ck_name}_{_slug(Path(task).stem)}{tag}"
-    sdir = root / "sweeps" / sid
-    argv = ["sweep", ft_cfg, f"checkpoint={ck}", f"task={task}", f"run_dir={sdir}", f"c4={data_dir}"]
-    if ft.lrs:
-        argv.append(_ov("lrs", ft.lrs))
-    tags = {**seed_tags(pj.info["axes"]), **axes, **({"noise_probe": "true"} if probe else {})}
-    settings = list(ft.overrides) + [_ov(k, v) for k, v in axes.items()]
-    argv += settings
-    argv += [f"tags.{k.replace('.', '_')}={v}" for k, v in tags.items()]
-    n_lrs, extra_lrs = sweep_lr_counts(ft_cfg, ft.lrs, settings)
-    per_lr = float(flops_per_token_cached(mspec)) * ft.train_tokens_estimate
-    return Job(
-        f"sweep/{sid}",
-        "sweep",
-        argv,
-        [pj.id],
-        root / "state" / f"sweep__{sid}.done",
-        mark_done=True,
-        flops=per_lr * n_lrs,
-        info={
-            "task": task,
-            "checkpoint": ck,
-            "run_dir": str(sdir),
-            "lrs": n_lrs,
-            "max_added_lrs": extra_lrs,
-            "extension_flops": per_lr * extra_lrs,
-            "noise_probe": probe,
-        },
-    )
 
 
 def probe_seed_axes(spec: GridSpec, ft_cfg: str) -> dict[str, list]:
@@ -482,8 +499,9 @@ def tracker_settings(spec: GridSpec) -> list[str]:
     if spec.log is None or not (spec.log.wandb or spec.log.tensorboard):
         return []
     project = spec.log.wandb_project if spec.log.wandb_project != "overtrain" else spec.name
-    wandb, tb = str(spec.log.wandb).lower(), str(spec.log.tensorboard).lower()
-    return [f"log.wandb={wandb}", f"log.tensorboard={tb}", f"log.wandb_project={project}"]
+    return _settings(
+        {"log.wandb": spec.log.wandb, "log.tensorboard": spec.log.tensorboard, "log.wandb_project": project}
+    )
 
 
 def _n_examples(spec: GridSpec, task: str) -> tuple[int | None, str]:

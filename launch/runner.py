@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from ..core.config import ConfigError, atomic_write_text, expand_path
 from ..core.eta import fmt_duration
 from ..core.lock import Lock, LockHeld, describe
 from ..core.preempt import EXIT_PREEMPTED
-from .plan import Job
+from .plan import Job, overtrain_command
 from .spec import GridSpec
 
 TORCHRUN_KINDS = ("pretrain", "instruct")  # jobs that run as torchrun when they have several processes
@@ -48,19 +47,7 @@ def _slots(job: Job, gpus: int) -> int:
 
 
 def _command(job: Job, gpus: int) -> list[str]:
-    nproc = _nproc(job, gpus)
-    if nproc > 1:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "overtrain",
-            *job.argv,
-        ]
-    return [sys.executable, "-m", "overtrain", *job.argv]
+    return overtrain_command(job.argv, _nproc(job, gpus))
 
 
 def _log_path(root: Path, job: Job) -> Path:

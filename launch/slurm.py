@@ -52,8 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.config import ConfigError, atomic_write_text, expand_path
+from ..core.keyvalue import format_setting
 from .cluster import check_options, check_time_fit, fit_batches
-from .plan import Job
+from .plan import Job, overtrain_command
 from .runner import is_done
 from .spec import GridSpec
 
@@ -183,15 +184,19 @@ def _done_arg(job: Job) -> str:
     return shlex.quote(str(job.done)) if job.done is not None else "-"
 
 
+def _py(argv: list[str], nproc: int = 1) -> str:
+    """A job's command line (``launch.plan.overtrain_command``) with common.sh's Python, ``$PY``."""
+    return '"$PY" ' + shlex.join(overtrain_command(argv, nproc)[1:])
+
+
 def pretrain_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
     nproc = job.nproc or o.gpus_per_node or 1
     cpus = o.cpus_per_task or (8 * o.gpus_per_node if o.gpus_per_node else nproc)
     res = [f"--nodes={o.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}"]
     res += [f"--gpus-per-node={o.gpus_per_node}"] if o.gpus_per_node else []
     text = _header(spec, o, out, f"Pre-training run {short(job)}", job_name(spec, job), res)
-    args = shlex.join(job.argv)
     if nproc == 1 and o.nodes == 1:
-        return text + f'run_resumable {_done_arg(job)} 0 srun "$PY" -m overtrain {args}\n'
+        return text + f"run_resumable {_done_arg(job)} 0 srun {_py(job.argv)}\n"
     if o.nodes == 1:
         rdzv = "--standalone"
     else:
@@ -201,7 +206,7 @@ def pretrain_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str
         "# torchrun ignores SIGUSR1 (its workers save and exit 75, then it exits too)\n"
         f'run_resumable {_done_arg(job)} 0 srun --kill-on-bad-exit=1 bash -c \'trap "" USR1; exec "$@"\' torchrun \\\n'
         f'  "$PY" -m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc_per_node={nproc} {rdzv} \\\n'
-        f"  -m overtrain {args}\n"
+        f"  -m overtrain {shlex.join(job.argv)}\n"
     )
 
 
@@ -213,8 +218,7 @@ def single_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
     res += [f"--gpus={nproc}"] if o.gpus_per_node and job.kind not in ("prepare", "report") else []
     text = _header(spec, o, out, f"Grid job {job.id}", job_name(spec, job), res)
     mark = 1 if job.mark_done else 0
-    run = f"torch.distributed.run --standalone --nproc_per_node={nproc} -m overtrain" if nproc > 1 else "overtrain"
-    return text + f'run_resumable {_done_arg(job)} {mark} srun "$PY" -m {run} {shlex.join(job.argv)}\n'
+    return text + f"run_resumable {_done_arg(job)} {mark} srun {_py(job.argv, nproc)}\n"
 
 
 def prepare_scripts(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> dict[str, str]:
@@ -223,8 +227,8 @@ def prepare_scripts(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> dic
     the grid's prepare job (its done-marker is meta.json)."""
     cpus = o.cpus_per_task or (8 if o.gpus_per_node else 1)
     res, t = ["--ntasks=1", f"--cpus-per-task={cpus}"], o.prepare_tasks
-    run = f'run_resumable {_done_arg(job)} 0 srun "$PY" -m overtrain '
-    argv = lambda stage: shlex.join([*job.argv, f"stage={stage}"])  # noqa: E731
+    run = f"run_resumable {_done_arg(job)} 0 srun "
+    argv = lambda stage: _py([*job.argv, f"stage={stage}"])  # noqa: E731
     plan = _header(spec, o, out, "prepare-data 1/3: plan.json, validation parts", f"{spec.name}-prepare-plan", res)
     shards = _header(
         spec, o, out, f"prepare-data 2/3: array task I of {t} tokenizes the I-th range of training shards",
@@ -288,8 +292,8 @@ def write_slurm(spec: GridSpec, jobs: list[Job], out: Path, o: SlurmOptions, gri
         atomic_write_text(written[-1], array_script(spec, o, out, joblist, len(array)))
     submit = out / "submit.sh"
     argv = [sys.executable, "-m", "overtrain", "grid", "submit", str(Path(grid_file).resolve()) if grid_file else ""]
-    argv += [f"results_dir={results}", f"out={out}"]
-    argv += [f"{k}={v}" for k, v in vars(o).items() if v != getattr(SlurmOptions, k)]
+    argv += [format_setting("results_dir", results), format_setting("out", out)]
+    argv += [format_setting(k, v) for k, v in vars(o).items() if v != getattr(SlurmOptions, k)]
     atomic_write_text(
         submit,
         f"#!/bin/bash\n# Submit what is missing of grid '{spec.name}' (safe to rerun: finished and queued jobs are skipped).\n"

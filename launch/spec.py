@@ -29,6 +29,7 @@ from ..core.config import (
     parse_count,
     to_dict,
 )
+from ..core.keyvalue import format_setting, merge_settings
 from ..core.tracker import TrackConfig, check_trackers
 
 
@@ -303,9 +304,9 @@ def data_dir(spec: GridSpec) -> Path:
 def prepare_settings(spec: GridSpec) -> list[str]:
     """The ``overtrain prepare-data`` key=value settings of the grid's prepare job."""
     prep = spec.prepare
-    out = [f"out={data_dir(spec)}"]
-    out += [f"train={json.dumps([expand_path(x) for x in prep.train])}"] if prep.train else []
-    out += [f"val={json.dumps([expand_path(x) for x in prep.val])}"] if prep.val else []
+    out = [format_setting("out", data_dir(spec))]
+    out += [format_setting("train", [expand_path(x) for x in prep.train])] if prep.train else []
+    out += [format_setting("val", [expand_path(x) for x in prep.val])] if prep.val else []
     return out + list(prep.args)
 
 
@@ -352,7 +353,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
         from ..evaluate.lm_eval import LmEvalConfig, resolve_tasks
 
         try:
-            cfg = load_config(LmEvalConfig, None, [f"tasks={json.dumps(spec.lm_eval.tasks)}", *spec.lm_eval.args])
+            cfg = load_config(LmEvalConfig, None, [format_setting("tasks", spec.lm_eval.tasks), *spec.lm_eval.args])
             resolve_tasks(cfg.tasks, cfg.include)
         except ConfigError as e:
             raise ConfigError(f"{where}: lm_eval: {str(e).removeprefix('command line: ')}") from None
@@ -513,14 +514,6 @@ def grid_fingerprint(spec: GridSpec) -> str:
     return config_digest(d, exclude=("results_dir", "report", "hardware", "log", *absent))
 
 
-def merge_overrides(*lists: list[str]) -> list[str]:
-    """key=value settings of several lists as one, a later value of a key replacing an earlier one."""
-    out: dict[str, str] = {}
-    for setting in (s for lst in lists for s in lst):
-        out[setting.split("=", 1)[0].strip()] = setting  # in the place of the key's first setting
-    return list(out.values())
-
-
 def read_grid_record(spec: GridSpec) -> dict:
     """The results dir's grid record (``grid.json``), or {} when there is none."""
     marker = Path(expand_path(spec.results_dir)) / "grid.json"
@@ -535,7 +528,7 @@ def recorded_grid(spec: GridSpec, grid_path: str, overrides: list[str]) -> tuple
     recorded = read_grid_record(spec).get("overrides")
     if not recorded:
         return spec, list(overrides)
-    merged = merge_overrides(recorded, overrides)
+    merged = merge_settings(recorded, overrides)
     return load_grid(grid_path, merged), merged
 
 

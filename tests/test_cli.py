@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 
 import pytest
-from overtrain.cli import COMMANDS, build_parser, command_classes, main
+from overtrain.cli import COMMANDS, build_parser, main
 from overtrain.core.config import ConfigError, load_config
 from overtrain.core.keys import config_keys, describe_keys, field_docs
 
@@ -51,7 +50,7 @@ def test_docs_come_from_comments_and_keys_are_dotted():
     ]
     assert keys["inner.rate"] == ("float", "0.5", "A block comment above a field is its doc.")
     assert keys["maybe"] == ("Inner | None", "null", "off unless set")
-    assert keys["long_default"][:2] == ("list[str]", "[a, b]")
+    assert keys["long_default"][:2] == ("list[str]", "[a,b]")  # as the codec writes it (core.keyvalue)
     text = describe_keys(Outer)
     assert "inner.steps" in text and "a trailing comment wins over a block above" in text
 
@@ -67,8 +66,9 @@ def test_string_keys_take_their_text_as_written():
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_help_lists_every_key_with_a_doc(name, capsys):
-    module = importlib.import_module(COMMANDS[name][0])
-    config, options, kind = command_classes(module)
+    command = COMMANDS[name]
+    config, options = command.classes()
+    kind = command.kind
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
     for cls in (config, options):
@@ -79,7 +79,7 @@ def test_help_lists_every_key_with_a_doc(name, capsys):
             assert f"  {key} " in out, (name, key)
     # positionals and keys become attributes of the same namespace: no name may be both
     names = {f.name for f in dataclasses.fields(options if kind else config)} if (options or not kind) else set()
-    positionals = {a.dest for a in build_parser(name, module)._actions}
+    positionals = {a.dest for a in build_parser(command)._actions}
     assert not names & positionals
     if kind and options:  # a command's own options share no name with its config file's keys
         assert not names & {f.name for f in dataclasses.fields(config)}

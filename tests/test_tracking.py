@@ -234,12 +234,9 @@ def test_grid_passes_one_project_to_every_tracked_job(tmp_path, fake_trackers):
     assert tracked and all("log.wandb_project=demo" in j.argv and "log.tensorboard=true" in j.argv for j in tracked)
     assert not any(a.startswith("log.") for j in expand(plain) for a in j.argv if j.kind != "pretrain" or "log.w" in a)
     assert grid_fingerprint(plain) == grid_fingerprint(spec)  # trackers do not change results
-    import importlib
-
     from overtrain import cli
 
     for kind in ("pretrain", "sweep", "perturb", "report"):  # every tracked command accepts the settings
         job = next(j for j in tracked if j.kind == kind)
-        args = cli.parse_command(job.argv[0], importlib.import_module(cli.COMMANDS[job.argv[0]][0]), job.argv[1:])
-        log = getattr(args, "log", None) or args.config.log
+        log = cli.parse_command(cli.COMMANDS[job.argv[0]], job.argv[1:]).config.log
         assert log.tensorboard is True and log.wandb_project == "demo"

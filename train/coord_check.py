@@ -340,10 +340,6 @@ def coord_check(
 # ------------------------------------------------------------------------------------------- CLI
 
 
-KIND = "models"  # `overtrain coord-check MODEL [key=value ...]`: MODEL is configs/models/NAME.yaml or a path
-CONFIG = ModelSpec  # its keys (d_model=, parametrization=sp, ...) change the model
-
-
 @dataclass
 class CoordCheckOptions:
     out: str = ""  # output directory for coord_<parametrization>.json and .png
@@ -363,30 +359,27 @@ class CoordCheckOptions:
             raise ValueError("out is not set (the output directory: out=DIR)")
 
 
-OPTIONS = CoordCheckOptions
-
-
-def run(args) -> int:
-    spec = args.config
+def run(spec: ModelSpec, options: CoordCheckOptions) -> int:
+    """``overtrain coord-check MODEL``: the check of ``spec`` (its keys, d_model= etc., change the model)."""
     s = coord_check(
         spec,
-        args.out,
-        args.widths,
-        args.steps,
-        args.lr,
-        args.seeds,
-        args.batch_size,
-        args.seq_len,
-        args.data,
-        args.tolerance,
-        str(resolve_device(args.device)),
-        grad_clip=args.grad_clip,
+        options.out,
+        options.widths,
+        options.steps,
+        options.lr,
+        options.seeds,
+        options.batch_size,
+        options.seq_len,
+        options.data,
+        options.tolerance,
+        str(resolve_device(options.device)),
+        grad_clip=options.grad_clip,
     )
     clip = f", grad_clip {s['grad_clip']:g}" if s["grad_clip"] else ""
     print(f"{spec.name} ({spec.parametrization}) widths {s['widths']}, {s['steps']} steps, lr {s['lr']:g}{clip}")
     for kind, d in s["types"].items():
         print(f"  {kind:<10} slope {d['slope']:+.3f}   last-step l1 " + " ".join(f"{v:.3g}" for v in d["l1"][-1]))
-    stem = Path(args.out) / coord_stem(spec.parametrization, s["grad_clip"])
+    stem = Path(options.out) / coord_stem(spec.parametrization, s["grad_clip"])
     print(f"wrote {stem}.json, {stem}.png")
     if s["passed"]:
         print(f"PASS: every layer's last-step slope <= {s['tolerance']} (max {s['max_slope']:.3f})")

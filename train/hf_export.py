@@ -9,7 +9,6 @@ restores the original checkpoint. Written under a temporary name, then renamed i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -142,15 +141,7 @@ class ExportConfig:
     overwrite: bool = False  # replace out_dir if it exists
 
 
-CONFIG = ExportConfig
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="step dir, checkpoints/ dir or run dir (its final checkpoint)")
-    parser.add_argument("out_dir", help="the transformers model directory to write")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = export_hf(args.checkpoint, args.out_dir, overwrite=args.overwrite, dtype=args.dtype)
-    print(f"exported {args.checkpoint} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+def run(config: ExportConfig, checkpoint: str, out_dir: str) -> int:
+    out = export_hf(checkpoint, out_dir, overwrite=config.overwrite, dtype=config.dtype)
+    print(f"exported {checkpoint} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0

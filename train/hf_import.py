@@ -10,7 +10,6 @@ cannot represent is named before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -257,15 +256,7 @@ class ImportConfig:
     overwrite: bool = False  # replace out_dir if it exists
 
 
-CONFIG = ImportConfig
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("hf_dir", help="a transformers OLMo directory (config.json + safetensors)")
-    parser.add_argument("out_dir", help="run directory to write (holds checkpoints/step-*/)")
-
-
-def run(args: argparse.Namespace) -> int:
-    step_dir = import_hf(args.hf_dir, args.out_dir, overwrite=args.overwrite)
-    print(f"imported {args.hf_dir} -> {step_dir}")
+def run(config: ImportConfig, hf_dir: str, out_dir: str) -> int:
+    step_dir = import_hf(hf_dir, out_dir, overwrite=config.overwrite)
+    print(f"imported {hf_dir} -> {step_dir}")
     return 0

@@ -10,21 +10,15 @@ from dataclasses import dataclass
 
 from ..core.model import ModelSpec, model_info
 
-KIND = "models"  # `overtrain info MODEL [key=value ...]`: MODEL is configs/models/NAME.yaml or a path
-CONFIG = ModelSpec
-
 
 @dataclass
 class InfoOptions:
     json: bool = False  # print JSON
 
 
-OPTIONS = InfoOptions
-
-
-def run(args) -> int:
-    info = model_info(args.config)
-    if args.json:
+def run(config: ModelSpec, as_json: bool = False) -> int:
+    info = model_info(config)
+    if as_json:
         print(json.dumps(info, indent=2))
         return 0
     print(

@@ -94,18 +94,12 @@ def _clear_run_dir(run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-KIND = "pretrain"  # `overtrain pretrain CONFIG [key=value ...]`: CONFIG is configs/pretrain/NAME.yaml or a path
-CONFIG = PretrainConfig
-
-
 @dataclass
 class PretrainOptions:
     overwrite: bool = False  # discard a finished (or different) run in run_dir and start over
 
 
-OPTIONS = PretrainOptions
-
-
-def run(args) -> int:
-    pretrain(args.config, overwrite=args.overwrite, where=str(resolve_config_path(args.config_path, KIND)))
+def run(config: PretrainConfig, config_path: str, overwrite: bool = False) -> int:
+    """``overtrain pretrain CONFIG``: ``pretrain`` with the config file (a name in configs/pretrain/ or a path) named in errors."""
+    pretrain(config, overwrite=overwrite, where=str(resolve_config_path(config_path, "pretrain")))
     return 0
