@@ -31,6 +31,7 @@ import subprocess
 from dataclasses import replace
 
 from ..core.config import ConfigError, load_config
+from ..core.keyvalue import format_setting
 from .plan import Job, gpu_hours
 from .spec import GridSpec
 
@@ -198,6 +199,7 @@ def check_time_fit(spec: GridSpec, jobs: list[Job], o) -> list[str]:
 def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[Job], list[str]]:
     """Pre-training jobs with a micro-batch that divides each process's share of the global batch
     on ``nodes`` x processes per node (see the module doc); notes of the changes made."""
+    # torch, imported only for pre-training jobs' batches, never for `overtrain grid --help`
     from ..train.plan import PretrainConfig
 
     out, changes = [], {}
@@ -221,7 +223,7 @@ def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[J
             out.append(j)
             continue
         new_mb = max(d for d in range(1, min(mb, share) + 1) if share % d == 0)
-        out.append(replace(j, argv=[*j.argv, f"micro_batch_size={new_mb}"]))
+        out.append(replace(j, argv=[*j.argv, format_setting("micro_batch_size", new_mb)]))
         changes.setdefault((g, mb, world, new_mb), []).append(j.id)
     notes = [
         f"micro_batch_size {mb} -> {new_mb} for {len(ids)} pre-training runs ({ids[0]}{', ...' if len(ids) > 1 else ''}): "

@@ -20,6 +20,7 @@ LRs past its grid's end (``finetune.sweep``), counted apart as the sweeps' possi
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from typing import Any
 
 from ..core.config import ConfigError, expand_path, load_config, parse_count, to_dict
 from ..core.keyvalue import format_setting
+from ..core.memory import GB, estimate, fits, hf_shape, olmo_shape, remedy
+from ..core.results import read_rows
+from ..data.tasks import load_task
 from .spec import (
     GridSpec,
     HardwareSpec,
@@ -81,7 +85,8 @@ def _fmt_tokens(n: int) -> str:
 
 def expand(spec: GridSpec) -> list[Job]:
     """All jobs of the grid, in a valid dependency order: each made by its stage's job builder."""
-    from ..core.model import load_model_spec  # torch: kept out of a light process (`overtrain grid --help`)
+    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    from ..core.model import load_model_spec
 
     root = Path(expand_path(spec.results_dir))
     jobs: list[Job] = [prepare_job(spec)] if spec.prepare is not None else []
@@ -155,7 +160,8 @@ def pretrain_job(
 ) -> Job:
     """Pre-training of ``model`` for ``tokens`` with the pretrain ``axes`` (``longest``: the grid's
     largest budget, for ``intermediate_runs: longest``)."""
-    from ..core.model import load_model_spec  # torch: kept out of a light process (`overtrain grid --help`)
+    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    from ..core.model import load_model_spec
 
     pre = spec.pretrain
     tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
@@ -317,18 +323,16 @@ def job_memory(spec: GridSpec, job: Job):
     """(``core.memory.Shape``, ``Setup``, the settings' names) of a pretrain or instruct job's per-GPU
     memory, from its own command line; None where the model's shape is unknown offline (a hub member
     without ``suite.architecture``)."""
-    import json
-
-    from ..core.memory import hf_shape, olmo_shape
-
     gpus = max(job.nproc, 1)  # 0 = the runner's GPUs: plan as 1 (ddp's memory does not depend on it)
     if job.kind == "pretrain":
+        # torch, imported only when jobs are planned, never for `overtrain grid --help`
         from ..train.plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
 
         cfg = load_config(PretrainConfig, job.argv[1], job.argv[2:], kind="pretrain")
         mspec = resolve_spec(cfg, job.id)
         cfg.seq_len = cfg.seq_len or mspec.max_sequence_length
         return olmo_shape(mspec), memory_setup(cfg, gpus), MEMORY_SETTINGS
+    # torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..finetune.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
 
     config = dict(spec.suite.architecture)
@@ -346,8 +350,6 @@ def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
     """Each pretrain / instruct job's per-GPU memory estimate into ``info["memory_gb"]``; with
     ``hardware.memory_gb``, every such job checks it again itself (``memory_gb=``), and a job that will
     not fit is refused here, before any submission, naming the setting that makes it fit."""
-    from ..core.memory import GB, estimate, fits, remedy
-
     limit = spec.hardware.memory_gb
     refused = []
     for job in jobs:
@@ -381,8 +383,6 @@ def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
 def suite_params(spec: GridSpec) -> float:
     """The suite's parameter count: ``suite.params``, else counted from a local member's config.json
     (embeddings + per layer 4 d^2 attention + 3 d f gated MLP; the compute estimate needs no more)."""
-    import json
-
     if spec.suite.params:
         return float(parse_count(spec.suite.params))
     local = Path(expand_path(spec.suite.model))
@@ -423,10 +423,8 @@ def probe_seed_axes(spec: GridSpec, ft_cfg: str) -> dict[str, list]:
     """The finetune axes of the noise probe's sweeps: the grid's own axes, with ``seed`` the seeds
     the probe adds (the smallest seeds >= 0 not already the grid's: ``finetune.seeds``, the axis
     ``seed``, else the finetune config's ``seed``) so that each probed cell has ``noise_probe.seeds``."""
-    from ..finetune.config import load_finetune_config
-
     ft = spec.finetune
-    own = list(ft.seeds) or list(ft.axes.get("seed", [])) or [load_finetune_config(ft_cfg, ft.overrides).seed]
+    own = list(ft.seeds) or list(ft.axes.get("seed", [])) or [finetune_config(ft_cfg, ft.overrides).seed]
     want = spec.finetune.noise_probe.seeds - len(own)
     added = [s for s in range(len(own) + want) if s not in own][: max(want, 0)]
     return {**{k: v for k, v in ft.axes.items() if k != "seed"}, "seed": added} if added else {}
@@ -437,6 +435,7 @@ _FLOPS_PER_TOKEN: dict = {}
 
 def flops_per_token_cached(mspec) -> float:
     """``core.model.flops_per_token`` (counted on a built model, ~0.1 s) once per model spec."""
+    # torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import flops_per_token
 
     key = repr(mspec)
@@ -445,17 +444,23 @@ def flops_per_token_cached(mspec) -> float:
     return _FLOPS_PER_TOKEN[key]
 
 
+def finetune_config(config: str, settings: list[str]):
+    """The finetune config file ``config`` with the key=value ``settings`` (``finetune.config``)."""
+    # numpy, imported only when jobs are planned, never for `overtrain grid --help`
+    from ..finetune.config import load_finetune_config
+
+    return load_finetune_config(config, settings)
+
+
 _SWEEP_LRS: dict = {}
 
 
 def sweep_lr_counts(config: str, grid_lrs: list, settings: list[str]) -> tuple[int, int]:
     """(LRs of a sweep's grid, LRs it may add past the grid's end) for the finetune ``config`` with
     ``settings`` (the job's key=value); the grid's own ``lrs`` win over the config's."""
-    from ..finetune.config import load_finetune_config
-
     key = (config, tuple(settings))
     if key not in _SWEEP_LRS:
-        cfg = load_finetune_config(config, settings)
+        cfg = finetune_config(config, settings)
         _SWEEP_LRS[key] = (cfg.lrs, cfg.sweep.n_lrs, cfg.sweep.max_extensions if cfg.sweep.extend else 0)
     lrs, n_lrs, extra = _SWEEP_LRS[key]
     n = len(grid_lrs) or len(lrs) or n_lrs
@@ -507,14 +512,11 @@ def tracker_settings(spec: GridSpec) -> list[str]:
 def _n_examples(spec: GridSpec, task: str) -> tuple[int | None, str]:
     """A task's test examples for the power figure: ``finetune.noise.n_examples``, else the finetune
     config's ``max_examples.test`` cap, else the test split counted (loads it); None when unreadable."""
-    from ..data.tasks import load_task
-    from ..finetune.config import load_finetune_config
-
     ft = spec.finetune
     name = Path(task).stem
     if name in ft.noise.n_examples:
         return ft.noise.n_examples[name], "given"
-    cap = load_finetune_config(config_path(ft.config), ft.overrides).max_examples.get("test")
+    cap = finetune_config(config_path(ft.config), ft.overrides).max_examples.get("test")
     if cap:
         return cap, "max_examples.test"
     try:
@@ -527,7 +529,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     """Per task: the run-to-run sd of the tuned-LR test log perplexity measured by an earlier run of
     this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
     cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
-    from ..core.results import read_rows
+    # numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
     from ..evaluate.report_data import REPLICATE_TAGS  # the report's own "another run of this cell"
 
     sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
@@ -569,6 +571,7 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
     degrees of freedom, as the report pools them (``report_data.pool_families``): every fixed-LR cell
     of the task, all models, budgets and LRs of the sweep's grid, S - 1 each (LRs a sweep adds past
     its grid's end not counted: a lower bound); none: not measurable (inf, the report cannot tell)."""
+    # numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
     from ..evaluate.report_stats import detectable_worsening as report_detectable
 
     pre, ft = spec.pretrain, spec.finetune

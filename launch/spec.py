@@ -30,7 +30,17 @@ from ..core.config import (
     to_dict,
 )
 from ..core.keyvalue import format_setting, merge_settings
+from ..core.suite import (
+    SuiteMember,
+    check_loadable,
+    format_count,
+    list_revisions,
+    nearest_revisions,
+    resolve_member,
+    tokens_from_revision,
+)
 from ..core.tracker import TrackConfig, check_trackers
+from ..data.tasks import list_tasks
 
 
 @dataclass
@@ -312,8 +322,8 @@ def prepare_settings(spec: GridSpec) -> list[str]:
 
 def validate_names(spec: GridSpec, where: str) -> None:
     """Unknown model, task or budget, or bad prepare-data settings: an error before any job starts."""
+    # torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import load_model_spec
-    from ..data.c4_prepare import PrepareConfig
 
     pre = spec.pretrain or PretrainStage(models=[], budgets=[], config="")
     for m in pre.models:
@@ -328,12 +338,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: pretrain.budgets: '{b}' is not a token count (e.g. 4B, 512M, 100K)") from None
     if spec.finetune is not None:
-        try:
-            from ..data.tasks import list_tasks
-
-            known = set(list_tasks())
-        except ImportError:  # tasks module not installed: skip the check
-            known = set()
+        known = set(list_tasks())
         for t in spec.finetune.tasks:
             if known and t not in known and not Path(expand_path(t)).is_file():
                 raise ConfigError(f"{where}: finetune.tasks: unknown task '{t}' (known: {', '.join(sorted(known))})")
@@ -350,6 +355,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
     if spec.log is not None:
         check_trackers(spec.log, f"{where}: log")
     if spec.lm_eval is not None:  # lm-eval's own task index: an unknown name fails here, before any job
+        # torch, imported only when jobs are planned, never for `overtrain grid --help`
         from ..evaluate.lm_eval import LmEvalConfig, resolve_tasks
 
         try:
@@ -360,6 +366,9 @@ def validate_names(spec: GridSpec, where: str) -> None:
     if spec.suite is not None:
         suite_members(spec, where)  # every member named, with its token count; local ones exist and load
     if spec.prepare is not None:
+        # numpy (C4 preparation), imported only when a grid is checked, never for `overtrain grid --help`
+        from ..data.c4_prepare import PrepareConfig
+
         try:
             load_config(PrepareConfig, None, prepare_settings(spec))
         except ConfigError as e:
@@ -382,8 +391,6 @@ _RESOLVED: dict[tuple, list[tuple[str, int]]] = {}  # (model, counts, tolerance)
 def resolve_suite_tokens(spec: GridSpec, where: str = "grid") -> list[tuple[int, str, int]]:
     """``suite.tokens`` as a list of counts: (count, revision, its tokens) for each, the nearest
     revision of the hub repository's branches or the local mirror's folders (``core.suite``)."""
-    from ..core.suite import list_revisions, nearest_revisions
-
     s = spec.suite
     counts = []
     for i, text in enumerate(s.tokens):
@@ -409,8 +416,6 @@ def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> li
     """The suite's members in the grid's order; a member without a token count, a missing local
     revision directory or (``check``: once, by ``validate_names``) an architecture transformers cannot
     load is a ConfigError naming it."""
-    from ..core.suite import SuiteMember, check_loadable, resolve_member, tokens_from_revision
-
     s = spec.suite
     if not s.model:
         raise ConfigError(f"{where}: suite.model: empty (a hub repo id or a local folder of revision dirs)")
@@ -463,7 +468,6 @@ def suite_members(spec: GridSpec, where: str = "grid", check: bool = True) -> li
 
 
 def format_tokens(n: int) -> str:
-    from ..core.suite import format_count
 
     return format_count(n)
 
