@@ -14,10 +14,10 @@ any work starts.
 YAML file, the positional ``CONFIG``: a name in ``configs/KIND/`` or a path, with the key=value
 settings applied on top) and ``options`` (with kind: the command's own settings outside that
 file, pretrain's ``overwrite``; no top-level key in common with config), its other positionals,
-and ``call``: the call of the stage's plain library function with typed arguments (the config
-object, paths, options), given the parsed command line (``Invocation``). Stages know nothing of
-the command line. Classes and functions are named ``"module:attribute"`` and imported only when
-the command runs or shows its help, so ``overtrain --help`` imports no stage.
+``run``, the stage's plain library function, and ``call``, how the parsed command line
+(``Invocation``) becomes ``run``'s typed arguments (the config object, paths, options). Stages
+know nothing of the command line. Classes and functions are named ``"module:attribute"`` and
+imported only when the command runs or shows its help, so ``overtrain --help`` imports no stage.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class Command:
     name: str
     help: str  # one line, in `overtrain --help`
     config: str  # "module:Class" of its settings dataclass
-    call: Callable[[Invocation], int]  # the stage's library function, called with typed arguments
+    run: str  # "module:function": the stage's plain library function (typed arguments, no command line)
+    call: Callable[[Callable[..., int], Invocation], int]  # how `run` is called: (run, parsed command line)
     kind: str | None = None  # config from configs/KIND/NAME.yaml or a path (the positional CONFIG)
     options: str | None = None  # kind only: "module:Class" of its own settings outside that file
     positionals: tuple[Positional, ...] = ()
@@ -78,78 +79,87 @@ def resolve(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def stage(name: str) -> Callable[..., int]:
-    """The stage function ``"module:function"``, imported when called."""
-    return lambda *args, **kwargs: resolve(name)(*args, **kwargs)
-
-
 CHECKPOINT = "step dir, checkpoints/ dir or run dir (its final checkpoint)"
 MEMBER = "suite member: a local transformers directory, or hub repo (repo@rev)"
+GRID_ACTION = Positional(
+    "action",
+    "plan: list jobs and compute; run: run them here; slurm: write sbatch files; "
+    "submit: submit the unfinished jobs; status: each job's state",
+    choices=("plan", "run", "slurm", "submit", "status"),
+)
+
+# name, help, config, run, call(run, invocation), [kind, options, positionals]
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("prepare-data", "tokenize C4 (hub or local files) into OLMo memmap .npy files",
-            "overtrain.data.c4_prepare:PrepareConfig", lambda i: stage("overtrain.data.c4_prepare:run")(i.config)),
+            "overtrain.data.c4_prepare:PrepareConfig", "overtrain.data.c4_prepare:run",
+            lambda f, i: f(i.config)),
     Command("info", "parameters and training FLOPs per token of a model config",
-            "overtrain.train.info:ModelSpec", kind="models", options="overtrain.train.info:InfoOptions",
-            call=lambda i: stage("overtrain.train.info:run")(i.config, i.options.json)),
+            "overtrain.train.info:ModelSpec", "overtrain.train.info:run",
+            lambda f, i: f(i.config, i.options.json),
+            kind="models", options="overtrain.train.info:InfoOptions"),
     Command("coord-check", "muP coordinate check over widths (plot + JSON)",
-            "overtrain.train.coord_check:ModelSpec", kind="models", options="overtrain.train.coord_check:CoordCheckOptions",
-            call=lambda i: stage("overtrain.train.coord_check:run")(i.config, i.options)),
+            "overtrain.train.coord_check:ModelSpec", "overtrain.train.coord_check:run",
+            lambda f, i: f(i.config, i.options),
+            kind="models", options="overtrain.train.coord_check:CoordCheckOptions"),
     Command("pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)",
-            "overtrain.train.pretrain:PretrainConfig", kind="pretrain", options="overtrain.train.pretrain:PretrainOptions",
-            call=lambda i: stage("overtrain.train.pretrain:run")(i.config, i.config_path, i.options.overwrite)),
+            "overtrain.train.pretrain:PretrainConfig", "overtrain.train.pretrain:run",
+            lambda f, i: f(i.config, i.config_path, i.options.overwrite),
+            kind="pretrain", options="overtrain.train.pretrain:PretrainOptions"),
     Command("finetune", "fine-tune a checkpoint on a task, evaluate, append results",
-            "overtrain.finetune.finetune:FinetuneConfig", kind="finetune",
-            options="overtrain.finetune.finetune:FinetuneOptions",
-            call=lambda i: stage("overtrain.finetune.finetune:run")(i.config, i.options.results)),
+            "overtrain.finetune.finetune:FinetuneConfig", "overtrain.finetune.finetune:run",
+            lambda f, i: f(i.config, i.options.results),
+            kind="finetune", options="overtrain.finetune.finetune:FinetuneOptions"),
     Command("sft", "instruction-tune a suite member (transformers model) on chat data",
-            "overtrain.finetune.sft:SFTConfig", lambda i: stage("overtrain.finetune.sft:run")(i.config, i.args["model"]),
+            "overtrain.finetune.sft:SFTConfig", "overtrain.finetune.sft:run",
+            lambda f, i: f(i.config, i.args["model"]),
             positionals=(Positional("model", MEMBER.replace("(repo@rev)", "(revision=, or repo@rev)")),)),
     Command("multimodal", "LLaVA two-stage multimodal tuning of a suite member + VQA",
-            "overtrain.finetune.multimodal:MultimodalConfig",
-            lambda i: stage("overtrain.finetune.multimodal:run")(i.config, i.args["model"]),
+            "overtrain.finetune.multimodal:MultimodalConfig", "overtrain.finetune.multimodal:run",
+            lambda f, i: f(i.config, i.args["model"]),
             positionals=(Positional("model", MEMBER),)),
     Command("sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR",
-            "overtrain.finetune.sweep:FinetuneConfig", kind="finetune",
-            call=lambda i: stage("overtrain.finetune.sweep:run")(i.config)),
+            "overtrain.finetune.sweep:FinetuneConfig", "overtrain.finetune.sweep:run",
+            lambda f, i: f(i.config),
+            kind="finetune"),
     Command("evaluate", "C4 perplexity and task ID perplexity/accuracy of a checkpoint",
-            "overtrain.evaluate.evaluator:EvaluateConfig",
-            lambda i: stage("overtrain.evaluate.evaluator:run")(i.config, i.args["checkpoint"]),
+            "overtrain.evaluate.evaluator:EvaluateConfig", "overtrain.evaluate.evaluator:run",
+            lambda f, i: f(i.config, i.args["checkpoint"]),
             positionals=(Positional("checkpoint", "a checkpoint step dir, checkpoints/ dir, run dir, or RUN@tokens=N"),)),
     Command("lm-eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)",
-            "overtrain.evaluate.lm_eval:LmEvalConfig",
-            lambda i: stage("overtrain.evaluate.lm_eval:run")(i.config, i.args["checkpoint"]),
+            "overtrain.evaluate.lm_eval:LmEvalConfig", "overtrain.evaluate.lm_eval:run",
+            lambda f, i: f(i.config, i.args["checkpoint"]),
             positionals=(Positional("checkpoint", "a checkpoint step dir, checkpoints/ dir, run dir, RUN@tokens=N, "
                                     "or a transformers model directory"),)),
     Command("perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise",
-            "overtrain.evaluate.perturb:PerturbConfig",
-            lambda i: stage("overtrain.evaluate.perturb:run")(i.config, i.args["checkpoint"]),
+            "overtrain.evaluate.perturb:PerturbConfig", "overtrain.evaluate.perturb:run",
+            lambda f, i: f(i.config, i.args["checkpoint"]),
             positionals=(Positional("checkpoint", CHECKPOINT),)),
     Command("theory", "section 4's mechanism: a linear network under the study's protocol",
-            "overtrain.finetune.theory:TheoryConfig", kind="theory",
-            call=lambda i: stage("overtrain.finetune.theory:run")(i.config)),
+            "overtrain.finetune.theory:TheoryConfig", "overtrain.finetune.theory:run",
+            lambda f, i: f(i.config),
+            kind="theory"),
     Command("report", "tables and plots from results.jsonl files",
-            "overtrain.evaluate.report:ReportConfig",
-            lambda i: stage("overtrain.evaluate.report:run")(i.config, i.args["results"]),
-            positionals=(Positional("results", "results.jsonl files, directories holding them, or glob patterns", many=True),)),
+            "overtrain.evaluate.report:ReportConfig", "overtrain.evaluate.report:run",
+            lambda f, i: f(i.config, i.args["results"]),
+            positionals=(Positional("results", "results.jsonl files, directories holding them, or glob patterns",
+                                    many=True),)),
     Command("grid", "plan or run a whole study described by a grid YAML",
-            "overtrain.launch.grid:GridSpec", kind="grids", options="overtrain.launch.grid:GridOptions",
-            call=lambda i: stage("overtrain.launch.grid:run")(i.args["action"], i.config, i.config_path, i.overrides, i.options),
-            positionals=(Positional(
-                "action", "plan: list jobs and compute; run: run them here; slurm: write sbatch files; "
-                "submit: submit the unfinished jobs; status: each job's state",
-                choices=("plan", "run", "slurm", "submit", "status")),)),
+            "overtrain.launch.grid:GridSpec", "overtrain.launch.grid:run",
+            lambda f, i: f(i.args["action"], i.config, i.config_path, i.overrides, i.options),
+            kind="grids", options="overtrain.launch.grid:GridOptions", positionals=(GRID_ACTION,)),
     Command("export-hf", "export a checkpoint as a transformers OLMo model directory",
-            "overtrain.train.hf_export:ExportConfig",
-            lambda i: stage("overtrain.train.hf_export:run")(i.config, i.args["checkpoint"], i.args["out_dir"]),
-            positionals=(Positional("checkpoint", CHECKPOINT), Positional("out_dir", "the transformers model directory to write"))),
+            "overtrain.train.hf_export:ExportConfig", "overtrain.train.hf_export:run",
+            lambda f, i: f(i.config, i.args["checkpoint"], i.args["out_dir"]),
+            positionals=(Positional("checkpoint", CHECKPOINT),
+                         Positional("out_dir", "the transformers model directory to write"))),
     Command("import-hf", "import a transformers OLMo directory as an overtrain checkpoint",
-            "overtrain.train.hf_import:ImportConfig",
-            lambda i: stage("overtrain.train.hf_import:run")(i.config, i.args["hf_dir"], i.args["out_dir"]),
+            "overtrain.train.hf_import:ImportConfig", "overtrain.train.hf_import:run",
+            lambda f, i: f(i.config, i.args["hf_dir"], i.args["out_dir"]),
             positionals=(Positional("hf_dir", "a transformers OLMo directory (config.json + safetensors)"),
                          Positional("out_dir", "run directory to write (holds checkpoints/step-*/)"))),
     Command("generate", "greedy or sampled generation from a checkpoint",
-            "overtrain.evaluate.generate:GenerateConfig",
-            lambda i: stage("overtrain.evaluate.generate:run")(i.config, i.args["checkpoint"]),
+            "overtrain.evaluate.generate:GenerateConfig", "overtrain.evaluate.generate:run",
+            lambda f, i: f(i.config, i.args["checkpoint"]),
             positionals=(Positional("checkpoint", CHECKPOINT),)),
 )}  # fmt: skip
 
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             invocation = parse_command(command, argv[1:])
         except SystemExit as e:  # --help (0), or argparse's usage error (2)
             return int(e.code or 0)
-        return int(command.call(invocation) or 0)
+        return int(command.call(resolve(command.run), invocation) or 0)
     except OvertrainError as e:
         print(f"overtrain {name}: error: {e}", file=sys.stderr)
         return 2

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
-from overtrain.cli import COMMANDS, build_parser, main
+from overtrain.cli import COMMANDS, Invocation, build_parser, main, resolve
 from overtrain.core.config import ConfigError, load_config
 from overtrain.core.keys import config_keys, describe_keys, field_docs
 
@@ -104,3 +108,32 @@ def test_flags_and_unknown_keys_are_one_error_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"overtrain {argv[0]}: error: ") and message in err and "Traceback" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_table_calls_each_stage_function_as_it_is_declared():
+    """Each command's ``call`` binds to its stage function's signature; no stage parses a command line."""
+    for name, command in COMMANDS.items():
+        config, options = command.classes()
+        inv = Invocation(
+            config=object(),
+            options=SimpleNamespace(**{f.name: None for f in dataclasses.fields(options)}) if options else None,
+            args={p.name: ["x"] if p.many else "x" for p in command.positionals},
+            config_path="x" if command.kind else None,
+        )
+        passed = command.call(lambda *a, **k: (a, k), inv)
+        run = resolve(command.run)
+        inspect.signature(run).bind(*passed[0], **passed[1])  # TypeError: the table and the stage disagree
+        assert "argparse" not in inspect.getsource(inspect.getmodule(run)), name
+
+
+def test_top_level_help_imports_no_stage():
+    code = "import sys; from overtrain.cli import main; main(['--help']); print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    ours = {m for m in out.splitlines()[-1].strip("[]").replace("'", "").split(", ") if m.startswith("overtrain.")}
+    assert ours == {
+        "overtrain.cli",
+        "overtrain.core",
+        "overtrain.core.config",
+        "overtrain.core.keys",
+        "overtrain.core.keyvalue",
+    }
