@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import yaml
 from overtrain.cli import main
 from overtrain.core.config import CONFIG_ROOT, ConfigError
 from overtrain.launch.plan import expand, plan_summary
+from overtrain.launch.runner import _command
+from overtrain.launch.slurm import ARRAY_KINDS, SlurmOptions, script_name, write_slurm
 from overtrain.launch.spec import claim_results_dir, load_grid
 
 PAPER = str(CONFIG_ROOT / "grids" / "paper.yaml")
@@ -234,3 +237,17 @@ def test_status_without_a_scheduler_tells_done_failed_cancelled_waiting(tmp_path
     metrics.write_text(json.dumps({"step": 1, "tokens": 1000, "tokens_per_sec": 100.0}) + "\n")
     row = next(r for r in slurm.job_states(spec, jobs, out) if r["job"] == pt.id)
     assert row["state"] == "running" and row["eta_s"] == (pt.info["tokens"] - 1000) / 100.0
+
+
+def test_the_runner_and_slurm_run_the_line_the_job_builder_wrote(tmp_path):
+    """One job line per job (launch.plan's job builders): the local runner runs it, and the Slurm
+    script or the array's job list holds it, unchanged (launch.plan.overtrain_command wraps it)."""
+    spec = load_grid(str(CONFIG_ROOT / "grids" / "demo.yaml"), [f"results_dir={tmp_path}"])
+    jobs = expand(spec)
+    write_slurm(spec, jobs, tmp_path / "slurm", SlurmOptions(gpus_per_node=0))
+    joblist = (tmp_path / "slurm" / "finetune_jobs.txt").read_text()
+    assert {j.kind for j in jobs} >= {"prepare", "pretrain", "sweep", "perturb", "report"}
+    for j in jobs:
+        assert _command(j, 0)[1:] == ["-m", "overtrain", *j.argv], j.id
+        text = joblist if j.kind in ARRAY_KINDS else (tmp_path / "slurm" / script_name(j)).read_text()
+        assert f"-m overtrain {shlex.join(j.argv)}\n" in text or f"\t{shlex.join(j.argv)}\n" in text, j.id
