@@ -510,7 +510,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
     cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
     from ..core.results import read_rows
-    from ..evaluate.report_data import REPLICATE_TAGS  # the report's own "another run of this cell"
+    from ..evaluate.report.data import REPLICATE_TAGS  # the report's own "another run of this cell"
 
     sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
     files = sorted(sweeps.glob("*/results.jsonl")) if sweeps.is_dir() else []
@@ -533,12 +533,12 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
 
 def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05) -> dict[str, dict]:
     """Per task: the smallest worsening of a tuned-LR curve the planned study detects at ``power``:
-    ``evaluate.report_stats.detectable_worsening``, the figure the report states for the same test
+    ``evaluate.report.stats.detectable_worsening``, the figure the report states for the same test
     (one-sided, Holm's first step over the task's family, Satterthwaite's t reference), from the
     grid's noise level (``finetune.noise``), seeds and noise probe; the largest over a curve's
     comparisons (the largest budget against each earlier one), as the report's.
 
-    Model (the report calibration's, ``report_stats.simulate``): one run's point = true curve + run
+    Model (the report calibration's, ``report.stats.simulate``): one run's point = true curve + run
     shift (sd ``run_sd``) + the mean over n examples of their run-specific deviations; the rest of an
     example's score is shared by budgets (``example_corr``) and cancels in a paired difference. So
     one run's variance about the cell mean is sigma^2 = run_sd^2 + (1 - rho) example_sd^2 / n, what
@@ -548,10 +548,10 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
     Runs per cell S = pre-training seeds x fine-tuning seeds; a probed cell (``finetune.noise_probe``)
     has pre-training seeds x probe seeds. Family: the report's turn tests of one task, (budgets - 1)
     per curve, a curve per model, metric (ID and C4) and non-seed axis value. The run variance's
-    degrees of freedom, as the report pools them (``report_data.pool_families``): every fixed-LR cell
+    degrees of freedom, as the report pools them (``report.data.pool_families``): every fixed-LR cell
     of the task, all models, budgets and LRs of the sweep's grid, S - 1 each (LRs a sweep adds past
     its grid's end not counted: a lower bound); none: not measurable (inf, the report cannot tell)."""
-    from ..evaluate.report_stats import detectable_worsening as report_detectable
+    from ..evaluate.report.stats import detectable_worsening as report_detectable
 
     pre, ft = spec.pretrain, spec.finetune
     if ft is None or pre is None:

@@ -84,8 +84,8 @@ class NoiseProbe:
 @dataclass
 class NoiseLevel:
     """The noise a planned study expects, for ``grid plan``'s smallest detectable worsening
-    (``evaluate.report_stats.detectable_worsening``), in log-perplexity units. The defaults are OURS (the report calibration's
-    figures, ``evaluate.report_stats``), not measured: an earlier run's noise probe replaces ``run_sd``."""
+    (``evaluate.report.stats.detectable_worsening``), in log-perplexity units. The defaults are OURS (the report calibration's
+    figures, ``evaluate.report.stats``), not measured: an earlier run's noise probe replaces ``run_sd``."""
 
     run_sd: float = 0.01  # sd of a whole fine-tuning run's shift of a curve point (ours: ~1% in perplexity)
     example_sd: float = 0.3  # sd of one example's score (per-example NLL) around its point (ours)
@@ -237,7 +237,7 @@ class GridSpec:
 
 def seed_axes(axes: dict[str, list], seeds: list[int]) -> dict[str, list]:
     """A stage's axes with its ``seeds`` as the ``seed`` axis (seeds are first-class grid axes; the
-    report aggregates over them, ``overtrain.evaluate.report_stats``)."""
+    report aggregates over them, ``overtrain.evaluate.report.stats``)."""
     if seeds and "seed" in axes:
         raise ConfigError("give the seeds once: as 'seeds' or as the axis 'seed', not both")
     return {**axes, "seed": list(seeds)} if seeds else dict(axes)

@@ -17,10 +17,10 @@ A *family* is (suite, tuning data, SFT settings): the row's ``sft`` config witho
 checkpoint are never pooled as if they were seeds. Its runs at a member are its SFT seeds (one
 row per seed: the last written); "base" (members before instruction tuning) is a family of its own.
 
-Intervals and tests: ``report_stats`` with the paired bootstrap over the n documents (every member
+Intervals and tests: ``report.stats`` with the paired bootstrap over the n documents (every member
 evaluates the same documents in the same order; ``limit`` keeps the first n) and the run variance
 of the SFT runs pooled over every member with 2+ seeds of the (family, task), with its degrees of
-freedom (``pool_runs``; Satterthwaite t reference, module doc of ``report_stats``). The base family
+freedom (``pool_runs``; Satterthwaite t reference, module doc of ``report.stats``). The base family
 uses the documents alone (its points are the members as given: no instruction-tuning run to
 repeat). A tuned family with one SFT run per member and none repeated cannot separate a turn from
 run-to-run variation: "cannot tell: one run per point". The generalist average (the paper's Figure
@@ -28,7 +28,7 @@ run-to-run variation: "cannot tell: one run per point". The generalist average (
 independent samples of documents) and its run sd the mean of the tasks' run sds (an upper bound:
 one run's shifts on different tasks may be correlated), with the smallest df.
 
-Decision: on the error e = 1 - a (lower is better), ``report_stats.turn_test`` tests for every
+Decision: on the error e = 1 - a (lower is better), ``report.stats.turn_test`` tests for every
 earlier member i "the member with the most tokens is worse than member i" (one-sided), and Holm's
 procedure at ``ALPHA`` runs over every test of one family: all its tasks. The average curve is
 drawn, not tested (it is a function of the tested curves). Per family:
@@ -39,8 +39,8 @@ drawn, not tested (it is a function of the tested curves). Per family:
     "cannot tell"                    otherwise (intervals too wide), rows without per-example scores
                                      (no intervals), fewer than two members, or one run per point
 
-and it states the smallest drop it finds at 80% power (``report_stats.detectable``). Calibration:
-``report_stats``' docstring (Section 2 suites simulated with SFT run-to-run shifts). Note the
+and it states the smallest drop it finds at 80% power (``report.stats.detectable``). Calibration:
+``report.stats``' docstring (Section 2 suites simulated with SFT run-to-run shifts). Note the
 paper's confound: suite checkpoints before the last did not finish their learning-rate decay, so a
 turn here does not separate overtraining from the schedule; the controlled study does.
 """
@@ -53,9 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.rows import Row, read_scores
-from .report_format import fmt_tokens
-from .report_stats import (
+from ...core.rows import Row, read_scores
+from .format import fmt_tokens
+from .stats import (
     ALPHA,
     REPLICATES,
     RunVariance,
@@ -290,7 +290,7 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..core.config import atomic_savefig
+    from ...core.config import atomic_savefig
 
     paths = []
     for suite in sorted({f.suite for f in families}):

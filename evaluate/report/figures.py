@@ -3,9 +3,9 @@
 and muP transfer (``transfer_figure``: loss against peak LR, one line per width) when the inputs
 hold pre-training runs over several LRs.
 
-Intervals (``report_stats``: 95% bootstrap) are drawn as bands around the curves that have them;
+Intervals (``report.stats``: 95% bootstrap) are drawn as bands around the curves that have them;
 noise sensitivity as error bars of mean +- t_{0.975, n-1} sd / sqrt(n) over its n noise seeds
-(``report_stats.mean_interval``: a handful of seeds), on a symlog axis (a perplexity change can be
+(``report.stats.mean_interval``: a handful of seeds), on a symlog axis (a perplexity change can be
 negative).
 
 Intermediate checkpoints are drawn dotted with hollow markers; turns (interior inflections) are
@@ -18,9 +18,9 @@ import math
 import re
 from pathlib import Path
 
-from ..core.config import atomic_savefig
-from .report_data import Curve, Report, Series
-from .report_format import METRIC_WORDS, fmt_lr, fmt_tokens
+from ...core.config import atomic_savefig
+from .data import Curve, Report, Series
+from .format import METRIC_WORDS, fmt_lr, fmt_tokens
 
 
 def _style(s: Series) -> dict:
@@ -204,7 +204,7 @@ def figures(rep: Report, out: Path) -> list[Path]:
 
 def transfer_figure(curves: dict, out: Path) -> list[Path]:
     """``mup_transfer.png``: per (model, parametrization, budget) panel, final C4 validation loss against
-    peak LR (log x), one line per width, each width's optimum circled (``report_transfer``); [] without panels."""
+    peak LR (log x), one line per width, each width's optimum circled (``report.transfer``); [] without panels."""
     if not curves:
         return []
     import matplotlib
@@ -212,7 +212,7 @@ def transfer_figure(curves: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report_transfer import optimum
+    from .transfer import optimum
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6.2 * len(curves), 4.4), squeeze=False)
     for ax, ((model, param, budget), widths) in zip(axes[0], curves.items()):
