@@ -36,7 +36,7 @@ from .core.keys import describe_keys, field_type
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare-data": ("overtrain.data.c4_prepare", "tokenize C4 (hub or local files) into OLMo memmap .npy files"),
+    "prepare-data": ("overtrain.data.c4.prepare", "tokenize C4 (hub or local files) into OLMo memmap .npy files"),
     "info": ("overtrain.train.info", "parameters and training FLOPs per token of a model config"),
     "coord-check": ("overtrain.train.coord_check", "muP coordinate check over widths (plot + JSON)"),
     "pretrain": ("overtrain.train.pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)"),

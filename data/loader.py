@@ -1,6 +1,6 @@
 """Deterministic training batches from a flat token array, addressed by step.
 
-The array is one file's memmap or a split of many parts (``overtrain.data.parts.PartTokens``:
+The array is one file's memmap or a split of many parts (``overtrain.data.c4.parts.PartTokens``:
 the parts concatenated in manifest order, so token t has one global index whatever the parts);
 either way only ``len`` and slices are used, and a dataset of one part gives exactly the windows
 of the single-file layout. A window may span two parts (as it spans two documents).

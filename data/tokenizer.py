@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,3 +55,16 @@ def check_tokenizer(spec: ModelSpec, source: str):
             f"has {tok.get_vocab_size()} ids, eos={eos_token_id(tok)} (a checkpoint from another vocabulary?)"
         )
     return tok
+
+
+def tokenizer_meta(name: str) -> dict:
+    """The tokenizer fields of meta.json."""
+    tok, tok_file = load_tokenizer(name), tokenizer_path(name)
+    return {
+        "tokenizer": name,
+        "tokenizer_file": str(tok_file),
+        "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
+        "vocab_size": tok.get_vocab_size(),
+        "eos_token_id": eos_token_id(tok),
+        "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32",
+    }

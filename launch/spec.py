@@ -312,7 +312,7 @@ def prepare_settings(spec: GridSpec) -> list[str]:
 def validate_names(spec: GridSpec, where: str) -> None:
     """Unknown model, task or budget, or bad prepare-data settings: an error before any job starts."""
     from ..core.model import load_model_spec
-    from ..data.c4_prepare import PrepareConfig
+    from ..data.c4.prepare import PrepareConfig
 
     pre = spec.pretrain or PretrainStage(models=[], budgets=[], config="")
     for m in pre.models:

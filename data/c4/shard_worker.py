@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import DataError, atomic_write_bytes, atomic_write_text
-from .documents import Encoder, ValCopies, read_file
+from ...core.config import DataError, atomic_write_bytes, atomic_write_text
+from .documents import LOCAL_SUFFIXES, Encoder, ValCopies, read_file
 from .parts import verify_part
 
 DIGEST = 16  # bytes per validation document digest (ValCopies.digest)
@@ -77,8 +77,6 @@ def hub_shards(dataset: str, config: str | None, split: str, revision: str | Non
         files = HfApi().list_repo_files(dataset, repo_type="dataset", revision=revision)
     except Exception as e:  # no network, unknown repo: user-facing
         raise DataError(f"{dataset}: cannot list data files on the hub: {type(e).__name__}: {e}") from None
-    from .documents import LOCAL_SUFFIXES
-
     names = sorted(f for f in files if fnmatch.fnmatch(f, pattern) and f.endswith(LOCAL_SUFFIXES))
     if not names:
         raise DataError(f"{dataset}: no data files match '{pattern}' (config '{config}', split '{split}')")
