@@ -40,7 +40,7 @@ Steps, in order; each is guarded (a failure is recorded with its traceback and t
    ``running``; SIGTERM: ``interrupted``, exit status 143). The tables are printed at the end.
 
 Targets (issue 11), each from the best overtrain row: OLMo-90M >= 45% MFU (peak: the device's
-dense bf16 figure, ``train.tracking.PEAK_BF16_FLOPS``, as pre-training logs MFU; a GPU missing
+dense bf16 figure, ``train.metrics_log.PEAK_BF16_FLOPS``, as pre-training logs MFU; a GPU missing
 there uses the measured matmul rate); OLMo-15M >= 1M tokens/s; the loader >= 20x the fastest
 training tokens/s (OLMo-15M's); the stacked sweep >= 3x one LR after another (K = 8).
 Exit status 3 if the preflight failed, 1 if a step failed (a test failed, errored, hung or timed
@@ -319,10 +319,10 @@ class Check:
             )
         else:
             env.update(device=f"CPU {platform.machine()} ({torch.get_num_threads()} torch threads)")
-        from overtrain.train.tracking import peak_flops
+        from overtrain.train.metrics_log import peak_flops
 
         env["peak_flops"] = peak_flops(self.device)
-        env["peak_source"] = "train.tracking.PEAK_BF16_FLOPS (dense bf16 datasheet)" if env["peak_flops"] else None
+        env["peak_source"] = "train.metrics_log.PEAK_BF16_FLOPS (dense bf16 datasheet)" if env["peak_flops"] else None
         return env
 
     def matmul(self) -> dict:

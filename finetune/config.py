@@ -75,7 +75,7 @@ class FinetuneConfig:
     eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
     save_weights: bool = no_result(False)  # save the fine-tuned weights in run_dir/checkpoints/
     log_every: int = no_result(10)  # a training-log line every N steps
-    log: TrackConfig = no_result(factory=TrackConfig)  # wandb / TensorBoard per run (finetune.tracking)
+    log: TrackConfig = no_result(factory=TrackConfig)  # wandb / TensorBoard per run (finetune.run_tracker)
     # sweep (overtrain sweep): the grid (each row has its lr)
     lrs: list[float] = no_result(factory=list)  # explicit grid; empty: geometric, see `sweep`
     stacked: bool = no_result(False)  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass

@@ -4,7 +4,7 @@
 
 One run: check every input (checkpoint, model and vocabulary, task, C4, step count), evaluate the
 base model (C4 perplexity; ID perplexity/accuracy on validation and test), train (the one
-fine-tuning loop, ``finetune.loop``, over ``core.step.train_step``: loss on completion tokens only;
+fine-tuning loop, ``finetune.training``, over ``core.step.train_step``: loss on completion tokens only;
 MuAdamW or plain AdamW, ``optimizer``; warmup + decay from ``overtrain.core.schedule``; optional L2 toward the
 pre-trained weights), evaluate again, and append one row to ``results.jsonl``. The row is written only after everything finished, so a
 killed run leaves no row. Weights are saved only with ``save_weights: true``.
@@ -47,8 +47,8 @@ from .config import RESUME_KEYS as RESUME_KEYS  # re-exported, as SweepConfig an
 from .config import FinetuneConfig, config_hash
 from .config import SweepConfig as SweepConfig
 from .config import load_finetune_config as load_finetune_config
-from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
-from .tracking import close_tracker, open_tracker
+from .run_tracker import close_tracker, open_tracker
+from .training import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
 
 RESULTS_FILE = "results.jsonl"
 build_optimizer = optimizer_for  # MuAdamW, or AdamW with ``optimizer: adamw`` (callers, tests)
@@ -87,7 +87,7 @@ class Prepared:
     device: torch.device
     steps_per_epoch: int
     total_steps: int
-    tracker: Tracker | None = None  # the run's wandb/TensorBoard run (``finetune.tracking.open_tracker``), if asked
+    tracker: Tracker | None = None  # the run's wandb/TensorBoard run (``finetune.run_tracker.open_tracker``), if asked
 
 
 def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepared:
@@ -140,7 +140,7 @@ def train_models(
     Everything else is ``p.cfg``'s: the batches (``loop.StepBatches``: fixed by the step and
     ``seed`` alone, so every LR of a sweep, sequential or stacked, trains on the same batches in
     the same order) and the schedule's shape (``core.schedule.Schedule`` per peak LR).
-    ``trackers[k]``: model k's tracker (``finetune.tracking.open_tracker``; None: none), which
+    ``trackers[k]``: model k's tracker (``finetune.run_tracker.open_tracker``; None: none), which
     ``finish_run`` closes.
     """
     cfg = p.cfg

@@ -75,8 +75,8 @@ from ..core.schedule import Schedule, ScheduleConfig
 from ..core.suite import member_provenance, parse_member, resolve_member
 from ..data.chat import DEFAULT_CHAT_TEMPLATE, ChatRecord, encode_chat
 from ..train.trainer import SingleRun, Trainer
-from .loop import batch_plan
 from .sft import SFTLog, check_out, save_tuned
+from .training import batch_plan
 
 ROW_KIND = "multimodal"
 IMAGE_TOKEN = "<image>"

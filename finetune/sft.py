@@ -97,7 +97,7 @@ from ..core.suite import (
 )
 from ..data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
 from ..train.trainer import Hook, SingleRun, StepEvent, Trainer
-from .loop import batch_plan
+from .training import batch_plan
 
 ROW_KIND = "sft"
 

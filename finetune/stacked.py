@@ -26,7 +26,7 @@ A step is ``core.step.train_step``'s pieces over the stack, so it equals K separ
 
 A diverged model (NaN loss) stays NaN on its own; the others are unaffected. ``StackedRun`` is a
 ``train.trainer.Stepper`` (as ``SingleRun`` is for one model), so the sweep trains it with
-the one training loop (``train.trainer.Trainer``, through ``finetune.loop.train_loop``). One
+the one training loop (``train.trainer.Trainer``, through ``finetune.training.train_loop``). One
 process: the token count is not meant to be all-reduced (no DDP).
 
     run = StackedRun(model, spec, lrs, StepSettings(...)); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
@@ -218,7 +218,7 @@ def train_stacked(
     (sum, count)`` is as in ``train_step`` (default the LM loss; fine-tuning passes
     ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
     (``StepStats.loss``). The one loop (``train.trainer.Trainer``) with divergence "continue": every
-    model runs every step, diverged or not (the fine-tuning loop, ``finetune.loop.train_loop``,
+    model runs every step, diverged or not (the fine-tuning loop, ``finetune.training.train_loop``,
     "record", stops a model at its first non-finite loss instead).
     """
     if len(lr_factors) != len(batches):

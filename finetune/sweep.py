@@ -29,7 +29,7 @@ skipped, and the selected row is written again only when the grid it was selecte
 
 ``stacked: true`` trains every LR still lacking a row in one pass (``finetune.stacked.StackedRun``:
 K copies of the model, one per LR, each step one batched computation) instead of one after
-another. Everything else is the sequential path's: the same loop (``finetune.loop.train_loop``,
+another. Everything else is the sequential path's: the same loop (``finetune.training.train_loop``,
 through ``finetune.train_models``) with its batches, schedule per LR and divergence rule, and the
 same step pieces (``core.step``), seed, clipping, L2 to the pre-trained weights and optimizer; each
 model is then loaded into the model and recorded by the same ``finish_run`` (rows add
@@ -84,8 +84,8 @@ from .finetune import (
     start_run,
     train_models,
 )
+from .run_tracker import open_tracker
 from .stacked import StackedRun, StepSettings
-from .tracking import open_tracker
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:

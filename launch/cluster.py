@@ -198,7 +198,7 @@ def check_time_fit(spec: GridSpec, jobs: list[Job], o) -> list[str]:
 def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[Job], list[str]]:
     """Pre-training jobs with a micro-batch that divides each process's share of the global batch
     on ``nodes`` x processes per node (see the module doc); notes of the changes made."""
-    from ..train.plan import PretrainConfig
+    from ..train.pretrain_plan import PretrainConfig
 
     out, changes = [], {}
     for j in jobs:

@@ -226,7 +226,7 @@ def job_memory(spec: GridSpec, job: Job):
 
     gpus = max(job.nproc, 1)  # 0 = the runner's GPUs: plan as 1 (ddp's memory does not depend on it)
     if job.kind == "pretrain":
-        from ..train.plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
+        from ..train.pretrain_plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
 
         cfg = load_config(PretrainConfig, job.argv[1], job.argv[2:], kind="pretrain")
         mspec = resolve_spec(cfg, job.id)

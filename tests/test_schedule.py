@@ -7,8 +7,8 @@ from overtrain.core.config import ConfigError, from_dict
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.schedule import Schedule, ScheduleConfig, lr_factor, warmup_steps
 from overtrain.core.step import set_lr_factor
-from overtrain.train.loop import build_optimizer
-from overtrain.train.plan import OptimConfig
+from overtrain.train.pretrain_plan import OptimConfig
+from overtrain.train.pretrain_run import build_optimizer
 
 
 def factors(total, warmup, decay="cosine", final=0.0):

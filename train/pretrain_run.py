@@ -1,4 +1,4 @@
-"""The pre-training loop: one process's part of a run that ``overtrain.train.plan`` planned.
+"""The pre-training loop: one process's part of a run that ``overtrain.train.pretrain_plan`` planned.
 
 Every rank of a torchrun builds a ``PretrainRun`` from the same ``Plan``; rank 0 writes the files.
 ``PretrainRun.run`` is the whole run, top to bottom; its steps are the one training loop
@@ -57,8 +57,8 @@ from ..core.optim import optimizer_for
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
 from ..core.step import StepStats, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
-from .plan import SUMMARY_FILE, Plan, PretrainConfig
-from .tracking import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
+from .metrics_log import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
+from .pretrain_plan import SUMMARY_FILE, Plan, PretrainConfig
 from .trainer import Hook, SingleRun, StepEvent, Trainer
 
 build_optimizer = optimizer_for  # the pre-training MuAdamW from ``optim`` (callers, tests)

@@ -10,7 +10,7 @@ file and field, before anything is written:
     mark step       = steps_for(t, tokens_per_step) for each checkpoint.at_tokens t
     epochs          = steps x global_batch_size / n_windows,  n_windows = (train tokens - 1) // seq_len
 
-Imports go one way: this module <- ``overtrain.train.loop`` (the loop runs a ``Plan``) <-
+Imports go one way: this module <- ``overtrain.train.pretrain_run`` (the loop runs a ``Plan``) <-
 ``overtrain.train.pretrain`` (the command: run directory, then the loop). It reads files only.
 """
 
@@ -32,9 +32,9 @@ from ..core.model import ModelSpec, load_model_spec
 from ..core.schedule import Schedule, ScheduleConfig
 from ..core.tracker import check_trackers
 from ..data.c4 import open_for_model
-from .tracking import LogConfig
+from .metrics_log import LogConfig
 
-# The run directory's files besides metrics.jsonl (``overtrain.train.tracking.METRICS_FILE``).
+# The run directory's files besides metrics.jsonl (``overtrain.train.metrics_log.METRICS_FILE``).
 SUMMARY_FILE = "summary.json"  # written last: its presence means the run finished
 CONFIG_FILE = "config.yaml"  # the resolved config; a resume must match it (RESUMABLE_CHANGES aside)
 
