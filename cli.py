@@ -31,8 +31,10 @@ import re
 import shutil
 import sys
 
-from .core.config import CONFIG_ROOT, ConfigError, OvertrainError, load_config
+from .core.config import load_config
+from .core.errors import ConfigError, OvertrainError
 from .core.keys import describe_keys, field_type
+from .core.paths import CONFIG_ROOT
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -98,7 +98,7 @@ from gpu_preflight import check as preflight_check  # noqa: E402
 from gpu_preflight import report as preflight_report  # noqa: E402
 from gpu_report import render_markdown, targets, text_tables  # noqa: E402
 from gpu_wheels import version_problems, versions  # noqa: E402
-from overtrain.core.config import atomic_write_bytes  # noqa: E402
+from overtrain.core.atomic import atomic_write_bytes  # noqa: E402
 
 DRY = {  # tiny shapes: seconds on 2 CPU cores
     "models": ["tiny"],

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.data.c4 import prepare as prep
 from overtrain.data.tokenizer import load_tokenizer
 

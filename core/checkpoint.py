@@ -41,8 +41,11 @@ import numpy as np
 import torch
 import yaml
 
-from .config import CheckpointError, ConfigError, atomic_write_text, expand_path, from_dict, parse_count, to_dict
+from .atomic import atomic_write_text
+from .config import from_dict, parse_count, to_dict
+from .errors import CheckpointError, ConfigError
 from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
+from .paths import expand_path
 
 STEP_PREFIX = "step-"
 MANIFEST = "SHA256SUMS"

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)

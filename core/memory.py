@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .config import ConfigError
+from .errors import ConfigError
 
 USABLE = 0.9  # of the GPU's memory, for the tensors the estimate counts
 GB = 1e9

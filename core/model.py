@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from mup import MuReadout, get_shapes, make_base_shapes, set_base_shapes
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import ConfigError
 
 TOKENIZER_FILE = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 

@@ -65,7 +65,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .config import DataError, atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .errors import DataError
 from .results import Rows, read_rows
 
 OPTIONAL = {"optional": True}  # a new row leaves the key out when its value is None

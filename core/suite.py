@@ -44,8 +44,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, DataError, atomic_write_text, expand_path, parse_count
+from .atomic import atomic_write_text
+from .config import parse_count
+from .errors import ConfigError, DataError
 from .hf_compat import hide_broken_torchvision
+from .paths import expand_path
 
 PROVENANCE_FILE = "overtrain_suite.json"
 PROVENANCE_KEYS = (

@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, atomic_write_text
+from .atomic import atomic_write_text
+from .errors import ConfigError
 
 TRACKER_FILE = "tracker.json"
 INSTALL = "pip install 'wandb>=0.19' 'tensorboard>=2.15' (or the extra: pip install -e '.[track]')"

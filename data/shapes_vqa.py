@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import atomic_write_text
+from ..core.atomic import atomic_write_text
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255)}

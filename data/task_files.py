@@ -30,7 +30,8 @@ import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.config import DataError, expand_path
+from ..core.errors import DataError
+from ..core.paths import expand_path
 
 if TYPE_CHECKING:
     from .tasks import SplitSpec

@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from ..core.config import DataError
+from ..core.errors import DataError
 from .task_files import read_split, resolve_data_path
 from .task_spec import HubTaskSource, LocalTaskSource, TaskSpec, split_specs
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
-from ..core.config import CheckpointError, ConfigError, expand_path
+from ..core.errors import CheckpointError, ConfigError
+from ..core.paths import expand_path
 
 if TYPE_CHECKING:  # not at run time: prepare-data's worker processes must not import torch (~2.5 CPU-s each)
     from ..core.model import ModelSpec

@@ -63,8 +63,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checkpoint import file_sha256
-from ..core.config import CONFIG_ROOT, CheckpointError, ConfigError, DataError
+from ..core.errors import CheckpointError, ConfigError, DataError
 from ..core.hf_compat import hide_broken_torchvision
+from ..core.paths import CONFIG_ROOT
 from ..core.suite import PROVENANCE_FILE, check_loadable, read_provenance
 
 GENERALIST_DIR = CONFIG_ROOT / "lm_eval" / "generalist"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.config import ConfigError
+from ..core.errors import ConfigError
 from ..core.likelihood import autocast_for
 
 

@@ -46,8 +46,8 @@ from typing import Literal
 import torch
 
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
-from ..core.config import ConfigError
 from ..core.dist import resolve_device
+from ..core.errors import ConfigError
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.likelihood import autocast_for, pad_batch, readout_at
 from ..core.suite import member_provenance, resolve_member
@@ -236,7 +236,7 @@ def lm_eval_figures(rows, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..core.config import atomic_savefig
+    from ..core.atomic import atomic_savefig
 
     paths = []
     for metric in metrics:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..core.config import ConfigError, config_digest, load_config
+from ..core.config import config_digest, load_config
+from ..core.errors import ConfigError
 from ..core.identity import identity_dict, identity_row_keys, in_row, no_result
 from ..core.schedule import ScheduleConfig
 from ..core.tracker import TrackConfig

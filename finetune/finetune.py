@@ -27,9 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.atomic import atomic_write_text
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint, save_model_checkpoint
-from ..core.config import ConfigError, atomic_write_text, save_config
+from ..core.config import save_config
 from ..core.dist import resolve_device
+from ..core.errors import ConfigError
 from ..core.identity import c4_identity
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec

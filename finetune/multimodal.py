@@ -65,10 +65,12 @@ import torch
 import torch.nn.functional as F
 
 from ..core import dist
-from ..core.config import ConfigError, DataError, expand_path, to_dict
+from ..core.config import to_dict
+from ..core.errors import ConfigError, DataError
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.identity import no_result, no_result_keys
 from ..core.optim import build_optimizer
+from ..core.paths import expand_path
 from ..core.results import append_row, read_rows
 from ..core.rows import write_scores
 from ..core.schedule import Schedule, ScheduleConfig

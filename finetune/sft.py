@@ -78,12 +78,15 @@ import torch
 import torch.nn.functional as F
 
 from ..core import dist
-from ..core.config import ConfigError, expand_path, replace_dir, to_dict
+from ..core.atomic import replace_dir
+from ..core.config import to_dict
 from ..core.dist import FSDPConfig
+from ..core.errors import ConfigError
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.identity import no_result, no_result_keys
 from ..core.memory import Setup, check_fits, hf_shape
 from ..core.optim import build_optimizer
+from ..core.paths import expand_path
 from ..core.results import append_row, read_rows
 from ..core.schedule import Schedule, ScheduleConfig
 from ..core.suite import (

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import checkpoint_provenance
-from ..core.config import ConfigError
+from ..core.errors import ConfigError
 from ..core.eta import Eta
 from ..core.identity import same_identity, warn_predating
 from ..core.lock import LOCK_FILE, hold

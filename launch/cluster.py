@@ -30,7 +30,8 @@ import shutil
 import subprocess
 from dataclasses import replace
 
-from ..core.config import ConfigError, load_config
+from ..core.config import load_config
+from ..core.errors import ConfigError
 from .plan import Job, gpu_hours
 from .spec import GridSpec
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ConfigError, expand_path, load_config, parse_count, to_dict
+from ..core.config import load_config, parse_count, to_dict
+from ..core.errors import ConfigError
+from ..core.paths import expand_path
 from .spec import (
     GridSpec,
     HardwareSpec,

@@ -51,7 +51,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import ConfigError, atomic_write_text, expand_path
+from ..core.atomic import atomic_write_text
+from ..core.errors import ConfigError
+from ..core.paths import expand_path
 from .cluster import check_options, check_time_fit, fit_batches
 from .plan import Job
 from .runner import is_done

@@ -19,16 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..core.config import (
-    CONFIG_ROOT,
-    ConfigError,
-    atomic_write_text,
-    config_digest,
-    expand_path,
-    load_config,
-    parse_count,
-    to_dict,
-)
+from ..core.atomic import atomic_write_text
+from ..core.config import config_digest, load_config, parse_count, to_dict
+from ..core.errors import ConfigError
+from ..core.paths import CONFIG_ROOT, expand_path
 from ..core.tracker import TrackConfig, check_trackers
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from overtrain.cli import COMMANDS, build_parser, command_classes, main
-from overtrain.core.config import ConfigError, load_config
+from overtrain.core.config import load_config
+from overtrain.core.errors import ConfigError
 from overtrain.core.keys import config_keys, describe_keys, field_docs
 
 

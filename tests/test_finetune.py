@@ -9,9 +9,10 @@ import torch
 import yaml
 from overtrain.cli import main
 from overtrain.core.checkpoint import save_model_checkpoint
-from overtrain.core.config import CheckpointError, ConfigError, DataError, data_root
+from overtrain.core.errors import CheckpointError, ConfigError, DataError
 from overtrain.core.likelihood import lm_loss
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 from overtrain.data.encode import collate
 from overtrain.finetune import finetune as ft

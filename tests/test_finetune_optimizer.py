@@ -5,7 +5,7 @@ LR per parameter group (``lr_groups``)."""
 from dataclasses import replace
 
 import pytest
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.optim import build_optimizer, group_lrs
 from overtrain.finetune import finetune as ft

@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 from overtrain.core.checkpoint import load_model, verify_checkpoint
-from overtrain.core.config import REPO_ROOT, load_config
+from overtrain.core.config import load_config
+from overtrain.core.paths import REPO_ROOT
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
 LR = 1e-2  # the demo config's peak LR

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from overtrain.cli import main as cli
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.rows import load_rows, read_scores
 from overtrain.evaluate import generalist
 from overtrain.evaluate import lm_eval as lm_eval_mod

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from overtrain.core.config import REPO_ROOT
+from overtrain.core.paths import REPO_ROOT
 from packaging.requirements import Requirement
 
 BENCH = REPO_ROOT / "benchmarks"

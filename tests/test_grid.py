@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from overtrain.cli import main
-from overtrain.core.config import CONFIG_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.plan import expand, plan_summary
 from overtrain.launch.spec import claim_results_dir, load_grid
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from overtrain.cli import main as cli
 from overtrain.core.checkpoint import load_model
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.data.encode import encode_split
 from overtrain.data.tasks import load_task
 from overtrain.data.tokenizer import load_tokenizer
@@ -116,7 +116,8 @@ def test_unknown_task_fails_before_loading_the_model(run, rte_yaml, monkeypatch,
 
 
 def test_grid_lm_eval_stage(rte_yaml, tmp_path):
-    from overtrain.core.config import CONFIG_ROOT, ConfigError
+    from overtrain.core.errors import ConfigError
+    from overtrain.core.paths import CONFIG_ROOT
     from overtrain.launch.plan import expand
     from overtrain.launch.spec import grid_fingerprint, load_grid
 

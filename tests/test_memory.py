@@ -3,7 +3,7 @@ steps, and the refusal that names the setting making a job fit."""
 
 import pytest
 import torch
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.memory import Setup, check_fits, estimate, hf_shape, olmo_shape
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.optim import build_optimizer
@@ -88,7 +88,7 @@ OLMO1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 1
 
 
 def test_grid_plan_shows_and_checks_memory(tmp_path, fake_hub):  # fake_hub: the members from a faked branch list
-    from overtrain.core.config import REPO_ROOT
+    from overtrain.core.paths import REPO_ROOT
     from overtrain.launch.plan import expand
     from overtrain.launch.spec import load_grid
 
@@ -141,7 +141,7 @@ def test_sft_refuses_a_run_that_will_not_fit(tiny_suite, tmp_path):
 
 @pytest.mark.parametrize("name, params", [("section2-olmo2-7b", 7.30e9), ("section2-amber", 6.74e9)])
 def test_section2_7b_grids_plan_offline_sharded_and_refuse_what_cannot_run(name, params, tmp_path):
-    from overtrain.core.config import REPO_ROOT
+    from overtrain.core.paths import REPO_ROOT
     from overtrain.launch.plan import expand
     from overtrain.launch.spec import load_grid
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 from overtrain.cli import main
-from overtrain.core.config import CONFIG_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.plan import expand, plan_summary, print_plan
 from overtrain.launch.spec import grid_fingerprint, load_grid
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from overtrain import cli
-from overtrain.core.config import DataError, data_root
+from overtrain.core.errors import DataError
 from overtrain.core.model import load_model_spec
+from overtrain.core.paths import data_root
 from overtrain.data.c4 import open_prepared
 from overtrain.data.c4.documents import holdout_mask
 from overtrain.data.tokenizer import load_tokenizer

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import yaml
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.core.results import append_row
 from overtrain.evaluate.report import make_report
 from overtrain.evaluate.report.transfer import find_runs, optimum, transfer_curves

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.core.identity import (
     c4_identity,
     identity_dict,

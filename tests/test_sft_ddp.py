@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from overtrain.cli import main as cli
-from overtrain.core.config import REPO_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import REPO_ROOT
 from overtrain.core.results import read_rows
 from overtrain.core.suite import read_provenance
 from overtrain.data.chat import gsm8k_chat, write_chat_jsonl

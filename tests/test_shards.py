@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 from overtrain import cli
-from overtrain.core.config import DataError, data_root
+from overtrain.core.errors import DataError
+from overtrain.core.paths import data_root
 from overtrain.data.c4 import open_prepared
 from overtrain.data.tokenizer import load_tokenizer
 

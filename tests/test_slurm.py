@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]

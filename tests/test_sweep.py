@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from overtrain.cli import main
 from overtrain.core.checkpoint import load_model
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.model import count_params, load_model_spec
 from overtrain.core.results import read_rows
 from overtrain.finetune import finetune as ft
@@ -107,7 +107,7 @@ def test_intermediate_checkpoint_references(tmp_path):
     import json
 
     from overtrain.core.checkpoint import resolve_checkpoint as resolve_checkpoint_ref
-    from overtrain.core.config import CheckpointError
+    from overtrain.core.errors import CheckpointError
 
     for step in (5, 10, 20):
         d = tmp_path / "run" / "checkpoints" / f"step-{step:08d}"

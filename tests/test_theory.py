@@ -13,7 +13,9 @@ import math
 import numpy as np
 import pytest
 from overtrain import cli
-from overtrain.core.config import CONFIG_ROOT, ConfigError, load_config
+from overtrain.core.config import load_config
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.core.rows import TheoryRow, load_rows
 from overtrain.evaluate.report import make_report
 from overtrain.evaluate.report.stats import t_ppf, t_sf

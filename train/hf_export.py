@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..core.atomic import replace_dir
 from ..core.checkpoint import load_model
-from ..core.config import ConfigError, replace_dir, to_dict
+from ..core.config import to_dict
+from ..core.errors import ConfigError
 from ..core.model import ModelSpec
 from ..data.tokenizer import EOS_TOKEN, tokenizer_path
 from .hf import DTYPES, PAD_TOKEN, PADDED_ROWS, PROVENANCE, check_target, folded_multipliers, tmp_dir, to_hf_state

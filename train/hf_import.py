@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ..core.atomic import replace_dir
 from ..core.checkpoint import save_model_checkpoint, step_dir_name
-from ..core.config import CheckpointError, ConfigError, from_dict, replace_dir
+from ..core.config import from_dict
+from ..core.errors import CheckpointError, ConfigError
 from ..core.model import ModelSpec, build_model
 from ..data.tokenizer import DEFAULT_TOKENIZER, tokenizer_path
 from .hf import PADDED_ROWS, PROVENANCE, check_target, folded_multipliers, from_hf_state, hf_names, tmp_dir

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import dist
-from ..core.config import atomic_write_text
+from ..core.atomic import atomic_write_text
 from ..core.eta import Eta
 from ..core.results import append_row, iter_rows
 from ..core.tracker import TrackConfig, Tracker

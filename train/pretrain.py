@@ -31,8 +31,10 @@ from pathlib import Path
 
 from ..core import dist
 from ..core.checkpoint import latest_checkpoint, remove_stale_temps
-from ..core.config import ConfigError, expand_path, resolve_config_path, save_config
+from ..core.config import resolve_config_path, save_config
+from ..core.errors import ConfigError
 from ..core.lock import LOCK_FILE, hold
+from ..core.paths import expand_path
 from .metrics_log import METRICS_FILE
 from .pretrain_plan import CONFIG_FILE, SUMMARY_FILE, Plan, PretrainConfig, plan_run
 from .pretrain_run import PretrainRun

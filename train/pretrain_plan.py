@@ -24,11 +24,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core.checkpoint import resume_checkpoint
-from ..core.config import ConfigError, DataError, expand_path, from_dict, read_yaml, to_dict
+from ..core.config import from_dict, read_yaml, to_dict
 from ..core.dist import FSDPConfig
+from ..core.errors import ConfigError, DataError
 from ..core.identity import no_result, no_result_keys
 from ..core.memory import Setup, check_fits, olmo_shape
 from ..core.model import ModelSpec, load_model_spec
+from ..core.paths import expand_path
 from ..core.schedule import Schedule, ScheduleConfig
 from ..core.tracker import check_trackers
 from ..data.c4 import open_for_model

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..core import dist
+from ..core.atomic import atomic_write_text
 from ..core.checkpoint import (
     load_model,
     load_sharded_optimizer,
@@ -50,10 +51,12 @@ from ..core.checkpoint import (
     step_dir_name,
     write_checkpoint,
 )
-from ..core.config import CheckpointError, atomic_write_text, expand_path, to_dict
+from ..core.config import to_dict
+from ..core.errors import CheckpointError
 from ..core.likelihood import lm_loss, perplexity
 from ..core.model import build_model, count_params, flops_per_token
 from ..core.optim import optimizer_for
+from ..core.paths import expand_path
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
 from ..core.step import StepStats, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import DataError, expand_path
+from ...core.errors import DataError
+from ...core.paths import expand_path
 from .parts import PartTokens, open_parts
 
 PREPARED_SPLITS = ("train", "val")  # the token files of a prepared directory (not task splits)

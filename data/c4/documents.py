@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import DataError, expand_path
+from ...core.errors import DataError
+from ...core.paths import expand_path
 from ..tokenizer import eos_token_id, load_tokenizer
 
 LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")

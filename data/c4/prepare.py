@@ -49,7 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import ConfigError, DataError, expand_path, replace_dir
+from ...core.atomic import replace_dir
+from ...core.errors import ConfigError, DataError
+from ...core.paths import expand_path
 from ..tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
 from .documents import (
     HOLDOUT_RULE,

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import DataError, atomic_write_bytes, atomic_write_text
+from ...core.atomic import atomic_write_bytes, atomic_write_text
+from ...core.errors import DataError
 from .documents import LOCAL_SUFFIXES, Encoder, ValCopies, read_file
 from .parts import verify_part
 

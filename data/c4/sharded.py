@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import ConfigError, DataError, atomic_write_bytes, atomic_write_text
+from ...core.atomic import atomic_write_bytes, atomic_write_text
+from ...core.errors import ConfigError, DataError
 from ..tokenizer import tokenizer_meta
 from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask, holdout_size
 from .parts import check_part, sha256_file

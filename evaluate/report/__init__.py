@@ -51,7 +51,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...core.config import ConfigError, DataError, atomic_write_text
+from ...core.atomic import atomic_write_text
+from ...core.errors import ConfigError, DataError
 from ...core.results import Rows
 from ...core.rows import Row, load_rows
 from ...core.tracker import TrackConfig, Tracker, check_trackers

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import ConfigError, DataError
+from ...core.errors import ConfigError, DataError
 from ...core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number, read_scores
 from . import stats as st
 from .format import fmt_lr, fmt_tokens

@@ -9,7 +9,7 @@ noise sensitivity as error bars of mean +- t_{0.975, n-1} sd / sqrt(n) over its 
 negative).
 
 Intermediate checkpoints are drawn dotted with hollow markers; turns (interior inflections) are
-circled in red. Files are written whole or not at all (``core.config.atomic_savefig``).
+circled in red. Files are written whole or not at all (``core.atomic.atomic_savefig``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import re
 from pathlib import Path
 
-from ...core.config import atomic_savefig
+from ...core.atomic import atomic_savefig
 from .data import Curve, Report, Series
 from .format import METRIC_WORDS, fmt_lr, fmt_tokens
 

@@ -290,7 +290,7 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ...core.config import atomic_savefig
+    from ...core.atomic import atomic_savefig
 
     paths = []
     for suite in sorted({f.suite for f in families}):

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.config import atomic_savefig
+from ...core.atomic import atomic_savefig
 from ...core.rows import Row, TheoryRow
 from .stats import ALPHA, holm, t_ppf, t_sf
 

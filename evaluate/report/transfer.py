@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ...core.config import DataError
+from ...core.errors import DataError
 from .format import fmt_lr, fmt_num, fmt_tokens
 
 SUMMARY = "summary.json"
