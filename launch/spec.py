@@ -343,7 +343,8 @@ def validate_names(spec: GridSpec, where: str) -> None:
     if spec.log is not None:
         check_trackers(spec.log, f"{where}: log")
     if spec.lm_eval is not None:  # lm-eval's own task index: an unknown name fails here, before any job
-        from ..evaluate.lm_eval import LmEvalConfig, resolve_tasks
+        from ..evaluate.generalist import resolve_tasks
+        from ..evaluate.lm_eval import LmEvalConfig
 
         try:
             cfg = load_config(LmEvalConfig, None, [f"tasks={json.dumps(spec.lm_eval.tasks)}", *spec.lm_eval.args])

@@ -58,6 +58,7 @@ from ...core.rows import Row, load_rows
 from ...core.tracker import TrackConfig, Tracker, check_trackers
 from .data import Report, collect, find_turn
 from .figures import figures, transfer_figure
+from .lm_eval_rows import lm_eval_figures
 from .suite import collect_suite, decide_suite, suite_figures, suite_markdown
 from .text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
 from .theory import only_theory, theory_header, theory_part
@@ -115,7 +116,6 @@ def make_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = figures(rep, out) + transfer_figure(transfer, out)
-    from ..lm_eval import lm_eval_figures  # `overtrain lm-eval` rows: each metric against pre-training tokens
 
     paths += lm_eval_figures([d for d in (r.to_dict() for r in rows) if not d.get("suite_model")], out)
     families = collect_suite(rows)  # checkpoint suites (the paper's Section 2), drawn and judged apart
