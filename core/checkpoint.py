@@ -376,7 +376,7 @@ def checkpoint_provenance(step_dir: str | os.PathLike, spec: ModelSpec, meta: di
 def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """The optimizer state of a (maybe FSDP-sharded) model into ``path`` with torch's distributed
     checkpoint (a collective: every rank writes its own shards; rank 0 the metadata)."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # heavy: ~3 s import, sharded runs only
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(path))
@@ -385,7 +385,7 @@ def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 def load_sharded_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """``save_sharded``'s state into ``optimizer`` of ``model`` as sharded now (any number of ranks,
     sharded or not; every rank calls it)."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # heavy: ~3 s import, sharded runs only
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     state = {"optim": get_optimizer_state_dict(model, optimizer)}  # the layout to read into
@@ -403,7 +403,10 @@ def load_whole_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.op
     into ``optimizer`` of ``model`` sharded now (every rank reads the file and keeps its shards). The
     numbers become parameter names by the optimizer's own group order, which ``core.optim`` builds
     the same for the model sharded or not."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # heavy: sharded runs only
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -16,6 +16,7 @@ lists every dotted key of a config with its type, default and doc (``overtrain C
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -154,8 +155,6 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            import difflib
-
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             field = f"{where}.{key}" if where else str(key)

@@ -21,7 +21,7 @@ def hide_broken_torchvision() -> None:
     if "torchvision" in sys.modules or "transformers" in sys.modules or importlib.util.find_spec("torchvision") is None:
         return
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (heavy: the probe itself, called only before transformers loads)
     except Exception:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]

@@ -95,7 +95,7 @@ def windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> 
 
 
 def _sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # heavy: torch.distributed.fsdp (~2 s), only sharded runs
 
     return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from .likelihood import autocast_for, lm_loss
 
@@ -56,8 +57,6 @@ def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     One kernel launch per step instead of several per parameter list; the update is the same
     algorithm. Returns False (and changes nothing) for other optimizers or devices without it.
     """
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
     devices = {p.device.type for g in optimizer.param_groups for p in g["params"]}
     if not isinstance(optimizer, torch.optim.Adam) or not devices <= set(_get_fused_kernels_supported_devices()):
         return False
@@ -72,7 +71,7 @@ def _is_distributed() -> bool:
 
 def _fsdp_module(model: torch.nn.Module):
     """The ``FSDPModule`` a (maybe compiled) model is, else None."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # heavy: torch.distributed.fsdp (~2 s), only sharded runs
 
     inner = getattr(model, "_orig_mod", model)
     return inner if isinstance(inner, FSDPModule) else None

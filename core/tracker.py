@@ -85,7 +85,7 @@ def group_name(prov: dict, task: str) -> str:
 
 
 def _tensorboard_writer(log_dir: str):
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # heavy, optional extra [track]
 
     return SummaryWriter(log_dir)
 
@@ -119,7 +119,7 @@ class Tracker:
         if not enabled:
             return
         if getattr(cfg, "wandb", False):
-            import wandb
+            import wandb  # heavy: wandb (optional extra [track]), only with log.wandb
 
             self.wandb = wandb.init(
                 project=cfg.wandb_project,

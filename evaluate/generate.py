@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.checkpoint import load_model, resolve_checkpoint
+from ..core.dist import resolve_device
 from ..core.errors import ConfigError
 from ..core.likelihood import autocast_for
+from ..data.tasks import load_task
+from ..data.tokenizer import load_tokenizer
 
 
 @torch.no_grad()
@@ -124,15 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.checkpoint import load_model, resolve_checkpoint
-    from ..core.dist import resolve_device
-    from ..data.tokenizer import load_tokenizer
-
     resolve_checkpoint(args.checkpoint)  # a missing checkpoint fails before the task is read
     items = [(p.replace("\\n", "\n"), None) for p in ([args.prompt] if args.prompt else []) + args.prompts]
     if args.task:
-        from ..data.tasks import load_task
-
         examples = load_task(args.task, template=args.template).examples(args.split)[: max(args.n, 0)]
         items = [(ex.prompt, ex.completion) for ex in examples]
     model, spec, meta = load_model(args.checkpoint, device=resolve_device(args.device))

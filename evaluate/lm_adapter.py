@@ -26,7 +26,7 @@ from .generate import generate
 def make_lm(model, spec, tokenizer, batch_size: int = 32, precision: str = "auto", eos_prefix: bool = True):
     """An lm-eval ``LM`` over an overtrain model (the class is built here: lm-eval is optional)."""
     hide_broken_torchvision()
-    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.model import TemplateLM  # heavy: lm_eval (optional extra [hf])
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     class OvertrainLM(TemplateLM):

@@ -56,7 +56,7 @@ INSTALL = "pip install 'lm-eval[hf]==0.4.13' (or the project's extra: pip instal
 def _require_lm_eval():
     hide_broken_torchvision()
     try:
-        import lm_eval
+        import lm_eval  # heavy: lm_eval (optional extra [hf])
     except ImportError:
         raise ConfigError(f"lm-eval is not installed: {INSTALL}") from None
     return lm_eval

@@ -432,7 +432,7 @@ def _quiet(_msg: str) -> None:
 def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.DistInfo, log, what: str):
     """(model, tokenizer, training stats): the member loaded from ``path`` in fp32 and trained on ``records``."""
     hide_broken_torchvision()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers (optional extra [hf])
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)

@@ -46,8 +46,10 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call, stack_module_state
+from tqdm.auto import tqdm
 
 from ..core.likelihood import lm_loss
+from ..core.model import attach_shapes
 from ..core.optim import build_optimizer
 from ..core.step import (
     StepStats,
@@ -116,8 +118,6 @@ class StackedRun:
         self.settings = st = _settings(settings, overrides)
         named = dict(model.named_parameters())
         if st.mup and any(not hasattr(p, "infshape") for p in named.values()):
-            from ..core.model import attach_shapes
-
             attach_shapes(model, spec)
         self.n_models = K = len(lrs)
         self.grad_clip, self.precision = st.grad_clip, st.precision
@@ -238,8 +238,6 @@ class StackedLosses(Hook):
     """``train_stacked``'s hook: every model's loss at every step; a bar on a terminal when ``progress``."""
 
     def __init__(self, total: int, desc: str, progress: bool):
-        from tqdm.auto import tqdm
-
         self.losses: list[list[float]] = []
         self.bar = tqdm(total=total, desc=desc, unit="step", disable=not (progress and sys.stderr.isatty()))
 

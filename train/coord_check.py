@@ -254,7 +254,7 @@ def _json_safe(obj):
 
 
 def plot(summary: dict, path: str | os.PathLike, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -137,7 +137,7 @@ def layout(model: torch.nn.Module, cfg: PretrainConfig, info: dist.DistInfo, dev
     (``activation_checkpointing``; OLMo's whole-layer strategy) and, under torchrun with
     ``parallel: fsdp``, sharded in place per block (``core.dist.shard``; muP shapes kept)."""
     if cfg.activation_checkpointing:
-        from olmo.config import ActivationCheckpointingStrategy
+        from olmo.config import ActivationCheckpointingStrategy  # heavy: olmo, ~4 s
 
         model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer)
     if cfg.parallel == "fsdp" and info.distributed:

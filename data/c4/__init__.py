@@ -64,7 +64,7 @@ class PreparedData:
     def check_vocab(self, model_spec) -> None:
         """DataError naming meta.json and the field if ``model_spec``'s model (a ``core.model.ModelSpec``)
         cannot read these token ids: ``core.model.check_vocab``, the one vocabulary check."""
-        from ...core.model import check_vocab  # here, not at the top: reading prepared data needs no torch
+        from ...core.model import check_vocab  # heavy: torch; reading prepared data needs none
 
         meta = self.meta
         check_vocab(

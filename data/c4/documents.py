@@ -90,7 +90,7 @@ class HubDocuments:
         ]
 
     def _open(self):
-        import datasets  # slow import; only the hub path needs it
+        import datasets  # heavy: datasets (~1 s), only the hub path
 
         try:
             return datasets.load_dataset(
@@ -178,7 +178,7 @@ def _read_json_array(path: Path, data: bytes, field: str) -> Iterator[str]:
 
 
 def _read_parquet(path: Path, field: str) -> Iterator[str]:
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: pyarrow, only parquet inputs
     import pyarrow.parquet as pq
 
     try:

@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ...core.atomic import replace_dir
 from ...core.errors import ConfigError, DataError
@@ -144,8 +145,6 @@ class Tokenizing:
 def _write_split(
     path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int, desc: str, total: int | None
 ) -> dict:
-    from tqdm import tqdm
-
     n_tokens = n_docs = 0
     with open(path, "wb") as f, tqdm(total=total, desc=desc, unit="doc", disable=None, file=sys.stderr) as bar:
         for docs, tokens in tokenizing.map(_chunks(texts, chunk_chars)):

@@ -171,7 +171,7 @@ def track_report(rep: Report, cfg: TrackConfig, out: Path, paths: list[Path]) ->
     for tokens in sorted(at):  # increasing steps: wandb needs them so
         tracker.log(at[tokens], tokens)
     if tracker.wandb is not None:
-        import wandb
+        import wandb  # heavy: wandb (optional extra [track]), only with log.wandb
 
         tracker.wandb.log({p.stem: wandb.Image(str(p)) for p in paths})
     tracker.close()

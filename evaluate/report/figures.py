@@ -21,6 +21,7 @@ from pathlib import Path
 from ...core.atomic import atomic_savefig
 from .data import Curve, Report, Series
 from .format import METRIC_WORDS, fmt_lr, fmt_tokens
+from .transfer import optimum
 
 
 def _style(s: Series) -> dict:
@@ -57,7 +58,7 @@ def _mark_turn(ax, c: Curve, color) -> None:
 
 
 def _turn_legend_handle():
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # heavy: matplotlib, only when there are figures
 
     return Line2D([], [], markersize=10, label="turn (inflection)", **TURN_MARKER)
 
@@ -86,7 +87,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def figures(rep: Report, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -207,12 +208,10 @@ def transfer_figure(curves: dict, out: Path) -> list[Path]:
     peak LR (log x), one line per width, each width's optimum circled (``report.transfer``); [] without panels."""
     if not curves:
         return []
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .transfer import optimum
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6.2 * len(curves), 4.4), squeeze=False)
     for ax, ((model, param, budget), widths) in zip(axes[0], curves.items()):

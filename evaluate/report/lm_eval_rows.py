@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...core.atomic import atomic_savefig
+
 METRIC_SKIP = ("_stderr",)  # row keys that are not metrics to plot (their error bars)
 ROW_KEYS = {"num_fewshot", "limit", "n_examples", "seconds", "time", "pretrain_tokens", "budget_tokens"}
 
@@ -37,12 +39,10 @@ def lm_eval_figures(rows, out: Path) -> list[Path]:
     )
     if not rows or not metrics:
         return []
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..core.atomic import atomic_savefig
 
     paths = []
     for metric in metrics:

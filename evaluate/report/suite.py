@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.atomic import atomic_savefig
 from ...core.rows import Row, read_scores
 from .format import fmt_tokens
 from .stats import (
@@ -285,12 +286,10 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
     line per tuning data (dashed: before tuning), 95% intervals as bands, turns marked."""
     if not families:
         return []
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ...core.atomic import atomic_savefig
 
     paths = []
     for suite in sorted({f.suite for f in families}):

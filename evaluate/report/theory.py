@@ -242,7 +242,7 @@ def _draw(ax, c: TheoryCurve, mark: bool = True, **kw) -> None:
 
 
 def theory_figures(st: TheoryStudy, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
