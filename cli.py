@@ -43,8 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coord-check": ("overtrain.train.coord_check", "muP coordinate check over widths (plot + JSON)"),
     "pretrain": ("overtrain.train.pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)"),
     "finetune": ("overtrain.finetune.finetune", "fine-tune a checkpoint on a task, evaluate, append results"),
-    "sft": ("overtrain.finetune.sft", "instruction-tune a suite member (transformers model) on chat data"),
-    "multimodal": ("overtrain.finetune.multimodal", "LLaVA two-stage multimodal tuning of a suite member + VQA"),
+    "sft": ("overtrain.finetune.instruct.sft", "instruction-tune a suite member (transformers model) on chat data"),
+    "multimodal": (
+        "overtrain.finetune.instruct.multimodal",
+        "LLaVA two-stage multimodal tuning of a suite member + VQA",
+    ),
     "sweep": ("overtrain.finetune.sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR"),
     "evaluate": ("overtrain.evaluate.evaluator", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
     "lm-eval": ("overtrain.evaluate.lm_eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)"),

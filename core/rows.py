@@ -13,7 +13,7 @@ rows", lists its keys. The kinds and who writes them:
     TheoryRow    "theory"    one point of the linear-network study (``overtrain theory``, ``finetune.theory``)
     OtherRow     any other   kept as read; the report counts and ignores it, except the suite kinds
                              "lm_eval" (``overtrain lm-eval``) and "multimodal" (``overtrain multimodal``,
-                             ``finetune.multimodal``: a LLaVA-tuned suite member on a visual QA set; keys
+                             ``finetune.instruct.multimodal``: a LLaVA-tuned suite member on a visual QA set; keys
                              ``out``, ``task``, ``acc``, ``n``, ``chance`` (mean 1/choices), ``p_value``
                              (one-sided exact test against chance), ``scores`` (``multimodal.TASK.acc``
                              per question) and the member's provenance, ``core.suite.PROVENANCE_KEYS``),

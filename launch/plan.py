@@ -234,7 +234,7 @@ def job_memory(spec: GridSpec, job: Job):
         mspec = resolve_spec(cfg, job.id)
         cfg.seq_len = cfg.seq_len or mspec.max_sequence_length
         return olmo_shape(mspec), memory_setup(cfg, gpus), MEMORY_SETTINGS
-    from ..finetune.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
+    from ..finetune.instruct.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
 
     config = dict(spec.suite.architecture)
     local = Path(job.argv[1]) / "config.json"

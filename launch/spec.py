@@ -156,7 +156,7 @@ class InstructStage:
 @dataclass
 class MultimodalStage:
     """LLaVA tuning (``overtrain multimodal``: stage 1 projector, stage 2 projector + LM) of every suite
-    member, evaluated on a visual QA set; data in LLaVA's JSON format (``finetune.multimodal``)."""
+    member, evaluated on a visual QA set; data in LLaVA's JSON format (``finetune.instruct.multimodal``)."""
 
     vision: str = "openai/clip-vit-large-patch14-336"  # the CLIP vision tower (LLaVA-1.5's)
     captions: str = ""  # stage 1 image-caption pairs (LLaVA-Pretrain blip_laion_cc_sbu_558k.json)

@@ -146,7 +146,7 @@ SFT_KW = dict(epochs=2, lr=1e-3, batch_size=3, micro_batch_size=1, max_seq_len=1
 def test_sft_fsdp_two_ranks_equal_one_process(tiny_suite, tmp_path):
     from overtrain.core.suite import read_provenance
     from overtrain.data.chat import gsm8k_chat, write_chat_jsonl
-    from overtrain.finetune.sft import SFTConfig, run_sft
+    from overtrain.finetune.instruct.sft import SFTConfig, run_sft
     from safetensors.torch import load_file
 
     data = write_chat_jsonl(gsm8k_chat(9), tmp_path / "nine.jsonl")

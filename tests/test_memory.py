@@ -128,7 +128,7 @@ def test_pretrain_refuses_a_run_that_will_not_fit(tmp_path, small_c4):
 
 
 def test_sft_refuses_a_run_that_will_not_fit(tiny_suite, tmp_path):
-    from overtrain.finetune.sft import SFTConfig, run_sft
+    from overtrain.finetune.instruct.sft import SFTConfig, run_sft
 
     cfg = SFTConfig(data="${OVERTRAIN_DATA}/gsm8k/train.jsonl", out=str(tmp_path / "out"), memory_gb=0.3)
     with pytest.raises(

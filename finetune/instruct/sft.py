@@ -77,19 +77,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import dist
-from ..core.atomic import replace_dir
-from ..core.config import to_dict
-from ..core.dist import FSDPConfig
-from ..core.errors import ConfigError
-from ..core.hf_compat import hide_broken_torchvision
-from ..core.identity import no_result, no_result_keys
-from ..core.memory import Setup, check_fits, hf_shape
-from ..core.optim import build_optimizer
-from ..core.paths import expand_path
-from ..core.results import append_row, read_rows
-from ..core.schedule import Schedule, ScheduleConfig
-from ..core.suite import (
+from ...core import dist
+from ...core.atomic import replace_dir
+from ...core.config import to_dict
+from ...core.dist import FSDPConfig
+from ...core.errors import ConfigError
+from ...core.hf_compat import hide_broken_torchvision
+from ...core.identity import no_result, no_result_keys
+from ...core.memory import Setup, check_fits, hf_shape
+from ...core.optim import build_optimizer
+from ...core.paths import expand_path
+from ...core.results import append_row, read_rows
+from ...core.schedule import Schedule, ScheduleConfig
+from ...core.suite import (
     PROVENANCE_FILE,
     check_loadable,
     member_provenance,
@@ -98,9 +98,9 @@ from ..core.suite import (
     resolve_member,
     write_provenance,
 )
-from ..data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
-from ..train.trainer import Hook, SingleRun, StepEvent, Trainer
-from .training import batch_plan
+from ...data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
+from ...train.trainer import Hook, SingleRun, StepEvent, Trainer
+from ..training import batch_plan
 
 ROW_KIND = "sft"
 
