@@ -17,7 +17,7 @@ rows", lists its keys. The kinds and who writes them:
                              ``out``, ``task``, ``acc``, ``n``, ``chance`` (mean 1/choices), ``p_value``
                              (one-sided exact test against chance), ``scores`` (``multimodal.TASK.acc``
                              per question) and the member's provenance, ``core.suite.PROVENANCE_KEYS``),
-                             which ``evaluate.report.suite`` draws against pre-training tokens
+                             which ``evaluate.report.suite_part`` draws against pre-training tokens
 
 Shared parts are flattened into the row (their fields are row keys): ``Checkpoint`` (which
 checkpoint: ``checkpoint``, ``checkpoint_sha256``, ``model``, ``pretrain_tokens``, ...) and

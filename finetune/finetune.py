@@ -11,7 +11,7 @@ killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
 ``run_finetune(cfg, ...)`` is the function form; ``overtrain sweep`` calls it once per LR, or, with
 ``stacked: true``, trains all LRs at once (``train_models`` over a ``StackedRun``) and records each
-through the same ``finish_run``. The config and a row's resume identity: ``overtrain.finetune.config``.
+through the same ``finish_run``. The config and a row's resume identity: ``overtrain.finetune.finetune_config``.
 """
 
 from __future__ import annotations
@@ -45,10 +45,7 @@ from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from ..evaluate.evaluator import evaluate_encoded
-from .config import RESUME_KEYS as RESUME_KEYS  # re-exported, as SweepConfig and load_finetune_config: callers, tests
-from .config import FinetuneConfig, config_hash
-from .config import SweepConfig as SweepConfig
-from .config import load_finetune_config as load_finetune_config
+from .finetune_config import FinetuneConfig, config_hash
 from .run_tracker import close_tracker, open_tracker
 from .training import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
 

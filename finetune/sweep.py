@@ -21,7 +21,7 @@ order; both absent when none was added) and, when the tuned LR is still an end, 
 flags it). The extension depends only on the rows, so a rerun reuses the added LRs' rows too.
 
 The base model is evaluated once (a ``kind: "base"`` row; every fine-tuning row carries it as
-``*_before``). Resumable: LRs whose rows exist with this run's identity (``finetune.RESUME_KEYS``:
+``*_before``). Resumable: LRs whose rows exist with this run's identity (``finetune_config.RESUME_KEYS``:
 checkpoint content, task, template, C4 tokens, seed, config hash; ``core.identity.same_identity``) are
 skipped, and the selected row is written again only when the grid it was selected from changed
 (the latest selected row of a sweep is its selection). Per-LR run dirs
@@ -71,7 +71,6 @@ from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
-from .config import RESUME_KEYS, FinetuneConfig, config_hash, load_finetune_config
 from .finetune import (
     RESULTS_FILE,
     Prepared,
@@ -84,6 +83,7 @@ from .finetune import (
     start_run,
     train_models,
 )
+from .finetune_config import RESUME_KEYS, FinetuneConfig, config_hash, load_finetune_config
 from .run_tracker import open_tracker
 from .stacked import StackedRun, StepSettings
 

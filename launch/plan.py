@@ -408,7 +408,7 @@ def probe_seed_axes(spec: GridSpec, ft_cfg: str) -> dict[str, list]:
     """The finetune axes of the noise probe's sweeps: the grid's own axes, with ``seed`` the seeds
     the probe adds (the smallest seeds >= 0 not already the grid's: ``finetune.seeds``, the axis
     ``seed``, else the finetune config's ``seed``) so that each probed cell has ``noise_probe.seeds``."""
-    from ..finetune.config import load_finetune_config
+    from ..finetune.finetune_config import load_finetune_config
 
     ft = spec.finetune
     own = list(ft.seeds) or list(ft.axes.get("seed", [])) or [load_finetune_config(ft_cfg, ft.overrides).seed]
@@ -436,7 +436,7 @@ _SWEEP_LRS: dict = {}
 def sweep_lr_counts(config: str, grid_lrs: list, settings: list[str]) -> tuple[int, int]:
     """(LRs of a sweep's grid, LRs it may add past the grid's end) for the finetune ``config`` with
     ``settings`` (the job's key=value); the grid's own ``lrs`` win over the config's."""
-    from ..finetune.config import load_finetune_config
+    from ..finetune.finetune_config import load_finetune_config
 
     key = (config, tuple(settings))
     if key not in _SWEEP_LRS:
@@ -492,7 +492,7 @@ def _n_examples(spec: GridSpec, task: str) -> tuple[int | None, str]:
     """A task's test examples for the power figure: ``finetune.noise.n_examples``, else the finetune
     config's ``max_examples.test`` cap, else the test split counted (loads it); None when unreadable."""
     from ..data.tasks import load_task
-    from ..finetune.config import load_finetune_config
+    from ..finetune.finetune_config import load_finetune_config
 
     ft = spec.finetune
     name = Path(task).stem

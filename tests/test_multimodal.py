@@ -23,7 +23,7 @@ from overtrain.core.hf_compat import hide_broken_torchvision
 from overtrain.core.results import read_rows
 from overtrain.core.rows import load_rows
 from overtrain.data.shapes_vqa import COLOURS, SHAPES, caption, draw_shapes, write_shapes_set
-from overtrain.evaluate.report.suite import collect_suite
+from overtrain.evaluate.report.suite_part import collect_suite
 from overtrain.finetune.instruct import multimodal as mm
 from suite_fixture import TinySuite
 

@@ -1,4 +1,4 @@
-"""The linear-network study (finetune/theory.py) and its report part (evaluate/report/theory.py).
+"""The linear-network study (finetune/theory.py) and its report part (evaluate/report/theory_part.py).
 
 Settings are configs/theory/demo.yaml's unless a test says otherwise; the claims of section 4 are
 checked over the stated range of settings (misalignment 75 and 90 degrees, init scales 1e-3 and
@@ -19,7 +19,7 @@ from overtrain.core.paths import CONFIG_ROOT
 from overtrain.core.rows import TheoryRow, load_rows
 from overtrain.evaluate.report import make_report
 from overtrain.evaluate.report.stats import t_ppf, t_sf
-from overtrain.evaluate.report.theory import (
+from overtrain.evaluate.report.theory_part import (
     collect_theory,
     study_verdicts,
     theory_rows,
@@ -221,7 +221,7 @@ def test_turn_rule_false_positive_rate_and_power_on_synthetic_curves():
     2 curves): the family-wise rate of calling a turn is at most the nominal 5% (+ 2 binomial standard
     errors of 600 studies: 1.8%; measured 4.0-4.7% over 1000); a 5% worsening at the largest budget
     with seed sd 0.02 is found in both curves in 93.5% of studies (0.01: 100%, 0.03: 49%)."""
-    from overtrain.evaluate.report.theory import TheoryCurve, decide
+    from overtrain.evaluate.report.theory_part import TheoryCurve, decide
 
     rng = np.random.default_rng(0)
     x = np.array([2**i for i in range(4, 13)])

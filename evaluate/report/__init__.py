@@ -12,7 +12,7 @@ hold pre-training runs over several LRs (a directory of only such runs reports j
 The work is split: ``report.data`` (rows -> cells -> curves -> turns), ``report.stats`` (bootstrap,
 tests), ``report.text`` (verdicts, sanity checks, markdown, CSV) and ``report.figures`` (PNGs);
 this module reads the rows and writes the files. Rows of kind "theory" (the linear-network study,
-``finetune.theory``) get their own part, figures and verdict (``report.theory``).
+``finetune.theory``) get their own part, figures and verdict (``report.theory_part``).
 
 What the numbers are (rows of several seeds or repeated evaluations are averaged):
 - a *checkpoint* is (group, model, lr_decayed, pretrain_tokens); intermediate checkpoints
@@ -59,9 +59,9 @@ from ...core.tracker import TrackConfig, Tracker, check_trackers
 from .data import Report, collect, find_turn
 from .figures import figures, transfer_figure
 from .lm_eval_rows import lm_eval_figures
-from .suite import collect_suite, decide_suite, suite_figures, suite_markdown
+from .suite_part import collect_suite, decide_suite, suite_figures, suite_markdown
 from .text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
-from .theory import only_theory, theory_header, theory_part
+from .theory_part import only_theory, theory_header, theory_part
 from .transfer import find_runs, transfer_curves
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]

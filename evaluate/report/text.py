@@ -302,7 +302,7 @@ def _tokens_cell(s: Series, t: float) -> str:
 
 
 def markdown(rep: Report, figures: list[Path], suites: str = "") -> str:
-    """The report in Markdown; ``suites``, the checkpoint suites' part (``report.suite.suite_markdown``), ends it."""
+    """The report in Markdown; ``suites``, the checkpoint suites' part (``report.suite_part.suite_markdown``), ends it."""
     gb = rep.group_by
     md = ["# Catastrophic overtraining report", ""]
     md += [f"Inputs: {', '.join(str(f) for f in rep.files)}." if rep.files else "", *[f"- {n}" for n in rep.notes], ""]

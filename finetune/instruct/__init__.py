@@ -8,7 +8,7 @@ known) is tuned here and evaluated elsewhere, one way through the layers:
     finetune.instruct   sft: supervised fine-tuning on chat data (``overtrain sft``);
                         multimodal: LLaVA two-stage tuning + visual QA (``overtrain multimodal``)
     evaluate            lm-eval / generalist tasks on the tuned member (``overtrain lm-eval``)
-    evaluate.report     the suite's curves and verdict (``report.suite``)
+    evaluate.report     the suite's curves and verdict (``report.suite_part``)
 
 Both commands train on the one loop (``train.trainer.Trainer``) and append results rows
 (``core.rows``); the grid runs them as its ``sft:`` and ``multimodal:`` stages.

@@ -42,7 +42,7 @@ Output: ``out`` (written atomically) holds the LLaVA model, its tokenizer (the m
 settings with ``data_name``, ``sft_stats`` = both stages' stats). ``results=`` gets one row of
 kind ``multimodal`` (``core.rows``): the provenance, ``task``, ``acc``, ``n``, ``chance``,
 ``p_value`` and ``scores`` (per question ``multimodal.TASK.acc``), so the suite report draws VQA
-accuracy against pre-training tokens with its verdict (``evaluate.report.suite``). A finished
+accuracy against pre-training tokens with its verdict (``evaluate.report.suite_part``). A finished
 ``out`` is skipped (its row evaluated again if missing); other settings are an error.
 
 Memory (fp32 AdamW states on what trains): stage 2 trains the member whole, 16 bytes per

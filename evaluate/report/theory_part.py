@@ -337,7 +337,7 @@ def theory_markdown(st: TheoryStudy, paths: list[Path], tolerance: float) -> str
     md += [
         f"A two-layer linear network (the paper's section 4; settings ours: `configs/theory/`), {reps} replicates "
         "(init seed x data seed). Population losses: the only variation is between replicates, and the tests "
-        "are paired t-tests over them, Holm-corrected per task at 5% (`evaluate/report/theory.py`).",
+        "are paired t-tests over them, Holm-corrected per task at 5% (`evaluate/report/theory_part.py`).",
         "",
         "### Verdict (tuned fine-tuning LR, no regularization)",
         "",
