@@ -14,7 +14,7 @@ from overtrain.core.errors import DataError
 from overtrain.core.model import load_model_spec
 from overtrain.core.paths import data_root
 from overtrain.data.c4 import open_prepared
-from overtrain.data.c4.documents import holdout_mask
+from overtrain.data.c4.holdout import holdout_mask
 from overtrain.data.tokenizer import load_tokenizer
 
 C4 = data_root() / "c4"

@@ -54,16 +54,9 @@ from ...core.atomic import replace_dir
 from ...core.errors import ConfigError, DataError
 from ...core.paths import expand_path
 from ..tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
-from .documents import (
-    HOLDOUT_RULE,
-    Encoder,
-    HubDocuments,
-    LocalDocuments,
-    ValCopies,
-    expand_inputs,
-    holdout_mask,
-    holdout_size,
-)
+from .documents import HubDocuments, LocalDocuments, expand_inputs
+from .encoder import Encoder, ValCopies
+from .holdout import HOLDOUT_RULE, holdout_mask, holdout_size
 from .sharded import own_tokens, prepare_parts, stage_summary, task_range
 
 CHUNK_CHARS = 1 << 18  # ~60k tokens per task: big enough to amortize IPC, small enough to balance

@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 from ...core.atomic import atomic_write_bytes, atomic_write_text
 from ...core.errors import DataError
-from .documents import LOCAL_SUFFIXES, Encoder, ValCopies, read_file
+from .documents import LOCAL_SUFFIXES, read_file
+from .encoder import Encoder, ValCopies
 from .parts import verify_part
 
 DIGEST = 16  # bytes per validation document digest (ValCopies.digest)

@@ -40,7 +40,8 @@ import numpy as np
 from ...core.atomic import atomic_write_bytes, atomic_write_text
 from ...core.errors import ConfigError, DataError
 from ..tokenizer import tokenizer_meta
-from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask, holdout_size
+from .documents import LocalDocuments, expand_inputs
+from .holdout import HOLDOUT_RULE, holdout_mask, holdout_size
 from .parts import check_part, sha256_file
 from .shard_worker import Shard, Workers, hub_shards, remove_temporaries
 
