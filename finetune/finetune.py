@@ -50,7 +50,6 @@ from .run_tracker import close_tracker, open_tracker
 from .training import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
 
 RESULTS_FILE = "results.jsonl"
-build_optimizer = optimizer_for  # MuAdamW, or AdamW with ``optimizer: adamw`` (callers, tests)
 
 
 def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

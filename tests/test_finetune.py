@@ -12,6 +12,7 @@ from overtrain.core.checkpoint import save_model_checkpoint
 from overtrain.core.errors import CheckpointError, ConfigError, DataError
 from overtrain.core.likelihood import lm_loss
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.optim import optimizer_for
 from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 from overtrain.data.encode import collate
@@ -170,9 +171,9 @@ def test_mup_optimizer_switch():
     spec = load_model_spec("tiny", ["d_model=128"])  # width_mult 2: muP halves the hidden-matrix LR
     model = build_model(spec)
     cfg = ft.FinetuneConfig(lr=1e-3)
-    mu = ft.build_optimizer(model, cfg)
+    mu = optimizer_for(model, cfg)
     assert sorted({g["lr"] for g in mu.param_groups}) == [5e-4, 1e-3]
-    plain = ft.build_optimizer(model, ft.FinetuneConfig(lr=1e-3, mup_optimizer=False))
+    plain = optimizer_for(model, ft.FinetuneConfig(lr=1e-3, mup_optimizer=False))
     assert type(plain) is torch.optim.AdamW and {g["lr"] for g in plain.param_groups} == {1e-3}
     # weight decay skips the input embedding
     wte = model.transformer.wte.weight

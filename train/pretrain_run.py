@@ -64,7 +64,6 @@ from .metrics_log import METRICS_FILE, MetricsLogger, Progress, peak_flops, say,
 from .pretrain_plan import SUMMARY_FILE, Plan, PretrainConfig
 from .trainer import Hook, SingleRun, StepEvent, Trainer
 
-build_optimizer = optimizer_for  # the pre-training MuAdamW from ``optim`` (callers, tests)
 EVAL_KEYS = ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")  # an evaluation, in rows, checkpoint meta and summary
 
 
