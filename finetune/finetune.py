@@ -45,9 +45,10 @@ from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from ..evaluate.evaluator import evaluate_encoded
+from ..train.trainer import SingleRun, Stepper
 from .finetune_config import FinetuneConfig, config_hash
 from .run_tracker import close_tracker, open_tracker
-from .training import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
+from .training import StepBatches, Trained, TrainLog, batch_plan, train_loop
 
 RESULTS_FILE = "results.jsonl"
 

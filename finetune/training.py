@@ -41,10 +41,7 @@ from tqdm import tqdm
 
 from ..core.eta import Eta
 from ..data.encode import collate
-from ..train.trainer import Batch as Batch  # re-exported (with SingleRun, Stepper): callers, tests
-from ..train.trainer import Hook, StepEvent, Trainer
-from ..train.trainer import SingleRun as SingleRun
-from ..train.trainer import Stepper as Stepper
+from ..train.trainer import Batch, Hook, StepEvent, Stepper, Trainer
 
 
 def batch_plan(n_examples: int, batch_size: int, epochs: float, max_steps: int = 0) -> tuple[int, int]:
