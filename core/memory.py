@@ -103,6 +103,23 @@ def hf_shape(config: dict, params: float | None = None) -> Shape:
     return Shape(n, layers, d, h, vocab, max(per_layer, emb))
 
 
+def setup_of(cfg, seq_len: int, gpus: int, names: dict[str, str]) -> Setup:
+    """The ``Setup`` of a pre-training or SFT config (the one builder for both): micro-batch, parallel
+    mode and activation checkpointing read from the config's fields that ``names`` gives (the words a
+    refusal uses: ``micro_batch_size``, ``parallel``, ``checkpointing``), ``fsdp.reshard_after_forward``,
+    and bf16 unless ``precision`` is fp32 (``memory_gb`` means a GPU: precision auto computes in bf16
+    there). ``seq_len``: the tokens per sequence the config resolves to."""
+    return Setup(
+        getattr(cfg, names["micro_batch_size"]),
+        seq_len,
+        gpus,
+        getattr(cfg, names["parallel"]),
+        getattr(cfg, names["checkpointing"]),
+        bf16=cfg.precision != "fp32",
+        reshard_after_forward=cfg.fsdp.reshard_after_forward,
+    )
+
+
 def estimate(shape: Shape, setup: Setup) -> Estimate:
     """Per-GPU bytes of each part (module doc)."""
     n, w = shape.params, max(setup.gpus, 1)
