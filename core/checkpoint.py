@@ -42,6 +42,7 @@ import torch
 import yaml
 
 from .config import CheckpointError, ConfigError, atomic_write_text, expand_path, from_dict, parse_count, to_dict
+from .dist import reshard
 from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
 
 STEP_PREFIX = "step-"
@@ -376,6 +377,7 @@ def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    reshard(model)  # the shards, not parameters an evaluation left gathered, are what the optimizer steps
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(path))
 
 
