@@ -33,7 +33,10 @@ Steps, in order; each is guarded (a failure is recorded with its traceback and t
    fits the time left before the loader's and the sweep's share;
 5. loader: ``pretrain_throughput.measure_loader``, global batch 256 x 1024 to the GPU;
 6. sweep: ``sweep_throughput.measure_sweep``, OLMo-15M, K = 8 LRs stacked vs one after another;
-7. targets. The results, gpu-check-DATE-DEVICE.json and .md in ``--results-dir`` (default
+7. sharding (issue 24, ``sharding_check``): the memory plan's estimate beside ``max_memory_allocated``
+   (3 rows), then FSDP over one rank vs DDP tokens/s; its share (``min_s``) is kept back from every
+   throughput row but the target rows, and each of its rows starts only if its estimate fits;
+8. targets. The results, gpu-check-DATE-DEVICE.json and .md in ``--results-dir`` (default
    benchmarks/results/; the dry run: a new temporary directory, never benchmarks/results/) and in
    ``--copy-to`` (the device tool's $OUT), are rewritten atomically after every step, test and
    throughput row: a kill at the call's limit loses only what was running (its step says
@@ -42,7 +45,8 @@ Steps, in order; each is guarded (a failure is recorded with its traceback and t
 Targets (issue 11), each from the best overtrain row: OLMo-90M >= 45% MFU (peak: the device's
 dense bf16 figure, ``train.tracking.PEAK_BF16_FLOPS``, as pre-training logs MFU; a GPU missing
 there uses the measured matmul rate); OLMo-15M >= 1M tokens/s; the loader >= 20x the fastest
-training tokens/s (OLMo-15M's); the stacked sweep >= 3x one LR after another (K = 8).
+training tokens/s (OLMo-15M's); the stacked sweep >= 3x one LR after another (K = 8); every
+memory-plan row within 1 - ``core.memory.USABLE`` (10%); FSDP over one rank >= 0.95x DDP (issue 24).
 Exit status 3 if the preflight failed, 1 if a step failed (a test failed, errored, hung or timed
 out included); a target missed or a row skipped for time is a figure, not a failure.
 """

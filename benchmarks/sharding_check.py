@@ -121,6 +121,8 @@ def fsdp_vs_ddp(
 
     if tdist.is_initialized():
         raise RuntimeError("fsdp_vs_ddp needs a process group of its own; one exists already")
+    if device.type == "cuda" and device.index is None:  # nccl's device_id and DDP's device_ids need the index
+        device = torch.device("cuda", torch.cuda.current_device())
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     tdist.init_process_group(

@@ -7,8 +7,10 @@ prints progress (``is_main``).
 ``parallel: ddp | fsdp`` (``prepare``): DDP replicates the model and optimizer on every rank;
 FSDP2 (``shard``: ``fully_shard`` per block, then the root) keeps 1/world of every parameter,
 gradient and optimizer state per rank, gathering a block's parameters for its forward and
-backward and reduce-scattering its gradients (fp32). Both average gradients over ranks, so the
-step is the same (``core.step``), up to the order of float additions.
+backward and reduce-scattering its gradients (fp32) after every micro-batch (not only the last,
+as DDP all-reduces: FSDP's no_sync would hold every parameter's unsharded fp32 gradient on every
+rank until then). Both average gradients over ranks, so the step is the same (``core.step``), up
+to the order of float additions.
 """
 
 from __future__ import annotations

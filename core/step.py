@@ -6,7 +6,8 @@ A step takes the micro-batches of this rank's share of the global batch and
    1 process x 8 micro-batches == 2 processes x 4, and masked fine-tuning batches weigh every
    completion token equally;
 2. backpropagates sum_i loss_sum_i / N (+ an optional extra loss once), micro-batch by
-   micro-batch (``accumulate_gradients``; under DDP all-reduced only on the last);
+   micro-batch (``accumulate_gradients``; under DDP all-reduced only on the last, under FSDP
+   reduce-scattered after each);
 3. clips to ``grad_clip`` by the global gradient norm (``clip_gradients``);
 4. sets each param group's LR to ``initial_lr x lr_factor`` (``set_lr_factor``, composing with
    muP's per-group scaling) and steps the optimizer;

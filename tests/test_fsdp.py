@@ -30,8 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 sh
 
 
 def overrides(data_dir, run_dir):
-    # 6 steps of 4 sequences x 32 tokens (micro-batches of 1: accumulation without reduction until the
-    # last); warmup then decay so the LR varies. base_d_model 32: width_mult 2, hidden LRs halved.
+    # 6 steps of 4 sequences x 32 tokens (micro-batches of 1: DDP accumulates without reduction until
+    # the last, FSDP reduce-scatters each); warmup then decay so the LR varies. base_d_model 32: width_mult 2, hidden LRs halved.
     kw = {
         "data.dir": data_dir,
         "run_dir": run_dir,
