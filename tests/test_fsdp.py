@@ -10,7 +10,8 @@ fsdp.param_dtype auto is fp32 on CPU (the run's precision), so the comparison is
 another order, not of bf16 against fp32; that bf16 is what the blocks compute in under
 ``fsdp.param_dtype=bf16`` (fp32 shards stepped), and that checkpointed blocks run again in the
 backward under FSDP, is checked in this process over a 1-rank gloo group (seconds).
-Costs ~40 s (two 2-rank runs, two 1-process runs; SFT: ~30 s; in-process: ~5 s after the suite)."""
+Costs ~40 s (two 2-rank runs, two 1-process runs; SFT: ~30 s; in-process: ~5 s after the suite);
+~90 s in all on 2 cores shared with other jobs."""
 
 import json
 import os
