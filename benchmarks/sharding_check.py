@@ -17,7 +17,8 @@
   tokens/s medians and fsdp / ddp. Target (issue 24): FSDP over one rank costs < 5% (>= 0.95).
 
 Both are small (tens of seconds on a GPU); ``gpu_check`` runs them after its target rows, each only
-if its estimate fits the time left.
+if its estimate fits the time left. Imported by ``gpu_check`` (which puts this working tree's
+``overtrain`` and ``benchmarks/`` on the path first).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ import statistics
 import time
 
 import torch
+import torch.distributed as tdist
+from fsdp_overhead import train_tokens_per_s
+from olmo.config import ActivationCheckpointingStrategy
+from overtrain.core.memory import GB, USABLE, Setup, estimate, olmo_shape
+from overtrain.core.model import build_model
+from overtrain.core.optim import optimizer_for
+from overtrain.core.step import train_step, use_fused_adam
+from overtrain.train.plan import OptimConfig
+from torch.profiler import ProfilerActivity, profile
 
 WITHIN_MIN = 0.95  # fsdp / ddp tokens/s over one rank: FSDP's cost < 5% (issue 24)
 
@@ -41,8 +51,6 @@ def _peak_bytes(fn, device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
@@ -57,12 +65,6 @@ def _peak_bytes(fn, device: torch.device) -> int:
 
 def memory_row(spec, micro_batch: int, seq_len: int, device: torch.device, checkpointing: bool = False, steps: int = 2):
     """One row: the measured peak of ``steps`` steps of one micro-batch beside the plan's estimate (module doc)."""
-    from overtrain.core.memory import GB, USABLE, Setup, estimate, olmo_shape
-    from overtrain.core.model import build_model
-    from overtrain.core.optim import optimizer_for
-    from overtrain.core.step import train_step, use_fused_adam
-    from overtrain.train.plan import OptimConfig
-
     cuda = device.type == "cuda"
     precision = "bf16" if cuda else "fp32"
     gen = torch.Generator().manual_seed(0)
@@ -73,8 +75,6 @@ def memory_row(spec, micro_batch: int, seq_len: int, device: torch.device, check
     def run():
         model = build_model(spec, device=device, seed=0)
         if checkpointing:
-            from olmo.config import ActivationCheckpointingStrategy
-
             model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer)
         opt = optimizer_for(model, OptimConfig())
         if cuda:
@@ -116,9 +116,6 @@ def fsdp_vs_ddp(
 ) -> dict:
     """DDP and FSDP2 over a one-rank group in this process, alternating (module doc); the group is
     destroyed before returning."""
-    import torch.distributed as tdist
-    from fsdp_overhead import train_tokens_per_s
-
     if tdist.is_initialized():
         raise RuntimeError("fsdp_vs_ddp needs a process group of its own; one exists already")
     if device.type == "cuda" and device.index is None:  # nccl's device_id and DDP's device_ids need the index
