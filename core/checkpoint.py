@@ -43,6 +43,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .config import from_dict, parse_count, to_dict
+from .dist import reshard
 from .errors import CheckpointError, ConfigError
 from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
 from .paths import expand_path
@@ -379,6 +380,7 @@ def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     import torch.distributed.checkpoint as dcp  # heavy: ~3 s import, sharded runs only
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    reshard(model)  # the shards, not parameters an evaluation left gathered, are what the optimizer steps
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(path))
 
 

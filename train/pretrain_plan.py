@@ -28,7 +28,7 @@ from ..core.config import from_dict, read_yaml, to_dict
 from ..core.dist import FSDPConfig
 from ..core.errors import ConfigError, DataError
 from ..core.identity import no_result, no_result_keys
-from ..core.memory import Setup, check_fits, olmo_shape
+from ..core.memory import Setup, check_fits, olmo_shape, setup_of
 from ..core.model import ModelSpec, load_model_spec
 from ..core.paths import expand_path
 from ..core.schedule import Schedule, ScheduleConfig
@@ -212,15 +212,7 @@ MEMORY_SETTINGS = {
 
 def memory_setup(cfg: PretrainConfig, world_size: int) -> Setup:
     """What the memory of one rank of this run depends on besides the model (``cfg.seq_len`` resolved)."""
-    return Setup(
-        cfg.micro_batch_size,
-        cfg.seq_len,
-        world_size,
-        cfg.parallel,
-        cfg.activation_checkpointing,
-        bf16=cfg.precision != "fp32",  # memory_gb means a GPU: precision auto computes in bf16 there
-        reshard_after_forward=cfg.fsdp.reshard_after_forward,
-    )
+    return setup_of(cfg, cfg.seq_len, world_size, MEMORY_SETTINGS)
 
 
 def check_memory(cfg: PretrainConfig, spec: ModelSpec, world_size: int, where: str) -> None:

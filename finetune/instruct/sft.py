@@ -84,7 +84,7 @@ from ...core.dist import FSDPConfig
 from ...core.errors import ConfigError
 from ...core.hf_compat import hide_broken_torchvision
 from ...core.identity import no_result, no_result_keys
-from ...core.memory import Setup, check_fits, hf_shape
+from ...core.memory import Setup, check_fits, hf_shape, setup_of
 from ...core.optim import build_optimizer
 from ...core.paths import expand_path
 from ...core.results import append_row, read_rows
@@ -321,15 +321,7 @@ MEMORY_SETTINGS = {
 def memory_setup(config: dict, cfg: SFTConfig, world_size: int) -> Setup:
     """What one rank's memory depends on besides the model: ``max_seq_len`` capped at the model's context."""
     seq = min(cfg.max_seq_len, config.get("max_position_embeddings") or cfg.max_seq_len)
-    return Setup(
-        cfg.micro_batch_size,
-        seq,
-        world_size,
-        cfg.parallel,
-        cfg.gradient_checkpointing,
-        bf16=cfg.precision != "fp32",  # memory_gb means a GPU: precision auto computes in bf16 there
-        reshard_after_forward=cfg.fsdp.reshard_after_forward,
-    )
+    return setup_of(cfg, seq, world_size, MEMORY_SETTINGS)
 
 
 def check_memory(path: Path, cfg: SFTConfig, world_size: int, what: str) -> None:
