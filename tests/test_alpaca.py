@@ -180,3 +180,28 @@ def test_report_tests_win_rate_with_the_family(tmp_path):
     avg = average_curve(fam)
     accs = [c for c in fam.curves if c.metric == "acc"]
     assert len(accs) == 2 and avg.acc == pytest.approx([(a + b) / 2 for a, b in zip(accs[0].acc, accs[1].acc)])
+
+
+def test_grid_plans_alpaca_eval_after_each_sft_run(tmp_path, fake_hub):
+    """``instruct.alpaca_eval``: one alpaca-eval job per tuned model, after its SFT run, with its compute;
+    off by default, and then the grid's jobs and fingerprint are those from before the field."""
+    from overtrain.core.config import CONFIG_ROOT
+    from overtrain.launch.plan import expand, plan_summary
+    from overtrain.launch.spec import grid_fingerprint, load_grid
+
+    olmo1b = str(CONFIG_ROOT / "grids" / "section2-olmo1b.yaml")
+    plain = load_grid(olmo1b, [f"results_dir={tmp_path}"])
+    assert plain.instruct.alpaca_eval is None
+    assert not any(j.kind == "alpaca-eval" for j in expand(plain))
+    spec = load_grid(olmo1b, [f"results_dir={tmp_path}", "instruct.alpaca_eval={args: [limit=200]}"])
+    assert grid_fingerprint(spec) != grid_fingerprint(plain)
+    jobs = expand(spec)
+    sft = {j.id: j for j in jobs if j.kind == "instruct"}
+    ae = [j for j in jobs if j.kind == "alpaca-eval"]
+    assert len(ae) == len(sft) == 2 * len(spec.suite.tokens or spec.suite.revisions)
+    for j in ae:
+        (after,) = j.after
+        assert j.argv[1] == sft[after].info["out"] and "judge=weighted_alpaca_eval_gpt4_turbo" in j.argv
+        assert "limit=200" in j.argv and any(a.startswith("results=") for a in j.argv)
+        assert j.flops == pytest.approx(2 * 805 * 600 * 1.18e9, rel=0.01)  # 2N per token, suite.params 1.18B
+    assert plan_summary(spec, jobs)["by_kind"]["alpaca-eval"]["jobs"] == len(ae)
