@@ -550,6 +550,7 @@ class AlpacaEvalRow(Row):
     n_draws: int | None = None
     n_total: int | None = None  # annotated instructions
     n_missing: int | None = None  # instructions the judge left unannotated (0.5 in the scores file)
+    judge_prompts_cut: int | None = field(default=None, metadata=OPTIONAL)  # local judge: prompts past its context
     avg_length: float | None = None  # mean characters per answer
     alpaca_eval_version: str | None = None
     scores: str | None = field(default=None, metadata=OPTIONAL)  # per-instruction scores file (``write_scores``)

@@ -46,6 +46,9 @@ Judges (``judge=``):
   lookup for the annotation only. It renders the package's ChatML prompt with the judge's chat
   template and returns the next-token log-probabilities in the OpenAI shape the parser reads (the
   top ``top_logprobs`` tokens plus m and M themselves, so a weak judge never yields "no annotation").
+  A prompt longer than the judge's context keeps its end (the question and the identifiers), counted
+  in the row's ``judge_prompts_cut``: a judge that saw part of the answers only (the tests' 128-token
+  judge sees only the prompt's fixed end, so its preferences differ only by the outputs' positions).
 
 Why not the package's ``huggingface_local_completions`` for the local judge: (1) on a machine without
 CUDA it passes ``load_in_8bit=False`` to ``from_pretrained``, which transformers >= 5 hands to the model
@@ -78,6 +81,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -122,7 +126,7 @@ class AlpacaEvalConfig:
     revision: str | None = None  # hub revision of MODEL (or MODEL as repo@revision)
     tokens: int | None = None  # pre-training tokens of MODEL; None: its provenance / name
     device: str = no_result("auto")  # auto | cpu | cuda | cuda:N (the member and a local judge)
-    precision: str = "auto"  # auto: bf16 weights on CUDA, fp32 elsewhere | bf16 | fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 weights on CUDA, fp32 elsewhere
     out: str = no_result("")  # folder for outputs.json, annotations.json, the judge config; "": MODEL/alpaca_eval
     results: str | None = no_result(None)  # append one 'alpaca_eval' row here
 
@@ -131,8 +135,6 @@ class AlpacaEvalConfig:
             raise ValueError(f"limit={self.limit}: expected >= 1")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision={self.precision!r}: expected auto, bf16 or fp32")
 
 
 CONFIG = AlpacaEvalConfig
@@ -309,13 +311,14 @@ def local_logprob_completions(
         text = tokenizer.apply_chat_template(
             messages, chat_template=chat_template_of(tokenizer), tokenize=False, add_generation_prompt=True
         )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-_context(model) :]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        cut, ids = max(len(ids) - _context(model), 0), ids[-_context(model) :]  # a long prompt keeps its end
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids], device=dev)).logits[0, -1].float(), -1)
         top = torch.topk(logp, top_logprobs).indices.tolist()
         shown = top + [t for t in labels if t not in top]
         entries = [{"token": tokenizer.decode([t]), "logprob": float(logp[t])} for t in shown]
         completions.append(entries[0]["token"])
-        alls.append({"logprobs": {"content": [{**entries[0], "top_logprobs": entries}]}})
+        alls.append({"logprobs": {"content": [{**entries[0], "top_logprobs": entries}]}, "prompt_tokens_cut": cut})
     per = (time.perf_counter() - t0) / max(len(prompts), 1)
     n = len(prompts)
     return {"completions": completions, "completions_all": alls, "price_per_example": [0.0] * n,
@@ -505,6 +508,8 @@ def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
         if "glm_preference" in df.columns and a["glm_preference"] is not None:
             lc[i] = float(a["glm_preference"])
     missing = int(np.isnan(win).sum())
+    raw = df["preference_raw_completion"] if judge.local and "preference_raw_completion" in df.columns else []
+    judge_cut = sum(int(r.get("prompt_tokens_cut", 0) > 0) for r in raw if isinstance(r, dict)) if judge.local else None
     arrays = {
         "index": np.arange(len(records)),
         "win_rate": np.where(np.isnan(win), 0.5, win),
@@ -535,6 +540,7 @@ def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
         n_draws=int(m["n_draws"]),
         n_total=int(m["n_total"]),
         n_missing=missing,
+        judge_prompts_cut=judge_cut,
         avg_length=float(np.mean(arrays["length"])),
         alpaca_eval_version=alpaca_eval.__version__,
         wall_s=time.time() - t0,

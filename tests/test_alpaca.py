@@ -79,13 +79,18 @@ def test_members_judged_by_a_local_model(tiny_suite: TinySuite, tmp_path):
         # and M (preference 2 - P(m) / (P(m) + P(M))), and un-swapped the outputs it had swapped (3 - that)
         ann = json.loads((tmp_path / member.name / "annotations.json").read_text())
         assert [a["instruction"] for a in ann] == [r[0] for r in RECORDS]
+        swapped = []
         for a in ann:
             (entry,) = a["preference_raw_completion"]["logprobs"]["content"]
             lp = {t["token"]: t["logprob"] for t in entry["top_logprobs"]}
             q = 2 - math.exp(lp["m"] - np.logaddexp(lp["m"], lp["M"]))
             # annotations.json holds 15 decimals (pandas' most): |error| <= 5e-16 per value, a few after exp
             assert min(abs(a["preference"] - q), abs(a["preference"] - (3 - q))) < 1e-13
+            swapped.append(abs(a["preference"] - q) > 1e-13)
             assert 0 <= a["glm_preference"] <= 1
+        # the package's seeded swap (by instruction) put the member's output first for some, not all
+        assert 0 < sum(swapped) < 5
+        assert d["judge_prompts_cut"] == 5  # the tiny judge's 128-token context: every prompt keeps its end
         outputs = json.loads((tmp_path / member.name / "outputs.json").read_text())
         assert [o["generator"] for o in outputs] == [member.name] * 5
 
