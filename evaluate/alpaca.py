@@ -75,7 +75,9 @@ import argparse
 import contextlib
 import difflib
 import hashlib
+import importlib
 import json
+import logging
 import math
 import os
 import time
@@ -84,7 +86,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
+import yaml
+from huggingface_hub import hf_hub_download
 
 from ..core.config import ConfigError, DataError, atomic_write_text, expand_path, to_dict
 from ..core.hf_compat import hide_broken_torchvision
@@ -164,8 +169,6 @@ def load_instructions(cfg: AlpacaEvalConfig) -> list[dict]:
             raise DataError(f"{path}: not readable JSON: {e}") from None
         where = str(path)
     else:
-        from huggingface_hub import hf_hub_download
-
         try:
             file = hf_hub_download(source, f"{cfg.reference}.json", repo_type="dataset")
         except Exception as e:  # offline, unknown repository or file
@@ -203,10 +206,18 @@ class Judge:
     local: bool
 
 
-def _package_configs() -> Path:
-    import alpaca_eval
+def package(module: str = "alpaca_eval"):
+    """A module of the alpaca-eval package, imported on first use (not at our import: it takes seconds,
+    and its annotators module sets the root logger to INFO, undone here)."""
+    level = logging.getLogger().level
+    try:
+        return importlib.import_module(module)
+    finally:
+        logging.getLogger().setLevel(level)
 
-    return Path(alpaca_eval.__file__).parent / "evaluators_configs"
+
+def _package_configs() -> Path:
+    return Path(package().__file__).parent / "evaluators_configs"
 
 
 def check_keys(config: Path, annotators: dict) -> None:
@@ -228,8 +239,6 @@ def check_keys(config: Path, annotators: dict) -> None:
 
 def resolve_judge(cfg: AlpacaEvalConfig, out: Path) -> Judge:
     """The judge's annotator config, checked (keys set; a local judge loadable), before any generation."""
-    import yaml
-
     given = expand_path(cfg.judge)
     if is_model_dir(given):  # a local transformers judge: AlpacaEval 2's recipe with a local decoder
         model = Path(given).resolve()
@@ -272,8 +281,8 @@ def label_tokens(tokenizer) -> list[int]:
 def write_local_judge(model: Path, config: Path) -> Path:
     """Our evaluators-configs YAML for a local judge (module doc): the package's AlpacaEval 2 recipe
     (``weighted_alpaca_eval_gpt4_turbo``) with ``LOCAL_DECODER`` instead of the OpenAI API."""
-    import yaml
-    from transformers import AutoTokenizer
+    hide_broken_torchvision()
+    from transformers import AutoTokenizer  # after hide_broken_torchvision
 
     label_tokens(AutoTokenizer.from_pretrained(str(model)))  # checked before any generation
     recipe = yaml.safe_load((_package_configs() / DEFAULT_JUDGE / "configs.yaml").read_text())[DEFAULT_JUDGE]
@@ -295,8 +304,10 @@ def local_logprob_completions(
     """A decoder for the package's annotators (its contract: prompts -> ``completions`` and per-example
     price and time): the local judge's next-token log-probabilities after each ChatML prompt, rendered
     with the judge's chat template, in the OpenAI shape ``logprob_parser`` reads (module doc)."""
-    from alpaca_eval.utils import prompt_to_chatml
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    hide_broken_torchvision()
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # after hide_broken_torchvision
+
+    prompt_to_chatml = package("alpaca_eval.utils").prompt_to_chatml
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if (model_name, str(dev)) not in _JUDGES:
@@ -332,8 +343,7 @@ def _context(model) -> int:
 @contextlib.contextmanager
 def local_decoder_registered():
     """The package's decoder lookup (``annotators.base.get_fn_completions``) also knowing ``LOCAL_DECODER``."""
-    from alpaca_eval.annotators import base
-
+    base = package("alpaca_eval.annotators.base")
     original = base.get_fn_completions
 
     def lookup(name):
@@ -352,8 +362,7 @@ def lc_files(folder: str):
     if not folder:
         yield
         return
-    from alpaca_eval.metrics import glm_winrate
-
+    glm_winrate = package("alpaca_eval.metrics.glm_winrate")
     original = glm_winrate.hf_hub_download
 
     def local(repo_id, filename, **kwargs):
@@ -377,8 +386,6 @@ def check_lc(cfg: AlpacaEvalConfig) -> None:
         if not (Path(expand_path(cfg.lc_data)) / "df_gamed.csv").is_file():
             raise ConfigError(f"lc_data={cfg.lc_data}: no df_gamed.csv (a copy of the hub dataset {HUB}'s file)")
         return
-    from huggingface_hub import hf_hub_download
-
     try:
         hf_hub_download(HUB, "df_gamed.csv", repo_type="dataset")
     except Exception as e:
@@ -395,7 +402,7 @@ def check_lc(cfg: AlpacaEvalConfig) -> None:
 def generate_answers(path: Path, instructions: list[str], cfg: AlpacaEvalConfig, device) -> tuple[list[str], dict]:
     """The member's greedy answers (module doc, step 1) and the generation settings to record."""
     hide_broken_torchvision()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # after hide_broken_torchvision
 
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -449,9 +456,8 @@ def generate_answers(path: Path, instructions: list[str], cfg: AlpacaEvalConfig,
 
 def judge_outputs(records: list[dict], answers: list[str], name: str, judge: Judge, cfg: AlpacaEvalConfig):
     """(the package's annotations as a DataFrame, its metrics): the reference outputs against ``answers``."""
-    import pandas as pd
-    from alpaca_eval import metrics
-    from alpaca_eval.annotators import PairwiseAnnotator
+    metrics = package("alpaca_eval.metrics")
+    PairwiseAnnotator = package("alpaca_eval.annotators").PairwiseAnnotator
 
     reference = pd.DataFrame(records)
     model = pd.DataFrame([{**r, "output": a, "generator": name} for r, a in zip(records, answers)])
@@ -485,8 +491,6 @@ def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
     judge = resolve_judge(cfg, out)  # an API judge without its key stops here, before any generation
     check_lc(cfg)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    import alpaca_eval
-
     t0 = time.time()
     log(f"alpaca-eval: {member.ref} answers {len(records)} instructions (judge {judge.label})")
     answers, generation = generate_answers(Path(path), [r["instruction"] for r in records], cfg, device)
@@ -542,7 +546,7 @@ def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
         n_missing=missing,
         judge_prompts_cut=judge_cut,
         avg_length=float(np.mean(arrays["length"])),
-        alpaca_eval_version=alpaca_eval.__version__,
+        alpaca_eval_version=package().__version__,
         wall_s=time.time() - t0,
         time=time.time(),
     ).to_dict()
