@@ -93,7 +93,7 @@ from huggingface_hub import hf_hub_download
 
 from ..core.config import ConfigError, DataError, atomic_write_text, expand_path, to_dict
 from ..core.hf_compat import hide_broken_torchvision
-from ..core.identity import no_result
+from ..core.identity import no_result, no_result_keys
 from ..core.results import append_row
 from ..core.rows import AlpacaEvalRow, write_scores
 from ..core.suite import check_loadable, member_provenance, parse_member, resolve_member
@@ -143,6 +143,7 @@ class AlpacaEvalConfig:
 
 
 CONFIG = AlpacaEvalConfig
+NOT_RESULT = no_result_keys(AlpacaEvalConfig)  # settings left out of the row's ``settings``
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +185,10 @@ def load_instructions(cfg: AlpacaEvalConfig) -> list[dict]:
         for key in ("instruction", "output"):
             if not isinstance(r, dict) or not isinstance(r.get(key), str) or not r[key].strip():
                 raise DataError(f"{where}: record {i}: '{key}' must be a non-empty string")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):  # the package pairs the two outputs by instruction text
+        if seen.setdefault(r["instruction"], i) != i:
+            raise DataError(f"{where}: record {i}: the same instruction as record {seen[r['instruction']]}")
     return [
         {
             "instruction": r["instruction"],
@@ -243,8 +248,8 @@ def resolve_judge(cfg: AlpacaEvalConfig, out: Path) -> Judge:
     if is_model_dir(given):  # a local transformers judge: AlpacaEval 2's recipe with a local decoder
         model = Path(given).resolve()
         check_loadable(model)
-        config = write_local_judge(model, out / "judge" / "configs.yaml")
-        sha = hashlib.sha256(config.read_bytes() + weights_sha256(model).encode()).hexdigest()
+        config, recipe = write_local_judge(model, out / "judge" / "configs.yaml", cfg.device)
+        sha = hashlib.sha256((json.dumps(recipe, sort_keys=True) + weights_sha256(model)).encode()).hexdigest()
         return Judge(config, f"local-{model.name}", sha, True)
     path = Path(given)
     if not path.exists() and not any(c in given for c in "/\\") and not given.endswith((".yaml", ".yml")):
@@ -278,9 +283,10 @@ def label_tokens(tokenizer) -> list[int]:
     return ids
 
 
-def write_local_judge(model: Path, config: Path) -> Path:
+def write_local_judge(model: Path, config: Path, device: str = "auto") -> tuple[Path, dict]:
     """Our evaluators-configs YAML for a local judge (module doc): the package's AlpacaEval 2 recipe
-    (``weighted_alpaca_eval_gpt4_turbo``) with ``LOCAL_DECODER`` instead of the OpenAI API."""
+    (``weighted_alpaca_eval_gpt4_turbo``) with ``LOCAL_DECODER`` instead of the OpenAI API. Returns the
+    file and the recipe without the device (the judge's identity)."""
     hide_broken_torchvision()
     from transformers import AutoTokenizer  # after hide_broken_torchvision
 
@@ -290,8 +296,9 @@ def write_local_judge(model: Path, config: Path) -> Path:
     recipe["fn_completions"] = LOCAL_DECODER
     recipe["completions_kwargs"] = {"model_name": str(model), "top_logprobs": 5}
     recipe["pretty_name"] = f"local judge {model.name} (AlpacaEval 2 recipe)"
-    atomic_write_text(config, yaml.safe_dump({f"local_{model.name}": recipe}, sort_keys=False))
-    return config
+    kwargs = {**recipe, "completions_kwargs": {**recipe["completions_kwargs"], "device": device}}
+    atomic_write_text(config, yaml.safe_dump({f"local_{model.name}": kwargs}, sort_keys=False))
+    return config, recipe
 
 
 _JUDGES: dict[tuple, tuple] = {}  # (model dir, device) -> (model, tokenizer): loaded once per process
@@ -534,7 +541,7 @@ def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
         judge=cfg.judge,
         judge_sha256=judge.sha256,
         generation=generation,
-        settings={k: v for k, v in to_dict(cfg).items() if k not in ("out", "results", "device", "batch_size")},
+        settings={k: v for k, v in to_dict(cfg).items() if k not in NOT_RESULT},
         win_rate=_fraction(m.get("win_rate")),
         win_rate_se=_fraction(m.get("standard_error")),
         lc_win_rate=_fraction(m.get("length_controlled_winrate")),

@@ -72,6 +72,8 @@ def test_members_judged_by_a_local_model(tiny_suite: TinySuite, tmp_path):
         assert d["task"] == f"alpaca_eval/local-{judge.name}" and d["alpaca_eval_version"] == "0.6.6"
         assert d["n_instructions"] == d["n_total"] == 5 and d["n_missing"] == 0
         assert d["n_wins"] + d["n_wins_base"] + d["n_draws"] == 5
+        assert d["settings"]["max_new_tokens"] == 6 and d["settings"]["judge"] == str(judge)
+        assert not {"out", "results", "device", "batch_size"} & set(d["settings"])  # change no result
         gen = d["generation"]
         assert gen["greedy"] and gen["max_new_tokens"] == 6 and gen["chat_template_sha256"] == tulu
 
@@ -138,6 +140,11 @@ def test_api_judge_without_key_stops_before_generation(tiny_suite: TinySuite, tm
     data.write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Say bye."}]))
     assert cli([*argv, f"judge={tiny_suite.members[2]}"]) == 2
     assert f"{data}: record 1: 'output' must be a non-empty string" in capsys.readouterr().err
+    data.write_text(
+        json.dumps([{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Say hi.", "output": "Yo."}])
+    )
+    assert cli([*argv, f"judge={tiny_suite.members[2]}"]) == 2
+    assert f"{data}: record 1: the same instruction as record 0" in capsys.readouterr().err
 
 
 def _alpaca_rows(path, tuning: str, task: str, wins: list[float], n: int, rng, seeds=(0, 1)) -> None:
