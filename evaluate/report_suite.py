@@ -305,7 +305,8 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
     for suite in sorted({f.suite for f in families}):
         fams = [f for f in families if f.suite == suite]
         tasks = sorted({c.task for f in fams for c in f.curves})
-        panels = (["average"] if len(tasks) > 1 else []) + tasks
+        averaged = {c.task for f in fams for c in f.curves if c.metric not in KIND_METRIC.values()}
+        panels = (["average"] if len(averaged) > 1 else []) + tasks
         cols = min(3, len(panels))
         rows_n = math.ceil(len(panels) / cols)
         fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.3 * rows_n), squeeze=False)
@@ -325,7 +326,7 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
             metrics = sorted({c.metric for f in fams for c in f.curves if c.task == panel})
             ax.set_title(f"{panel} ({', '.join(metrics) or 'mean of the tasks'})", fontsize=10)
             ax.set_xlabel("pre-training tokens")
-            ax.set_ylabel("accuracy (95% interval)")
+            ax.set_ylabel(f"{'win rate' if metrics == ['win_rate'] else 'accuracy'} (95% interval)")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)

@@ -193,6 +193,12 @@ def test_report_tests_win_rate_with_the_family(tmp_path):
     accs = [c for c in fam.curves if c.metric == "acc"]
     assert len(accs) == 2 and avg.acc == pytest.approx([(a + b) / 2 for a, b in zip(accs[0].acc, accs[1].acc)])
 
+    from overtrain.evaluate.report import make_report
+
+    _, text, paths = make_report([str(res)], tmp_path / "report")
+    assert f"| {task} | win_rate |" in text and "tuned on **hh**: catastrophic overtraining" in text
+    assert any(p.name.startswith("suite_") for p in paths)
+
 
 def test_grid_plans_alpaca_eval_after_each_sft_run(tmp_path, fake_hub):
     """``instruct.alpaca_eval``: one alpaca-eval job per tuned model, after its SFT run, with its compute;
