@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("overtrain.finetune.sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR"),
     "evaluate": ("overtrain.evaluate.evaluator", "C4 perplexity and task ID perplexity/accuracy of a checkpoint"),
     "lm-eval": ("overtrain.evaluate.lm_eval", "lm-evaluation-harness tasks on a checkpoint, in-process (no export)"),
+    "alpaca-eval": ("overtrain.evaluate.alpaca", "AlpacaEval win rates of a suite member (the alpaca-eval package)"),
     "perturb": ("overtrain.evaluate.perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise"),
     "theory": ("overtrain.finetune.theory", "section 4's mechanism: a linear network under the study's protocol"),
     "report": ("overtrain.evaluate.report", "tables and plots from results.jsonl files"),

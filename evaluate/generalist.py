@@ -25,8 +25,8 @@ is built, because its path differs per machine and virtual environment; static Y
 with lm-eval's own CLI (``--include_path configs/lm_eval/generalist``) and a missing copy fails
 with one message naming the folder.
 
-AlpacaEval is not covered: it needs an LLM judge (a second model or a paid API scoring generated
-answers), which this offline stage does not provide.
+AlpacaEval needs an LLM judge (a second model or a paid API scoring generated answers): it is
+``overtrain alpaca-eval`` (``evaluate.alpaca``), not this stage.
 
 A transformers model directory (``config.json`` present; not an overtrain checkpoint: no
 ``model.pt``/``meta.json``/``checkpoints/``) is evaluated by lm-eval's own ``HFLM`` (weights in bf16

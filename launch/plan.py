@@ -5,6 +5,7 @@
                                                            \\->  lm-eval (every checkpoint)
                                                            \\->  sweep on intermediate checkpoints
     suite member (revision)  ->  instruct (x chat dataset x seed)->  lm-eval (every tuned model)
+                                                                 \\->  alpaca-eval (``instruct.alpaca_eval``)
                              \\->  lm-eval (the member itself, before tuning)
     report   (after everything)
 
@@ -328,6 +329,8 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                 )
             )
             evals.append((tid, str(out), [f"instruct/{tid}"]))
+            if ins.alpaca_eval is not None:
+                jobs.append(alpaca_eval_job(spec, root, tid, out, n))
         if spec.multimodal is not None:
             jobs.append(multimodal_job(spec, root, m, n))
         if le is None or not le.tasks:
@@ -350,6 +353,19 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
                 )
             )
     return jobs
+
+
+def alpaca_eval_job(spec: GridSpec, root: Path, tid: str, model: Path, n: float) -> Job:
+    """AlpacaEval of the tuned model ``model`` (instruct job ``tid``): generation ~ 2N per prompt and
+    answer token; the judge's calls (one per instruction) are an API's cost, or a local judge's, not counted."""
+    ae = spec.instruct.alpaca_eval
+    out = root / "alpaca_eval" / tid
+    argv = ["alpaca-eval", str(model), f"judge={expand_path(ae.judge)}", f"instructions={expand_path(ae.instructions)}"]
+    argv += [f"out={out}", *ae.args, f"results={out / 'results.jsonl'}"]
+    info = {"judge": ae.judge, "judge_calls": ae.n_instructions, "out": str(out)}
+    flops = 2 * n * ae.n_instructions * ae.tokens_estimate
+    done = root / "state" / f"alpaca_eval__{tid}.done"
+    return Job(f"alpaca-eval/{tid}", "alpaca-eval", argv, [f"instruct/{tid}"], done, flops, info=info, mark_done=True)
 
 
 def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:

@@ -143,6 +143,17 @@ class SuiteStage:
 
 
 @dataclass
+class AlpacaEvalStage:
+    """AlpacaEval (``overtrain alpaca-eval``, ``evaluate.alpaca``) of every instruction-tuned model."""
+
+    judge: str = "weighted_alpaca_eval_gpt4_turbo"  # annotator config name (API: its key at run time) or a model dir
+    instructions: str = "tatsu-lab/alpaca_eval"  # the hub set (805) or a local JSON of its records
+    args: list[str] = field(default_factory=list)  # further `overtrain alpaca-eval` settings, e.g. [limit=200]
+    n_instructions: int = 805  # for the estimates only (AlpacaEval's set; say so when limit= is smaller)
+    tokens_estimate: int = 600  # prompt + answer tokens per instruction, for the generation compute only
+
+
+@dataclass
 class InstructStage:
     """Instruction tuning (``overtrain sft``) of every suite member on every chat dataset."""
 
@@ -151,6 +162,7 @@ class InstructStage:
     gpus: int = 0  # processes per SFT run (torchrun, data parallel); 0 = the runner's gpus= (1 on CPU)
     train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
     seeds: list[int] = field(default_factory=lambda: [0])  # an SFT run per seed (batch order; `overtrain sft` seed=)
+    alpaca_eval: AlpacaEvalStage | None = None  # AlpacaEval of every tuned model (null: none)
 
 
 @dataclass
@@ -495,6 +507,8 @@ def grid_fingerprint(spec: GridSpec) -> str:
     ins = d.get("instruct")
     if isinstance(ins, dict) and ins.get("seeds") == [0]:
         ins.pop("seeds")  # the default: SFT's own seed 0, as before the field
+    if isinstance(ins, dict) and ins.get("alpaca_eval") is None:
+        ins.pop("alpaca_eval", None)  # none: as before the field
     ft = d.get("finetune")
     if isinstance(ft, dict):
         ft.pop("noise", None)  # a planning figure: changes no job
