@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .core.config import CONFIG_ROOT, ConfigError, OvertrainError, load_config
+from .core.config import load_config
+from .core.errors import ConfigError, OvertrainError
 from .core.keys import describe_keys
 from .core.keyvalue import field_type, is_setting, top_key
+from .core.paths import CONFIG_ROOT
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ GRID_ACTION = Positional(
 # name, help, config, run, call(run, invocation), [kind, options, positionals]
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("prepare-data", "tokenize C4 (hub or local files) into OLMo memmap .npy files",
-            "overtrain.data.c4_prepare:PrepareConfig", "overtrain.data.c4_prepare:run",
+            "overtrain.data.c4.prepare:PrepareConfig", "overtrain.data.c4.prepare:run",
             lambda f, i: f(i.config)),
     Command("info", "parameters and training FLOPs per token of a model config",
             "overtrain.core.model:ModelSpec", "overtrain.train.info:run",
@@ -102,23 +104,23 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             lambda f, i: f(i.config, i.options),
             kind="models", options="overtrain.train.coord_check:CoordCheckOptions"),
     Command("pretrain", "pre-train a model for a token budget (resumable; torchrun-ready)",
-            "overtrain.train.plan:PretrainConfig", "overtrain.train.pretrain:run",
+            "overtrain.train.pretrain_plan:PretrainConfig", "overtrain.train.pretrain:run",
             lambda f, i: f(i.config, i.config_path, i.options.overwrite),
             kind="pretrain", options="overtrain.train.pretrain:PretrainOptions"),
     Command("finetune", "fine-tune a checkpoint on a task, evaluate, append results",
-            "overtrain.finetune.config:FinetuneConfig", "overtrain.finetune.finetune:run",
+            "overtrain.finetune.finetune_config:FinetuneConfig", "overtrain.finetune.finetune:run",
             lambda f, i: f(i.config, i.options.results),
             kind="finetune", options="overtrain.finetune.finetune:FinetuneOptions"),
     Command("sft", "instruction-tune a suite member (transformers model) on chat data",
-            "overtrain.finetune.sft:SFTConfig", "overtrain.finetune.sft:run",
+            "overtrain.finetune.instruct.sft:SFTConfig", "overtrain.finetune.instruct.sft:run",
             lambda f, i: f(i.config, i.args["model"]),
             positionals=(Positional("model", MEMBER.replace("(repo@rev)", "(revision=, or repo@rev)")),)),
     Command("multimodal", "LLaVA two-stage multimodal tuning of a suite member + VQA",
-            "overtrain.finetune.multimodal:MultimodalConfig", "overtrain.finetune.multimodal:run",
+            "overtrain.finetune.instruct.multimodal:MultimodalConfig", "overtrain.finetune.instruct.multimodal:run",
             lambda f, i: f(i.config, i.args["model"]),
             positionals=(Positional("model", MEMBER),)),
     Command("sweep", "learning-rate sweep for a (checkpoint, task): fixed and tuned LR",
-            "overtrain.finetune.config:FinetuneConfig", "overtrain.finetune.sweep:run",
+            "overtrain.finetune.finetune_config:FinetuneConfig", "overtrain.finetune.sweep:run",
             lambda f, i: f(i.config),
             kind="finetune"),
     Command("evaluate", "C4 perplexity and task ID perplexity/accuracy of a checkpoint",
@@ -130,6 +132,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             lambda f, i: f(i.config, i.args["checkpoint"]),
             positionals=(Positional("checkpoint", "a checkpoint step dir, checkpoints/ dir, run dir, RUN@tokens=N, "
                                     "or a transformers model directory"),)),
+    Command("alpaca-eval", "AlpacaEval win rates of a suite member (the alpaca-eval package)",
+            "overtrain.evaluate.alpaca:AlpacaEvalConfig", "overtrain.evaluate.alpaca:run",
+            lambda f, i: f(i.config, i.args["model"]),
+            positionals=(Positional("model", "suite member: a transformers directory (e.g. an sft output) or hub repo@rev"),)),
     Command("perturb", "progressive sensitivity: C4 perplexity under Gaussian weight noise",
             "overtrain.evaluate.perturb:PerturbConfig", "overtrain.evaluate.perturb:run",
             lambda f, i: f(i.config, i.args["checkpoint"]),

@@ -35,6 +35,7 @@ from overtrain.data.tasks import load_task
 from overtrain.data.tokenizer import check_tokenizer
 from overtrain.evaluate.task_metrics import task_metrics
 from overtrain.finetune import finetune as ft
+from overtrain.finetune.finetune_config import load_finetune_config
 
 
 @torch.no_grad()
@@ -122,7 +123,7 @@ def main():
         print(f"\n{'fine-tuning (RTE, demo config)':<34}{'tokens/s':>12}{'ratio':>8}   completion tokens/s")
         base = None
         for label, loss_fn in (("full logits (lm_loss)", lm_loss), ("completion-only readout", ft.completion_loss)):
-            cfg = ft.load_finetune_config(
+            cfg = load_finetune_config(
                 "demo",
                 [
                     f"checkpoint={tmp}",

@@ -7,7 +7,7 @@
 Each mode is one ``torch.distributed.run`` of this file's worker: the model (``core.model.build_model``),
 laid out as pre-training lays it out (``parallel: ddp`` -> ``core.dist.wrap``; ``fsdp`` ->
 ``core.dist.shard`` per block, then the root; over one rank too, so the one-GPU figure is FSDP's own
-cost), the pre-training optimizer (``core.optim``) and ``core.step.train_step`` on random tokens
+cost), the pre-training optimizer (``core.optim``; its fused kernel on CUDA, as pre-training) and ``core.step.train_step`` on random tokens
 (``--accum`` micro-batches per step), ``--warmup`` untimed steps, then ``--steps`` timed ones. Printed:
 tokens/s per mode (all ranks) and fsdp / ddp. The modes alternate ``--repeats`` times (ddp, fsdp, ddp,
 ...) and each mode's median counts, so a drift of the machine's speed does not favour one.
@@ -27,22 +27,32 @@ import time
 from pathlib import Path
 
 
-def worker(args: argparse.Namespace) -> None:
+def train_tokens_per_s(
+    parallel: str,
+    spec,
+    device,
+    seq_len: int,
+    micro_batch: int,
+    accum: int,
+    steps: int,
+    warmup: int,
+    fused: bool | None = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> float:
+    """Tokens/s (all ranks) of ``steps`` timed steps after ``warmup``, the model laid out by ``parallel``
+    (ddp | fsdp) over the process group that exists (every rank calls it). ``fused``: the fused AdamW
+    kernel (None: on CUDA, as pre-training uses it)."""
     import torch
     import torch.distributed as tdist
     from overtrain.core import dist
-    from overtrain.core.model import build_model, load_model_spec
+    from overtrain.core.model import build_model
     from overtrain.core.optim import build_optimizer
-    from overtrain.core.step import train_step
+    from overtrain.core.step import train_step, use_fused_adam
 
-    info = dist.env_info()
-    device = dist.resolve_device(args.device, info)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    tdist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
-    spec = load_model_spec(args.model)
     model = build_model(spec, device=device, seed=0)
     precision = "auto"
-    if args.parallel == "fsdp":
+    if parallel == "fsdp":
         fsdp = dist.FSDPConfig()
         run = dist.shard(model, list(model.transformer.blocks), fsdp, dist.compute_dtype(fsdp, device, precision))
     else:
@@ -50,23 +60,50 @@ def worker(args: argparse.Namespace) -> None:
 
         run = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
     opt = build_optimizer(model.named_parameters(), 1e-3)
-    gen = torch.Generator().manual_seed(info.rank)
+    if fused or (fused is None and device.type == "cuda"):
+        use_fused_adam(opt)
+    gen = torch.Generator().manual_seed(rank)
     micro = []
-    for _ in range(args.accum):
-        x = torch.randint(0, spec.vocab_size, (args.micro_batch, args.seq_len + 1), generator=gen)
+    for _ in range(accum):
+        x = torch.randint(0, spec.vocab_size, (micro_batch, seq_len + 1), generator=gen)
         micro.append((x[:, :-1].to(device), x[:, 1:].to(device)))
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         train_step(run, opt, micro, 1.0, precision=precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     tdist.barrier()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         train_step(run, opt, micro, 1.0, precision=precision)  # reads the loss: waits for the device
     seconds = time.perf_counter() - t0
-    tokens = args.steps * args.accum * args.micro_batch * args.seq_len * info.world_size
+    return steps * accum * micro_batch * seq_len * world_size / seconds
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch.distributed as tdist
+    from overtrain.core import dist
+    from overtrain.core.model import load_model_spec
+
+    info = dist.env_info()
+    device = dist.resolve_device(args.device, info)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    tdist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    spec = load_model_spec(args.model)
+    tps = train_tokens_per_s(
+        args.parallel,
+        spec,
+        device,
+        args.seq_len,
+        args.micro_batch,
+        args.accum,
+        args.steps,
+        args.warmup,
+        fused=None,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     if info.is_main:
-        print(json.dumps({"parallel": args.parallel, "tokens_per_s": tokens / seconds, "seconds": seconds}))
+        print(json.dumps({"parallel": args.parallel, "tokens_per_s": tps}))
     tdist.destroy_process_group()
 
 

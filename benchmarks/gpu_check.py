@@ -33,16 +33,20 @@ Steps, in order; each is guarded (a failure is recorded with its traceback and t
    fits the time left before the loader's and the sweep's share;
 5. loader: ``pretrain_throughput.measure_loader``, global batch 256 x 1024 to the GPU;
 6. sweep: ``sweep_throughput.measure_sweep``, OLMo-15M, K = 8 LRs stacked vs one after another;
-7. targets. The results, gpu-check-DATE-DEVICE.json and .md in ``--results-dir`` (default
+7. sharding (issue 24, ``sharding_check``): the memory plan's estimate beside ``max_memory_allocated``
+   (3 rows), then FSDP over one rank vs DDP tokens/s; its share (``min_s``) is kept back from every
+   throughput row but the target rows, and each of its rows starts only if its estimate fits;
+8. targets. The results, gpu-check-DATE-DEVICE.json and .md in ``--results-dir`` (default
    benchmarks/results/; the dry run: a new temporary directory, never benchmarks/results/) and in
    ``--copy-to`` (the device tool's $OUT), are rewritten atomically after every step, test and
    throughput row: a kill at the call's limit loses only what was running (its step says
    ``running``; SIGTERM: ``interrupted``, exit status 143). The tables are printed at the end.
 
 Targets (issue 11), each from the best overtrain row: OLMo-90M >= 45% MFU (peak: the device's
-dense bf16 figure, ``train.tracking.PEAK_BF16_FLOPS``, as pre-training logs MFU; a GPU missing
+dense bf16 figure, ``train.metrics_log.PEAK_BF16_FLOPS``, as pre-training logs MFU; a GPU missing
 there uses the measured matmul rate); OLMo-15M >= 1M tokens/s; the loader >= 20x the fastest
-training tokens/s (OLMo-15M's); the stacked sweep >= 3x one LR after another (K = 8).
+training tokens/s (OLMo-15M's); the stacked sweep >= 3x one LR after another (K = 8); every
+memory-plan row within 1 - ``core.memory.USABLE`` (10%); FSDP over one rank >= 0.95x DDP (issue 24).
 Exit status 3 if the preflight failed, 1 if a step failed (a test failed, errored, hung or timed
 out included); a target missed or a row skipped for time is a figure, not a failure.
 """
@@ -98,7 +102,7 @@ from gpu_preflight import check as preflight_check  # noqa: E402
 from gpu_preflight import report as preflight_report  # noqa: E402
 from gpu_report import render_markdown, targets, text_tables  # noqa: E402
 from gpu_wheels import version_problems, versions  # noqa: E402
-from overtrain.core.config import atomic_write_bytes  # noqa: E402
+from overtrain.core.atomic import atomic_write_bytes  # noqa: E402
 
 DRY = {  # tiny shapes: seconds on 2 CPU cores
     "models": ["tiny"],
@@ -116,6 +120,12 @@ DRY = {  # tiny shapes: seconds on 2 CPU cores
     "sweep": dict(steps=1, warmup=1, batch_size=2, seq_len=32),
     "matmul_n": 256,
     "min_s": {},  # seconds a step needs to be started
+    "sharding": dict(
+        memory=[("tiny", 2, False), ("tiny", 2, True)],  # (model, micro-batch, activation checkpointing)
+        seq_len=32,
+        steps=2,
+        fsdp=dict(model="tiny", seq_len=32, micro_batch=2, accum=2, steps=2, warmup=1, repeats=1),
+    ),
 }
 GPU = {
     "models": ["olmo-15m", "olmo-90m", "olmo-30m"],
@@ -132,7 +142,14 @@ GPU = {
     "sweep_k": 8,
     "sweep": dict(steps=10, warmup=2, batch_size=8, seq_len=256),
     "matmul_n": 8192,
-    "min_s": {"tests": 30.0, "loader": 15.0, "sweep": 30.0},  # loader + sweep: kept back from pretrain
+    # loader + sweep: kept back from pretrain; sharding: kept back from every pretrain row but the target rows
+    "min_s": {"tests": 30.0, "loader": 15.0, "sweep": 30.0, "sharding": 40.0},
+    "sharding": dict(  # sharding_check: the memory plan vs max_memory_allocated, FSDP over one rank vs DDP (eager)
+        memory=[("olmo-15m", 32, False), ("olmo-90m", 16, False), ("olmo-90m", 16, True)],
+        seq_len=1024,
+        steps=2,  # the second with the optimizer state in place
+        fsdp=dict(model="olmo-15m", seq_len=1024, micro_batch=32, accum=2, steps=10, warmup=2, repeats=3),
+    ),
 }
 IMPLS = ("overtrain", "baseline")
 COMPILED = "model+loss"
@@ -319,10 +336,10 @@ class Check:
             )
         else:
             env.update(device=f"CPU {platform.machine()} ({torch.get_num_threads()} torch threads)")
-        from overtrain.train.tracking import peak_flops
+        from overtrain.train.metrics_log import peak_flops
 
         env["peak_flops"] = peak_flops(self.device)
-        env["peak_source"] = "train.tracking.PEAK_BF16_FLOPS (dense bf16 datasheet)" if env["peak_flops"] else None
+        env["peak_source"] = "train.metrics_log.PEAK_BF16_FLOPS (dense bf16 datasheet)" if env["peak_flops"] else None
         return env
 
     def matmul(self) -> dict:
@@ -403,6 +420,8 @@ class Check:
         }
         later = sum(c["min_s"].get(n, 0.0) for n in ("loader", "sweep") if n not in self.args.skip)
         stop = self.deadline - self.args.reserve_s - later  # the loader and the sweep keep their share
+        # the sharding step comes after the target rows (the target models' compiled rows), before the rest
+        sharding_share = 0.0 if "sharding" in self.args.skip else c["min_s"].get("sharding", 0.0)
         tokens = s.accum * s.micro_batch * s.seq_len
         print(HEADER, flush=True)
         for model, impl, compiled in row_plan(c["models"], c["target_models"]):
@@ -416,7 +435,8 @@ class Check:
                 matmul,
                 c["cold_compile_s"],
             )
-            left = stop - time.monotonic()
+            target_row = model in c["target_models"] and impl == "overtrain" and compiled == COMPILED
+            left = stop - (0.0 if target_row else sharding_share) - time.monotonic()
             if est > left:
                 r = {
                     "model": model,
@@ -454,6 +474,54 @@ class Check:
         spec = load_model_spec(self.cfg["models"][0], self.cfg["overrides"])
         return measure_sweep(spec, self.cfg["sweep_k"], SweepSettings(**self.cfg["sweep"]), self.device)
 
+    def sharding(self) -> dict:
+        """Issue 24's rows (``sharding_check``): the memory plan's estimate against the allocator's
+        peak, then FSDP over one rank vs DDP; each row only if its estimate (the pretrain rows'
+        measured steps of that model, as ``row_estimate_s``) fits the time left."""
+        from overtrain.core.model import flops_per_token, load_model_spec
+        from sharding_check import fsdp_vs_ddp, memory_row
+
+        c = self.cfg["sharding"]
+        seen = self.out.get("pretrain", {}).get("rows", [])
+        matmul = self.out.get("matmul", {}).get("flops")
+        live = self.out["sharding"] = {"memory": [], "fsdp": None}
+
+        def planned(model: str, seq_len: int, tokens: int, steps: int):
+            spec = load_model_spec(model, self.cfg["overrides"])
+            flops = flops_per_token(spec, seq_len) * tokens
+            return spec, row_estimate_s(spec.name, False, flops, steps, seen, matmul, 0.0)
+
+        def guarded(fn, what: dict, est: float) -> dict:
+            left = self.deadline - self.args.reserve_s - time.monotonic()
+            if est > left:
+                return {**what, "skipped": f"time: needs ~{est:.0f} s, {left:.0f} s left", "estimate_s": round(est, 1)}
+            try:
+                row = fn()
+            except Exception as e:  # noqa: BLE001 - recorded in the row; the next row still runs
+                row = {**what, "error": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc(limit=-3)}
+            finally:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            return {**row, "estimate_s": round(est, 1)}
+
+        for model, micro, checkpointing in c["memory"]:
+            spec, est = planned(model, c["seq_len"], micro * c["seq_len"], c["steps"])
+            what = {"model": spec.name, "micro_batch": micro, "checkpointing": checkpointing}
+            row = guarded(
+                lambda: memory_row(spec, micro, c["seq_len"], self.device, checkpointing, c["steps"]), what, est
+            )
+            live["memory"].append(row)
+            print(f"memory plan: {row}", flush=True)
+            self.save()
+        f = c["fsdp"]
+        tokens = f["accum"] * f["micro_batch"] * f["seq_len"]
+        spec, est = planned(f["model"], f["seq_len"], tokens, f["warmup"] + f["steps"])
+        est *= 2 * f["repeats"] * 1.25  # both modes, each repeat; FSDP's steps taken as 25% slower
+        args = {k: f[k] for k in ("seq_len", "micro_batch", "accum", "steps", "warmup", "repeats")}
+        live["fsdp"] = guarded(lambda: fsdp_vs_ddp(spec, self.device, **args), {"model": spec.name}, est)
+        print(f"fsdp vs ddp: {live['fsdp']}", flush=True)
+        return live
+
     # ------------------------------------------------------------------------------------ run
 
     def run(self) -> int:
@@ -489,6 +557,7 @@ class Check:
         self.step("pretrain", self.pretrain)
         self.step("loader", self.loader)
         self.step("sweep", self.sweep)
+        self.step("sharding", self.sharding)
         self.save()
         print("\n" + text_tables(self.out), flush=True)
         print("\nresults: " + ", ".join(str(p) for p in self.paths))
@@ -681,7 +750,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--test-timeout-s", type=float, default=90.0, help="one CUDA test (gpu_pytest_guard)")
     ap.add_argument("--test-grace-s", type=float, default=15.0, help="then pytest is ended (a hang in C)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to skip: tests, pretrain, loader, sweep")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated steps to skip: tests, pretrain, loader, sweep, sharding"
+    )
     ap.add_argument("--results-dir", default=None, help="default benchmarks/results/ (dry run: a temporary directory)")
     ap.add_argument("--copy-to", default=None, help="also write the JSON and Markdown files here (e.g. $OUT)")
     args = ap.parse_args(argv)

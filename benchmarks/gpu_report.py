@@ -2,7 +2,8 @@
 
 Each target is read from the best overtrain row that was measured (``None``, "not measured", when
 its step failed or ran out of budget): OLMo-90M MFU >= 45%; OLMo-15M >= 1M tokens/s; the loader
->= 20x the fastest training tokens/s; a stacked LR sweep >= 3x one LR after another. A dry run
+>= 20x the fastest training tokens/s; a stacked LR sweep >= 3x one LR after another; every memory-plan
+row within its tolerance and FSDP over one rank >= 0.95x DDP's tokens/s (issue 24). A dry run
 measures the tiny model in their place: its figures only show that the wiring works.
 """
 
@@ -13,6 +14,9 @@ TARGETS = (  # key, name, threshold, how to print a value
     ("tps", "OLMo-15M tokens/s", 1e6, lambda v: f"{v / 1e6:.2f}M"),
     ("loader", "loader / fastest training", 20.0, lambda v: f"{v:.1f}x"),
     ("sweep", "stacked LR sweep / sequential", 3.0, lambda v: f"{v:.2f}x"),
+    # issue 24 (sharding_check): every memory-plan row within its tolerance; FSDP over one rank < 5% slower
+    ("memory", "memory plan within tolerance", 1.0, lambda v: f"{v:.0%} of rows"),
+    ("fsdp", "FSDP / DDP tokens/s, one rank", 0.95, lambda v: f"{v:.3f}"),
 )
 
 
@@ -42,6 +46,22 @@ def targets(out: dict, roles: dict[str, str]) -> list[dict]:
         found["sweep"] = (
             sweep["ratio"],
             f"{sweep['model']}, K = {sweep['k']}, {sweep['batch_size']} x {sweep['seq_len']}",
+        )
+    sharding = out.get("sharding") or {}
+    measured = [r for r in sharding.get("memory", []) if "within" in r]
+    if measured:
+        worst = max(measured, key=lambda r: abs(r["ratio"] - 1))
+        found["memory"] = (
+            sum(r["within"] for r in measured) / len(measured),
+            f"{len(measured)} rows; worst {worst['model']} micro {worst['micro_batch']}: measured / estimate "
+            f"{worst['ratio']:.2f} (tolerance {worst['tolerance']:.0%})",
+        )
+    fsdp = sharding.get("fsdp") or {}
+    if "fsdp_over_ddp" in fsdp:
+        found["fsdp"] = (
+            fsdp["fsdp_over_ddp"],
+            f"{fsdp['model']}, {fsdp['accum']} x {fsdp['micro_batch']} x {fsdp['seq_len']} tokens, eager, "
+            f"medians of {fsdp['repeats']}",
         )
     result = []
     for key, name, threshold, fmt in TARGETS:
@@ -160,6 +180,31 @@ def _sections(out: dict, markdown: bool) -> list[tuple[str, str]]:
                 f"({sw['ratio']:.2f}x); last-step losses differ by at most {sw['max_loss_diff']:.2e}",
             )
         )
+    sharding = out.get("sharding") or {}
+    if sharding.get("memory"):
+        cells = [
+            [
+                r["model"],
+                str(r["micro_batch"]),
+                "yes" if r["checkpointing"] else "no",
+                f"{r['measured_gb']:.2f}" if "ratio" in r else "",
+                f"{r['estimate_gb']:.2f}" if "ratio" in r else "",
+                f"{r['ratio']:.3f}" if "ratio" in r else r.get("skipped") or r.get("error", "?")[:120],
+                ("yes" if r["within"] else "NO") if "ratio" in r else "",
+            ]
+            for r in sharding["memory"]
+        ]
+        head = ["model", "micro", "act. ckpt", "measured GB", "estimate GB", "ratio", "within"]
+        parts.append(("Memory plan vs the allocator's peak (core.memory)", _table(head, cells, markdown)))
+    f = sharding.get("fsdp")
+    if f:
+        text = (
+            f"{f['model']}: ddp {f['ddp_tokens_per_s']:,.0f} tokens/s, fsdp {f['fsdp_tokens_per_s']:,.0f} tokens/s, "
+            f"fsdp / ddp {f['fsdp_over_ddp']:.3f} (medians of {f['repeats']})"
+            if "fsdp_over_ddp" in f
+            else (f.get("skipped") or f.get("error", "?"))
+        )
+        parts.append(("FSDP over one rank vs DDP", text))
     if out.get("matmul"):
         mm = out["matmul"]
         peak = out.get("environment", {}).get("peak_flops")

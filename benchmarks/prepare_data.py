@@ -34,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from overtrain.core.config import data_root
-from overtrain.data import c4_prepare as prep
+from overtrain.core.paths import data_root
+from overtrain.data.c4 import prepare as prep
 from overtrain.data.tokenizer import load_tokenizer
 
 C4_EN_TRAIN_GZ_BYTES = 305e9  # allenai/c4 en: 1024 train files, ~305 GB gzipped (~356M documents)
@@ -81,7 +81,7 @@ def worker_peak_rss_mb(shards: Path, val: Path, out: Path, workers: int) -> floa
     """Peak RSS (MB) of one worker: a fresh process per measurement, so earlier runs do not count."""
     code = (
         "import resource, sys\n"
-        "from overtrain.data import c4_prepare as prep\n"
+        "from overtrain.data.c4 import prepare as prep\n"
         "from overtrain.data.tokenizer import load_tokenizer\n"
         f"load_tokenizer(); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"prep.prepare(prep.PrepareConfig(train=['{shards}/c4-train.*.json.gz'], val=['{val}'], out='{out}', "

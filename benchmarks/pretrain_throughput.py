@@ -11,7 +11,7 @@ One timed step is what pre-training does per optimizer step: ``--global-batch`` 
 ``--seq-len`` tokens in micro-batches of ``--micro-batch`` (gradient accumulation), random tokens
 already on the device (the loader is measured on its own). For each model and compile mode:
 
-- overtrain: ``build_model`` (OLMo + muP), the pre-training optimizer (``train.pretrain.build_optimizer``,
+- overtrain: ``build_model`` (OLMo + muP), the pre-training optimizer (``core.optim.optimizer_for``,
   ``mup.MuAdamW``, switched to the fused kernel on CUDA as pre-training does; ``--fused``/``--no-fused``
   force it) and ``core.step.train_step``;
 - baseline: ``benchmarks/gpt_baseline.py``, the same parameter shapes in plain PyTorch with fused
@@ -25,7 +25,7 @@ baseline compiles its own cross-entropy the same way).
 Timing: ``--warmup`` steps (compilation happens there; their seconds are the row's ``warmup_s``),
 then ``--steps`` steps between two device syncs. MFU = FLOPs/token x tokens/s / peak, FLOPs/token
 from ``flops_per_token`` at ``--seq-len`` (at the model's context: the figure ``overtrain info`` prints), peak = ``--peak-tflops``
-or the device's dense bf16 figure from ``train.tracking.PEAK_BF16_FLOPS`` (the one pre-training
+or the device's dense bf16 figure from ``train.metrics_log.PEAK_BF16_FLOPS`` (the one pre-training
 logs MFU with). A row that runs out of device memory is retried with half the micro-batch and twice
 the accumulation (same tokens per step); the row records the micro-batch that fit.
 
@@ -59,11 +59,11 @@ import gpt_baseline  # noqa: E402
 from overtrain.core.config import parse_count  # noqa: E402
 from overtrain.core.likelihood import lm_loss  # noqa: E402
 from overtrain.core.model import build_model, flops_per_token, load_model_spec  # noqa: E402
+from overtrain.core.optim import optimizer_for  # noqa: E402
 from overtrain.core.step import train_step, use_fused_adam  # noqa: E402
 from overtrain.data.loader import WindowLoader  # noqa: E402
-from overtrain.train.loop import build_optimizer  # noqa: E402
-from overtrain.train.plan import OptimConfig  # noqa: E402
-from overtrain.train.tracking import peak_flops  # noqa: E402
+from overtrain.train.metrics_log import peak_flops  # noqa: E402
+from overtrain.train.pretrain_plan import OptimConfig  # noqa: E402
 
 MODES = ("no", "model", "model+loss")
 
@@ -138,7 +138,7 @@ def measure(spec, impl: str, compiled: str, s: Settings, device) -> dict:
     compile_ = lambda f: torch.compile(f, backend=s.compile_backend)
     if impl == "overtrain":
         model = build_model(spec, device=device, seed=0)
-        opt = build_optimizer(model, OptimConfig())
+        opt = optimizer_for(model, OptimConfig())
         fused = use_fused_adam(opt) if (device.type == "cuda" if s.fused is None else s.fused) else False
         run_model = compile_(model) if compiled in ("model", "model+loss") else model
         loss_fn = compile_(lm_loss) if compiled == "model+loss" else None

@@ -1,4 +1,4 @@
-"""SFT throughput: overtrain's loop (``finetune.sft.train_sft`` over ``core.step.train_step``) vs
+"""SFT throughput: overtrain's loop (``finetune.instruct.sft.train_sft`` over ``core.step.train_step``) vs
 transformers' ``Trainer`` (what TRL's ``SFTTrainer`` subclasses; TRL is not installed here).
 
     .venv/bin/python benchmarks/sft_throughput.py                          # CPU: the tiny OLMo, 1 thread
@@ -49,7 +49,7 @@ def load(path: Path, device: str):
 
 
 def ours(path: Path, enc, args) -> dict:
-    from overtrain.finetune.sft import SFTConfig, train_sft
+    from overtrain.finetune.instruct.sft import SFTConfig, train_sft
 
     model, tok = load(path, args.device)
     cfg = SFTConfig(

@@ -8,7 +8,7 @@ paper's sweep) on the same fine-tuning-shaped batches: ``--batch-size`` sequence
 tokens per step, loss only on a completion (the last 10-30% of each sequence), through the
 fine-tuning loss ``completion_loss``:
 
-- one after another: per LR, the weights reloaded, ``finetune.build_optimizer`` (``mup.MuAdamW``)
+- one after another: per LR, the weights reloaded, ``core.optim.optimizer_for`` (``mup.MuAdamW``)
   and ``train_step``, as ``overtrain sweep`` runs today;
 - stacked: ``overtrain.finetune.stacked.train_stacked`` (a ``StackedRun``: ``torch.func`` vmap
   over the K models, K ``MuAdamW`` over views of the stack, fused on CUDA).
@@ -45,8 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.optim import optimizer_for
 from overtrain.core.step import train_step, use_fused_adam
-from overtrain.finetune.finetune import FinetuneConfig, build_optimizer, completion_loss
+from overtrain.finetune.finetune import FinetuneConfig, completion_loss
 from overtrain.finetune.stacked import train_stacked
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,7 +85,7 @@ def finetune_batches(
 
 def one_after_another(spec, base_state, lrs, batches, warmup, precision, device, fused) -> tuple[float, list[float]]:
     model = build_model(spec, device=device, seed=0)
-    opt = build_optimizer(model, FinetuneConfig(lr=lrs[0]))
+    opt = optimizer_for(model, FinetuneConfig(lr=lrs[0]))
     if fused:
         use_fused_adam(opt)
     for micro in batches[:warmup]:  # CUDA/cuBLAS start-up, not timed
@@ -95,7 +96,7 @@ def one_after_another(spec, base_state, lrs, batches, warmup, precision, device,
     last = []
     for lr in lrs:
         model.load_state_dict(base_state)
-        opt = build_optimizer(model, FinetuneConfig(lr=lr))
+        opt = optimizer_for(model, FinetuneConfig(lr=lr))
         if fused:
             use_fused_adam(opt)
         for micro in timed:

@@ -41,8 +41,12 @@ import numpy as np
 import torch
 import yaml
 
-from .config import CheckpointError, ConfigError, atomic_write_text, expand_path, from_dict, parse_count, to_dict
+from .atomic import atomic_write_text
+from .config import from_dict, parse_count, to_dict
+from .dist import reshard
+from .errors import CheckpointError, ConfigError
 from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
+from .paths import expand_path
 
 STEP_PREFIX = "step-"
 MANIFEST = "SHA256SUMS"
@@ -373,16 +377,17 @@ def checkpoint_provenance(step_dir: str | os.PathLike, spec: ModelSpec, meta: di
 def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """The optimizer state of a (maybe FSDP-sharded) model into ``path`` with torch's distributed
     checkpoint (a collective: every rank writes its own shards; rank 0 the metadata)."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # heavy: ~3 s import, sharded runs only
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    reshard(model)  # the shards, not parameters an evaluation left gathered, are what the optimizer steps
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(path))
 
 
 def load_sharded_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """``save_sharded``'s state into ``optimizer`` of ``model`` as sharded now (any number of ranks,
     sharded or not; every rank calls it)."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # heavy: ~3 s import, sharded runs only
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     state = {"optim": get_optimizer_state_dict(model, optimizer)}  # the layout to read into
@@ -400,7 +405,10 @@ def load_whole_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.op
     into ``optimizer`` of ``model`` sharded now (every rank reads the file and keeps its shards). The
     numbers become parameter names by the optimizer's own group order, which ``core.optim`` builds
     the same for the model sharded or not."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # heavy: sharded runs only
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -16,6 +16,9 @@ lists every dotted key of a config with its type, default and doc (``overtrain C
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
+import json
 import os
 import types
 import typing
@@ -26,47 +29,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .atomic import atomic_write_text
+from .errors import ConfigError
 from .keyvalue import parse_settings
+from .paths import CONFIG_ROOT, expand_path
 
 T = TypeVar("T")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent  # the repository root is the package
-CONFIG_ROOT = REPO_ROOT / "configs"
-
-
-class OvertrainError(ValueError):
-    """Bad user input (config, data, checkpoint, CLI): the CLI prints the message, no traceback."""
-
-
-class ConfigError(OvertrainError):
-    """A bad config: the message names the source and the field (``field``: its dotted key, if known)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-class DataError(OvertrainError):
-    """A missing, unreadable or mismatched data file: the message names the file."""
-
-
-class CheckpointError(OvertrainError):
-    """A missing, incomplete or incompatible checkpoint: the message names the path."""
-
-
-def data_root() -> Path:
-    """Where the real datasets live: ``$OVERTRAIN_DATA`` or ``../shared/data`` beside the repo."""
-    env = os.environ.get("OVERTRAIN_DATA")
-    root = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-    return root.resolve()  # one spelling of every data path, also through a symlinked shared/
-
-
-def expand_path(value: str | os.PathLike) -> str:
-    """Expand ``${OVERTRAIN_DATA}``, ``$VARS`` and ``~`` in a path-like config value."""
-    text = str(value)
-    if "${OVERTRAIN_DATA}" in text or "$OVERTRAIN_DATA" in text:
-        text = text.replace("${OVERTRAIN_DATA}", str(data_root())).replace("$OVERTRAIN_DATA", str(data_root()))
-    return os.path.expanduser(os.path.expandvars(text))
 
 
 def _type_name(tp: Any) -> str:
@@ -187,8 +155,6 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            import difflib
-
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             field = f"{where}.{key}" if where else str(key)
@@ -254,15 +220,6 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def parse_overrides(pairs: Iterable[str], cls: type | None = None) -> list[tuple[str, Any]]:
-    """``["optim.lr=1e-3", "tags=[a,b]"]`` -> [("optim.lr", 0.001), ...]: ``core.keyvalue.parse_settings``
-    (a ``str`` field of ``cls`` takes its text), a malformed pair a ConfigError."""
-    try:
-        return parse_settings(pairs, cls)
-    except ValueError as e:
-        raise ConfigError(f"command line: {e}") from None
-
-
 def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -298,7 +255,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterabl
         data = read_yaml(p)
         where = str(p)
     overrides = list(overrides)
-    parsed = parse_overrides(overrides, cls)
+    parsed = parse_settings(overrides, cls)
     for key, value in parsed:
         set_dotted(data, key, value)
     try:
@@ -320,58 +277,12 @@ def _blame(field: str | None, overrides: list[str], parsed: list[tuple[str, Any]
     return ""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """``atomic_write_text`` for bytes: a hidden ``.NAME.tmpPID`` in the same folder, synced, renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Move a finished directory ``tmp`` to ``out``, replacing an old ``out`` only at this moment."""
-    import shutil
-
-    tmp, out = Path(tmp), Path(out)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def config_digest(obj: Any, exclude: Iterable[str] = ()) -> str:
     """A short content hash of a config (dataclass or dict) without the ``exclude`` top-level keys."""
-    import hashlib
-    import json
-
     d = to_dict(obj)
     for k in exclude:
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
-    """``fig.savefig`` to a temporary name, then rename: a figure is either whole or absent."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, **kwargs)
-    os.replace(tmp, path)
-    return path
 
 
 def save_config(obj: Any, path: str | os.PathLike) -> None:

@@ -7,8 +7,10 @@ prints progress (``is_main``).
 ``parallel: ddp | fsdp`` (``prepare``): DDP replicates the model and optimizer on every rank;
 FSDP2 (``shard``: ``fully_shard`` per block, then the root) keeps 1/world of every parameter,
 gradient and optimizer state per rank, gathering a block's parameters for its forward and
-backward and reduce-scattering its gradients (fp32). Both average gradients over ranks, so the
-step is the same (``core.step``), up to the order of float additions.
+backward and reduce-scattering its gradients (fp32) after every micro-batch (not only the last,
+as DDP all-reduces: FSDP's no_sync would hold every parameter's unsharded fp32 gradient on every
+rank until then). Both average gradients over ranks, so the step is the same (``core.step``), up
+to the order of float additions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,19 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free every FSDP unit's gathered parameters (a no-op for a model that is not sharded). A forward
+    without a backward (an evaluation under no_grad) leaves them gathered when ``reshard_after_forward``
+    is false, and while they are, the model's parameters are the gathered tensors rather than the
+    shards the optimizer steps: a state dict taken then cannot be matched to the optimizer's
+    (torch's ``get_optimizer_state_dict``: KeyError), and a unit's whole weights stay in memory."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in getattr(model, "_orig_mod", model).modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
     """The whole model's weights on rank 0's CPU (None on the other ranks). For a sharded model a
     collective (every rank calls it): the shards are gathered one tensor at a time."""
@@ -151,6 +166,7 @@ def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.T
         return model.state_dict() if info.is_main else None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    reshard(model)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return state if info.is_main else None
 

@@ -7,7 +7,7 @@ uses torchvision: ``hide_broken_torchvision()`` marks it absent (before transfor
 imported), so transformers skips it. A working torchvision, or none, is left alone.
 
 Every module that imports transformers or lm_eval calls it first (it returns at once after the
-first call): train/hf.py, finetune/sft.py, core/suite.py, evaluate/generalist.py, evaluate/lm_eval.py.
+first call): train/hf.py, finetune/instruct/sft.py, core/suite.py, evaluate/generalist.py, evaluate/lm_eval.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def hide_broken_torchvision() -> None:
     if "torchvision" in sys.modules or "transformers" in sys.modules or importlib.util.find_spec("torchvision") is None:
         return
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (heavy: the probe itself, called only before transformers loads)
     except Exception:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]

@@ -2,8 +2,8 @@
 
 The one way to say "this setting changes no result": a config field declared with
 ``no_result(...)``. A fine-tuning row's hash leaves it out (below), SFT's recorded config leaves
-it out (``finetune.sft.NOT_RESULT``) and pre-training's resume accepts a new value for it
-(``train.plan.RESUMABLE_CHANGES``); ``no_result_keys`` lists a config class's such fields as
+it out (``finetune.instruct.sft.NOT_RESULT``) and pre-training's resume accepts a new value for it
+(``train.pretrain_plan.RESUMABLE_CHANGES``); ``no_result_keys`` lists a config class's such fields as
 dotted keys, nested dataclasses included.
 
 A run's identity is its config's fields that change a result (``identity_dict``, hashed by

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 SETTING = re.compile(r"[A-Za-z_][\w.-]*=")  # `key=value`; a path such as RUN@tokens=N is positional
 NULLS = ("null", "Null", "NULL", "~")
 
@@ -64,14 +66,14 @@ def parse_value(raw: str) -> Any:
 
 def parse_settings(pairs: Iterable[str], cls: type | None = None) -> list[tuple[str, Any]]:
     """``["optim.lr=1e-3", "tags=[a,b]"]`` -> [("optim.lr", 0.001), ...]; with dataclass ``cls``,
-    a ``str`` field's value is its text (see the module doc). ValueError names a malformed pair."""
+    a ``str`` field's value is its text (see the module doc). A malformed pair is a ConfigError."""
     out = []
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"override '{pair}' is not of the form key=value")
+            raise ConfigError(f"command line: override '{pair}' is not of the form key=value")
         key, raw = setting_key(pair), pair.split("=", 1)[1]
         if not key:
-            raise ValueError(f"override '{pair}' has an empty key")
+            raise ConfigError(f"command line: override '{pair}' has an empty key")
         out.append((key, _text_value(raw, field_type(cls, key)) if cls is not None else parse_value(raw)))
     return out
 

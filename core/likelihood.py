@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .dist import reshard
 from .model import unwrap
 
 
@@ -95,7 +96,7 @@ def windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> 
 
 
 def _sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # heavy: torch.distributed.fsdp (~2 s), only sharded runs
 
     return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
 
@@ -152,6 +153,8 @@ def perplexity(
     if world > 1:
         torch.distributed.all_reduce(nll)
         torch.distributed.all_reduce(count)
+    if _sharded(model):  # fsdp.reshard_after_forward false: no backward frees what these forwards gathered
+        reshard(model)
     model.train(was_training)
     mean = (nll / count).item()
     out = {"loss": mean, "ppl": math.exp(mean) if mean < 709.0 else math.inf, "tokens": int(count.item())}

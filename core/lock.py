@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import OvertrainError
+from .errors import OvertrainError
 
 LOCK_FILE = ".overtrain.lock"
 

@@ -21,7 +21,11 @@ SwiGLU block saves ~10 d values (the norms' inputs and outputs, q, k, v, the rot
 attention output) and ~4 h (gate, up, the activation and the product); attention itself is taken as
 flash/memory-efficient (O(T), no T x T scores). The logits cost a per entry plus 8 for the fp32
 log-softmax and its gradient. Activation checkpointing keeps each layer's fp32 input (4 d per token and
-layer) and one layer's activations while it is recomputed.
+layer) and, at the peak, the larger of the logits' share and one layer being recomputed (its
+activations, and its weights' fp32 gradient, U parameters, before a micro-batch after the first adds
+it into .grad): the backward is through the logits, freed, before the first block is recomputed, so
+
+    activations (checkpointing)  B T L 4 d + max(B T V (a + 8), B T a (10 d + 4 h) + 4 U)
 
 This is a model of the main tensors, not of the allocator: the check (``check_fits``) asks the estimate
 to fit in ``USABLE`` of the GPU's memory, leaving the rest to the CUDA context, kernels' workspaces
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .config import ConfigError
+from .errors import ConfigError
 
 USABLE = 0.9  # of the GPU's memory, for the tensors the estimate counts
 GB = 1e9
@@ -103,6 +107,23 @@ def hf_shape(config: dict, params: float | None = None) -> Shape:
     return Shape(n, layers, d, h, vocab, max(per_layer, emb))
 
 
+def setup_of(cfg, seq_len: int, gpus: int, names: dict[str, str]) -> Setup:
+    """The ``Setup`` of a pre-training or SFT config (the one builder for both): micro-batch, parallel
+    mode and activation checkpointing read from the config's fields that ``names`` gives (the words a
+    refusal uses: ``micro_batch_size``, ``parallel``, ``checkpointing``), ``fsdp.reshard_after_forward``,
+    and bf16 unless ``precision`` is fp32 (``memory_gb`` means a GPU: precision auto computes in bf16
+    there). ``seq_len``: the tokens per sequence the config resolves to."""
+    return Setup(
+        getattr(cfg, names["micro_batch_size"]),
+        seq_len,
+        gpus,
+        getattr(cfg, names["parallel"]),
+        getattr(cfg, names["checkpointing"]),
+        bf16=cfg.precision != "fp32",
+        reshard_after_forward=cfg.fsdp.reshard_after_forward,
+    )
+
+
 def estimate(shape: Shape, setup: Setup) -> Estimate:
     """Per-GPU bytes of each part (module doc)."""
     n, w = shape.params, max(setup.gpus, 1)
@@ -116,12 +137,12 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         weights, grads, optim = 4 * n, 4 * n, 8 * n
     autocast = 2 * n if (setup.bf16 and not fsdp) else 0
     layer = a * (10 * shape.d_model + 4 * shape.hidden)
-    if setup.checkpointing:
-        per_token = shape.n_layers * 4 * shape.d_model + layer
+    tokens, logits = setup.micro_batch_size * setup.seq_len, shape.vocab * (a + 8)
+    if setup.checkpointing:  # the logits' backward ends (their memory freed) before a block is recomputed
+        recompute = tokens * layer + 4 * shape.unit_params  # + its weights' gradient, being added into .grad
+        acts = tokens * shape.n_layers * 4 * shape.d_model + max(tokens * logits, recompute)
     else:
-        per_token = shape.n_layers * layer
-    per_token += shape.vocab * (a + 8)
-    acts = setup.micro_batch_size * setup.seq_len * per_token
+        acts = tokens * (shape.n_layers * layer + logits)
     return Estimate(weights, grads, optim, autocast, acts, 4 * n / (w if fsdp else 1))
 
 

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from mup import MuReadout, get_shapes, make_base_shapes, set_base_shapes
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import ConfigError
 
 TOKENIZER_FILE = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 
@@ -85,8 +86,6 @@ class ModelSpec:
         return self.d_model / self.base_d_model if self.parametrization == "mup" else 1.0
 
     def at_width(self, d_model: int) -> ModelSpec:
-        from dataclasses import replace
-
         return replace(self, d_model=d_model)
 
 
@@ -97,7 +96,7 @@ def load_model_spec(name_or_path: str, overrides=()) -> ModelSpec:
 
 def olmo_config(spec: ModelSpec, d_model: int | None = None, init_device: str = "cpu"):
     """The ``olmo.config.ModelConfig`` for ``spec`` (optionally at another width)."""
-    from olmo.config import ModelConfig
+    from olmo.config import ModelConfig  # heavy: olmo (~4 s), only when a model is built
 
     d = d_model or spec.d_model
     return ModelConfig(
@@ -181,7 +180,7 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, max_doc_len=N
 
 def _olmo(spec: ModelSpec, d_model: int, init_device: str):
     """OLMo at width ``d_model`` with the muP/SP readout and attention scale; weights uninitialized."""
-    from olmo.model import OLMo
+    from olmo.model import OLMo  # heavy: olmo (~4 s), only when a model is built
 
     cfg = olmo_config(spec, d_model, init_device=init_device)
     model = OLMo(cfg, init_params=False)

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 
 import torch
+from mup.optim import MuAdam
 
 from .step import remember_initial_lrs
 
@@ -40,8 +41,6 @@ def param_groups(
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if mup:
-        from mup.optim import MuAdam
-
         # MuAdamW is MuAdam(impl=AdamW): with impl returning its groups, this is its grouping alone.
         groups = MuAdam(groups, impl=lambda new_groups, **_: new_groups, lr=lr, weight_decay=weight_decay)
     else:

@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from .config import atomic_write_text
+from .atomic import atomic_write_text
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving its state; rerun to resume
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from .config import DataError
+from .errors import DataError
 
 RESULTS_FILE = "results.jsonl"
 

@@ -11,13 +11,15 @@ rows", lists its keys. The kinds and who writes them:
     EvalRow      "eval"      ``overtrain evaluate --results`` on any other checkpoint (the report ignores it)
     PerturbRow   "perturb"   C4 perplexity under weight noise (``overtrain perturb``)
     TheoryRow    "theory"    one point of the linear-network study (``overtrain theory``, ``finetune.theory``)
+    AlpacaEvalRow "alpaca_eval" AlpacaEval win rates of a suite member (``overtrain alpaca-eval``,
+                             ``evaluate.alpaca``), drawn by ``evaluate.report_suite`` like the suite kinds below
     OtherRow     any other   kept as read; the report counts and ignores it, except the suite kinds
                              "lm_eval" (``overtrain lm-eval``) and "multimodal" (``overtrain multimodal``,
-                             ``finetune.multimodal``: a LLaVA-tuned suite member on a visual QA set; keys
+                             ``finetune.instruct.multimodal``: a LLaVA-tuned suite member on a visual QA set; keys
                              ``out``, ``task``, ``acc``, ``n``, ``chance`` (mean 1/choices), ``p_value``
                              (one-sided exact test against chance), ``scores`` (``multimodal.TASK.acc``
                              per question) and the member's provenance, ``core.suite.PROVENANCE_KEYS``),
-                             which ``evaluate.report_suite`` draws against pre-training tokens
+                             which ``evaluate.report.suite_part`` draws against pre-training tokens
 
 Shared parts are flattened into the row (their fields are row keys): ``Checkpoint`` (which
 checkpoint: ``checkpoint``, ``checkpoint_sha256``, ``model``, ``pretrain_tokens``, ...) and
@@ -65,7 +67,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .config import DataError, atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .errors import DataError
 from .results import Rows, read_rows
 
 OPTIONAL = {"optional": True}  # a new row leaves the key out when its value is None
@@ -514,6 +517,49 @@ class TheoryRow(Row):
 
 
 @dataclass
+class AlpacaEvalRow(Row):
+    """AlpacaEval of one suite member (``overtrain alpaca-eval``, ``evaluate.alpaca``): the ``alpaca-eval``
+    package's judge against reference outputs; win rates are fractions in [0, 1] with standard errors;
+    per-instruction preferences in the scores file (``alpaca_eval.TASK.win_rate``, ``lc_win_rate``, ...)."""
+
+    KIND: ClassVar[str] = "alpaca_eval"
+
+    out: str | None = None  # the folder with outputs.json, annotations.json and the judge config
+    checkpoint: str | None = None  # the member's transformers directory
+    checkpoint_sha256: str | None = None  # of its weights
+    suite_model: str | None = None  # the member's provenance (core.suite.PROVENANCE_KEYS)
+    suite_revision: str | None = None
+    suite_commit: str | None = None
+    pretrain_tokens: int | None = None
+    sft_data: str | None = None
+    sft: dict | None = None
+    sft_stats: dict | None = None
+    task: str | None = None  # "alpaca_eval/JUDGE": curves of different judges are never pooled
+    instructions: str | None = None  # the instruction set as given (hub name or local file)
+    reference: str | None = None  # the hub file of reference outputs (None: a local file)
+    n_instructions: int | None = None
+    judge: str | None = None  # as given: annotator config name, configs.yaml or local model directory
+    judge_sha256: str | None = None  # of the annotator config (and a local judge's weights)
+    generation: dict | None = None  # greedy, max_new_tokens, context, prompts_cut, chat_template_sha256, dtype
+    settings: dict | None = None  # the command's settings that change the result
+    win_rate: float | None = None  # mean preference for the member's output (ties 0.5)
+    win_rate_se: float | None = None  # its standard error (the package's)
+    lc_win_rate: float | None = None  # length-controlled (the package's GLM); None without it
+    lc_win_rate_se: float | None = None
+    n_wins: int | None = None
+    n_wins_base: int | None = None  # the reference won
+    n_draws: int | None = None
+    n_total: int | None = None  # annotated instructions
+    n_missing: int | None = None  # instructions the judge left unannotated (0.5 in the scores file)
+    judge_prompts_cut: int | None = field(default=None, metadata=OPTIONAL)  # local judge: prompts past its context
+    avg_length: float | None = None  # mean characters per answer
+    alpaca_eval_version: str | None = None
+    scores: str | None = field(default=None, metadata=OPTIONAL)  # per-instruction scores file (``write_scores``)
+    wall_s: float | None = None
+    time: float | None = None
+
+
+@dataclass
 class OtherRow(Row):
     """A row of a kind this version does not know (or without one): kept as read."""
 
@@ -522,7 +568,7 @@ class OtherRow(Row):
         return self.extra.get("kind")
 
 
-KINDS = {c.KIND: c for c in (FinetuneRow, BaseRow, EvalRow, PerturbRow, TheoryRow)}
+KINDS = {c.KIND: c for c in (FinetuneRow, BaseRow, EvalRow, PerturbRow, TheoryRow, AlpacaEvalRow)}
 
 
 def parse_row(row: dict, where: str = "") -> Row:

@@ -6,7 +6,8 @@ A step takes the micro-batches of this rank's share of the global batch and
    1 process x 8 micro-batches == 2 processes x 4, and masked fine-tuning batches weigh every
    completion token equally;
 2. backpropagates sum_i loss_sum_i / N (+ an optional extra loss once), micro-batch by
-   micro-batch (``accumulate_gradients``; under DDP all-reduced only on the last);
+   micro-batch (``accumulate_gradients``; under DDP all-reduced only on the last, under FSDP
+   reduce-scattered after each);
 3. clips to ``grad_clip`` by the global gradient norm (``clip_gradients``);
 4. sets each param group's LR to ``initial_lr x lr_factor`` (``set_lr_factor``, composing with
    muP's per-group scaling) and steps the optimizer;
@@ -18,13 +19,13 @@ composes the same functions for K models trained as one vmapped computation.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from .likelihood import autocast_for, lm_loss
 
@@ -56,8 +57,6 @@ def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     One kernel launch per step instead of several per parameter list; the update is the same
     algorithm. Returns False (and changes nothing) for other optimizers or devices without it.
     """
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
     devices = {p.device.type for g in optimizer.param_groups for p in g["params"]}
     if not isinstance(optimizer, torch.optim.Adam) or not devices <= set(_get_fused_kernels_supported_devices()):
         return False
@@ -68,24 +67,6 @@ def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
 
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _fsdp_module(model: torch.nn.Module):
-    """The ``FSDPModule`` a (maybe compiled) model is, else None."""
-    from torch.distributed.fsdp import FSDPModule
-
-    inner = getattr(model, "_orig_mod", model)
-    return inner if isinstance(inner, FSDPModule) else None
-
-
-@contextmanager
-def _fsdp_no_sync(module):
-    """FSDP's ``no_sync``: gradients of this backward stay unreduced (reduce-scattered with the last)."""
-    module.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        module.set_requires_gradient_sync(True)
 
 
 def target_tokens(micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,13 +170,14 @@ def train_step(
     """One optimizer step over ``micro_batches`` of (input_ids, targets) with -100 = ignored.
 
     ``model`` may be wrapped in DistributedDataParallel or sharded by FSDP (``core.dist.shard``:
-    gradients reduce-scattered once, on the last micro-batch; the clip norm over all shards); ``loss_fn(model, x, y) -> (sum, count)``
+    gradients reduce-scattered after every micro-batch, so they stay sharded: FSDP's ``no_sync``
+    would keep every parameter's unsharded fp32 gradient until the last, 4 bytes per parameter on
+    every rank; the clip norm over all shards); ``loss_fn(model, x, y) -> (sum, count)``
     defaults to the LM loss. ``extra_loss()`` (e.g. L2 toward pre-trained weights) is added once
     per step, unnormalized, on the last micro-batch.
     """
     loss_fn = loss_fn or lm_loss
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    fsdp = _fsdp_module(model)
     tokens, denom = target_tokens(micro_batches)
 
     model.train()
@@ -206,7 +188,7 @@ def train_step(
         denom,
         precision,
         extra_loss,
-        no_sync=model.no_sync if ddp else (functools.partial(_fsdp_no_sync, fsdp) if fsdp is not None else None),
+        no_sync=model.no_sync if ddp else None,
     )
     grad_norm = clip_gradients(model.parameters(), grad_clip)
     if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm of sharded (DTensor) gradients, reduced over ranks

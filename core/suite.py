@@ -44,8 +44,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, DataError, atomic_write_text, expand_path, parse_count
+from .atomic import atomic_write_text
+from .config import parse_count
+from .errors import ConfigError, DataError
 from .hf_compat import hide_broken_torchvision
+from .paths import expand_path
 
 PROVENANCE_FILE = "overtrain_suite.json"
 PROVENANCE_KEYS = (
@@ -128,7 +131,7 @@ def parse_member(ref: str, tokens: int | None = None, revision: str | None = Non
 
 
 def _hub_error(member: SuiteMember, e: Exception) -> ConfigError:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: huggingface_hub, kept out of grid plan
 
     return ConfigError(
         f"suite member {member.ref}: not a local directory, and the hub has no such repository/revision or "
@@ -152,7 +155,7 @@ def resolve_member(member: SuiteMember, check: bool = True) -> Path:
         if check:
             check_loadable(path)
         return path
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download  # heavy: huggingface_hub, kept out of grid plan
 
     try:
         config = hf_hub_download(member.model, "config.json", revision=member.revision)
@@ -177,7 +180,7 @@ def check_loadable(path: str | os.PathLike) -> None:
     load this model without remote code: a known ``model_type`` (AutoConfig reads the file) and every
     class in ``architectures`` present in transformers."""
     hide_broken_torchvision()
-    import transformers
+    import transformers  # heavy: transformers (optional extra [hf])
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     file = Path(path) / "config.json"
@@ -278,7 +281,7 @@ def list_revisions(model: str) -> list[str]:
         return sorted(p.name for p in local.iterdir() if p.is_dir())
     if looks_local(model):
         raise ConfigError(f"suite {model}: no such directory (a local mirror of revision folders)")
-    from huggingface_hub import list_repo_refs
+    from huggingface_hub import list_repo_refs  # heavy: huggingface_hub, kept out of grid plan
 
     try:
         refs = list_repo_refs(model)

@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, atomic_write_text
+from .atomic import atomic_write_text
+from .errors import ConfigError
 
 TRACKER_FILE = "tracker.json"
 INSTALL = "pip install 'wandb>=0.19' 'tensorboard>=2.15' (or the extra: pip install -e '.[track]')"
@@ -84,7 +85,7 @@ def group_name(prov: dict, task: str) -> str:
 
 
 def _tensorboard_writer(log_dir: str):
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # heavy, optional extra [track]
 
     return SummaryWriter(log_dir)
 
@@ -118,7 +119,7 @@ class Tracker:
         if not enabled:
             return
         if getattr(cfg, "wandb", False):
-            import wandb
+            import wandb  # heavy: wandb (optional extra [track]), only with log.wandb
 
             self.wandb = wandb.init(
                 project=cfg.wandb_project,

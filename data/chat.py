@@ -43,7 +43,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.config import DataError, data_root, expand_path
+from ..core.atomic import atomic_write_text
+from ..core.errors import DataError
+from ..core.paths import data_root, expand_path
 
 ROLES = ("system", "user", "assistant")
 
@@ -143,7 +145,7 @@ def _local_rows(path: Path, limit: int | None):
 
 
 def _hub_rows(name: str, limit: int | None):
-    import datasets
+    import datasets  # heavy: datasets (~1 s), only hub chat data
 
     path, _, split = name.partition(":")
     split = split or "train"
@@ -180,8 +182,6 @@ def gsm8k_chat(n: int = 32, split: str = "train") -> list[ChatRecord]:
 
 def write_chat_jsonl(records: list[ChatRecord], path: str | os.PathLike) -> Path:
     """Records as plain ``{"messages": [...]}`` JSONL (atomic)."""
-    from ..core.config import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps({"messages": r.messages}) + "\n" for r in records))
     return Path(path)
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.config import DataError
+from ..core.errors import DataError
 from ..core.model import ModelSpec
 
 

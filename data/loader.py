@@ -1,6 +1,6 @@
 """Deterministic training batches from a flat token array, addressed by step.
 
-The array is one file's memmap or a split of many parts (``overtrain.data.parts.PartTokens``:
+The array is one file's memmap or a split of many parts (``overtrain.data.c4.parts.PartTokens``:
 the parts concatenated in manifest order, so token t has one global index whatever the parts);
 either way only ``len`` and slices are used, and a dataset of one part gives exactly the windows
 of the single-file layout. A window may span two parts (as it spans two documents).
@@ -17,6 +17,8 @@ global batch one rank would.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -118,8 +120,6 @@ class Prefetcher:
     """
 
     def __init__(self, loader: WindowLoader, stop: int, device: torch.device | str):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.loader, self.stop, self.device = loader, stop, torch.device(device)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: dict[int, object] = {}

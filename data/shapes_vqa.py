@@ -8,7 +8,7 @@ without overlap (a shape per cell of a 2 x 2 grid, jittered within its cell):
     count  in COUNTS  = one, two, three
 
 so every fact has three values and a three-way question has chance 1/3. ``write_shapes_set`` writes
-the images (PNG) and, in the LLaVA repository's JSON format (``finetune.multimodal`` reads it; a
+the images (PNG) and, in the LLaVA repository's JSON format (``finetune.instruct.multimodal`` reads it; a
 list of ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from":
 "gpt", "value": ...}]}`` with ``image`` relative to the JSON's folder):
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import atomic_write_text
+from ..core.atomic import atomic_write_text
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255)}

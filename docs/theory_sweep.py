@@ -1,5 +1,5 @@
 """Where the linear-network study's claims hold: the demo config (configs/theory/demo.yaml) with one
-setting changed at a time, each judged by the report's rule (evaluate/report_theory.py). Prints the
+setting changed at a time, each judged by the report's rule (evaluate/report/theory_part.py). Prints the
 Markdown table of docs/theory.md, "Ranges of settings":
 
     PYTHONPATH=... python docs/theory_sweep.py > /tmp/sweep.md     (about a minute on 2 cores)
@@ -13,7 +13,7 @@ import tempfile
 
 from overtrain.core.config import load_config
 from overtrain.core.rows import load_rows
-from overtrain.evaluate.report_theory import collect_theory, study_verdicts, theory_rows
+from overtrain.evaluate.report.theory_part import collect_theory, study_verdicts, theory_rows
 from overtrain.finetune.theory import TheoryConfig, run_theory
 
 SETTINGS = [

@@ -25,8 +25,8 @@ is built, because its path differs per machine and virtual environment; static Y
 with lm-eval's own CLI (``--include_path configs/lm_eval/generalist``) and a missing copy fails
 with one message naming the folder.
 
-AlpacaEval is not covered: it needs an LLM judge (a second model or a paid API scoring generated
-answers), which this offline stage does not provide.
+AlpacaEval needs an LLM judge (a second model or a paid API scoring generated answers): it is
+``overtrain alpaca-eval`` (``evaluate.alpaca``), not this stage.
 
 A transformers model directory (``config.json`` present; not an overtrain checkpoint: no
 ``model.pt``/``meta.json``/``checkpoints/``) is evaluated by lm-eval's own ``HFLM`` (weights in bf16
@@ -54,6 +54,7 @@ exactly) in the row's ``scores`` file (``core.rows.write_scores``).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -61,10 +62,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..core.checkpoint import file_sha256
-from ..core.config import CONFIG_ROOT, CheckpointError, ConfigError, DataError
+from ..core.errors import CheckpointError, ConfigError, DataError
 from ..core.hf_compat import hide_broken_torchvision
+from ..core.paths import CONFIG_ROOT
+from ..core.results import append_row
+from ..core.rows import write_scores
 from ..core.suite import PROVENANCE_FILE, check_loadable, read_provenance
 
 GENERALIST_DIR = CONFIG_ROOT / "lm_eval" / "generalist"
@@ -104,14 +109,13 @@ def _task_manager(include: tuple[str, ...], defaults: bool = True):
     """lm-eval's task index (scanning its ~15k task YAMLs takes seconds: once per process); without
     ``defaults`` only the ``include`` directories (enough for local tasks: milliseconds)."""
     hide_broken_torchvision()
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # heavy: lm_eval (optional extra [hf]), kept out of grid plan
 
     return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 
 
 def resolve_tasks(names: list[str], include: list[str]):
     """(lm-eval task names, TaskManager): YAML paths become their ``task:`` names; unknown names raise."""
-    import yaml
 
     class _TagsIgnored(yaml.SafeLoader):  # lm-eval's !function tags (its loader imports them later)
         pass
@@ -145,8 +149,6 @@ def resolve_tasks(names: list[str], include: list[str]):
     known = set(manager.all_tasks)
     missing = [n for n in out if n not in known and not manager.match_tasks([n])]
     if missing:
-        import difflib
-
         hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, known, n=3))}?)" for n in missing]
         raise ConfigError(
             f"tasks: unknown lm-eval task(s): {'; '.join(hints)}. `lm-eval ls tasks` lists them; "
@@ -237,7 +239,7 @@ def model_provenance(model_dir: str | os.PathLike, config: dict) -> dict:
 def make_hflm(model_dir: str | os.PathLike, device, precision: str, batch_size: int):
     """lm-eval's HFLM on ``model_dir`` (bf16 weights on CUDA under precision auto; fp32 elsewhere)."""
     hide_broken_torchvision()
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, transformers (optional extra [hf])
 
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not Path(model_dir).expanduser().is_dir():
@@ -275,9 +277,6 @@ def example_scores(samples: list[dict]) -> dict[str, np.ndarray]:
 
 def append_rows(results: str | os.PathLike, rows: list[dict], samples: dict) -> None:
     """Append each row to ``results``, after its per-example scores file (its ``scores`` key)."""
-    from ..core.results import append_row
-    from ..core.rows import write_scores
-
     for row in rows:
         scores = example_scores(samples.get(row["task"], []))
         rel = write_scores(results, {"lm_eval": {row["task"]: scores}}) if scores else None

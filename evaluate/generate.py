@@ -20,8 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.config import ConfigError
+from ..core.checkpoint import load_model, resolve_checkpoint
+from ..core.dist import resolve_device
+from ..core.errors import ConfigError
 from ..core.likelihood import autocast_for
+from ..data.tasks import load_task
+from ..data.tokenizer import load_tokenizer
 
 
 @torch.no_grad()
@@ -116,15 +120,9 @@ class GenerateConfig:
 
 
 def run(config: GenerateConfig, checkpoint: str) -> int:
-    from ..core.checkpoint import load_model, resolve_checkpoint
-    from ..core.dist import resolve_device
-    from ..data.tokenizer import load_tokenizer
-
     resolve_checkpoint(checkpoint)  # a missing checkpoint fails before the task is read
     items = [(p.replace("\\n", "\n"), None) for p in ([config.prompt] if config.prompt else []) + config.prompts]
     if config.task:
-        from ..data.tasks import load_task
-
         examples = load_task(config.task, template=config.template).examples(config.split)[: max(config.n, 0)]
         items = [(ex.prompt, ex.completion) for ex in examples]
     model, spec, meta = load_model(checkpoint, device=resolve_device(config.device))

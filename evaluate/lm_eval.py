@@ -7,18 +7,8 @@
 CHECKPOINT is anything ``resolve_checkpoint`` takes (a pre-trained run, ``RUN@tokens=N``, saved
 fine-tuned weights), or a transformers model directory, which lm-eval's own ``HFLM`` evaluates
 (``evaluate.generalist``: the offline ``generalist`` task set, the directory's provenance in the
-rows). An overtrain checkpoint is not exported: ``OvertrainLM`` wraps it as an lm-eval ``LM`` on
-the checkpoint's device and precision (bf16 autocast on CUDA, as every overtrain evaluation),
-with the softmax over the real vocabulary (padded rows masked). Its three request types:
-
-    loglikelihood(ctx, cont)  = sum_t log p(cont_t | ctx, cont_<t); greedy = every cont_t is the argmax
-    loglikelihood_rolling(s)  = the sum over lm-eval's disjoint rolling windows of the model's context
-    generate_until(ctx, kw)   = greedy decoding (``evaluate.generate``), cut at the first stop string
-
-A context longer than the model's is cut from the left (as lm-eval's HF model does). With
-``eos_prefix`` (default) every context starts with EOS, the document separator of pre-training and
-the first token of overtrain's own task contexts (``data.encode``): an lm-eval task built from the
-same prompt then scores exactly the same token sequences as ``overtrain evaluate``.
+rows). An overtrain checkpoint is not exported: ``evaluate.lm_adapter.make_lm`` wraps it as an
+lm-eval ``LM`` (its request types and context rule: that module's docstring).
 
 Tasks are lm-eval task or group names, or paths to task YAML files / directories of them (custom
 tasks over local files: ``dataset_path: csv`` + ``dataset_kwargs.data_files``); the shipped offline
@@ -29,7 +19,7 @@ provenance of every other row (``core.checkpoint.checkpoint_provenance``; a tran
 ``generalist.model_provenance``), the split scored (``eval_split``), and lm-eval's metrics as keys
 (``acc``, ``acc_stderr``, ``acc_norm``; a metric under a filter other than "none" is
 ``metric/filter``), so ``overtrain report`` draws every one of them against pre-training tokens
-(``lm_eval_figures``); per-document scores go to the row's ``scores`` file
+(``evaluate.report.lm_eval_rows``); per-document scores go to the row's ``scores`` file
 (``generalist.example_scores``: arrays ``lm_eval.TASK.doc_id``, ``lm_eval.TASK.acc``, ...).
 """
 
@@ -43,16 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
-from ..core.config import ConfigError
 from ..core.dist import resolve_device
+from ..core.errors import ConfigError
 from ..core.hf_compat import hide_broken_torchvision
-from ..core.likelihood import autocast_for, pad_batch, readout_at
-from ..core.suite import member_provenance, resolve_member
+from ..core.suite import member_provenance, parse_member, resolve_member
 from ..data.tokenizer import check_tokenizer
-from .generalist import (  # noqa: F401  (resolve_tasks: also used by launch.spec)
+from .generalist import (
     append_rows,
     check_model_dir,
     eval_split,
@@ -61,7 +48,7 @@ from .generalist import (  # noqa: F401  (resolve_tasks: also used by launch.spe
     model_provenance,
     resolve_tasks,
 )
-from .generate import generate
+from .lm_adapter import make_lm
 
 INSTALL = "pip install 'lm-eval[hf]==0.4.13' (or the project's extra: pip install -e '.[hf]')"
 
@@ -69,122 +56,10 @@ INSTALL = "pip install 'lm-eval[hf]==0.4.13' (or the project's extra: pip instal
 def _require_lm_eval():
     hide_broken_torchvision()
     try:
-        import lm_eval
+        import lm_eval  # heavy: lm_eval (optional extra [hf])
     except ImportError:
         raise ConfigError(f"lm-eval is not installed: {INSTALL}") from None
     return lm_eval
-
-
-# ------------------------------------------------------------------------------------ the model
-
-
-def make_lm(model, spec, tokenizer, batch_size: int = 32, precision: str = "auto", eos_prefix: bool = True):
-    """An lm-eval ``LM`` over an overtrain model (the class is built here: lm-eval is optional)."""
-    hide_broken_torchvision()
-    from lm_eval.api.model import TemplateLM
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
-    class OvertrainLM(TemplateLM):
-        def __init__(self):
-            super().__init__()
-            self.model, self.spec, self.tok = model, spec, tokenizer
-            self.batch_size, self.precision, self.eos_prefix = batch_size, precision, eos_prefix
-            self.max_length = spec.max_sequence_length
-            self._device = next(model.parameters()).device
-
-        @property
-        def eot_token_id(self) -> int:
-            return self.spec.eos_token_id
-
-        @property
-        def device(self):
-            return self._device
-
-        @property
-        def tokenizer_name(self) -> str:
-            return self.spec.tokenizer
-
-        def get_model_info(self) -> dict:
-            return {"model": self.spec.name, "precision": self.precision, "eos_prefix": self.eos_prefix}
-
-        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-            ids = self.tok.encode(string).ids
-            return [self.eot_token_id] + ids if self.eos_prefix and add_special_tokens is not False else ids
-
-        def tok_decode(self, ids) -> str:
-            return self.tok.decode(list(ids))
-
-        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-            return score_pairs(
-                self.model, [(ctx, cont) for _, ctx, cont in requests], self.batch_size, self.precision, self.spec
-            )
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-            out = []
-            for req in requests:
-                ids = self.tok_encode(req.args[0], add_special_tokens=False)
-                wins = get_rolling_token_windows(ids, self.eot_token_id, self.max_length, context_len=1)
-                pairs = [make_disjoint_window(w) for w in wins]
-                out.append(sum(ll for ll, _ in score_pairs(self.model, pairs, self.batch_size, self.precision, spec)))
-            return out
-
-        def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-            out = []
-            for req in requests:
-                context, kw = req.args
-                until = kw.get("until") or []
-                until = [until] if isinstance(until, str) else list(until)
-                max_new = int(kw.get("max_gen_toks", 256))
-                ids = self.tok_encode(context)[-max(1, self.max_length - max_new) :]
-                new = generate(
-                    self.model, ids, max_new, self.spec.vocab_size, stop_ids=[self.eot_token_id], precision=precision
-                )
-                text = self.tok_decode([i for i in new if i != self.eot_token_id])
-                for stop in until:
-                    text = text.split(stop)[0] if stop else text
-                out.append(text)
-            return out
-
-    return OvertrainLM()
-
-
-@torch.no_grad()
-def score_pairs(model, pairs, batch_size: int, precision: str, spec) -> list[tuple[float, bool]]:
-    """(sum log p(cont | ctx), whether every cont token is the argmax) per (ctx_ids, cont_ids) pair.
-
-    Sequences longer than the model's context keep their last ``max_sequence_length + 1`` tokens.
-    Batched by length (results in input order); only the continuation positions reach the readout.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    seqs = []
-    for ctx, cont in pairs:
-        seq = (list(ctx) + list(cont))[-(spec.max_sequence_length + 1) :]
-        seqs.append((seq, min(len(cont), len(seq) - 1)))
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    out: list[tuple[float, bool]] = [(0.0, True)] * len(seqs)
-    with autocast_for(device, precision):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            inputs = pad_batch([seqs[i][0][:-1] for i in idx], spec.pad_token_id).to(device)
-            targets = torch.full_like(inputs, -100)
-            for row, i in enumerate(idx):
-                seq, n = seqs[i]
-                targets[row, len(seq) - 1 - n : len(seq) - 1] = torch.as_tensor(seq[len(seq) - n :])
-            mask = targets >= 0
-            with readout_at(model, mask):
-                logp = torch.log_softmax(model(inputs).logits[0, :, : spec.vocab_size].float(), dim=-1)
-            tgt = targets[mask]
-            ll = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double().cpu()
-            greedy = (logp.argmax(-1) == tgt).cpu()
-            at = 0
-            for i in idx:  # the mask is row-major: each row's continuation is one contiguous run
-                n = seqs[i][1]
-                out[i] = (float(ll[at : at + n].sum()), bool(greedy[at : at + n].all()))
-                at += n
-    model.train(was_training)
-    return out
 
 
 # ------------------------------------------------------------------------------------ the tasks
@@ -200,63 +75,6 @@ def flatten_results(task_results: dict) -> dict:
         value = None if isinstance(value, float) and math.isnan(value) else value
         row[metric if filt == "none" else f"{metric}/{filt}"] = value
     return row
-
-
-METRIC_SKIP = ("_stderr",)  # row keys that are not metrics to plot (their error bars)
-ROW_KEYS = {"num_fewshot", "limit", "n_examples", "seconds", "time", "pretrain_tokens", "budget_tokens"}
-
-
-def lm_eval_points(rows, metric: str) -> dict[tuple[str, str, bool], list[tuple[float, float]]]:
-    """{(model, task, lr_decayed): [(pretrain_tokens, mean metric)]} of kind "lm_eval" rows, by tokens.
-
-    Intermediate checkpoints (``lr_decayed: false``) are their own curves, as in the report."""
-    acc: dict[tuple[str, str, bool, float], list[float]] = {}
-    for row in rows:
-        value, tokens = row.get(metric), row.get("pretrain_tokens")
-        if row.get("kind") == "lm_eval" and isinstance(value, (int, float)) and tokens is not None:
-            key = (str(row.get("model")), str(row.get("task")), row.get("lr_decayed") is not False, float(tokens))
-            acc.setdefault(key, []).append(float(value))
-    out: dict[tuple[str, str, bool], list[tuple[float, float]]] = {}
-    for (model, task, decayed, tokens), vals in sorted(acc.items()):
-        out.setdefault((model, task, decayed), []).append((tokens, sum(vals) / len(vals)))
-    return out
-
-
-def lm_eval_figures(rows, out: Path) -> list[Path]:
-    """One PNG per (lm-eval task, metric): the metric against pre-training tokens, a line per model
-    (dotted with hollow markers: intermediate checkpoints). Used by ``overtrain report``."""
-    rows = [r for r in rows if r.get("kind") == "lm_eval"]
-    metrics = sorted(
-        {k for r in rows for k, v in r.items() if isinstance(v, float) and k not in ROW_KEYS and "_stderr" not in k}
-    )
-    if not rows or not metrics:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..core.config import atomic_savefig
-
-    paths = []
-    for metric in metrics:
-        curves = lm_eval_points(rows, metric)
-        for task in sorted({t for _, t, _ in curves}):
-            fig, ax = plt.subplots(figsize=(6.4, 4.4))
-            for (model, t, decayed), pts in curves.items():
-                if t == task:
-                    style = {"marker": "o"} if decayed else {"marker": "o", "linestyle": ":", "mfc": "none"}
-                    label = model if decayed else f"{model} (not decayed)"
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
-            ax.set_xscale("log")
-            ax.set_xlabel("pre-training tokens")
-            ax.set_ylabel(f"lm-eval {metric}")
-            ax.set_title(f"{task}: {metric}", fontsize=10)
-            ax.legend(fontsize=8)
-            slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{task}_{metric}")
-            paths.append(atomic_savefig(fig, out / f"lm_eval_{slug}.png", dpi=110, bbox_inches="tight"))
-            plt.close(fig)
-    return paths
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -290,8 +108,6 @@ class LmEvalConfig:
 def suite_member(checkpoint: str, cfg: LmEvalConfig):
     """The ``core.suite.SuiteMember`` that ``checkpoint`` names, or None for an overtrain checkpoint
     (``RUN@tokens=N``) or a plain model directory (unless ``member=true``)."""
-    from ..core.suite import parse_member
-
     hub = "@" in checkpoint and not Path(checkpoint).expanduser().exists() and "=" not in checkpoint.split("@", 1)[1]
     if not (hub or cfg.member):
         return None

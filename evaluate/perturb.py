@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from ..core.checkpoint import checkpoint_provenance, load_model
-from ..core.config import ConfigError, DataError
 from ..core.dist import resolve_device
+from ..core.errors import ConfigError, DataError
 from ..core.identity import c4_identity, predicted_tokens, same_identity, warn_predating
 from ..core.likelihood import perplexity
 from ..core.lock import hold

@@ -4,14 +4,14 @@
 
 One run: check every input (checkpoint, model and vocabulary, task, C4, step count), evaluate the
 base model (C4 perplexity; ID perplexity/accuracy on validation and test), train (the one
-fine-tuning loop, ``finetune.loop``, over ``core.step.train_step``: loss on completion tokens only;
+fine-tuning loop, ``finetune.training``, over ``core.step.train_step``: loss on completion tokens only;
 MuAdamW or plain AdamW, ``optimizer``; warmup + decay from ``overtrain.core.schedule``; optional L2 toward the
 pre-trained weights), evaluate again, and append one row to ``results.jsonl``. The row is written only after everything finished, so a
 killed run leaves no row. Weights are saved only with ``save_weights: true``.
 
 ``run_finetune(cfg, ...)`` is the function form; ``overtrain sweep`` calls it once per LR, or, with
 ``stacked: true``, trains all LRs at once (``train_models`` over a ``StackedRun``) and records each
-through the same ``finish_run``. The config and a row's resume identity: ``overtrain.finetune.config``.
+through the same ``finish_run``. The config and a row's resume identity: ``overtrain.finetune.finetune_config``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.atomic import atomic_write_text
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint, save_model_checkpoint
-from ..core.config import ConfigError, atomic_write_text, save_config
+from ..core.config import save_config
 from ..core.dist import resolve_device
+from ..core.errors import ConfigError
 from ..core.identity import c4_identity
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
@@ -43,15 +45,12 @@ from ..data.encode import EncodedSplit, encode_task
 from ..data.tasks import load_task
 from ..data.tokenizer import check_tokenizer
 from ..evaluate.evaluator import evaluate_encoded
-from .config import RESUME_KEYS as RESUME_KEYS  # re-exported, as SweepConfig and load_finetune_config: callers, tests
-from .config import FinetuneConfig, config_hash
-from .config import SweepConfig as SweepConfig
-from .config import load_finetune_config as load_finetune_config
-from .loop import SingleRun, StepBatches, Stepper, Trained, TrainLog, batch_plan, train_loop
-from .tracking import close_tracker, open_tracker
+from ..train.trainer import SingleRun, Stepper
+from .finetune_config import FinetuneConfig, config_hash
+from .run_tracker import close_tracker, open_tracker
+from .training import StepBatches, Trained, TrainLog, batch_plan, train_loop
 
 RESULTS_FILE = "results.jsonl"
-build_optimizer = optimizer_for  # MuAdamW, or AdamW with ``optimizer: adamw`` (callers, tests)
 
 
 def completion_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +86,7 @@ class Prepared:
     device: torch.device
     steps_per_epoch: int
     total_steps: int
-    tracker: Tracker | None = None  # the run's wandb/TensorBoard run (``finetune.tracking.open_tracker``), if asked
+    tracker: Tracker | None = None  # the run's wandb/TensorBoard run (``finetune.run_tracker.open_tracker``), if asked
 
 
 def prepare(cfg: FinetuneConfig, c4_tokens: np.ndarray | None = None) -> Prepared:
@@ -140,7 +139,7 @@ def train_models(
     Everything else is ``p.cfg``'s: the batches (``loop.StepBatches``: fixed by the step and
     ``seed`` alone, so every LR of a sweep, sequential or stacked, trains on the same batches in
     the same order) and the schedule's shape (``core.schedule.Schedule`` per peak LR).
-    ``trackers[k]``: model k's tracker (``finetune.tracking.open_tracker``; None: none), which
+    ``trackers[k]``: model k's tracker (``finetune.run_tracker.open_tracker``; None: none), which
     ``finish_run`` closes.
     """
     cfg = p.cfg

@@ -26,7 +26,7 @@ A step is ``core.step.train_step``'s pieces over the stack, so it equals K separ
 
 A diverged model (NaN loss) stays NaN on its own; the others are unaffected. ``StackedRun`` is a
 ``train.trainer.Stepper`` (as ``SingleRun`` is for one model), so the sweep trains it with
-the one training loop (``train.trainer.Trainer``, through ``finetune.loop.train_loop``). One
+the one training loop (``train.trainer.Trainer``, through ``finetune.training.train_loop``). One
 process: the token count is not meant to be all-reduced (no DDP).
 
     run = StackedRun(model, spec, lrs, StepSettings(...)); stats = run.step(micro_batches, lr_factors); run.state_dict(k)
@@ -46,8 +46,10 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call, stack_module_state
+from tqdm.auto import tqdm
 
 from ..core.likelihood import lm_loss
+from ..core.model import attach_shapes
 from ..core.optim import build_optimizer
 from ..core.step import (
     StepStats,
@@ -116,8 +118,6 @@ class StackedRun:
         self.settings = st = _settings(settings, overrides)
         named = dict(model.named_parameters())
         if st.mup and any(not hasattr(p, "infshape") for p in named.values()):
-            from ..core.model import attach_shapes
-
             attach_shapes(model, spec)
         self.n_models = K = len(lrs)
         self.grad_clip, self.precision = st.grad_clip, st.precision
@@ -218,7 +218,7 @@ def train_stacked(
     (sum, count)`` is as in ``train_step`` (default the LM loss; fine-tuning passes
     ``overtrain.finetune.finetune.completion_loss``). Losses are per target token
     (``StepStats.loss``). The one loop (``train.trainer.Trainer``) with divergence "continue": every
-    model runs every step, diverged or not (the fine-tuning loop, ``finetune.loop.train_loop``,
+    model runs every step, diverged or not (the fine-tuning loop, ``finetune.training.train_loop``,
     "record", stops a model at its first non-finite loss instead).
     """
     if len(lr_factors) != len(batches):
@@ -238,8 +238,6 @@ class StackedLosses(Hook):
     """``train_stacked``'s hook: every model's loss at every step; a bar on a terminal when ``progress``."""
 
     def __init__(self, total: int, desc: str, progress: bool):
-        from tqdm.auto import tqdm
-
         self.losses: list[list[float]] = []
         self.bar = tqdm(total=total, desc=desc, unit="step", disable=not (progress and sys.stderr.isatty()))
 

@@ -21,7 +21,7 @@ order; both absent when none was added) and, when the tuned LR is still an end, 
 flags it). The extension depends only on the rows, so a rerun reuses the added LRs' rows too.
 
 The base model is evaluated once (a ``kind: "base"`` row; every fine-tuning row carries it as
-``*_before``). Resumable: LRs whose rows exist with this run's identity (``finetune.RESUME_KEYS``:
+``*_before``). Resumable: LRs whose rows exist with this run's identity (``finetune_config.RESUME_KEYS``:
 checkpoint content, task, template, C4 tokens, seed, config hash; ``core.identity.same_identity``) are
 skipped, and the selected row is written again only when the grid it was selected from changed
 (the latest selected row of a sweep is its selection). Per-LR run dirs
@@ -29,7 +29,7 @@ skipped, and the selected row is written again only when the grid it was selecte
 
 ``stacked: true`` trains every LR still lacking a row in one pass (``finetune.stacked.StackedRun``:
 K copies of the model, one per LR, each step one batched computation) instead of one after
-another. Everything else is the sequential path's: the same loop (``finetune.loop.train_loop``,
+another. Everything else is the sequential path's: the same loop (``finetune.training.train_loop``,
 through ``finetune.train_models``) with its batches, schedule per LR and divergence rule, and the
 same step pieces (``core.step``), seed, clipping, L2 to the pre-trained weights and optimizer; each
 model is then loaded into the model and recorded by the same ``finish_run`` (rows add
@@ -64,14 +64,13 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import checkpoint_provenance
-from ..core.config import ConfigError
+from ..core.errors import ConfigError
 from ..core.eta import Eta
 from ..core.identity import same_identity, warn_predating
 from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
 from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
-from .config import RESUME_KEYS, FinetuneConfig, config_hash, load_finetune_config
 from .finetune import (
     RESULTS_FILE,
     Prepared,
@@ -84,8 +83,9 @@ from .finetune import (
     start_run,
     train_models,
 )
+from .finetune_config import RESUME_KEYS, FinetuneConfig, config_hash, load_finetune_config
+from .run_tracker import open_tracker
 from .stacked import StackedRun, StepSettings
-from .tracking import open_tracker
 
 
 def lr_grid(cfg: FinetuneConfig, task) -> list[float]:

@@ -43,7 +43,7 @@ Rows (kind "theory", ``core.rows.TheoryRow``): per replicate, one "pretrain" row
 "perturb" row per budget and gamma, one "finetune" row per budget, task, LR and l2, a copy of the
 tuned LR's row with ``selected: true`` per budget, task and l2, and one "trace" row. A replicate's
 rows are written together: ``results.jsonl`` in ``results_dir`` is rewritten whole (atomically,
-``core.config.atomic_write_bytes``) after each replicate, under the directory's lock
+``core.atomic.atomic_write_bytes``) after each replicate, under the directory's lock
 (``core.lock.hold``), so a killed run leaves whole replicates only; a rerun with the same config
 (``config_hash``: every setting but names, paths and the seed lists) skips the replicates already
 there (rows of another config in the same file are kept; the report shows each config as its own
@@ -64,7 +64,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..core.config import ConfigError, atomic_write_bytes, config_digest
+from ..core.atomic import atomic_write_bytes
+from ..core.config import config_digest
+from ..core.errors import ConfigError
 from ..core.identity import identity_dict, no_result
 from ..core.lock import hold
 from ..core.results import encode_row, read_rows

@@ -30,7 +30,8 @@ import shutil
 import subprocess
 from dataclasses import replace
 
-from ..core.config import ConfigError, load_config
+from ..core.config import load_config
+from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
 from .plan import Job, gpu_hours
 from .spec import GridSpec
@@ -200,7 +201,7 @@ def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[J
     """Pre-training jobs with a micro-batch that divides each process's share of the global batch
     on ``nodes`` x processes per node (see the module doc); notes of the changes made."""
     # torch, imported only for pre-training jobs' batches, never for `overtrain grid --help`
-    from ..train.plan import PretrainConfig
+    from ..train.pretrain_plan import PretrainConfig
 
     out, changes = [], {}
     for j in jobs:

@@ -28,7 +28,8 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..core.config import expand_path, resolve_config_path
+from ..core.config import resolve_config_path
+from ..core.paths import expand_path
 from .cluster import check_cluster, check_options
 from .plan import detectable_worsening, expand, plan_summary, print_plan
 from .runner import run_jobs

@@ -5,6 +5,7 @@
                                                            \\->  lm-eval (every checkpoint)
                                                            \\->  sweep on intermediate checkpoints
     suite member (revision)  ->  instruct (x chat dataset x seed)->  lm-eval (every tuned model)
+                                                                 \\->  alpaca-eval (``instruct.alpaca_eval``)
                              \\->  lm-eval (the member itself, before tuning)
     report   (after everything)
 
@@ -27,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ConfigError, expand_path, load_config, parse_count, to_dict
+from ..core.config import load_config, parse_count, to_dict
+from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
 from ..core.memory import GB, estimate, fits, hf_shape, olmo_shape, remedy
+from ..core.paths import expand_path
 from ..core.results import read_rows
 from ..data.tasks import load_task
 from .spec import (
@@ -262,6 +265,19 @@ def instruct_job(spec: GridSpec, root: Path, m, tid: str, name: str, data: str, 
     )
 
 
+def alpaca_eval_job(spec: GridSpec, root: Path, tid: str, model: str, n: float) -> Job:
+    """AlpacaEval of the tuned model ``model`` (instruct job ``tid``): generation ~ 2N per prompt and
+    answer token; the judge's calls (one per instruction) are an API's cost, or a local judge's, not counted."""
+    ae = spec.instruct.alpaca_eval
+    out = root / "alpaca_eval" / tid
+    settings = {"judge": expand_path(ae.judge), "instructions": expand_path(ae.instructions), "out": out}
+    argv = ["alpaca-eval", model, *_settings(settings), *ae.args, *_settings({"results": out / "results.jsonl"})]
+    info = {"judge": ae.judge, "judge_calls": ae.n_instructions, "out": str(out)}
+    flops = 2 * n * ae.n_instructions * ae.tokens_estimate
+    done = root / "state" / f"alpaca_eval__{tid}.done"
+    return Job(f"alpaca-eval/{tid}", "alpaca-eval", argv, [f"instruct/{tid}"], done, flops, info=info, mark_done=True)
+
+
 def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
     """LLaVA tuning of member ``m`` (N = n parameters, tower Nv): stage 1 ~ (4N + 2Nv) per token (the
     frozen LM still backpropagates to the projector, no weight gradients), stage 2 ~ (6N + 2Nv);
@@ -326,14 +342,14 @@ def job_memory(spec: GridSpec, job: Job):
     gpus = max(job.nproc, 1)  # 0 = the runner's GPUs: plan as 1 (ddp's memory does not depend on it)
     if job.kind == "pretrain":
         # torch, imported only when jobs are planned, never for `overtrain grid --help`
-        from ..train.plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
+        from ..train.pretrain_plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
 
         cfg = load_config(PretrainConfig, job.argv[1], job.argv[2:], kind="pretrain")
         mspec = resolve_spec(cfg, job.id)
         cfg.seq_len = cfg.seq_len or mspec.max_sequence_length
         return olmo_shape(mspec), memory_setup(cfg, gpus), MEMORY_SETTINGS
     # torch, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..finetune.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
+    from ..finetune.instruct.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
 
     config = dict(spec.suite.architecture)
     local = Path(job.argv[1]) / "config.json"
@@ -406,8 +422,11 @@ def suite_jobs(spec: GridSpec, root: Path) -> list[Job]:
         for (name, data), seed in itertools.product((ins.datasets if ins else {}).items(), seeds):
             # the default single seed 0 keeps the ids (and output dirs) of grids from before instruct.seeds
             tid = f"{_slug(m.name)}_{_slug(name)}" + ("" if seeds == [0] else f"_seed-{seed}")
-            jobs.append(instruct_job(spec, root, m, tid, name, data, None if seeds == [0] else seed, n))
-            evals.append((tid, jobs[-1].info["out"], [jobs[-1].id]))
+            tuned = instruct_job(spec, root, m, tid, name, data, None if seeds == [0] else seed, n)
+            jobs.append(tuned)
+            evals.append((tid, tuned.info["out"], [tuned.id]))
+            if ins.alpaca_eval is not None:
+                jobs.append(alpaca_eval_job(spec, root, tid, tuned.info["out"], n))
         if spec.multimodal is not None:
             jobs.append(multimodal_job(spec, root, m, n))
         if le is None or not le.tasks:
@@ -445,9 +464,9 @@ def flops_per_token_cached(mspec) -> float:
 
 
 def finetune_config(config: str, settings: list[str]):
-    """The finetune config file ``config`` with the key=value ``settings`` (``finetune.config``)."""
+    """The finetune config file ``config`` with the key=value ``settings`` (``finetune.finetune_config``)."""
     # numpy, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..finetune.config import load_finetune_config
+    from ..finetune.finetune_config import load_finetune_config
 
     return load_finetune_config(config, settings)
 
@@ -530,7 +549,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
     cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
     # numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
-    from ..evaluate.report_data import REPLICATE_TAGS  # the report's own "another run of this cell"
+    from ..evaluate.report.data import REPLICATE_TAGS  # the report's own "another run of this cell"
 
     sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
     files = sorted(sweeps.glob("*/results.jsonl")) if sweeps.is_dir() else []
@@ -553,12 +572,12 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
 
 def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05) -> dict[str, dict]:
     """Per task: the smallest worsening of a tuned-LR curve the planned study detects at ``power``:
-    ``evaluate.report_stats.detectable_worsening``, the figure the report states for the same test
+    ``evaluate.report.stats.detectable_worsening``, the figure the report states for the same test
     (one-sided, Holm's first step over the task's family, Satterthwaite's t reference), from the
     grid's noise level (``finetune.noise``), seeds and noise probe; the largest over a curve's
     comparisons (the largest budget against each earlier one), as the report's.
 
-    Model (the report calibration's, ``report_stats.simulate``): one run's point = true curve + run
+    Model (the report calibration's, ``report.stats.simulate``): one run's point = true curve + run
     shift (sd ``run_sd``) + the mean over n examples of their run-specific deviations; the rest of an
     example's score is shared by budgets (``example_corr``) and cancels in a paired difference. So
     one run's variance about the cell mean is sigma^2 = run_sd^2 + (1 - rho) example_sd^2 / n, what
@@ -568,11 +587,11 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
     Runs per cell S = pre-training seeds x fine-tuning seeds; a probed cell (``finetune.noise_probe``)
     has pre-training seeds x probe seeds. Family: the report's turn tests of one task, (budgets - 1)
     per curve, a curve per model, metric (ID and C4) and non-seed axis value. The run variance's
-    degrees of freedom, as the report pools them (``report_data.pool_families``): every fixed-LR cell
+    degrees of freedom, as the report pools them (``report.data.pool_families``): every fixed-LR cell
     of the task, all models, budgets and LRs of the sweep's grid, S - 1 each (LRs a sweep adds past
     its grid's end not counted: a lower bound); none: not measurable (inf, the report cannot tell)."""
     # numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
-    from ..evaluate.report_stats import detectable_worsening as report_detectable
+    from ..evaluate.report.stats import detectable_worsening as report_detectable
 
     pre, ft = spec.pretrain, spec.finetune
     if ft is None or pre is None:

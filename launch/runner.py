@@ -26,9 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ConfigError, atomic_write_text, expand_path
+from ..core.atomic import atomic_write_text
+from ..core.errors import ConfigError
 from ..core.eta import fmt_duration
 from ..core.lock import Lock, LockHeld, describe
+from ..core.paths import expand_path
 from ..core.preempt import EXIT_PREEMPTED
 from .plan import Job, overtrain_command
 from .spec import GridSpec

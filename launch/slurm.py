@@ -9,7 +9,7 @@ Written to OUT (default RESULTS_DIR/slurm)::
     common.sh              sourced by every script: the Python, the setup line, run_resumable
     prepare.sbatch         prepare-data, as a job (never on the login node); with prepare_tasks=T it is the
                            merge, after prepare_plan.sbatch (once) and prepare_shards.sbatch (an array of T
-                           tasks, each a contiguous range of training shards; ``data.prepare_parts``)
+                           tasks, each a contiguous range of training shards; ``data.c4.sharded``)
     pretrain_RUN.sbatch    one per run: srun + torchrun (--standalone on one node, c10d across nodes)
     finetune_jobs.txt      sweeps, perturbations and lm-eval jobs, one a line: DONE-MARKER <TAB> overtrain arguments
     finetune_array.sbatch  the array over finetune_jobs.txt (``grid submit`` picks the indices)
@@ -51,8 +51,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import ConfigError, atomic_write_text, expand_path
+from ..core.atomic import atomic_write_text
+from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
+from ..core.paths import expand_path
 from .cluster import check_options, check_time_fit, fit_batches
 from .plan import Job, overtrain_command
 from .runner import is_done
@@ -222,7 +224,7 @@ def single_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
 
 
 def prepare_scripts(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> dict[str, str]:
-    """prepare-data as a job array (``prepare_tasks`` > 0; ``data.prepare_parts``): file name -> text.
+    """prepare-data as a job array (``prepare_tasks`` > 0; ``data.c4.sharded``): file name -> text.
     The plan runs once before the array, so concurrent tasks never race on plan.json; the merge is
     the grid's prepare job (its done-marker is meta.json)."""
     cpus = o.cpus_per_task or (8 if o.gpus_per_node else 1)

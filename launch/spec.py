@@ -19,17 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..core.config import (
-    CONFIG_ROOT,
-    ConfigError,
-    atomic_write_text,
-    config_digest,
-    expand_path,
-    load_config,
-    parse_count,
-    to_dict,
-)
+from ..core.atomic import atomic_write_text
+from ..core.config import config_digest, load_config, parse_count, to_dict
+from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting, merge_settings
+from ..core.paths import CONFIG_ROOT, expand_path
 from ..core.suite import (
     SuiteMember,
     check_loadable,
@@ -95,8 +89,8 @@ class NoiseProbe:
 @dataclass
 class NoiseLevel:
     """The noise a planned study expects, for ``grid plan``'s smallest detectable worsening
-    (``evaluate.report_stats.detectable_worsening``), in log-perplexity units. The defaults are OURS (the report calibration's
-    figures, ``evaluate.report_stats``), not measured: an earlier run's noise probe replaces ``run_sd``."""
+    (``evaluate.report.stats.detectable_worsening``), in log-perplexity units. The defaults are OURS (the report calibration's
+    figures, ``evaluate.report.stats``), not measured: an earlier run's noise probe replaces ``run_sd``."""
 
     run_sd: float = 0.01  # sd of a whole fine-tuning run's shift of a curve point (ours: ~1% in perplexity)
     example_sd: float = 0.3  # sd of one example's score (per-example NLL) around its point (ours)
@@ -160,6 +154,17 @@ class SuiteStage:
 
 
 @dataclass
+class AlpacaEvalStage:
+    """AlpacaEval (``overtrain alpaca-eval``, ``evaluate.alpaca``) of every instruction-tuned model."""
+
+    judge: str = "weighted_alpaca_eval_gpt4_turbo"  # annotator config name (API: its key at run time) or a model dir
+    instructions: str = "tatsu-lab/alpaca_eval"  # the hub set (805) or a local JSON of its records
+    args: list[str] = field(default_factory=list)  # further `overtrain alpaca-eval` settings, e.g. [limit=200]
+    n_instructions: int = 805  # for the estimates only (AlpacaEval's set; say so when limit= is smaller)
+    tokens_estimate: int = 600  # prompt + answer tokens per instruction, for the generation compute only
+
+
+@dataclass
 class InstructStage:
     """Instruction tuning (``overtrain sft``) of every suite member on every chat dataset."""
 
@@ -168,12 +173,13 @@ class InstructStage:
     gpus: int = 0  # processes per SFT run (torchrun, data parallel); 0 = the runner's gpus= (1 on CPU)
     train_tokens_estimate: int = 50_000_000  # tokens per SFT run (all epochs), for the compute estimate only
     seeds: list[int] = field(default_factory=lambda: [0])  # an SFT run per seed (batch order; `overtrain sft` seed=)
+    alpaca_eval: AlpacaEvalStage | None = None  # AlpacaEval of every tuned model (null: none)
 
 
 @dataclass
 class MultimodalStage:
     """LLaVA tuning (``overtrain multimodal``: stage 1 projector, stage 2 projector + LM) of every suite
-    member, evaluated on a visual QA set; data in LLaVA's JSON format (``finetune.multimodal``)."""
+    member, evaluated on a visual QA set; data in LLaVA's JSON format (``finetune.instruct.multimodal``)."""
 
     vision: str = "openai/clip-vit-large-patch14-336"  # the CLIP vision tower (LLaVA-1.5's)
     captions: str = ""  # stage 1 image-caption pairs (LLaVA-Pretrain blip_laion_cc_sbu_558k.json)
@@ -248,7 +254,7 @@ class GridSpec:
 
 def seed_axes(axes: dict[str, list], seeds: list[int]) -> dict[str, list]:
     """A stage's axes with its ``seeds`` as the ``seed`` axis (seeds are first-class grid axes; the
-    report aggregates over them, ``overtrain.evaluate.report_stats``)."""
+    report aggregates over them, ``overtrain.evaluate.report.stats``)."""
     if seeds and "seed" in axes:
         raise ConfigError("give the seeds once: as 'seeds' or as the axis 'seed', not both")
     return {**axes, "seed": list(seeds)} if seeds else dict(axes)
@@ -356,7 +362,8 @@ def validate_names(spec: GridSpec, where: str) -> None:
         check_trackers(spec.log, f"{where}: log")
     if spec.lm_eval is not None:  # lm-eval's own task index: an unknown name fails here, before any job
         # torch, imported only when jobs are planned, never for `overtrain grid --help`
-        from ..evaluate.lm_eval import LmEvalConfig, resolve_tasks
+        from ..evaluate.generalist import resolve_tasks
+        from ..evaluate.lm_eval import LmEvalConfig
 
         try:
             cfg = load_config(LmEvalConfig, None, [format_setting("tasks", spec.lm_eval.tasks), *spec.lm_eval.args])
@@ -367,7 +374,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
         suite_members(spec, where)  # every member named, with its token count; local ones exist and load
     if spec.prepare is not None:
         # numpy (C4 preparation), imported only when a grid is checked, never for `overtrain grid --help`
-        from ..data.c4_prepare import PrepareConfig
+        from ..data.c4.prepare import PrepareConfig
 
         try:
             load_config(PrepareConfig, None, prepare_settings(spec))
@@ -505,6 +512,8 @@ def grid_fingerprint(spec: GridSpec) -> str:
     ins = d.get("instruct")
     if isinstance(ins, dict) and ins.get("seeds") == [0]:
         ins.pop("seeds")  # the default: SFT's own seed 0, as before the field
+    if isinstance(ins, dict) and ins.get("alpaca_eval") is None:
+        ins.pop("alpaca_eval", None)  # none: as before the field
     ft = d.get("finetune")
     if isinstance(ft, dict):
         ft.pop("noise", None)  # a planning figure: changes no job

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from overtrain import cli
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from suite_fixture import fake_hub, tiny_suite  # noqa: F401  (fixtures: a tiny checkpoint suite, a faked hub branch list)
 
 C4 = data_root() / "c4"

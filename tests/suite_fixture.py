@@ -30,7 +30,7 @@ import huggingface_hub
 import pytest
 import torch
 from overtrain import cli
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.launch import spec as spec_mod
 
 OLMO = "allenai/OLMo-1B-hf"

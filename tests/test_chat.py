@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.data.chat import (
     DEFAULT_CHAT_TEMPLATE,
     ChatRecord,

@@ -15,7 +15,8 @@ from overtrain.core.checkpoint import (
     resume_checkpoint,
     verify_checkpoint,
 )
-from overtrain.core.config import CheckpointError, load_config
+from overtrain.core.config import load_config
+from overtrain.core.errors import CheckpointError
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
 STEPS = 6

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 from overtrain.cli import COMMANDS, Invocation, build_parser, main, resolve
-from overtrain.core.config import ConfigError, load_config
+from overtrain.core.config import load_config
+from overtrain.core.errors import ConfigError
 from overtrain.core.keys import config_keys, describe_keys, field_docs
 
 

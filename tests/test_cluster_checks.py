@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from overtrain.cli import main
-from overtrain.core.config import CONFIG_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.cluster import check_cluster, check_time_fit, fit_batches, job_seconds, parse_slurm_time
 from overtrain.launch.plan import expand
 from overtrain.launch.slurm import SlurmOptions

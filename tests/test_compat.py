@@ -26,7 +26,7 @@ import pytest
 import torch
 from overtrain.cli import main
 from overtrain.core.checkpoint import load_model, resolve_checkpoint
-from overtrain.core.config import REPO_ROOT, data_root
+from overtrain.core.paths import REPO_ROOT, data_root
 from overtrain.core.results import read_rows
 from tables import read_csv, same_columns
 

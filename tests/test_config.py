@@ -5,7 +5,9 @@ from typing import Literal
 
 import pytest
 import yaml
-from overtrain.core.config import ConfigError, atomic_write_text, load_config, parse_count, save_config
+from overtrain.core.atomic import atomic_write_text
+from overtrain.core.config import load_config, parse_count, save_config
+from overtrain.core.errors import ConfigError
 
 
 @dataclass
@@ -164,12 +166,12 @@ def test_save_config_round_trip_is_atomic(tmp_path, monkeypatch):
     assert load_config(Run, path) == cfg  # tuples, None, nested dataclasses survive
     assert sorted(x.name for x in path.parent.iterdir()) == ["config.yaml"]  # no temp file left
 
-    import overtrain.core.config as config
+    import overtrain.core.atomic as atomic
 
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(config.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError):
         save_config(Run(run_dir="other"), path)
     monkeypatch.undo()

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 from overtrain.core.checkpoint import load_model
-from overtrain.core.config import REPO_ROOT, load_config
+from overtrain.core.config import load_config
+from overtrain.core.paths import REPO_ROOT
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
 

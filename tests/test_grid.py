@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from overtrain.cli import main
-from overtrain.core.config import CONFIG_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.plan import expand, plan_summary
 from overtrain.launch.runner import _command
 from overtrain.launch.slurm import ARRAY_KINDS, SlurmOptions, script_name, write_slurm

@@ -4,7 +4,8 @@ output and lm-eval job; the default [0] keeps the jobs and the fingerprint of gr
 from __future__ import annotations
 
 import pytest
-from overtrain.core.config import CONFIG_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.plan import expand
 from overtrain.launch.spec import grid_fingerprint, load_grid
 

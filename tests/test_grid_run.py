@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 
 

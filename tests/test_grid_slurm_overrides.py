@@ -10,7 +10,7 @@ import json
 import shlex
 
 from overtrain.cli import main
-from overtrain.core.config import CONFIG_ROOT
+from overtrain.core.paths import CONFIG_ROOT
 
 DEMO = str(CONFIG_ROOT / "grids" / "demo.yaml")
 OVERRIDES = ["pretrain.budgets=[32K]", "finetune.tasks=[rte]", "finetune.lrs=[1.0e-3]"]

@@ -19,8 +19,9 @@ import pytest
 import torch
 from overtrain.cli import main as cli
 from overtrain.core.checkpoint import load_model, save_model_checkpoint
-from overtrain.core.config import CheckpointError, ConfigError, data_root
+from overtrain.core.errors import CheckpointError, ConfigError
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.paths import data_root
 from overtrain.core.step import remember_initial_lrs, train_step
 from overtrain.data.tokenizer import load_tokenizer
 from overtrain.train import hf as hf_mod  # first: makes transformers importable beside a broken torchvision

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from overtrain.core.config import REPO_ROOT
+from overtrain.core.paths import REPO_ROOT
 
 PROBE = textwrap.dedent(
     """

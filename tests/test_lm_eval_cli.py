@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 from overtrain.cli import main as cli
 from overtrain.core.checkpoint import load_model
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.data.encode import encode_split
 from overtrain.data.tasks import load_task
 from overtrain.data.tokenizer import load_tokenizer
 from overtrain.evaluate import lm_eval as lm_eval_mod
+from overtrain.evaluate.lm_adapter import make_lm
+from overtrain.evaluate.report.lm_eval_rows import lm_eval_points
 from overtrain.evaluate.task_metrics import class_logprobs, task_metrics
 from test_hf import make_checkpoint  # noqa: E402
 
@@ -86,9 +88,7 @@ def test_custom_rte_yaml_equals_class_likelihood_accuracy(run, rte_yaml, tmp_pat
     assert on_disk[0]["kind"] == "lm_eval" and on_disk[0]["task"] == "rte_overtrain_local"
     assert on_disk[0]["pretrain_tokens"] == 6 * 128 and on_disk[0]["lr_decayed"] is False
     assert len(on_disk[0]["checkpoint_sha256"]) == 64 and on_disk[0]["acc"] == row["acc"]
-    assert lm_eval_mod.lm_eval_points(on_disk, "acc") == {
-        (spec.name, "rte_overtrain_local", False): [(768.0, row["acc"])]
-    }
+    assert lm_eval_points(on_disk, "acc") == {(spec.name, "rte_overtrain_local", False): [(768.0, row["acc"])]}
     # the report draws it against pre-training tokens
     from overtrain.evaluate.report import make_report
 
@@ -116,7 +116,8 @@ def test_unknown_task_fails_before_loading_the_model(run, rte_yaml, monkeypatch,
 
 
 def test_grid_lm_eval_stage(rte_yaml, tmp_path):
-    from overtrain.core.config import CONFIG_ROOT, ConfigError
+    from overtrain.core.errors import ConfigError
+    from overtrain.core.paths import CONFIG_ROOT
     from overtrain.launch.plan import expand
     from overtrain.launch.spec import grid_fingerprint, load_grid
 
@@ -144,7 +145,7 @@ def test_rolling_and_generation_requests(run):
 
     model, spec, _ = load_model(run)
     tok = load_tokenizer(spec.tokenizer)
-    lm = lm_eval_mod.make_lm(model, spec, tok, batch_size=4)
+    lm = make_lm(model, spec, tok, batch_size=4)
     text = "The quick brown fox jumps over the lazy dog. " * 30  # > 1 window of the 256-token context
     ids = tok.encode(text).ids
     assert len(ids) > spec.max_sequence_length

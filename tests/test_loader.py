@@ -103,7 +103,7 @@ def test_prefetcher_yields_exactly_the_loaders_batches():
 @pytest.mark.parametrize("world", [1, 2])
 def test_parts_give_the_batches_of_their_concatenation(tmp_path, world):
     """A dataset of many parts reads as one flat array (global index): same batches at any world size."""
-    from overtrain.data.parts import PartTokens
+    from overtrain.data.c4.parts import PartTokens
 
     tokens = corpus()
     cuts = [0, 50, 51, 200, len(tokens)]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.data.encode import EncodedSplit, collate, encode_split, encode_task, training_pair
 from overtrain.data.tasks import load_task

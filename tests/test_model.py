@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from overtrain.cli import main
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.model import (
     attach_shapes,
     build_model,

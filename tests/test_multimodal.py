@@ -1,4 +1,4 @@
-"""LLaVA multimodal tuning of a suite member (finetune.multimodal): a tiny random-init CLIP vision
+"""LLaVA multimodal tuning of a suite member (finetune.instruct.multimodal): a tiny random-init CLIP vision
 tower (the real architecture), the tiny exported overtrain suite (suite_fixture) as language models,
 and images of shapes drawn on the fly (data.shapes_vqa) with their true captions and questions.
 Both stages train with the right parts frozen, rows land in the results file, and the suite report
@@ -23,8 +23,8 @@ from overtrain.core.hf_compat import hide_broken_torchvision
 from overtrain.core.results import read_rows
 from overtrain.core.rows import load_rows
 from overtrain.data.shapes_vqa import COLOURS, SHAPES, caption, draw_shapes, write_shapes_set
-from overtrain.evaluate.report_suite import collect_suite
-from overtrain.finetune import multimodal as mm
+from overtrain.evaluate.report.suite_part import collect_suite
+from overtrain.finetune.instruct import multimodal as mm
 from suite_fixture import TinySuite
 
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 from overtrain.cli import main
-from overtrain.core.config import CONFIG_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.plan import expand, plan_summary, print_plan
 from overtrain.launch.spec import grid_fingerprint, load_grid
 
@@ -91,12 +92,12 @@ def test_bad_probe_is_an_error_naming_the_file_and_field(tmp_path, probe, messag
 
 
 def test_plan_states_the_smallest_detectable_worsening_per_task(tmp_path, capsys):
-    """``grid plan``'s power figure is the report's (``report_stats.detectable_worsening``): the
+    """``grid plan``'s power figure is the report's (``report.stats.detectable_worsening``): the
     report's family (budgets - 1 tests per curve, a curve per model and metric), runs per cell from
     the seeds and the probe, the run variance's df as the report pools it (every fixed-LR cell of the
     task: models x LRs x the budgets' runs - 1), the largest over a curve's comparisons; one seed
     and no probe: nothing is detectable."""
-    from overtrain.evaluate.report_stats import detectable_worsening as report_figure
+    from overtrain.evaluate.report.stats import detectable_worsening as report_figure
     from overtrain.launch.plan import detectable_worsening
 
     base = [f"results_dir={tmp_path}", "pretrain.models=[olmo-15m, olmo-30m]", "finetune.noise.run_sd=0.02"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from overtrain.cli import main
 from overtrain.core.checkpoint import save_model_checkpoint
-from overtrain.core.config import data_root
 from overtrain.core.model import build_model, init_stds, load_model_spec
+from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 from overtrain.data.tokenizer import eos_token_id, load_tokenizer
 from overtrain.evaluate.perturb import apply_noise, perturb_checkpoint, unit_noise

@@ -1,9 +1,9 @@
-"""The power figure (``evaluate.report_stats.detectable_worsening``, what the report and ``grid plan``
+"""The power figure (``evaluate.report.stats.detectable_worsening``, what the report and ``grid plan``
 state) against the report's own decision: at the worsening it returns, the report's turn test finds
 it in 80% of simulated studies.
 
 ``test_the_figure_is_the_reports_detection_rate`` runs the report's real pipeline
-(``report_stats.simulate``: per-example scores, the paired bootstrap, the pooled run variance, the
+(``report.stats.simulate``: per-example scores, the paired bootstrap, the pooled run variance, the
 Satterthwaite t reference, Holm over the family) on N = 2000 studies of a planned setting; the
 rejection rate's binomial standard error at 0.8 is sqrt(0.8 * 0.2 / 2000) = 0.0089, the margin 3 of
 them (0.027). The draws are seeded: deterministic; the margin says how far an exact figure may land.
@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import pytest
-from overtrain.evaluate.report_stats import (
+from overtrain.evaluate.report.stats import (
     RunVariance,
     Samples,
     _components,

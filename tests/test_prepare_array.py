@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from overtrain import cli
-from overtrain.core.config import ConfigError, data_root
-from overtrain.data.prepare_parts import task_range
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import data_root
+from overtrain.data.c4.sharded import task_range
 
 C4 = data_root() / "c4"
 N_SHARDS = 5

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from overtrain import cli
-from overtrain.core.config import DataError, data_root
+from overtrain.core.errors import DataError
 from overtrain.core.model import load_model_spec
+from overtrain.core.paths import data_root
 from overtrain.data.c4 import open_prepared
-from overtrain.data.c4_prepare import holdout_mask
+from overtrain.data.c4.holdout import holdout_mask
 from overtrain.data.tokenizer import load_tokenizer
 
 C4 = data_root() / "c4"
@@ -231,7 +232,7 @@ def test_hub_path_streams_splits_through_load_dataset(tmp_path, monkeypatch, ref
         lambda *a, **k: datasets.IterableDataset.from_generator(lambda: iter([{"text": "a"}, {"body": "b"}])),
     )
     with pytest.raises(DataError, match=r"allenai/c4 \(en, split 'validation'\), record 1: record has no field 'text'"):
-        from overtrain.data.c4_prepare import PrepareConfig, prepare
+        from overtrain.data.c4.prepare import PrepareConfig, prepare
 
         prepare(PrepareConfig(hf_dataset="allenai/c4", out=str(tmp_path / "bad"), layout="single"))
     assert not (tmp_path / "bad").exists()

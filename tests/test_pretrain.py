@@ -8,9 +8,11 @@ import pytest
 import torch
 from overtrain import cli
 from overtrain.core.checkpoint import list_checkpoints, load_model
-from overtrain.core.config import data_root, load_config
-from overtrain.train.plan import config_differences
-from overtrain.train.pretrain import DataRepeatWarning, PretrainConfig, pretrain
+from overtrain.core.config import load_config
+from overtrain.core.paths import data_root
+from overtrain.train.pretrain import PretrainConfig, pretrain
+from overtrain.train.pretrain_plan import config_differences
+from overtrain.train.pretrain_run import DataRepeatWarning
 from tolerances import loglik_rtol
 
 C4 = data_root() / "c4"
@@ -207,8 +209,8 @@ def test_paper_grid_configs(tmp_path, data_dir):
     import subprocess
     import sys
 
-    from overtrain.core.config import REPO_ROOT
-    from overtrain.train.plan import plan_run
+    from overtrain.core.paths import REPO_ROOT
+    from overtrain.train.pretrain_plan import plan_run
 
     gen = REPO_ROOT / "configs/pretrain/generate.py"
     assert subprocess.run([sys.executable, str(gen), "--check"]).returncode == 0
@@ -229,8 +231,8 @@ def test_paper_grid_configs(tmp_path, data_dir):
 
 
 def test_plan_checks_world_size_and_yaml_typos(tmp_path, data_dir):
-    from overtrain.core.config import ConfigError
-    from overtrain.train.plan import plan_run
+    from overtrain.core.errors import ConfigError
+    from overtrain.train.pretrain_plan import plan_run
 
     cfg = load_config(PretrainConfig, "demo", overrides(data_dir, tmp_path / "r", micro_batch_size=2), kind="pretrain")
     assert plan_run(cfg, world_size=2).steps == 8

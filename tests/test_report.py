@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 from overtrain.cli import main
-from overtrain.core.config import ConfigError, DataError
+from overtrain.core.errors import ConfigError, DataError
 from overtrain.core.results import append_row
 from overtrain.core.rows import write_scores
 from overtrain.evaluate.report import aggregate, find_turn, load_rows, make_report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from overtrain.core.rows import parse_row
 from overtrain.evaluate.report import source_flags
-from overtrain.evaluate.report_data import Report
+from overtrain.evaluate.report.data import Report
 
 
 def test_stand_in_sources_are_flagged():

@@ -1,13 +1,13 @@
-"""Calibration of the report's turn decision (``overtrain.evaluate.report_stats``) on synthetic
+"""Calibration of the report's turn decision (``overtrain.evaluate.report.stats``) on synthetic
 studies with known truth and run-to-run shifts, and its building blocks (bootstrap, pooled run
-variance, Student's t, Holm, power). The rates asserted here are those of report_stats' docstring
+variance, Student's t, Holm, power). The rates asserted here are those of report.stats' docstring
 and README.md, on fewer studies (the margins are for the count used); vectorized (~20 s)."""
 
 import math
 
 import numpy as np
 import pytest
-from overtrain.evaluate.report_stats import (
+from overtrain.evaluate.report.stats import (
     Samples,
     curve_replicates,
     detectable_worsening,

@@ -8,7 +8,7 @@ import pytest
 from overtrain.core.results import append_row
 from overtrain.core.rows import load_rows, write_scores
 from overtrain.evaluate.report import make_report
-from overtrain.evaluate.report_suite import average_curve, collect_suite, decide_suite
+from overtrain.evaluate.report.suite_part import average_curve, collect_suite, decide_suite
 
 TOKENS = [1.0e12, 2.0e12, 2.3e12, 3.0e12]
 

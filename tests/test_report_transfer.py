@@ -1,4 +1,4 @@
-"""The report's muP-transfer panel (``evaluate.report_transfer``): pre-training runs over widths x
+"""The report's muP-transfer panel (``evaluate.report.transfer``): pre-training runs over widths x
 peak LRs, found by their summary.json, drawn as loss against LR with each width's optimum; a
 directory of only such runs reports just that."""
 
@@ -7,10 +7,10 @@ import math
 
 import pytest
 import yaml
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.core.results import append_row
 from overtrain.evaluate.report import make_report
-from overtrain.evaluate.report_transfer import find_runs, optimum, transfer_curves
+from overtrain.evaluate.report.transfer import find_runs, optimum, transfer_curves
 
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]
 

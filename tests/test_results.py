@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.core.results import append_row, read_rows
 
 

@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 from overtrain.core.checkpoint import latest_checkpoint
-from overtrain.core.config import REPO_ROOT, load_config
+from overtrain.core.config import load_config
+from overtrain.core.paths import REPO_ROOT
 from overtrain.core.preempt import EXIT_PREEMPTED
 from overtrain.train.pretrain import PretrainConfig, pretrain
 

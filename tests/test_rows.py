@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from overtrain.core.config import DataError
+from overtrain.core.errors import DataError
 from overtrain.core.identity import (
     c4_identity,
     identity_dict,
@@ -30,7 +30,8 @@ from overtrain.core.rows import BaseRow, EvalRow, FinetuneRow, Metrics, OtherRow
 from overtrain.core.schedule import ScheduleConfig
 from overtrain.evaluate.report import make_report
 from overtrain.finetune import finetune as ft
-from overtrain.finetune.finetune import RESUME_KEYS, FinetuneConfig, config_hash
+from overtrain.finetune.finetune import FinetuneConfig, config_hash
+from overtrain.finetune.finetune_config import RESUME_KEYS, load_finetune_config
 from overtrain.finetune.sweep import run_sweep
 from tables import read_csv, same_columns
 from test_finetune import make_checkpoint
@@ -160,9 +161,9 @@ def test_metrics_of_an_evaluation():
 def test_config_hash_values_unchanged():
     """The hash of the hand-kept field list (c6d7ab6) for the same configs: previous sweeps resume."""
     assert config_hash(FinetuneConfig()) == "e018f86e913d4c91"
-    assert config_hash(ft.load_finetune_config("demo")) == "539be9d788ac2004"
+    assert config_hash(load_finetune_config("demo")) == "539be9d788ac2004"
     over = ["lr=0.5", "seed=3", "run_dir=x", "c4=y", "stacked=true", "tags.a=1", "precision=fp32"]
-    assert config_hash(ft.load_finetune_config("demo", over)) == "4dbb5fd480a59710"
+    assert config_hash(load_finetune_config("demo", over)) == "4dbb5fd480a59710"
 
 
 def test_every_finetune_config_field_is_classified():

@@ -3,12 +3,13 @@
 import math
 
 import pytest
-from overtrain.core.config import ConfigError, from_dict
+from overtrain.core.config import from_dict
+from overtrain.core.errors import ConfigError
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.optim import optimizer_for
 from overtrain.core.schedule import Schedule, ScheduleConfig, lr_factor, warmup_steps
 from overtrain.core.step import set_lr_factor
-from overtrain.train.loop import build_optimizer
-from overtrain.train.plan import OptimConfig
+from overtrain.train.pretrain_plan import OptimConfig
 
 
 def factors(total, warmup, decay="cosine", final=0.0):
@@ -64,7 +65,7 @@ def test_mup_group_scaling_composes_with_schedule():
     """Each group's LR = its muP-scaled initial LR x the schedule factor; ratios between groups stay."""
     spec = load_model_spec("tiny", ["d_model=128"])  # width_mult 2 over base 64
     model = build_model(spec)
-    opt = build_optimizer(model, OptimConfig(lr=1e-2))
+    opt = optimizer_for(model, OptimConfig(lr=1e-2))
     initial = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         want = 1e-2 / 2 if p.infshape.ninf() == 2 else 1e-2  # hidden matrices: lr / width_mult
@@ -80,14 +81,14 @@ def test_mup_group_scaling_composes_with_schedule():
 def test_weight_decay_groups():
     """Decay on matrices, none on the input embedding (OLMo's default) unless asked."""
     model = build_model(load_model_spec("tiny"))
-    wd = {id(p): g["weight_decay"] for g in build_optimizer(model, OptimConfig()).param_groups for p in g["params"]}
+    wd = {id(p): g["weight_decay"] for g in optimizer_for(model, OptimConfig()).param_groups for p in g["params"]}
     names = dict(model.named_parameters())
     assert wd[id(names["transformer.wte.weight"])] == 0.0
     assert wd[id(names["transformer.ff_out.weight"])] == 0.1
     assert all(wd[id(p)] > 0 for n, p in names.items() if n != "transformer.wte.weight")
     wd2 = {
         id(p): g["weight_decay"]
-        for g in build_optimizer(model, OptimConfig(decay_embeddings=True)).param_groups
+        for g in optimizer_for(model, OptimConfig(decay_embeddings=True)).param_groups
         for p in g["params"]
     }
     assert wd2[id(names["transformer.wte.weight"])] == 0.1

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from overtrain import cli
-from overtrain.core.config import ConfigError, data_root
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import data_root
 from overtrain.launch.plan import expand
 from overtrain.launch.spec import load_grid
 from suite_fixture import TinySuite  # the fixtures tiny_suite and fake_hub are registered in conftest.py

@@ -4,7 +4,7 @@ aggregates over them: a cell's rows of several seeds are one point with an inter
 from __future__ import annotations
 
 import numpy as np
-from overtrain.core.config import CONFIG_ROOT
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.core.results import append_row
 from overtrain.core.rows import write_scores
 from overtrain.evaluate.report import make_report

@@ -1,4 +1,4 @@
-"""`overtrain sft` (finetune.sft) on the tiny suite (suite_fixture) with real GSM8k chat records: each member
+"""`overtrain sft` (finetune.instruct.sft) on the tiny suite (suite_fixture) with real GSM8k chat records: each member
 instruction-tuned into an atomic output with provenance and a results row; loss on assistant tokens only;
 loss falls on a repeated set; deterministic; reruns skip; bad input refused before any work."""
 
@@ -16,7 +16,7 @@ from overtrain.core.results import read_rows
 from overtrain.core.rows import load_rows
 from overtrain.core.suite import PROVENANCE_KEYS, read_provenance
 from overtrain.data.chat import DEFAULT_CHAT_TEMPLATE, encode_chat, gsm8k_chat, write_chat_jsonl
-from overtrain.finetune.sft import SFTConfig, run_sft
+from overtrain.finetune.instruct.sft import SFTConfig, run_sft
 from suite_fixture import TinySuite  # the fixture tiny_suite is registered in conftest.py
 from tolerances import gamma
 

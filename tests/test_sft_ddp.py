@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from overtrain.cli import main as cli
-from overtrain.core.config import REPO_ROOT, ConfigError
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import REPO_ROOT
 from overtrain.core.results import read_rows
 from overtrain.core.suite import read_provenance
 from overtrain.data.chat import gsm8k_chat, write_chat_jsonl
-from overtrain.finetune.sft import SFTConfig, batch_shares, run_sft
+from overtrain.finetune.instruct.sft import SFTConfig, batch_shares, run_sft
 from suite_fixture import TinySuite  # the fixture tiny_suite is registered in conftest.py
 
 # 9 records in batches of 4: two full batches (2 records per rank, micro-batches of 1: accumulation under

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 from overtrain import cli
-from overtrain.core.config import DataError, data_root
+from overtrain.core.errors import DataError
+from overtrain.core.paths import data_root
 from overtrain.data.c4 import open_prepared
 from overtrain.data.tokenizer import load_tokenizer
 
@@ -257,7 +258,7 @@ def test_manifest_pointing_at_a_missing_or_resized_part(tmp_path, own):
 
 
 def test_part_tokens_read_across_part_boundaries(tmp_path):
-    from overtrain.data.parts import PartTokens
+    from overtrain.data.c4.parts import PartTokens
 
     flat = (np.arange(1000) % 65536).astype(np.uint16)
     cuts = [0, 7, 7, 300, 999, 1000]  # includes an empty part

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from overtrain.core.config import data_root
+from overtrain.core.paths import data_root
 from overtrain.core.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,3 +292,28 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     # Everything is done: a resubmission submits nothing.
     done = _overtrain(["grid", "submit", str(grid), *opts], env)
     assert done.returncode == 0 and "0 jobs submitted" in done.stdout
+
+
+def test_submit_sh_on_slurm_submits_the_grid_with_its_overrides(tmp_path, slurm):
+    """Issue 24 item 5 on the real Slurm: ``grid slurm GRID key=value`` writes the scripts and
+    ``submit.sh``; running that script (held, then cancelled: nothing needs to run) submits the jobs
+    of the grid as overridden (a 20K budget), not of the grid file (10K), whose jobs would have
+    other ids. ~10 s once the module's cluster is up."""
+    env = dict(slurm, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    results = tmp_path / "overridden"
+    grid = _grid(tmp_path, results)
+    opts = ["gpus_per_node=0", "partition=debug", "time=00:10:00"]
+    wrote = _overtrain(["grid", "slurm", str(grid), *opts, "pretrain.budgets=[20K]"], env)
+    assert wrote.returncode == 0, wrote.stdout + wrote.stderr
+    submit = results / "slurm" / "submit.sh"
+    assert "20K" not in submit.read_text()  # the overrides are read back from the results dir's grid record
+    sub = subprocess.run(["bash", str(submit)], env=dict(env, SBATCH_HOLD="1"), capture_output=True, text=True)
+    record = json.loads((results / "slurm" / "submitted.json").read_text())
+    try:
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        assert set(record) == {"prepare", "pretrain/tiny_20K", "sweep/tiny_20K_final_rte", "perturb/tiny_20K", "report"}
+        queued = subprocess.run(["squeue", "-h", "-o", "%i %j"], env=env, capture_output=True, text=True).stdout
+        assert all(sid.split("_")[0] in queued for sid in record.values()), queued
+    finally:
+        ids = sorted({s.split("_")[0] for s in record.values()})
+        subprocess.run(["scancel", *ids], env=env, capture_output=True)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from overtrain.core.config import CONFIG_ROOT
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.launch.plan import expand
 from overtrain.launch.slurm import SlurmOptions, write_slurm
 from overtrain.launch.spec import load_grid

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.optim import optimizer_for
 from overtrain.core.step import train_step, use_fused_adam
-from overtrain.finetune.finetune import FinetuneConfig, build_optimizer, completion_loss, l2_to
+from overtrain.finetune.finetune import FinetuneConfig, completion_loss, l2_to
 from overtrain.finetune.stacked import StackedRun, first_nonfinite, train_stacked
 
 # The CPU SDPA kernel has no vmap batching rule; torch falls back to a loop (correct, slower).
@@ -47,7 +48,7 @@ def spec():
 
 def separate_run(spec, lr, batches, dtype, fused):
     model = build_model(spec, seed=0).to(dtype)
-    opt = build_optimizer(model, FinetuneConfig(lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1))
+    opt = optimizer_for(model, FinetuneConfig(lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1))
     if fused:
         assert use_fused_adam(opt)
     stats = [
@@ -146,7 +147,7 @@ def test_l2_to_pretrained_matches_train_step(spec):
     )
     for k, lr in enumerate(lrs):
         ref = build_model(spec, seed=0).double()
-        opt = build_optimizer(ref, FinetuneConfig(lr=lr))
+        opt = optimizer_for(ref, FinetuneConfig(lr=lr))
         extra = l2_to(ref, lam)
         stats = [
             train_step(ref, opt, micro, 1.0, 1.0, "fp32", loss_fn=completion_loss, extra_loss=extra)

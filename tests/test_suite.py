@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from overtrain.core.config import ConfigError, DataError
+from overtrain.core.errors import ConfigError, DataError
 from overtrain.core.suite import (
     PROVENANCE_FILE,
     PROVENANCE_KEYS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from overtrain import cli
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.suite import list_revisions, nearest_revisions
 from overtrain.launch.plan import expand, plan_summary
 from overtrain.launch.spec import claim_results_dir, load_grid

@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import pytest
 from overtrain.cli import main
 from overtrain.core.checkpoint import load_model
-from overtrain.core.config import ConfigError
+from overtrain.core.errors import ConfigError
 from overtrain.core.model import count_params, load_model_spec
 from overtrain.core.results import read_rows
 from overtrain.finetune import finetune as ft
 from overtrain.finetune import sweep
+from overtrain.finetune.finetune_config import SweepConfig
 from overtrain.finetune.stacked import StackedRun
 from overtrain.finetune.sweep import lr_grid, run_sweep, select
 from test_finetune import make_checkpoint
@@ -82,7 +83,7 @@ def test_default_grid_is_geometric_to_the_task_maximum():
     assert len(grid) == 8 and grid[0] == 4e-6 and grid[-1] == 1e-3
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-3)
-    cfg = ft.FinetuneConfig(sweep=ft.SweepConfig(max_lr=1e-2, n_lrs=3))  # the finetune config's maximum wins
+    cfg = ft.FinetuneConfig(sweep=SweepConfig(max_lr=1e-2, n_lrs=3))  # the finetune config's maximum wins
     assert lr_grid(cfg, task) == [4e-6, 0.0002, 0.01]
     assert lr_grid(ft.FinetuneConfig(lrs=[3e-4, 1e-4]), task) == [3e-4, 1e-4]
     with pytest.raises(ConfigError, match="no maximum LR"):
@@ -107,7 +108,7 @@ def test_intermediate_checkpoint_references(tmp_path):
     import json
 
     from overtrain.core.checkpoint import resolve_checkpoint as resolve_checkpoint_ref
-    from overtrain.core.config import CheckpointError
+    from overtrain.core.errors import CheckpointError
 
     for step in (5, 10, 20):
         d = tmp_path / "run" / "checkpoints" / f"step-{step:08d}"

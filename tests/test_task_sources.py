@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from overtrain.core.config import CONFIG_ROOT, ConfigError, DataError
+from overtrain.core.errors import ConfigError, DataError
 from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.core.rows import FinetuneRow, encoding_counts, parse_row
 from overtrain.data import task_source as tasks_mod
 from overtrain.data.encode import collate, encode_split, training_pair

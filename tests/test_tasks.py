@@ -8,7 +8,8 @@ import gzip
 import json
 
 import pytest
-from overtrain.core.config import ConfigError, DataError, data_root
+from overtrain.core.errors import ConfigError, DataError
+from overtrain.core.paths import data_root
 from overtrain.data import task_files
 from overtrain.data.task_files import resolve_data_path
 from overtrain.data.task_spec import TASK_SPLITS, TEMPLATES

@@ -1,4 +1,4 @@
-"""The linear-network study (finetune/theory.py) and its report part (evaluate/report_theory.py).
+"""The linear-network study (finetune/theory.py) and its report part (evaluate/report/theory_part.py).
 
 Settings are configs/theory/demo.yaml's unless a test says otherwise; the claims of section 4 are
 checked over the stated range of settings (misalignment 75 and 90 degrees, init scales 1e-3 and
@@ -13,11 +13,13 @@ import math
 import numpy as np
 import pytest
 from overtrain import cli
-from overtrain.core.config import CONFIG_ROOT, ConfigError, load_config
+from overtrain.core.config import load_config
+from overtrain.core.errors import ConfigError
+from overtrain.core.paths import CONFIG_ROOT
 from overtrain.core.rows import TheoryRow, load_rows
 from overtrain.evaluate.report import make_report
-from overtrain.evaluate.report_stats import t_ppf, t_sf
-from overtrain.evaluate.report_theory import (
+from overtrain.evaluate.report.stats import t_ppf, t_sf
+from overtrain.evaluate.report.theory_part import (
     collect_theory,
     study_verdicts,
     theory_rows,
@@ -163,7 +165,7 @@ def test_bad_config_is_one_error_naming_file_and_field(tmp_path, capsys):
     assert not (tmp_path / "results.jsonl").exists()  # checked before any work
 
 
-def test_student_t_tail_matches_the_tables():  # the report's t (report_stats), which the theory tests use
+def test_student_t_tail_matches_the_tables():  # the report's t (report.stats), which the theory tests use
     # two-sided 5% and one-sided 5% critical values (any statistics table), to their printed 3 decimals
     for t, nu, p in [(12.706, 1, 0.025), (4.303, 2, 0.025), (2.776, 4, 0.025), (2.571, 5, 0.025), (1.812, 10, 0.05)]:
         assert t_sf(t, nu) == pytest.approx(p, abs=2e-4)
@@ -219,7 +221,7 @@ def test_turn_rule_false_positive_rate_and_power_on_synthetic_curves():
     2 curves): the family-wise rate of calling a turn is at most the nominal 5% (+ 2 binomial standard
     errors of 600 studies: 1.8%; measured 4.0-4.7% over 1000); a 5% worsening at the largest budget
     with seed sd 0.02 is found in both curves in 93.5% of studies (0.01: 100%, 0.03: 49%)."""
-    from overtrain.evaluate.report_theory import TheoryCurve, decide
+    from overtrain.evaluate.report.theory_part import TheoryCurve, decide
 
     rng = np.random.default_rng(0)
     x = np.array([2**i for i in range(4, 13)])

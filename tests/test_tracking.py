@@ -222,7 +222,7 @@ def test_wandb_offline_run_resumes_same_id(tmp_path, small_c4, monkeypatch):
 
 
 def test_grid_passes_one_project_to_every_tracked_job(tmp_path, fake_trackers):
-    from overtrain.core.config import CONFIG_ROOT
+    from overtrain.core.paths import CONFIG_ROOT
     from overtrain.launch.plan import expand
     from overtrain.launch.spec import grid_fingerprint, load_grid
 

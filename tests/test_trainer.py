@@ -9,7 +9,7 @@ from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.optim import build_optimizer, group_lrs, optimizer_for, peak_lrs
 from overtrain.core.step import StepStats
 from overtrain.finetune.finetune import FinetuneConfig
-from overtrain.train.plan import OptimConfig
+from overtrain.train.pretrain_plan import OptimConfig
 from overtrain.train.trainer import Diverged, Hook, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

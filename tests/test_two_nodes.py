@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 from overtrain.core.checkpoint import load_model
-from overtrain.core.config import REPO_ROOT, load_config
+from overtrain.core.config import load_config
+from overtrain.core.paths import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

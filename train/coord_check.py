@@ -44,11 +44,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..core.config import ConfigError, DataError, atomic_savefig, atomic_write_text, data_root
+from ..core.atomic import atomic_savefig, atomic_write_text
 from ..core.dist import resolve_device
+from ..core.errors import ConfigError, DataError
 from ..core.likelihood import windows
 from ..core.model import ModelSpec, build_model, check_vocab
 from ..core.optim import build_optimizer
+from ..core.paths import data_root
 from ..data.tokenizer import eos_token_id, load_tokenizer
 from .trainer import Hook, SingleRun, StepEvent, Trainer
 
@@ -252,7 +254,7 @@ def _json_safe(obj):
 
 
 def plot(summary: dict, path: str | os.PathLike, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

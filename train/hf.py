@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.config import ConfigError
+from ..core.errors import ConfigError
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.model import ModelSpec, attention_scale, readout_scale
 

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tokenizers import Tokenizer
+
+from ..core.atomic import replace_dir
 from ..core.checkpoint import load_model
-from ..core.config import ConfigError, replace_dir, to_dict
+from ..core.config import to_dict
+from ..core.errors import ConfigError
 from ..core.model import ModelSpec
 from ..data.tokenizer import EOS_TOKEN, tokenizer_path
 from .hf import DTYPES, PAD_TOKEN, PADDED_ROWS, PROVENANCE, check_target, folded_multipliers, tmp_dir, to_hf_state
@@ -37,7 +41,7 @@ def check_exportable(spec: ModelSpec, tokenizer_vocab: int, where: str) -> None:
 
 
 def hf_config(spec: ModelSpec, dtype: str = "float32"):
-    from transformers import OlmoConfig
+    from transformers import OlmoConfig  # heavy: transformers (optional extra [hf])
 
     return OlmoConfig(
         vocab_size=spec.vocab_size,
@@ -63,7 +67,7 @@ def hf_config(spec: ModelSpec, dtype: str = "float32"):
 
 
 def _write_tokenizer(tok_file: Path, spec: ModelSpec, out: Path) -> None:
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # heavy: transformers (optional extra [hf])
 
     tok = PreTrainedTokenizerFast(
         tokenizer_file=str(tok_file),
@@ -92,8 +96,7 @@ def export_hf(
     checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str = "float32"
 ) -> Path:
     """Write ``out_dir`` as a transformers OLMo directory (config, safetensors, tokenizer, generation config)."""
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer
+    from safetensors.torch import save_file  # heavy: safetensors, transformers (optional extra [hf])
     from transformers import GenerationConfig
 
     out = Path(out_dir)

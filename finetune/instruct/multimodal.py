@@ -42,7 +42,7 @@ Output: ``out`` (written atomically) holds the LLaVA model, its tokenizer (the m
 settings with ``data_name``, ``sft_stats`` = both stages' stats). ``results=`` gets one row of
 kind ``multimodal`` (``core.rows``): the provenance, ``task``, ``acc``, ``n``, ``chance``,
 ``p_value`` and ``scores`` (per question ``multimodal.TASK.acc``), so the suite report draws VQA
-accuracy against pre-training tokens with its verdict (``evaluate.report_suite``). A finished
+accuracy against pre-training tokens with its verdict (``evaluate.report.suite_part``). A finished
 ``out`` is skipped (its row evaluated again if missing); other settings are an error.
 
 Memory (fp32 AdamW states on what trains): stage 2 trains the member whole, 16 bytes per
@@ -63,18 +63,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import dist
-from ..core.config import ConfigError, DataError, expand_path, to_dict
-from ..core.hf_compat import hide_broken_torchvision
-from ..core.identity import no_result, no_result_keys
-from ..core.optim import build_optimizer
-from ..core.results import append_row, read_rows
-from ..core.rows import write_scores
-from ..core.schedule import Schedule, ScheduleConfig
-from ..core.suite import member_provenance, parse_member, resolve_member
-from ..data.chat import DEFAULT_CHAT_TEMPLATE, ChatRecord, encode_chat
-from ..train.trainer import SingleRun, Trainer
-from .loop import batch_plan
+from ...core import dist
+from ...core.config import to_dict
+from ...core.errors import ConfigError, DataError
+from ...core.hf_compat import hide_broken_torchvision
+from ...core.identity import no_result, no_result_keys
+from ...core.optim import build_optimizer
+from ...core.paths import expand_path
+from ...core.results import append_row, read_rows
+from ...core.rows import write_scores
+from ...core.schedule import Schedule, ScheduleConfig
+from ...core.suite import member_provenance, parse_member, resolve_member
+from ...data.chat import DEFAULT_CHAT_TEMPLATE, ChatRecord, encode_chat
+from ...train.trainer import SingleRun, Trainer
+from ..training import batch_plan
 from .sft import SFTLog, check_out, save_tuned
 
 ROW_KIND = "multimodal"
@@ -345,7 +347,7 @@ def micro_batch(items, pad_id: int, device, size: int, mean, std):
 
 
 def llava_loss(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy over targets y >= 0, their count), fp32 softmax (as ``finetune.sft.sft_loss``).
+    """(summed cross-entropy over targets y >= 0, their count), fp32 softmax (as ``finetune.instruct.sft.sft_loss``).
 
     The output head runs on the target positions only (image tokens, prompts and padding are most of
     a sequence and need no logits)."""

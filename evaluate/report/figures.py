@@ -3,13 +3,13 @@
 and muP transfer (``transfer_figure``: loss against peak LR, one line per width) when the inputs
 hold pre-training runs over several LRs.
 
-Intervals (``report_stats``: 95% bootstrap) are drawn as bands around the curves that have them;
+Intervals (``report.stats``: 95% bootstrap) are drawn as bands around the curves that have them;
 noise sensitivity as error bars of mean +- t_{0.975, n-1} sd / sqrt(n) over its n noise seeds
-(``report_stats.mean_interval``: a handful of seeds), on a symlog axis (a perplexity change can be
+(``report.stats.mean_interval``: a handful of seeds), on a symlog axis (a perplexity change can be
 negative).
 
 Intermediate checkpoints are drawn dotted with hollow markers; turns (interior inflections) are
-circled in red. Files are written whole or not at all (``core.config.atomic_savefig``).
+circled in red. Files are written whole or not at all (``core.atomic.atomic_savefig``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import math
 import re
 from pathlib import Path
 
-from ..core.config import atomic_savefig
-from .report_data import Curve, Report, Series
-from .report_format import METRIC_WORDS, fmt_lr, fmt_tokens
+from ...core.atomic import atomic_savefig
+from .data import Curve, Report, Series
+from .format import METRIC_WORDS, fmt_lr, fmt_tokens
+from .transfer import optimum
 
 
 def _style(s: Series) -> dict:
@@ -57,7 +58,7 @@ def _mark_turn(ax, c: Curve, color) -> None:
 
 
 def _turn_legend_handle():
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # heavy: matplotlib, only when there are figures
 
     return Line2D([], [], markersize=10, label="turn (inflection)", **TURN_MARKER)
 
@@ -86,7 +87,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def figures(rep: Report, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -204,15 +205,13 @@ def figures(rep: Report, out: Path) -> list[Path]:
 
 def transfer_figure(curves: dict, out: Path) -> list[Path]:
     """``mup_transfer.png``: per (model, parametrization, budget) panel, final C4 validation loss against
-    peak LR (log x), one line per width, each width's optimum circled (``report_transfer``); [] without panels."""
+    peak LR (log x), one line per width, each width's optimum circled (``report.transfer``); [] without panels."""
     if not curves:
         return []
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .report_transfer import optimum
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6.2 * len(curves), 4.4), squeeze=False)
     for ax, ((model, param, budget), widths) in zip(axes[0], curves.items()):

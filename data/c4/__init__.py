@@ -1,4 +1,4 @@
-"""A prepared C4 directory (``overtrain prepare-data``, ``overtrain.data.c4_prepare``), read.
+"""A prepared C4 directory (``overtrain prepare-data``, ``overtrain.data.c4.prepare``), read.
 
 Two layouts, both read here (see DESIGN.md, Data)::
 
@@ -10,7 +10,7 @@ Token files are flat ids, raw (no .npy header, as OLMo's MemMapDataset reads the
 every document. meta.json holds tokenizer, vocab_size, eos_token_id, dtype and the splits; it is
 written last: its presence means "finished". A manifest's part may be an absolute path outside
 DIR (``prepare-data from_npy=``: tokens made elsewhere, not copied). ``tokens(split)`` is one flat
-array either way (``overtrain.data.parts.PartTokens`` concatenates parts in manifest order).
+array either way (``overtrain.data.c4.parts.PartTokens`` concatenates parts in manifest order).
 
 ``open_prepared`` validates everything it can before any work starts (every problem a
 ``DataError`` naming the file and field); ``open_for_model`` also checks that a model can read
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import DataError, expand_path
+from ...core.errors import DataError
+from ...core.paths import expand_path
 from .parts import PartTokens, open_parts
 
 PREPARED_SPLITS = ("train", "val")  # the token files of a prepared directory (not task splits)
@@ -63,7 +64,7 @@ class PreparedData:
     def check_vocab(self, model_spec) -> None:
         """DataError naming meta.json and the field if ``model_spec``'s model (a ``core.model.ModelSpec``)
         cannot read these token ids: ``core.model.check_vocab``, the one vocabulary check."""
-        from ..core.model import check_vocab  # here, not at the top: reading prepared data needs no torch
+        from ...core.model import check_vocab  # heavy: torch; reading prepared data needs none
 
         meta = self.meta
         check_vocab(

@@ -10,7 +10,7 @@ file and field, before anything is written:
     mark step       = steps_for(t, tokens_per_step) for each checkpoint.at_tokens t
     epochs          = steps x global_batch_size / n_windows,  n_windows = (train tokens - 1) // seq_len
 
-Imports go one way: this module <- ``overtrain.train.loop`` (the loop runs a ``Plan``) <-
+Imports go one way: this module <- ``overtrain.train.pretrain_run`` (the loop runs a ``Plan``) <-
 ``overtrain.train.pretrain`` (the command: run directory, then the loop). It reads files only.
 """
 
@@ -24,17 +24,19 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core.checkpoint import resume_checkpoint
-from ..core.config import ConfigError, DataError, expand_path, from_dict, read_yaml, to_dict
+from ..core.config import from_dict, read_yaml, to_dict
 from ..core.dist import FSDPConfig
+from ..core.errors import ConfigError, DataError
 from ..core.identity import no_result, no_result_keys
-from ..core.memory import Setup, check_fits, olmo_shape
+from ..core.memory import Setup, check_fits, olmo_shape, setup_of
 from ..core.model import ModelSpec, load_model_spec
+from ..core.paths import expand_path
 from ..core.schedule import Schedule, ScheduleConfig
 from ..core.tracker import check_trackers
 from ..data.c4 import open_for_model
-from .tracking import LogConfig
+from .metrics_log import LogConfig
 
-# The run directory's files besides metrics.jsonl (``overtrain.train.tracking.METRICS_FILE``).
+# The run directory's files besides metrics.jsonl (``overtrain.train.metrics_log.METRICS_FILE``).
 SUMMARY_FILE = "summary.json"  # written last: its presence means the run finished
 CONFIG_FILE = "config.yaml"  # the resolved config; a resume must match it (RESUMABLE_CHANGES aside)
 
@@ -210,15 +212,7 @@ MEMORY_SETTINGS = {
 
 def memory_setup(cfg: PretrainConfig, world_size: int) -> Setup:
     """What the memory of one rank of this run depends on besides the model (``cfg.seq_len`` resolved)."""
-    return Setup(
-        cfg.micro_batch_size,
-        cfg.seq_len,
-        world_size,
-        cfg.parallel,
-        cfg.activation_checkpointing,
-        bf16=cfg.precision != "fp32",  # memory_gb means a GPU: precision auto computes in bf16 there
-        reshard_after_forward=cfg.fsdp.reshard_after_forward,
-    )
+    return setup_of(cfg, cfg.seq_len, world_size, MEMORY_SETTINGS)
 
 
 def check_memory(cfg: PretrainConfig, spec: ModelSpec, world_size: int, where: str) -> None:

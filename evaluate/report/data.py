@@ -1,14 +1,14 @@
 """The report's numbers: typed results rows -> cells per (checkpoint, task, LR or tuned) -> curves over
 pre-training tokens -> intervals and turns. What each number is: ``overtrain.evaluate.report``'s
 docstring; which row key it reads: the row types' properties (``overtrain.core.rows``); the
-statistics: ``report_stats``; how the numbers are written: ``report_format``.
+statistics: ``report.stats``; how the numbers are written: ``report.format``.
 
 A cell's per-example scores (``core.rows.read_scores``; test split, else validation, as its ID
-perplexity) become ``report_stats.Samples`` per metric: "id" (classification: per-example NLL,
+perplexity) become ``report.stats.Samples`` per metric: "id" (classification: per-example NLL,
 a mean; LM: summed NLL over tokens, a ratio), "c4" (per-window NLL over tokens) and "acc"
 (correctness), one row per seed. A curve has intervals only when every point has samples.
 ``find_turn`` is the point estimates' description (where the minimum is, how much worse the
-largest budget is); whether a curve *turns* is ``decide``'s paired test (``report_stats``).
+largest budget is); whether a curve *turns* is ``decide``'s paired test (``report.stats``).
 
 Over 400 lines, and one concern: rows -> cells -> curves -> decision is one pipeline filling one
 ``Report``, each stage reading what the stage before it left there."""
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ConfigError, DataError
-from ..core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number, read_scores
-from . import report_stats as st
-from .report_format import fmt_lr, fmt_tokens
+from ...core.errors import ConfigError, DataError
+from ...core.rows import BaseRow, FinetuneRow, PerturbRow, Row, number, read_scores
+from . import stats as st
+from .format import fmt_lr, fmt_tokens
 
 SEED_TAGS = ("pretrain_seed", "seed")  # grid tags of the seed axes (launch.spec.seed_axes): aggregated over
 # tags that mark a row as one more run of its cell, not another setup: the seed axes and the grid's noise
@@ -114,7 +114,7 @@ class Cell:
     val_id_ppl: float | None
     n: int
     lrs: tuple[float, ...] = ()
-    samples: dict = field(default_factory=dict)  # "id" / "c4" / "acc" -> report_stats.Samples (absent: no scores)
+    samples: dict = field(default_factory=dict)  # "id" / "c4" / "acc" -> report.stats.Samples (absent: no scores)
     majority: float | None = None  # majority-class accuracy of the evaluated split (classification)
     chance: float | None = None  # 1 / number of classes
     grid: tuple[float, ...] = ()  # the LR grid the tuned LR was selected from (as run: with the sweep's added LRs)
@@ -132,7 +132,7 @@ class Curve:
     y: list[float]
     turn: int | None = None  # index of the best budget when the curve turns (``decide``'s test)
     worse_by: float = 0.0  # point estimates: relative change from the minimum to the largest budget
-    samples: list = field(default_factory=list, repr=False)  # per point report_stats.Samples (or None)
+    samples: list = field(default_factory=list, repr=False)  # per point report.stats.Samples (or None)
     lo: list | None = None  # interval per point (None: no per-example scores)
     hi: list | None = None
     test: st.TurnTest | None = field(default=None, repr=False)  # the paired tests (perplexity curves with scores)
@@ -188,9 +188,9 @@ class Report:
     curves: list[Curve] = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)  # task -> {"shows": bool | None, "curves", "text", "models"}
     notes: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)  # sanity checks that failed (``report_text.sanity``)
+    flags: list[str] = field(default_factory=list)  # sanity checks that failed (``report.text.sanity``)
     base_samples: dict = field(default_factory=dict)  # (series, tokens) -> Samples of base C4 (base rows)
-    transfer: dict = field(default_factory=dict)  # muP transfer panels (``report_transfer.transfer_curves``)
+    transfer: dict = field(default_factory=dict)  # muP transfer panels (``report.transfer.transfer_curves``)
 
     @property
     def tasks(self) -> list[str]:
@@ -237,7 +237,7 @@ def _model_name(model, params) -> str | None:
 
 
 def collect(rows: list[Row], group_by: list[str], tolerance: float, files: list[Path] | None = None) -> Report:
-    """Cells, curves and their turns from typed rows (``core.rows.load_rows``); verdicts: ``report_text.judge``."""
+    """Cells, curves and their turns from typed rows (``core.rows.load_rows``); verdicts: ``report.text.judge``."""
     rep = Report(group_by, tolerance, files or [])
     flats = [r.to_dict() for r in rows]
     if group_by:
@@ -467,7 +467,7 @@ def _build_curves(rep: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The decision (report_stats' docstring): which curves turn, and what makes a curve meaningless
+# The decision (report.stats' docstring): which curves turn, and what makes a curve meaningless
 
 MIN_BUDGETS = 3  # a turn needs a best budget with a budget on each side
 
@@ -487,7 +487,7 @@ def learned(rep: Report, series: Series, task: str) -> bool | None:
 
 
 def pool_families(rep: Report) -> None:
-    """The pooled run variance of each (task, metric) family (``report_stats.pool_runs``: every
+    """The pooled run variance of each (task, metric) family (``report.stats.pool_runs``: every
     distinct cell of the task with 2+ runs, all models, budgets, LRs; base C4 is the family (None,
     "base_c4")), set on each of its curves with per-example scores, whose intervals then count it."""
     families = defaultdict(list)

@@ -6,13 +6,13 @@ Writes ``report.md`` (also printed), ``summary.csv`` (size x budget x task), ``c
 curve point with its interval), ``perturb.csv`` and
 PNGs: base C4 perplexity vs tokens, per task ID and C4 perplexity after fine-tuning vs tokens (one
 line per fixed LR, one for the tuned LR), noise sensitivity vs tokens (one line per gamma), and
-muP transfer (final C4 loss vs peak LR, one line per width: ``report_transfer``) when the inputs
+muP transfer (final C4 loss vs peak LR, one line per width: ``report.transfer``) when the inputs
 hold pre-training runs over several LRs (a directory of only such runs reports just that).
 
-The work is split: ``report_data`` (rows -> cells -> curves -> turns), ``report_stats`` (bootstrap,
-tests), ``report_text`` (verdicts, sanity checks, markdown, CSV) and ``report_figures`` (PNGs);
+The work is split: ``report.data`` (rows -> cells -> curves -> turns), ``report.stats`` (bootstrap,
+tests), ``report.text`` (verdicts, sanity checks, markdown, CSV) and ``report.figures`` (PNGs);
 this module reads the rows and writes the files. Rows of kind "theory" (the linear-network study,
-``finetune.theory``) get their own part, figures and verdict (``report_theory``).
+``finetune.theory``) get their own part, figures and verdict (``report.theory_part``).
 
 What the numbers are (rows of several seeds or repeated evaluations are averaged):
 - a *checkpoint* is (group, model, lr_decayed, pretrain_tokens); intermediate checkpoints
@@ -26,15 +26,15 @@ What the numbers are (rows of several seeds or repeated evaluations are averaged
   with the lowest mean ``val_id_ppl`` (said so in the report);
 - every point has a 95% interval when its rows carry per-example scores (``scores``): a paired
   bootstrap over evaluation examples and C4 windows, plus the run-to-run variance pooled over the
-  task's cells with several runs (``report_stats``); tables and ``curves.csv`` show them (and which
+  task's cells with several runs (``report.stats``); tables and ``curves.csv`` show them (and which
   variance), figures draw them as bands;
 - a curve *turns* when its largest budget is worse than an earlier one beyond that uncertainty:
   one-sided t tests (the pooled run variance's degrees of freedom), Holm-corrected over every
   budget, model and metric of a task at 5%, the turn placed at the best budget (an inflection,
   marked on the figures, when interior). One run per point with none repeated is never a turn
   ("cannot tell: one run per point"). Calibrated on synthetic studies with run shifts at every
-  seed count (``report_stats``' docstring; tests/test_report_stats.py);
-- verdicts per (model, task) and per task (``report_text``): "catastrophic overtraining", "no
+  seed count (``report.stats``' docstring; tests/test_report_stats.py);
+- verdicts per (model, task) and per task (``report.text``): "catastrophic overtraining", "no
   catastrophic overtraining" (every tuned curve's 95% upper bound of the worsening within
   ``tolerance``), or "cannot tell" with its reason (fewer than 3 budgets, no per-example scores,
   the model learned nothing, one run per point, intervals too wide); sanity checks flag base C4 perplexity that does
@@ -50,16 +50,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.config import ConfigError, DataError, atomic_write_text
-from ..core.results import Rows
-from ..core.rows import Row, load_rows
-from ..core.tracker import TrackConfig, Tracker, check_trackers
-from .report_data import Report, collect, find_turn
-from .report_figures import figures, transfer_figure
-from .report_suite import collect_suite, decide_suite, suite_figures, suite_markdown
-from .report_text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
-from .report_theory import only_theory, theory_header, theory_part
-from .report_transfer import find_runs, transfer_curves
+from ...core.atomic import atomic_write_text
+from ...core.errors import ConfigError, DataError
+from ...core.results import Rows
+from ...core.rows import Row, load_rows
+from ...core.tracker import TrackConfig, Tracker, check_trackers
+from .data import Report, collect, find_turn
+from .figures import figures, transfer_figure
+from .lm_eval_rows import lm_eval_figures
+from .suite_part import collect_suite, decide_suite, suite_figures, suite_markdown
+from .text import csv_text, curves_table, judge, markdown, perturb_table, sanity, summary_table
+from .theory_part import only_theory, theory_header, theory_part
+from .transfer import find_runs, transfer_curves
 
 __all__ = ["aggregate", "find_turn", "load_rows", "make_report"]
 
@@ -113,7 +115,6 @@ def make_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = figures(rep, out) + transfer_figure(transfer, out)
-    from .lm_eval import lm_eval_figures  # `overtrain lm-eval` rows: each metric against pre-training tokens
 
     paths += lm_eval_figures([d for d in (r.to_dict() for r in rows) if not d.get("suite_model")], out)
     families = collect_suite(rows)  # checkpoint suites (the paper's Section 2), drawn and judged apart
@@ -162,7 +163,7 @@ def track_report(rep: Report, cfg: TrackConfig, out: Path, paths: list[Path]) ->
     for tokens in sorted(at):  # increasing steps: wandb needs them so
         tracker.log(at[tokens], tokens)
     if tracker.wandb is not None:
-        import wandb
+        import wandb  # heavy: wandb (optional extra [track]), only with log.wandb
 
         tracker.wandb.log({p.stem: wandb.Image(str(p)) for p in paths})
     tracker.close()

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..core.config import DataError
-from .report_format import fmt_lr, fmt_num, fmt_tokens
+from ...core.errors import DataError
+from .format import fmt_lr, fmt_num, fmt_tokens
 
 SUMMARY = "summary.json"
 

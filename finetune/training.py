@@ -15,7 +15,7 @@ it runs ``batches.total_steps`` optimizer steps. Step s:
 - sets model k's LR to its peak x ``factors[k](s)`` (``core.schedule.Schedule``: warmup, then decay to
   ``final_lr``, a ratio of the peak, so per model);
 - logs step, loss, LR, grad norm and cumulative target tokens to model k's train_log.jsonl every
-  ``log_every`` steps and at the last (and to its tracker, ``finetune.tracking``); shows a bar on
+  ``log_every`` steps and at the last (and to its tracker, ``finetune.run_tracker``); shows a bar on
   a terminal, else ~10 plain lines with elapsed time, ETA and tokens/s (``core.eta``);
 - stops model k at its first non-finite loss (divergence is a result: its metrics are NaN/inf):
   its statistics end at that step and its weights are those after it (copied if other models go
@@ -41,10 +41,7 @@ from tqdm import tqdm
 
 from ..core.eta import Eta
 from ..data.encode import collate
-from ..train.trainer import Batch as Batch  # re-exported (with SingleRun, Stepper): callers, tests
-from ..train.trainer import Hook, StepEvent, Trainer
-from ..train.trainer import SingleRun as SingleRun
-from ..train.trainer import Stepper as Stepper
+from ..train.trainer import Batch, Hook, StepEvent, Stepper, Trainer
 
 
 def batch_plan(n_examples: int, batch_size: int, epochs: float, max_steps: int = 0) -> tuple[int, int]:

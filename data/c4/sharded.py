@@ -1,6 +1,6 @@
 """prepare-data, ``layout=parts``: plan the shards, resume or start, run them, write the manifests.
 
-    prepare_parts(cfg, out, t0)  text shards -> OUT/{val,train}/part-NNNNN.npy (``overtrain.data.shards``)
+    prepare_parts(cfg, out, t0)  text shards -> OUT/{val,train}/part-NNNNN.npy (``overtrain.data.c4.shard_worker``)
     own_tokens(cfg, out, t0)     a manifest over existing OLMo-format parts (``from_npy=``), not copied
 
 Shards: one per input file (local, or a hub data file listed by name). ``max_docs`` and the
@@ -37,10 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ConfigError, DataError, atomic_write_bytes, atomic_write_text
-from .documents import HOLDOUT_RULE, LocalDocuments, expand_inputs, holdout_mask, holdout_size
+from ...core.atomic import atomic_write_bytes, atomic_write_text
+from ...core.errors import ConfigError, DataError
+from ..tokenizer import tokenizer_meta
+from .documents import LocalDocuments, expand_inputs
+from .holdout import HOLDOUT_RULE, holdout_mask, holdout_size
 from .parts import check_part, sha256_file
-from .shards import Shard, Workers, hub_shards, remove_temporaries
+from .shard_worker import Shard, Workers, hub_shards, remove_temporaries
 
 FORMAT_VERSION = 2
 NPY_BLOCK = 1 << 24  # tokens per block when scanning an existing part
@@ -161,8 +164,6 @@ def _split_info(entries: list[dict]) -> dict:
 
 
 def prepare_parts(cfg, out: Path, t0: float) -> dict:
-    from .c4_prepare import tokenizer_meta
-
     tok = tokenizer_meta(cfg.tokenizer)
     val, train, holdout = _shards(cfg)
     plan = _plan(cfg, tok, val, train, holdout)
@@ -339,8 +340,6 @@ def scan_npy(args: tuple[str, str, int, int]) -> dict:
 
 
 def own_tokens(cfg, out: Path, t0: float) -> dict:
-    from .c4_prepare import tokenizer_meta
-
     tok = tokenizer_meta(cfg.tokenizer)
     dtype = cfg.dtype or tok["dtype"]
     if dtype == "uint16" and tok["vocab_size"] > 1 << 16:

@@ -645,7 +645,7 @@ def simulate_suite(
     document j correctly iff q_j < truth_i + u_r, with q_j shared by members and runs for half the
     documents and drawn per run for the other half, u_r the run's shift (sd ``run_sd``). Tested on
     the error 1 - accuracy, the run variance pooled per task, Holm over the tasks (as
-    ``report_suite.decide_suite``)."""
+    ``report.suite_part.decide_suite``)."""
     k = len(truths[0])
     runs = _runs(seeds, probe, k)
     tests = []

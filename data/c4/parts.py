@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import DataError
+from ...core.errors import DataError
 
 HASH_BLOCK = 1 << 24  # bytes read at a time when hashing a part
 

@@ -4,7 +4,11 @@ tokens, before and after instruction tuning, with intervals and the calibrated v
 Rows: ``overtrain lm-eval`` rows (kind "lm_eval") of models that came from a suite (``suite_model``
 set, by ``overtrain sft`` outputs' ``overtrain_suite.json`` or by the grid for a member itself), and
 ``overtrain multimodal`` rows (kind "multimodal": a LLaVA-tuned member's visual QA accuracy, its
-family the tuning's ``data_name``, per-question scores ``multimodal.TASK.acc``). A
+family the tuning's ``data_name``, per-question scores ``multimodal.TASK.acc``), and ``overtrain
+alpaca-eval`` rows (kind "alpaca_eval", ``evaluate.alpaca``: y = ``win_rate`` against the reference,
+per-instruction preferences p_j in [0, 1] for c_mrj below, ``alpaca_eval.TASK.win_rate``; tested with
+its family's tasks, left out of the average; the length-controlled rate is a GLM's prediction, not
+data to resample, so it is tabulated in the rows, not tested). A
 curve is one (family, task) across members, x = ``pretrain_tokens``, y = the task's accuracy
 ``metric_of(task)``: ``acc_norm`` for PIQA, HellaSwag and ARC-Challenge (lm-eval's and OLMo's
 convention for them), ``acc`` for the others (a row without ``acc_norm`` falls back to ``acc``; the
@@ -17,10 +21,10 @@ A *family* is (suite, tuning data, SFT settings): the row's ``sft`` config witho
 checkpoint are never pooled as if they were seeds. Its runs at a member are its SFT seeds (one
 row per seed: the last written); "base" (members before instruction tuning) is a family of its own.
 
-Intervals and tests: ``report_stats`` with the paired bootstrap over the n documents (every member
+Intervals and tests: ``report.stats`` with the paired bootstrap over the n documents (every member
 evaluates the same documents in the same order; ``limit`` keeps the first n) and the run variance
 of the SFT runs pooled over every member with 2+ seeds of the (family, task), with its degrees of
-freedom (``pool_runs``; Satterthwaite t reference, module doc of ``report_stats``). The base family
+freedom (``pool_runs``; Satterthwaite t reference, module doc of ``report.stats``). The base family
 uses the documents alone (its points are the members as given: no instruction-tuning run to
 repeat). A tuned family with one SFT run per member and none repeated cannot separate a turn from
 run-to-run variation: "cannot tell: one run per point". The generalist average (the paper's Figure
@@ -28,7 +32,7 @@ run-to-run variation: "cannot tell: one run per point". The generalist average (
 independent samples of documents) and its run sd the mean of the tasks' run sds (an upper bound:
 one run's shifts on different tasks may be correlated), with the smallest df.
 
-Decision: on the error e = 1 - a (lower is better), ``report_stats.turn_test`` tests for every
+Decision: on the error e = 1 - a (lower is better), ``report.stats.turn_test`` tests for every
 earlier member i "the member with the most tokens is worse than member i" (one-sided), and Holm's
 procedure at ``ALPHA`` runs over every test of one family: all its tasks. The average curve is
 drawn, not tested (it is a function of the tested curves). Per family:
@@ -39,8 +43,8 @@ drawn, not tested (it is a function of the tested curves). Per family:
     "cannot tell"                    otherwise (intervals too wide), rows without per-example scores
                                      (no intervals), fewer than two members, or one run per point
 
-and it states the smallest drop it finds at 80% power (``report_stats.detectable``). Calibration:
-``report_stats``' docstring (Section 2 suites simulated with SFT run-to-run shifts). Note the
+and it states the smallest drop it finds at 80% power (``report.stats.detectable``). Calibration:
+``report.stats``' docstring (Section 2 suites simulated with SFT run-to-run shifts). Note the
 paper's confound: suite checkpoints before the last did not finish their learning-rate decay, so a
 turn here does not separate overtraining from the schedule; the controlled study does.
 """
@@ -53,9 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.rows import Row, read_scores
-from .report_format import fmt_tokens
-from .report_stats import (
+from ...core.atomic import atomic_savefig
+from ...core.rows import Row, read_scores
+from .format import fmt_tokens
+from .stats import (
     ALPHA,
     REPLICATES,
     RunVariance,
@@ -130,7 +135,10 @@ class SuiteFamily:
         return self.tuning + (f" ({self.settings})" if self.settings else "")
 
 
-SUITE_KINDS = ("lm_eval", "multimodal")  # row kinds drawn against pre-training tokens (their scores' prefix)
+SUITE_KINDS = ("lm_eval", "multimodal", "alpaca_eval")  # row kinds drawn against pre-training tokens (scores' prefix)
+# kinds whose curve is not an accuracy: AlpacaEval's win rate against the reference (a fraction, higher is
+# better; per-instruction preferences in [0, 1]). Tested with the family's tasks; left out of the average.
+KIND_METRIC = {"alpaca_eval": "win_rate"}
 
 
 def _scores(row: Row, task: str, metric: str) -> np.ndarray | None:
@@ -169,6 +177,7 @@ def collect_suite(rows: list[Row]) -> list[SuiteFamily]:
             continue
         task = str(d.get("task"))
         metric = metric_of(task) if isinstance(d.get(metric_of(task)), (int, float)) else METRIC
+        metric = KIND_METRIC.get(d["kind"], metric)
         value = d.get(metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
@@ -260,17 +269,18 @@ def _variance(curves: list[SuiteCurve]) -> str:
 
 
 def average_curve(fam: SuiteFamily) -> SuiteCurve | None:
-    """The mean over tasks of the family's curves at the token counts they all share."""
-    shared = sorted(set.intersection(*(set(c.tokens) for c in fam.curves))) if fam.curves else []
-    if len(fam.curves) < 2 or not shared:
+    """The mean over tasks of the family's accuracy curves (not ``KIND_METRIC``'s) at the token counts they all share."""
+    curves = [c for c in fam.curves if c.metric not in KIND_METRIC.values()]
+    shared = sorted(set.intersection(*(set(c.tokens) for c in curves))) if curves else []
+    if len(curves) < 2 or not shared:
         return None
-    idx = [[c.tokens.index(t) for t in shared] for c in fam.curves]
-    acc = [float(np.mean([c.acc[i[k]] for c, i in zip(fam.curves, idx)])) for k in range(len(shared))]
+    idx = [[c.tokens.index(t) for t in shared] for c in curves]
+    acc = [float(np.mean([c.acc[i[k]] for c, i in zip(curves, idx)])) for k in range(len(shared))]
     avg = SuiteCurve(fam.suite, fam.tuning, "average", shared, acc, "mean")
-    if all(c.reps is not None for c in fam.curves):
-        avg.reps = np.mean([c.reps[:, i] for c, i in zip(fam.curves, idx)], axis=0)
-        avg.runs = [min(c.runs[i[k]] for c, i in zip(fam.curves, idx)) for k in range(len(shared))]
-        rvs = [c.run_var for c in fam.curves]
+    if all(c.reps is not None for c in curves):
+        avg.reps = np.mean([c.reps[:, i] for c, i in zip(curves, idx)], axis=0)
+        avg.runs = [min(c.runs[i[k]] for c, i in zip(curves, idx)) for k in range(len(shared))]
+        rvs = [c.run_var for c in curves]
         if all(rv is not None for rv in rvs):  # module doc: the mean of the run sds, the smallest df
             sd = float(np.mean([math.sqrt(float(rv.var)) for rv in rvs]))
             within = float(np.sum([float(rv.within) for rv in rvs])) / len(rvs) ** 2
@@ -285,18 +295,17 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
     line per tuning data (dashed: before tuning), 95% intervals as bands, turns marked."""
     if not families:
         return []
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..core.config import atomic_savefig
 
     paths = []
     for suite in sorted({f.suite for f in families}):
         fams = [f for f in families if f.suite == suite]
         tasks = sorted({c.task for f in fams for c in f.curves})
-        panels = (["average"] if len(tasks) > 1 else []) + tasks
+        averaged = {c.task for f in fams for c in f.curves if c.metric not in KIND_METRIC.values()}
+        panels = (["average"] if len(averaged) > 1 else []) + tasks
         cols = min(3, len(panels))
         rows_n = math.ceil(len(panels) / cols)
         fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.3 * rows_n), squeeze=False)
@@ -316,7 +325,7 @@ def suite_figures(families: list[SuiteFamily], out: Path) -> list[Path]:
             metrics = sorted({c.metric for f in fams for c in f.curves if c.task == panel})
             ax.set_title(f"{panel} ({', '.join(metrics) or 'mean of the tasks'})", fontsize=10)
             ax.set_xlabel("pre-training tokens")
-            ax.set_ylabel("accuracy (95% interval)")
+            ax.set_ylabel(f"{'win rate' if metrics == ['win_rate'] else 'accuracy'} (95% interval)")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)

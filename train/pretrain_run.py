@@ -1,4 +1,4 @@
-"""The pre-training loop: one process's part of a run that ``overtrain.train.plan`` planned.
+"""The pre-training loop: one process's part of a run that ``overtrain.train.pretrain_plan`` planned.
 
 Every rank of a torchrun builds a ``PretrainRun`` from the same ``Plan``; rank 0 writes the files.
 ``PretrainRun.run`` is the whole run, top to bottom; its steps are the one training loop
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..core import dist
+from ..core.atomic import atomic_write_text
 from ..core.checkpoint import (
     load_model,
     load_sharded_optimizer,
@@ -50,18 +51,19 @@ from ..core.checkpoint import (
     step_dir_name,
     write_checkpoint,
 )
-from ..core.config import CheckpointError, atomic_write_text, expand_path, to_dict
+from ..core.config import to_dict
+from ..core.errors import CheckpointError
 from ..core.likelihood import lm_loss, perplexity
 from ..core.model import build_model, count_params, flops_per_token
 from ..core.optim import optimizer_for
+from ..core.paths import expand_path
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested
 from ..core.step import StepStats, use_fused_adam
 from ..data.loader import Prefetcher, WindowLoader
-from .plan import SUMMARY_FILE, Plan, PretrainConfig
-from .tracking import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
+from .metrics_log import METRICS_FILE, MetricsLogger, Progress, peak_flops, say, truncate_after
+from .pretrain_plan import SUMMARY_FILE, Plan, PretrainConfig
 from .trainer import Hook, SingleRun, StepEvent, Trainer
 
-build_optimizer = optimizer_for  # the pre-training MuAdamW from ``optim`` (callers, tests)
 EVAL_KEYS = ("c4_val_loss", "c4_val_ppl", "c4_val_tokens")  # an evaluation, in rows, checkpoint meta and summary
 
 
@@ -134,7 +136,7 @@ def layout(model: torch.nn.Module, cfg: PretrainConfig, info: dist.DistInfo, dev
     (``activation_checkpointing``; OLMo's whole-layer strategy) and, under torchrun with
     ``parallel: fsdp``, sharded in place per block (``core.dist.shard``; muP shapes kept)."""
     if cfg.activation_checkpointing:
-        from olmo.config import ActivationCheckpointingStrategy
+        from olmo.config import ActivationCheckpointingStrategy  # heavy: olmo, ~4 s
 
         model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer)
     if cfg.parallel == "fsdp" and info.distributed:

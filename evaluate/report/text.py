@@ -1,15 +1,15 @@
 """The report's text: the verdicts, the sanity checks, report.md, summary.csv, curves.csv and perturb.csv
-(``report_data`` holds the numbers, ``report_stats`` the statistics).
+(``report.data`` holds the numbers, ``report.stats`` the statistics).
 
 Verdict per (model, task), from its tuned-LR ID and C4 perplexity curves after fine-tuning (fully
 decayed checkpoints), in this order:
 
 - "cannot tell" when fewer than 3 budgets; when a point has no per-example scores (rows written
   before they were recorded: no intervals); when the model learned nothing (classification: test
-  accuracy not above the majority class at any budget, ``report_data.learned``); when the task's
+  accuracy not above the majority class at any budget, ``report.data.learned``); when the task's
   cells have one run each and none is repeated ("one run per point, run-to-run variation not
   measured": examples alone never make a turn);
-- "catastrophic overtraining" when a curve turns (``report_data.decide``: the largest budget is
+- "catastrophic overtraining" when a curve turns (``report.data.decide``: the largest budget is
   worse than an earlier one beyond the paired example noise and the pooled run-to-run variance,
   Holm-corrected over the task's tests);
 - "no catastrophic overtraining" when every curve's 95% upper bound of the worsening from every
@@ -18,7 +18,7 @@ decayed checkpoints), in this order:
 
 A task shows catastrophic overtraining when one of its models does, none when all its models show
 none, and otherwise cannot tell. Each task's verdict states the smallest worsening its study finds
-at 80% power (``report_stats.detectable``), so "no turn found" reads right, and the run variance
+at 80% power (``report.stats.detectable``), so "no turn found" reads right, and the run variance
 used; curves.csv says per curve which variance its interval and test used.
 """
 
@@ -29,9 +29,9 @@ import io
 import math
 from pathlib import Path
 
-from .report_data import MIN_BUDGETS, Curve, Report, Series, learned
-from .report_format import METRIC_WORDS, fmt_lr, fmt_num, fmt_pct, fmt_tokens
-from .report_transfer import transfer_markdown
+from .data import MIN_BUDGETS, Curve, Report, Series, learned
+from .format import METRIC_WORDS, fmt_lr, fmt_num, fmt_pct, fmt_tokens
+from .transfer import transfer_markdown
 
 
 def fmt_ci(c: Curve, i: int, digits: int = 4) -> str:
@@ -151,7 +151,7 @@ def judge(rep: Report) -> None:
 
 def _power_sentence(rep: Report, task: str) -> str:
     """What the task's study could have seen: per metric, the largest over its tuned curves of the
-    smallest worsening found at 80% power (``report_stats.detectable``), and the run variance used."""
+    smallest worsening found at 80% power (``report.stats.detectable``), and the run variance used."""
     parts, used = [], set()
     for metric in ("id", "c4"):
         curves = [c for c in rep.find(metric, task, "tuned") if c.detectable is not None]
@@ -302,7 +302,7 @@ def _tokens_cell(s: Series, t: float) -> str:
 
 
 def markdown(rep: Report, figures: list[Path], suites: str = "") -> str:
-    """The report in Markdown; ``suites``, the checkpoint suites' part (``report_suite.suite_markdown``), ends it."""
+    """The report in Markdown; ``suites``, the checkpoint suites' part (``report.suite_part.suite_markdown``), ends it."""
     gb = rep.group_by
     md = ["# Catastrophic overtraining report", ""]
     md += [f"Inputs: {', '.join(str(f) for f in rep.files)}." if rep.files else "", *[f"- {n}" for n in rep.notes], ""]

@@ -1,17 +1,14 @@
-"""Documents in, token ids out: the pieces both prepare-data layouts share.
+"""Documents in: the readers both prepare-data layouts share (hold-out: ``holdout``; tokens: ``encoder``).
 
-Readers: local ``.json``/``.json.gz``/``.jsonl``/``.parquet`` files (``read_file``: every problem
-a ``DataError`` naming the file and line) and a hub split streamed through ``datasets``. The
-hold-out rule (a seeded document-level split of one pool), the ``Encoder`` (texts -> one flat
-array, EOS after every document) and ``ValCopies`` (16-byte blake2b digests of validation
-documents, so that training copies of them are dropped).
+Local ``.json``/``.json.gz``/``.jsonl``/``.parquet`` files (``read_file``: every problem a
+``DataError`` naming the file and line; ``expand_inputs``: files and globs, each glob sorted) and a
+hub split streamed through ``datasets``.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import itertools
 import json
 import os
@@ -20,10 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ..core.config import DataError, expand_path
-from .tokenizer import eos_token_id, load_tokenizer
+from ...core.errors import DataError
+from ...core.paths import expand_path
 
 LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet")
 
@@ -89,7 +84,7 @@ class HubDocuments:
         ]
 
     def _open(self):
-        import datasets  # slow import; only the hub path needs it
+        import datasets  # heavy: datasets (~1 s), only the hub path
 
         try:
             return datasets.load_dataset(
@@ -177,7 +172,7 @@ def _read_json_array(path: Path, data: bytes, field: str) -> Iterator[str]:
 
 
 def _read_parquet(path: Path, field: str) -> Iterator[str]:
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: pyarrow, only parquet inputs
     import pyarrow.parquet as pq
 
     try:
@@ -226,84 +221,3 @@ def expand_inputs(patterns: Iterable[str], key: str, suffixes: tuple[str, ...] =
             if p not in out:
                 out.append(p)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Hold-out
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-HOLDOUT_RULE = "val = the n_val document indices with the smallest splitmix64(index XOR splitmix64(seed))"
-
-
-def holdout_size(n_docs: int, val_docs: int | None, val_fraction: float | None) -> int:
-    """Validation documents held out of ``n_docs``: ``val_docs``, else round(``val_fraction`` x n_docs);
-    a DataError when the hold-out would leave either side empty."""
-    n_val = val_docs if val_docs is not None else round(val_fraction * n_docs)
-    if not 0 < n_val < n_docs:
-        raise DataError(
-            f"train: hold-out of {n_val} documents out of {n_docs} leaves an empty "
-            f"{'validation' if n_val <= 0 else 'training'} set"
-        )
-    return n_val
-
-
-def holdout_mask(n_docs: int, n_val: int, seed: int) -> np.ndarray:
-    """Boolean mask over document indices: True = validation. Depends only on (n_docs, n_val, seed)."""
-    keys = _splitmix64(np.arange(n_docs, dtype=np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64)))
-    mask = np.zeros(n_docs, dtype=bool)
-    mask[np.argpartition(keys, n_val - 1)[:n_val]] = True
-    return mask
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenizing
-
-
-class Encoder:
-    """Texts -> one flat array: each document's ids (no special tokens) followed by EOS."""
-
-    def __init__(self, tokenizer: str, dtype: str):
-        self.tok = load_tokenizer(tokenizer)
-        self.eos = eos_token_id(self.tok)
-        self.dtype = np.dtype(dtype)
-        # encode_batch_fast skips char offsets we do not need; same ids as encode_batch
-        self.encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        ids = [e.ids for e in self.encode(texts, add_special_tokens=False)]
-        for doc in ids:
-            doc.append(self.eos)
-        return np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=sum(map(len, ids)))
-
-
-class ValCopies:
-    """Remembers validation documents (16-byte digests) and drops exact copies from training."""
-
-    def __init__(self):
-        self.digests: set[bytes] = set()
-        self.dropped = 0
-
-    @staticmethod
-    def digest(text: str) -> bytes:
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-    def remember(self, texts: Iterable[str]) -> Iterator[str]:
-        for text in texts:
-            self.digests.add(self.digest(text))
-            yield text
-
-    def drop_copies(self, texts: Iterable[str]) -> Iterator[str]:
-        for text in texts:
-            if self.digest(text) in self.digests:
-                self.dropped += 1
-                continue
-            yield text

@@ -15,8 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from ..core import dist
-from ..core.config import atomic_write_text
+from ..core.atomic import atomic_write_text
 from ..core.eta import Eta
 from ..core.results import append_row, iter_rows
 from ..core.tracker import TrackConfig, Tracker
@@ -44,8 +47,6 @@ def peak_flops(device, override: float = 0.0) -> float | None:
     """Peak bf16 FLOP/s of one CUDA device (None on CPU or an unknown GPU)."""
     if override:
         return override
-    import torch
-
     if getattr(device, "type", str(device)) != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -94,8 +95,6 @@ class Progress:
     plain progress lines per run instead, each with elapsed time, ETA (``core.eta``) and tokens/s."""
 
     def __init__(self, info: dist.DistInfo, steps: int, start_step: int, log_every: int):
-        from tqdm.auto import tqdm
-
         self.info, self.steps = info, steps
         self.bar = tqdm(
             total=steps,

@@ -6,14 +6,14 @@
 
 Output (see DESIGN.md, Data), ``layout=``:
 
-- ``parts`` (default; ``overtrain.data.prepare_parts`` + ``shards``): one input shard -> one
+- ``parts`` (default; ``sharded`` + ``shard_worker``): one input shard -> one
   part ``OUT/{train,val}/part-NNNNN.npy``, shards spread over ``workers`` processes, each part
   written atomically with its manifest entry, a rerun resumes (finished parts verified, not
   redone); ``max_tokens`` stops after enough whole training parts. meta.json lists the parts.
 - ``single`` (format_version 1, the original): ``OUT/train.npy``, ``OUT/val.npy``, one ordered
   stream tokenized on a pool, every local input scanned before anything is written, the
   directory built under a temporary name and renamed; the hub split streamed by ``datasets``.
-- ``from_npy=`` (``prepare_parts.own_tokens``): a manifest over OLMo-format parts made elsewhere
+- ``from_npy=`` (``sharded.own_tokens``): a manifest over OLMo-format parts made elsewhere
   (e.g. OLMo's pre-tokenized C4, ``dolma tokens``), not copied; sizes, EOS and ids checked.
 
 Token files are flat ids, raw (no .npy header, as OLMo's MemMapDataset reads them), EOS after
@@ -48,25 +48,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from ..core.config import ConfigError, DataError, expand_path, replace_dir
-from .documents import (  # noqa: F401  (holdout_mask, LOCAL_SUFFIXES: re-exported, tests and benchmarks use them)
-    HOLDOUT_RULE,
-    LOCAL_SUFFIXES,
-    Encoder,
-    HubDocuments,
-    LocalDocuments,
-    ValCopies,
-    expand_inputs,
-    holdout_mask,
-    holdout_size,
-)
-from .tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
+from ...core.atomic import replace_dir
+from ...core.errors import ConfigError, DataError
+from ...core.paths import expand_path
+from ..tokenizer import DEFAULT_TOKENIZER, eos_token_id, load_tokenizer, tokenizer_path
+from .documents import HubDocuments, LocalDocuments, expand_inputs
+from .encoder import Encoder, ValCopies
+from .holdout import HOLDOUT_RULE, holdout_mask, holdout_size
+from .sharded import own_tokens, prepare_parts, stage_summary, task_range
 
 CHUNK_CHARS = 1 << 18  # ~60k tokens per task: big enough to amortize IPC, small enough to balance
 FORMAT_VERSION = 1  # the single-file layout (the parts layout is version 2)
 LAYOUTS = ("parts", "single")
-STAGES = ("all", "plan", "shards", "merge")  # prepare_parts: the stages of a Slurm job array
+STAGES = ("all", "plan", "shards", "merge")  # sharded: the stages of a Slurm job array
 
 
 _WORKER_ENCODER: Encoder | None = None
@@ -142,8 +138,6 @@ class Tokenizing:
 def _write_split(
     path: Path, texts: Iterable[str], tokenizing: Tokenizing, chunk_chars: int, desc: str, total: int | None
 ) -> dict:
-    from tqdm import tqdm
-
     n_tokens = n_docs = 0
     with open(path, "wb") as f, tqdm(total=total, desc=desc, unit="doc", disable=None, file=sys.stderr) as bar:
         for docs, tokens in tokenizing.map(_chunks(texts, chunk_chars)):
@@ -204,8 +198,6 @@ class PrepareConfig:
         if (self.stage == "shards") != bool(self.task):
             raise ConfigError("task=I/T goes with stage=shards (and only with it)")
         if self.task:
-            from .prepare_parts import task_range
-
             task_range(self.task, 1)  # the format; the range itself needs the number of shards
         for key in ("max_docs", "max_val_docs", "val_docs"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
@@ -296,8 +288,6 @@ def prepare(cfg: PrepareConfig) -> dict:
     out = Path(expand_path(cfg.out)).absolute()
     cfg.validate()
     if cfg.from_npy or cfg.layout == "parts":
-        from .prepare_parts import own_tokens, prepare_parts
-
         return own_tokens(cfg, out, t0) if cfg.from_npy else prepare_parts(cfg, out, t0)
     _check_out(out, cfg.overwrite)
     train, val = _plan_sources(cfg)
@@ -383,24 +373,9 @@ def _write_json(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def tokenizer_meta(name: str) -> dict:
-    """The tokenizer fields of meta.json."""
-    tok, tok_file = load_tokenizer(name), tokenizer_path(name)
-    return {
-        "tokenizer": name,
-        "tokenizer_file": str(tok_file),
-        "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
-        "vocab_size": tok.get_vocab_size(),
-        "eos_token_id": eos_token_id(tok),
-        "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32",
-    }
-
-
 def run(config: PrepareConfig) -> int:
     meta = prepare(config)
-    if "stage" in meta:  # one stage of a job array (prepare_parts)
-        from .prepare_parts import stage_summary
-
+    if "stage" in meta:  # one stage of a job array (sharded)
         print(stage_summary(meta, config.out))
         return 0
     s = meta["splits"]

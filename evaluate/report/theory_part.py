@@ -11,14 +11,14 @@ which seeds were drawn, and the right variance is the between-replicate one. Per
 y_s(T) = log L_s(T); a point is the mean over replicates, y(T) = mean_s y_s(T) (the log of the
 geometric-mean loss); figures draw its 95% interval y(T) +- t_{0.975, S-1} sd_s / sqrt(S).
 
-Turn decision (the real study's rule, ``report_stats``' docstring, with seeds as the replicates).
+Turn decision (the real study's rule, ``report.stats``' docstring, with seeds as the replicates).
 For every earlier budget i, the one-sided paired test of "the largest budget is worse than i":
 
     D_s,i = y_s(T_last) - y_s(T_i),  d_i = mean_s D_s,i,  se_i = sd_s(D_s,i) / sqrt(S),
     p_i = P(t_{S-1} > d_i / se_i)
 
 Student's t with S - 1 degrees of freedom, not the bootstrap's normal reference: with a handful of
-seeds the t reference is the one that knows how few (``report_stats.t_sf``, the report's own). Holm (``report_stats.holm``) over every test of a family at ``report_stats.ALPHA``: the
+seeds the t reference is the one that knows how few (``report.stats.t_sf``, the report's own). Holm (``report.stats.holm``) over every test of a family at ``report.stats.ALPHA``: the
 tuned curves of one task (every L2 strength) form a family; the fixed-LR curves of the task another.
 A curve *turns* when one of its tests is rejected; the inflection is the best budget (argmin of y).
 
@@ -49,9 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import atomic_savefig
-from ..core.rows import Row, TheoryRow
-from .report_stats import ALPHA, holm, t_ppf, t_sf
+from ...core.atomic import atomic_savefig
+from ...core.rows import Row, TheoryRow
+from .stats import ALPHA, holm, t_ppf, t_sf
 
 # ------------------------------------------------------------------------------ the stats adapter
 
@@ -242,7 +242,7 @@ def _draw(ax, c: TheoryCurve, mark: bool = True, **kw) -> None:
 
 
 def theory_figures(st: TheoryStudy, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when there are figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -337,7 +337,7 @@ def theory_markdown(st: TheoryStudy, paths: list[Path], tolerance: float) -> str
     md += [
         f"A two-layer linear network (the paper's section 4; settings ours: `configs/theory/`), {reps} replicates "
         "(init seed x data seed). Population losses: the only variation is between replicates, and the tests "
-        "are paired t-tests over them, Holm-corrected per task at 5% (`evaluate/report_theory.py`).",
+        "are paired t-tests over them, Holm-corrected per task at 5% (`evaluate/report/theory_part.py`).",
         "",
         "### Verdict (tuned fine-tuning LR, no regularization)",
         "",

@@ -76,16 +76,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import dist
-from ..core.config import ConfigError, expand_path, replace_dir, to_dict
-from ..core.dist import FSDPConfig
-from ..core.hf_compat import hide_broken_torchvision
-from ..core.identity import no_result, no_result_keys
-from ..core.memory import Setup, check_fits, hf_shape
-from ..core.optim import build_optimizer
-from ..core.results import append_row, read_rows
-from ..core.schedule import Schedule, ScheduleConfig
-from ..core.suite import (
+from ...core import dist
+from ...core.atomic import replace_dir
+from ...core.config import to_dict
+from ...core.dist import FSDPConfig
+from ...core.errors import ConfigError
+from ...core.hf_compat import hide_broken_torchvision
+from ...core.identity import no_result, no_result_keys
+from ...core.memory import Setup, check_fits, hf_shape, setup_of
+from ...core.optim import build_optimizer
+from ...core.paths import expand_path
+from ...core.results import append_row, read_rows
+from ...core.schedule import Schedule, ScheduleConfig
+from ...core.suite import (
     PROVENANCE_FILE,
     check_loadable,
     member_provenance,
@@ -94,9 +97,9 @@ from ..core.suite import (
     resolve_member,
     write_provenance,
 )
-from ..data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
-from ..train.trainer import Hook, SingleRun, StepEvent, Trainer
-from .loop import batch_plan
+from ...data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
+from ...train.trainer import Hook, SingleRun, StepEvent, Trainer
+from ..training import batch_plan
 
 ROW_KIND = "sft"
 
@@ -309,15 +312,7 @@ MEMORY_SETTINGS = {
 def memory_setup(config: dict, cfg: SFTConfig, world_size: int) -> Setup:
     """What one rank's memory depends on besides the model: ``max_seq_len`` capped at the model's context."""
     seq = min(cfg.max_seq_len, config.get("max_position_embeddings") or cfg.max_seq_len)
-    return Setup(
-        cfg.micro_batch_size,
-        seq,
-        world_size,
-        cfg.parallel,
-        cfg.gradient_checkpointing,
-        bf16=cfg.precision != "fp32",  # memory_gb means a GPU: precision auto computes in bf16 there
-        reshard_after_forward=cfg.fsdp.reshard_after_forward,
-    )
+    return setup_of(cfg, seq, world_size, MEMORY_SETTINGS)
 
 
 def check_memory(path: Path, cfg: SFTConfig, world_size: int, what: str) -> None:
@@ -420,7 +415,7 @@ def _quiet(_msg: str) -> None:
 def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.DistInfo, log, what: str):
     """(model, tokenizer, training stats): the member loaded from ``path`` in fp32 and trained on ``records``."""
     hide_broken_torchvision()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers (optional extra [hf])
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
