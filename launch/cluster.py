@@ -200,7 +200,7 @@ def check_time_fit(spec: GridSpec, jobs: list[Job], o) -> list[str]:
 def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[Job], list[str]]:
     """Pre-training jobs with a micro-batch that divides each process's share of the global batch
     on ``nodes`` x processes per node (see the module doc); notes of the changes made."""
-    # torch, imported only for pre-training jobs' batches, never for `overtrain grid --help`
+    # heavy: torch, imported only for pre-training jobs' batches, never for `overtrain grid --help`
     from ..train.pretrain_plan import PretrainConfig
 
     out, changes = [], {}

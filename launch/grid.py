@@ -61,7 +61,7 @@ class GridOptions:
 
 def _visible_gpus() -> int:
     try:
-        import torch  # only to count the GPUs of `grid run`: never for plan, slurm, submit or status
+        import torch  # heavy: torch, only to count the GPUs of `grid run` (never for plan, slurm, submit, status)
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # noqa: BLE001 - no torch CUDA runtime

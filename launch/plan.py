@@ -88,7 +88,7 @@ def _fmt_tokens(n: int) -> str:
 
 def expand(spec: GridSpec) -> list[Job]:
     """All jobs of the grid, in a valid dependency order: each made by its stage's job builder."""
-    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import load_model_spec
 
     root = Path(expand_path(spec.results_dir))
@@ -163,7 +163,7 @@ def pretrain_job(
 ) -> Job:
     """Pre-training of ``model`` for ``tokens`` with the pretrain ``axes`` (``longest``: the grid's
     largest budget, for ``intermediate_runs: longest``)."""
-    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import load_model_spec
 
     pre = spec.pretrain
@@ -341,14 +341,14 @@ def job_memory(spec: GridSpec, job: Job):
     without ``suite.architecture``)."""
     gpus = max(job.nproc, 1)  # 0 = the runner's GPUs: plan as 1 (ddp's memory does not depend on it)
     if job.kind == "pretrain":
-        # torch, imported only when jobs are planned, never for `overtrain grid --help`
+        # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
         from ..train.pretrain_plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
 
         cfg = load_config(PretrainConfig, job.argv[1], job.argv[2:], kind="pretrain")
         mspec = resolve_spec(cfg, job.id)
         cfg.seq_len = cfg.seq_len or mspec.max_sequence_length
         return olmo_shape(mspec), memory_setup(cfg, gpus), MEMORY_SETTINGS
-    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..finetune.instruct.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
 
     config = dict(spec.suite.architecture)
@@ -454,7 +454,7 @@ _FLOPS_PER_TOKEN: dict = {}
 
 def flops_per_token_cached(mspec) -> float:
     """``core.model.flops_per_token`` (counted on a built model, ~0.1 s) once per model spec."""
-    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import flops_per_token
 
     key = repr(mspec)
@@ -465,7 +465,7 @@ def flops_per_token_cached(mspec) -> float:
 
 def finetune_config(config: str, settings: list[str]):
     """The finetune config file ``config`` with the key=value ``settings`` (``finetune.finetune_config``)."""
-    # numpy, imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: numpy, imported only when jobs are planned, never for `overtrain grid --help`
     from ..finetune.finetune_config import load_finetune_config
 
     return load_finetune_config(config, settings)
@@ -548,7 +548,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     """Per task: the run-to-run sd of the tuned-LR test log perplexity measured by an earlier run of
     this grid (its results dir's sweeps: a noise probe's or several seeds' rows), pooled over the
     cells (checkpoint, task, non-seed tags) with 2 or more rows, with its degrees of freedom."""
-    # numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
     from ..evaluate.report.data import REPLICATE_TAGS  # the report's own "another run of this cell"
 
     sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
@@ -590,7 +590,7 @@ def detectable_worsening(spec: GridSpec, power: float = 0.8, alpha: float = 0.05
     degrees of freedom, as the report pools them (``report.data.pool_families``): every fixed-LR cell
     of the task, all models, budgets and LRs of the sweep's grid, S - 1 each (LRs a sweep adds past
     its grid's end not counted: a lower bound); none: not measurable (inf, the report cannot tell)."""
-    # numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: numpy (the report's statistics), imported only when jobs are planned, never for `overtrain grid --help`
     from ..evaluate.report.stats import detectable_worsening as report_detectable
 
     pre, ft = spec.pretrain, spec.finetune

@@ -328,7 +328,7 @@ def prepare_settings(spec: GridSpec) -> list[str]:
 
 def validate_names(spec: GridSpec, where: str) -> None:
     """Unknown model, task or budget, or bad prepare-data settings: an error before any job starts."""
-    # torch, imported only when jobs are planned, never for `overtrain grid --help`
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import load_model_spec
 
     pre = spec.pretrain or PretrainStage(models=[], budgets=[], config="")
@@ -361,7 +361,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
     if spec.log is not None:
         check_trackers(spec.log, f"{where}: log")
     if spec.lm_eval is not None:  # lm-eval's own task index: an unknown name fails here, before any job
-        # torch, imported only when jobs are planned, never for `overtrain grid --help`
+        # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
         from ..evaluate.generalist import resolve_tasks
         from ..evaluate.lm_eval import LmEvalConfig
 
@@ -373,7 +373,7 @@ def validate_names(spec: GridSpec, where: str) -> None:
     if spec.suite is not None:
         suite_members(spec, where)  # every member named, with its token count; local ones exist and load
     if spec.prepare is not None:
-        # numpy (C4 preparation), imported only when a grid is checked, never for `overtrain grid --help`
+        # heavy: numpy (C4 preparation), imported only when a grid is checked, never for `overtrain grid --help`
         from ..data.c4.prepare import PrepareConfig
 
         try:
