@@ -42,7 +42,7 @@ QUESTIONS = {
 
 def draw_shapes(rng: np.random.Generator, size: int = 32) -> tuple:
     """(PIL RGB image of ``size`` x ``size``, facts ``{"shape", "colour", "count"}``)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # heavy: only the drawing of the images needs Pillow
 
     shape, colour, k = SHAPES[rng.integers(3)], list(COLOURS)[rng.integers(3)], int(rng.integers(3)) + 1
     img = Image.new("RGB", (size, size), (255, 255, 255))
