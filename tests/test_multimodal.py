@@ -152,7 +152,7 @@ def test_answers_above_chance_after_stage_2(tiny_suite: TinySuite, shapes, tmp_p
     """The two stages as ``run_multimodal`` runs them, on 800 drawn images, evaluated on 180 held-out
     questions (60 new images x colour, shape, count; chance 1/3). The settings are the test's, not the
     recipe's: ~250 steps at a high LR are what a 4K-token 64-wide language model needs to start reading
-    4 image tokens (measured: at chance after 100 steps, ~0.5-0.7 accuracy after 200-300; ~25 s)."""
+    4 image tokens (measured: at chance after 100 steps, ~0.5-0.7 accuracy after 200-300; ~35 s on one core)."""
     root, _, _ = shapes
     train = write_shapes_set(tmp_path / "train", 800, seed=2)
     test = write_shapes_set(tmp_path / "test", 60, seed=3)
