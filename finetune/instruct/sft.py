@@ -20,6 +20,11 @@ MODEL is a suite member (``core.suite``): a local transformers directory, or a h
    ``chat_template_sha256``: the template the records were rendered with (``data.chat.template_sha256``),
    so runs with different templates are never pooled as seeds of one setting.
 
+A run stopped midway (SIGTERM / SIGUSR1: a Slurm preemption, exit 75; or killed) resumes when the same
+command runs again, on any number of ranks: checkpoints every ``checkpoint_every`` steps, every
+``checkpoint_minutes`` and on a stop, in ``OUT.checkpoints`` beside ``out``, removed once ``out`` is
+written (``finetune.instruct.sft_checkpoint``).
+
 ``out`` holding ``overtrain_suite.json`` with an ``sft`` config is finished: a rerun with the same
 settings is skipped ("already done"; it appends the results row if that is missing), other settings
 are an error, ``overwrite=true`` replaces it. A member's pre-training tokens must be known (parsed or
