@@ -43,7 +43,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .config import from_dict, parse_count, to_dict
-from .dist import reshard
+from .dist import DistInfo, barrier, full_state_dict, is_sharded, reshard
 from .errors import CheckpointError, ConfigError
 from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
 from .paths import expand_path
@@ -65,11 +65,12 @@ def write_checkpoint(
     step: int,
     files: dict[str, object],
     meta: dict,
-    spec: ModelSpec,
+    spec: ModelSpec | None,
     dirs: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``files`` (name -> object for torch.save) + model.yaml + meta.json atomically; ``dirs``
-    (name -> a directory already written, e.g. by every rank's ``save_sharded``) are moved in."""
+    (name -> a directory already written, e.g. by every rank's ``save_sharded``) are moved in.
+    ``spec`` None (a transformers model, SFT's: no ModelSpec): no model.yaml."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -79,7 +80,8 @@ def write_checkpoint(
     tmp.mkdir()
     for name, obj in files.items():
         torch.save(obj, tmp / name)
-    (tmp / "model.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
+    if spec is not None:
+        (tmp / "model.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     for name, src in (dirs or {}).items():
         os.replace(src, tmp / name)
@@ -398,6 +400,52 @@ def load_sharded_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.
     except Exception as e:  # noqa: BLE001  (dcp wraps reader errors in its own types)
         raise CheckpointError(f"{path}: cannot load the sharded optimizer state ({str(e).splitlines()[0]})") from None
     set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def save_training_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    info: DistInfo,
+    files: dict[str, object],
+    meta: dict,
+    spec: ModelSpec | None,
+) -> None:
+    """A training checkpoint of step ``step`` (a collective: every rank calls it): model.pt (the whole
+    weights, gathered on rank 0 under fsdp), the optimizer state (fsdp: ``optim/``, every rank writing
+    its shards with ``save_sharded``; else rank 0's ``optim.pt``), and rank 0's ``files`` (e.g.
+    state.pt) and ``meta``, written atomically by ``write_checkpoint``. Pre-training and SFT save through it."""
+    files, dirs = dict(files), {}
+    if is_sharded(model):  # every rank writes its optimizer shards; rank 0 moves them in
+        shards = Path(ckpt_root) / f".tmp-{step_dir_name(step)}-optim"
+        if info.is_main:
+            shutil.rmtree(shards, ignore_errors=True)
+            shards.parent.mkdir(parents=True, exist_ok=True)
+        barrier()
+        save_sharded(shards, model, optimizer)
+        dirs["optim"] = shards
+    elif info.is_main:
+        files["optim.pt"] = optimizer.state_dict()
+    weights = full_state_dict(model, info)  # gathered on rank 0 (a collective if sharded)
+    if info.is_main:
+        write_checkpoint(ckpt_root, step, {"model.pt": weights, **files}, meta, spec, dirs=dirs)
+    barrier()
+
+
+def load_optimizer_state(
+    step_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> None:
+    """A training checkpoint's optimizer state into ``optimizer`` of ``model`` as laid out now, whatever
+    the layout it was saved from: ``optim/`` (sharded, fsdp) loads on any number of ranks, sharded or
+    not; ``optim.pt`` (whole: ddp, one process) into a sharded model keeps each rank's shards of it.
+    ``model`` is the module the optimizer was built on (not a DDP wrapper: its names are the keys)."""
+    if (step_dir / "optim").is_dir():
+        load_sharded_optimizer(step_dir / "optim", model, optimizer)
+    elif is_sharded(model):
+        load_whole_optimizer(step_dir / "optim.pt", model, optimizer)
+    else:
+        optimizer.load_state_dict(torch.load(step_dir / "optim.pt", map_location=device, weights_only=True))
 
 
 def load_whole_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .errors import ConfigError
 
@@ -88,7 +89,6 @@ def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.
     """DDP with default bucketing; gradients as bucket views (no extra gradient copy)."""
     if not info.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
@@ -127,7 +127,7 @@ def shard(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], fsdp: FSDPC
     ``infshape`` (an attribute of the old one) is copied over by name, so the optimizer built after
     sharding (``core.optim``) groups and scales the LRs as for the unsharded model.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # heavy: ~0.6 s, sharded runs only
 
     shapes = {n: p.infshape for n, p in model.named_parameters() if hasattr(p, "infshape")}
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -141,7 +141,7 @@ def shard(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], fsdp: FSDPC
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # heavy: ~0.6 s, sharded runs only
 
     return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
 
@@ -152,7 +152,7 @@ def reshard(model: torch.nn.Module) -> None:
     is false, and while they are, the model's parameters are the gathered tensors rather than the
     shards the optimizer steps: a state dict taken then cannot be matched to the optimizer's
     (torch's ``get_optimizer_state_dict``: KeyError), and a unit's whole weights stay in memory."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # heavy: ~0.6 s, sharded runs only
 
     for m in getattr(model, "_orig_mod", model).modules():
         if isinstance(m, FSDPModule):
@@ -164,7 +164,10 @@ def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.T
     collective (every rank calls it): the shards are gathered one tensor at a time."""
     if not is_sharded(model):
         return model.state_dict() if info.is_main else None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # heavy: loads torch.distributed.fsdp
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     reshard(model)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -88,7 +88,7 @@ class Estimate:
 
 def olmo_shape(spec) -> Shape:
     """The ``Shape`` of an overtrain OLMo (``core.model.ModelSpec``), from its parameter count."""
-    from .model import count_params
+    from .model import count_params  # heavy: core.model imports olmo (~4 s); grid plan stays light
 
     n = count_params(spec)["total_params"]
     root = 2 * spec.embedding_size * spec.d_model  # input embedding + readout

@@ -12,7 +12,7 @@ rows", lists its keys. The kinds and who writes them:
     PerturbRow   "perturb"   C4 perplexity under weight noise (``overtrain perturb``)
     TheoryRow    "theory"    one point of the linear-network study (``overtrain theory``, ``finetune.theory``)
     AlpacaEvalRow "alpaca_eval" AlpacaEval win rates of a suite member (``overtrain alpaca-eval``,
-                             ``evaluate.alpaca``), drawn by ``evaluate.report_suite`` like the suite kinds below
+                             ``evaluate.alpaca``), drawn by ``evaluate.report.suite_part`` like the suite kinds below
     OtherRow     any other   kept as read; the report counts and ignores it, except the suite kinds
                              "lm_eval" (``overtrain lm-eval``) and "multimodal" (``overtrain multimodal``,
                              ``finetune.instruct.multimodal``: a LLaVA-tuned suite member on a visual QA set; keys

@@ -14,7 +14,8 @@ list of ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\
 
     captions.json   stage 1: the human turn is "<image>", the answer the caption
                     ("Three red circles.")
-    instruct.json   stage 2: one question about one fact per image, the answer the fact's value
+    instruct.json   stage 2: one conversation per image, the three questions in a random order
+                    (the first turn holds ``<image>``), each answered with the fact's value
     vqa.jsonl       evaluation: ``{"image", "question", "answer", "choices"}`` per line (every
                     fact asked of every image)
 
@@ -42,7 +43,7 @@ QUESTIONS = {
 
 def draw_shapes(rng: np.random.Generator, size: int = 32) -> tuple:
     """(PIL RGB image of ``size`` x ``size``, facts ``{"shape", "colour", "count"}``)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # heavy: only the drawing of the images needs Pillow
 
     shape, colour, k = SHAPES[rng.integers(3)], list(COLOURS)[rng.integers(3)], int(rng.integers(3)) + 1
     img = Image.new("RGB", (size, size), (255, 255, 255))
@@ -80,10 +81,10 @@ def write_shapes_set(out: str | Path, n: int, seed: int = 0, size: int = 32) -> 
         img, facts = draw_shapes(rng, size)
         rel = f"images/{i:05d}.png"
         img.save(out / rel)
-        captions.append(_record(f"{i}", rel, "<image>", caption(facts)))
-        fact = list(QUESTIONS)[int(rng.integers(len(QUESTIONS)))]
-        question, _ = QUESTIONS[fact]
-        instruct.append(_record(f"{i}", rel, f"<image>\n{question}", facts[fact]))
+        captions.append(_record(f"{i}", rel, [("<image>", caption(facts))]))
+        turns = [(QUESTIONS[f][0], facts[f]) for f in rng.permutation(list(QUESTIONS))]
+        turns[0] = (f"<image>\n{turns[0][0]}", turns[0][1])
+        instruct.append(_record(f"{i}", rel, turns))
         for f, (q, choices) in QUESTIONS.items():
             vqa.append({"image": rel, "question": q, "answer": facts[f], "choices": list(choices)})
     paths = {"captions": out / "captions.json", "instruct": out / "instruct.json", "vqa": out / "vqa.jsonl"}
@@ -93,9 +94,7 @@ def write_shapes_set(out: str | Path, n: int, seed: int = 0, size: int = 32) -> 
     return paths
 
 
-def _record(rid: str, image: str, human: str, answer: str) -> dict:
-    return {
-        "id": rid,
-        "image": image,
-        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}],
-    }
+def _record(rid: str, image: str, turns: list[tuple[str, str]]) -> dict:
+    """A LLaVA record: (human, gpt) turns about one image."""
+    conversation = [{"from": who, "value": v} for h, a in turns for who, v in (("human", h), ("gpt", a))]
+    return {"id": rid, "image": image, "conversations": conversation}

@@ -236,3 +236,27 @@ def test_turn_rule_false_positive_rate_and_power_on_synthetic_curves():
         hits += all(c.turns for c in turning)
     assert fp / studies <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / studies), fp / studies
     assert hits / studies >= 0.85, hits / studies  # 93.5% measured; 600 studies: binomial sd 1%
+
+
+def test_no_verdict_bounds_the_worsening_from_every_earlier_budget():
+    """ "No catastrophic overtraining" is an intersection-union test (as report.stats.turn_test): the
+    95% upper bound max_i (d_i + t_{0.95, S-1} se_i) over every earlier budget, finite also when the
+    largest budget is the best; so a falling curve whose seeds disagree widely is "cannot tell"."""
+    from overtrain.evaluate.report.theory_part import TheoryCurve, decide, verdict
+
+    rng = np.random.default_rng(1)
+    x = np.array([16, 32, 64, 128])
+    falling = np.log([1.0, 0.9, 0.8, 0.79])  # the largest budget is the best, 1.3% below the one before
+    quiet = TheoryCurve("quiet", x, falling + rng.normal(0, 0.001, (4, len(x))))
+    noisy = TheoryCurve("noisy", x, falling + rng.normal(0, 0.2, (4, len(x))))
+    for c in (quiet, noisy):
+        decide([c])
+        assert c.best == len(x) - 1 and math.isfinite(c.upper)
+        diff = c.ys[:, -1:] - c.ys[:, :-1]
+        bounds = diff.mean(0) + t_ppf(0.95, 3) * diff.std(0, ddof=1) / 2  # S = 4 replicates
+        assert c.upper == pytest.approx(bounds.max(), rel=1e-12)
+    no, text = verdict(quiet, 0.01)
+    assert no is False and "lowest" in text and f"{math.expm1(quiet.upper):+.2%}" in text
+    assert quiet.upper < 0  # every earlier budget worse, beyond the seeds' sd 0.001
+    told, text = verdict(noisy, 0.01)  # the same falling means; seeds sd 0.2 cannot rule out +1%
+    assert told is None and text.startswith("cannot tell") and noisy.upper > math.log1p(0.01)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -42,14 +41,12 @@ from ..core import dist
 from ..core.atomic import atomic_write_text
 from ..core.checkpoint import (
     load_model,
-    load_sharded_optimizer,
-    load_whole_optimizer,
+    load_optimizer_state,
     prune_checkpoints,
     rng_state,
-    save_sharded,
+    save_training_checkpoint,
     set_rng_state,
     step_dir_name,
-    write_checkpoint,
 )
 from ..core.config import to_dict
 from ..core.errors import CheckpointError
@@ -110,12 +107,7 @@ def build_model_and_optimizer(
         )
     model = layout(model, cfg, info, device)
     opt = optimizer_for(model, cfg.optim)
-    if (ckpt / "optim").is_dir():  # saved sharded (fsdp): loads on any number of ranks, sharded or not
-        load_sharded_optimizer(ckpt / "optim", model, opt)
-    elif dist.is_sharded(model):  # saved whole (ddp, one process): every rank keeps its shards of it
-        load_whole_optimizer(ckpt / "optim.pt", model, opt)
-    else:
-        opt.load_state_dict(torch.load(ckpt / "optim.pt", map_location=device, weights_only=True))
+    load_optimizer_state(ckpt, model, opt, device)  # saved sharded or whole, for any number of ranks
     rngs = state["rng"]  # one per rank; on another number of ranks, every rank continues rank 0's
     set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
     return (
@@ -374,24 +366,11 @@ class PretrainRun(Hook):
         """checkpoints/step-N/: model.pt (whole, gathered under fsdp) + meta.json, optim.pt (fsdp: optim/,
         sharded) and state.pt (what an exact resume needs)."""
         rngs = gather_rng_states(self.info)
-        files, dirs = {}, {}
-        if dist.is_sharded(self.model):  # every rank writes its optimizer shards; rank 0 moves them in
-            shards = self.ckpt_root / f".tmp-{step_dir_name(done)}-optim"
-            if self.info.is_main:
-                shutil.rmtree(shards, ignore_errors=True)
-                shards.parent.mkdir(parents=True, exist_ok=True)
-            dist.barrier()
-            save_sharded(shards, self.model, self.opt)
-            dirs["optim"] = shards
-        elif self.info.is_main:
-            files["optim.pt"] = self.opt.state_dict()
-        weights = dist.full_state_dict(self.model, self.info)  # gathered on rank 0 (a collective if sharded)
-        if self.info.is_main:
-            files.update({"model.pt": weights, "state.pt": self.trainer_state(done, rngs)})
-            meta = self.checkpoint_meta(done, reasons)
-            write_checkpoint(self.ckpt_root, done, files, meta, self.spec, dirs=dirs)
-            if "periodic" in reasons:
-                prune_checkpoints(self.ckpt_root, self.cfg.checkpoint.keep_last)
+        files = {"state.pt": self.trainer_state(done, rngs)} if self.info.is_main else {}
+        meta = self.checkpoint_meta(done, reasons) if self.info.is_main else {}
+        save_training_checkpoint(self.ckpt_root, done, self.model, self.opt, self.info, files, meta, self.spec)
+        if self.info.is_main and "periodic" in reasons:
+            prune_checkpoints(self.ckpt_root, self.cfg.checkpoint.keep_last)
         dist.barrier()
 
     def checkpoint_meta(self, done: int, reasons: list[str]) -> dict:

@@ -31,9 +31,11 @@ convergence, where the loss is ~1e-12: up to 0.4).
 Verdict (``verdict``), per task on its unregularized tuned curve: "catastrophic overtraining" when
 it turns and its worsening d_best exceeds log(1 + tolerance) (population losses leave so little
 seed noise that an immaterial +0.01% can be significant); "no catastrophic overtraining" when the
-95% upper bound d_best + t_{0.95, S-1} se_best of the worsening from the best budget to the
-largest is within log(1 + tolerance) (best = largest: no worsening at all); a turn below the
-tolerance whose bound is not is still "catastrophic overtraining"; otherwise "cannot tell". With
+one-sided 95% upper bound max_i (d_i + t_{0.95, S-1} se_i) of the largest budget's worsening from
+*every* earlier budget i is within log(1 + tolerance) (an intersection-union test, as the LM
+report's ``report.stats.turn_test``: finite also when the largest budget is the best, so noisy
+seeds cannot make a falling curve "no"); a turn below the tolerance whose bound is not is still
+"catastrophic overtraining"; otherwise "cannot tell". With
 one replicate nothing is decided. A best budget that is the smallest is said so: the curve worsens
 from the start, no interior inflection. Sanity flags: the pre-trained network's own loss rising
 with T (finite samples overfitted: a turn is then not only the mechanism), a tuned LR at an end
@@ -65,7 +67,7 @@ class TheoryCurve:
     ys: np.ndarray
     p: np.ndarray = field(default_factory=lambda: np.zeros(0))  # one-sided p per earlier budget
     turns: bool = False
-    upper: float = -math.inf  # 95% upper bound of the worsening best -> largest (log)
+    upper: float = math.inf  # 95% upper bound of the largest budget's worsening from any earlier one (log)
 
     @property
     def y(self) -> np.ndarray:
@@ -99,8 +101,7 @@ def decide(curves: list[TheoryCurve]) -> None:
         d, se = diff.mean(0), diff.std(0, ddof=1) / math.sqrt(s)
         z = np.where(se > 0, d / np.where(se > 0, se, 1.0), np.where(d > 0, np.inf, -np.inf))
         c.p = t_sf(z, s - 1)
-        b = c.best
-        c.upper = -math.inf if b == len(c.x) - 1 else float(d[b] + t_ppf(0.95, s - 1) * se[b])
+        c.upper = float(np.max(d + t_ppf(0.95, s - 1) * se))
     for c, rej in zip(curves, holm([c.p for c in curves])):
         c.turns = bool(rej.any())
 
@@ -118,10 +119,11 @@ def verdict(c: TheoryCurve, tolerance: float) -> tuple[bool | None, str]:
             f"{math.expm1(c.worse):+.1%} worse (smallest one-sided p={min(c.p):.2g}, Holm-rejected at 5%)"
         )
     if c.upper <= tol:
+        bound = f"95% upper bound of the largest budget's worsening from any earlier one {math.expm1(c.upper):+.2%}"
         return False, "no catastrophic overtraining: " + (
-            "the pre-training loss after fine-tuning falls with every budget"
-            if c.upper == -math.inf
-            else f"worsening from the best budget ({at}) within {tolerance:.0%} (95% upper bound {math.expm1(c.upper):+.2%})"
+            f"the largest budget's pre-training loss after fine-tuning is the lowest ({bound})"
+            if c.best == len(c.x) - 1
+            else f"worsening from the best budget ({at}) within {tolerance:.0%} ({bound})"
         )
     if c.turns:
         return True, f"catastrophic overtraining: {where}; {math.expm1(c.worse):+.1%} (Holm-rejected at 5%)"

@@ -30,8 +30,10 @@ normalized with the tower's mean/std (LLaVA-1.5's ``image_aspect_ratio=pad``).
 
 Hyperparameters (the LLaVA recipe, LLaVA-1.5's ``scripts/v1_5/pretrain.sh`` / ``finetune.sh`` as
 we read them; marked ``LLaVA`` below): CLIP ViT-L/14 at 336 px, layer -2, ``mlp2x_gelu``
-projector; stage 1 lr 1e-3, batch 256, 1 epoch; stage 2 lr 2e-5, batch 128, 1 epoch; both warmup
-3%, cosine decay, no weight decay, 2048 tokens. AdamW (0.9, 0.999), clip 1.0 are our marked
+projector with torch's default ``nn.Linear`` init (LLaVA builds it after loading the LM); stage 1 lr 1e-3, batch 256, 1 epoch; stage 2 lr 2e-5, batch 128, 1 epoch; both warmup
+3%, cosine decay, no weight decay, 2048 tokens. (A toy model needs other settings: the tests'
+64-wide language model, pre-trained on 4K tokens, starts answering from its 4 image tokens only
+after ~150-250 stage-2 steps at lr 3e-3; ``tests/test_multimodal.py`` passes them explicitly.) AdamW (0.9, 0.999), clip 1.0 are our marked
 choices (the HF Trainer's defaults LLaVA inherits). Both stages run on the one loop
 (``train.trainer.Trainer`` with a ``SingleRun``), one process (no DDP here); a micro-batch's
 images travel with its ids as the tensor attribute ``pixel_values`` (the step core moves (x, y)
@@ -269,6 +271,12 @@ def build_llava(member_dir: Path, tower):
         projector_hidden_act="gelu",  # mlp2x_gelu (LLaVA)
     )
     model = LlavaForConditionalGeneration(config)
+    # LLaVA builds its projector as plain nn.Linear layers after loading the LM, so they keep torch's
+    # default init (uniform, bound 1/sqrt(fan_in)), not transformers' normal(0, 0.02) (LLaVA). Alike
+    # at CLIP-L/OLMo-1B widths; for the tests' 32 -> 64 the latter's image tokens are ~18x smaller,
+    # and the language model then takes ~100 more steps to start reading them
+    for layer in (model.model.multi_modal_projector.linear_1, model.model.multi_modal_projector.linear_2):
+        layer.reset_parameters()
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
     model.model.vision_tower.load_state_dict(tower.state_dict())
@@ -525,6 +533,7 @@ def run_multimodal(model_ref: str, cfg: MultimodalConfig, log=print) -> dict:
     if prov["pretrain_tokens"] is None:
         raise ConfigError(f"{member.ref}: pre-training tokens unknown; give tokens=")
     tower, mean, std = load_vision(cfg.vision)
+    torch.manual_seed(cfg.seed)  # the projector's init
     model, tokenizer = build_llava(path, tower)
     model.to(device)
     _, n_image = vision_spec(model)
@@ -533,7 +542,6 @@ def run_multimodal(model_ref: str, cfg: MultimodalConfig, log=print) -> dict:
     )
     if n_image + 2 > max_len:
         raise ConfigError(f"max_seq_len: {max_len} tokens leave no room beside {n_image} image tokens")
-    torch.manual_seed(cfg.seed)
     stats = {}
     for stage, recs, skipped, encode in ((1, captions, skip1, encode_stage1), (2, instruct, skip2, encode_stage2)):
         seqs = encode(tokenizer, recs, n_image, max_len)

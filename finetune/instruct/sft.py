@@ -20,6 +20,11 @@ MODEL is a suite member (``core.suite``): a local transformers directory, or a h
    ``chat_template_sha256``: the template the records were rendered with (``data.chat.template_sha256``),
    so runs with different templates are never pooled as seeds of one setting.
 
+A run stopped midway (SIGTERM / SIGUSR1: a Slurm preemption, exit 75; or killed) resumes when the same
+command runs again, on any number of ranks: checkpoints every ``checkpoint_every`` steps, every
+``checkpoint_minutes`` and on a stop, in ``OUT.checkpoints`` beside ``out``, removed once ``out`` is
+written (``finetune.instruct.sft_checkpoint``).
+
 ``out`` holding ``overtrain_suite.json`` with an ``sft`` config is finished: a rerun with the same
 settings is skipped ("already done"; it appends the results row if that is missing), other settings
 are an error, ``overwrite=true`` replaces it. A member's pre-training tokens must be known (parsed or
@@ -63,6 +68,7 @@ open-instruct's TULU defaults as we know them, not checked against the papers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -86,6 +92,7 @@ from ...core.identity import no_result, no_result_keys
 from ...core.memory import Setup, check_fits, hf_shape, setup_of
 from ...core.optim import build_optimizer
 from ...core.paths import expand_path
+from ...core.preempt import stop_requested
 from ...core.results import append_row, read_rows
 from ...core.schedule import Schedule, ScheduleConfig
 from ...core.suite import (
@@ -100,6 +107,7 @@ from ...core.suite import (
 from ...data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
 from ...train.trainer import Hook, SingleRun, StepEvent, Trainer
 from ..training import batch_plan
+from .sft_checkpoint import Resumed, SFTCheckpoints
 
 ROW_KIND = "sft"
 
@@ -136,6 +144,10 @@ class SFTConfig:
     results: str | None = no_result(None)  # append one 'sft' row (provenance + training stats) to this results.jsonl
     overwrite: bool = no_result(False)  # replace a finished out (else a finished out is skipped)
     log_every: int = no_result(10)  # a progress line every N steps (0 = none)
+    # mid-run checkpoints beside out (OUT.checkpoints, finetune.instruct.sft_checkpoint): every N steps (0 = by time only)
+    checkpoint_every: int = no_result(0)
+    # ... and once this many minutes passed since the last (0 = never by time; marked choice: at most 30 min lost)
+    checkpoint_minutes: float = no_result(30.0)
 
     def validate(self) -> None:
         if not self.data:
@@ -148,6 +160,8 @@ class SFTConfig:
             raise ValueError("max_seq_len must be >= 2 and max_examples >= 1")
         if not 0 <= self.warmup < 1 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("warmup must be in [0, 1); weight_decay and grad_clip >= 0")
+        if self.checkpoint_every < 0 or self.checkpoint_minutes < 0:
+            raise ValueError("checkpoint_every and checkpoint_minutes must be >= 0 (0 = off)")
 
 
 # Settings that change no result (fields marked ``core.identity.no_result``): left out of the
@@ -226,21 +240,33 @@ def idle_micro_batch(pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_sft(
-    model, tokenizer, enc: ChatEncoding, cfg: SFTConfig, device, log=None, info: dist.DistInfo | None = None
+    model,
+    tokenizer,
+    enc: ChatEncoding,
+    cfg: SFTConfig,
+    device,
+    log=None,
+    info: dist.DistInfo | None = None,
+    checkpoints: SFTCheckpoints | None = None,
 ) -> dict:
     """Train ``model`` in place over ``cfg.epochs`` passes of ``enc``; returns the training stats (global,
     the same on every rank). Under torchrun (``info`` distributed) this rank trains on its share of
     every batch through DDP (module doc). The one loop (``train.trainer.Trainer``): a ``SingleRun``
-    with ``sft_loss`` (the chat-masked step), a non-finite loss raises (``Diverged``)."""
+    with ``sft_loss`` (the chat-masked step), a non-finite loss raises (``Diverged``). With
+    ``checkpoints`` (``sft_checkpoint``, prepared): resumed from its checkpoint, if any, and saved
+    mid-run; a SIGTERM / SIGUSR1 saves one and raises ``core.preempt.Preempted``."""
     info = info or dist.DistInfo()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n = len(enc.ids)
     per_epoch, total = batch_plan(n, cfg.batch_size, cfg.epochs)  # an epoch's last batch may be smaller
     schedule = Schedule.build(ScheduleConfig(warmup_fraction=cfg.warmup, decay=cfg.schedule), total, 1, cfg.lr)
+    resumed = checkpoints.load_weights(model, enc, total) if checkpoints else Resumed()  # before any sharding
     # DDP / FSDP (sharded in place, per decoder layer) under torchrun; the model itself otherwise
     train_model = dist.prepare(model, info, device, cfg.parallel, cfg.fsdp, decoder_layers(model), cfg.precision)
     opt = build_optimizer(model.named_parameters(), cfg.lr, weight_decay=cfg.weight_decay, mup=False)
+    if checkpoints:
+        checkpoints.load_optimizer(model, opt)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padded inputs are never targets
     # Under FSDP every forward is a collective: every rank runs as many micro-batches (idle ones added).
     sharded = dist.is_sharded(train_model)
@@ -258,9 +284,15 @@ def train_sft(
 
     stepper = SingleRun(train_model, opt, cfg.grad_clip, cfg.precision, sft_loss, weights=model)
     record = SFTLog(per_epoch, total, cfg.log_every, log)
+    record.load(resumed.log)
     t0 = time.perf_counter()
-    Trainer(stepper, batches, [schedule], total, [record], "raise", "sft").run()
-    wall = time.perf_counter() - t0
+    # Without checkpoints a signal stops the process as it always did: nothing would be saved.
+    with stop_requested() if checkpoints else contextlib.nullcontext() as stop:
+        if checkpoints:
+            checkpoints.attach(model, opt, record, total, stop)
+        hooks = [record, checkpoints] if checkpoints else [record]
+        Trainer(stepper, batches, [schedule], total, hooks, "raise", "sft").run(resumed.step)
+    wall = resumed.wall_s + time.perf_counter() - t0
     return {
         "steps": total,
         "examples": n,
@@ -274,6 +306,7 @@ def train_sft(
         "wall_s": wall,
         "input_tokens_per_s": record.inputs / wall if wall > 0 else None,
         "world_size": info.world_size,
+        "resumes": resumed.resumes,  # sessions that resumed from a checkpoint (sft_checkpoint)
     }
 
 
@@ -286,6 +319,15 @@ class SFTLog(Hook):
         self.losses: list[float] = []
         self.epoch_sums: list[tuple[float, int]] = []  # per epoch: (sum of loss x tokens, tokens)
         self.tokens = self.inputs = 0
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the log (``load`` restores it): the row's sums so far."""
+        return {"losses": self.losses, "epoch_sums": self.epoch_sums, "tokens": self.tokens, "inputs": self.inputs}
+
+    def load(self, state: dict | None) -> None:
+        if state:
+            self.losses, self.tokens, self.inputs = list(state["losses"]), state["tokens"], state["inputs"]
+            self.epoch_sums = [(float(s), int(t)) for s, t in state["epoch_sums"]]
 
     def after_step(self, ev: StepEvent) -> None:
         (stats,) = ev.stats
@@ -369,9 +411,11 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
     results = expand_path(cfg.results) if cfg.results else None
     recorded = recorded_config(member.ref, cfg)
     done = check_out(out, recorded, cfg.overwrite)
+    checkpoints = SFTCheckpoints(out, recorded, info, cfg.checkpoint_every, cfg.checkpoint_minutes, log)
     if done is not None:
         if info.is_main:
             _ensure_row(results, out, done)
+            checkpoints.remove()  # left by a run killed after writing out
         log(f"sft: {out} already done (overwrite=true redoes it)")
         return done
     if cfg.batch_size < info.world_size:
@@ -393,14 +437,23 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
 
     dist.init(info, device)
     try:
+        checkpoints.prepare(device, cfg.overwrite)  # the checkpoint to resume from, its settings checked
         model, tokenizer, stats = _load_and_train(
-            path, records, cfg, device, info, log, f"{member.ref} ({prov['pretrain_tokens']} pre-training tokens)"
+            path,
+            records,
+            cfg,
+            device,
+            info,
+            log,
+            f"{member.ref} ({prov['pretrain_tokens']} pre-training tokens)",
+            checkpoints,
         )
         prov.update(sft_data=cfg.data, sft=recorded, sft_stats=stats)
         weights = dist.full_state_dict(model, info) if dist.is_sharded(model) else None  # gathered on rank 0
         if info.is_main:
             save_tuned(model, tokenizer, prov, out, weights)
             _ensure_row(results, out, prov)
+            checkpoints.remove()  # the tuned model is saved: the run will not resume again
             log(f"sft: loss {stats['loss_first']:.4f} -> {stats['loss_last']:.4f} in {stats['steps']} steps -> {out}")
         dist.barrier()  # every rank returns once out is written
     finally:
@@ -412,7 +465,7 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.DistInfo, log, what: str):
+def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.DistInfo, log, what: str, checkpoints=None):
     """(model, tokenizer, training stats): the member loaded from ``path`` in fp32 and trained on ``records``."""
     hide_broken_torchvision()
     from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers (optional extra [hf])
@@ -427,7 +480,7 @@ def _load_and_train(path: Path, records, cfg: SFTConfig, device, info: dist.Dist
         f"sft: {what} on {len(enc.ids)} records of {cfg.data} x {cfg.epochs} epochs, lr {cfg.lr:g}, "
         f"on {info.world_size} x {device}"
     )
-    stats = train_sft(model, tokenizer, enc, cfg, device, log, info)
+    stats = train_sft(model, tokenizer, enc, cfg, device, log, info, checkpoints)
     stats["max_seq_len"] = max_len
     stats["chat_template_sha256"] = template_sha256(chat_template_of(tokenizer))
     return model, tokenizer, stats
