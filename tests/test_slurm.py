@@ -296,9 +296,9 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
 
 def test_submit_sh_on_slurm_submits_the_grid_with_its_overrides(tmp_path, slurm):
     """Issue 24 item 5 on the real Slurm: ``grid slurm GRID key=value`` writes the scripts and
-    ``submit.sh``; running that script (held, then cancelled: nothing needs to run) submits the jobs
-    of the grid as overridden (a 20K budget), not of the grid file (10K), whose jobs would have
-    other ids. ~10 s once the module's cluster is up."""
+    ``submit.sh``; running that script (with SBATCH_HOLD, then cancelled: nothing needs to run)
+    submits the jobs of the grid as overridden (a 20K budget), not of the grid file (10K): Slurm's
+    own record of each job names the overridden run. ~10 s once the module's cluster is up."""
     env = dict(slurm, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     results = tmp_path / "overridden"
     grid = _grid(tmp_path, results)
@@ -312,8 +312,21 @@ def test_submit_sh_on_slurm_submits_the_grid_with_its_overrides(tmp_path, slurm)
     try:
         assert sub.returncode == 0, sub.stdout + sub.stderr
         assert set(record) == {"prepare", "pretrain/tiny_20K", "sweep/tiny_20K_final_rte", "perturb/tiny_20K", "report"}
-        queued = subprocess.run(["squeue", "-h", "-o", "%i %j"], env=env, capture_output=True, text=True).stdout
-        assert all(sid.split("_")[0] in queued for sid in record.values()), queued
+
+        # Slurm holds the jobs it was given: the overridden pre-training run and its array. (Not the
+        # queue: SBATCH_HOLD does not stop the dependency-free prepare job, which then finishes in ~1 s;
+        # `scontrol show job` still knows a finished job for MinJobAge, 300 s by default.)
+        def job(sid: str) -> str:
+            return subprocess.run(
+                ["scontrol", "show", "job", sid.split("_")[0]], env=env, capture_output=True, text=True
+            ).stdout
+
+        assert "JobName=pt-tiny_20K" in job(record["pretrain/tiny_20K"]), job(record["pretrain/tiny_20K"])
+        assert "pretrain_tiny_20K.sbatch" in job(record["pretrain/tiny_20K"])
+        assert "JobName=slurm-test-prepare" in job(record["prepare"])
+        array = job(record["sweep/tiny_20K_final_rte"])
+        assert "JobName=slurm-test-ft" in array and "finetune_array.sbatch" in array, array
+        assert "tiny_20K" in (results / "slurm" / "finetune_jobs.txt").read_text()
     finally:
         ids = sorted({s.split("_")[0] for s in record.values()})
         subprocess.run(["scancel", *ids], env=env, capture_output=True)
