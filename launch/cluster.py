@@ -32,7 +32,6 @@ import shutil
 import subprocess
 from dataclasses import replace
 
-from ..core.config import load_config
 from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
 from .plan import Job, gpu_hours
@@ -225,15 +224,12 @@ def check_time_fit(spec: GridSpec, jobs: list[Job], o) -> list[str]:
 def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[Job], list[str]]:
     """Pre-training jobs with a micro-batch that divides each process's share of the global batch
     on ``nodes`` x processes per node (see the module doc); notes of the changes made."""
-    # heavy: torch, imported only for pre-training jobs' batches, never for `overtrain grid --help`
-    from ..train.pretrain_plan import PretrainConfig
-
     out, changes = [], {}
     for j in jobs:
         if j.kind != "pretrain":
             out.append(j)
             continue
-        cfg = load_config(PretrainConfig, j.argv[1], j.argv[2:])
+        cfg = j.config  # the run's PretrainConfig, as its job builder loaded it
         per_node = processes_per_node(j, gpus_per_node)
         world = nodes * per_node
         g, mb = cfg.global_batch_size, cfg.micro_batch_size
@@ -249,7 +245,8 @@ def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[J
             out.append(j)
             continue
         new_mb = max(d for d in range(1, min(mb, share) + 1) if share % d == 0)
-        out.append(replace(j, argv=[*j.argv, format_setting("micro_batch_size", new_mb)]))
+        argv = [*j.argv, format_setting("micro_batch_size", new_mb)]
+        out.append(replace(j, argv=argv, config=replace(cfg, micro_batch_size=new_mb)))
         changes.setdefault((g, mb, world, new_mb), []).append(j.id)
     notes = [
         f"micro_batch_size {mb} -> {new_mb} for {len(ids)} pre-training runs ({ids[0]}{', ...' if len(ids) > 1 else ''}): "
