@@ -9,7 +9,8 @@ cannot be checked, which is said, and Slurm takes any name).
 
 Time (``grid slurm`` too): a job's estimated wall time = its planned FLOPs / (devices x the grid's
 ``hardware`` peak x MFU) (``launch.plan``), with devices = nodes x processes per node for
-pre-training and 1 otherwise. It must fit ``time - signal_s`` (after the signal the job stops and
+pre-training, ``instruct.gpus`` for SFT (``job_layout``: past ``gpus_per_node`` on whole nodes) and 1
+otherwise. It must fit ``time - signal_s`` (after the signal the job stops and
 requeues). A longer pre-training run or sweep can still finish as a chain of requeued segments
 (each stops before the limit, saves, and resumes): ``requeue_long=true`` accepts that; other jobs
 cannot stop cleanly and must fit.
@@ -25,12 +26,12 @@ divide the global batch, the error names the node counts that do.
 from __future__ import annotations
 
 import getpass
+import math
 import re
 import shutil
 import subprocess
 from dataclasses import replace
 
-from ..core.config import load_config
 from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
 from .plan import Job, gpu_hours
@@ -161,10 +162,33 @@ def processes_per_node(job: Job, gpus_per_node: int) -> int:
     return job.nproc or gpus_per_node or 1
 
 
+def job_layout(job: Job, nodes: int, gpus_per_node: int) -> tuple[int, int]:
+    """(nodes, processes per node) of a job on Slurm. Pre-training: ``nodes`` x its ``pretrain.gpus``
+    (0: ``gpus_per_node``). SFT: ``instruct.gpus`` in all (0: ``gpus_per_node``), on one node while they
+    fit one, else on ceil(gpus / gpus_per_node) whole nodes, which they must fill (a ConfigError naming
+    both settings otherwise). Every other job: one process."""
+    if job.kind == "pretrain":
+        return nodes, processes_per_node(job, gpus_per_node)
+    if job.kind != "instruct":
+        return 1, 1
+    total = processes_per_node(job, gpus_per_node)
+    if not gpus_per_node or total <= gpus_per_node:
+        return 1, total
+    if total % gpus_per_node:
+        fits = [n * gpus_per_node for n in (total // gpus_per_node, total // gpus_per_node + 1)]
+        raise ConfigError(
+            f"{job.id}: instruct.gpus={total} spans {math.ceil(total / gpus_per_node)} nodes of gpus_per_node="
+            f"{gpus_per_node} without filling them: use instruct.gpus= one of {', '.join(map(str, fits))} "
+            f"(or at most {gpus_per_node}, one node)"
+        )
+    return total // gpus_per_node, gpus_per_node
+
+
 def job_seconds(spec: GridSpec, job: Job, nodes: int, gpus_per_node: int) -> float:
-    """Estimated wall time of a job at the grid's hardware and MFU (0 for jobs without planned FLOPs)."""
-    devices = nodes * processes_per_node(job, gpus_per_node) if job.kind == "pretrain" else 1
-    return gpu_hours(job.flops, spec.hardware) * 3600 / devices
+    """Estimated wall time of a job at the grid's hardware and MFU (0 for jobs without planned FLOPs):
+    its GPU-hours over the GPUs it runs on, nodes x processes per node (``job_layout``)."""
+    n, per_node = job_layout(job, nodes, gpus_per_node)
+    return gpu_hours(job.flops, spec.hardware) * 3600 / (n * per_node)
 
 
 def check_time_fit(spec: GridSpec, jobs: list[Job], o) -> list[str]:
@@ -200,15 +224,12 @@ def check_time_fit(spec: GridSpec, jobs: list[Job], o) -> list[str]:
 def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[Job], list[str]]:
     """Pre-training jobs with a micro-batch that divides each process's share of the global batch
     on ``nodes`` x processes per node (see the module doc); notes of the changes made."""
-    # heavy: torch, imported only for pre-training jobs' batches, never for `overtrain grid --help`
-    from ..train.pretrain_plan import PretrainConfig
-
     out, changes = [], {}
     for j in jobs:
         if j.kind != "pretrain":
             out.append(j)
             continue
-        cfg = load_config(PretrainConfig, j.argv[1], j.argv[2:])
+        cfg = j.config  # the run's PretrainConfig, as its job builder loaded it
         per_node = processes_per_node(j, gpus_per_node)
         world = nodes * per_node
         g, mb = cfg.global_batch_size, cfg.micro_batch_size
@@ -224,7 +245,8 @@ def fit_batches(jobs: list[Job], nodes: int, gpus_per_node: int) -> tuple[list[J
             out.append(j)
             continue
         new_mb = max(d for d in range(1, min(mb, share) + 1) if share % d == 0)
-        out.append(replace(j, argv=[*j.argv, format_setting("micro_batch_size", new_mb)]))
+        argv = [*j.argv, format_setting("micro_batch_size", new_mb)]
+        out.append(replace(j, argv=argv, config=replace(cfg, micro_batch_size=new_mb)))
         changes.setdefault((g, mb, world, new_mb), []).append(j.id)
     notes = [
         f"micro_batch_size {mb} -> {new_mb} for {len(ids)} pre-training runs ({ids[0]}{', ...' if len(ids) > 1 else ''}): "

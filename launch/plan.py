@@ -24,14 +24,14 @@ import itertools
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..core.config import load_config, parse_count, to_dict
 from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
-from ..core.memory import GB, estimate, fits, hf_shape, olmo_shape, remedy
+from ..core.memory import GB, USABLE, Setup, Shape, estimate, fits, hf_shape, olmo_shape, remedy
 from ..core.paths import expand_path
 from ..core.results import read_rows
 from ..data.tasks import load_task
@@ -61,6 +61,9 @@ class Job:
     nproc: int = 1  # torchrun processes (pre-training, instruction tuning); 0 = the runner's gpus=
     info: dict = field(default_factory=dict)
     mark_done: bool = False  # the runner writes `done` after a successful exit
+    # the command's config as its builder loaded it from the settings it wrote (pretrain, instruct,
+    # multimodal): what the memory plan and the Slurm batch fit read, so nothing parses argv back
+    config: Any = None
 
 
 def _slug(value: Any) -> str:
@@ -165,6 +168,7 @@ def pretrain_job(
     largest budget, for ``intermediate_runs: longest``)."""
     # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
     from ..core.model import load_model_spec
+    from ..train.pretrain_plan import PretrainConfig
 
     pre = spec.pretrain
     tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
@@ -179,6 +183,7 @@ def pretrain_job(
     settings = {"model": model, "budget_tokens": tokens, "run_dir": run_dir, "data.dir": grid_data_dir(spec)}
     argv = ["pretrain", config_path(pre.config), *_settings({**settings, "checkpoint.at_tokens": marks})]
     argv += list(pre.overrides) + _settings(axes)
+    config = load_config(PretrainConfig, argv[1], argv[2:], kind="pretrain")
     return Job(
         f"pretrain/{run_id}",
         "pretrain",
@@ -188,6 +193,7 @@ def pretrain_job(
         flops=flops_per_token_cached(load_model_spec(model)) * tokens,
         nproc=pre.gpus,
         info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks},
+        config=config,
     )
 
 
@@ -248,6 +254,9 @@ def lm_eval_job(spec: GridSpec, root: Path, lid: str, model: str, after: list[st
 
 def instruct_job(spec: GridSpec, root: Path, m, tid: str, name: str, data: str, seed: int | None, n: float) -> Job:
     """Instruction tuning of suite member ``m`` on chat dataset ``name`` (``seed`` None: SFT's own)."""
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
+    from ..finetune.instruct.sft import SFTConfig
+
     ins = spec.instruct
     out = root / "instruct" / tid
     settings = {"data": expand_path(data), "data_name": name, "out": out, "tokens": m.tokens}
@@ -261,7 +270,8 @@ def instruct_job(spec: GridSpec, root: Path, m, tid: str, name: str, data: str, 
         out / "overtrain_suite.json",
         flops=6 * n * ins.train_tokens_estimate,
         nproc=ins.gpus,
-        info={"member": m.name, "tokens": m.tokens, "data": name, "out": str(out), "seed": seed or 0},
+        info={"member": m.name, "ref": m.ref, "tokens": m.tokens, "data": name, "out": str(out), "seed": seed or 0},
+        config=load_config(SFTConfig, None, argv[2:]),
     )
 
 
@@ -281,7 +291,11 @@ def alpaca_eval_job(spec: GridSpec, root: Path, tid: str, model: str, n: float) 
 def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
     """LLaVA tuning of member ``m`` (N = n parameters, tower Nv): stage 1 ~ (4N + 2Nv) per token (the
     frozen LM still backpropagates to the projector, no weight gradients), stage 2 ~ (6N + 2Nv);
-    memory before activations: fp32 AdamW on the LM (16 bytes/param) + the frozen fp32 tower (4)."""
+    memory before activations: fp32 AdamW on the LM (16 bytes/param) + the frozen fp32 tower (4); with
+    the member's shape known, ``plan_memory`` replaces it by the whole estimate (``multimodal_memory``)."""
+    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
+    from ..finetune.instruct.multimodal import MultimodalConfig
+
     mm = spec.multimodal
     nv = float(parse_count(mm.vision_params))
     out = root / "multimodal" / _slug(m.name)
@@ -292,8 +306,11 @@ def multimodal_job(spec: GridSpec, root: Path, m, n: float) -> Job:
     argv += _settings({"results": root / "multimodal" / "results.jsonl"})
     flops = (4 * n + 2 * nv) * mm.stage1_tokens_estimate + (6 * n + 2 * nv) * mm.stage2_tokens_estimate
     memory = (16 * n + 4 * nv) / 1e9
-    info = {"member": m.name, "tokens": m.tokens, "out": str(out), "memory_gb": memory}
-    return Job(f"multimodal/{_slug(m.name)}", "multimodal", argv, [], out / "overtrain_suite.json", flops, info=info)
+    info = {"member": m.name, "ref": m.ref, "tokens": m.tokens, "out": str(out), "memory_gb": memory,
+            "vision_params": nv, "memory_before_activations": True}  # fmt: skip
+    config = load_config(MultimodalConfig, None, argv[2:])
+    return Job(f"multimodal/{_slug(m.name)}", "multimodal", argv, [], out / "overtrain_suite.json", flops, info=info,
+               config=config)  # fmt: skip
 
 
 def extra_job(spec: GridSpec, root: Path, ej) -> Job:
@@ -335,40 +352,77 @@ def _tags(tags: dict[str, Any]) -> list[str]:
     return _settings({f"tags.{k.replace('.', '_')}": v for k, v in tags.items()})
 
 
+def member_architecture(spec: GridSpec, ref: str) -> dict:
+    """A suite member's config.json shape: ``suite.architecture``, else a local member's config.json;
+    {} where unknown offline (a hub member without ``suite.architecture``)."""
+    config = dict(spec.suite.architecture)
+    local = Path(ref) / "config.json"
+    if not config and local.is_file():
+        config = json.loads(local.read_text())
+    return config
+
+
 def job_memory(spec: GridSpec, job: Job):
     """(``core.memory.Shape``, ``Setup``, the settings' names) of a pretrain or instruct job's per-GPU
-    memory, from its own command line; None where the model's shape is unknown offline (a hub member
-    without ``suite.architecture``)."""
+    memory, from the config its builder loaded (``Job.config``); None where the model's shape is unknown
+    offline (a hub member without ``suite.architecture``)."""
     gpus = max(job.nproc, 1)  # 0 = the runner's GPUs: plan as 1 (ddp's memory does not depend on it)
     if job.kind == "pretrain":
         # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
-        from ..train.pretrain_plan import MEMORY_SETTINGS, PretrainConfig, memory_setup, resolve_spec
+        from ..train.pretrain_plan import MEMORY_SETTINGS, memory_setup, resolve_spec
 
-        cfg = load_config(PretrainConfig, job.argv[1], job.argv[2:], kind="pretrain")
-        mspec = resolve_spec(cfg, job.id)
-        cfg.seq_len = cfg.seq_len or mspec.max_sequence_length
+        mspec = resolve_spec(job.config, job.id)
+        cfg = replace(job.config, seq_len=job.config.seq_len or mspec.max_sequence_length)
         return olmo_shape(mspec), memory_setup(cfg, gpus), MEMORY_SETTINGS
     # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..finetune.instruct.sft import MEMORY_SETTINGS, SFTConfig, memory_setup
+    from ..finetune.instruct.sft import MEMORY_SETTINGS, memory_setup
 
-    config = dict(spec.suite.architecture)
-    local = Path(job.argv[1]) / "config.json"
-    if not config and local.is_file():
-        config = json.loads(local.read_text())
+    config = member_architecture(spec, job.info["ref"])
     if not config:
         return None
-    cfg = load_config(SFTConfig, None, job.argv[2:])
     params = parse_count(spec.suite.params) if spec.suite.params else None
-    return hf_shape(config, params), memory_setup(config, cfg, gpus), MEMORY_SETTINGS
+    return hf_shape(config, params), memory_setup(config, job.config, gpus), MEMORY_SETTINGS
+
+
+def multimodal_memory(spec: GridSpec, job: Job):
+    """(``Shape`` of the member, ``Setup`` of stage 2, the tower's bytes) of a multimodal job; None where
+    the member's shape is unknown offline. Stage 2 is the peak (stage 1 trains only the projector): the
+    member trained as an SFT run on one GPU (fp32 AdamW, bf16 autocast unless ``precision=fp32``; no
+    sharding, no activation checkpointing), records of ``max_seq_len`` tokens with the image's included,
+    plus the frozen fp32 tower (4 Nv; its forward keeps no activations for a backward)."""
+    config = member_architecture(spec, job.info["ref"])
+    if not config:
+        return None
+    cfg = job.config
+    seq = min(cfg.max_seq_len, config.get("max_position_embeddings") or cfg.max_seq_len)
+    params = parse_count(spec.suite.params) if spec.suite.params else None
+    setup = Setup(cfg.micro_batch_size, seq, 1, bf16=cfg.precision != "fp32")
+    return hf_shape(config, params), setup, 4 * job.info["vision_params"]
+
+
+def multimodal_fix(shape: Shape, setup: Setup, tower: float, limit: float) -> str:
+    """The micro-batch that makes a multimodal job fit ``limit`` GB, else why nothing here does."""
+    micro = setup.micro_batch_size // 2
+    while micro >= 1:
+        if estimate(shape, replace(setup, micro_batch_size=micro)).total + tower <= USABLE * limit * GB:
+            return f"micro_batch_size={micro}"
+        micro //= 2
+    least = (estimate(shape, replace(setup, micro_batch_size=1)).total + tower) / GB
+    return f"nothing in multimodal.args: it runs on one GPU without sharding and needs ~{least:.1f} GB at micro_batch_size=1"
 
 
 def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
-    """Each pretrain / instruct job's per-GPU memory estimate into ``info["memory_gb"]``; with
-    ``hardware.memory_gb``, every such job checks it again itself (``memory_gb=``), and a job that will
-    not fit is refused here, before any submission, naming the setting that makes it fit."""
+    """Each pretrain / instruct / multimodal job's per-GPU memory estimate into ``info["memory_gb"]``;
+    with ``hardware.memory_gb``, every pretrain / instruct job checks it again itself (``memory_gb=``),
+    and a job that will not fit is refused here, before any submission, naming the setting that makes
+    it fit. A multimodal job whose member's shape is unknown keeps its estimate before activations
+    (``multimodal_job``), a lower bound: refused when even that does not fit."""
     limit = spec.hardware.memory_gb
     refused = []
     for job in jobs:
+        if job.kind == "multimodal":
+            refused += _plan_multimodal_memory(spec, job, limit)
+            continue
         if job.kind not in ("pretrain", "instruct"):
             continue
         found = job_memory(spec, job)
@@ -382,6 +436,7 @@ def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
         if limit is None:
             continue
         job.argv.append(f"memory_gb={limit:g}")
+        job.config.memory_gb = limit
         if not fits(shape, setup, limit):
             stage = job.kind if job.kind == "pretrain" else "instruct"
             names = {**names, "gpus": f"{stage}.gpus"}
@@ -394,6 +449,28 @@ def plan_memory(spec: GridSpec, jobs: list[Job]) -> None:
             f"grid {spec.name}: {len(refused)} job(s) need more than 90% of hardware.memory_gb={limit:g} per GPU "
             f"({spec.hardware.name}):\n  " + "\n  ".join(refused[:5]) + more
         )
+
+
+def _plan_multimodal_memory(spec: GridSpec, job: Job, limit: float | None) -> list[str]:
+    """``plan_memory`` for one multimodal job: its refusal, if any."""
+    found = multimodal_memory(spec, job)
+    if found is None:  # the lower bound multimodal_job wrote
+        low = job.info["memory_gb"]
+        if limit is None or low <= USABLE * limit:
+            return []
+        return [
+            f"{job.id}: at least ~{low:.1f} GB per GPU before activations (fp32 AdamW on the LM + the tower); "
+            "to fit: nothing in multimodal.args (one GPU, no sharding)"
+        ]
+    shape, setup, tower = found
+    est = estimate(shape, setup)
+    est = replace(est, weights=est.weights + tower)
+    job.info.update(memory_gb=est.total / GB, memory=est.describe(), memory_before_activations=False)
+    if limit is None or est.total <= USABLE * limit * GB:
+        return []
+    fix = multimodal_fix(shape, setup, tower, limit)
+    where = "" if fix.startswith("nothing") else " (settings of multimodal.args)"
+    return [f"{job.id}: ~{est.describe()} per GPU (weights with the tower); to fit: {fix}{where}"]
 
 
 def suite_params(spec: GridSpec) -> float:
@@ -698,9 +775,13 @@ def print_plan(spec: GridSpec, jobs: list[Job], verbose: bool = True) -> None:
         f"  total: {s['flops']:.3e} FLOPs = {s['gpu_hours']:.1f} GPU-hours on {hw.name} "
         f"({hw.peak_tflops:g} TFLOP/s peak at {hw.mfu:.0%} MFU)"
     )
-    mm = [j.info["memory_gb"] for j in jobs if j.kind == "multimodal"]
+    mm = [j.info for j in jobs if j.kind == "multimodal"]
     if mm:
-        print(f"  multimodal: ~{max(mm):.1f} GB per job before activations (fp32 AdamW on the LM + the tower)")
+        low = any(i["memory_before_activations"] for i in mm)
+        what = (
+            "before activations (fp32 AdamW on the LM + the tower)" if low else "(stage 2: the LM trained, the tower)"
+        )
+        print(f"  multimodal: ~{max(i['memory_gb'] for i in mm):.1f} GB per job {what}")
     for m in s["suite_members"]:
         if m["requested"] is not None:
             print(

@@ -14,7 +14,8 @@ Written to OUT (default RESULTS_DIR/slurm)::
     finetune_jobs.txt      sweeps, perturbations and lm-eval jobs, one a line: DONE-MARKER <TAB> overtrain arguments
     finetune_array.sbatch  the array over finetune_jobs.txt (``grid submit`` picks the indices)
     report.sbatch          the report, after everything
-    extra_ID.sbatch        the grid's extra jobs
+    extra_ID.sbatch        the grid's extra jobs, and its suite jobs (SFT: torchrun as pre-training, on
+                           instruct.gpus / gpus_per_node whole nodes past one node; ``cluster.job_layout``)
     submit.sh              runs ``overtrain grid submit`` with the same settings
 
 Preemption and time limits: jobs are ``--requeue``-able and get ``--signal=B:USR1@signal_s``
@@ -55,7 +56,7 @@ from ..core.atomic import atomic_write_text
 from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting
 from ..core.paths import expand_path
-from .cluster import check_options, check_time_fit, fit_batches
+from .cluster import check_options, check_time_fit, fit_batches, job_layout
 from .plan import Job, overtrain_command
 from .runner import is_done
 from .spec import GridSpec
@@ -191,36 +192,54 @@ def _py(argv: list[str], nproc: int = 1) -> str:
     return '"$PY" ' + shlex.join(overtrain_command(argv, nproc)[1:])
 
 
-def pretrain_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
-    nproc = job.nproc or o.gpus_per_node or 1
-    cpus = o.cpus_per_task or (8 * o.gpus_per_node if o.gpus_per_node else nproc)
-    res = [f"--nodes={o.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}"]
-    res += [f"--gpus-per-node={o.gpus_per_node}"] if o.gpus_per_node else []
-    text = _header(spec, o, out, f"Pre-training run {short(job)}", job_name(spec, job), res)
-    if nproc == 1 and o.nodes == 1:
-        return text + f"run_resumable {_done_arg(job)} 0 srun {_py(job.argv)}\n"
-    if o.nodes == 1:
+def torchrun_script(
+    spec: GridSpec, o: SlurmOptions, out: Path, job: Job, what: str, nodes: int, per_node: int, res: list[str]
+) -> str:
+    """The one builder of a torchrun job's batch file (pre-training and SFT): ``nodes`` x ``per_node``
+    processes, ``--standalone`` on one node, across nodes the c10d rendezvous on the allocation's first
+    node (its hostname; port 29500 + job id mod 1000, so two jobs sharing a head node do not collide)."""
+    text = _header(spec, o, out, what, job_name(spec, job), res)
+    mark = 1 if job.mark_done else 0
+    if per_node == 1 and nodes == 1:
+        return text + f"run_resumable {_done_arg(job)} {mark} srun {_py(job.argv)}\n"
+    if nodes == 1:
         rdzv = "--standalone"
     else:
         text += 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         rdzv = '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head:$((29500 + SLURM_JOB_ID % 1000))"'
     return text + (
         "# torchrun ignores SIGUSR1 (its workers save and exit 75, then it exits too)\n"
-        f'run_resumable {_done_arg(job)} 0 srun --kill-on-bad-exit=1 bash -c \'trap "" USR1; exec "$@"\' torchrun \\\n'
-        f'  "$PY" -m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc_per_node={nproc} {rdzv} \\\n'
+        f'run_resumable {_done_arg(job)} {mark} srun --kill-on-bad-exit=1 bash -c \'trap "" USR1; exec "$@"\' torchrun \\\n'
+        f'  "$PY" -m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc_per_node={per_node} {rdzv} \\\n'
         f"  -m overtrain {shlex.join(job.argv)}\n"
     )
 
 
+def node_resources(o: SlurmOptions, nodes: int, per_node: int) -> list[str]:
+    """Whole nodes: one task (srun's torchrun) per node, ``gpus_per_node`` GPUs and 8 CPUs per GPU each."""
+    cpus = o.cpus_per_task or (8 * o.gpus_per_node if o.gpus_per_node else per_node)
+    res = [f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}"]
+    return res + ([f"--gpus-per-node={o.gpus_per_node}"] if o.gpus_per_node else [])
+
+
+def pretrain_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
+    nodes, per_node = job_layout(job, o.nodes, o.gpus_per_node)
+    res = node_resources(o, nodes, per_node)
+    return torchrun_script(spec, o, out, job, f"Pre-training run {short(job)}", nodes, per_node, res)
+
+
 def single_script(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> str:
-    # instruction tuning: instruct.gpus processes on one node (0 = gpus_per_node), torchrun when several
-    nproc = (job.nproc or o.gpus_per_node or 1) if job.kind == "instruct" else 1
-    cpus = o.cpus_per_task or (8 * nproc if o.gpus_per_node else nproc)
+    # instruction tuning: instruct.gpus processes (0 = gpus_per_node) under torchrun when several: on
+    # one node a share of it (--gpus), past gpus_per_node whole nodes as a multi-node pre-training run
+    nodes, per_node = job_layout(job, o.nodes, o.gpus_per_node)
+    if nodes > 1:
+        return torchrun_script(
+            spec, o, out, job, f"Grid job {job.id}", nodes, per_node, node_resources(o, nodes, per_node)
+        )
+    cpus = o.cpus_per_task or (8 * per_node if o.gpus_per_node else per_node)
     res = ["--ntasks=1", f"--cpus-per-task={cpus}"]
-    res += [f"--gpus={nproc}"] if o.gpus_per_node and job.kind not in ("prepare", "report") else []
-    text = _header(spec, o, out, f"Grid job {job.id}", job_name(spec, job), res)
-    mark = 1 if job.mark_done else 0
-    return text + f"run_resumable {_done_arg(job)} {mark} srun {_py(job.argv, nproc)}\n"
+    res += [f"--gpus={per_node}"] if o.gpus_per_node and job.kind not in ("prepare", "report") else []
+    return torchrun_script(spec, o, out, job, f"Grid job {job.id}", 1, per_node, res)
 
 
 def prepare_scripts(spec: GridSpec, o: SlurmOptions, out: Path, job: Job) -> dict[str, str]:
@@ -263,6 +282,8 @@ def write_slurm(spec: GridSpec, jobs: list[Job], out: Path, o: SlurmOptions, gri
     """Write the batch files (see the module doc) and return their paths. Jobs that do not fit
     ``time`` or a batch that does not divide over the nodes stop it first (``launch.cluster``)."""
     check_options(o)
+    for j in jobs:
+        job_layout(j, o.nodes, o.gpus_per_node)  # an SFT job's GPUs that fill no whole nodes: refused here
     notes = check_time_fit(spec, jobs, o)
     jobs, batch_notes = fit_batches(jobs, o.nodes, o.gpus_per_node)
     for note in notes + batch_notes:

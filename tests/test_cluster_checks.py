@@ -134,6 +134,8 @@ def test_nodes_fit_the_micro_batch_or_name_the_node_counts_that_do(paper, tmp_pa
     fitted, notes = fit_batches(jobs, 2, 8)  # 16 processes: 16 sequences each, so micro-batch 16
     pre = [j for j in fitted if j.kind == "pretrain"]
     assert len(pre) == 18 and all(j.argv[-1] == "micro_batch_size=16" for j in pre)
+    assert all(j.config.micro_batch_size == 16 for j in pre)  # the config the job carries (Job.config) agrees
+    assert all(j.config.micro_batch_size == 32 for j in jobs if j.kind == "pretrain")  # the plan's, untouched
     assert notes == [
         "micro_batch_size 32 -> 16 for 18 pre-training runs (pretrain/olmo-15m_4B, ...): 256 sequences / 16 "
         "processes = 16 each, 1 micro-batches per step; the global batch is unchanged"
