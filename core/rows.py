@@ -1,7 +1,10 @@
 """Results rows: one schema per row kind, filled by every writer and read by the report and resume.
 
-A row on disk is one flat JSON object in ``results.jsonl`` (``core.results``); DESIGN.md, "Results
-rows", lists its keys. The kinds and who writes them:
+A row on disk is one flat JSON object in ``results.jsonl``; DESIGN.md, "Results rows", lists its keys.
+This module is the schema and the typed reader: ``load_rows`` is how results are read. ``core.jsonl`` is
+the file store under it (locked appends, torn tails): writers append ``row.to_dict()`` with
+``core.jsonl.append_record``, and its ``read_records`` returns the untyped dicts, for the few readers
+that must keep them as written. The kinds and who writes them:
 
     FinetuneRow  "finetune"  one fine-tuning run (``overtrain finetune``/``sweep``); the sweep's tuned
                              LR is a copy of one with ``selected: true``, ``selected_from``, ``selected_by``
@@ -69,7 +72,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import DataError
-from .results import Rows, read_rows
+from .jsonl import Records, read_records
 
 OPTIONAL = {"optional": True}  # a new row leaves the key out when its value is None
 _INTERNAL = {"internal": True}  # not a row key
@@ -591,9 +594,13 @@ def encoding_counts(encoded: dict) -> dict:
     }
 
 
+class Rows(Records):
+    """``core.jsonl.Records`` whose items are typed rows (``Row``): what ``load_rows`` returns."""
+
+
 def load_rows(source: str | os.PathLike | list, warn: bool = True) -> Rows:
-    """``core.results.read_rows``, each row parsed (``parse_row``); ``Rows.files``/``where``/``torn`` as there."""
-    raw = read_rows(source, warn=False)
+    """``core.jsonl.read_records``, each record parsed (``parse_row``); ``files``/``where``/``torn`` as there."""
+    raw = read_records(source, warn=False)
     out = Rows(parse_row(r, w) for r, w in zip(raw, raw.where))
     out.files, out.where, out.torn = raw.files, raw.where, raw.torn
     if out.torn and warn:

@@ -95,8 +95,8 @@ from ..core.config import to_dict
 from ..core.errors import ConfigError, DataError
 from ..core.hf_compat import hide_broken_torchvision
 from ..core.identity import no_result, no_result_keys
+from ..core.jsonl import append_record
 from ..core.paths import expand_path
-from ..core.results import append_row
 from ..core.rows import AlpacaEvalRow, write_scores
 from ..core.suite import check_loadable, member_provenance, parse_member, resolve_member
 from ..data.chat import chat_template_of, template_sha256
@@ -559,7 +559,7 @@ def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
         rel = write_scores(results, {ROW_KIND: {task: arrays}})  # written whole before its row
         if rel:
             row["scores"] = rel
-        append_row(results, row)
+        append_record(results, row)
     lc_text = f", length-controlled {100 * row['lc_win_rate']:.1f}%" if row.get("lc_win_rate") is not None else ""
     log(
         f"alpaca-eval: {member.ref}: win rate {100 * row['win_rate']:.1f}% (se {100 * row['win_rate_se']:.1f}){lc_text}"

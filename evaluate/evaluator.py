@@ -22,9 +22,9 @@ import numpy as np
 from ..core.checkpoint import checkpoint_provenance, load_model, resolve_checkpoint
 from ..core.dist import resolve_device
 from ..core.identity import c4_identity
+from ..core.jsonl import append_record
 from ..core.likelihood import perplexity
 from ..core.model import ModelSpec
-from ..core.results import append_row
 from ..core.rows import SHORT, BaseRow, Checkpoint, EvalRow, Metrics, encoding_counts, write_scores
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task
@@ -177,7 +177,7 @@ def run(config: EvaluateConfig, checkpoint: str) -> int:
     if config.results:
         rows = result_rows(meta, prov, tasks, encoded, result, c4, spec.max_sequence_length, scores, config.results)
         for row in rows:
-            append_row(config.results, row.to_dict())
+            append_record(config.results, row.to_dict())
     if config.json:
         print(json.dumps({**prov, **result}, indent=2))
         return 0

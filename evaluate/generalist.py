@@ -67,8 +67,8 @@ import yaml
 from ..core.checkpoint import file_sha256
 from ..core.errors import CheckpointError, ConfigError, DataError
 from ..core.hf_compat import hide_broken_torchvision
+from ..core.jsonl import append_record
 from ..core.paths import CONFIG_ROOT
-from ..core.results import append_row
 from ..core.rows import write_scores
 from ..core.suite import PROVENANCE_FILE, check_loadable, read_provenance
 
@@ -282,4 +282,4 @@ def append_rows(results: str | os.PathLike, rows: list[dict], samples: dict) -> 
         rel = write_scores(results, {"lm_eval": {row["task"]: scores}}) if scores else None
         if rel:
             row["scores"] = rel
-        append_row(results, row)
+        append_record(results, row)

@@ -27,10 +27,10 @@ from ..core.checkpoint import checkpoint_provenance, load_model
 from ..core.dist import resolve_device
 from ..core.errors import ConfigError, DataError
 from ..core.identity import c4_identity, predicted_tokens, same_identity, warn_predating
+from ..core.jsonl import append_record
 from ..core.likelihood import perplexity
 from ..core.lock import hold
 from ..core.model import init_stds
-from ..core.results import append_row
 from ..core.rows import Checkpoint, PerturbRow, load_rows
 from ..core.tracker import TrackConfig, Tracker, check_trackers, group_name
 from ..data.c4 import load_c4
@@ -157,7 +157,7 @@ def perturb_checkpoint(
             time=time.time(),
         ).to_dict()
         if results is not None:
-            append_row(results, row)
+            append_record(results, row)
         rows.append(row)
         bar.update(1)
         bar.set_postfix(gamma=gamma, seed=seed, ppl=f"{ev['ppl']:.2f}")

@@ -33,10 +33,10 @@ from ..core.config import save_config
 from ..core.dist import resolve_device
 from ..core.errors import ConfigError
 from ..core.identity import c4_identity
+from ..core.jsonl import append_record
 from ..core.likelihood import readout_at
 from ..core.model import load_model_spec
 from ..core.optim import optimizer_for, peak_lrs
-from ..core.results import append_row
 from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts, write_scores
 from ..core.schedule import Schedule
 from ..core.tracker import Tracker, check_trackers
@@ -250,7 +250,7 @@ def finish_run(
         )
     extra = {**(extra or {}), "scores": write_scores(results, {"after": scores})}  # the file first, then its row
     row = make_row(p, stats, before, after, elapsed + time.time() - t0, **extra).to_dict()
-    append_row(results, row)
+    append_record(results, row)
     atomic_write_text(run_dir / "summary.json", json.dumps(row, indent=2, default=str))
     close_tracker(p.tracker, row)
     return row

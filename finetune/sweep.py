@@ -67,9 +67,9 @@ from ..core.checkpoint import checkpoint_provenance
 from ..core.errors import ConfigError
 from ..core.eta import Eta
 from ..core.identity import same_identity, warn_predating
+from ..core.jsonl import append_record
 from ..core.lock import LOCK_FILE, hold
 from ..core.preempt import Preempted, stop_requested
-from ..core.results import append_row
 from ..core.rows import BaseRow, Checkpoint, FinetuneRow, Metrics, Row, load_rows, write_scores
 from .finetune import (
     RESULTS_FILE,
@@ -281,7 +281,7 @@ def _run_sweep(cfg: FinetuneConfig, p: Prepared, lrs: list[float], progress: boo
         before = evaluate_all(p, scores)
         base = replace(base, evaluation=Metrics.of(before), metrics=before, wall_s=time.time() - t0, time=time.time())
         base = replace(base, scores=write_scores(results, scores))  # the scores file first, then its row
-        append_row(results, base.to_dict())
+        append_record(results, base.to_dict())
 
     done = {r.lr: r.to_dict() for r in mine if isinstance(r, FinetuneRow) and not r.selected}
     recorded = lambda lr: next((r for d, r in done.items() if _same_lr(d, lr)), None)  # noqa: E731
@@ -322,7 +322,7 @@ def _run_sweep(cfg: FinetuneConfig, p: Prepared, lrs: list[float], progress: boo
             lr_extend_stop=why,
             time=time.time(),
         ).to_dict()
-        append_row(results, chosen)
+        append_record(results, chosen)
     return out + [chosen]
 
 

@@ -68,8 +68,8 @@ from ..core.atomic import atomic_write_bytes
 from ..core.config import config_digest
 from ..core.errors import ConfigError
 from ..core.identity import identity_dict, no_result
+from ..core.jsonl import encode_record, read_records
 from ..core.lock import hold
-from ..core.results import encode_row, read_rows
 from ..core.rows import TheoryRow
 from ..core.schedule import lr_factor
 
@@ -478,8 +478,8 @@ def run_theory(cfg: TheoryConfig, progress: bool = True) -> tuple[Path, int, int
     path = out / RESULTS_FILE
     key = config_hash(cfg)
     with hold(out / LOCK_FILE, "theory"):
-        rows = list(read_rows(path, warn=True)) if path.is_file() else []
-        data = b"".join(encode_row(r) for r in rows)  # what is there (less a torn tail), encoded once
+        rows = list(read_records(path, warn=True)) if path.is_file() else []
+        data = b"".join(encode_record(r) for r in rows)  # what is there (less a torn tail), encoded once
         done = {
             (r.get("seed"), r.get("data_seed"))
             for r in rows
@@ -487,7 +487,7 @@ def run_theory(cfg: TheoryConfig, progress: bool = True) -> tuple[Path, int, int
         }
         todo = [(s, ds) for ds in cfg.data_seeds for s in cfg.seeds if (s, ds) not in done]
         for n, (s, ds) in enumerate(todo, 1):
-            data += b"".join(encode_row(r) for r in replicate_rows(cfg, s, ds))
+            data += b"".join(encode_record(r) for r in replicate_rows(cfg, s, ds))
             atomic_write_bytes(path, data)
             if progress:
                 print(f"theory {cfg.name}: replicate seed={s} data_seed={ds} done ({n}/{len(todo)})", flush=True)

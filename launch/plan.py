@@ -30,10 +30,10 @@ from typing import Any
 
 from ..core.config import load_config, parse_count, to_dict
 from ..core.errors import ConfigError
+from ..core.jsonl import read_records
 from ..core.keyvalue import format_setting
 from ..core.memory import GB, USABLE, Setup, Shape, estimate, fits, hf_shape, olmo_shape, remedy
 from ..core.paths import expand_path
-from ..core.results import read_rows
 from ..data.tasks import load_task
 from .spec import (
     GridSpec,
@@ -631,7 +631,7 @@ def measured_run_sd(spec: GridSpec) -> dict[str, tuple[float, int]]:
     sweeps = Path(expand_path(spec.results_dir)) / "sweeps"
     files = sorted(sweeps.glob("*/results.jsonl")) if sweeps.is_dir() else []
     cells: dict[tuple, list[float]] = {}
-    for r in read_rows(files, warn=False) if files else []:
+    for r in read_records(files, warn=False) if files else []:
         ppl = r.get("test_id_ppl")
         if r.get("selected") and isinstance(ppl, (int, float)) and ppl > 0 and math.isfinite(ppl):
             tags = {k: v for k, v in (r.get("tags") or {}).items() if k not in REPLICATE_TAGS}

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 from overtrain.cli import main as cli
-from overtrain.core.results import append_row, read_rows
+from overtrain.core.jsonl import append_record, read_records
 from overtrain.core.rows import AlpacaEvalRow, load_rows, parse_row, read_scores, write_scores
 from overtrain.data.chat import DEFAULT_CHAT_TEMPLATE
 from overtrain.evaluate import alpaca
@@ -158,7 +158,7 @@ def _alpaca_rows(path, tuning: str, task: str, wins: list[float], n: int, rng, s
             sft = {"data_name": tuning, "lr": 2e-6, "seed": seed, "model": f"m{tokens:g}"}
             row = AlpacaEvalRow(task=task, suite_model="allenai/OLMo-1B-hf", pretrain_tokens=int(tokens), sft=sft)
             row.sft_data, row.win_rate, row.n_total = tuning, float(p.mean()), n
-            append_row(path, {**row.to_dict(), "scores": scores})
+            append_record(path, {**row.to_dict(), "scores": scores})
 
 
 def test_report_tests_win_rate_with_the_family(tmp_path):
@@ -181,8 +181,8 @@ def test_report_tests_win_rate_with_the_family(tmp_path):
                     "pretrain_tokens": tokens,
                     "scores": scores,
                 }
-                append_row(res, row | {"suite_model": "allenai/OLMo-1B-hf", "sft_data": "hh", "sft": sft})
-    assert len(read_rows(res)) == 18
+                append_record(res, row | {"suite_model": "allenai/OLMo-1B-hf", "sft_data": "hh", "sft": sft})
+    assert len(read_records(res)) == 18
     (fam,) = collect_suite(load_rows(res))
     decide_suite([fam], tolerance=0.01)
     win = next(c for c in fam.curves if c.task == task)

@@ -26,8 +26,8 @@ import pytest
 import torch
 from overtrain.cli import main
 from overtrain.core.checkpoint import load_model, resolve_checkpoint
+from overtrain.core.jsonl import read_records
 from overtrain.core.paths import REPO_ROOT, data_root
-from overtrain.core.results import read_rows
 from tables import read_csv, same_columns
 
 PREVIOUS = "6d59156a3dd9593077e2b54e37064bdec9d8052e"
@@ -165,8 +165,8 @@ def test_previous_rows_resume_without_new_work(old, tmp_path):
     perturb = ["gammas=0.1", "seeds=0", f"c4={old['c4']}", "val_tokens=128", "device=cpu", f"results={perturb_rows}"]
     assert main(["perturb", str(old["pretrain"]), *perturb]) == 0
     assert perturb_rows.read_text() == before
-    assert [r["kind"] for r in read_rows(sweep_rows)] == ["base", "finetune", "finetune", "finetune"]
-    assert [(r["kind"], r["gamma"]) for r in read_rows(perturb_rows)] == [("perturb", 0.1)]
+    assert [r["kind"] for r in read_records(sweep_rows)] == ["base", "finetune", "finetune", "finetune"]
+    assert [(r["kind"], r["gamma"]) for r in read_records(perturb_rows)] == [("perturb", 0.1)]
 
 
 def test_previous_rows_report_the_same_tables(old, tmp_path):

@@ -10,11 +10,11 @@ import yaml
 from overtrain.cli import main
 from overtrain.core.checkpoint import save_model_checkpoint
 from overtrain.core.errors import CheckpointError, ConfigError, DataError
+from overtrain.core.jsonl import read_records
 from overtrain.core.likelihood import lm_loss
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.optim import optimizer_for
 from overtrain.core.paths import data_root
-from overtrain.core.results import read_rows
 from overtrain.data.encode import collate
 from overtrain.finetune import finetune as ft
 from overtrain.finetune.finetune_config import load_finetune_config
@@ -67,7 +67,7 @@ def overrides(env, run_dir, *extra):
 def test_finetune_cli_runs_evaluates_and_records(env, capsys):
     run_dir = env["root"] / "run"
     assert main(["finetune", "demo", *overrides(env, run_dir, "lr=0.1", "seed=3", "save_weights=true")]) == 0
-    (row,) = read_rows(run_dir / "results.jsonl")
+    (row,) = read_records(run_dir / "results.jsonl")
     assert (
         row["kind"] == "finetune" and row["task"] == "rte" and row["template"] == "default" and row["selected"] is False
     )
@@ -113,7 +113,7 @@ def test_finetune_cli_runs_evaluates_and_records(env, capsys):
             )
             == 0
         )
-    after, base = read_rows(out)
+    after, base = read_records(out)
     assert after["kind"] == "eval" and after["checkpoint_kind"] == "finetune" and base["kind"] == "base"
     # The same weights and examples in other batch shapes: perplexities agree on the log scale to
     # the fp32 rounding bound (tests/tolerances.py); accuracies are argmaxes and agree exactly.

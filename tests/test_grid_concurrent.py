@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from overtrain.core.jsonl import read_records
 from overtrain.core.lock import LOCK_FILE, Lock, LockHeld, hold, holder
-from overtrain.core.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_two_concurrent_grid_runs_run_every_job_once(tmp_path, small_c4):
     assert {j: started[j] for j in jobs} == dict.fromkeys(jobs, 1), outs  # every job exactly once
     assert "running elsewhere" in "".join(outs) or "by another runner" in "".join(outs)
 
-    rows = read_rows(tmp_path / "results")
+    rows = read_records(tmp_path / "results")
     ft = collections.Counter(
         (r["checkpoint_sha256"], r["lr"], bool(r.get("selected"))) for r in rows if r.get("kind") == "finetune"
     )

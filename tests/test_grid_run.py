@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import yaml
+from overtrain.core.jsonl import read_records
 from overtrain.core.paths import data_root
-from overtrain.core.results import read_rows
 
 
 def _grid(tmp_path: Path) -> Path:
@@ -92,7 +92,7 @@ def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert again.returncode == 0, out
     assert "already done" in out
 
-    rows = read_rows(results)
+    rows = read_records(results)
     ft = [r for r in rows if r.get("kind") == "finetune"]
     per_lr = collections.Counter((r["checkpoint_sha256"], r["task"], r["lr"], bool(r.get("selected"))) for r in ft)
     assert all(n == 1 for n in per_lr.values()), per_lr  # nothing duplicated
@@ -109,4 +109,4 @@ def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):
     out, _ = third.communicate(timeout=300)
     assert third.returncode == 0, out
     assert "1 to run" in out
-    assert len([r for r in read_rows(results) if r.get("kind") == "finetune"]) == len(ft)
+    assert len([r for r in read_records(results) if r.get("kind") == "finetune"]) == len(ft)

@@ -20,7 +20,7 @@ import torch
 from overtrain import cli
 from overtrain.core.config import load_config
 from overtrain.core.hf_compat import hide_broken_torchvision
-from overtrain.core.results import read_rows
+from overtrain.core.jsonl import read_records
 from overtrain.core.rows import load_rows
 from overtrain.data.shapes_vqa import COLOURS, SHAPES, caption, draw_shapes, write_shapes_set
 from overtrain.evaluate.report.suite_part import collect_suite
@@ -135,12 +135,12 @@ def test_two_stages_rows_and_report(tiny_suite: TinySuite, shapes, tmp_path):
     out = tmp_path / tiny_suite.members[2].name
     prov = json.loads((out / "overtrain_suite.json").read_text())
     assert prov["pretrain_tokens"] == tiny_suite.tokens[2] and prov["sft"]["data_name"] == "llava"
-    rows = read_rows(results)
+    rows = read_records(results)
     assert [r["kind"] for r in rows] == ["multimodal"] * 2 and [r["task"] for r in rows] == ["vqa"] * 2
     # a rerun is skipped: the row is there already
     cfg = load_config(mm.MultimodalConfig, None, [*settings, f"out={out}"])
     assert mm.run_multimodal(str(tiny_suite.members[2]), cfg, log=lambda _: None)["eval"] is None
-    assert len(read_rows(results)) == 2
+    assert len(read_records(results)) == 2
     (fam,) = collect_suite(list(load_rows(results)))
     (curve,) = fam.curves
     assert fam.tuning == "llava" and curve.task == "vqa" and curve.tokens == [1000.0, 4000.0]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from overtrain.cli import main
 from overtrain.core.checkpoint import save_model_checkpoint
+from overtrain.core.jsonl import read_records
 from overtrain.core.model import build_model, init_stds, load_model_spec
 from overtrain.core.paths import data_root
-from overtrain.core.results import read_rows
 from overtrain.data.tokenizer import eos_token_id, load_tokenizer
 from overtrain.evaluate.perturb import apply_noise, perturb_checkpoint, unit_noise
 
@@ -82,14 +82,14 @@ def test_rows_gamma_zero_determinism_and_resume(setup):
     assert r["kind"] == "perturb" and r["pretrain_tokens"] == 12345 and r["lr_decayed"] is True
     assert r["c4_tokens"] == 4 * SEQ and r["parametrization"] == "mup" and len(r["checkpoint_sha256"]) == 64
     assert r["c4_ppl_change"] == pytest.approx(r["c4_ppl"] - base)
-    assert read_rows(results) == rows
+    assert read_records(results) == rows
 
     # same seed, same numbers (fresh call); rows already present are skipped, new ones appended
     again = perturb_checkpoint(ckpt, [0.5, 1.0], [1], results=results, **kw)
     assert [(x["gamma"], x["noise_seed"]) for x in again] == [(1.0, 1)]
     fresh = perturb_checkpoint(ckpt, [0.5], [1], **kw)  # no results file: nothing skipped
     assert fresh[0]["c4_ppl"] == r["c4_ppl"]
-    assert len(read_rows(results)) == 5
+    assert len(read_records(results)) == 5
 
 
 def test_resume_key_is_the_c4_tokens_not_their_path(setup, tmp_path):
@@ -131,7 +131,7 @@ def test_cli(setup, capsys):
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    rows = read_rows(results)
+    rows = read_records(results)
     assert "gamma 0.2" in out and len(rows) == 2 and rows[1]["tags"] == {"parametrization": "mup"}
     assert main(["perturb", str(tmp), "gammas=0.1", f"c4={c4}", "lr=3"]) == 2
     assert "unknown key 'lr'" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from overtrain.cli import main
 from overtrain.core.errors import ConfigError, DataError
-from overtrain.core.results import append_row
+from overtrain.core.jsonl import append_record
 from overtrain.core.rows import write_scores
 from overtrain.evaluate.report import aggregate, find_turn, load_rows, make_report
 
@@ -95,9 +95,9 @@ def write_sweep(path, task, i, seed=0, **kw):
             row |= {"seed": seed, "test_id_ppl": row["test_id_ppl"] * f, "val_id_ppl": row["val_id_ppl"] * f}
             row |= {"c4_ppl_after": row["c4_ppl_after"] * f}
         rows[lr] = row = {**row, "scores": write_scores(path, scores_of(row, rng))}
-        append_row(path, row)
+        append_record(path, row)
     if task == "rte":
-        append_row(path, {**rows[1e-3], "selected": True})
+        append_record(path, {**rows[1e-3], "selected": True})
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     ft, other = root / "sweeps" / "results.jsonl", root / "perturb" / "results.jsonl"
     for i, t in enumerate(BUDGETS):
-        append_row(
+        append_record(
             other,
             {
                 "kind": "base",
@@ -123,7 +123,7 @@ def study(tmp_path_factory):
                     write_sweep(ft, task, i, seed)
         for gamma in (0.5, 1.0):
             for seed, jitter in ((0, -0.1), (1, 0.1)):  # change grows with tokens and gamma
-                append_row(
+                append_record(
                     other,
                     {
                         "kind": "perturb",
@@ -142,7 +142,7 @@ def study(tmp_path_factory):
         write_sweep(
             ft, task, 4, tokens=32 * M, decayed=False, budget_tokens=64 * M, c4_ppl_after=500.0, c4_ppl_before=300.0
         )
-    append_row(ft, {"kind": "eval", "model": "tiny", "pretrain_tokens": 1})  # other kinds are ignored
+    append_record(ft, {"kind": "eval", "model": "tiny", "pretrain_tokens": 1})  # other kinds are ignored
     with open(ft, "ab") as f:
         f.write(b'{"kind": "finetune", "model": "ti')  # a torn final line (a killed writer)
     out = root / "report"
@@ -273,8 +273,8 @@ def test_group_by_and_cli(study, tmp_path, capsys):
 
 def test_bad_rows_named(tmp_path):
     bad = tmp_path / "results.jsonl"
-    append_row(bad, ft_row("rte", 1e-3, 0))
-    append_row(bad, {"kind": "finetune", "model": "tiny", "pretrain_tokens": M, "task": "rte"})
+    append_record(bad, ft_row("rte", 1e-3, 0))
+    append_record(bad, {"kind": "finetune", "model": "tiny", "pretrain_tokens": M, "task": "rte"})
     with pytest.raises(DataError, match=r"results.jsonl:2: finetune row needs a 'task' and a numeric 'lr'"):
         make_report([str(bad)], tmp_path / "out")
     with pytest.raises(ConfigError, match="tolerance"):
@@ -287,7 +287,7 @@ def test_cannot_tell_and_sanity_flags(tmp_path):
     old = tmp_path / "old.jsonl"  # rows of the previous version: no per-example scores
     for i in range(3):
         for lr in LRS:
-            append_row(old, ft_row("rte", lr, i))
+            append_record(old, ft_row("rte", lr, i))
     rep, text, _ = make_report([str(old)], tmp_path / "r1")
     assert rep.verdicts["rte"]["shows"] is None and "cannot tell: no per-example scores" in text
     assert all(c.turn is None and not c.has_intervals for c in rep.curves)
@@ -299,7 +299,7 @@ def test_cannot_tell_and_sanity_flags(tmp_path):
     for i in range(4):
         for lr in LRS:
             row = ft_row("trec", lr, i, test_acc=1 / 6, c4_ppl_after=[50.0, 45.0, 44.0, 60.0][i])
-            append_row(flat, {**row, "scores": write_scores(flat, scores_of(row, rng))})
+            append_record(flat, {**row, "scores": write_scores(flat, scores_of(row, rng))})
     rep, text, _ = make_report([str(flat)], tmp_path / "r2")
     assert rep.verdicts["trec"]["shows"] is None and "cannot tell: the model learned nothing" in text
     assert "majority-class accuracy 0.168" in text  # 400 examples of 6 classes: 67 of the largest
@@ -320,7 +320,7 @@ def test_cannot_tell_and_sanity_flags(tmp_path):
                 row = ft_row("rte", lr, i, c4_ppl_after=55.0, test_id_ppl=1.8, val_id_ppl=1.8 + lr, test_acc=0.7)
                 s = scores_of(row, rng)
                 s["after"]["test"]["nll"] = s["after"]["test"]["nll"] + rng.normal(0, 0.5, N_TEST)  # noisy per run
-                append_row(wide, {**row, "seed": seed, "scores": write_scores(wide, s)})
+                append_record(wide, {**row, "seed": seed, "scores": write_scores(wide, s)})
     rep, text, _ = make_report([str(wide)], tmp_path / "r4")
     assert "**rte**: cannot tell: intervals too wide" in text and rep.verdicts["rte"]["shows"] is None
     assert any("the tuned LR is the lowest of its grid" in f for f in rep.flags)
@@ -329,7 +329,7 @@ def test_cannot_tell_and_sanity_flags(tmp_path):
 def test_base_c4_that_does_not_fall_is_flagged(tmp_path):
     path = tmp_path / "base.jsonl"
     for t, ppl in ((M, 100.0), (2 * M, 90.0), (4 * M, 95.0)):
-        append_row(path, {"kind": "base", "model": "tiny", "pretrain_tokens": t, "lr_decayed": True, "c4_ppl": ppl})
+        append_record(path, {"kind": "base", "model": "tiny", "pretrain_tokens": t, "lr_decayed": True, "c4_ppl": ppl})
     rep, text, _ = make_report([str(path)], tmp_path / "out")
     assert "base C4 perplexity of tiny does not fall with tokens (2M → 4M)" in text
 
@@ -345,11 +345,13 @@ def test_extended_grid_rows_and_superseded_selections(tmp_path):
         # the asked grid's lowest LR won, so 1e-5 was added: better still at 1M (an end again, cap 1), worse after
         rows[1e-5] = {**ft_row("rte", 1e-4, i, extended_lr=True, val_id_ppl=2.0 if i == 0 else 9.0), "lr": 1e-5}
         for r in rows.values():
-            append_row(path, r)
-        append_row(path, {**rows[1e-4], "selected": True, "selected_from": LRS, "lr_extend_stop": "off"})  # superseded
+            append_record(path, r)
+        append_record(
+            path, {**rows[1e-4], "selected": True, "selected_from": LRS, "lr_extend_stop": "off"}
+        )  # superseded
         best = 1e-5 if i == 0 else 1e-3
         stop = "max_extensions=1 reached" if i == 0 else None
-        append_row(path, {**rows[best], "selected": True, "selected_from": grid, "lr_extend_stop": stop})
+        append_record(path, {**rows[best], "selected": True, "selected_from": grid, "lr_extend_stop": stop})
     rep, text, _ = make_report([str(path)], tmp_path / "out")
     key = next(k for k in rep.fixed if k[1] == "rte")
     assert all(sorted(cells) == LRS for cells in rep.fixed[key].values())  # no fixed-LR curve at 1e-5

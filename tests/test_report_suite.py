@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from overtrain.core.results import append_row
+from overtrain.core.jsonl import append_record
 from overtrain.core.rows import load_rows, write_scores
 from overtrain.evaluate.report import make_report
 from overtrain.evaluate.report.suite_part import average_curve, collect_suite, decide_suite
@@ -31,7 +31,7 @@ def _write(path, tuning: str, task: str, accs: list[float], n: int, rng, seeds=(
             if tuning != "base":
                 sft = {"data_name": tuning, "lr": lr, "seed": seed, "out": f"o{seed}", "model": f"m{tokens:g}"}
                 row |= {"sft_data": tuning, "sft": sft}
-            append_row(path, row)
+            append_record(path, row)
 
 
 def test_turn_flat_and_wide(tmp_path):
@@ -90,7 +90,7 @@ def test_one_sft_run_and_learning_rates_apart(tmp_path):
 def test_without_scores_cannot_tell(tmp_path):
     res = tmp_path / "results.jsonl"
     for tokens, acc in zip(TOKENS, [0.6, 0.7, 0.7, 0.4]):
-        append_row(res, {"kind": "lm_eval", "task": "t", "acc": acc, "pretrain_tokens": tokens, "suite_model": "s"})
+        append_record(res, {"kind": "lm_eval", "task": "t", "acc": acc, "pretrain_tokens": tokens, "suite_model": "s"})
     fams = collect_suite(load_rows(res))
     decide_suite(fams, tolerance=0.01)
     assert fams[0].verdict == "cannot tell" and "per-example scores" in fams[0].reason

@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 from overtrain.core.errors import DataError
-from overtrain.core.results import append_row
+from overtrain.core.jsonl import append_record
 from overtrain.evaluate.report import make_report
 from overtrain.evaluate.report.transfer import find_runs, optimum, transfer_curves
 
@@ -63,7 +63,7 @@ def test_one_lr_per_run_draws_no_panel_and_rows_still_report(tmp_path):
     assert transfer_curves(find_runs([str(tmp_path)])) == {}
     with pytest.raises(DataError, match="no results.jsonl"):  # nothing to report: said so, as before
         make_report([str(tmp_path)], tmp_path / "report")
-    append_row(tmp_path / "results.jsonl", {"kind": "base", "model": "tiny", "pretrain_tokens": 1000, "c4_ppl": 9.0})
+    append_record(tmp_path / "results.jsonl", {"kind": "base", "model": "tiny", "pretrain_tokens": 1000, "c4_ppl": 9.0})
     rep, text, paths = make_report([str(tmp_path)], tmp_path / "report")
     assert rep.transfer == {} and "muP transfer" not in text
     broken = tmp_path / "pretrain" / "tiny_d32_lr0.01_s0_mup" / "checkpoints" / "step-00000016" / "model.yaml"

@@ -24,8 +24,8 @@ from overtrain.core.identity import (
     predicted_tokens,
     same_identity,
 )
+from overtrain.core.jsonl import append_record, read_records
 from overtrain.core.likelihood import windows
-from overtrain.core.results import append_row, read_rows
 from overtrain.core.rows import BaseRow, EvalRow, FinetuneRow, Metrics, OtherRow, PerturbRow, load_rows, parse_row
 from overtrain.core.schedule import ScheduleConfig
 from overtrain.evaluate.report import make_report
@@ -99,7 +99,7 @@ def test_reading_is_tolerant_of_old_rows_and_strict_about_nonsense(tmp_path):
         assert isinstance(o, OtherRow) and o.kind == other.get("kind") and o.to_dict() == other
 
     path = tmp_path / "results.jsonl"
-    append_row(path, {"kind": "finetune", "task": "rte", "lr": 1e-3})
+    append_record(path, {"kind": "finetune", "task": "rte", "lr": 1e-3})
     for key, value, what in (
         ("lr", "fast", "a number"),
         ("val_id_ppl", "low", "a number"),
@@ -111,7 +111,7 @@ def test_reading_is_tolerant_of_old_rows_and_strict_about_nonsense(tmp_path):
     ):
         bad = tmp_path / f"bad-{key}.jsonl"
         shutil.copy(path, bad)
-        append_row(bad, {"kind": "finetune", "task": "rte", "lr": 1e-3, key: value})
+        append_record(bad, {"kind": "finetune", "task": "rte", "lr": 1e-3, key: value})
         with pytest.raises(DataError, match=rf"bad-{key}.jsonl:2: key '{key}': expected {what}, got"):
             load_rows(bad)
         with pytest.raises(DataError, match=rf"bad-{key}.jsonl:2: key '{key}'"):
@@ -279,7 +279,7 @@ def test_sweep_does_not_reuse_rows_of_other_c4_tokens(tmp_path, monkeypatch, sma
     results = run_dir / "results.jsonl"
 
     run_sweep("demo", args(c4), progress=False)
-    first = read_rows(results)
+    first = read_records(results)
     assert trained == [1e-3] and [r["kind"] for r in first] == ["base", "finetune", "finetune"]
     # the previous version's keys, plus the C4 identity after c4_tokens (base: after checkpoint_ref) and the
     # task_source (which data the task read; issue 16)
@@ -296,14 +296,14 @@ def test_sweep_does_not_reuse_rows_of_other_c4_tokens(tmp_path, monkeypatch, sma
     tokens[10] = tokens[11]
     tokens.tofile(val)
     run_sweep("demo", args(c4), progress=False)
-    rows = read_rows(results)
+    rows = read_records(results)
     assert trained == [1e-3, 1e-3] and len(rows) == 6
     assert rows[3]["kind"] == "base" and rows[3]["c4_tokens_sha256"] != first[0]["c4_tokens_sha256"]
     # The same tokens in another directory: reused.
     moved = tmp_path / "moved"
     shutil.copytree(c4, moved)
     run_sweep("demo", args(moved), progress=False)
-    assert trained == [1e-3, 1e-3] and len(read_rows(results)) == 6
+    assert trained == [1e-3, 1e-3] and len(read_records(results)) == 6
 
     # Rows written before the C4 identity existed: reused (with a warning) when C4 is evaluated.
     results.write_text(
@@ -311,4 +311,4 @@ def test_sweep_does_not_reuse_rows_of_other_c4_tokens(tmp_path, monkeypatch, sma
     )
     with pytest.warns(UserWarning, match="before rows recorded their C4 tokens"):
         run_sweep("demo", args(moved), progress=False)
-    assert trained == [1e-3, 1e-3] and len(read_rows(results)) == 6
+    assert trained == [1e-3, 1e-3] and len(read_records(results)) == 6

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from overtrain.core.jsonl import read_records
 from overtrain.core.likelihood import perplexity
-from overtrain.core.results import read_rows
 from overtrain.core.rows import load_rows, read_scores
 from overtrain.finetune.sweep import run_sweep
 from test_finetune import make_checkpoint
@@ -30,7 +30,7 @@ def test_sweep_rows_name_their_per_example_scores(tmp_path, small_c4):
         "lrs=[1e-3]",
     ]
     run_sweep("demo", args, progress=False)
-    raw = read_rows(run_dir / "results.jsonl")
+    raw = read_records(run_dir / "results.jsonl")
     rows = load_rows(run_dir / "results.jsonl")
     assert [r["kind"] for r in raw] == ["base", "finetune", "finetune"]
     assert raw[1]["scores"] == raw[2]["scores"]  # the selected copy shares its row's file

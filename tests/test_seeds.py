@@ -4,8 +4,8 @@ aggregates over them: a cell's rows of several seeds are one point with an inter
 from __future__ import annotations
 
 import numpy as np
+from overtrain.core.jsonl import append_record
 from overtrain.core.paths import CONFIG_ROOT
-from overtrain.core.results import append_row
 from overtrain.core.rows import write_scores
 from overtrain.evaluate.report import make_report
 from overtrain.launch.plan import expand
@@ -41,7 +41,7 @@ def test_report_aggregates_over_seeds(tmp_path):
             for lr in LRS:
                 row = ft_row("trec", lr, i, seed=pre_seed + 5, tags={"pretrain_seed": pre_seed})
                 row["checkpoint_sha256"] = f"ck{i}-{pre_seed}"  # a checkpoint per pre-training seed
-                append_row(path, {**row, "scores": write_scores(path, scores_of(row, rng))})
+                append_record(path, {**row, "scores": write_scores(path, scores_of(row, rng))})
     rep, text, _ = make_report([str(path)], tmp_path / "out")
     cell = next(iter(rep.tuned.values()))[BUDGETS[0]]
     assert cell.n == 2 and cell.samples["id"].seeds == 2 and cell.samples["c4"].seeds == 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from overtrain.cli import main as cli
-from overtrain.core.results import read_rows
+from overtrain.core.jsonl import read_records
 from overtrain.core.rows import load_rows
 from overtrain.core.suite import PROVENANCE_KEYS, read_provenance
 from overtrain.data.chat import DEFAULT_CHAT_TEMPLATE, encode_chat, gsm8k_chat, write_chat_jsonl
@@ -56,7 +56,7 @@ def test_sft_each_member(tiny_suite: TinySuite, tmp_path, capsys):
         assert type(after).__name__ == "OlmoForCausalLM"
         assert not torch.equal(before.model.embed_tokens.weight, after.model.embed_tokens.weight)
 
-    rows = read_rows(results)
+    rows = read_records(results)
     assert [r["kind"] for r in rows] == ["sft"] * 3 and [r["out"] for r in rows] == [str(o) for o in outs]
     assert [r["pretrain_tokens"] for r in rows] == tiny_suite.tokens
     # the chat template the records were rendered with (the tiny suite's tokenizer has none: TULU's)
@@ -73,7 +73,7 @@ def test_sft_each_member(tiny_suite: TinySuite, tmp_path, capsys):
     capsys.readouterr()
     assert cli([*argv, f"results={results}"]) == 0
     assert "already done" in capsys.readouterr().out
-    assert (outs[0] / "model.safetensors").stat().st_mtime_ns == stamp and len(read_rows(results)) == 3
+    assert (outs[0] / "model.safetensors").stat().st_mtime_ns == stamp and len(read_records(results)) == 3
     assert cli([*argv, "seed=1"]) == 2
     assert "finished with other settings (seed: 0 -> 1); overwrite=true replaces it" in capsys.readouterr().err
     assert cli([*argv, "seed=1", "overwrite=true"]) == 0
@@ -81,7 +81,7 @@ def test_sft_each_member(tiny_suite: TinySuite, tmp_path, capsys):
     assert (outs[0] / "model.safetensors").stat().st_mtime_ns != stamp
     # a rerun after a kill between saving and the row appends the missing row
     other = tmp_path / "other.jsonl"
-    assert cli([*argv, "seed=1", f"results={other}"]) == 0 and [r["out"] for r in read_rows(other)] == [str(outs[0])]
+    assert cli([*argv, "seed=1", f"results={other}"]) == 0 and [r["out"] for r in read_records(other)] == [str(outs[0])]
 
 
 def cfg(out, **kw) -> SFTConfig:

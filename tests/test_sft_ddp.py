@@ -13,8 +13,8 @@ import pytest
 import torch
 from overtrain.cli import main as cli
 from overtrain.core.errors import ConfigError
+from overtrain.core.jsonl import read_records
 from overtrain.core.paths import REPO_ROOT
-from overtrain.core.results import read_rows
 from overtrain.core.suite import read_provenance
 from overtrain.data.chat import gsm8k_chat, write_chat_jsonl
 from overtrain.finetune.instruct.sft import SFTConfig, batch_shares, run_sft
@@ -77,7 +77,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_suite: TinySuite, tmp_path):
     assert moved > 1e-3  # training moved the weights far more than the tolerance
 
     # rank 0 alone wrote: one row, no temporary directory, nothing else beside the output
-    assert [r["out"] for r in read_rows(results)] == [str(ddp_out)]
+    assert [r["out"] for r in read_records(results)] == [str(ddp_out)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "nine.jsonl", "one", "results.jsonl"]
 
 

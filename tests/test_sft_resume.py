@@ -21,9 +21,9 @@ import pytest
 import torch
 from overtrain.core.checkpoint import read_meta, verify_checkpoint
 from overtrain.core.errors import ConfigError
+from overtrain.core.jsonl import read_records
 from overtrain.core.paths import REPO_ROOT
 from overtrain.core.preempt import EXIT_PREEMPTED, MARKER_ENV, Preempted
-from overtrain.core.results import read_rows
 from overtrain.data.chat import gsm8k_chat, write_chat_jsonl
 from overtrain.finetune.instruct.sft import SFTConfig, run_sft
 from safetensors.torch import load_file
@@ -97,7 +97,7 @@ def test_stopped_run_resumes_bit_for_bit_on_one_process(runs, tmp_path, capsys):
     assert set(w) == set(u) and all(torch.equal(w[k], u[k]) for k in u)
     assert resumed["sft"] == runs["full"]["sft"]
     # the tuned model and its row written, the checkpoints are gone
-    assert [r["out"] for r in read_rows(results)] == [str(out)]
+    assert [r["out"] for r in read_records(results)] == [str(out)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "results.jsonl"]
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from overtrain.core.jsonl import read_records
 from overtrain.core.paths import data_root
-from overtrain.core.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "srun")
@@ -283,7 +283,7 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     here = tmp_path / "here"
     run = _overtrain(["grid", "run", str(_grid(tmp_path, here)), "gpus=0"], env, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    a, b = read_rows(results), read_rows(here)
+    a, b = read_records(results), read_records(here)
     assert len(a) == len(b) > 0
     assert _comparable(a) == _comparable(b)
     ref = json.loads((here / "pretrain" / "tiny_10K" / "summary.json").read_text())

@@ -10,8 +10,8 @@ import pytest
 from overtrain.cli import main
 from overtrain.core.checkpoint import load_model
 from overtrain.core.errors import ConfigError
+from overtrain.core.jsonl import read_records
 from overtrain.core.model import count_params, load_model_spec
-from overtrain.core.results import read_rows
 from overtrain.finetune import finetune as ft
 from overtrain.finetune import sweep
 from overtrain.finetune.finetune_config import SweepConfig
@@ -40,7 +40,7 @@ def test_sweep_fixed_and_tuned_rows_with_provenance_and_resume(tmp_path, monkeyp
 
     rows = run_sweep("demo", base_args + ["lrs=[1e-3, 0.1]"], progress=False)
     assert trained == [1e-3, 0.1]
-    on_disk = read_rows(run_dir / "results.jsonl")
+    on_disk = read_records(run_dir / "results.jsonl")
     assert [r["kind"] for r in on_disk] == ["base", "finetune", "finetune", "finetune"]
     base, fixed, chosen = on_disk[0], on_disk[1:3], on_disk[3]
     assert rows == fixed + [chosen]
@@ -67,12 +67,12 @@ def test_sweep_fixed_and_tuned_rows_with_provenance_and_resume(tmp_path, monkeyp
 
     # Resume: nothing is retrained, no row is added (the CLI form, as the grid runner calls it).
     assert main(["sweep", "demo", *base_args, "lrs=[1e-3, 0.1]"]) == 0
-    assert trained == [1e-3, 0.1] and len(read_rows(run_dir / "results.jsonl")) == 4
+    assert trained == [1e-3, 0.1] and len(read_records(run_dir / "results.jsonl")) == 4
     assert "selected lr" in capsys.readouterr().out
     # A wider grid trains only the new LR and records a new selection over the whole grid.
     rows = run_sweep("demo", base_args + ["lrs=[1e-3, 1e-2, 0.1]"], progress=False)
     assert trained == [1e-3, 0.1, 1e-2] and [r["lr"] for r in rows[:3]] == [1e-3, 1e-2, 0.1]
-    after = read_rows(run_dir / "results.jsonl")
+    after = read_records(run_dir / "results.jsonl")
     assert len(after) == 6 and after[-1]["selected"] and after[-1]["selected_from"] == [1e-3, 1e-2, 0.1]
     assert after[-1]["lr"] == min(rows[:3], key=lambda r: r["val_id_ppl"])["lr"]
 
@@ -167,7 +167,7 @@ def test_stacked_sweep_equals_sequential_and_resumes(tmp_path, monkeypatch, smal
     assert trained == STACK_LRS and stacks == []
     assert main(["sweep", "demo", *args(tmp_path / "stk"), "stacked=true"]) == 0
     assert trained == STACK_LRS and stacks == [STACK_LRS]  # one pass, no sequential run
-    stk = read_rows(tmp_path / "stk" / "results.jsonl")
+    stk = read_records(tmp_path / "stk" / "results.jsonl")
     assert [r["kind"] for r in stk] == ["base", "finetune", "finetune", "finetune", "finetune"]
     assert stk[0]["config_hash"] == seq[0]["config_hash"]  # `stacked` is not part of the resume key
 
@@ -227,7 +227,7 @@ def test_stacked_sweep_equals_sequential_and_resumes(tmp_path, monkeypatch, smal
 
     # Resume: nothing retrained, no row added.
     assert run_sweep("demo", args(tmp_path / "stk") + ["stacked=true"], progress=False)[:3] == stk[1:4]
-    assert len(stacks) == 1 and len(read_rows(tmp_path / "stk" / "results.jsonl")) == 5
+    assert len(stacks) == 1 and len(read_records(tmp_path / "stk" / "results.jsonl")) == 5
     # A wider grid stacks only the new LR; killed mid-stack, it leaves no row; rerun, it adds two.
     calls = []
 
@@ -241,11 +241,11 @@ def test_stacked_sweep_equals_sequential_and_resumes(tmp_path, monkeypatch, smal
     wider = args(tmp_path / "stk") + ["stacked=true", "lrs=[1e-3, 1e-2, 0.1, 1e30]"]
     with pytest.raises(RuntimeError, match="killed"):
         run_sweep("demo", wider, progress=False)
-    assert stacks[-1] == [1e-2] and len(read_rows(tmp_path / "stk" / "results.jsonl")) == 5
+    assert stacks[-1] == [1e-2] and len(read_records(tmp_path / "stk" / "results.jsonl")) == 5
     monkeypatch.setattr(Spy, "step", StackedRun.step)
     rows = run_sweep("demo", wider, progress=False)
     assert stacks[-1] == [1e-2] and len(stacks) == 3 and trained == STACK_LRS
-    after = read_rows(tmp_path / "stk" / "results.jsonl")
+    after = read_records(tmp_path / "stk" / "results.jsonl")
     assert (
         len(after) == 7
         and after[5]["lr"] == 1e-2
@@ -304,7 +304,7 @@ def test_extend_grid_off_uneven_ratio_floor_and_divergence():
 
 def _replay(path, selected):
     """``extend_grid`` replayed on the rows recorded in ``path``: what ``selected`` must say."""
-    plain = {r["lr"]: r for r in read_rows(path) if r["kind"] == "finetune" and not r["selected"]}
+    plain = {r["lr"]: r for r in read_records(path) if r["kind"] == "finetune" and not r["selected"]}
     asked = [lr for lr in selected["selected_from"] if lr not in selected["lr_extensions"]]
     return sweep.extend_grid(asked, lambda lr, added: plain[lr], True, 2)
 
@@ -338,12 +338,12 @@ def test_sweep_extends_its_grid_at_either_end_resumes_and_switches_off(tmp_path,
     grid, again, stop = _replay(tmp_path / "low" / "results.jsonl", chosen)
     assert again == added and chosen.get("lr_extend_stop") == stop
     assert (stop is None) == (sweep.edge(grid, chosen["lr"]) is None)  # a stop reason only at an end
-    n_rows = len(read_rows(tmp_path / "low" / "results.jsonl"))
+    n_rows = len(read_records(tmp_path / "low" / "results.jsonl"))
     assert n_rows == 1 + len(fixed) + 1
 
     # Resume: the same command trains nothing and writes nothing (the extension replays from the rows).
     assert run_sweep("demo", args("low", "[1e-4, 1e-3]"), progress=False) == rows and len(trained) == len(fixed)
-    assert len(read_rows(tmp_path / "low" / "results.jsonl")) == n_rows
+    assert len(read_records(tmp_path / "low" / "results.jsonl")) == n_rows
     # Off: the asked grid, no training; its selection is written (the latest selection counts), reason "off".
     off = run_sweep("demo", args("low", "[1e-4, 1e-3]") + ["sweep.extend=false"], progress=False)[-1]
     assert len(trained) == len(fixed) and off["selected_from"] == [1e-4, 1e-3] and off["lr"] == 1e-4
@@ -351,7 +351,7 @@ def test_sweep_extends_its_grid_at_either_end_resumes_and_switches_off(tmp_path,
     # On again: still no training, and the extended selection is the latest again.
     on = run_sweep("demo", args("low", "[1e-4, 1e-3]"), progress=False)[-1]
     assert len(trained) == len(fixed) and on["selected_from"] == chosen["selected_from"] and on["lr"] == chosen["lr"]
-    assert len(read_rows(tmp_path / "low" / "results.jsonl")) == n_rows + 2
+    assert len(read_records(tmp_path / "low" / "results.jsonl")) == n_rows + 2
 
     # High end, one extension allowed, stacked: 10 fits best here (the collapse of a random model
     # onto one label), so 100 = 10 * 10 / 1 is added as a stack of one.

@@ -19,7 +19,7 @@ from collections import defaultdict
 import pytest
 from overtrain.cli import main
 from overtrain.core import tracker as tracker_mod
-from overtrain.core.results import read_rows
+from overtrain.core.jsonl import read_records
 from overtrain.finetune.sweep import run_sweep
 from test_finetune import make_checkpoint
 
@@ -125,7 +125,7 @@ def test_perturb_and_report_are_tracked(tmp_path, small_c4, fake_trackers):
     assert main(argv + log) == 0
     (run,) = fake_trackers
     assert run.kw["job_type"] == "perturb" and run.kw["group"].endswith("/ perturb")
-    rows = read_rows(results)
+    rows = read_records(results)
     assert [v["c4_ppl"] for _, v in run.logged] == [r["c4_ppl"] for r in rows]
     assert (tmp_path / "perturb" / "tracker.json").is_file()
 

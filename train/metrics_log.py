@@ -1,7 +1,7 @@
 """Training metrics: ``metrics.jsonl`` in the run directory, plus optional wandb / TensorBoard,
 and the progress shown on stderr.
 
-Rows are appended with ``overtrain.core.results.append_row`` (one write + fsync per line).
+Rows are appended with ``overtrain.core.jsonl.append_record`` (one write + fsync per line).
 On resume, rows past the checkpoint's step (logged by the interrupted process after its last
 checkpoint) are dropped, so the file reads as one uninterrupted run. Only rank 0 logs.
 """
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..core import dist
 from ..core.atomic import atomic_write_text
 from ..core.eta import Eta
-from ..core.results import append_row, iter_rows
+from ..core.jsonl import append_record, iter_records
 from ..core.tracker import TrackConfig, Tracker
 
 METRICS_FILE = "metrics.jsonl"
@@ -61,7 +61,7 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    keep = [row for _, row in iter_rows(path) if row.get("step", 0) <= step]
+    keep = [row for _, row in iter_records(path) if row.get("step", 0) <= step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
@@ -78,7 +78,7 @@ class MetricsLogger:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        append_row(self.path, row)
+        append_record(self.path, row)
         self.tracker.log(row, row.get("step", 0))
 
     def close(self) -> None:

@@ -52,8 +52,7 @@ from pathlib import Path
 
 from ...core.atomic import atomic_write_text
 from ...core.errors import ConfigError, DataError
-from ...core.results import Rows
-from ...core.rows import Row, load_rows
+from ...core.rows import Row, Rows, load_rows
 from ...core.tracker import TrackConfig, Tracker, check_trackers
 from .data import Report, collect, find_turn
 from .figures import figures, transfer_figure

@@ -70,9 +70,9 @@ from ...core.config import to_dict
 from ...core.errors import ConfigError, DataError
 from ...core.hf_compat import hide_broken_torchvision
 from ...core.identity import no_result, no_result_keys
+from ...core.jsonl import append_record, read_records
 from ...core.optim import build_optimizer
 from ...core.paths import expand_path
-from ...core.results import append_row, read_rows
 from ...core.rows import write_scores
 from ...core.schedule import Schedule, ScheduleConfig
 from ...core.suite import member_provenance, parse_member, resolve_member
@@ -492,7 +492,7 @@ def _has_row(results: str | None, out: Path) -> bool:
     return (
         bool(results)
         and Path(results).exists()
-        and any(r.get("kind") == ROW_KIND and r.get("out") == str(out) for r in read_rows(results, warn=False))
+        and any(r.get("kind") == ROW_KIND and r.get("out") == str(out) for r in read_records(results, warn=False))
     )
 
 
@@ -500,7 +500,7 @@ def _write_row(results: str, out: Path, prov: dict, task: str, ev: dict) -> dict
     scores = write_scores(results, {ROW_KIND: {task: {"acc": ev["correct"]}}})
     row = {"kind": ROW_KIND, "out": str(out), "task": task, **{k: ev[k] for k in ("acc", "n", "chance", "p_value")}}
     row.update(prov, scores=scores)
-    append_row(results, row)
+    append_record(results, row)
     return row
 
 

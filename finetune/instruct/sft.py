@@ -89,11 +89,11 @@ from ...core.dist import FSDPConfig
 from ...core.errors import ConfigError
 from ...core.hf_compat import hide_broken_torchvision
 from ...core.identity import no_result, no_result_keys
+from ...core.jsonl import append_record, read_records
 from ...core.memory import Setup, check_fits, hf_shape, setup_of
 from ...core.optim import build_optimizer
 from ...core.paths import expand_path
 from ...core.preempt import stop_requested
-from ...core.results import append_row, read_rows
 from ...core.schedule import Schedule, ScheduleConfig
 from ...core.suite import (
     PROVENANCE_FILE,
@@ -392,10 +392,10 @@ def _ensure_row(results: str | None, out: Path, prov: dict) -> bool:
     if not results:
         return False
     if Path(results).exists() and any(
-        r.get("kind") == ROW_KIND and r.get("out") == str(out) for r in read_rows(results, warn=False)
+        r.get("kind") == ROW_KIND and r.get("out") == str(out) for r in read_records(results, warn=False)
     ):
         return False
-    append_row(results, _row(out, prov))
+    append_record(results, _row(out, prov))
     return True
 
 

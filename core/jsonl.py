@@ -1,11 +1,18 @@
-"""Append-only ``results.jsonl``: one JSON object per line, safe under kills and concurrent writers.
+"""Append-only JSONL files (``results.jsonl``, ``metrics.jsonl``): one JSON object per line, safe under kills
+and concurrent writers.
 
-``append_row`` takes an exclusive ``fcntl`` lock on the file, then writes the whole line with a
-single ``write`` and fsyncs it, so rows from concurrent processes never interleave and a row is
+This is the file store: it writes and reads *records*, the plain dicts on disk, whatever their keys.
+``core.rows`` is the schema over the same ``results.jsonl`` files: ``core.rows.load_rows`` reads them as
+typed rows (one dataclass per kind, keys checked) and is the reader to call for results; use
+``read_records`` only where the dicts must stay as written (re-encoding a file, a key lookup that must
+not fail on another kind's row, files that are not results).
+
+``append_record`` takes an exclusive ``fcntl`` lock on the file, then writes the whole line with a
+single ``write`` and fsyncs it, so records from concurrent processes never interleave and a record is
 either on disk whole or not at all. A writer killed mid-write can still leave a torn tail (no
-final newline); readers ignore it (counted, warned) and the next ``append_row`` repairs it under
-the lock: a tail that parses as a row gets its newline, anything else is cut off (its job never
-finished, so it will be rerun). Readers take no lock: a row being written is just a torn tail.
+final newline); readers ignore it (counted, warned) and the next ``append_record`` repairs it under
+the lock: a tail that parses as a record gets its newline, anything else is cut off (its job never
+finished, so it will be rerun). Readers take no lock: a record being written is just a torn tail.
 """
 
 from __future__ import annotations
@@ -36,22 +43,22 @@ def _jsonable(obj):
         return os.fspath(obj)
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
-    raise TypeError(f"results row value {obj!r} ({type(obj).__name__}) is not JSON-serializable")
+    raise TypeError(f"record value {obj!r} ({type(obj).__name__}) is not JSON-serializable")
 
 
-def encode_row(row: dict) -> bytes:
+def encode_record(record: dict) -> bytes:
     """One full line. NaN/inf stay as Python's ``NaN``/``Infinity`` (a diverged run is a result)."""
-    if not isinstance(row, dict):
-        raise TypeError(f"a results row must be a dict, got {type(row).__name__}")
-    return (json.dumps(row, default=_jsonable) + "\n").encode()
+    if not isinstance(record, dict):
+        raise TypeError(f"a record must be a dict, got {type(record).__name__}")
+    return (json.dumps(record, default=_jsonable) + "\n").encode()
 
 
 def _parse(line: bytes):
     try:
-        row = json.loads(line)
+        record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return row if isinstance(row, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def _repair_tail(fd: int) -> None:
@@ -78,9 +85,9 @@ def _repair_tail(fd: int) -> None:
         os.ftruncate(fd, start)
 
 
-def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append ``row`` as one line of ``path`` (created with its parents): locked, one write, fsync."""
-    data = encode_row(row)
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """Append ``record`` as one line of ``path`` (created with its parents): locked, one write, fsync."""
+    data = encode_record(record)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _thread_lock:
@@ -120,8 +127,8 @@ def results_files(source: str | os.PathLike) -> list[Path]:
     raise DataError(f"{p}: results file not found")
 
 
-def iter_rows(path: str | os.PathLike, torn: list | None = None) -> Iterator[tuple[int, dict]]:
-    """(line number, row) of one file. An unparsable *last* line without a newline is a torn
+def iter_records(path: str | os.PathLike, torn: list | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of one file. An unparsable *last* line without a newline is a torn
     write: skipped and recorded in ``torn`` (as ``"file:line"``). Any other bad line raises
     ``DataError`` naming file and line: that is corruption, not an interrupted append."""
     path = Path(path)
@@ -134,40 +141,40 @@ def iter_rows(path: str | os.PathLike, torn: list | None = None) -> Iterator[tup
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        row = _parse(line)
-        if row is None:
+        record = _parse(line)
+        if record is None:
             if i == last:
                 if torn is not None:
                     torn.append(f"{path}:{i + 1}")
                 continue
             raise DataError(f"{path}:{i + 1}: not a JSON object: {line[:80]!r}")
-        yield i + 1, row
+        yield i + 1, record
 
 
-class Rows(list):
-    """A list of rows that also says where they came from: ``files`` read, ``where`` ("file:line")
-    per row, ``torn`` final lines skipped."""
+class Records(list):
+    """A list of records that also says where they came from: ``files`` read, ``where`` ("file:line")
+    per record, ``torn`` final lines skipped."""
 
     files: list[Path]
     where: list[str]
     torn: list[str]
 
 
-def read_rows(source: str | os.PathLike | list, warn: bool = True) -> Rows:
-    """All rows of one or more results files (file, directory, glob, or a list of those), each file once.
+def read_records(source: str | os.PathLike | list, warn: bool = True) -> Records:
+    """All records of one or more results files (file, directory, glob, or a list of those), each file once.
 
-    Each row is the dict on disk, no keys added (``overtrain.core.rows.load_rows`` parses them into
-    typed rows); ``Rows.where`` says where each came from, ``Rows.torn`` lists the torn final lines
+    Each record is the dict on disk, no keys added (``overtrain.core.rows.load_rows`` parses them into
+    typed rows); ``Records.where`` says where each came from, ``Records.torn`` lists the torn final lines
     skipped (a ``UserWarning`` says how many when ``warn``)."""
     sources = source if isinstance(source, (list, tuple)) else [source]
     files: list[Path] = []
     for s in sources:
         files += [f for f in results_files(s) if f not in files]
-    out = Rows()
+    out = Records()
     out.files, out.where, out.torn = files, [], []
     for f in files:
-        for line, row in iter_rows(f, out.torn):
-            out.append(row)
+        for line, record in iter_records(f, out.torn):
+            out.append(record)
             out.where.append(f"{f}:{line}")
     if out.torn and warn:
         warnings.warn(
