@@ -32,35 +32,13 @@ import torch
 import torch.distributed as tdist
 from fsdp_overhead import train_tokens_per_s
 from olmo.config import ActivationCheckpointingStrategy
-from overtrain.core.memory import GB, USABLE, Setup, estimate, olmo_shape
+from overtrain.core.memory import GB, USABLE, Setup, estimate, measured_peak_bytes, olmo_shape
 from overtrain.core.model import build_model
 from overtrain.core.optim import optimizer_for
 from overtrain.core.step import train_step, use_fused_adam
 from overtrain.train.pretrain_plan import OptimConfig
-from torch.profiler import ProfilerActivity, profile
 
 WITHIN_MIN = 0.95  # fsdp / ddp tokens/s over one rank: FSDP's cost < 5% (issue 24)
-
-
-def _peak_bytes(fn, device: torch.device) -> int:
-    """Peak bytes allocated while ``fn()`` runs, above what was allocated before."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    now = peak = 0
-    for e in events:
-        now += e.nbytes()
-        peak = max(peak, now)
-    return peak
 
 
 def memory_row(spec, micro_batch: int, seq_len: int, device: torch.device, checkpointing: bool = False, steps: int = 2):
@@ -83,7 +61,7 @@ def memory_row(spec, micro_batch: int, seq_len: int, device: torch.device, check
             losses.append(train_step(model, opt, batch, 1.0, precision=precision).loss)
 
     t = time.monotonic()
-    measured = _peak_bytes(run, device)
+    measured = measured_peak_bytes(run, device)
     est = estimate(olmo_shape(spec), Setup(micro_batch, seq_len, 1, "ddp", checkpointing, bf16=cuda))
     ratio = measured / est.total
     if cuda:

@@ -195,3 +195,29 @@ def check_fits(shape: Shape, setup: Setup, memory_gb: float | None, what: str, n
             f"{remedy(shape, setup, memory_gb, names)}"
         )
     return est
+
+
+def measured_peak_bytes(fn, device) -> int:
+    """Peak bytes allocated while ``fn()`` runs, above what was allocated before: CUDA's own peak
+    counter on a GPU; on CPU the profiler's allocation events summed in time order (what the tests and
+    ``benchmarks/sharding_check.py`` compare ``estimate`` with)."""
+    import torch  # heavy: torch (grid plan imports this module without it)
+    from torch.profiler import ProfilerActivity, profile  # heavy: as above
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    now = peak = 0
+    for e in events:
+        now += e.nbytes()
+        peak = max(peak, now)
+    return peak

@@ -236,6 +236,21 @@ def member_provenance(member: SuiteMember, path: Path) -> dict:
     }
 
 
+def resolve_with_provenance(member: SuiteMember, tokens: float | None = None) -> tuple[Path, dict]:
+    """(local path, provenance) of a member, for a command that tunes or evaluates it: ``tokens`` (the
+    command's ``tokens=``) overrides the pre-training tokens; tokens still unknown are one ConfigError,
+    before any weight is read (the report draws every member against them)."""
+    path = resolve_member(member)  # checks config.json (check_loadable) before the weights
+    prov = member_provenance(member, path)
+    if tokens is not None:
+        prov["pretrain_tokens"] = tokens
+    if prov["pretrain_tokens"] is None:
+        raise ConfigError(
+            f"{member.ref}: pre-training tokens unknown (no 'tokensN' in the revision or directory name); give tokens="
+        )
+    return path, prov
+
+
 def write_provenance(directory: str | os.PathLike, provenance: dict) -> Path:
     """Write ``overtrain_suite.json`` atomically; the dict must hold exactly ``PROVENANCE_KEYS``."""
     keys = set(provenance)

@@ -98,7 +98,7 @@ from ..core.identity import no_result, no_result_keys
 from ..core.jsonl import append_record
 from ..core.paths import expand_path
 from ..core.rows import AlpacaEvalRow, write_scores
-from ..core.suite import check_loadable, member_provenance, parse_member, resolve_member
+from ..core.suite import check_loadable, parse_member, resolve_with_provenance
 from ..data.chat import chat_template_of, template_sha256
 from .generalist import is_model_dir, weights_sha256
 
@@ -484,12 +484,7 @@ def _fraction(x) -> float | None:
 def run_alpaca(model_ref: str, cfg: AlpacaEvalConfig, log=print) -> dict:
     """The command as a function: returns the row (also appended to ``results``)."""
     member = parse_member(model_ref, tokens=cfg.tokens, revision=cfg.revision)
-    path = resolve_member(member)
-    prov = member_provenance(member, path)
-    if cfg.tokens is not None:
-        prov["pretrain_tokens"] = cfg.tokens
-    if prov["pretrain_tokens"] is None:
-        raise ConfigError(f"{member.ref}: pre-training tokens unknown (no 'tokensN' in its name); give tokens=")
+    path, prov = resolve_with_provenance(member, cfg.tokens)
     out = Path(expand_path(cfg.out)) if cfg.out else Path(path) / "alpaca_eval"
     records = load_instructions(cfg)
     judge = resolve_judge(cfg, out)  # an API judge without its key stops here, before any generation

@@ -5,11 +5,10 @@ import pytest
 import torch
 from olmo.config import ActivationCheckpointingStrategy
 from overtrain.core.errors import ConfigError
-from overtrain.core.memory import Setup, check_fits, estimate, hf_shape, olmo_shape
+from overtrain.core.memory import Setup, check_fits, estimate, hf_shape, measured_peak_bytes, olmo_shape
 from overtrain.core.model import build_model, load_model_spec
 from overtrain.core.optim import build_optimizer
 from overtrain.core.step import train_step
-from torch.profiler import ProfilerActivity, profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,28 +17,23 @@ NAMES["gpus"] = "pretrain.gpus"
 
 
 def cpu_peak(spec, batch: int, seq: int, checkpointing: bool = False) -> int:
-    """The CPU allocator's peak bytes (the profiler's allocation events, summed in time order) over
-    building the model and its optimizer and two steps of two micro-batches (the second step with
-    the optimizer state in place)."""
+    """The CPU allocator's peak bytes (``measured_peak_bytes``: the profiler's allocation events,
+    summed in time order) over building the model and its optimizer and two steps of two
+    micro-batches (the second step with the optimizer state in place)."""
     gen = torch.Generator().manual_seed(0)
     micro = [
         (torch.randint(0, spec.vocab_size, (batch, seq), generator=gen),) * 2 for _ in range(2)
     ]  # inputs as targets: the loss's value does not matter here
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+    def steps():
         model = build_model(spec)
         if checkpointing:
             model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer)
         opt = build_optimizer(model.named_parameters(), 1e-3)
         for _ in range(2):
             train_step(model, opt, micro, 1.0, precision="fp32")
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    now = peak = 0
-    for e in events:
-        now += e.nbytes()
-        peak = max(peak, now)
-    return peak
+
+    return measured_peak_bytes(steps, "cpu")
 
 
 SMALL_VOCAB = ["vocab_size=256", "embedding_size=256", "eos_token_id=255", "d_model=128", "base_d_model=128"]

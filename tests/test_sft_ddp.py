@@ -133,8 +133,9 @@ def test_instruct_jobs_get_nproc_and_torchrun(tmp_path, fake_hub):
     script = (tmp_path / "slurm" / script_name(sft[0])).read_text()
     assert (
         "#SBATCH --gpus=2\n" in script
-        and "-m torch.distributed.run --standalone --nproc_per_node=2 -m overtrain sft" in script
-    )
+        and '-m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc_per_node=2 --standalone' in script
+        and "\n  -m overtrain sft " in script
+    ), script
     assert "#SBATCH --gpus=1\n" in (tmp_path / "slurm" / script_name(lm)).read_text()
 
     # instruct.gpus=0 (the default; section2-olmo1b sets 1): the runner's gpus; on CPU (gpus=0) one plain process

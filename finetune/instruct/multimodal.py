@@ -75,7 +75,7 @@ from ...core.optim import build_optimizer
 from ...core.paths import expand_path
 from ...core.rows import write_scores
 from ...core.schedule import Schedule, ScheduleConfig
-from ...core.suite import member_provenance, parse_member, resolve_member
+from ...core.suite import parse_member, resolve_with_provenance
 from ...data.chat import DEFAULT_CHAT_TEMPLATE, ChatRecord, encode_chat
 from ...train.trainer import SingleRun, Trainer
 from ..training import batch_plan
@@ -526,12 +526,7 @@ def run_multimodal(model_ref: str, cfg: MultimodalConfig, log=print) -> dict:
         return {"provenance": done, "eval": None}
     captions, skip1 = load_llava_json(cfg.captions, cfg.caption_images, cfg.max_examples)
     instruct, skip2 = load_llava_json(cfg.instruct, cfg.instruct_images, cfg.max_examples)
-    path = resolve_member(member)
-    prov = member_provenance(member, path)
-    if cfg.tokens is not None:
-        prov["pretrain_tokens"] = cfg.tokens
-    if prov["pretrain_tokens"] is None:
-        raise ConfigError(f"{member.ref}: pre-training tokens unknown; give tokens=")
+    path, prov = resolve_with_provenance(member, cfg.tokens)
     tower, mean, std = load_vision(cfg.vision)
     torch.manual_seed(cfg.seed)  # the projector's init
     model, tokenizer = build_llava(path, tower)

@@ -98,10 +98,9 @@ from ...core.schedule import Schedule, ScheduleConfig
 from ...core.suite import (
     PROVENANCE_FILE,
     check_loadable,
-    member_provenance,
     parse_member,
     read_provenance,
-    resolve_member,
+    resolve_with_provenance,
     write_provenance,
 )
 from ...data.chat import ChatEncoding, chat_template_of, encode_chat, load_chat, template_sha256
@@ -423,14 +422,7 @@ def run_sft(model_ref: str, cfg: SFTConfig, log=print) -> dict:
             f"batch_size={cfg.batch_size} is smaller than the {info.world_size} processes: every step would leave "
             "some idle; use fewer processes or a larger batch"
         )
-    path = resolve_member(member)  # checks config.json (check_loadable) before the weights
-    prov = member_provenance(member, path)
-    if cfg.tokens is not None:
-        prov["pretrain_tokens"] = cfg.tokens
-    if prov["pretrain_tokens"] is None:
-        raise ConfigError(
-            f"{member.ref}: pre-training tokens unknown (no 'tokensN' in the revision or directory name); give tokens="
-        )
+    path, prov = resolve_with_provenance(member, cfg.tokens)
     check_memory(path, cfg, info.world_size, member.ref)  # from config.json, before any weight is read
     records = load_chat(cfg.data, cfg.max_examples)  # every record checked before any work
     device = dist.resolve_device(cfg.device, info)
