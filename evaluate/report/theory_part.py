@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,13 @@ class TheoryCurve:
         return float(t_ppf(1 - ALPHA / 2, s - 1)) * self.ys.std(0, ddof=1) / math.sqrt(s)
 
 
+@lru_cache
+def _t95(df: int) -> float:
+    """t_{0.95, df}: one bisection per replicate count, not per curve (report.stats.t_ppf bisects
+    below T_EXPANSION_DF degrees of freedom; calibration calls ``decide`` thousands of times)."""
+    return float(t_ppf(0.95, df))
+
+
 def decide(curves: list[TheoryCurve]) -> None:
     """The paired t-tests of every curve (module doc) and Holm over the family ``curves``."""
     for c in curves:
@@ -101,7 +109,7 @@ def decide(curves: list[TheoryCurve]) -> None:
         d, se = diff.mean(0), diff.std(0, ddof=1) / math.sqrt(s)
         z = np.where(se > 0, d / np.where(se > 0, se, 1.0), np.where(d > 0, np.inf, -np.inf))
         c.p = t_sf(z, s - 1)
-        c.upper = float(np.max(d + t_ppf(0.95, s - 1) * se))
+        c.upper = float(np.max(d + _t95(s - 1) * se))
     for c, rej in zip(curves, holm([c.p for c in curves])):
         c.turns = bool(rej.any())
 
