@@ -75,6 +75,16 @@ def init(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **kwargs)
 
 
+def any_rank(info: DistInfo, device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any rank (one MAX all-reduce under torchrun, so every rank takes the same
+    decision at the same step, e.g. a stop one rank's signal asked for); alone, the flags as given."""
+    if not info.distributed:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(bool(f)) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

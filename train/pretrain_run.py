@@ -244,19 +244,11 @@ class PretrainRun(Hook):
         reasons = self.checkpoint_reasons(done)
         if reasons:
             self.checkpoint(done, reasons)
-        if done < self.plan.steps and self.stop_agreed(self.stop):
+        if done < self.plan.steps and dist.any_rank(self.info, self.device, self.stop)[0]:
             self.preempt(done, saved=bool(reasons), why=self.stop.name or "a stop on another rank")
 
     def close(self) -> None:
         self.progress.close()
-
-    def stop_agreed(self, stop) -> bool:
-        """Whether any rank was asked to stop (one all-reduce under torchrun: all ranks stop at the same step)."""
-        if not self.info.distributed:
-            return bool(stop)
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
 
     def preempt(self, done: int, saved: bool, why: str) -> None:
         """Checkpoint step ``done`` (unless this step already saved one) and exit with ``EXIT_PREEMPTED``."""

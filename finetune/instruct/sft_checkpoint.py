@@ -188,7 +188,8 @@ class SFTCheckpoints(Hook):
             return  # the tuned model is saved next
         periodic = self.every > 0 and done % self.every == 0
         timed = self.seconds > 0 and time.monotonic() - self.last_save >= self.seconds
-        stop, timed = self.agree(bool(self.stop), timed)
+        # any rank's stop; rank 0's clock (one all-reduce: every rank saves and stops at the same step)
+        stop, timed = dist.any_rank(self.info, self.device, self.stop, timed and self.info.is_main)
         if periodic or timed or stop:
             reasons = ["periodic"] if periodic or timed else []
             self.save(done, reasons + ["preempt"] * stop)
@@ -200,15 +201,6 @@ class SFTCheckpoints(Hook):
                 f"exit {EXIT_PREEMPTED}: rerun the same command to resume"
             )
             raise Preempted(f"sft: preempted at step {done} ({path}); rerun the same command to resume")
-
-    def agree(self, stop: bool, timed: bool) -> tuple[bool, bool]:
-        """(any rank asked to stop, rank 0's clock says save): one all-reduce under torchrun, so all
-        ranks save and stop at the same step."""
-        if not self.info.distributed:
-            return stop, timed
-        flags = torch.tensor([float(stop), float(timed and self.info.is_main)], device=self.device)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        return bool(flags[0].item()), bool(flags[1].item())
 
     def save(self, done: int, reasons: list[str]) -> None:
         """Checkpoint step ``done`` (a collective), then delete the older ones (rank 0)."""
