@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,14 @@ def losses(run_dir):
 
 def run_one(data_dir, run_dir, *extra):
     pretrain(load_config(PretrainConfig, "demo", [*overrides(data_dir, run_dir), *extra], kind="pretrain"))
+
+
+def back_to_step_3(run: Path, copy: Path) -> None:
+    """A copy of a finished 6-step run as it stood after its step-3 checkpoint (the last one gone)."""
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints/step-00000006")
+    (copy / "summary.json").unlink()
+    (copy / "checkpoints/latest").write_text("step-00000003\n")
 
 
 def test_fsdp_two_ranks_equal_one_process_and_resume_on_one(tmp_path, small_c4):
@@ -114,10 +123,7 @@ def test_fsdp_two_ranks_equal_one_process_and_resume_on_one(tmp_path, small_c4):
 
     # Resume the 2-rank run from its step-3 checkpoint on 1 process: the optimizer shards are read
     # back whole; the rest of the run equals the uninterrupted one (here with activation checkpointing too).
-    shutil.copytree(fsdp_dir, resumed)
-    shutil.rmtree(resumed / "checkpoints/step-00000006")
-    (resumed / "summary.json").unlink()
-    (resumed / "checkpoints/latest").write_text("step-00000003\n")
+    back_to_step_3(fsdp_dir, resumed)
     run_one(small_c4, resumed, f"run_dir={resumed}", "activation_checkpointing=true")
     c = losses(resumed)
     for s in (4, 5, 6):
@@ -130,10 +136,7 @@ def test_fsdp_two_ranks_equal_one_process_and_resume_on_one(tmp_path, small_c4):
     # And the other way: the 1-process run's step-3 checkpoint (optim.pt, whole) resumed on 2 FSDP ranks
     # that keep each block's gathered parameters from its forward to its backward (no second all-gather).
     up = tmp_path / "up"
-    shutil.copytree(one_dir, up)
-    shutil.rmtree(up / "checkpoints/step-00000006")
-    (up / "summary.json").unlink()
-    (up / "checkpoints/latest").write_text("step-00000003\n")
+    back_to_step_3(one_dir, up)
     cmd = [str(REPO_ROOT / "launch/torchrun.sh"), "2", "demo", *overrides(small_c4, up), "parallel=fsdp"]
     cmd.append("fsdp.reshard_after_forward=false")
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
