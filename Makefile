@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # (or torchvision resolved alone) pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lint test test-matrix demo bench gpu-wheels gpu-check gpu-standin clean
+.PHONY: install bytecode lint test test-matrix demo bench gpu-wheels gpu-check gpu-standin clean
 
 install: $(VENV)/.installed
 
@@ -19,18 +19,25 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip uninstall -y -q torchvision
 	touch $@
 
+# Some machines (these among them) set PYTHONDONTWRITEBYTECODE=1: no process then caches the project's
+# bytecode, and each of the ~150 processes of `make test` (a dozen per demo grid) compiles the sources it
+# imports again, ~0.45 s each. Written here instead (compileall skips files that are up to date).
+bytecode: install
+	$(BIN)/python -m compileall -q -x '/\.|/runs/' .
+
 # Static checks first (seconds): formatting, lint, and the one-way layers of DESIGN.md.
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# One pytest-xdist worker per core, at most 4 (each holds torch and the tiny models); worksteal: the two
-# long end-to-end tests (section 2, the killed grid) run beside the rest instead of after it.
+# One pytest-xdist worker per core, at most 4 (each holds torch and the tiny models). Whole modules go
+# to the workers (loadscope: a module's fixtures, e.g. the real Slurm cluster, are built once), the
+# longest first (their `duration` marks; tests/conftest.py), so the workers end together.
 WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 
-test: lint
-	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist worksteal tests  # -rs: each skipped test and why (e.g. no Slurm here, how to get it)
+test: lint bytecode
+	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist loadscope --no-loadscope-reorder tests  # -rs: each skipped test and why (e.g. no Slurm here, how to get it)
 
 # The suite under every thread count and CPU kernel family: torch's own kernels (ATEN_CPU_CAPABILITY),
 # MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS) and numpy's OpenBLAS (OPENBLAS_CORETYPE) at AVX-512, AVX2
@@ -46,7 +53,7 @@ test-matrix: install
 
 # The tiny-LM study (honestly "cannot tell" at this scale), then the paper's section-4 mechanism on a
 # linear network (seconds: docs/theory.md), whose verdict shows catastrophic overtraining happen.
-demo: install
+demo: bytecode
 	$(BIN)/python -m overtrain grid run configs/grids/demo.yaml print_report=true
 	$(BIN)/python -m overtrain theory configs/theory/demo.yaml
 	$(BIN)/python -m overtrain report runs/theory-demo out=runs/theory-demo/report

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from overtrain.core.model import count_params, flops_per_token, load_model_spec
+from overtrain.core.model_spec import count_params, flops_per_token, load_model_spec
 
 # Published single-GPU anchors for GPT-2 124M at context 1024 (see benchmarks/README.md).
 ANCHORS = {

@@ -29,7 +29,8 @@ import time
 import numpy as np
 import torch
 from overtrain.core.likelihood import lm_loss
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.data.encode import encode_task
 from overtrain.data.tasks import load_task
 from overtrain.data.tokenizer import check_tokenizer

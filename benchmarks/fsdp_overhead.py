@@ -82,7 +82,7 @@ def train_tokens_per_s(
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as tdist
     from overtrain.core import dist
-    from overtrain.core.model import load_model_spec
+    from overtrain.core.model_spec import load_model_spec
 
     info = dist.env_info()
     device = dist.resolve_device(args.device, info)

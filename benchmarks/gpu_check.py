@@ -391,7 +391,7 @@ class Check:
         return live
 
     def pretrain(self) -> dict:
-        from overtrain.core.model import flops_per_token, load_model_spec
+        from overtrain.core.model_spec import flops_per_token, load_model_spec
         from pretrain_throughput import HEADER, Settings, format_row, measure_fitting
 
         c = self.cfg
@@ -468,7 +468,7 @@ class Check:
         return measure_loader(self.device, **self.cfg["loader"])
 
     def sweep(self) -> dict:
-        from overtrain.core.model import load_model_spec
+        from overtrain.core.model_spec import load_model_spec
         from sweep_throughput import SweepSettings, measure_sweep
 
         spec = load_model_spec(self.cfg["models"][0], self.cfg["overrides"])
@@ -478,7 +478,7 @@ class Check:
         """Issue 24's rows (``sharding_check``): the memory plan's estimate against the allocator's
         peak, then FSDP over one rank vs DDP; each row only if its estimate (the pretrain rows'
         measured steps of that model, as ``row_estimate_s``) fits the time left."""
-        from overtrain.core.model import flops_per_token, load_model_spec
+        from overtrain.core.model_spec import flops_per_token, load_model_spec
         from sharding_check import fsdp_vs_ddp, memory_row
 
         c = self.cfg["sharding"]

@@ -58,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpt_baseline  # noqa: E402
 from overtrain.core.config import parse_count  # noqa: E402
 from overtrain.core.likelihood import lm_loss  # noqa: E402
-from overtrain.core.model import build_model, flops_per_token, load_model_spec  # noqa: E402
+from overtrain.core.model import build_model  # noqa: E402
+from overtrain.core.model_spec import flops_per_token, load_model_spec
 from overtrain.core.optim import optimizer_for  # noqa: E402
 from overtrain.core.step import train_step, use_fused_adam  # noqa: E402
 from overtrain.data.loader import WindowLoader  # noqa: E402

@@ -27,7 +27,7 @@ import torch
 
 def tiny_model_dir(out: Path) -> Path:
     """A freshly initialized tiny transformers OLMo (configs/models/tiny.yaml) with the framework's tokenizer."""
-    from overtrain.core.model import load_model_spec
+    from overtrain.core.model_spec import load_model_spec
     from overtrain.data.tokenizer import EOS_TOKEN, tokenizer_path
     from overtrain.train.hf import PAD_TOKEN
     from overtrain.train.hf_export import hf_config

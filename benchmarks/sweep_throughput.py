@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import optimizer_for
 from overtrain.core.step import train_step, use_fused_adam
 from overtrain.finetune.finetune import FinetuneConfig, completion_loss

@@ -45,7 +45,8 @@ from .atomic import atomic_write_text
 from .config import from_dict, parse_count, to_dict
 from .dist import DistInfo, barrier, full_state_dict, is_sharded, reshard
 from .errors import CheckpointError, ConfigError
-from .model import ModelSpec, attach_shapes, build_model, count_params, unwrap
+from .model import attach_shapes, build_model, unwrap
+from .model_spec import ModelSpec, count_params
 from .paths import expand_path
 
 STEP_PREFIX = "step-"

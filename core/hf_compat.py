@@ -7,7 +7,8 @@ uses torchvision: ``hide_broken_torchvision()`` marks it absent (before transfor
 imported), so transformers skips it. A working torchvision, or none, is left alone.
 
 Every module that imports transformers or lm_eval calls it first (it returns at once after the
-first call): train/hf.py, finetune/instruct/sft.py, core/suite.py, evaluate/generalist.py, evaluate/lm_eval.py.
+first call): train/hf.py, finetune/instruct/sft.py, core/suite.py, evaluate/generalist.py, evaluate/lm_eval.py,
+and core/hf_preload.py (the grid's warm process, launch/forked.py).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .errors import ConfigError
+from .model_spec import count_params
 
 USABLE = 0.9  # of the GPU's memory, for the tensors the estimate counts
 GB = 1e9
@@ -87,9 +88,7 @@ class Estimate:
 
 
 def olmo_shape(spec) -> Shape:
-    """The ``Shape`` of an overtrain OLMo (``core.model.ModelSpec``), from its parameter count."""
-    from .model import count_params  # heavy: core.model imports olmo (~4 s); grid plan stays light
-
+    """The ``Shape`` of an overtrain OLMo (``core.model_spec.ModelSpec``), from its parameter count."""
     n = count_params(spec)["total_params"]
     root = 2 * spec.embedding_size * spec.d_model  # input embedding + readout
     unit = max((n - root) // spec.n_layers, root)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import DataError
-from ..core.model import ModelSpec
+from ..core.model_spec import ModelSpec
 
 
 @dataclass

@@ -14,7 +14,7 @@ from ..core.errors import CheckpointError, ConfigError
 from ..core.paths import expand_path
 
 if TYPE_CHECKING:  # not at run time: prepare-data's worker processes must not import torch (~2.5 CPU-s each)
-    from ..core.model import ModelSpec
+    from ..core.model_spec import ModelSpec
 
 DEFAULT_TOKENIZER = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 EOS_TOKEN = "<|endoftext|>"  # id 50279, as in OLMo's configs for this tokenizer

@@ -24,7 +24,7 @@ from ..core.dist import resolve_device
 from ..core.identity import c4_identity
 from ..core.jsonl import append_record
 from ..core.likelihood import perplexity
-from ..core.model import ModelSpec
+from ..core.model_spec import ModelSpec
 from ..core.rows import SHORT, BaseRow, Checkpoint, EvalRow, Metrics, encoding_counts, write_scores
 from ..data.c4 import load_c4
 from ..data.encode import EncodedSplit, encode_task

@@ -35,7 +35,7 @@ from ..core.errors import ConfigError
 from ..core.identity import c4_identity
 from ..core.jsonl import append_record
 from ..core.likelihood import readout_at
-from ..core.model import load_model_spec
+from ..core.model_spec import load_model_spec
 from ..core.optim import optimizer_for, peak_lrs
 from ..core.rows import Checkpoint, FinetuneRow, Metrics, encoding_counts, write_scores
 from ..core.schedule import Schedule

@@ -44,6 +44,7 @@ class GridOptions:
     only: str | None = None  # run: only jobs whose id starts with this prefix (and are ready)
     force: bool = False  # run: accept a results dir recorded for a different grid
     print_report: bool = False  # run: print the report table and figure paths at the end
+    fork_jobs: bool = True  # run: on CPU, fork one-process jobs from a process that imported torch and OLMo once
     json: bool = False  # plan: print the summary as JSON
     quiet: bool = False  # plan: totals only
     out: str | None = None  # slurm/submit/status: the batch files' folder (None: RESULTS_DIR/slurm)
@@ -108,7 +109,7 @@ def run(action: str, spec: GridSpec, grid_path: str, overrides: list[str], optio
         return 0
     claim_results_dir(spec, grid_path, force=options.force, overrides=overrides)
     gpus = _visible_gpus() if options.gpus is None else options.gpus
-    rc = run_jobs(spec, jobs, gpus=gpus, dry_run=options.dry_run, only=options.only)
+    rc = run_jobs(spec, jobs, gpus=gpus, dry_run=options.dry_run, only=options.only, fork_jobs=options.fork_jobs)
     if options.print_report and not options.dry_run:
         report_dir = Path(expand_path(spec.results_dir)) / "report"
         table = report_dir / "report.md"

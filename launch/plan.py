@@ -33,6 +33,7 @@ from ..core.errors import ConfigError
 from ..core.jsonl import read_records
 from ..core.keyvalue import format_setting
 from ..core.memory import GB, USABLE, Setup, Shape, estimate, fits, hf_shape, olmo_shape, remedy
+from ..core.model_spec import flops_per_token, load_model_spec
 from ..core.paths import expand_path
 from ..data.tasks import load_task
 from .spec import (
@@ -91,9 +92,6 @@ def _fmt_tokens(n: int) -> str:
 
 def expand(spec: GridSpec) -> list[Job]:
     """All jobs of the grid, in a valid dependency order: each made by its stage's job builder."""
-    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..core.model import load_model_spec
-
     root = Path(expand_path(spec.results_dir))
     jobs: list[Job] = [prepare_job(spec)] if spec.prepare is not None else []
     data_after = [j.id for j in jobs]
@@ -166,9 +164,7 @@ def pretrain_job(
 ) -> Job:
     """Pre-training of ``model`` for ``tokens`` with the pretrain ``axes`` (``longest``: the grid's
     largest budget, for ``intermediate_runs: longest``)."""
-    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..core.model import load_model_spec
-    from ..train.pretrain_plan import PretrainConfig
+    from ..train.pretrain_plan import PretrainConfig  # heavy: torch; only for grids with pre-training, never for --help
 
     pre = spec.pretrain
     tag = "".join(f"_{_slug(k.split('.')[-1])}-{_slug(v)}" for k, v in axes.items())
@@ -530,10 +526,7 @@ _FLOPS_PER_TOKEN: dict = {}
 
 
 def flops_per_token_cached(mspec) -> float:
-    """``core.model.flops_per_token`` (counted on a built model, ~0.1 s) once per model spec."""
-    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..core.model import flops_per_token
-
+    """``core.model_spec.flops_per_token`` once per model spec."""
     key = repr(mspec)
     if key not in _FLOPS_PER_TOKEN:
         _FLOPS_PER_TOKEN[key] = float(flops_per_token(mspec))

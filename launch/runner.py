@@ -4,8 +4,9 @@ Every job is idempotent and resumable on its own (pre-training resumes from its 
 a sweep skips learning rates whose rows exist, perturbation rows are keyed), so running the grid
 again after a kill at any moment just runs the same commands again: a job is skipped when its
 done-marker exists, and rows are appended atomically by the jobs themselves. Jobs run as
-subprocesses (``python -m overtrain ...``, ``torchrun`` for multi-GPU pre-training and instruction
-tuning), so one crash cannot take the runner down, and logs land in ``RESULTS_DIR/logs/JOB.log``.
+processes (``python -m overtrain ...``, ``torchrun`` for multi-GPU pre-training and instruction
+tuning; on CPU a one-process job is the same command forked from a warm process, ``launch.forked``),
+so one crash cannot take the runner down, and logs land in ``RESULTS_DIR/logs/JOB.log``.
 Preparation, pre-training, extra jobs and the report hold the whole machine; the other jobs run in
 parallel, each on its own GPUs (``CUDA_VISIBLE_DEVICES``): one, or an instruction-tuning job's
 ``nproc`` (``instruct.gpus``; 0 = all of the runner's ``gpus``); one at a time on CPU.
@@ -32,10 +33,12 @@ from ..core.eta import fmt_duration
 from ..core.lock import Lock, LockHeld, describe
 from ..core.paths import expand_path
 from ..core.preempt import EXIT_PREEMPTED
+from . import forked
 from .plan import Job, overtrain_command
 from .spec import GridSpec
 
 TORCHRUN_KINDS = ("pretrain", "instruct")  # jobs that run as torchrun when they have several processes
+HF_KINDS = ("instruct", "lm-eval", "alpaca-eval", "multimodal")  # jobs that import transformers
 
 
 def _nproc(job: Job, gpus: int) -> int:
@@ -60,10 +63,19 @@ def is_done(job: Job) -> bool:
     return job.done is not None and job.done.exists()
 
 
-def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = False, only: str | None = None) -> int:
+def run_jobs(
+    spec: GridSpec,
+    jobs: list[Job],
+    gpus: int = 0,
+    dry_run: bool = False,
+    only: str | None = None,
+    fork_jobs: bool = True,
+) -> int:
     """Run todo jobs in dependency order. Preparation, pre-training and the report hold the whole
     machine; the others run in parallel on their own GPUs (``_slots``; one at a time on CPU). A job
-    needing more GPUs than the runner has is one ConfigError before anything starts."""
+    needing more GPUs than the runner has is one ConfigError before anything starts. On CPU
+    (``gpus=0``) one-process jobs fork from a warm process (``launch.forked``) unless ``fork_jobs``
+    is false."""
     root = Path(expand_path(spec.results_dir))
     (root / "logs").mkdir(parents=True, exist_ok=True)
     todo = [j for j in jobs if not is_done(j) and (only is None or j.id.startswith(only))]
@@ -74,12 +86,13 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
         if j.kind not in EXCLUSIVE and _slots(j, gpus) > max(gpus, 1):
             raise ConfigError(f"grid: job '{j.id}' needs {_slots(j, gpus)} GPUs (instruct.gpus), the runner has {gpus}")
     free_gpus = list(range(gpus)) or [None]
-    running: dict[str, tuple[Job, subprocess.Popen, float, Any, Any]] = {}
+    running: dict[str, tuple[Job, subprocess.Popen | forked.ForkedJob, float, Any, Any]] = {}
     pending = list(todo)
     t_start, n_finished = time.time(), 0
     locks: dict[str, Lock] = {}  # the job locks this runner holds (one per running job)
     elsewhere: dict[str, str] = {}  # ready jobs another runner is running: id -> its holder
     rates = Throughput()
+    preload = forked.PRELOAD + (forked.PRELOAD_HF if any(j.kind in HF_KINDS for j in todo) else ())
 
     while pending or running:
         for j in list(pending):
@@ -124,16 +137,17 @@ def run_jobs(spec: GridSpec, jobs: list[Job], gpus: int = 0, dry_run: bool = Fal
             log = open(_log_path(root, j), "a")
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             log.flush()
+            proc: subprocess.Popen | forked.ForkedJob
+            if fork_jobs and gpus == 0 and _nproc(j, gpus) <= 1 and forked.available(env):
+                log.write("# (forked from the warm process: launch/forked.py)\n")
+                log.flush()
+                proc = forked.start(j.argv, _log_path(root, j), env, preload)
+            else:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             est = rates.job_seconds(j)
             where = f" (GPU {','.join(map(str, held))})" if held and held[0] is not None else ""
             print(f"  start {j.id}{where}" + (f" | ETA {fmt_duration(est)}" if est is not None else ""), flush=True)
-            running[j.id] = (
-                j,
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                time.time(),
-                held,
-                log,
-            )
+            running[j.id] = (j, proc, time.time(), held, log)
             locks[j.id] = lock
             pending.remove(j)
             if j.kind in EXCLUSIVE:

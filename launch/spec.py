@@ -23,6 +23,7 @@ from ..core.atomic import atomic_write_text
 from ..core.config import config_digest, load_config, parse_count, to_dict
 from ..core.errors import ConfigError
 from ..core.keyvalue import format_setting, merge_settings
+from ..core.model_spec import load_model_spec
 from ..core.paths import CONFIG_ROOT, expand_path
 from ..core.suite import (
     SuiteMember,
@@ -328,9 +329,6 @@ def prepare_settings(spec: GridSpec) -> list[str]:
 
 def validate_names(spec: GridSpec, where: str) -> None:
     """Unknown model, task or budget, or bad prepare-data settings: an error before any job starts."""
-    # heavy: torch, imported only when jobs are planned, never for `overtrain grid --help`
-    from ..core.model import load_model_spec
-
     pre = spec.pretrain or PretrainStage(models=[], budgets=[], config="")
     for m in pre.models:
         try:

@@ -132,3 +132,16 @@ def test_top_level_help_imports_no_stage():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     stages = [m for m in out.split() if m.startswith("overtrain.") and m.split(".")[1] not in ("cli", "core")]
     assert "overtrain.core.keyvalue" in out.split() and stages == []
+
+
+def test_grid_plan_and_status_never_import_olmo(tmp_path):
+    """Planning counts parameters and FLOPs from shapes (core.model_spec): `grid plan` and `grid
+    status`, run often and on login nodes, do not pay OLMo's ~1.5 s import (nor transformers')."""
+    code = (
+        "import sys; from overtrain.cli import main; "
+        f"main(['grid', 'plan', 'demo', 'quiet=true', 'results_dir={tmp_path}']); "
+        f"main(['grid', 'status', 'demo', 'results_dir={tmp_path}']); "
+        "print(' '.join(sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "overtrain.launch.plan" in out and "olmo" not in out and "transformers" not in out

@@ -56,7 +56,8 @@ SWEEP = [
     "eval_batch_size=16",
     "device=cpu",
 ]
-pytestmark = pytest.mark.usefixtures("one_thread")
+# conftest: one thread (tiny ops on 2 shared cores); about 15 s (the longest modules start first)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.duration(15)]
 
 
 def previous_source(dest):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from overtrain.cli import main
-from overtrain.core.model import load_model_spec
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.paths import data_root
 from overtrain.data.tokenizer import load_tokenizer
 from overtrain.train.coord_check import DEFAULT_DATA, c4_batch, log_slope, read_texts, summarize

@@ -13,6 +13,8 @@ from overtrain.core.config import load_config
 from overtrain.core.paths import REPO_ROOT
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
+pytestmark = pytest.mark.duration(12)  # seconds, about: conftest starts the longest modules first
+
 
 @pytest.fixture(scope="module")
 def data_dir(small_c4):

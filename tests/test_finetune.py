@@ -12,7 +12,8 @@ from overtrain.core.checkpoint import save_model_checkpoint
 from overtrain.core.errors import CheckpointError, ConfigError, DataError
 from overtrain.core.jsonl import read_records
 from overtrain.core.likelihood import lm_loss
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import optimizer_for
 from overtrain.core.paths import data_root
 from overtrain.data.encode import collate

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 from overtrain.core.errors import ConfigError
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import build_optimizer, group_lrs
 from overtrain.finetune import finetune as ft
 from overtrain.finetune.finetune_config import load_finetune_config

@@ -29,7 +29,8 @@ from overtrain.train.pretrain import PretrainConfig, pretrain
 
 LR = 1e-2  # the demo config's peak LR
 ATOL = 1e-2 * LR
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 shared cores
+# conftest: one thread (tiny ops on 2 shared cores); about 40 s (the longest modules start first)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.duration(40)]
 
 
 def overrides(data_dir, run_dir):
@@ -241,7 +242,8 @@ def test_fsdp_computes_in_bf16_from_fp32_shards_and_recomputes_each_block(kind, 
     the optimizer steps fp32 shards; the loss is the fp32 model's within bf16 rounding but not equal."""
     from olmo.config import ActivationCheckpointingStrategy
     from overtrain.core import dist
-    from overtrain.core.model import build_model, load_model_spec
+    from overtrain.core.model import build_model
+    from overtrain.core.model_spec import load_model_spec
     from overtrain.core.optim import build_optimizer
     from overtrain.core.step import train_step
     from overtrain.finetune.instruct.sft import decoder_layers, enable_checkpointing, sft_loss

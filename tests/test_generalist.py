@@ -22,6 +22,8 @@ from overtrain.evaluate.report.lm_eval_rows import lm_eval_points
 from overtrain.train.hf_export import export_hf
 from test_hf import make_checkpoint  # noqa: E402  (also sets up transformers)
 
+pytestmark = pytest.mark.duration(15)  # seconds, about: conftest starts the longest modules first
+
 pytest.importorskip("lm_eval")
 
 LIMIT = 16

@@ -36,7 +36,8 @@ import torch.distributed as dist
 from overtrain.core.checkpoint import load_model, save_model_checkpoint
 from overtrain.core.config import load_config
 from overtrain.core.likelihood import autocast_for, lm_loss, perplexity
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import build_optimizer
 from overtrain.core.step import train_step, use_fused_adam
 from overtrain.data.loader import Prefetcher, WindowLoader

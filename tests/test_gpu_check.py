@@ -31,6 +31,8 @@ import torch
 from overtrain.core.paths import REPO_ROOT
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.duration(30)  # seconds, about: conftest starts the longest modules first
+
 BENCH = REPO_ROOT / "benchmarks"
 IMPORT_DIR = str(
     Path(importlib.import_module("overtrain").__file__).parent.parent
@@ -405,7 +407,8 @@ def test_imported_distributions_are_all_declared():
         sys.path[:0] = [sys.argv[1], sys.argv[2]]
         import gpu_check, pretrain_throughput, sweep_throughput, test_gpu
         import overtrain.cli, overtrain.train.hf
-        from overtrain.core.model import build_model, load_model_spec
+        from overtrain.core.model import build_model
+        from overtrain.core.model_spec import load_model_spec
         build_model(load_model_spec("tiny"), device="meta", init=False)
         from transformers import OlmoForCausalLM
         dists = md.packages_distributions()

@@ -15,6 +15,8 @@ import yaml
 from overtrain.core.jsonl import read_records
 from overtrain.core.lock import LOCK_FILE, Lock, LockHeld, hold, holder
 
+pytestmark = pytest.mark.duration(15)  # seconds, about: conftest starts the longest modules first
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from overtrain.core.jsonl import read_records
 from overtrain.core.paths import data_root
+
+pytestmark = pytest.mark.duration(45)  # seconds, about: conftest starts the longest modules first
 
 
 def _grid(tmp_path: Path) -> Path:
@@ -91,6 +94,7 @@ def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert "already done" in out
+    assert "(forked from the warm process" in (results / "logs" / "report.log").read_text()  # CPU: launch/forked.py
 
     rows = read_records(results)
     ft = [r for r in rows if r.get("kind") == "finetune"]

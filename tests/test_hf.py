@@ -20,7 +20,8 @@ import torch
 from overtrain.cli import main as cli
 from overtrain.core.checkpoint import load_model, save_model_checkpoint
 from overtrain.core.errors import CheckpointError, ConfigError
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.paths import data_root
 from overtrain.core.step import remember_initial_lrs, train_step
 from overtrain.data.tokenizer import load_tokenizer

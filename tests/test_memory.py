@@ -6,7 +6,8 @@ import torch
 from olmo.config import ActivationCheckpointingStrategy
 from overtrain.core.errors import ConfigError
 from overtrain.core.memory import Setup, check_fits, estimate, hf_shape, measured_peak_bytes, olmo_shape
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import build_optimizer
 from overtrain.core.step import train_step
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from overtrain.core.errors import DataError
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.data.encode import EncodedSplit, collate, encode_split, encode_task, training_pair
 from overtrain.data.tasks import load_task
 from overtrain.data.tokenizer import check_tokenizer

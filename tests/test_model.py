@@ -8,16 +8,8 @@ import torch
 import torch.nn.functional as F
 from overtrain.cli import main
 from overtrain.core.errors import ConfigError
-from overtrain.core.model import (
-    attach_shapes,
-    build_model,
-    count_params,
-    flops_per_token,
-    init_stds,
-    load_model_spec,
-    model_info,
-    olmo_config,
-)
+from overtrain.core.model import attach_shapes, build_model, init_stds, olmo_config
+from overtrain.core.model_spec import count_params, flops_per_token, load_model_spec, model_info
 
 SIZES = {"olmo-15m": 15e6, "olmo-30m": 30e6, "olmo-90m": 90e6}
 
@@ -35,7 +27,19 @@ def tiny(*overrides):
 
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_paper_sizes_non_embedding_params_within_5_percent(name):
-    spec = load_model_spec(name)
+    info = model_info(load_model_spec(name))
+    assert abs(info["non_embedding_params"] / SIZES[name] - 1) < 0.05
+
+
+# count_params is a formula (core.model_spec: grid plan runs without torch and OLMo); it must be the
+# parameters of the model OLMo builds, for every config and at other widths and parametrizations.
+@pytest.mark.parametrize(
+    "name,overrides",
+    [*((n, ()) for n in [*sorted(SIZES), "tiny"]), ("tiny", ("d_model=16",)), ("tiny", ("d_model=128", "mlp_ratio=6"))]
+    + [("tiny", ("parametrization=sp", "n_layers=3"))],
+)
+def test_param_counts_are_olmos(name, overrides):
+    spec = load_model_spec(name, list(overrides))
     info = model_info(spec)
     # Independent count: ai2-olmo's instantiated model, parameters by name.
     named = dict(plain_olmo(spec).named_parameters())
@@ -46,7 +50,8 @@ def test_paper_sizes_non_embedding_params_within_5_percent(name):
     # And by hand: per block qkv 3d^2 + out d^2 + SwiGLU in (mlp_ratio d) x d + out (mlp_ratio d / 2) x d.
     d, r = spec.d_model, spec.mlp_ratio
     assert info["non_embedding_params"] == spec.n_layers * (4 + 1.5 * r) * d * d
-    assert abs(info["non_embedding_params"] / SIZES[name] - 1) < 0.05
+    built = build_model(spec, init=False)  # overtrain's own (the muP readout in place of OLMo's)
+    assert info["total_params"] == sum(p.numel() for p in built.parameters())
 
 
 def test_paper_sizes_share_depth_head_dim_and_base_width():

@@ -29,6 +29,8 @@ from overtrain.launch.plan import expand
 from overtrain.launch.spec import load_grid
 from suite_fixture import TinySuite  # the fixtures tiny_suite and fake_hub are registered in conftest.py
 
+pytestmark = pytest.mark.duration(45)  # seconds, about: conftest starts the longest modules first
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):

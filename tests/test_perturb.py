@@ -10,7 +10,8 @@ import torch
 from overtrain.cli import main
 from overtrain.core.checkpoint import save_model_checkpoint
 from overtrain.core.jsonl import read_records
-from overtrain.core.model import build_model, init_stds, load_model_spec
+from overtrain.core.model import build_model, init_stds
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.paths import data_root
 from overtrain.data.tokenizer import eos_token_id, load_tokenizer
 from overtrain.evaluate.perturb import apply_noise, perturb_checkpoint, unit_noise

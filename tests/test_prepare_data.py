@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from overtrain import cli
 from overtrain.core.errors import DataError
-from overtrain.core.model import load_model_spec
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.paths import data_root
 from overtrain.data.c4 import open_prepared
 from overtrain.data.c4.holdout import holdout_mask

@@ -25,6 +25,8 @@ from overtrain.evaluate.report.stats import (
     turn_test,
 )
 
+pytestmark = pytest.mark.duration(13)  # seconds, about: conftest starts the longest modules first
+
 FLAT = np.zeros(6)  # 6 budgets, as the paper's 4B..128B
 TURN = np.array([0.04, 0.02, 0.0, 0.0, 0.01, 0.03])  # improves 4%, then 3% worse at the largest budget
 FAMILY = 4  # curves tested together: 2 models x (ID, C4)

@@ -17,6 +17,8 @@ from overtrain.core.paths import REPO_ROOT
 from overtrain.core.preempt import EXIT_PREEMPTED
 from overtrain.train.pretrain import PretrainConfig, pretrain
 
+pytestmark = pytest.mark.duration(35)  # seconds, about: conftest starts the longest modules first
+
 STEPS = 30
 
 

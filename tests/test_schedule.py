@@ -5,7 +5,8 @@ import math
 import pytest
 from overtrain.core.config import from_dict
 from overtrain.core.errors import ConfigError
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import optimizer_for
 from overtrain.core.schedule import Schedule, ScheduleConfig, lr_factor, warmup_steps
 from overtrain.core.step import set_lr_factor

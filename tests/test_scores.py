@@ -50,7 +50,8 @@ def test_sweep_rows_name_their_per_example_scores(tmp_path, small_c4):
 
 def test_per_window_nll_leaves_the_perplexity_unchanged():
     torch = pytest.importorskip("torch")
-    from overtrain.core.model import build_model, load_model_spec
+    from overtrain.core.model import build_model
+    from overtrain.core.model_spec import load_model_spec
 
     spec = load_model_spec("tiny")
     model = build_model(spec)

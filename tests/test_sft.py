@@ -24,7 +24,8 @@ GSM8K = "${OVERTRAIN_DATA}/gsm8k/train.jsonl"
 FAST = ["epochs=1", "lr=1e-3", "batch_size=8", "micro_batch_size=8", "max_seq_len=96", "log_every=0"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 shared cores
+# conftest: one thread (tiny ops on 2 shared cores); about 13 s (the longest modules start first)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.duration(13)]
 
 
 def hf(path):

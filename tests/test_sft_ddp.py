@@ -26,7 +26,8 @@ KW = dict(epochs=2, lr=1e-3, batch_size=4, micro_batch_size=1, max_seq_len=128, 
 SETTINGS = [f"{k}={v}" for k, v in KW.items()]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 shared cores
+# conftest: one thread (tiny ops on 2 shared cores); about 13 s (the longest modules start first)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.duration(13)]
 
 
 def test_batch_shares_are_contiguous_and_cover_the_batch():

@@ -28,7 +28,8 @@ from overtrain.data.chat import gsm8k_chat, write_chat_jsonl
 from overtrain.finetune.instruct.sft import SFTConfig, run_sft
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops on 2 shared cores
+# conftest: one thread (tiny ops on 2 shared cores); about 15 s (the longest modules start first)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.duration(15)]
 
 # 9 records in batches of 3: 3 steps per epoch, 2 epochs = 6 steps (warmup then decay, so the LR at
 # the resumed step matters). Over 2 ranks: shares of 2 and 1 record in micro-batches of 1.

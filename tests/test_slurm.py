@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import pytest
 import yaml
 from overtrain.core.jsonl import read_records
 from overtrain.core.paths import data_root
+
+pytestmark = pytest.mark.duration(70)  # seconds, about: conftest starts the longest modules first
 
 REPO = Path(__file__).resolve().parents[1]
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "srun")
@@ -208,7 +211,7 @@ def _comparable(rows: list[dict]) -> list[tuple]:
     return sorted(tuple((k, r.get(k)) for k in keep) for r in rows)
 
 
-def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
+def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm, request):
     env = dict(slurm, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     results = tmp_path / "on-slurm"
     grid = _grid(tmp_path, results)
@@ -221,6 +224,19 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     short = _overtrain(["grid", "submit", str(grid), *opts, "partition=short"], env)  # MaxTime=5 (minutes)
     assert short.returncode == 2 and "time=00:10:00 exceeds the MaxTime 00:05:00 of partition short" in short.stderr
     assert not (results / "slurm").exists()
+
+    # The same grid with `grid run`, for the rows to compare, started now: it runs while Slurm schedules.
+    here = tmp_path / "here"
+    local = subprocess.Popen(
+        [sys.executable, "-m", "overtrain", "grid", "run", str(_grid(tmp_path, here)), "gpus=0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    request.addfinalizer(lambda: local.poll() is None and os.killpg(local.pid, signal.SIGKILL))  # a failed test
 
     # Submitted held (SBATCH_HOLD), so that nothing runs before the test is ready to signal it.
     sub = _overtrain(["grid", "submit", str(grid), *opts], dict(env, SBATCH_HOLD="1"))
@@ -279,10 +295,9 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm):
     assert summary["resumes"] == 1 and summary["world_size"] == 2
     assert (results / "report" / "report.md").is_file()
 
-    # The same grid with `grid run`: the same rows (bit-identical checkpoints, so the same hashes).
-    here = tmp_path / "here"
-    run = _overtrain(["grid", "run", str(_grid(tmp_path, here)), "gpus=0"], env, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
+    # `grid run` of the same grid: the same rows (bit-identical checkpoints, so the same hashes).
+    out, _ = local.communicate(timeout=600)
+    assert local.returncode == 0, out
     a, b = read_records(results), read_records(here)
     assert len(a) == len(b) > 0
     assert _comparable(a) == _comparable(b)

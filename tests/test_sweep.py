@@ -11,7 +11,7 @@ from overtrain.cli import main
 from overtrain.core.checkpoint import load_model
 from overtrain.core.errors import ConfigError
 from overtrain.core.jsonl import read_records
-from overtrain.core.model import count_params, load_model_spec
+from overtrain.core.model_spec import count_params, load_model_spec
 from overtrain.finetune import finetune as ft
 from overtrain.finetune import sweep
 from overtrain.finetune.finetune_config import SweepConfig

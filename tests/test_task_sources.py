@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 from overtrain.core.errors import ConfigError, DataError
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.paths import CONFIG_ROOT
 from overtrain.core.rows import FinetuneRow, encoding_counts, parse_row
 from overtrain.data import task_source as tasks_mod

@@ -15,6 +15,8 @@ from overtrain.data.task_files import resolve_data_path
 from overtrain.data.task_spec import TASK_SPLITS, TEMPLATES
 from overtrain.data.tasks import Example, list_tasks, load_task
 
+pytestmark = pytest.mark.duration(13)  # seconds, about: conftest starts the longest modules first
+
 # Per task: records read per file-backed split, final validation/test sizes (before overlap removal
 # where carved), and the label texts ("per_example": the number of answer choices each record
 # carries instead; None: counts that depend on the machine's Python, see test_task_sources.py).

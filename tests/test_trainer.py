@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from overtrain.core.model import build_model, load_model_spec
+from overtrain.core.model import build_model
+from overtrain.core.model_spec import load_model_spec
 from overtrain.core.optim import build_optimizer, group_lrs, optimizer_for, peak_lrs
 from overtrain.core.step import StepStats
 from overtrain.finetune.finetune import FinetuneConfig

@@ -28,7 +28,8 @@ from overtrain.core.checkpoint import load_model
 from overtrain.core.config import load_config
 from overtrain.core.paths import REPO_ROOT
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# conftest: one thread (tiny ops on 2 shared cores); about 20 s (the longest modules start first)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.duration(20)]
 
 
 def _sh(*cmd: str) -> None:

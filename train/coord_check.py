@@ -48,7 +48,8 @@ from ..core.atomic import atomic_savefig, atomic_write_text
 from ..core.dist import resolve_device
 from ..core.errors import ConfigError, DataError
 from ..core.likelihood import windows
-from ..core.model import ModelSpec, build_model, check_vocab
+from ..core.model import build_model
+from ..core.model_spec import ModelSpec, check_vocab
 from ..core.optim import build_optimizer
 from ..core.paths import data_root
 from ..data.tokenizer import eos_token_id, load_tokenizer

@@ -33,7 +33,8 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.hf_compat import hide_broken_torchvision
-from ..core.model import ModelSpec, attention_scale, readout_scale
+from ..core.model import attention_scale, readout_scale
+from ..core.model_spec import ModelSpec
 
 hide_broken_torchvision()  # before any transformers import (core.hf_compat)
 

@@ -22,7 +22,7 @@ from ..core.atomic import replace_dir
 from ..core.checkpoint import load_model
 from ..core.config import to_dict
 from ..core.errors import ConfigError
-from ..core.model import ModelSpec
+from ..core.model_spec import ModelSpec
 from ..data.tokenizer import EOS_TOKEN, tokenizer_path
 from .hf import DTYPES, PAD_TOKEN, PADDED_ROWS, PROVENANCE, check_target, folded_multipliers, tmp_dir, to_hf_state
 

@@ -25,7 +25,8 @@ from ..core.atomic import replace_dir
 from ..core.checkpoint import save_model_checkpoint, step_dir_name
 from ..core.config import from_dict
 from ..core.errors import CheckpointError, ConfigError
-from ..core.model import ModelSpec, build_model
+from ..core.model import build_model
+from ..core.model_spec import ModelSpec
 from ..data.tokenizer import DEFAULT_TOKENIZER, tokenizer_path
 from .hf import PADDED_ROWS, PROVENANCE, check_target, folded_multipliers, from_hf_state, hf_names, tmp_dir
 

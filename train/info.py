@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..core.model import ModelSpec, model_info
+from ..core.model_spec import ModelSpec, model_info
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ..core.dist import FSDPConfig
 from ..core.errors import ConfigError, DataError
 from ..core.identity import no_result, no_result_keys
 from ..core.memory import Setup, check_fits, olmo_shape, setup_of
-from ..core.model import ModelSpec, load_model_spec
+from ..core.model_spec import ModelSpec, load_model_spec
 from ..core.paths import expand_path
 from ..core.schedule import Schedule, ScheduleConfig
 from ..core.tracker import check_trackers

@@ -51,7 +51,8 @@ from ..core.checkpoint import (
 from ..core.config import to_dict
 from ..core.errors import CheckpointError
 from ..core.likelihood import lm_loss, perplexity
-from ..core.model import build_model, count_params, flops_per_token
+from ..core.model import build_model
+from ..core.model_spec import count_params, flops_per_token
 from ..core.optim import optimizer_for
 from ..core.paths import expand_path
 from ..core.preempt import EXIT_PREEMPTED, Preempted, stop_requested

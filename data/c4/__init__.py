@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import DataError
+from ...core.model_spec import check_vocab
 from ...core.paths import expand_path
 from .parts import PartTokens, open_parts
 
@@ -62,10 +63,8 @@ class PreparedData:
         )
 
     def check_vocab(self, model_spec) -> None:
-        """DataError naming meta.json and the field if ``model_spec``'s model (a ``core.model.ModelSpec``)
-        cannot read these token ids: ``core.model.check_vocab``, the one vocabulary check."""
-        from ...core.model import check_vocab  # heavy: torch; reading prepared data needs none
-
+        """DataError naming meta.json and the field if ``model_spec``'s model (a ``core.model_spec.ModelSpec``)
+        cannot read these token ids: ``core.model_spec.check_vocab``, the one vocabulary check."""
         meta = self.meta
         check_vocab(
             model_spec, meta["vocab_size"], str(self.meta_path), meta["eos_token_id"], meta.get("tokenizer"), DataError
