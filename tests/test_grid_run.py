@@ -6,12 +6,12 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from grid_process import start_grid_run
 from overtrain.core.jsonl import read_records
 from overtrain.core.paths import data_root
 
@@ -56,27 +56,16 @@ def _grid(tmp_path: Path) -> Path:
     return path
 
 
-def _run(grid: Path, cwd: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "overtrain", "grid", "run", str(grid)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
+def _run(grid: Path) -> subprocess.Popen:
+    return start_grid_run(grid, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
 
 
 def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
     grid = _grid(tmp_path)
     results = tmp_path / "results"
 
     # Run until the first fine-tuning row lands, then kill the runner and all its jobs at once.
-    proc = _run(grid, repo)
+    proc = _run(grid)
     deadline = time.time() + 240
     killed = False
     while time.time() < deadline and proc.poll() is None:
@@ -90,7 +79,7 @@ def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert killed, "the grid finished (or timed out) before a fine-tuning row appeared:\n" + proc.stdout.read()
 
     # Same command again: it resumes and finishes.
-    again = _run(grid, repo)
+    again = _run(grid)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert "already done" in out
@@ -109,7 +98,7 @@ def test_kill_during_grid_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert (results / "report" / "report.md").is_file()
 
     # A third run has nothing left to do but the report.
-    third = _run(grid, repo)
+    third = _run(grid)
     out, _ = third.communicate(timeout=300)
     assert third.returncode == 0, out
     assert "1 to run" in out

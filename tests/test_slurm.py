@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from grid_process import start_grid_run
 from overtrain.core.jsonl import read_records
 from overtrain.core.paths import data_root
 
@@ -227,15 +228,7 @@ def test_grid_on_slurm_with_a_signal_mid_run_equals_grid_run(tmp_path, slurm, re
 
     # The same grid with `grid run`, for the rows to compare, started now: it runs while Slurm schedules.
     here = tmp_path / "here"
-    local = subprocess.Popen(
-        [sys.executable, "-m", "overtrain", "grid", "run", str(_grid(tmp_path, here)), "gpus=0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    local = start_grid_run(_grid(tmp_path, here), "gpus=0", env=env)
     request.addfinalizer(lambda: local.poll() is None and os.killpg(local.pid, signal.SIGKILL))  # a failed test
 
     # Submitted held (SBATCH_HOLD), so that nothing runs before the test is ready to signal it.
