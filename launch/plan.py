@@ -125,7 +125,7 @@ def expand(spec: GridSpec) -> list[Job]:
 
     if spec.lm_eval is not None and spec.lm_eval.tasks:
         for pj in pre_jobs:
-            fwd = flops_per_token_cached(load_model_spec(pj.info["model"])) / 3 * spec.lm_eval.eval_tokens_estimate
+            fwd = float(flops_per_token(load_model_spec(pj.info["model"]))) / 3 * spec.lm_eval.eval_tokens_estimate
             run_id = pj.id.split("/", 1)[1]
             for t in [None, *pj.info["marks"]]:
                 lid = run_id if t is None else f"{run_id}_at{_fmt_tokens(t)}"
@@ -186,7 +186,7 @@ def pretrain_job(
         argv,
         list(after),
         run_dir / "summary.json",
-        flops=flops_per_token_cached(load_model_spec(model)) * tokens,
+        flops=float(flops_per_token(load_model_spec(model))) * tokens,
         nproc=pre.gpus,
         info={"model": model, "tokens": tokens, "run_dir": str(run_dir), "axes": axes, "marks": marks},
         config=config,
@@ -205,7 +205,7 @@ def sweep_job(spec, root, ft_cfg, pj, ck_name, ck, task, axes, probe, mspec) -> 
     settings = list(ft.overrides) + _settings(axes)
     argv += settings + _tags(tags)
     n_lrs, extra_lrs = sweep_lr_counts(ft_cfg, ft.lrs, settings)
-    per_lr = flops_per_token_cached(mspec) * ft.train_tokens_estimate
+    per_lr = float(flops_per_token(mspec)) * ft.train_tokens_estimate
     return Job(
         f"sweep/{sid}",
         "sweep",
@@ -233,7 +233,7 @@ def perturb_job(spec: GridSpec, root: Path, pj: Job, mspec) -> Job:
     settings = {"gammas": pt.gammas, "seeds": pt.seeds, "c4": grid_data_dir(spec), "val_tokens": pt.val_tokens}
     argv = ["perturb", pj.info["run_dir"], *_settings({**settings, "results": pdir / "results.jsonl"})]
     argv += _tags(seed_tags(pj.info["axes"]))
-    fwd = flops_per_token_cached(mspec) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
+    fwd = float(flops_per_token(mspec)) / 3 * pt.val_tokens * (len(pt.gammas) * len(pt.seeds) + 1)
     return Job(f"perturb/{pdir.name}", "perturb", argv, [pj.id], root / "state" / f"perturb__{pdir.name}.done",
                flops=fwd, mark_done=True)  # fmt: skip
 
@@ -520,17 +520,6 @@ def probe_seed_axes(spec: GridSpec, ft_cfg: str) -> dict[str, list]:
     want = spec.finetune.noise_probe.seeds - len(own)
     added = [s for s in range(len(own) + want) if s not in own][: max(want, 0)]
     return {**{k: v for k, v in ft.axes.items() if k != "seed"}, "seed": added} if added else {}
-
-
-_FLOPS_PER_TOKEN: dict = {}
-
-
-def flops_per_token_cached(mspec) -> float:
-    """``core.model_spec.flops_per_token`` once per model spec."""
-    key = repr(mspec)
-    if key not in _FLOPS_PER_TOKEN:
-        _FLOPS_PER_TOKEN[key] = float(flops_per_token(mspec))
-    return _FLOPS_PER_TOKEN[key]
 
 
 def finetune_config(config: str, settings: list[str]):
